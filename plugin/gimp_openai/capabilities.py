@@ -1,0 +1,252 @@
+"""What each image-model family accepts: the one table the client, the CLI, the hosts and the local server read.
+
+Rules are keyed by *family*, never by an exact model id, because OpenAI keeps adding dated snapshots and new
+ids (``gpt-image-2-2026-04-21``, ``gpt-image-2.5-...``) and retiring old ones. Every limit here comes from
+``shared/contract/openai-images-openapi.yaml`` (2026-08-21); ``tests/engine/test_capabilities_contract.py``
+checks them against that file so the client and the server cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+MB = 1024 * 1024
+
+DALL_E_2 = "dall-e-2"
+DALL_E_3 = "dall-e-3"
+GPT_IMAGE_1 = "gpt-image-1"
+GPT_IMAGE_2 = "gpt-image-2"
+
+ENDPOINT_EDITS = "edits"
+ENDPOINT_VARIATIONS = "variations"
+ENDPOINT_GENERATIONS = "generations"
+
+#: Input MIME types the GPT image models accept; dall-e-2 takes PNG only.
+GPT_INPUT_MIMETYPES = ("image/png", "image/jpeg", "image/webp")
+PNG_ONLY = ("image/png",)
+
+
+@dataclass(frozen=True)
+class FreeSizeRule:
+    """gpt-image-2's arbitrary sizes: both sides multiples of ``multiple``, aspect within ``max_aspect``:1,
+    total pixels within [min_pixels, max_pixels], long edge at most ``max_edge``."""
+
+    multiple: int = 16
+    max_aspect: float = 3.0
+    min_pixels: int = 655_360
+    max_pixels: int = 8_294_400
+    max_edge: int = 3840
+
+    def check(self, width: int, height: int) -> str | None:
+        """Return None when (width, height) is allowed, else a sentence saying which rule it breaks."""
+        if width <= 0 or height <= 0:
+            return f"{width}x{height} is not a size: both sides must be positive"
+        if width % self.multiple or height % self.multiple:
+            return f"{width}x{height}: width and height must both be multiples of {self.multiple}"
+        long_side, short_side = max(width, height), min(width, height)
+        if long_side > self.max_edge:
+            return f"{width}x{height}: the long side may be at most {self.max_edge} px"
+        if long_side > self.max_aspect * short_side:
+            return f"{width}x{height}: the aspect ratio must be between 1:{self.max_aspect:g} and {self.max_aspect:g}:1"
+        pixels = width * height
+        if pixels < self.min_pixels or pixels > self.max_pixels:
+            return (
+                f"{width}x{height} has {pixels:,} pixels; it must have between {self.min_pixels:,} "
+                f"and {self.max_pixels:,}"
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything the engine needs to know to build a valid request for one family of models."""
+
+    name: str
+    endpoints: frozenset[str]
+    #: Fixed sizes (``WxH``); empty when ``free_sizes`` governs.
+    sizes: tuple[str, ...]
+    free_sizes: FreeSizeRule | None
+    allows_auto_size: bool
+    prompt_max: int
+    max_images: int  # how many input images one edit may carry (``image[]``)
+    max_upload_bytes: int  # per input file
+    input_mimetypes: tuple[str, ...]
+    square_input: bool  # dall-e-2 takes square PNGs only
+    qualities: tuple[str, ...]
+    n_max: int
+    response_format: bool  # may the request carry ``response_format``?
+    gpt_params: bool  # background, output_format, output_compression, moderation
+    input_fidelity: bool  # family-level; see :func:`supports_input_fidelity` for per-id exceptions
+    transparent_background: str  # "yes", "preview" or "no"
+    mask_from_input_alpha: bool  # does the model read transparency in the input image as the mask?
+    #: Rough seconds per image at (low, medium, high) quality for 1024x1024; drives the honest progress bar.
+    seconds_by_quality: tuple[float, float, float]
+
+    def check_size(self, size: str) -> str | None:
+        """None when the family takes ``size`` (``WxH`` or ``auto``), else why not."""
+        if size == "auto":
+            return None if self.allows_auto_size else f"size 'auto' is not supported by {self.name}"
+        parsed = parse_size(size)
+        if parsed is None:
+            return f"{size!r} is not a size; write it as WIDTHxHEIGHT, e.g. 1024x1024"
+        if self.free_sizes is not None:
+            return self.free_sizes.check(*parsed)
+        if size not in self.sizes:
+            return f"{size} is not a size {self.name} takes; use one of {', '.join(self.sizes)}"
+        return None
+
+
+FAMILIES: dict[str, Family] = {
+    DALL_E_2: Family(
+        name=DALL_E_2,
+        endpoints=frozenset({ENDPOINT_EDITS, ENDPOINT_VARIATIONS, ENDPOINT_GENERATIONS}),
+        sizes=("256x256", "512x512", "1024x1024"),
+        free_sizes=None,
+        allows_auto_size=False,
+        prompt_max=1000,
+        max_images=1,
+        max_upload_bytes=4 * MB,
+        input_mimetypes=PNG_ONLY,
+        square_input=True,
+        qualities=("standard",),
+        n_max=10,
+        response_format=True,
+        gpt_params=False,
+        input_fidelity=False,
+        transparent_background="no",
+        mask_from_input_alpha=True,
+        seconds_by_quality=(5.0, 8.0, 12.0),
+    ),
+    DALL_E_3: Family(
+        name=DALL_E_3,
+        endpoints=frozenset({ENDPOINT_GENERATIONS}),
+        sizes=("1024x1024", "1792x1024", "1024x1792"),
+        free_sizes=None,
+        allows_auto_size=False,
+        prompt_max=4000,
+        max_images=0,
+        max_upload_bytes=0,
+        input_mimetypes=(),
+        square_input=False,
+        qualities=("standard", "hd"),
+        n_max=1,
+        response_format=True,
+        gpt_params=False,
+        input_fidelity=False,
+        transparent_background="no",
+        mask_from_input_alpha=False,
+        seconds_by_quality=(10.0, 15.0, 25.0),
+    ),
+    GPT_IMAGE_1: Family(
+        name=GPT_IMAGE_1,
+        endpoints=frozenset({ENDPOINT_EDITS, ENDPOINT_GENERATIONS}),
+        sizes=("1024x1024", "1536x1024", "1024x1536"),
+        free_sizes=None,
+        allows_auto_size=True,
+        prompt_max=32000,
+        max_images=16,
+        max_upload_bytes=50 * MB,
+        input_mimetypes=GPT_INPUT_MIMETYPES,
+        square_input=False,
+        qualities=("low", "medium", "high", "auto"),
+        n_max=10,
+        response_format=False,
+        gpt_params=True,
+        input_fidelity=True,
+        transparent_background="yes",
+        mask_from_input_alpha=True,
+        seconds_by_quality=(15.0, 35.0, 75.0),
+    ),
+    GPT_IMAGE_2: Family(
+        name=GPT_IMAGE_2,
+        endpoints=frozenset({ENDPOINT_EDITS, ENDPOINT_GENERATIONS}),
+        sizes=("1024x1024", "1536x1024", "1024x1536"),  # the standard sizes; any size passing free_sizes is fine
+        free_sizes=FreeSizeRule(),
+        allows_auto_size=True,
+        prompt_max=32000,
+        max_images=16,
+        max_upload_bytes=50 * MB,
+        input_mimetypes=GPT_INPUT_MIMETYPES,
+        square_input=False,
+        qualities=("low", "medium", "high", "auto"),
+        n_max=10,
+        response_format=False,
+        gpt_params=True,
+        input_fidelity=False,
+        transparent_background="preview",
+        mask_from_input_alpha=False,  # gpt-image-2 ignores input transparency: the mask must be its own PNG
+        seconds_by_quality=(20.0, 60.0, 180.0),
+    ),
+}
+
+#: Which family an id belongs to, by pattern, first match wins. Dated snapshots and later point releases
+#: (``gpt-image-2.5-sunburst``) fall into their family without a code change.
+_FAMILY_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^dall-e-2$"), DALL_E_2),
+    (re.compile(r"^dall-e-3$"), DALL_E_3),
+    (re.compile(r"^chatgpt-image-latest$"), GPT_IMAGE_1),
+    (re.compile(r"^gpt-image-1(\.\d+)?(-mini)?(-\d{4}-\d{2}-\d{2})?$"), GPT_IMAGE_1),
+    (re.compile(r"^gpt-image-2([.\-].*)?$"), GPT_IMAGE_2),
+)
+
+#: Prefixes that mark an id in ``GET /models`` as an image model (OpenAI's naming).
+IMAGE_MODEL_PREFIXES = ("gpt-image", "chatgpt-image", "dall-e")
+
+#: Family whose rules an id nobody has seen gets, unless the user set a rule for it.
+DEFAULT_FAMILY_FOR_UNKNOWN = GPT_IMAGE_2
+
+
+def parse_size(size: str) -> tuple[int, int] | None:
+    """``"1536x1024"`` -> (1536, 1024); anything else -> None."""
+    match = re.fullmatch(r"\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*", size or "")
+    if not match:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def known_family_name(model_id: str) -> str | None:
+    """The family an OpenAI id belongs to by its name, or None for an id the engine has never seen."""
+    for pattern, family in _FAMILY_PATTERNS:
+        if pattern.match(model_id):
+            return family
+    return None
+
+
+def family_for(model_id: str, user_rules: Mapping[str, str] | None = None) -> Family:
+    """The family whose rules apply to ``model_id``.
+
+    ``user_rules`` maps a model id to a family name (from settings, or remembered after a server refused a
+    size): it wins, so a user can teach the engine about an OpenAI-compatible server's own models. An id
+    nobody knows gets the gpt-image-2 rules, the most permissive ones that OpenAI's current models follow.
+    """
+    if user_rules and model_id in user_rules and user_rules[model_id] in FAMILIES:
+        return FAMILIES[user_rules[model_id]]
+    return FAMILIES[known_family_name(model_id) or DEFAULT_FAMILY_FOR_UNKNOWN]
+
+
+def is_image_model_id(model_id: str, extra_ids: tuple[str, ...] = ()) -> bool:
+    """Does ``GET /models`` list this id as an image model (or did the user name it as one)?"""
+    return model_id.startswith(IMAGE_MODEL_PREFIXES) or model_id in extra_ids
+
+
+def supports_input_fidelity(model_id: str, family: Family) -> bool:
+    """``input_fidelity`` is for gpt-image-1 and gpt-image-1.5 (and chatgpt-image-latest), not the -mini."""
+    return family.input_fidelity and "-mini" not in model_id
+
+
+def supports_endpoint(family: Family, endpoint: str) -> bool:
+    return endpoint in family.endpoints
+
+
+def expected_seconds(family: Family, quality: str, width: int, height: int) -> tuple[float, float]:
+    """(typical, worst) seconds one request should take; used to show time against a range, not a frozen bar.
+
+    Scales with pixel count relative to 1024x1024; 'auto' is treated as medium.
+    """
+    low, medium, high = family.seconds_by_quality
+    base = {"low": low, "medium": medium, "high": high}.get(quality, medium)
+    scale = max(1.0, (width * height) / (1024 * 1024))
+    typical = base * scale
+    return typical, typical * 1.8
