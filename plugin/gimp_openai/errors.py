@@ -1,0 +1,202 @@
+"""One exception class per cause, each carrying the server's message, a hint for the artist and a stable code.
+
+Hosts show ``message`` and ``hint`` in plain words (never a traceback); the job protocol sends
+:meth:`GimpOpenAIError.to_dict`. ``saved`` lists files already written (paid results), so an error never
+hides what the user has. Messages must never contain the API key: :func:`redact` is applied to every
+message built from server or exception text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_KEY_PATTERN = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9_\-\.]{8,})")
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """Remove anything that looks like an API key (and the given secrets) from ``text``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted key]")
+    return _KEY_PATTERN.sub("[redacted key]", text)
+
+
+class GimpOpenAIError(Exception):
+    """Base class. ``code`` is stable (tests and hosts switch on it); ``hint`` says what to do."""
+
+    code = "error"
+    default_hint = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+        param: str | None = None,
+        server_code: str | None = None,
+        saved: list[str] | None = None,
+    ) -> None:
+        self.message = redact(message)
+        self.hint = hint if hint is not None else self.default_hint
+        self.status = status
+        self.request_id = request_id
+        self.param = param
+        self.server_code = server_code
+        self.saved: list[str] = list(saved or [])
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.hint:
+            text += f" {self.hint}"
+        if self.saved:
+            text += " Results already saved: " + ", ".join(self.saved)
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "hint": self.hint,
+            "status": self.status,
+            "request_id": self.request_id,
+            "param": self.param,
+            "server_code": self.server_code,
+            "saved": list(self.saved),
+        }
+
+
+# --- Problems found before any request is sent -------------------------------------------------------------
+
+
+class InvalidInputError(GimpOpenAIError):
+    """The user's input cannot be sent as it is (empty selection, bad size, prompt too long, ...)."""
+
+    code = "invalid_input"
+
+
+class UnreadableImageError(InvalidInputError):
+    code = "unreadable_image"
+    default_hint = "Check that the file is a PNG, JPEG or WebP image and is not truncated."
+
+
+class ImageTooLargeError(InvalidInputError):
+    code = "image_too_large"
+
+
+class MissingKeyError(GimpOpenAIError):
+    code = "missing_key"
+    default_hint = (
+        "Set OPENAI_API_KEY, or store a key with Filters > OpenAI > Settings (or `gimp-openai key set`). "
+        "For the offline local server, start `gimp-openai serve` and set the base URL to it."
+    )
+
+
+class OutputNotWritableError(GimpOpenAIError):
+    code = "output_not_writable"
+    default_hint = "Choose a folder you can write to, or free some disk space."
+
+
+class UnsupportedModelError(InvalidInputError):
+    """The model does not serve this operation (e.g. variations with a GPT model on an endpoint)."""
+
+    code = "unsupported_model"
+
+
+# --- Answers from the server ------------------------------------------------------------------------------
+
+
+class APIError(GimpOpenAIError):
+    code = "api_error"
+
+
+class AuthenticationError(APIError):
+    code = "invalid_api_key"
+    default_hint = "The API key was refused. Check it in Settings, or create a new one in your OpenAI account."
+
+
+class PermissionDeniedError(APIError):
+    code = "permission_denied"
+    default_hint = (
+        "This key may not use this model or endpoint. For GPT image models your organization may need to be "
+        "verified; check your OpenAI organization settings."
+    )
+
+
+class QuotaExceededError(APIError):
+    code = "insufficient_quota"
+    default_hint = "Your OpenAI account has no credit left. Add credit in the billing settings, then try again."
+
+
+class RateLimitError(APIError):
+    code = "rate_limited"
+    default_hint = "The server is busy or your rate limit was reached. Wait a minute and try again, or use fewer images."
+
+
+class ModerationBlockedError(APIError):
+    code = "moderation_blocked"
+    default_hint = "The request was refused by the safety system. Rephrase the prompt or choose a different region."
+
+
+class ModelNotFoundError(APIError):
+    """The model does not exist or was shut down. Never retried. ``replacement`` names a live model."""
+
+    code = "model_not_found"
+
+    def __init__(self, message: str, *, model: str = "", replacement: str | None = None, **kwargs: Any) -> None:
+        self.model = model
+        self.replacement = replacement
+        super().__init__(message, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data.update(model=self.model, replacement=self.replacement)
+        return data
+
+
+class UnsupportedSizeError(APIError):
+    code = "unsupported_size"
+    default_hint = "Choose one of the sizes the model takes (size mode 'auto' picks one for you)."
+
+
+class FileTooLargeError(APIError):
+    code = "file_too_large"
+    default_hint = "Select a smaller region, or use a model that accepts larger uploads."
+
+
+class InvalidRequestError(APIError):
+    code = "invalid_request"
+
+
+class ServerError(APIError):
+    code = "server_error"
+    default_hint = "The server had a problem. It was retried; try again in a few minutes."
+
+
+class ConnectionFailedError(APIError):
+    code = "connection_failed"
+    default_hint = "Check your network connection and the base URL in Settings (`gimp-openai doctor` helps)."
+
+
+class RequestTimeoutError(APIError):
+    code = "timeout"
+    default_hint = (
+        "The server took too long. High quality and large sizes can take several minutes: raise the read "
+        "timeout in Settings, or choose a lower quality."
+    )
+
+
+class TLSError(APIError):
+    code = "tls_error"
+    default_hint = (
+        "The server's certificate could not be verified. If you use a corporate proxy or a private server, "
+        "point REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) at its CA certificate. Verification cannot be turned off."
+    )
+
+
+class MalformedResponseError(APIError):
+    code = "malformed_response"
+    default_hint = "The server's answer was damaged or not what the API promises. Images already received were kept."

@@ -1,0 +1,22 @@
+"""Shared fixtures. Each fixture lives in tests/support/ next to the helpers it needs."""
+
+import os
+
+import pytest
+
+# A recognisable fake key: tests grep every output, log and file for it to prove it never leaks.
+FAKE_KEY = "sk-test-NEVER-PRINT-THIS-KEY-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path_factory, monkeypatch):
+    """Every test gets its own config, cache and history folders, so nothing touches the real user's."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("GIMP_OPENAI_CONFIG_DIR", str(home / "config"))
+    monkeypatch.setenv("GIMP_OPENAI_CACHE_DIR", str(home / "cache"))
+    monkeypatch.setenv("GIMP_OPENAI_HISTORY_DIR", str(home / "history"))
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    assert os.environ.get("GIMP_OPENAI_CONFIG_DIR")
