@@ -1,0 +1,474 @@
+"""What both GIMP hosts share: manifest, engine interpreter, job files, the engine subprocess, messages, names.
+
+Standard library only, and Python 2.7 as well as Python 3: GIMP 2.10 runs plug-ins with its bundled Python 2.7
+and GIMP 3 with Python 3, and both import this file. It knows nothing about GIMP; the hosts hand it plain
+dicts and callbacks, so it is tested without GIMP under both Pythons.
+
+The engine itself (``python3 -m gimp_openai``) runs in its own Python 3 environment, found through the record
+the installer writes beside the host (or ``GIMP_OPENAI_PYTHON``). The API key only ever travels in the
+subprocess environment or on its stdin, never in argv, files, names or messages.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import zlib
+
+PROTOCOL_VERSION = 1
+ENGINE_RECORD = "gimp-openai-engine.json"
+MANIFEST_NAME = "procedures.json"
+PYTHON_ENV = "GIMP_OPENAI_PYTHON"
+MANIFEST_ENV = "GIMP_OPENAI_MANIFEST"
+KEY_ENV = "OPENAI_API_KEY"
+NAME_PREFIX = "OpenAI: "
+PARASITE_NAME = "gimp-openai"
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+try:  # Python 2
+    text_type = unicode  # noqa: F821
+except NameError:  # Python 3
+    text_type = str
+
+
+class HostError(Exception):
+    """A failure the artist can act on: ``message`` says what happened, ``hint`` what to do, ``saved`` lists
+    result files already written (paid for), so a message never loses them."""
+
+    def __init__(self, message, hint="", code="host_error", saved=None):
+        Exception.__init__(self, message)
+        self.message = message
+        self.hint = hint or ""
+        self.code = code
+        self.saved = list(saved or [])
+
+    @classmethod
+    def from_engine(cls, error, default_code="engine_error"):
+        """Build from the engine's ``{"code", "message", "hint", "saved"}`` error object."""
+        error = error or {}
+        return cls(to_text(error.get("message") or "The engine failed without saying why."),
+                   to_text(error.get("hint") or ""), error.get("code") or default_code, error.get("saved") or [])
+
+
+# ---------------------------------------------------------------------------------------------- text helpers
+
+def to_text(value):
+    """Text for names and messages under both Pythons (GIMP 2 hands plug-ins UTF-8 byte strings)."""
+    if value is None:
+        return u""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return text_type(value)
+
+
+_KEY_PATTERN = re.compile(r"(sk-[A-Za-z0-9_\-]{6,})")
+_CONTROL = re.compile(u"[\u0000-\u001f\u007f-\u009f\u2028\u2029]+")
+
+
+def redact(text, secrets=()):
+    """Remove anything that is, or looks like, an API key from a text shown to the artist or written down."""
+    text = to_text(text)
+    for secret in secrets:
+        secret = to_text(secret)
+        if secret:
+            text = text.replace(secret, u"[key hidden]")
+    return _KEY_PATTERN.sub(u"[key hidden]", text)
+
+
+def clean_line(text, secrets=()):
+    """One line of plain text: control characters (newlines, escapes) become spaces, runs of spaces one."""
+    text = _CONTROL.sub(u" ", redact(text, secrets))
+    return u" ".join(text.split())
+
+
+def layer_name(prompt, index, count, max_prompt=40, path=None, secrets=()):
+    """``OpenAI: <prompt...> (k/n)``: short enough for the Layers dialog, one line, never a key.
+
+    ``path`` (the engine's ``variation-endpoint``/``variation-edit``) is added so the name says which
+    variation path produced the layer.
+    """
+    prompt = clean_line(prompt, secrets)
+    if len(prompt) > max_prompt:
+        prompt = prompt[:max_prompt - 1].rstrip() + u"\u2026"
+    if not prompt:
+        prompt = u"(no prompt)"
+    tag = u""
+    if path and path.startswith("variation"):
+        tag = u" [%s]" % ("variations endpoint" if path == "variation-endpoint" else "variation by edit")
+    return u"%s%s%s (%d/%d)" % (NAME_PREFIX, prompt, tag, index, count)
+
+
+def describe_error(error, secrets=()):
+    """The plain message for an error: what happened, what to do, and which paid results are already saved."""
+    if isinstance(error, HostError):
+        message, hint, saved = error.message, error.hint, error.saved
+    elif isinstance(error, dict):
+        message = error.get("message") or "The engine failed without saying why."
+        hint, saved = error.get("hint") or "", error.get("saved") or []
+    else:
+        message, hint, saved = to_text(error) or error.__class__.__name__, "", []
+    parts = [redact(message, secrets).strip()]
+    if hint:
+        parts.append(u"What to do: " + redact(hint, secrets).strip())
+    if saved:
+        parts.append(u"Results already received (and paid for) are saved here:\n" +
+                     u"\n".join(u"  " + to_text(p) for p in saved))
+    return u"\n\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------- manifest
+
+def find_manifest(extra_dirs=()):
+    """The manifest: ``GIMP_OPENAI_MANIFEST``, beside the host (installed layout), or the repository's."""
+    override = os.environ.get(MANIFEST_ENV)
+    if override:
+        return override
+    candidates = []
+    for folder in list(extra_dirs) + [_HERE]:
+        candidates.append(os.path.join(folder, MANIFEST_NAME))
+        candidates.append(os.path.join(folder, "manifest", MANIFEST_NAME))
+    candidates.append(os.path.join(_HERE, os.pardir, os.pardir, "manifest", MANIFEST_NAME))
+    for path in candidates:
+        if os.path.isfile(path):
+            return os.path.normpath(path)
+    raise HostError("The plug-in's procedure list (%s) is missing." % MANIFEST_NAME,
+                    "Reinstall the plug-in with scripts/install.", "manifest_missing")
+
+
+def load_manifest(path=None):
+    """The parsed manifest dict (see manifest/procedures.json)."""
+    path = path or find_manifest()
+    with open(path, "rb") as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+def procedure(manifest, name):
+    """One procedure's entry by its PDB name."""
+    for proc in manifest["procedures"]:
+        if proc["name"] == name:
+            return proc
+    raise KeyError(name)
+
+
+def public_params(proc):
+    """Parameters that are PDB arguments: everything except secrets (asked in a hidden field instead)."""
+    return [p for p in proc["params"] if not p.get("secret")]
+
+
+def defaults(proc):
+    """{param name: default} for the public parameters."""
+    return dict((p["name"], p["default"]) for p in public_params(proc))
+
+
+def check_choice(param, value):
+    """Validate a choice argument from a non-interactive caller, with a message that lists the values."""
+    value = to_text(value)
+    if value not in param["values"]:
+        raise HostError(u"%s must be one of: %s (got %r)." % (param["name"], u", ".join(param["values"]), value),
+                        u"Pass one of the listed values.", "invalid_argument")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ engine location
+
+def find_engine_python(search_dirs=()):
+    """The engine's Python 3 interpreter: ``GIMP_OPENAI_PYTHON``, else the installer's record beside the host.
+
+    The record (``gimp-openai-engine.json``) is ``{"python": "/path/to/venv/bin/python"}``.
+    """
+    override = os.environ.get(PYTHON_ENV)
+    if override:
+        return override
+    for folder in list(search_dirs) + [_HERE]:
+        record = os.path.join(folder, ENGINE_RECORD)
+        if os.path.isfile(record):
+            try:
+                with open(record, "rb") as handle:
+                    python = json.loads(handle.read().decode("utf-8")).get("python")
+            except (IOError, OSError, ValueError):
+                python = None
+            if python and os.path.exists(python):
+                return python
+            raise HostError(u"The engine's Python recorded in %s (%s) is gone." % (record, to_text(python)),
+                            u"Run scripts/install again to recreate the engine environment.", "engine_missing")
+    raise HostError(u"The plug-in cannot find its engine (no %s beside the plug-in)." % ENGINE_RECORD,
+                    u"Run scripts/install, which creates the engine environment and records where it is.",
+                    "engine_missing")
+
+
+def engine_env(api_key=None, base=None):
+    """Environment for the engine: the caller's, plus the key when the host has one, UTF-8 output."""
+    env = dict(base if base is not None else os.environ)
+    env["PYTHONIOENCODING"] = "utf-8"
+    env.pop("PYTHONHOME", None)  # GIMP's bundled Python must not leak into the engine's interpreter
+    env.pop("PYTHONPATH", None)
+    if api_key:
+        env[KEY_ENV] = api_key
+    return env
+
+
+# ------------------------------------------------------------------------------------------- job folders
+
+def make_workdir():
+    """A private temporary folder for one operation's PLAN/JOB files and PNGs."""
+    path = tempfile.mkdtemp(prefix="gimp-openai-")
+    os.chmod(path, 0o700)
+    return path
+
+
+def cleanup(workdir):
+    """Remove an operation's temporary folder; results the artist keeps live in the history folder."""
+    if workdir and os.path.isdir(workdir):
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_json(path, obj):
+    """Write a JSON file (UTF-8) for the engine."""
+    data = json.dumps(obj, indent=1, sort_keys=True)
+    if isinstance(data, text_type) and not isinstance(data, bytes):
+        data = data.encode("utf-8")
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return path
+
+
+# -------------------------------------------------------------------------------------------- PNG writing
+
+def to_rgba(data, channels):
+    """8-bit pixel bytes with 1-4 channels (GRAY, GRAYA, RGB, RGBA) -> RGBA bytes, at C speed (slices)."""
+    data = bytearray(data)
+    if channels == 4:
+        return data
+    count = len(data) // channels
+    out = bytearray(count * 4)
+    if channels in (1, 2):
+        for c in range(3):
+            out[c::4] = data[0::channels]
+    else:
+        for c in range(3):
+            out[c::4] = data[c::channels]
+    out[3::4] = data[channels - 1::channels] if channels in (2, 4) else b"\xff" * count
+    return out
+
+
+def channel_of(data, channels, index=0):
+    """One channel's bytes (e.g. the gray of a loaded mask layer, whatever the layer's type)."""
+    return bytearray(data)[index::channels]
+
+
+def png_bytes(width, height, data, channels):
+    """Encode 8-bit pixels as PNG (no filter; zlib does the work), so hosts need no imaging library."""
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    data = bytes(bytearray(data))
+    stride = width * channels
+    if len(data) != stride * height:
+        raise ValueError("pixel data is %d bytes, expected %d" % (len(data), stride * height))
+    rows = [b"\x00" + data[y * stride:(y + 1) * stride] for y in range(height)]
+
+    def chunk(kind, payload):
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body) & 0xffffffff)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(rows), 6)) +
+            chunk(b"IEND", b""))
+
+
+def write_png(path, width, height, data, channels):
+    with open(path, "wb") as handle:
+        handle.write(png_bytes(width, height, data, channels))
+    return path
+
+
+# ------------------------------------------------------------------------------------- engine subprocess
+
+class Progress(object):
+    """Turns the engine's per-item progress lines into one fraction and one message for one progress bar."""
+
+    def __init__(self, item_ids=()):
+        self.fractions = dict((i, 0.0) for i in item_ids)
+        self.message = u""
+
+    def update(self, line):
+        item = line.get("item") or "_"
+        try:
+            fraction = float(line.get("fraction") or 0.0)
+        except (TypeError, ValueError):
+            fraction = 0.0
+        if line.get("phase") == "done":
+            fraction = 1.0
+        self.fractions[item] = max(0.0, min(1.0, fraction))
+        if line.get("message"):
+            self.message = clean_line(line["message"])
+            if len(self.fractions) > 1:
+                done = sum(1 for f in self.fractions.values() if f >= 1.0)
+                self.message = u"%s (%d of %d images done)" % (self.message, done, len(self.fractions))
+        return self.fraction, self.message
+
+    @property
+    def fraction(self):
+        if not self.fractions:
+            return 0.0
+        return sum(self.fractions.values()) / len(self.fractions)
+
+
+def _parse_line(raw):
+    try:
+        obj = json.loads(raw.decode("utf-8", "replace").strip() or "null")
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def run_engine(args, python=None, api_key=None, on_line=None, stdin_text=None, cwd=None, env=None):
+    """Run ``python -m gimp_openai ARGS``; call ``on_line(obj)`` for every JSON line as it arrives.
+
+    Returns ``(returncode, objects, stderr_text)``. The key goes in the environment (or on stdin for
+    ``key set``), never in argv. If ``on_line`` raises (the host cancels), the engine is stopped and the
+    exception propagates.
+    """
+    python = python or find_engine_python()
+    command = [python, "-m", "gimp_openai"] + list(args)
+    errfile = tempfile.TemporaryFile()
+    try:
+        try:
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errfile,
+                                    env=env if env is not None else engine_env(api_key), cwd=cwd)
+        except OSError as exc:
+            raise HostError(u"The plug-in could not start its engine (%s): %s" % (to_text(python), to_text(exc)),
+                            u"Run scripts/install again; it records the engine's Python for the plug-in.",
+                            "engine_missing")
+        objects = []
+        try:
+            if stdin_text is not None:
+                proc.stdin.write(to_text(stdin_text).encode("utf-8"))
+            proc.stdin.close()
+            for raw in iter(proc.stdout.readline, b""):
+                obj = _parse_line(raw)
+                if obj is None:
+                    continue
+                objects.append(obj)
+                if on_line is not None:
+                    on_line(obj)
+            proc.stdout.close()
+            code = proc.wait()
+        except BaseException:
+            _stop(proc)
+            raise
+        errfile.seek(0)
+        stderr_text = redact(errfile.read().decode("utf-8", "replace"), [api_key] if api_key else ())
+        return code, objects, stderr_text
+    finally:
+        errfile.close()
+
+
+def _stop(proc):
+    """Stop an engine run the host gave up on (cancel, error in a callback)."""
+    try:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
+    except OSError:
+        pass
+
+
+def _tail(text, lines=6):
+    text = to_text(text).strip().splitlines()
+    return u"\n".join(text[-lines:])
+
+
+def _no_answer(what, code, stderr_text):
+    detail = _tail(stderr_text)
+    message = u"The engine stopped without an answer to the %s (exit code %s)." % (what, code)
+    if detail:
+        message += u"\n" + detail
+    return HostError(message, u"Run 'gimp-openai doctor' in a terminal to see what is wrong.", "engine_failed")
+
+
+def plan(plan_dict, workdir, python=None, api_key=None):
+    """Step 1 of the protocol: ask the engine which region of each item to export. Returns its answer."""
+    path = write_json(os.path.join(workdir, "plan.json"), dict(plan_dict, version=PROTOCOL_VERSION))
+    code, objects, stderr_text = run_engine(["plan", path], python=python, api_key=api_key)
+    answers = [o for o in objects if "ok" in o]
+    if not answers:
+        raise _no_answer(u"plan", code, stderr_text)
+    answer = answers[-1]
+    if not answer.get("ok"):
+        raise HostError.from_engine(answer.get("error"), "plan_failed")
+    return answer
+
+
+def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None):
+    """Step 2: write JOB.json, run the job, feed progress to ``on_progress(fraction, message)``.
+
+    Returns the result line (``{"type": "result", "ok", "items", "error"}``); per-item failures stay in it
+    for the host to report, only a job with no result at all raises.
+    """
+    path = write_json(os.path.join(workdir, "job.json"), dict(job_dict, version=PROTOCOL_VERSION))
+    tracker = Progress([item["id"] for item in job_dict.get("items", [])])
+    results = []
+
+    def on_line(obj):
+        if obj.get("type") == "progress" and on_progress is not None:
+            on_progress(*tracker.update(obj))
+        elif obj.get("type") == "result":
+            results.append(obj)
+
+    code, _objects, stderr_text = run_engine(["job", path], python=python, api_key=api_key, on_line=on_line)
+    if not results:
+        raise _no_answer(u"job", code, stderr_text)
+    return results[-1]
+
+
+def failed_items(result):
+    """[(item id, error dict)] for every item that failed, and the job error when no item says more."""
+    failures = [(i.get("id"), i.get("error") or {}) for i in result.get("items", []) if not i.get("ok")]
+    if not failures and not result.get("ok") and result.get("error"):
+        failures.append((None, result["error"]))
+    return failures
+
+
+def summary(result, names, secrets=()):
+    """The batch summary: one line per item, what succeeded (how many layers) and what failed and why."""
+    lines = []
+    for item in result.get("items", []):
+        name = to_text(names.get(item.get("id"), item.get("id")))
+        if item.get("ok"):
+            lines.append(u"\u2713 %s: %d layer(s) added" % (name, len(item.get("outputs") or [])))
+        else:
+            lines.append(u"\u2717 %s: %s" % (name, describe_error(item.get("error") or {}, secrets)))
+    done = sum(1 for i in result.get("items", []) if i.get("ok"))
+    head = u"OpenAI batch: %d of %d images done." % (done, len(result.get("items", [])))
+    if not result.get("items") and result.get("error"):
+        lines.append(describe_error(result["error"], secrets))
+    return u"\n".join([head] + lines)
+
+
+def parasite_data(prompt, model, output, secrets=()):
+    """What the result layer's parasite records: prompt, model, request id, path, history file (no key)."""
+    record = {"prompt": redact(prompt, secrets), "model": to_text(model),
+              "request_id": output.get("request_id"), "path": output.get("path"),
+              "history_png": output.get("history_png"), "notes": redact(output.get("notes") or u"", secrets)}
+    return json.dumps(record, sort_keys=True)
+
+
+def store_key(key, python=None):
+    """Store the API key through the engine (``key set`` reads it from stdin): keyring, else a 0600 file."""
+    code, objects, stderr_text = run_engine(["key", "set"], python=python, stdin_text=key,
+                                            env=engine_env(None))
+    if code != 0:
+        raise HostError(u"The key could not be stored: %s" % (redact(_tail(stderr_text, 3), [key]) or code),
+                        u"Check that the engine is installed (gimp-openai doctor).", "key_not_stored")
+    return objects
+
+
+def python_version_ok():
+    """Both host Pythons: 2.7 (GIMP 2.10) or 3.6+ (GIMP 3)."""
+    return sys.version_info[:2] == (2, 7) or sys.version_info >= (3, 6)
