@@ -1,0 +1,798 @@
+"""Edit, variation and generate on in-memory arrays: the one place the pieces are put together.
+
+``jobs.py`` (the hosts' protocol) and ``cli.py`` both call these functions, so a GIMP user and a shell user get
+exactly the same request, the same history and the same pixels. The order inside :func:`edit` matters:
+
+1. check everything that can be checked before paying (prompt, n, size, endpoint, upload size);
+2. send the request while a :class:`progress.Ticker` says how long it has been;
+3. save EVERY returned image to history the moment the response is parsed, before decoding or compositing,
+   so nothing paid for is lost even when a later step fails;
+4. decode, map back to the exported region, make it seamless (issue 10), and build the layer mask.
+
+Two recoveries live here because they need both the planner and the client: a free-size family answering
+400 on ``size`` is retried ONCE at a standard size (and the rule remembered), and ``model_not_found`` is
+never retried but turned into a message that names the live replacement.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gimp_openai import capabilities
+from gimp_openai.capabilities import ENDPOINT_EDITS, ENDPOINT_GENERATIONS, ENDPOINT_VARIATIONS, Family
+from gimp_openai.errors import (
+    APIError,
+    GimpOpenAIError,
+    ImageTooLargeError,
+    InvalidInputError,
+    MalformedResponseError,
+    ModelNotFoundError,
+    UnsupportedModelError,
+    UnsupportedSizeError,
+)
+from gimp_openai.progress import PHASE_START, Progress, ProgressCallback, Ticker, no_progress
+
+#: The variation prompt used when a model has no variations endpoint (every GPT image model): an edit of the
+#: whole image without a mask. Kept in settings as ``variation_prompt`` when the user changes it.
+DEFAULT_VARIATION_PROMPT = (
+    "Create a variation of this image: keep the subject, the composition, the style and the colours, "
+    "and vary the details naturally, as a second take of the same picture would."
+)
+
+PATH_EDIT = "edit"
+PATH_VARIATION_ENDPOINT = "variation-endpoint"
+PATH_VARIATION_EDIT = "variation-edit"
+PATH_GENERATE = "generate"
+
+NAME_PROMPT_CHARS = 48
+
+
+# --- Inputs and outputs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    """What the artist chose; the same fields as the job file and the CLI flags."""
+
+    model: str
+    prompt: str = ""
+    n: int = 1
+    quality: str = "auto"
+    size_mode: str = "auto"
+    size: str | None = None  # explicit WxH for generate (and variation endpoint); None -> planned/auto
+    background: str = "auto"
+    feather: float = 0.0
+    padding: float = 0.25
+    align: bool = True
+    tone_match: bool = True
+    blend: str = "feather"
+    source_name: str = ""
+    variation_prompt: str = ""
+    extra_images: Sequence[bytes] = ()
+
+
+@dataclass
+class Output:
+    """One returned image, ready for a host: crop-sized RGBA, its layer mask and where it goes."""
+
+    index: int  # 1-based k of n
+    count: int
+    name: str
+    pixels: np.ndarray  # (H, W, 4) u8, place-sized (edit/variation) or as returned (generate)
+    mask: np.ndarray  # (H, W) u8, the layer mask
+    x: int
+    y: int
+    history_png: Path
+    request_id: str | None
+    path: str
+    notes: list[str] = field(default_factory=list)
+    report: str = ""
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    def layer_pixels(self, add_mask: bool = True) -> np.ndarray:
+        """The layer as a host inserts it: when there is no separate layer mask, the alpha carries the mask."""
+        if add_mask:
+            return self.pixels
+        out = self.pixels.copy()
+        out[..., 3] = (out[..., 3].astype(np.uint16) * self.mask.astype(np.uint16) + 127) // 255
+        return out
+
+
+@dataclass
+class Outcome:
+    """Everything one operation produced, with the plan it actually used (the size fallback may change it)."""
+
+    outputs: list[Output]
+    model: str
+    path: str
+    plan: Any = None  # geometry.RegionPlan for edit/variation
+    notes: list[str] = field(default_factory=list)
+
+
+# --- The engine context -------------------------------------------------------------------------------------
+
+
+class Engine:
+    """Settings, an API client and the history folder, shared by every item of a batch (thread-safe)."""
+
+    def __init__(self, settings: Any, client: Any, history: Any | None = None) -> None:
+        self.settings = settings
+        self.client = client
+        if history is None:
+            from gimp_openai.history import History
+
+            history = History()
+        self.history = history
+        self._models: Any = None
+        self._lock = threading.Lock()
+        #: How often a waiting ticker fires (seconds); tests may lower it.
+        self.tick_interval = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Any, api_key: str | None, *, history: Any | None = None) -> Engine:
+        from gimp_openai.client import ClientConfig, ImagesClient
+
+        config = ClientConfig.from_settings(settings)
+        config.api_key = api_key or ""
+        return cls(settings, ImagesClient(config), history)
+
+    def family(self, model: str) -> Family:
+        return capabilities.family_for(model, getattr(self.settings, "model_rules", None) or {})
+
+    def models(self, *, refresh: bool = False) -> Any:
+        """The image models the server lists (cached per base URL by discovery)."""
+        from gimp_openai import discovery
+
+        with self._lock:
+            if self._models is None or refresh:
+                self._models = discovery.list_image_models(self.client, self.settings, refresh=refresh)
+            return self._models
+
+
+def _model_entries(models: Any) -> list[Any]:
+    """discovery's ModelList may be a list or carry ``.models``; accept both."""
+    if models is None:
+        return []
+    entries = getattr(models, "models", models)
+    return list(entries)
+
+
+# --- Checks before paying -----------------------------------------------------------------------------------
+
+
+def check_prompt(prompt: str, family: Family, *, required: bool = True) -> None:
+    if required and not (prompt or "").strip():
+        raise InvalidInputError("The prompt is empty.", hint="Describe what should appear in the selection.")
+    if len(prompt or "") > family.prompt_max:
+        raise InvalidInputError(
+            f"The prompt has {len(prompt)} characters; {family.name} models take at most {family.prompt_max}.",
+            hint="Shorten the prompt.",
+        )
+
+
+def check_n(n: Any, family: Family) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= family.n_max:
+        raise InvalidInputError(
+            f"n must be a whole number from 1 to {family.n_max} for {family.name} models (got {n!r}).",
+            hint="Ask for fewer images.",
+        )
+
+
+def check_endpoint(model: str, family: Family, endpoint: str, what: str) -> None:
+    if not capabilities.supports_endpoint(family, endpoint):
+        raise UnsupportedModelError(
+            f"{model} cannot {what} (its family, {family.name}, has no /images/{endpoint}).",
+            hint="Choose a GPT image model (see `gimp-openai models`).",
+        )
+
+
+def check_quality(quality: str, family: Family) -> str | None:
+    """The quality to send, or None when the family has a single quality (dall-e-2)."""
+    if not quality or quality == "auto":
+        return "auto" if "auto" in family.qualities else None
+    if quality not in family.qualities:
+        raise InvalidInputError(
+            f"Quality {quality!r} is not one {family.name} takes; use one of {', '.join(family.qualities)}.",
+        )
+    return quality if len(family.qualities) > 1 else None
+
+
+def check_upload(data: bytes, family: Family, what: str) -> None:
+    if family.max_upload_bytes and len(data) > family.max_upload_bytes:
+        raise ImageTooLargeError(
+            f"The {what} is {len(data) / 1048576:.1f} MB as PNG; {family.name} models take at most "
+            f"{family.max_upload_bytes / 1048576:.0f} MB.",
+            hint="Select a smaller region, or choose a model that accepts larger uploads.",
+        )
+
+
+def layer_name(prompt: str, k: int, n: int, *, prefix: str = "OpenAI") -> str:
+    """``OpenAI: <prompt…> (k/n)``: short enough for GIMP's layers dialog, and says which one of n."""
+    text = " ".join((prompt or "").split())
+    if len(text) > NAME_PROMPT_CHARS:
+        text = text[: NAME_PROMPT_CHARS - 1].rstrip() + "…"
+    return f"{prefix}: {text} ({k}/{n})"
+
+
+# --- Shared steps -------------------------------------------------------------------------------------------
+
+
+def _rect_dict(rect: Any) -> dict[str, int] | None:
+    return rect.to_dict() if rect is not None else None
+
+
+def _emit(progress: ProgressCallback, item: str, phase: str, message: str, fraction: float | None = None) -> None:
+    try:
+        progress(Progress(phase=phase, fraction=PHASE_START[phase] if fraction is None else fraction,
+                          message=message, item=item))
+    except Exception:  # noqa: S110 - a broken progress consumer must never lose a paid result
+        pass
+
+
+def _call_with_ticker(
+    engine: Engine,
+    progress: ProgressCallback,
+    item: str,
+    model: str,
+    family: Family,
+    quality: str,
+    size: tuple[int, int],
+    call: Callable[[], Any],
+) -> Any:
+    expected = capabilities.expected_seconds(family, quality or "auto", size[0], size[1])
+    with Ticker(progress, model=model, expected=expected, item=item, interval=engine.tick_interval):
+        return call()
+
+
+def _save_all(engine: Engine, result: Any, meta: dict[str, Any]) -> list[Path]:
+    """Write every returned image to history at once; the first thing done with a response."""
+    images = list(getattr(result, "images", []) or [])
+    n = len(images)
+    saved: list[Path] = []
+    for k, image in enumerate(images, start=1):
+        item_meta = dict(meta)
+        item_meta.update(
+            k=k,
+            n=n,
+            index=getattr(image, "index", k - 1),
+            request_id=getattr(result, "request_id", None),
+            revised_prompt=getattr(image, "revised_prompt", None),
+            time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        saved.append(Path(engine.history.save(image.data, meta=item_meta)))
+    return saved
+
+
+def _check_problems(result: Any, saved: list[Path]) -> None:
+    problems = list(getattr(result, "problems", []) or [])
+    if problems or not getattr(result, "images", None):
+        what = "; ".join(problems) if problems else "the answer contained no images"
+        raise MalformedResponseError(
+            f"The server's answer was not usable: {what}.",
+            saved=[str(p) for p in saved],
+            request_id=getattr(result, "request_id", None),
+        )
+
+
+def _decode_saved(data: bytes, saved: list[Path], request_id: str | None) -> np.ndarray:
+    from gimp_openai import imaging
+
+    try:
+        return imaging.decode_image(data, what="returned image")
+    except GimpOpenAIError as exc:
+        raise MalformedResponseError(
+            f"A returned image could not be read: {exc.message}", saved=[str(p) for p in saved], request_id=request_id
+        ) from exc
+
+
+def update_sidecar(engine: Engine, image_path: Path, extra: dict[str, Any]) -> None:
+    """Add the seamless details (transform, colour fit) to an image's sidecar once they are known."""
+    updater = getattr(engine.history, "update", None)
+    if callable(updater):
+        try:
+            updater(image_path, extra)
+            return
+        except Exception:  # noqa: S110 - fall back to editing the sidecar ourselves
+            pass
+    for sidecar in (image_path.with_suffix(".json"), image_path.with_name(image_path.name + ".json")):
+        if sidecar.exists():
+            try:
+                data = json.loads(sidecar.read_text(encoding="utf-8"))
+                data.update(extra)
+                from gimp_openai.atomic import write_json_atomic
+
+                write_json_atomic(sidecar, data)
+            except Exception:  # noqa: S110 - the image is safe; a missing detail in a sidecar is not fatal
+                pass
+            return
+
+
+def _is_size_refusal(exc: APIError) -> bool:
+    if isinstance(exc, UnsupportedSizeError):
+        return True
+    return exc.status == 400 and (exc.param or "") == "size"
+
+
+def _remember_size_rule(engine: Engine, model: str) -> str:
+    """After a 400 on size: this model takes the standard sizes only. Stored so the next plan is right at once."""
+    from gimp_openai import discovery
+
+    remember = getattr(discovery, "remember_size_rule", None)
+    if callable(remember):
+        try:
+            remember(engine.settings, model)
+            return "remembered"
+        except Exception as exc:  # noqa: BLE001 - not remembering costs a retry next time, nothing more
+            return f"not remembered ({exc})"
+    rules = dict(getattr(engine.settings, "model_rules", None) or {})
+    rules[model] = capabilities.GPT_IMAGE_1
+    engine.settings.model_rules = rules
+    try:
+        from gimp_openai.settings import save_settings
+
+        save_settings(engine.settings)
+        return "remembered"
+    except Exception as exc:  # noqa: BLE001
+        return f"not remembered ({exc})"
+
+
+def _model_gone(engine: Engine, exc: ModelNotFoundError, model: str) -> ModelNotFoundError:
+    """One message naming the model and its live replacement; the model list is refreshed on the way."""
+    from gimp_openai import discovery
+
+    replacement = exc.replacement
+    try:
+        models = engine.models(refresh=True)
+        replacement = replacement or discovery.replacement_for(model, models)
+    except Exception:  # noqa: S110 - without a list we still say what happened
+        pass
+    name = exc.model or model
+    message = f"The model {name} is not available: it was shut down or does not exist on this server."
+    if replacement:
+        hint = f"Use {replacement} instead (choose it in the dialog, or pass --model {replacement})."
+    else:
+        hint = "Choose a live model (see `gimp-openai models --refresh`)."
+    return ModelNotFoundError(
+        message,
+        model=name,
+        replacement=replacement,
+        hint=hint,
+        status=exc.status,
+        request_id=exc.request_id,
+        server_code=exc.server_code,
+        saved=exc.saved,
+    )
+
+
+def _request_call(engine: Engine, model: str, call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except ModelNotFoundError as exc:
+        raise _model_gone(engine, exc, model) from exc
+
+
+# --- Edit ---------------------------------------------------------------------------------------------------
+
+
+def edit(
+    engine: Engine,
+    options: Options,
+    *,
+    place_pixels: np.ndarray,
+    selection: np.ndarray,
+    layer: Any,
+    plan: Any | None = None,
+    item: str = "",
+    progress: ProgressCallback = no_progress,
+) -> Outcome:
+    """Edit the selected part of ``place_pixels`` (the exported region at ``layer``/``plan.place``).
+
+    ``selection`` is place-sized u8 (255 = selected). Without ``plan`` the region is planned here from the
+    selection (the CLI passes the whole image as ``place_pixels`` with ``layer`` = the image rectangle).
+    """
+    from gimp_openai import geometry, masks
+
+    model = options.model
+    family = engine.family(model)
+    check_endpoint(model, family, ENDPOINT_EDITS, "edit images")
+    check_prompt(options.prompt, family)
+    check_n(options.n, family)
+    quality = check_quality(options.quality, family)
+    if len(options.extra_images) > max(0, family.max_images - 1):
+        raise InvalidInputError(
+            f"{family.name} models take at most {family.max_images} images per edit "
+            f"({len(options.extra_images)} reference images given)."
+        )
+    _check_pixels(place_pixels, selection)
+    if plan is None:
+        origin = (layer.x, layer.y)
+        bounds = geometry.selection_bounds(selection, origin)
+        if bounds is None:
+            raise InvalidInputError("The selection is empty.", hint="Select the part of the image to change first.")
+        plan = geometry.plan_region(layer, bounds, family, padding=options.padding, size_mode=options.size_mode)
+        place_pixels, selection = _crop_to(place_pixels, selection, layer, plan.place)
+    if not selection.any():
+        raise InvalidInputError("The selection is empty.", hint="Select the part of the image to change first.")
+
+    notes: list[str] = []
+    try:
+        result, plan, place_pixels, selection = _send_edit(
+            engine, options, family, quality, plan, place_pixels, selection, item, progress, notes
+        )
+    except APIError as exc:
+        if not (_is_size_refusal(exc) and family.free_sizes is not None):
+            raise
+        # The server refused a free size: once, at a standard size, and remember that this model needs one.
+        fallback = geometry.plan_region(
+            plan.place,
+            geometry.selection_bounds(selection, (plan.place.x, plan.place.y)),
+            family,
+            padding=options.padding,
+            size_mode=options.size_mode,
+            fallback_standard_size=True,
+        )
+        remembered = _remember_size_rule(engine, model)
+        notes.append(
+            f"the server refused size {plan.target[0]}x{plan.target[1]}; retried once at "
+            f"{fallback.target[0]}x{fallback.target[1]} (standard size rule {remembered} for {model})"
+        )
+        place_pixels, selection = _crop_to(place_pixels, selection, plan.place, fallback.place)
+        result, plan, place_pixels, selection = _send_edit(
+            engine, options, family, quality, fallback, place_pixels, selection, item, progress, notes
+        )
+
+    meta = _meta(options, model, PATH_EDIT, plan, item)
+    _emit(progress, item, "saving", "Saving the results to history")
+    saved = _save_all(engine, result, meta)
+    _check_problems(result, saved)
+
+    _emit(progress, item, "compositing", "Fitting the results into the picture")
+    layer_mask = masks.layer_mask(selection, options.feather)
+    outputs: list[Output] = []
+    n = len(result.images)
+    for k, (image, path) in enumerate(zip(result.images, saved, strict=True), start=1):
+        returned = _decode_saved(image.data, saved, result.request_id)
+        _check_returned_size(returned, plan.target, saved, result.request_id)
+        placed = imaging_result_to_place(returned, plan)
+        final, report, details, seam_notes = _seamless(place_pixels, placed, selection, options)
+        update_sidecar(engine, path, {"seamless": details, "report": report})
+        outputs.append(
+            Output(
+                index=k,
+                count=n,
+                name=layer_name(options.prompt, k, n),
+                pixels=final,
+                mask=layer_mask,
+                x=plan.place.x,
+                y=plan.place.y,
+                history_png=path,
+                request_id=result.request_id,
+                path=PATH_EDIT,
+                notes=notes + seam_notes,
+                report=report,
+            )
+        )
+    _emit(progress, item, "done", f"{n} result{'s' if n != 1 else ''} ready")
+    return Outcome(outputs=outputs, model=model, path=PATH_EDIT, plan=plan, notes=notes)
+
+
+def _send_edit(
+    engine: Engine,
+    options: Options,
+    family: Family,
+    quality: str | None,
+    plan: Any,
+    place_pixels: np.ndarray,
+    selection: np.ndarray,
+    item: str,
+    progress: ProgressCallback,
+    notes: list[str],
+) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    from gimp_openai import composite, imaging, masks
+
+    _emit(progress, item, "upload", "Preparing the image and the mask")
+    pixels = composite.request_pixels(place_pixels, plan)
+    sel_request = _selection_in_request(selection, plan)
+    image_png = imaging.encode_png(pixels)
+    mask_png = imaging.encode_png(masks.api_mask(sel_request, plan.target))
+    check_upload(image_png, family, "image sent to the model")
+    for extra in options.extra_images:
+        check_upload(extra, family, "reference image")
+    size = f"{plan.target[0]}x{plan.target[1]}"
+    kwargs: dict[str, Any] = dict(
+        model=options.model,
+        prompt=options.prompt,
+        image=image_png,
+        mask=mask_png,
+        n=options.n,
+        size=size,
+        quality=quality,
+    )
+    if options.extra_images:
+        kwargs["extra_images"] = list(options.extra_images)
+    if family.gpt_params and options.background and options.background != "auto":
+        kwargs["background"] = options.background
+    if family.response_format:
+        kwargs["response_format"] = "b64_json"
+
+    def call() -> Any:
+        return _request_call(engine, options.model, lambda: engine.client.edit(**kwargs))
+
+    result = _call_with_ticker(engine, progress, item, options.model, family, quality or "auto", plan.target, call)
+    return result, plan, place_pixels, selection
+
+
+def _selection_in_request(selection: np.ndarray, plan: Any) -> np.ndarray:
+    """The place-sized selection placed in the request rectangle (0 in the padding), at request resolution."""
+    req, place = plan.request, plan.place
+    out = np.zeros((req.height, req.width), dtype=np.uint8)
+    oy, ox = place.y - req.y, place.x - req.x
+    out[oy : oy + place.height, ox : ox + place.width] = selection
+    return out
+
+
+def imaging_result_to_place(returned: np.ndarray, plan: Any) -> np.ndarray:
+    from gimp_openai import composite, imaging
+
+    if (returned.shape[1], returned.shape[0]) != tuple(plan.target):
+        returned = imaging.resize(returned, tuple(plan.target))
+    return composite.result_to_place(returned, plan)
+
+
+def _check_returned_size(
+    returned: np.ndarray, target: Sequence[int], saved: list[Path], request_id: str | None
+) -> None:
+    """A result whose aspect differs from what was asked cannot be mapped back without distortion."""
+    h, w = returned.shape[:2]
+    tw, th = int(target[0]), int(target[1])
+    if abs(w / h - tw / th) > 0.02 * (tw / th):
+        raise MalformedResponseError(
+            f"The server returned a {w}x{h} image for a {tw}x{th} request.",
+            saved=[str(p) for p in saved],
+            request_id=request_id,
+        )
+
+
+def _seamless(
+    original: np.ndarray, placed: np.ndarray, selection: np.ndarray, options: Options
+) -> tuple[np.ndarray, str, dict[str, Any], list[str]]:
+    """Issue 10's alignment/tone/blend; when it is missing or fails, the result is used as returned, and said so."""
+    try:
+        from gimp_openai.seamless import make_seamless
+    except ImportError:
+        return placed, "", {"applied": False, "why": "seamless module not installed"}, [
+            "alignment and tone match not available; the result is composited as returned"
+        ]
+    try:
+        res = make_seamless(
+            original, placed, selection, align=options.align, tone_match=options.tone_match, blend=options.blend
+        )
+    except Exception as exc:  # noqa: BLE001 - a failed refinement must not lose the result
+        return placed, "", {"applied": False, "why": f"{type(exc).__name__}: {exc}"}, [
+            f"alignment/tone match failed ({type(exc).__name__}); the result is composited as returned"
+        ]
+    image = np.asarray(res.image)
+    if image.shape != placed.shape or image.dtype != np.uint8:
+        return placed, "", {"applied": False, "why": "seamless returned a different shape"}, [
+            "alignment/tone match gave an unusable image; the result is composited as returned"
+        ]
+    details = getattr(res, "details", None) or {}
+    return image, str(getattr(res, "report", "") or ""), dict(details), []
+
+
+def _crop_to(pixels: np.ndarray, selection: np.ndarray, at: Any, rect: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Cut ``rect`` (image coordinates, inside ``at``) out of arrays that start at ``at``."""
+    x0, y0 = rect.x - at.x, rect.y - at.y
+    if x0 < 0 or y0 < 0 or x0 + rect.width > pixels.shape[1] or y0 + rect.height > pixels.shape[0]:
+        raise InvalidInputError(f"Internal: region {rect} is not inside the exported pixels at {at}.")
+    return (
+        np.ascontiguousarray(pixels[y0 : y0 + rect.height, x0 : x0 + rect.width]),
+        np.ascontiguousarray(selection[y0 : y0 + rect.height, x0 : x0 + rect.width]),
+    )
+
+
+def _check_pixels(pixels: np.ndarray, selection: np.ndarray | None) -> None:
+    if pixels.ndim != 3 or pixels.shape[2] != 4 or pixels.dtype != np.uint8:
+        raise InvalidInputError(f"Internal: image must be RGBA u8, got {pixels.dtype} {pixels.shape}.")
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise InvalidInputError("The image has no pixels (0 px wide or high).")
+    if selection is not None and selection.shape != pixels.shape[:2]:
+        raise InvalidInputError(
+            f"The selection is {selection.shape[1]}x{selection.shape[0]} but the image is "
+            f"{pixels.shape[1]}x{pixels.shape[0]}; they must be the same size."
+        )
+
+
+def _meta(options: Options, model: str, path: str, plan: Any, item: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "operation": path,
+        "prompt": options.prompt,
+        "model": model,
+        "source": options.source_name,
+        "item": item,
+        "quality": options.quality,
+    }
+    if plan is not None:
+        meta.update(
+            size=f"{plan.target[0]}x{plan.target[1]}",
+            place=_rect_dict(plan.place),
+            request=_rect_dict(plan.request),
+        )
+    elif options.size:
+        meta["size"] = options.size
+    return meta
+
+
+# --- Variation ----------------------------------------------------------------------------------------------
+
+
+def variation(
+    engine: Engine,
+    options: Options,
+    *,
+    place_pixels: np.ndarray,
+    layer: Any,
+    plan: Any | None = None,
+    item: str = "",
+    progress: ProgressCallback = no_progress,
+) -> Outcome:
+    """Variations of the whole region: /images/variations where the model serves it, else an edit without mask.
+
+    Every GPT image model lacks the variations endpoint (dall-e-2 was its last model on OpenAI), so for them
+    this is an edit of the image with no mask and the variation prompt; outputs and names say which path ran.
+    """
+    from gimp_openai import composite, geometry, imaging
+
+    model = options.model
+    family = engine.family(model)
+    via_endpoint = capabilities.supports_endpoint(family, ENDPOINT_VARIATIONS)
+    if not via_endpoint:
+        check_endpoint(model, family, ENDPOINT_EDITS, "make variations (no variations or edits endpoint)")
+    check_n(options.n, family)
+    _check_pixels(place_pixels, None)
+    prompt = options.variation_prompt or DEFAULT_VARIATION_PROMPT
+    if not via_endpoint:
+        check_prompt(prompt, family)
+    quality = None if via_endpoint else check_quality(options.quality, family)
+    if plan is None:
+        plan = geometry.plan_region(layer, None, family, padding=0.0, size_mode=options.size_mode)
+        full = np.full(place_pixels.shape[:2], 255, np.uint8)
+        place_pixels, _ = _crop_to(place_pixels, full, layer, plan.place)
+
+    _emit(progress, item, "upload", "Preparing the image")
+    pixels = composite.request_pixels(place_pixels, plan)
+    image_png = imaging.encode_png(pixels)
+    check_upload(image_png, family, "image sent to the model")
+    size = f"{plan.target[0]}x{plan.target[1]}"
+    if via_endpoint:
+        path = PATH_VARIATION_ENDPOINT
+        kwargs: dict[str, Any] = dict(model=model, image=image_png, n=options.n, size=size)
+        if family.response_format:
+            kwargs["response_format"] = "b64_json"
+
+        def call() -> Any:
+            return _request_call(engine, model, lambda: engine.client.variation(**kwargs))
+    else:
+        path = PATH_VARIATION_EDIT
+        ekwargs: dict[str, Any] = dict(model=model, prompt=prompt, image=image_png, n=options.n, size=size,
+                                       quality=quality)
+        if family.gpt_params and options.background and options.background != "auto":
+            ekwargs["background"] = options.background
+
+        def call() -> Any:
+            return _request_call(engine, model, lambda: engine.client.edit(**ekwargs))
+
+    result = _call_with_ticker(engine, progress, item, model, family, quality or "auto", plan.target, call)
+    meta_options = replace(options, prompt=prompt if not via_endpoint else "")
+    meta = _meta(meta_options, model, path, plan, item)
+    _emit(progress, item, "saving", "Saving the results to history")
+    saved = _save_all(engine, result, meta)
+    _check_problems(result, saved)
+    _emit(progress, item, "compositing", "Placing the variations")
+    n = len(result.images)
+    label = "variation via edit" if path == PATH_VARIATION_EDIT else "variation"
+    full_mask = np.full((plan.place.height, plan.place.width), 255, np.uint8)
+    outputs = []
+    for k, (image, hist) in enumerate(zip(result.images, saved, strict=True), start=1):
+        returned = _decode_saved(image.data, saved, result.request_id)
+        _check_returned_size(returned, plan.target, saved, result.request_id)
+        placed = imaging_result_to_place(returned, plan)
+        outputs.append(
+            Output(
+                index=k,
+                count=n,
+                name=f"OpenAI: {label} ({k}/{n})",
+                pixels=placed,
+                mask=full_mask,
+                x=plan.place.x,
+                y=plan.place.y,
+                history_png=hist,
+                request_id=result.request_id,
+                path=path,
+                notes=[f"made by {model} through {'/images/variations' if via_endpoint else 'an edit without mask'}"],
+            )
+        )
+    _emit(progress, item, "done", f"{n} variation{'s' if n != 1 else ''} ready ({label})")
+    return Outcome(outputs=outputs, model=model, path=path, plan=plan)
+
+
+# --- Generate -----------------------------------------------------------------------------------------------
+
+
+def generate(
+    engine: Engine, options: Options, *, item: str = "", progress: ProgressCallback = no_progress
+) -> Outcome:
+    """New images from the prompt alone, full size as returned (a host opens them as new layers or images)."""
+    model = options.model
+    family = engine.family(model)
+    check_endpoint(model, family, ENDPOINT_GENERATIONS, "generate images")
+    check_prompt(options.prompt, family)
+    check_n(options.n, family)
+    quality = check_quality(options.quality, family)
+    size = options.size or ("auto" if family.allows_auto_size else family.sizes[0])
+    problem = family.check_size(size)
+    if problem:
+        raise InvalidInputError(f"{problem}.", hint="Use --size auto or one of the sizes `gimp-openai models` lists.")
+    parsed = capabilities.parse_size(size) or (1024, 1024)
+    kwargs: dict[str, Any] = dict(model=model, prompt=options.prompt, n=options.n, size=size, quality=quality)
+    if family.gpt_params and options.background and options.background != "auto":
+        kwargs["background"] = options.background
+    if family.response_format:
+        kwargs["response_format"] = "b64_json"
+    _emit(progress, item, "upload", "Sending the prompt")
+
+    def call() -> Any:
+        return _request_call(engine, model, lambda: engine.client.generate(**kwargs))
+
+    result = _call_with_ticker(engine, progress, item, model, family, quality or "auto", parsed, call)
+    meta = _meta(replace(options, size=size), model, PATH_GENERATE, None, item)
+    _emit(progress, item, "saving", "Saving the results to history")
+    saved = _save_all(engine, result, meta)
+    _check_problems(result, saved)
+    outputs = []
+    n = len(result.images)
+    for k, (image, hist) in enumerate(zip(result.images, saved, strict=True), start=1):
+        returned = _decode_saved(image.data, saved, result.request_id)
+        outputs.append(
+            Output(
+                index=k,
+                count=n,
+                name=layer_name(options.prompt, k, n),
+                pixels=returned,
+                mask=np.full(returned.shape[:2], 255, np.uint8),
+                x=0,
+                y=0,
+                history_png=hist,
+                request_id=result.request_id,
+                path=PATH_GENERATE,
+            )
+        )
+    _emit(progress, item, "done", f"{n} image{'s' if n != 1 else ''} ready")
+    return Outcome(outputs=outputs, model=model, path=PATH_GENERATE)
+
+
+def full_composite(original: np.ndarray, output: Output) -> np.ndarray:
+    """The whole image with ``output`` composited through its mask; outside the mask, the original bytes."""
+    from gimp_openai import composite
+
+    out = original.copy()
+    y, x = output.y, output.x
+    h, w = output.height, output.width
+    region = original[y : y + h, x : x + w]
+    out[y : y + h, x : x + w] = composite.composite(region, output.pixels, output.mask)
+    return out
