@@ -1,0 +1,551 @@
+"""The host protocol (docs/architecture.md): ``plan PLAN.json`` and ``job JOB.json``.
+
+The GIMP hosts are thin: they export pixels, run the engine as a subprocess and insert what it returns. So
+everything a host could get wrong is checked here, with messages an artist can act on: paths stay inside the
+job folder, PNG sizes equal the planned region, ids are unique, every field has its type. A job that cannot be
+read still gets a result line (``ok: false``) and exit code 2; a readable job always ends with a result line
+and exit code 0, whatever happened to its items. Items of a batch run concurrently and one item's failure
+never loses another's outputs.
+
+The API key comes from the environment or the user's settings (never the job file, never argv).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlparse
+
+from gimp_openai import operations
+from gimp_openai.errors import GimpOpenAIError, InvalidInputError, MissingKeyError, OutputNotWritableError
+from gimp_openai.progress import Progress
+
+PROTOCOL_VERSION = 1
+OPERATIONS = ("edit", "variation", "generate")
+BLENDS = ("feather", "poisson")
+MAX_CONCURRENCY = 16
+EXIT_OK = 0
+EXIT_UNREADABLE = 2
+
+
+class JobError(InvalidInputError):
+    """The job or plan file itself is wrong: the host has a bug, or the file was damaged."""
+
+    code = "invalid_job"
+    default_hint = "This is a problem in the GIMP plug-in's job file; please report it with the message."
+
+
+# --- Field readers: every one says which field is wrong and why ---------------------------------------------
+
+
+def _field(
+    obj: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ..., where: str = "job"
+) -> Any:
+    if name not in obj or obj[name] is None:
+        if default is ...:
+            raise JobError(f"The {where} has no '{name}'.")
+        return default
+    value = obj[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise JobError(f"'{name}' in the {where} must be {_kind_name(kinds)}, not true/false.")
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kinds):
+        raise JobError(f"'{name}' in the {where} must be {_kind_name(kinds)}, not {type(value).__name__}.")
+    return value
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {str: "text", int: "a whole number", float: "a number", bool: "true or false", list: "a list",
+             dict: "an object"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _rect(obj: dict[str, Any], name: str, where: str, *, allow_empty: bool = False) -> Any:
+    from gimp_openai.geometry import Rect
+
+    value = _field(obj, name, dict, where=where)
+    numbers = {}
+    for key in ("x", "y", "width", "height"):
+        numbers[key] = _field(value, key, int, where=f"'{name}' of {where}")
+    if numbers["width"] < 0 or numbers["height"] < 0 or (
+        not allow_empty and (numbers["width"] == 0 or numbers["height"] == 0)
+    ):
+        raise JobError(f"'{name}' of {where} is {numbers['width']}x{numbers['height']}: it must have pixels.")
+    if max(abs(v) for v in numbers.values()) > 1_000_000:
+        raise JobError(f"'{name}' of {where} is out of range.")
+    return Rect(**numbers)
+
+
+def _target(obj: dict[str, Any], where: str) -> tuple[int, int]:
+    value = _field(obj, "target", list, where=where)
+    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 100_000 for v in value):
+        raise JobError(f"'target' of {where} must be [width, height] in pixels, got {value!r}.")
+    return int(value[0]), int(value[1])
+
+
+def _inside(folder: Path, relative: str, what: str) -> Path:
+    """A path from the job, resolved against its folder; it may not leave the folder."""
+    if not relative or "\x00" in relative:
+        raise JobError(f"The path of {what} is empty or invalid.")
+    path = (folder / relative).resolve()
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        raise JobError(f"The path of {what} ({relative}) is outside the job folder {folder}.") from None
+    return path
+
+
+# --- The job ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    id: str
+    image: Path | None = None
+    selection: Path | None = None
+    references: list[Path] = field(default_factory=list)
+    layer: Any = None
+    plan: Any = None  # geometry.RegionPlan
+
+
+@dataclass
+class Job:
+    folder: Path
+    operation: str
+    options: operations.Options
+    out_dir: Path
+    add_mask: bool
+    concurrency: int
+    items: list[Item]
+
+
+def read_json_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
+    try:
+        p = Path(path).resolve()
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobError(f"The file {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobError(f"The file {path} could not be read: {exc}.") from None
+    except ValueError as exc:
+        raise JobError(f"The file {path} is not valid JSON: {exc}.") from None
+    if not isinstance(data, dict):
+        raise JobError(f"The file {path} must hold one JSON object, not {type(data).__name__}.")
+    version = data.get("version", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise JobError(
+            f"The file {path} is protocol version {version!r}; this engine speaks version {PROTOCOL_VERSION}.",
+            hint="Install the plug-in and the engine from the same release.",
+        )
+    return data, p.parent
+
+
+def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
+    from gimp_openai.geometry import RegionPlan
+
+    operation = _field(data, "operation", str)
+    if operation not in OPERATIONS:
+        raise JobError(f"Unknown operation {operation!r}; use one of {', '.join(OPERATIONS)}.")
+    blend = _field(data, "blend", str, "feather")
+    if blend not in BLENDS:
+        raise JobError(f"Unknown blend {blend!r}; use one of {', '.join(BLENDS)}.")
+    feather = _field(data, "feather", float, 0.0)
+    padding = _field(data, "context_padding", float, 0.25)
+    if not (0.0 <= feather <= 1000.0) or not (0.0 <= padding <= 10.0):
+        raise JobError("'feather' must be 0-1000 px and 'context_padding' 0-10.")
+    default_concurrency = int(getattr(settings, "concurrency", 4) or 4)
+    concurrency = _field(data, "concurrency", int, default_concurrency)
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise JobError(f"'concurrency' must be 1-{MAX_CONCURRENCY}, got {concurrency}.")
+    variation_prompt = _field(data, "variation_prompt", str, "") or str(
+        getattr(settings, "variation_prompt", "") or ""
+    )
+    options = operations.Options(
+        model=_field(data, "model", str, ""),
+        prompt=_field(data, "prompt", str, ""),
+        n=_field(data, "n", int, 1),
+        quality=_field(data, "quality", str, "auto"),
+        size_mode=_field(data, "size_mode", str, "auto"),
+        size=_field(data, "size", str, None),
+        background=_field(data, "background", str, "auto"),
+        feather=feather,
+        padding=padding,
+        align=_field(data, "align", bool, True),
+        tone_match=_field(data, "tone_match", bool, True),
+        blend=blend,
+        source_name=_field(data, "source_name", str, ""),
+        variation_prompt=variation_prompt,
+    )
+    out_text = _field(data, "out_dir", str)
+    if not out_text or "\x00" in out_text:
+        raise JobError("'out_dir' is empty or invalid.")
+    out_dir = (folder / out_text).resolve()
+    raw_items = _field(data, "items", list, [] if operation == "generate" else ...)
+    if operation != "generate" and not raw_items:
+        raise JobError("The job has no items.")
+    if len(raw_items) > 1000:
+        raise JobError("The job has more than 1000 items.")
+    items: list[Item] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(raw_items, start=1):
+        where = f"item {number}"
+        if not isinstance(raw, dict):
+            raise JobError(f"Item {number} must be an object, not {type(raw).__name__}.")
+        item_id = _field(raw, "id", str, where=where)
+        if not item_id or len(item_id) > 200:
+            raise JobError(f"Item {number} has an empty or overlong id.")
+        if item_id in seen:
+            raise JobError(f"Two items have the id {item_id!r}; ids must be unique.")
+        seen.add(item_id)
+        where = f"item {item_id!r}"
+        item = Item(id=item_id)
+        if operation != "generate":
+            item.image = _inside(folder, _field(raw, "image", str, where=where), f"the image of {where}")
+            item.layer = _rect(raw, "layer", where)
+            place = _rect(raw, "place", where)
+            request = _rect(raw, "request", where)
+            if not item.layer.contains(place):
+                raise JobError(f"'place' of {where} is not inside its layer.")
+            if not request.contains(place):
+                raise JobError(f"'request' of {where} does not contain 'place'.")
+            item.plan = RegionPlan(place=place, request=request, target=_target(raw, where))
+            if operation == "edit":
+                selection = _field(raw, "selection", str, where=where)
+                item.selection = _inside(folder, selection, f"the selection of {where}")
+            refs = _field(raw, "references", list, [], where=where)
+            for r, ref in enumerate(refs, start=1):
+                if not isinstance(ref, str):
+                    raise JobError(f"Reference {r} of {where} must be a path.")
+                item.references.append(_inside(folder, ref, f"reference {r} of {where}"))
+        items.append(item)
+    if operation == "generate" and not items:
+        items.append(Item(id="generate"))
+    return Job(
+        folder=folder,
+        operation=operation,
+        options=options,
+        out_dir=out_dir,
+        add_mask=_field(data, "add_mask", bool, True),
+        concurrency=concurrency,
+        items=items,
+    )
+
+
+# --- Running ------------------------------------------------------------------------------------------------
+
+
+class LineWriter:
+    """JSON lines on one stream from many threads; one line per object, flushed at once (hosts read live)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def write(self, obj: dict[str, Any]) -> None:
+        line = json.dumps(obj, ensure_ascii=False, default=str)
+        with self.lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+class BatchProgress:
+    """Per-item fractions and their mean, so every line carries the overall fraction a host's bar shows."""
+
+    def __init__(self, writer: LineWriter, ids: list[str]) -> None:
+        self.writer = writer
+        self.fractions = dict.fromkeys(ids, 0.0)
+        self.lock = threading.Lock()
+
+    def __call__(self, event: Progress) -> None:
+        with self.lock:
+            if event.item in self.fractions:
+                self.fractions[event.item] = max(self.fractions[event.item], event.fraction)
+            overall = sum(self.fractions.values()) / max(1, len(self.fractions))
+        data = event.to_dict()
+        data["overall"] = round(overall, 4)
+        self.writer.write(data)
+
+
+def is_loopback(url: str) -> bool:
+    host = (urlparse(url or "").hostname or "").lower()
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def resolve_key(settings: Any) -> str:
+    """The key from environment/keyring/config; none needed for a server on this machine (`gimp-openai serve`)."""
+    from gimp_openai.settings import resolve_api_key
+
+    key = resolve_api_key(settings)
+    if key:
+        return str(key)
+    if is_loopback(str(getattr(settings, "base_url", "") or "")):
+        return ""
+    raise MissingKeyError("No OpenAI API key is set.")
+
+
+def make_engine(settings: Any) -> operations.Engine:
+    return operations.Engine.from_settings(settings, resolve_key(settings))
+
+
+def resolve_model(engine: operations.Engine, model: str, operation: str) -> str:
+    """'' -> the user's saved choice while it is live, else the newest live GPT image model."""
+    if model:
+        return model
+    from gimp_openai import discovery
+
+    saved = getattr(engine.settings, "default_model", None) or None
+    try:
+        models = engine.models()
+    except GimpOpenAIError:
+        if saved:
+            return str(saved)
+        raise
+    return str(discovery.choose_default_model(models, saved, operation))
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Before paying for anything: can we write the results where they must go?"""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}-{threading.get_ident()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputNotWritableError(f"Cannot write into {out_dir}: {exc.strerror or exc}.") from None
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str) -> str:
+    return _SAFE.sub("_", text).strip("._")[:80] or "item"
+
+
+def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
+    from gimp_openai import imaging
+
+    assert item.image is not None and item.plan is not None
+    try:
+        pixels = imaging.read_image(item.image)
+    except GimpOpenAIError:
+        raise
+    except OSError as exc:
+        raise InvalidInputError(f"The exported image {item.image.name} could not be read: {exc}.") from None
+    place = item.plan.place
+    if (pixels.shape[1], pixels.shape[0]) != (place.width, place.height):
+        raise InvalidInputError(
+            f"The exported image {item.image.name} is {pixels.shape[1]}x{pixels.shape[0]} but the planned region "
+            f"is {place.width}x{place.height}."
+        )
+    selection = None
+    if item.selection is not None:
+        selection = imaging.read_selection(item.selection)
+        if (selection.shape[1], selection.shape[0]) != (place.width, place.height):
+            raise InvalidInputError(
+                f"The selection {item.selection.name} is {selection.shape[1]}x{selection.shape[0]} but the planned "
+                f"region is {place.width}x{place.height}."
+            )
+    refs = []
+    for ref in item.references:
+        try:
+            refs.append(ref.read_bytes())
+        except OSError as exc:
+            raise InvalidInputError(f"The reference image {ref.name} could not be read: {exc}.") from None
+    return pixels, selection, refs
+
+
+def _write_outputs(job: Job, item: Item, outcome: operations.Outcome) -> list[dict[str, Any]]:
+    from gimp_openai import imaging
+    from gimp_openai.atomic import write_bytes_atomic
+
+    results = []
+    base = safe_name(item.id)
+    for out in outcome.outputs:
+        layer_png = job.out_dir / f"{base}-{out.index}.png"
+        mask_png = job.out_dir / f"{base}-{out.index}-mask.png"
+        write_bytes_atomic(layer_png, imaging.encode_png(out.layer_pixels(job.add_mask)))
+        write_bytes_atomic(mask_png, imaging.encode_png(out.mask))
+        notes = "; ".join([n for n in [out.report, *out.notes] if n])
+        results.append(
+            {
+                "index": out.index,
+                "name": out.name,
+                "layer_png": str(layer_png),
+                "mask_png": str(mask_png),
+                "x": out.x,
+                "y": out.y,
+                "width": out.width,
+                "height": out.height,
+                "history_png": str(out.history_png),
+                "request_id": out.request_id,
+                "path": out.path,
+                "report": out.report,
+                "notes": notes,
+            }
+        )
+    return results
+
+
+def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable[[Progress], None]) -> dict[str, Any]:
+    """One item, start to end; every failure becomes this item's error (with what was already saved)."""
+    try:
+        options = job.options
+        if job.operation == "generate":
+            outcome = operations.generate(engine, options, item=item.id, progress=progress)
+        else:
+            pixels, selection, refs = _load_item(job, item)
+            if job.operation == "edit":
+                assert selection is not None
+                if refs:
+                    from dataclasses import replace
+
+                    options = replace(options, extra_images=refs)
+                outcome = operations.edit(
+                    engine, options, place_pixels=pixels, selection=selection, layer=item.layer,
+                    plan=item.plan, item=item.id, progress=progress,
+                )
+            else:
+                outcome = operations.variation(
+                    engine, options, place_pixels=pixels, layer=item.layer, plan=item.plan, item=item.id,
+                    progress=progress,
+                )
+        outputs = _write_outputs(job, item, outcome)
+        return {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model}
+    except GimpOpenAIError as exc:
+        return {"id": item.id, "ok": False, "outputs": [], "error": exc.to_dict()}
+    except Exception as exc:  # noqa: BLE001 - one item's bug must not lose the others' results
+        return {
+            "id": item.id,
+            "ok": False,
+            "outputs": [],
+            "error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}",
+                      "hint": "This is a bug in gimp-openai; please report it.", "saved": []},
+        }
+
+
+def _result(ok: bool, items: list[dict[str, Any]], error: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    data = {"type": "result", "ok": ok, "items": items, "error": error}
+    data.update(extra)
+    return data
+
+
+def run_job(path: str, stream: IO[str] | None = None, *, engine_factory: Callable[[Any], Any] | None = None) -> int:
+    """``gimp-openai job JOB.json``: progress lines, then one result line. Returns the exit code."""
+    writer = LineWriter(stream or sys.stdout)
+    try:
+        from gimp_openai.settings import load_settings
+
+        settings = load_settings()
+        data, folder = read_json_file(path)
+        job = parse_job(data, folder, settings)
+    except GimpOpenAIError as exc:
+        writer.write(_result(False, [], exc.to_dict()))
+        return EXIT_UNREADABLE
+    except Exception as exc:  # noqa: BLE001 - fuzzed files must still get a clean answer
+        writer.write(_result(False, [], JobError(f"The job could not be read: {type(exc).__name__}: {exc}").to_dict()))
+        return EXIT_UNREADABLE
+    try:
+        check_out_dir(job.out_dir)
+        engine = (engine_factory or make_engine)(settings)
+        job.options.model = resolve_model(engine, job.options.model, job.operation)
+    except GimpOpenAIError as exc:
+        writer.write(_result(False, [], exc.to_dict()))
+        return EXIT_OK
+    progress = BatchProgress(writer, [item.id for item in job.items])
+    workers = max(1, min(job.concurrency, len(job.items)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="item") as pool:
+        futures = [pool.submit(run_item, engine, job, item, progress) for item in job.items]
+        results = [f.result() for f in futures]
+    ok = all(r["ok"] for r in results)
+    error = None
+    if not ok:
+        failed = [r for r in results if not r["ok"]]
+        first = failed[0]["error"] or {}
+        error = {
+            "code": first.get("code", "error") if len(failed) == len(results) else "partial_failure",
+            "message": f"{len(failed)} of {len(results)} item(s) failed: " + "; ".join(
+                f"{r['id']}: {(r['error'] or {}).get('message', '')}" for r in failed
+            ),
+            "hint": first.get("hint", ""),
+            "saved": [p for r in failed for p in (r["error"] or {}).get("saved", [])],
+        }
+    writer.write(_result(ok, results, error, model=job.options.model))
+    return EXIT_OK
+
+
+# --- Plan ---------------------------------------------------------------------------------------------------
+
+
+def plan_answer(data: dict[str, Any], settings: Any, engine: Any | None) -> dict[str, Any]:
+    """The answer object for a parsed PLAN.json (model resolved, one region per item)."""
+    from gimp_openai import capabilities, geometry
+
+    operation = _field(data, "operation", str, "edit", where="plan")
+    if operation not in OPERATIONS:
+        raise JobError(f"Unknown operation {operation!r}; use one of {', '.join(OPERATIONS)}.")
+    model = _field(data, "model", str, "", where="plan")
+    size_mode = _field(data, "size_mode", str, "auto", where="plan")
+    padding = _field(data, "context_padding", float, 0.25, where="plan")
+    if not 0.0 <= padding <= 10.0:
+        raise JobError("'context_padding' must be 0-10.")
+    raw_items = _field(data, "items", list, [], where="plan")
+    if not model:
+        if engine is None:
+            engine = make_engine(settings)
+        model = resolve_model(engine, model, operation)
+    family = capabilities.family_for(model, getattr(settings, "model_rules", None) or {})
+    items = []
+    seen: set[str] = set()
+    for number, raw in enumerate(raw_items, start=1):
+        if not isinstance(raw, dict):
+            raise JobError(f"Item {number} of the plan must be an object.")
+        item_id = _field(raw, "id", str, where=f"plan item {number}")
+        if item_id in seen:
+            raise JobError(f"Two plan items have the id {item_id!r}; ids must be unique.")
+        seen.add(item_id)
+        where = f"plan item {item_id!r}"
+        layer = _rect(raw, "layer", where)
+        selection = None
+        if raw.get("selection_bounds") is not None:
+            selection = _rect(raw, "selection_bounds", where, allow_empty=True)
+            if selection.is_empty:
+                selection = None
+        if operation == "edit" and selection is None:
+            raise InvalidInputError(
+                f"The selection of {item_id} is empty.", hint="Select the part of the image to change first."
+            )
+        region = geometry.plan_region(layer, selection, family, padding=padding, size_mode=size_mode)
+        answer = region.to_dict()
+        answer["id"] = item_id
+        items.append(answer)
+    return {"ok": True, "model": model, "family": family.name, "items": items}
+
+
+def run_plan(path: str, stream: IO[str] | None = None, *, engine: Any | None = None) -> int:
+    """``gimp-openai plan PLAN.json``: one JSON object on stdout."""
+    writer = LineWriter(stream or sys.stdout)
+    try:
+        from gimp_openai.settings import load_settings
+
+        settings = load_settings()
+        data, _folder = read_json_file(path)
+    except GimpOpenAIError as exc:
+        writer.write({"ok": False, "error": exc.to_dict()})
+        return EXIT_UNREADABLE
+    try:
+        writer.write(plan_answer(data, settings, engine))
+    except GimpOpenAIError as exc:
+        writer.write({"ok": False, "error": exc.to_dict()})
+    except Exception as exc:  # noqa: BLE001
+        writer.write({"ok": False, "error": JobError(f"The plan failed: {type(exc).__name__}: {exc}").to_dict()})
+    return EXIT_OK
