@@ -27,6 +27,8 @@ class GimpOpenAIError(Exception):
 
     code = "error"
     default_hint = ""
+    #: How many times the client retried before giving up (set by the client; 0 = not retried).
+    retries = 0
 
     def __init__(
         self,
@@ -133,7 +135,9 @@ class QuotaExceededError(APIError):
 
 class RateLimitError(APIError):
     code = "rate_limited"
-    default_hint = "The server is busy or your rate limit was reached. Wait a minute and try again, or use fewer images."
+    default_hint = (
+        "The server is busy or your rate limit was reached. Wait a minute and try again, or use fewer images."
+    )
 
 
 class ModerationBlockedError(APIError):
@@ -200,3 +204,35 @@ class TLSError(APIError):
 class MalformedResponseError(APIError):
     code = "malformed_response"
     default_hint = "The server's answer was damaged or not what the API promises. Images already received were kept."
+
+
+# --- Added by the client/settings/discovery modules ---------------------------------------------------------
+
+
+class UnsafeURLError(APIError):
+    """A server returned an image URL the engine will not fetch (plain http to a non-loopback host, too big)."""
+
+    code = "unsafe_url"
+    default_hint = (
+        "Image URLs are only downloaded over https (or from the local server on this computer). "
+        "Ask for base64 results (response_format b64_json) or check the server."
+    )
+
+
+class ResponseTooLargeError(APIError):
+    code = "response_too_large"
+    default_hint = "The server sent more data than the engine accepts for one answer; ask for fewer images."
+
+
+class EndpointNotFoundError(APIError):
+    """404 that does not name a model: usually a base URL without ``/v1`` or a server without this endpoint."""
+
+    code = "endpoint_not_found"
+    default_hint = "Check the base URL in Settings (for OpenAI it ends in /v1); `gimp-openai doctor` helps."
+
+
+class SettingsError(GimpOpenAIError):
+    """The config file or a setting is unusable (bad JSON, a key inside the base URL, ...)."""
+
+    code = "settings_error"
+    default_hint = "Fix the value in Settings (or the config file named in the message)."
