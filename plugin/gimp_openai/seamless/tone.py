@@ -1,0 +1,200 @@
+"""Tone match: fit a colour transform result -> original in CIELAB over a ring of context, and apply it.
+
+Why: GPT image models re-render the whole picture and its colours and brightness drift. Around the selection
+both images should agree, so a transform fitted there, applied to the whole result, removes the tone step the
+artist would otherwise see at the edge of the selection. The fit is done in CIELAB (perceptual, so errors are
+weighted as the eye weighs them) and is robust: the model may have changed things in the ring too (Huber IRLS),
+and it is pulled towards the identity (ridge) so that a ring with few colours cannot produce a wild transform
+for colours that only occur inside the selection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+#: below this mean ΔE2000 over the ring the tone difference is not visible: leave the result alone.
+MIN_DELTA_E = 1.0
+#: apply only when the fit removes at least this much ΔE2000 (absolute) ...
+MIN_GAIN = 0.5
+#: ... and at least this share of it (relative).
+MIN_RATIO = 0.15
+#: samples used for the fit (a strided subset of the ring): plenty for 12 parameters, fast on 2048² crops.
+MAX_SAMPLES = 40_000
+#: ridge strength per sample towards the identity, in (Lab units)²: a ring with a channel std of 1 unit
+#: gets its gain halved towards 1; with std 10 units the pull is 1 %.
+RIDGE = 1.0
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB(A) (..., 3|4) -> float32 CIELAB (D65, sRGB gamma), L 0..100."""
+    flat = np.ascontiguousarray(rgb[..., :3]).reshape(-1, 1, 3).astype(np.float32) * np.float32(1 / 255)
+    lab = cv2.cvtColor(flat, cv2.COLOR_RGB2Lab)
+    return lab.reshape(rgb.shape[:-1] + (3,))
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """float32 CIELAB (..., 3) -> uint8 RGB, clipped to the gamut, rounded."""
+    flat = np.ascontiguousarray(lab, dtype=np.float32).reshape(-1, 1, 3)
+    rgb = cv2.cvtColor(flat, cv2.COLOR_Lab2RGB)
+    out = np.clip(rgb * np.float32(255) + np.float32(0.5), 0, 255).astype(np.uint8)
+    return out.reshape(lab.shape[:-1] + (3,))
+
+
+def delta_e_2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
+    """CIEDE2000 colour difference (Sharma, Wu, Dalal 2005), vectorised over leading axes; kL = kC = kH = 1."""
+    lab1 = np.asarray(lab1, dtype=np.float64)
+    lab2 = np.asarray(lab2, dtype=np.float64)
+    l1, a1, b1 = lab1[..., 0], lab1[..., 1], lab1[..., 2]
+    l2, a2, b2 = lab2[..., 0], lab2[..., 1], lab2[..., 2]
+    c1 = np.hypot(a1, b1)
+    c2 = np.hypot(a2, b2)
+    c_bar7 = ((c1 + c2) / 2) ** 7
+    g = 0.5 * (1 - np.sqrt(c_bar7 / (c_bar7 + 25.0**7)))
+    a1p, a2p = (1 + g) * a1, (1 + g) * a2
+    c1p, c2p = np.hypot(a1p, b1), np.hypot(a2p, b2)
+    h1p = np.degrees(np.arctan2(b1, a1p)) % 360
+    h2p = np.degrees(np.arctan2(b2, a2p)) % 360
+    zero = (c1p * c2p) == 0
+
+    dl = l2 - l1
+    dc = c2p - c1p
+    dh = h2p - h1p
+    dh = np.where(dh > 180, dh - 360, np.where(dh < -180, dh + 360, dh))
+    dh = np.where(zero, 0.0, dh)
+    dhh = 2 * np.sqrt(c1p * c2p) * np.sin(np.radians(dh / 2))
+
+    l_bar = (l1 + l2) / 2
+    c_bar_p = (c1p + c2p) / 2
+    h_sum = h1p + h2p
+    h_bar = np.where(np.abs(h1p - h2p) > 180, np.where(h_sum < 360, h_sum + 360, h_sum - 360), h_sum) / 2
+    h_bar = np.where(zero, h_sum, h_bar)
+    t = (1 - 0.17 * np.cos(np.radians(h_bar - 30)) + 0.24 * np.cos(np.radians(2 * h_bar))
+         + 0.32 * np.cos(np.radians(3 * h_bar + 6)) - 0.20 * np.cos(np.radians(4 * h_bar - 63)))
+    d_theta = 30 * np.exp(-(((h_bar - 275) / 25) ** 2))
+    c_bar_p7 = c_bar_p**7
+    r_c = 2 * np.sqrt(c_bar_p7 / (c_bar_p7 + 25.0**7))
+    s_l = 1 + 0.015 * (l_bar - 50) ** 2 / np.sqrt(20 + (l_bar - 50) ** 2)
+    s_c = 1 + 0.045 * c_bar_p
+    s_h = 1 + 0.015 * c_bar_p * t
+    r_t = -np.sin(np.radians(2 * d_theta)) * r_c
+    return np.sqrt((dl / s_l) ** 2 + (dc / s_c) ** 2 + (dhh / s_h) ** 2 + r_t * (dc / s_c) * (dhh / s_h))
+
+
+def context_ring(selection: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """bool ring of context around the selection: outside it (a 2 px gap for soft/aliased edges), inside the crop.
+
+    Its width grows with the selection (a quarter of the square root of its area, 8..128 px): wide enough for
+    plenty of samples, near enough that its colours are those around the edit.
+    """
+    selected = selection > 0
+    if not selected.any() or selected.all():
+        return np.zeros(selection.shape, bool)
+    outside = np.where(selected, 0, 255).astype(np.uint8)
+    dist = cv2.distanceTransform(outside, cv2.DIST_L2, 3)
+    width = float(np.clip(0.25 * np.sqrt(selected.sum()), 8, 128))
+    ring = (dist > 2.0) & (dist <= 2.0 + width)
+    if valid is not None:
+        ring &= valid
+    return ring
+
+
+def _sample(mask: np.ndarray, limit: int) -> np.ndarray:
+    """Flat indices of at most `limit` pixels of `mask`, evenly strided (deterministic)."""
+    idx = np.flatnonzero(mask)
+    if idx.size > limit:
+        idx = idx[np.linspace(0, idx.size - 1, limit).astype(np.int64)]
+    return idx
+
+
+def fit_lab_transform(src: np.ndarray, dst: np.ndarray, iterations: int = 6) -> np.ndarray:
+    """Robust affine 3x4 M with dst ≈ M @ [src, 1] (rows are Lab samples), ridge-pulled towards the identity.
+
+    Huber IRLS on the Euclidean Lab residual: the scale is the MAD of the residuals (at least 1 unit), so
+    pixels the model repainted in the ring count little once the first fit has found the main trend.
+    """
+    src = src.astype(np.float64)
+    dst = dst.astype(np.float64)
+    n = src.shape[0]
+    x = np.hstack([src, np.ones((n, 1))])
+    prior = np.hstack([np.eye(3), np.zeros((3, 1))])
+    ridge = np.diag([RIDGE, RIDGE, RIDGE, 0.0])
+    weights = np.ones(n)
+    m = prior
+    for _ in range(iterations):
+        xw = x * weights[:, None]
+        total = weights.sum()
+        lhs = xw.T @ x + ridge * total
+        rhs = xw.T @ dst + (ridge * total) @ prior.T
+        m = np.linalg.solve(lhs, rhs).T
+        resid = np.linalg.norm(x @ m.T - dst, axis=1)
+        scale = max(1.4826 * float(np.median(resid)), 1.0)
+        k = 1.5 * scale
+        weights = np.where(resid <= k, 1.0, k / np.maximum(resid, 1e-12))
+    return m
+
+
+def apply_lab_transform(rgba: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The RGBA image with its colours mapped through the Lab affine `m` (alpha untouched)."""
+    lab = rgb_to_lab(rgba)
+    mapped = lab @ m[:, :3].T.astype(np.float32) + m[:, 3].astype(np.float32)
+    out = rgba.copy()
+    out[..., :3] = lab_to_rgb(mapped)
+    return out
+
+
+@dataclass
+class ToneMatch:
+    """What the tone match found; `image` is the (possibly) corrected result."""
+
+    image: np.ndarray
+    applied: bool
+    delta_e_before: float | None
+    delta_e_after: float | None
+    matrix: list[list[float]] | None = None
+    samples: int = 0
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        def r(v: float | None) -> float | None:
+            return None if v is None else round(float(v), 3)
+
+        return {
+            "applied": self.applied,
+            "delta_e_before": r(self.delta_e_before),
+            "delta_e_after": r(self.delta_e_after),
+            "lab_matrix": self.matrix,
+            "samples": self.samples,
+            "note": self.note,
+        }
+
+
+def match_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray,
+               valid: np.ndarray | None = None) -> ToneMatch:
+    """Fit result -> original over the context ring and apply it when it visibly helps.
+
+    `valid` marks result pixels that hold real content (alignment may have pulled in a border).
+    Returns the result itself (same object, untouched) when nothing is applied.
+    """
+    ring = context_ring(selection, valid)
+    idx = _sample(ring, MAX_SAMPLES)
+    if idx.size < 200:
+        return ToneMatch(result, False, None, None, note="too little context around the selection to match tone")
+    orig_lab = rgb_to_lab(original.reshape(-1, original.shape[-1])[idx])
+    res_lab = rgb_to_lab(result.reshape(-1, result.shape[-1])[idx])
+    before = float(delta_e_2000(orig_lab, res_lab).mean())
+    if before < MIN_DELTA_E:
+        return ToneMatch(result, False, before, before, samples=int(idx.size), note="tone already matches")
+    m = fit_lab_transform(res_lab, orig_lab)
+    mapped = res_lab @ m[:, :3].T + m[:, 3]
+    # Measure what will really be applied: through 8-bit RGB, as the image will be.
+    mapped_rgb = lab_to_rgb(mapped.astype(np.float32))
+    after = float(delta_e_2000(orig_lab, rgb_to_lab(mapped_rgb)).mean())
+    matrix = [[round(float(v), 5) for v in row] for row in m]
+    if before - after < MIN_GAIN or after > before * (1 - MIN_RATIO):
+        return ToneMatch(result, False, before, after, matrix, int(idx.size),
+                         note="a colour fit would not help enough")
+    return ToneMatch(apply_lab_transform(result, m), True, before, after, matrix, int(idx.size))
