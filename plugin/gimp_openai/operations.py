@@ -147,8 +147,7 @@ class Engine:
     def from_settings(cls, settings: Any, api_key: str | None, *, history: Any | None = None) -> Engine:
         from gimp_openai.client import ClientConfig, ImagesClient
 
-        config = ClientConfig.from_settings(settings)
-        config.api_key = api_key or ""
+        config = ClientConfig.from_settings(settings, api_key=api_key or "")
         return cls(settings, ImagesClient(config), history)
 
     def family(self, model: str) -> Family:

@@ -1,0 +1,687 @@
+"""`gimp-openai`: the engine from a shell (and `python -m gimp_openai`, which the GIMP hosts run).
+
+Subcommands: edit, variation, generate, batch, models, doctor, serve, plan, job, key. Everything that can be
+checked is checked before a request is paid for (the input files, the selection, the prompt, n, the size,
+the output folder). Errors are one clear line plus a hint, exit code 1 (2 for usage and unreadable jobs),
+never a traceback. The API key is never read from argv: `key set` reads it from stdin or a hidden prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gimp_openai import __version__, operations
+from gimp_openai.errors import GimpOpenAIError, InvalidInputError, redact
+from gimp_openai.progress import Progress
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+# --- Progress on stderr -------------------------------------------------------------------------------------
+
+
+class StderrProgress:
+    """A one-line bar on a terminal; on a pipe, one line per phase change (logs stay readable)."""
+
+    def __init__(self, stream: Any = None, *, enabled: bool = True, items: int = 1) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.lock = threading.Lock()
+        self.fractions: dict[str, float] = {}
+        self.items = max(1, items)
+        self.last_phase: dict[str, str] = {}
+        self.width = 0
+
+    def __call__(self, event: Progress) -> None:
+        if not self.enabled:
+            return
+        with self.lock:
+            self.fractions[event.item] = max(self.fractions.get(event.item, 0.0), event.fraction)
+            overall = sum(self.fractions.values()) / self.items
+            label = f"{event.item}: " if event.item else ""
+            if self.tty:
+                filled = int(round(overall * 24))
+                text = f"\r[{'#' * filled}{'-' * (24 - filled)}] {overall * 100:3.0f}% {label}{event.message}"[:160]
+                self.stream.write(text + " " * max(0, self.width - len(text)))
+                self.width = len(text)
+                if event.phase == "done" and overall >= 1.0:
+                    self.stream.write("\n")
+                    self.width = 0
+            elif self.last_phase.get(event.item) != event.phase:
+                self.stream.write(f"{label}{event.message}\n")
+            self.last_phase[event.item] = event.phase
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled and self.tty and self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.width = 0
+
+
+# --- Errors -------------------------------------------------------------------------------------------------
+
+
+class UsageError(InvalidInputError):
+    code = "usage"
+
+
+def fail(exc: GimpOpenAIError, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"ok": False, "error": exc.to_dict()}))
+    print(f"gimp-openai: error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+    if exc.saved:
+        print("  results already saved: " + ", ".join(exc.saved), file=sys.stderr)
+    return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
+
+
+# --- Inputs -------------------------------------------------------------------------------------------------
+
+
+def load_image(path: str) -> tuple[np.ndarray, list[str]]:
+    """RGBA u8 pixels of ``path`` and notes on any conversion (indexed, grayscale, 16-bit, float)."""
+    from gimp_openai import imaging
+
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"{path} does not exist or is not a file.")
+    notes = []
+    try:
+        from PIL import Image
+
+        with Image.open(p) as im:
+            mode = im.mode
+        if mode not in ("RGB", "RGBA"):
+            notes.append(f"{p.name}: converted from mode {mode} to 8-bit RGBA")
+    except Exception:  # noqa: S110 - imaging.read_image gives the real error below
+        pass
+    pixels = imaging.read_image(p)
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise InvalidInputError(f"{path} has no pixels.")
+    return pixels, notes
+
+
+def parse_rect(text: str) -> tuple[int, int, int, int]:
+    try:
+        parts = [int(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 4 or parts[2] <= 0 or parts[3] <= 0:
+        raise UsageError(f"--rect must be X,Y,WIDTH,HEIGHT with a positive size, got {text!r}.")
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+def selection_for(args: argparse.Namespace, shape: tuple[int, ...], mask_path: str | None) -> np.ndarray:
+    """The selection as u8 (H, W): a grayscale/alpha image of the same size, or --rect / --ellipse."""
+    from gimp_openai import imaging
+
+    height, width = int(shape[0]), int(shape[1])
+    if mask_path:
+        if not Path(mask_path).is_file():
+            raise InvalidInputError(f"The selection {mask_path} does not exist or is not a file.")
+        selection = imaging.read_selection(mask_path)
+        if selection.shape != (height, width):
+            raise InvalidInputError(
+                f"The selection {mask_path} is {selection.shape[1]}x{selection.shape[0]} but the image is "
+                f"{width}x{height}; they must be the same size."
+            )
+    elif args.rect:
+        x, y, w, h = parse_rect(args.rect)
+        selection = np.zeros((height, width), np.uint8)
+        if args.ellipse:
+            yy, xx = np.mgrid[0:height, 0:width]
+            cx, cy = x + w / 2 - 0.5, y + h / 2 - 0.5
+            inside = ((xx - cx) / (w / 2)) ** 2 + ((yy - cy) / (h / 2)) ** 2 <= 1.0
+            selection[inside] = 255
+        else:
+            selection[max(0, y) : max(0, y + h), max(0, x) : max(0, x + w)] = 255
+    else:
+        raise UsageError("Say what to edit: --mask SELECTION.png, or --rect X,Y,W,H (with --ellipse for an ellipse).")
+    if not selection.any():
+        raise InvalidInputError("The selection is empty.", hint="Select the part of the image to change first.")
+    return selection
+
+
+# --- Engine from options ------------------------------------------------------------------------------------
+
+
+def load_settings_for(args: argparse.Namespace) -> Any:
+    from gimp_openai.settings import check_base_url, load_settings
+
+    settings = load_settings()
+    if getattr(args, "base_url", None):
+        settings.base_url = check_base_url(args.base_url)
+    if getattr(args, "timeout", None):
+        settings.read_timeout = float(args.timeout)
+    return settings
+
+
+def engine_for(args: argparse.Namespace, settings: Any) -> operations.Engine:
+    from gimp_openai import jobs
+
+    engine = jobs.make_engine(settings)
+    return engine
+
+
+def pick_model(engine: operations.Engine, args: argparse.Namespace, operation: str) -> str:
+    from gimp_openai import capabilities, jobs
+
+    model = jobs.resolve_model(engine, args.model or "", operation)
+    rules = getattr(engine.settings, "model_rules", None) or {}
+    if capabilities.known_family_name(model) is None and model not in rules:
+        family = capabilities.family_for(model, rules)
+        print(
+            f"gimp-openai: warning: {model} is not a model this version knows; using the {family.name} rules "
+            "(set model_rules in the settings if your server's model needs others)",
+            file=sys.stderr,
+        )
+    return model
+
+
+def options_from(args: argparse.Namespace, model: str, prompt: str = "", source: str = "") -> operations.Options:
+    settings_variation = ""
+    return operations.Options(
+        model=model,
+        prompt=prompt,
+        n=args.n,
+        quality=args.quality,
+        size_mode=args.size if (args.size and args.command != "generate") else "auto",
+        size=args.size if args.command == "generate" else None,
+        background=args.background,
+        feather=args.feather,
+        padding=args.padding,
+        align=not args.no_align,
+        tone_match=not args.no_tone_match,
+        blend=args.blend,
+        source_name=source,
+        variation_prompt=getattr(args, "variation_prompt", None) or settings_variation,
+    )
+
+
+def check_size_option(args: argparse.Namespace, engine: operations.Engine, model: str) -> None:
+    if not args.size or args.size in ("auto", "native", "standard"):
+        return
+    family = engine.family(model)
+    problem = family.check_size(args.size)
+    if problem:
+        raise InvalidInputError(f"{problem}.", hint="Use --size auto (the engine picks a size the model takes).")
+
+
+def out_dir_for(args: argparse.Namespace) -> Path:
+    from gimp_openai import jobs
+
+    out = Path(args.out or ".").expanduser().resolve()
+    jobs.check_out_dir(out)
+    return out
+
+
+# --- Outputs ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Written:
+    source: str
+    pngs: list[Path] = field(default_factory=list)
+    ora: Path | None = None
+    outputs: list[operations.Output] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def unique_path(folder: Path, stem: str, suffix: str) -> Path:
+    """Never write over an earlier result: a number is added when the name is taken."""
+    path = folder / f"{stem}{suffix}"
+    number = 2
+    while path.exists():
+        path = folder / f"{stem}-{number}{suffix}"
+        number += 1
+    return path
+
+
+def write_results(
+    out: Path, stem: str, original: np.ndarray | None, outcome: operations.Outcome, written: Written
+) -> None:
+    from gimp_openai import imaging
+    from gimp_openai.atomic import write_bytes_atomic
+
+    for output in outcome.outputs:
+        if original is not None and outcome.path == operations.PATH_EDIT:
+            full = operations.full_composite(original, output)
+        elif original is not None:
+            full = original.copy()
+            full[output.y : output.y + output.height, output.x : output.x + output.width] = output.pixels
+        else:
+            full = output.pixels
+        tag = {"edit": "edit", "variation-endpoint": "variation", "variation-edit": "variation-via-edit",
+               "generate": "generated"}[output.path]
+        path = unique_path(out, f"{stem}-{tag}-{output.index}", ".png")
+        write_bytes_atomic(path, imaging.encode_png(full))
+        written.pngs.append(path)
+        written.outputs.append(output)
+    if original is not None and outcome.outputs:
+        written.ora = write_layers(unique_path(out, f"{stem}-openai", ".ora"), original, stem, outcome.outputs)
+
+
+def write_layers(path: Path, original: np.ndarray, stem: str, outputs: Sequence[operations.Output]) -> Path:
+    """Layered OpenRaster: the original at the bottom, one layer per result (masked, at its offsets) on top."""
+    from gimp_openai import ora
+
+    layers = [{"name": stem, "pixels": original, "x": 0, "y": 0}]
+    for output in outputs:
+        layers.append({"name": output.name, "pixels": output.layer_pixels(add_mask=False), "x": output.x,
+                       "y": output.y})
+    ora.write_ora(path, (original.shape[1], original.shape[0]), layers)
+    return path
+
+
+def report(written: list[Written], args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps({"ok": True, "results": [_written_dict(w) for w in written]}, ensure_ascii=False))
+        return
+    for w in written:
+        for note in w.notes:
+            print(f"note: {note}", file=sys.stderr)
+        for png, output in zip(w.pngs, w.outputs, strict=False):
+            extra = f" [{output.report}]" if output.report else ""
+            print(f"{output.name}: {png}{extra}")
+            for note in output.notes:
+                print(f"  note: {note}")
+        if w.ora:
+            print(f"layers (OpenRaster, opens in GIMP and Krita): {w.ora}")
+
+
+def _written_dict(w: Written) -> dict[str, Any]:
+    return {
+        "source": w.source,
+        "ora": str(w.ora) if w.ora else None,
+        "notes": w.notes,
+        "outputs": [
+            {"png": str(p), "name": o.name, "x": o.x, "y": o.y, "width": o.width, "height": o.height,
+             "history_png": str(o.history_png), "request_id": o.request_id, "path": o.path, "report": o.report,
+             "notes": o.notes}
+            for p, o in zip(w.pngs, w.outputs, strict=False)
+        ],
+    }
+
+
+# --- Commands -----------------------------------------------------------------------------------------------
+
+
+def _prepare(args: argparse.Namespace, operation: str) -> tuple[Any, operations.Engine, str, Path]:
+    settings = load_settings_for(args)
+    out = out_dir_for(args)
+    engine = engine_for(args, settings)
+    model = pick_model(engine, args, operation)
+    check_size_option(args, engine, model)
+    return settings, engine, model, out
+
+
+def run_one(
+    args: argparse.Namespace,
+    engine: operations.Engine,
+    model: str,
+    out: Path,
+    image_path: str,
+    mask_path: str | None,
+    progress: Any,
+) -> Written:
+    """One input image through the chosen operation; shared by edit, variation and batch."""
+    from gimp_openai.geometry import Rect
+
+    written = Written(source=image_path)
+    pixels, written.notes = load_image(image_path)
+    layer = Rect(0, 0, pixels.shape[1], pixels.shape[0])
+    stem = Path(image_path).stem
+    item = stem if args.command == "batch" else ""
+    operation = args.operation if args.command == "batch" else args.command
+    if operation == "edit":
+        selection = selection_for(args, pixels.shape, mask_path)
+        opts = options_from(args, model, args.prompt or "", source=str(image_path))
+        if getattr(args, "reference", None):
+            opts.extra_images = [Path(r).read_bytes() for r in args.reference]
+        outcome = operations.edit(engine, opts, place_pixels=pixels, selection=selection, layer=layer, item=item,
+                                  progress=progress)
+    else:
+        opts = options_from(args, model, "", source=str(image_path))
+        outcome = operations.variation(engine, opts, place_pixels=pixels, layer=layer, item=item, progress=progress)
+    write_results(out, stem, pixels, outcome, written)
+    return written
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    if not (args.prompt or "").strip():
+        raise InvalidInputError("The prompt is empty.", hint="Pass --prompt 'what the selection should become'.")
+    _settings, engine, model, out = _prepare(args, "edit")
+    progress = StderrProgress(enabled=not args.quiet)
+    try:
+        written = run_one(args, engine, model, out, args.image, args.mask, progress)
+    finally:
+        progress.finish()
+    report([written], args)
+    return 0
+
+
+def cmd_variation(args: argparse.Namespace) -> int:
+    _settings, engine, model, out = _prepare(args, "variation")
+    progress = StderrProgress(enabled=not args.quiet)
+    try:
+        written = run_one(args, engine, model, out, args.image, None, progress)
+    finally:
+        progress.finish()
+    report([written], args)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from gimp_openai import imaging
+    from gimp_openai.atomic import write_bytes_atomic
+
+    settings, engine, model, out = _prepare(args, "generate")
+    opts = options_from(args, model, args.prompt or "")
+    progress = StderrProgress(enabled=not args.quiet)
+    try:
+        outcome = operations.generate(engine, opts, progress=progress)
+    finally:
+        progress.finish()
+    written = Written(source="")
+    stem = args.name or "generated"
+    for output in outcome.outputs:
+        path = unique_path(out, f"{stem}-{output.index}", ".png")
+        write_bytes_atomic(path, imaging.encode_png(output.pixels))
+        written.pngs.append(path)
+        written.outputs.append(output)
+    del settings
+    report([written], args)
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    if args.operation == "edit":
+        if not (args.prompt or "").strip():
+            raise InvalidInputError("The prompt is empty.", hint="Pass --prompt 'what the selections should become'.")
+        if args.mask and len(args.mask) != len(args.images):
+            raise UsageError(f"{len(args.images)} images but {len(args.mask)} --mask files; give one per image.")
+        if not args.mask and not args.rect:
+            raise UsageError("Batch edit needs --mask (once per image) or --rect X,Y,W,H (the same for all).")
+    settings, engine, model, out = _prepare(args, args.operation)
+    masks = list(args.mask or [None] * len(args.images))
+    progress = StderrProgress(enabled=not args.quiet, items=len(args.images))
+    concurrency = args.concurrency or int(getattr(settings, "concurrency", 4) or 4)
+    results: list[Written | GimpOpenAIError] = []
+
+    def one(pair: tuple[str, str | None]) -> Written | GimpOpenAIError:
+        try:
+            return run_one(args, engine, model, out, pair[0], pair[1], progress)
+        except GimpOpenAIError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - one image's bug must not lose the others
+            return GimpOpenAIError(f"{type(exc).__name__}: {exc}", hint="This is a bug; please report it.")
+
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(args.images)))) as pool:
+        results = list(pool.map(one, zip(args.images, masks, strict=True)))
+    progress.finish()
+    done = [r for r in results if isinstance(r, Written)]
+    failed = [(img, r) for img, r in zip(args.images, results, strict=True) if isinstance(r, GimpOpenAIError)]
+    if args.json:
+        print(json.dumps({
+            "ok": not failed,
+            "results": [_written_dict(w) for w in done],
+            "failed": [{"source": img, "error": e.to_dict()} for img, e in failed],
+        }, ensure_ascii=False))
+    else:
+        report(done, args)
+        for img, exc in failed:
+            print(f"gimp-openai: {img}: error: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""),
+                  file=sys.stderr)
+        print(f"batch: {len(done)} of {len(results)} images done", file=sys.stderr)
+    return EXIT_FAILED if failed else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from gimp_openai import capabilities
+
+    settings = load_settings_for(args)
+    engine = engine_for(args, settings)
+    models = engine.models(refresh=args.refresh)
+    entries = operations._model_entries(models)
+    rows = []
+    for info in entries:
+        family = capabilities.family_for(info.id, settings.model_rules)
+        sizes = "free (multiples of 16)" if family.free_sizes else ", ".join(family.sizes)
+        shutdown = getattr(info, "shutdown_date", None)
+        rows.append({"id": info.id, "family": family.name, "sizes": sizes,
+                     "status": getattr(info, "status", "live"),
+                     "shutdown_date": shutdown.isoformat() if shutdown else None,
+                     "endpoints": sorted(family.endpoints)})
+    if args.json:
+        print(json.dumps({"ok": True, "base_url": settings.base_url, "models": rows,
+                          "note": _models_note(models)}))
+        return 0
+    note = _models_note(models)
+    if note:
+        print(note, file=sys.stderr)
+    if not rows:
+        print(f"No image models listed by {settings.base_url}.")
+        return 0
+    width = max(len(r["id"]) for r in rows)
+    for r in rows:
+        when = f"  shuts down {r['shutdown_date']}" if r["shutdown_date"] else ""
+        print(f"{r['id']:<{width}}  {r['family']:<12} {r['status']:<9} {r['sizes']}{when}")
+    return 0
+
+
+def _models_note(models: Any) -> str:
+    for name in ("note", "message", "source_note"):
+        value = getattr(models, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from gimp_openai import doctor
+    from gimp_openai.client import ClientConfig, ImagesClient
+    from gimp_openai.settings import is_loopback_url, resolve_api_key
+
+    settings = load_settings_for(args)
+    key = resolve_api_key(settings)
+    client = None
+    if key or is_loopback_url(settings.base_url):
+        client = ImagesClient(ClientConfig.from_settings(settings, api_key=key or ""))
+    checks = doctor.run(settings, client, plugin_dirs=not args.no_plugin_dirs)
+    if args.json:
+        print(json.dumps({"ok": doctor.worst(checks) != doctor.ERROR, "checks": [c.to_dict() for c in checks]}))
+    else:
+        for check in checks:
+            print(redact(check.line(), key))
+    return EXIT_FAILED if doctor.worst(checks) == doctor.ERROR else 0
+
+
+def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
+    from gimp_openai import server
+
+    return int(server.main(rest))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from gimp_openai import jobs
+
+    return jobs.run_plan(args.file)
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from gimp_openai import jobs
+
+    return jobs.run_job(args.file)
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    from gimp_openai.settings import key_source, load_settings, resolve_api_key, store_api_key
+
+    if args.action == "status":
+        settings = load_settings()
+        present = bool(resolve_api_key(settings))
+        where = key_source(settings)
+        if args.json:
+            print(json.dumps({"ok": True, "present": present, "source": where}))
+        else:
+            print(f"API key: {'present' if present else 'not set'} ({where}; never shown)")
+        return 0
+    if sys.stdin.isatty():
+        import getpass
+
+        key = getpass.getpass("OpenAI API key (not shown): ")
+    else:
+        key = sys.stdin.readline()
+    key = key.strip()
+    if not key:
+        raise InvalidInputError("No key was given.", hint="Paste the key at the prompt, or pipe it on stdin.")
+    where = store_api_key(key)
+    if args.json:
+        print(json.dumps({"ok": True, "stored_in": where}))
+    else:
+        print(f"Key stored in {where}.")
+    return 0
+
+
+# --- Parser -------------------------------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser, *, images: bool = True) -> None:
+    p.add_argument("--model", default="", help="model id (default: your saved choice, else the newest live GPT "
+                                               "image model)")
+    p.add_argument("-n", type=int, default=1, help="how many results (1-10)")
+    p.add_argument("--size", default="", help="WxH, or auto (default: planned from the selection)")
+    p.add_argument("--quality", default="auto", help="low, medium, high or auto")
+    p.add_argument("--background", default="auto", help="auto, opaque or transparent (GPT models)")
+    p.add_argument("--out", default="", help="output folder (default: the current folder)")
+    p.add_argument("--base-url", default="", help="API base URL (default: settings, OPENAI_BASE_URL)")
+    p.add_argument("--timeout", type=float, default=0.0, help="read timeout in seconds (default 600)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    _json_flag(p)
+    if images:
+        p.add_argument("--feather", type=float, default=0.0, help="extra feather radius of the layer mask, px")
+        p.add_argument("--padding", type=float, default=0.25, help="context around the selection, share of its size")
+        p.add_argument("--no-align", action="store_true", help="do not align the result to the original")
+        p.add_argument("--no-tone-match", action="store_true", help="do not match the result's tones")
+        p.add_argument("--blend", choices=("feather", "poisson"), default="feather", help="blend mode")
+    else:
+        p.set_defaults(feather=0.0, padding=0.25, no_align=False, no_tone_match=False, blend="feather")
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+
+
+def _selection_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    p.add_argument("--mask", action="append" if many else "store",
+                   help="selection image of the same size (white/opaque = selected)" + (", once per image" if many
+                                                                                        else ""))
+    p.add_argument("--rect", help="select the rectangle X,Y,W,H instead of a mask image")
+    p.add_argument("--ellipse", action="store_true", help="with --rect: select the ellipse inside it")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gimp-openai",
+        description="Edit a selection in place, make variations and generate images with the OpenAI Images API "
+                    "(or any compatible server, such as `gimp-openai serve`).",
+    )
+    parser.add_argument("--version", action="version", version=f"gimp-openai {__version__}")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("edit", help="change the selected part of an image")
+    p.add_argument("image")
+    _selection_args(p)
+    p.add_argument("--prompt", "-p", default="", help="what the selection should become")
+    p.add_argument("--reference", action="append", help="extra reference image (GPT models; repeatable)")
+    _common(p)
+
+    p = sub.add_parser("variation", help="variations of an image")
+    p.add_argument("image")
+    p.add_argument("--variation-prompt", default="", help="prompt when the model makes variations by editing")
+    _common(p)
+
+    p = sub.add_parser("generate", help="new images from a prompt")
+    p.add_argument("--prompt", "-p", default="")
+    p.add_argument("--name", default="", help="file name stem (default: generated)")
+    _common(p, images=False)
+
+    p = sub.add_parser("batch", help="the same edit or variation on many images, concurrently")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--operation", choices=("edit", "variation"), default="edit")
+    _selection_args(p, many=True)
+    p.add_argument("--prompt", "-p", default="")
+    p.add_argument("--variation-prompt", default="")
+    p.add_argument("--concurrency", type=int, default=0, help="requests at once (default: settings, 4)")
+    _common(p)
+
+    p = sub.add_parser("models", help="image models the server offers, with their sizes and shutdown dates")
+    p.add_argument("--refresh", action="store_true", help="ask the server now instead of using the cache")
+    _json_flag(p)
+    p.add_argument("--base-url", default="")
+    p.add_argument("--timeout", type=float, default=0.0)
+
+    p = sub.add_parser("doctor", help="check the key, the server, TLS, versions and GIMP's plug-in folders")
+    p.add_argument("--base-url", default="")
+    p.add_argument("--timeout", type=float, default=0.0)
+    p.add_argument("--no-plugin-dirs", action="store_true", help="skip the GIMP plug-in folder checks")
+    _json_flag(p)
+
+    sub.add_parser("serve", help="the local OpenAI-compatible server (options: gimp-openai serve --help)",
+                   add_help=False)
+
+    p = sub.add_parser("plan", help="host protocol: which region to export (PLAN.json)")
+    p.add_argument("file")
+    p = sub.add_parser("job", help="host protocol: run JOB.json, progress as JSON lines")
+    p.add_argument("file")
+
+    p = sub.add_parser("key", help="store the API key (read from stdin or a hidden prompt) or show its status")
+    p.add_argument("action", choices=("set", "status"))
+    _json_flag(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # `serve` passes everything after it to the server's own parser.
+    if "serve" in argv:
+        at = argv.index("serve")
+        if all(a.startswith("-") for a in argv[:at]):
+            return cmd_serve(argparse.Namespace(), argv[at + 1 :])
+    args = parser.parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
+    commands = {"edit": cmd_edit, "variation": cmd_variation, "generate": cmd_generate, "batch": cmd_batch,
+                "models": cmd_models, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job, "key": cmd_key}
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return commands[args.command](args)
+    except GimpOpenAIError as exc:
+        return fail(exc, as_json)
+    except KeyboardInterrupt:
+        print("gimp-openai: interrupted; results already received are in the history folder", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback
+        if os.environ.get("GIMP_OPENAI_DEBUG"):
+            raise
+        print(f"gimp-openai: internal error: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+        print("  hint: this is a bug; run again with GIMP_OPENAI_DEBUG=1 for details and report it", file=sys.stderr)
+        return EXIT_FAILED
