@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import io
 
+from gimp_openai.client import ClientConfig, ImagesClient
 from PIL import Image
 
-from gimp_openai.client import ClientConfig, ImagesClient
 from tests.conftest import FAKE_KEY
 
 

@@ -6,9 +6,9 @@ import email.utils
 import time
 
 import pytest
-
 from gimp_openai import errors as E
 from gimp_openai.client import parse_retry_after, retry_delay, should_retry
+
 from tests.engine._client_helpers import client_for, images_answer, png
 from tests.support.wire_server import Reply, WireServer
 

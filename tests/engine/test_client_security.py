@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-
 from gimp_openai import errors as E
 from gimp_openai.client import ClientConfig, ImagesClient
+
 from tests.conftest import FAKE_KEY
 from tests.engine._client_helpers import client_for, images_answer, jpeg, png
 from tests.support.wire_server import Reply, WireServer, make_tls_files, server_tls_context

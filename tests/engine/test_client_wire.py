@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from gimp_openai.client import ClientConfig, ImagesClient
+
 from tests.conftest import FAKE_KEY
 from tests.engine._client_helpers import b64, client_for, images_answer, jpeg, png
 from tests.support.wire_server import Reply, WireServer
