@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from tests.support.local_server import local_server, start_local_server  # noqa: F401
+
 # A recognisable fake key: tests grep every output, log and file for it to prove it never leaks.
 FAKE_KEY = "sk-test-NEVER-PRINT-THIS-KEY-0123456789abcdef"
 

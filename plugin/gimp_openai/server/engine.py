@@ -1,0 +1,145 @@
+"""Turn a validated :class:`~gimp_openai.server.rules.ImageRequest` into the API's response body.
+
+Shapes follow the contract's ``ImagesResponse``: ``created`` and ``data[]`` always; for the GPT families
+also ``background``, ``output_format``, ``size``, ``quality`` and ``usage``; ``revised_prompt`` only for
+dall-e-3 generations; ``url`` (served by this server) or ``b64_json`` for dall-e-2/3 (default ``url``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gimp_openai import capabilities as caps
+from gimp_openai.server import images, offline, render, rules
+
+#: Output tokens for a 1024x1024 image at low / medium / high (gpt-image-1's published figures).
+OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
+
+
+@dataclass
+class Outcome:
+    body: dict
+    notes: dict = field(default_factory=dict)  # for /_stats: render transforms, sizes
+
+
+def _fingerprint(request: rules.ImageRequest) -> str:
+    digest = hashlib.sha256(request.prompt.encode())
+    for image in request.images:
+        digest.update(np.ascontiguousarray(image.pixels[::5, ::5]).tobytes())
+    return digest.hexdigest()
+
+
+def _hole(request: rules.ImageRequest, size: tuple[int, int]) -> np.ndarray | None:
+    """Where to edit (bool HxW at ``size``): the mask's alpha 0, else the input's alpha 0 for families reading it."""
+    if request.mask is not None:
+        alpha = request.mask.pixels[..., 3]
+    elif request.family.mask_from_input_alpha and request.images and request.images[0].has_alpha:
+        alpha = request.images[0].pixels[..., 3]
+        if alpha.min() > 0:
+            return None
+    else:
+        return None
+    if (alpha.shape[1], alpha.shape[0]) != size:
+        import cv2
+
+        alpha = cv2.resize(alpha, size, interpolation=cv2.INTER_NEAREST)
+    return np.asarray(alpha == 0)
+
+
+def _edit_one(
+    request: rules.ImageRequest, size: tuple[int, int], index: int, seed: int, spec: render.RenderSpec | None
+) -> tuple[np.ndarray, dict | None]:
+    source = images.resize(request.images[0].pixels, size)
+    hole = _hole(request, size)
+    if spec is not None:
+        return render.render(source, hole if hole is not None else np.zeros(source.shape[:2], bool), spec,
+                             seed=seed + index)
+    if hole is None:  # the whole picture is the edit: what a model does with no mask
+        return offline.variation(source, size, seed=seed + index), None
+    return offline.inpaint(source, hole, seed=seed, variant=index), None
+
+
+def produce(request: rules.ImageRequest, spec: render.RenderSpec | None) -> tuple[list[np.ndarray], dict]:
+    """The n result images (RGBA) and notes for /_stats."""
+    size = rules.output_size(request)
+    seed = offline.seed_of(_fingerprint(request))
+    results: list[np.ndarray] = []
+    notes: dict = {"size": list(size)}
+    renders = []
+    for index in range(request.n):
+        if request.endpoint == caps.ENDPOINT_EDITS:
+            pixels, record = _edit_one(request, size, index, seed, spec)
+            if record is not None:
+                renders.append(record)
+        elif request.endpoint == caps.ENDPOINT_VARIATIONS:
+            pixels = offline.variation(request.images[0].pixels, size, seed=seed + index)
+        else:
+            pixels = offline.generate(request.prompt, size, index=index)
+        if request.get("background") == "transparent" and request.endpoint == caps.ENDPOINT_GENERATIONS:
+            pixels = pixels.copy()
+            pixels[: size[1] // 8, :, 3] = 0  # a transparent band, so clients see real alpha
+        results.append(pixels)
+    if renders:
+        notes["render"] = renders
+    return results, notes
+
+
+def _usage(request: rules.ImageRequest, size: tuple[int, int], quality: str) -> dict:
+    text_tokens = max(1, len(request.prompt) // 4)
+    image_tokens = sum(65 + 129 * math.ceil(i.width / 512) * math.ceil(i.height / 512) for i in request.images)
+    output = int(OUTPUT_TOKENS[quality] * request.n * size[0] * size[1] / (1024 * 1024))
+    return {
+        "total_tokens": text_tokens + image_tokens + output,
+        "input_tokens": text_tokens + image_tokens,
+        "output_tokens": output,
+        "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
+    }
+
+
+def respond(
+    request: rules.ImageRequest,
+    *,
+    spec: render.RenderSpec | None,
+    store_file: Callable[[bytes, str], str],
+    wrong_size: tuple[int, int] | None = None,
+) -> Outcome:
+    """Produce the images and the response body; ``store_file(bytes, ext)`` returns a URL for url responses."""
+    pixels_list, notes = produce(request, spec)
+    if wrong_size is not None:
+        pixels_list = [images.resize(p, wrong_size) for p in pixels_list]
+        notes["wrong_size"] = list(wrong_size)
+    family = request.family
+    gpt = family.gpt_params
+    output_format = str(request.get("output_format", "png")) if gpt else "png"
+    compression = request.get("output_compression")
+    data = []
+    for pixels in pixels_list:
+        encoded = images.encode(pixels, output_format, compression if isinstance(compression, int) else None)
+        item: dict[str, object]
+        if not gpt and request.get("response_format", "url") == "url":
+            item = {"url": store_file(encoded, output_format)}
+        else:
+            item = {"b64_json": base64.b64encode(encoded).decode("ascii")}
+        if family.name == caps.DALL_E_3:
+            item["revised_prompt"] = f"{request.prompt.strip()}, rendered in a clear, detailed style."
+        data.append(item)
+    body: dict[str, object] = {"created": int(time.time()), "data": data}
+    if gpt:
+        height, width = pixels_list[0].shape[:2] if pixels_list else (0, 0)
+        quality = str(request.get("quality", "auto"))
+        quality = "medium" if quality not in OUTPUT_TOKENS else quality
+        body.update(
+            background="transparent" if request.get("background") == "transparent" else "opaque",
+            output_format=output_format,
+            size=f"{width}x{height}",
+            quality=quality,
+            usage=_usage(request, rules.output_size(request), quality),
+        )
+    return Outcome(body=body, notes=notes)

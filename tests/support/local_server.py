@@ -1,0 +1,111 @@
+"""Start the local images server as a REAL subprocess for tests (no mocks stand in for HTTP).
+
+``local_server`` (session-scoped server, reset before each test that uses it) and ``start_local_server``
+(a factory for servers with special flags, stopped at the end of the test) are registered in conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class LocalServerHandle:
+    """A running server: ``url`` ends in /v1; ``stats()``, ``reset()``, ``stop()``."""
+
+    def __init__(self, args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        command = [sys.executable, "-m", "gimp_openai.server", "--port", "0", *args]
+        child_env = dict(os.environ)
+        child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "plugin"), child_env.get("PYTHONPATH")]))
+        child_env.update(env or {})
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env, text=True
+        )
+        line = self.process.stdout.readline() if self.process.stdout else ""
+        if not line:
+            stderr = self.process.stderr.read() if self.process.stderr else ""
+            self.process.wait(5)
+            raise RuntimeError(f"local server did not start: {stderr.strip()}")
+        self.startup_seconds = time.monotonic() - started
+        self.listening = json.loads(line)
+        assert self.listening["event"] == "listening"
+        self.url: str = self.listening["url"]
+        self.root: str = self.url[: -len("/v1")]
+        self.port: int = self.listening["port"]
+        self.stderr_lines: list[str] = []
+        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain.start()
+
+    def _read_stderr(self) -> None:
+        if self.process.stderr:
+            for text in self.process.stderr:
+                self.stderr_lines.append(text)
+
+    def stats(self) -> dict:
+        response = requests.get(self.root + "/_stats", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def reset(self) -> None:
+        requests.post(self.root + "/_reset", timeout=10).raise_for_status()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process.stdout:
+            self.process.stdout.close()
+
+    def __enter__(self) -> LocalServerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_SHARED: dict[str, LocalServerHandle] = {}
+
+
+@pytest.fixture
+def local_server(request: pytest.FixtureRequest) -> LocalServerHandle:
+    """One server for the whole session (started on first use, stopped when pytest ends), with its
+    statistics and fault counters cleared before each test that uses it."""
+    handle = _SHARED.get("server")
+    if handle is None or handle.process.poll() is not None:
+        handle = LocalServerHandle()
+        _SHARED["server"] = handle
+        request.config.add_cleanup(handle.stop)
+        print(f"\nlocal server started in {handle.startup_seconds:.2f} s at {handle.url}")
+    handle.reset()
+    return handle
+
+
+@pytest.fixture
+def start_local_server() -> Iterator:
+    """``start_local_server("--no-auth", env={...})`` -> a new handle, stopped when the test ends."""
+    handles: list[LocalServerHandle] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> LocalServerHandle:
+        handle = LocalServerHandle(tuple(args), env)
+        handles.append(handle)
+        return handle
+
+    yield start
+    for handle in handles:
+        handle.stop()
