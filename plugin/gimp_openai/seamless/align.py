@@ -98,11 +98,12 @@ def to_similarity(m: np.ndarray) -> np.ndarray:
 
 
 def describe(m: np.ndarray, width: int, height: int) -> tuple[float, float, float, float]:
-    """(dx, dy, scale, angle_deg) of a forward map: the crop centre's displacement, uniform scale, rotation."""
+    """(dx, dy, scale, angle_deg) of a forward map: the crop centre's displacement, uniform scale, rotation
+    (degrees counter-clockwise as seen on screen, OpenCV's getRotationMatrix2D convention)."""
     c = np.array([(width - 1) / 2, (height - 1) / 2, 1.0])
     dx, dy = m @ c - c[:2]
     scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
-    angle = float(np.degrees(np.arctan2(m[1, 0] - m[0, 1], m[0, 0] + m[1, 1])))
+    angle = float(np.degrees(np.arctan2(m[0, 1] - m[1, 0], m[0, 0] + m[1, 1])))
     return float(dx), float(dy), scale, angle
 
 

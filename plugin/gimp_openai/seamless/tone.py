@@ -112,8 +112,9 @@ def _sample(mask: np.ndarray, limit: int) -> np.ndarray:
 def fit_lab_transform(src: np.ndarray, dst: np.ndarray, iterations: int = 6) -> np.ndarray:
     """Robust affine 3x4 M with dst ≈ M @ [src, 1] (rows are Lab samples), ridge-pulled towards the identity.
 
-    Huber IRLS on the Euclidean Lab residual: the scale is the MAD of the residuals (at least 1 unit), so
-    pixels the model repainted in the ring count little once the first fit has found the main trend.
+    IRLS on the Euclidean Lab residual, the scale being the MAD of the residuals (at least 1 unit): Huber
+    weights first (convex, finds the main trend from the least-squares start), then Tukey's biweight, which
+    gives pixels the model repainted in the ring no weight at all.
     """
     src = src.astype(np.float64)
     dst = dst.astype(np.float64)
@@ -123,7 +124,7 @@ def fit_lab_transform(src: np.ndarray, dst: np.ndarray, iterations: int = 6) -> 
     ridge = np.diag([RIDGE, RIDGE, RIDGE, 0.0])
     weights = np.ones(n)
     m = prior
-    for _ in range(iterations):
+    for step in range(iterations):
         xw = x * weights[:, None]
         total = weights.sum()
         lhs = xw.T @ x + ridge * total
@@ -131,8 +132,14 @@ def fit_lab_transform(src: np.ndarray, dst: np.ndarray, iterations: int = 6) -> 
         m = np.linalg.solve(lhs, rhs).T
         resid = np.linalg.norm(x @ m.T - dst, axis=1)
         scale = max(1.4826 * float(np.median(resid)), 1.0)
-        k = 1.5 * scale
-        weights = np.where(resid <= k, 1.0, k / np.maximum(resid, 1e-12))
+        if step < iterations // 2:
+            k = 1.5 * scale
+            weights = np.where(resid <= k, 1.0, k / np.maximum(resid, 1e-12))
+        else:
+            k = 4.685 * scale
+            weights = np.where(resid < k, (1 - (resid / k) ** 2) ** 2, 0.0)
+            if weights.sum() < 10:  # degenerate: keep the Huber fit
+                break
     return m
 
 
