@@ -452,44 +452,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from gimp_openai import capabilities
+    from gimp_openai import discovery
 
     settings = load_settings_for(args)
     engine = engine_for(args, settings)
     models = engine.models(refresh=args.refresh)
-    entries = operations._model_entries(models)
-    rows = []
-    for info in entries:
-        family = capabilities.family_for(info.id, settings.model_rules)
-        sizes = "free (multiples of 16)" if family.free_sizes else ", ".join(family.sizes)
-        shutdown = getattr(info, "shutdown_date", None)
-        rows.append({"id": info.id, "family": family.name, "sizes": sizes,
-                     "status": getattr(info, "status", "live"),
-                     "shutdown_date": shutdown.isoformat() if shutdown else None,
-                     "endpoints": sorted(family.endpoints)})
     if args.json:
-        print(json.dumps({"ok": True, "base_url": settings.base_url, "models": rows,
-                          "note": _models_note(models)}))
-        return 0
-    note = _models_note(models)
-    if note:
-        print(note, file=sys.stderr)
-    if not rows:
-        print(f"No image models listed by {settings.base_url}.")
-        return 0
-    width = max(len(r["id"]) for r in rows)
-    for r in rows:
-        when = f"  shuts down {r['shutdown_date']}" if r["shutdown_date"] else ""
-        print(f"{r['id']:<{width}}  {r['family']:<12} {r['status']:<9} {r['sizes']}{when}")
+        print(json.dumps(dict(discovery.models_report(models), ok=True)))
+    else:
+        print(discovery.format_models(models))
     return 0
-
-
-def _models_note(models: Any) -> str:
-    for name in ("note", "message", "source_note"):
-        value = getattr(models, name, None)
-        if isinstance(value, str) and value:
-            return value
-    return ""
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -136,7 +136,8 @@ class Engine:
         if history is None:
             from gimp_openai.history import History
 
-            history = History()
+            folder = getattr(settings, "history_dir", "") or None
+            history = History(Path(folder) if folder else None)
         self.history = history
         self._models: Any = None
         self._lock = threading.Lock()
@@ -331,51 +332,32 @@ def _remember_size_rule(engine: Engine, model: str) -> str:
     """After a 400 on size: this model takes the standard sizes only. Stored so the next plan is right at once."""
     from gimp_openai import discovery
 
-    remember = getattr(discovery, "remember_size_rule", None)
-    if callable(remember):
-        try:
-            remember(engine.settings, model)
-            return "remembered"
-        except Exception as exc:  # noqa: BLE001 - not remembering costs a retry next time, nothing more
-            return f"not remembered ({exc})"
-    rules = dict(getattr(engine.settings, "model_rules", None) or {})
-    rules[model] = capabilities.GPT_IMAGE_1
-    engine.settings.model_rules = rules
     try:
-        from gimp_openai.settings import save_settings
-
-        save_settings(engine.settings)
+        with engine._lock:
+            discovery.remember_size_rule(model, capabilities.GPT_IMAGE_1, engine.settings)
         return "remembered"
-    except Exception as exc:  # noqa: BLE001
-        return f"not remembered ({exc})"
+    except Exception as exc:  # noqa: BLE001 - not remembering costs one refused request next time, nothing more
+        rules = dict(getattr(engine.settings, "model_rules", None) or {})
+        rules[model] = capabilities.GPT_IMAGE_1
+        engine.settings.model_rules = rules
+        return f"kept for this run only ({type(exc).__name__})"
 
 
 def _model_gone(engine: Engine, exc: ModelNotFoundError, model: str) -> ModelNotFoundError:
     """One message naming the model and its live replacement; the model list is refreshed on the way."""
     from gimp_openai import discovery
 
-    replacement = exc.replacement
+    if not exc.model:
+        exc.model = model
     try:
-        models = engine.models(refresh=True)
-        replacement = replacement or discovery.replacement_for(model, models)
-    except Exception:  # noqa: S110 - without a list we still say what happened
-        pass
-    name = exc.model or model
-    message = f"The model {name} is not available: it was shut down or does not exist on this server."
-    if replacement:
-        hint = f"Use {replacement} instead (choose it in the dialog, or pass --model {replacement})."
-    else:
-        hint = "Choose a live model (see `gimp-openai models --refresh`)."
-    return ModelNotFoundError(
-        message,
-        model=name,
-        replacement=replacement,
-        hint=hint,
-        status=exc.status,
-        request_id=exc.request_id,
-        server_code=exc.server_code,
-        saved=exc.saved,
-    )
+        explained = discovery.handle_model_not_found(exc, engine.client, engine.settings)
+    except Exception:  # noqa: BLE001 - without a list we still say what happened
+        explained = exc
+    with engine._lock:
+        engine._models = None
+    if not explained.hint:
+        explained.hint = "Choose a live model (see `gimp-openai models --refresh`)."
+    return explained
 
 
 def _request_call(engine: Engine, model: str, call: Callable[[], Any]) -> Any:
