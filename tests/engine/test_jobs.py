@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gimp_openai import jobs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-from gimp_openai import jobs
 
 GOOD_ITEM = {
     "id": "img-1",

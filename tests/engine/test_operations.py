@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from gimp_openai import operations
 from gimp_openai.client import ImagesResult, ReturnedImage
 from gimp_openai.errors import (
@@ -29,6 +27,8 @@ from gimp_openai.errors import (
 from gimp_openai.geometry import Rect
 from gimp_openai.progress import Progress, Ticker, waiting_fraction
 from gimp_openai.settings import Settings
+from PIL import Image
+
 from tests.conftest import FAKE_KEY
 
 
