@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -247,9 +248,13 @@ def _models_of(models: ModelList | Sequence[ModelInfo]) -> list[ModelInfo]:
     return list(models.models if isinstance(models, ModelList) else models)
 
 
+_DATED = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+
 def _newest(candidates: Iterable[ModelInfo]) -> ModelInfo | None:
-    """Newest by ``created``; ties (and unknown dates) broken by the id, highest first (gpt-image-2.5 > -2)."""
-    ordered = sorted(candidates, key=lambda m: (m.created or 0, m.id), reverse=True)
+    """Newest by ``created``; on a tie the alias beats its dated snapshot (``gpt-image-2`` over
+    ``gpt-image-2-2026-04-21``: the alias follows OpenAI's updates), then the highest id (2.5 over 2)."""
+    ordered = sorted(candidates, key=lambda m: (m.created or 0, not _DATED.search(m.id), m.id), reverse=True)
     live = [m for m in ordered if m.status == LIVE]
     pool = live or ordered
     return pool[0] if pool else None
