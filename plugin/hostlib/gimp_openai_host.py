@@ -472,3 +472,39 @@ def store_key(key, python=None):
 def python_version_ok():
     """Both host Pythons: 2.7 (GIMP 2.10) or 3.6+ (GIMP 3)."""
     return sys.version_info[:2] == (2, 7) or sys.version_info >= (3, 6)
+
+
+# The engine has no `settings set` command yet; until it does, the host calls the engine's own
+# update_settings through the engine interpreter (values on stdin, no key involved, nothing in argv).
+_SETTINGS_SNIPPET = ("import json, sys\n"
+                     "from gimp_openai.settings import update_settings\n"
+                     "update_settings(**json.loads(sys.stdin.read()))\n"
+                     "print(json.dumps({'ok': True}))\n")
+
+
+def save_settings(changes, python=None):
+    """Save non-secret settings (base_url, default_model, history_dir) through the engine's settings module."""
+    python = python or find_engine_python()
+    data = json.dumps(changes)
+    proc = subprocess.Popen([python, "-c", _SETTINGS_SNIPPET], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=engine_env(None))
+    out, err = proc.communicate(data.encode("utf-8"))
+    if proc.returncode != 0:
+        detail = _tail(err.decode("utf-8", "replace"), 2)
+        raise HostError(u"The settings could not be saved: %s" % redact(detail),
+                        u"Check the values (the server URL must start with https://, or http:// on this "
+                        u"computer).", "settings_error")
+
+
+def test_connection(python=None):
+    """Ask the engine for the server's image models. Returns (ok, text for the artist)."""
+    code, objects, stderr_text = run_engine(["--json", "models", "--refresh"], python=python)
+    answer = objects[-1] if objects else {}
+    if code == 0 and answer:
+        models = answer.get("models") or answer.get("items") or []
+        ids = [to_text(m.get("id")) if isinstance(m, dict) else to_text(m) for m in models]
+        return True, u"Connected. Image models offered: %s" % (u", ".join(ids) or u"none")
+    error = answer.get("error") if isinstance(answer.get("error"), dict) else None
+    if error:
+        return False, describe_error(error)
+    return False, u"The connection test failed.\n" + (_tail(stderr_text) or u"(no details)")

@@ -1,0 +1,117 @@
+"""Stands in for the engine's interpreter (`python -m gimp_openai plan|job|key`) in host tests that must not
+depend on the network-facing engine: follows docs/architecture.md's protocol with simple deterministic
+outputs (edit: red inside the selection; variation: inverted; generate: blue). Env: FAKE_ENGINE_LOG (calls),
+FAKE_ENGINE_FAIL (item ids that fail, comma-separated), FAKE_ENGINE_CRASH=1 (die mid-job)."""
+
+import json
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+
+def log(entry):
+    path = os.environ.get("FAKE_ENGINE_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def emit(obj):
+    print(json.dumps(obj))
+    sys.stdout.flush()
+
+
+def plan(path):
+    data = json.load(open(path))
+    items = []
+    for it in data["items"]:
+        lay, sel = it["layer"], it.get("selection_bounds") or it["layer"]
+        pad = int(round(data.get("context_padding", 0.25) * max(sel["width"], sel["height"])))
+        x1, y1 = max(lay["x"], sel["x"] - pad), max(lay["y"], sel["y"] - pad)
+        x2 = min(lay["x"] + lay["width"], sel["x"] + sel["width"] + pad)
+        y2 = min(lay["y"] + lay["height"], sel["y"] + sel["height"] + pad)
+        place = {"x": x1, "y": y1, "width": x2 - x1, "height": y2 - y1}
+        items.append({"id": it["id"], "place": place, "request": place, "target": [place["width"], place["height"]]})
+    emit({"ok": True, "model": data.get("model") or "gpt-image-2", "items": items})
+
+
+def job(path):
+    folder = os.path.dirname(path)
+    data = json.load(open(path))
+    out = os.path.join(folder, data["out_dir"])
+    os.makedirs(out, exist_ok=True)
+    fail = set(filter(None, os.environ.get("FAKE_ENGINE_FAIL", "").split(",")))
+    results = []
+    items = data["items"] or [{"id": "generate"}]
+    for it in items:
+        emit({"type": "progress", "item": it["id"], "phase": "waiting", "fraction": 0.5,
+              "message": "Waiting for %s (1 s of ~60 s)" % data["model"]})
+        if os.environ.get("FAKE_ENGINE_CRASH"):
+            sys.stderr.write("Traceback: killed mid-job\n")
+            sys.exit(1)
+        if it["id"] in fail:
+            saved = os.path.join(out, it["id"] + "-paid.png")
+            Image.new("RGBA", (4, 4)).save(saved)
+            results.append({"id": it["id"], "ok": False, "outputs": [], "error": {
+                "code": "server_error", "message": "The server failed (500) for " + it["id"],
+                "hint": "Try again in a minute.", "saved": [saved]}})
+            continue
+        outputs = []
+        for k in range(data["n"]):
+            if data["operation"] == "generate":
+                px = np.zeros((48, 64, 4), np.uint8)
+                px[..., 2] = 255
+                px[..., 3] = 255
+                mask = np.full((48, 64), 255, np.uint8)
+                x = y = 0
+            else:
+                px = np.asarray(Image.open(os.path.join(folder, it["image"])).convert("RGBA")).copy()
+                if data["operation"] == "edit":
+                    mask = np.asarray(Image.open(os.path.join(folder, it["selection"])).convert("L")).copy()
+                    px[mask > 0] = (255, 0, 0, 255)
+                else:
+                    px[..., :3] = 255 - px[..., :3]
+                    mask = np.full(px.shape[:2], 255, np.uint8)
+                if not data.get("add_mask", True):
+                    px[..., 3] = (px[..., 3].astype(int) * mask // 255).astype(np.uint8)
+                x, y = it["place"]["x"], it["place"]["y"]
+            lp = os.path.join(out, "%s-%d.png" % (it["id"], k))
+            mp = os.path.join(out, "%s-%d-mask.png" % (it["id"], k))
+            Image.fromarray(px, "RGBA").save(lp)
+            Image.fromarray(mask, "L").save(mp)
+            outputs.append({"index": k, "name": "x", "layer_png": lp, "mask_png": mp, "x": x, "y": y,
+                            "width": px.shape[1], "height": px.shape[0], "history_png": lp,
+                            "request_id": "req-%s-%d" % (it["id"], k),
+                            "path": {"edit": "edit", "variation": "variation-edit"}.get(data["operation"],
+                                                                                        "generate"),
+                            "notes": ""})
+        emit({"type": "progress", "item": it["id"], "phase": "done", "fraction": 1.0, "message": "done"})
+        results.append({"id": it["id"], "ok": True, "outputs": outputs, "error": None, "model": data["model"]})
+    ok = all(r["ok"] for r in results)
+    emit({"type": "result", "ok": ok, "items": results, "error": None if ok else {"message": "some failed"}})
+
+
+def main():
+    args = sys.argv[1:]
+    log({"argv": sys.argv, "key": os.environ.get("OPENAI_API_KEY"),
+         "stdin": None if args[:1] == ["-m"] and args[2:3] in (["plan"], ["job"]) else sys.stdin.read()})
+    if args[0] == "-c":
+        emit({"ok": True})
+        return 0
+    assert args[:2] == ["-m", "gimp_openai"], args
+    cmd = [a for a in args[2:] if not a.startswith("--")]
+    if cmd[0] == "plan":
+        plan(cmd[1])
+    elif cmd[0] == "job":
+        job(cmd[1])
+    elif cmd[0] == "models":
+        emit({"ok": True, "models": [{"id": "gpt-image-2"}, {"id": "dall-e-2"}]})
+    elif cmd[0] == "key":
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

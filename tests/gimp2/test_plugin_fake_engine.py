@@ -1,0 +1,307 @@
+"""The GIMP 2.10 host end to end through the gimpfu stubs, with the protocol-faithful fake engine:
+registration, pixels, offsets, names, masks, undo balance, messages, batch, bad inputs, key hygiene."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import FAKE_KEY
+from tests.gimp2.conftest import ROOT, make_image
+
+MANIFEST = json.load(open(os.path.join(ROOT, "manifest", "procedures.json")))
+PF = {"string": "PF_STRING", "text": "PF_TEXT", "int": "PF_SPINNER", "float": "PF_SLIDER", "bool": "PF_TOGGLE",
+      "choice": "PF_RADIO", "dirname": "PF_DIRNAME"}
+
+
+def plugin_steps(image):
+    """Undo steps the plug-in made (the test's own selection steps left out)."""
+    return [s for s in image.undo_steps if s != ["selection"]]
+
+
+def edit_args(prompt="a red kite", **kw):
+    values = dict(prompt=prompt, model="", n=1, quality="auto", size_mode="auto", background="auto", feather=0.0,
+                  context_padding=0.25, add_mask=True, align=True, tone_match=True, blend="feather",
+                  whole_layer=False)
+    values.update(kw)
+    order = [p["name"] for p in MANIFEST["procedures"][0]["params"]]
+    return [values[n] for n in order]
+
+
+def test_registrations_equal_the_manifest(g2):
+    gf = g2.gimpfu
+    assert sorted(gf._registered_plugins_) == sorted(p["name"] for p in MANIFEST["procedures"])
+    for proc in MANIFEST["procedures"]:
+        reg = gf._registered_plugins_[proc["name"]]
+        blurb, help_, label, types, params, menu = reg[0], reg[1], reg[5], reg[6], reg[8], reg[11]
+        assert (blurb, help_, label, types, menu) == (proc["blurb"], proc["help"], proc["label"],
+                                                      proc["image_types"], MANIFEST["menu"]["gimp2"])
+        public = [p for p in proc["params"] if not p.get("secret")]
+        lead = 2 if proc["image_params"] else 0
+        assert [p[1] for p in params[lead:]] == [p["name"] for p in public]
+        for entry, p in zip(params[lead:], public):
+            assert entry[0] == getattr(gf, PF[p["type"]]) and entry[2] == p["label"] and entry[3] == p["default"]
+            if p["type"] in ("int", "float"):
+                assert entry[4] == (p["min"], p["max"], p["step"])
+            if p["type"] == "choice":
+                assert [v for _l, v in entry[4]] == p["values"]
+        installed = g2.gimp.state.procedures[proc["name"]]
+        assert installed["menus"] == ["<Image>/Filters/OpenAI"]
+        assert [p[1] for p in installed["params"]][0] == "run-mode"
+    assert "api_key" not in [p[1] for p in gf._registered_plugins_["python-fu-openai-settings"][8]]
+
+
+def test_edit_selection_inserts_masked_layer_at_exact_offsets(g2, fake_engine):
+    image, layer = make_image(g2, 200, 150, layer_box=(-20, 10, 240, 120))
+    before = image.composite()
+    g2.pdb.gimp_image_select_ellipse(image, 2, 60, 40, 50, 40)
+    sel = image.selection.pixels[..., 0].copy()
+    g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args("a red\nkite " + FAKE_KEY, n=1))
+    top = image.layers[0]
+    assert top is not layer and image.layers[1] is layer
+    assert top.name == "OpenAI: a red kite [key hidden] (1/1)"
+    # place = selection box + 25% of its longer side as context, inside the layer
+    _, x1, y1, x2, y2 = g2.pdb.gimp_selection_bounds(image)
+    pad = int(round(0.25 * max(x2 - x1, y2 - y1)))
+    assert top.offsets == (x1 - pad, y1 - pad) and (top.width, top.height) == (x2 - x1 + 2 * pad, y2 - y1 + 2 * pad)
+    assert top.mask is not None
+    mx, my = top.offsets
+    np.testing.assert_array_equal(top.mask.pixels[..., 0], sel[my:my + top.height, mx:mx + top.width])
+    after = image.composite()
+    outside = sel == 0
+    np.testing.assert_array_equal(after[outside], before[outside])
+    assert (after[sel == 255][:, :3] == (255, 0, 0)).all()
+    assert len(plugin_steps(image)) == 1 and image.undo_depth == 0 and g2.gimp.state.context_depth == 0
+    parasite = json.loads(top.parasite_find("gimp-openai").data)
+    assert parasite["model"] == "gpt-image-2" and parasite["request_id"] == "req-img-1-0"
+    assert FAKE_KEY not in json.dumps(parasite) and g2.gimp.state.messages == []
+    assert g2.gimp.state.flushes >= 1 and ("update", 0.5) in g2.gimp.state.progress
+
+
+def test_exports_only_the_planned_region(g2, fake_engine, tmp_path, monkeypatch):
+    from PIL import Image
+    image, layer = make_image(g2, 800, 600)
+    g2.pdb.gimp_image_select_rectangle(image, 2, 100, 100, 40, 30)
+    seen = {}
+    host = g2.plugin.host
+    real = host.run_job
+
+    def spy(job, workdir, **kw):
+        seen["image"] = Image.open(os.path.join(workdir, job["items"][0]["image"])).size
+        seen["sel"] = np.asarray(Image.open(os.path.join(workdir, job["items"][0]["selection"])))
+        seen["job"] = job
+        return real(job, workdir, **kw)
+    monkeypatch.setattr(host, "run_job", spy)
+    g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args())
+    assert seen["image"] == (40 + 20, 30 + 20)
+    assert seen["sel"].shape == (50, 60) and seen["sel"][10:40, 10:50].min() == 255 and seen["sel"][:10].max() == 0
+    assert seen["job"]["align"] is True and seen["job"]["tone_match"] is True and seen["job"]["blend"] == "feather"
+
+
+def test_n_results_go_into_a_group_in_order(g2, fake_engine):
+    image, layer = make_image(g2)
+    g2.pdb.gimp_image_select_rectangle(image, 2, 20, 20, 30, 30)
+    g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args("kite", n=3))
+    group = image.layers[0]
+    assert group.is_group and [l.name for l in group.layers] == ["OpenAI: kite (1/3)", "OpenAI: kite (2/3)",
+                                                                  "OpenAI: kite (3/3)"]
+    assert len(plugin_steps(image)) == 1
+
+
+def test_add_mask_off_uses_alpha(g2, fake_engine):
+    image, layer = make_image(g2)
+    before = image.composite()
+    g2.pdb.gimp_image_select_ellipse(image, 2, 20, 20, 40, 40)
+    sel = image.selection.pixels[..., 0]
+    g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args(add_mask=False))
+    assert image.layers[0].mask is None
+    np.testing.assert_array_equal(image.composite()[sel == 0], before[sel == 0])
+
+
+def test_grayscale_image_round_trips_as_gray_layers(g2, fake_engine):
+    image, layer = make_image(g2, 100, 80, base=1)
+    g2.pdb.gimp_image_select_rectangle(image, 2, 10, 10, 20, 20)
+    g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args())
+    assert image.layers[0].type in (2, 3) and image.layers[0].mask is not None
+
+
+def test_selection_partly_off_canvas_layer(g2, fake_engine):
+    image, layer = make_image(g2, 100, 80, layer_box=(-50, -30, 200, 160))
+    before = image.composite()
+    g2.pdb.gimp_image_select_rectangle(image, 2, -10, -10, 40, 40)  # clipped to the canvas: 0,0 30x30
+    g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args(context_padding=0.5))
+    top = image.layers[0]
+    assert top.offsets == (-15, -15)
+    sel = image.selection.pixels[..., 0]
+    np.testing.assert_array_equal(image.composite()[sel == 0], before[sel == 0])
+
+
+def test_no_selection_non_interactive_is_a_clear_error(g2, fake_engine):
+    image, layer = make_image(g2)
+    with pytest.raises(RuntimeError) as info:
+        g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args())
+    assert "There is no selection" in str(info.value) and "Traceback" not in str(info.value)
+    assert g2.gimp.state.messages and "whole_layer" in g2.gimp.state.messages[-1]
+    assert len(image.layers) == 1 and image.undo_depth == 0 and image.undo_steps == []
+    assert g2.gimp.state.context_depth == 0
+    assert fake_engine() == []  # nothing was sent
+
+
+def test_no_selection_interactive_offers_the_whole_layer(g2, fake_engine):
+    image, layer = make_image(g2, 60, 40)
+    questions = []
+    g2.plugin.ASK = lambda q: questions.append(q) or True
+    g2.gimpfu.DIALOG = lambda name, values: values[:2] + edit_args("sky")
+    g2.pdb.python_fu_openai_edit_selection(image, layer, run_mode=g2.gimpfu.RUN_INTERACTIVE)
+    assert "whole layer" in questions[0]
+    assert image.layers[0].offsets == (0, 0) and image.layers[0].width == 60
+    g2.plugin.ASK = lambda q: False
+    g2.pdb.python_fu_openai_edit_selection(image, layer, run_mode=g2.gimpfu.RUN_INTERACTIVE)
+    assert "Nothing was changed" in g2.gimp.state.messages[-1]
+
+
+def test_indexed_and_group_are_refused_clearly(g2, fake_engine):
+    image, layer = make_image(g2, base=2)
+    g2.pdb.gimp_image_select_rectangle(image, 2, 10, 10, 20, 20)
+    with pytest.raises(RuntimeError):
+        g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args())
+    assert "indexed" in g2.gimp.state.messages[-1] and "Image > Mode > RGB" in g2.gimp.state.messages[-1]
+    image, layer = make_image(g2)
+    group = g2.pdb.gimp_layer_group_new(image)
+    image.insert_layer(group)
+    g2.pdb.gimp_image_select_rectangle(image, 2, 10, 10, 20, 20)
+    with pytest.raises(RuntimeError):
+        g2.pdb.python_fu_openai_edit_selection(image, group, *edit_args())
+    assert "layer group" in g2.gimp.state.messages[-1]
+    assert fake_engine() == []
+
+
+def test_selection_outside_the_layer_is_refused(g2, fake_engine):
+    image, layer = make_image(g2, 200, 150, layer_box=(0, 0, 50, 50))
+    g2.pdb.gimp_image_select_rectangle(image, 2, 100, 100, 20, 20)
+    with pytest.raises(RuntimeError):
+        g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args())
+    assert "does not touch" in g2.gimp.state.messages[-1]
+
+
+def test_engine_failure_names_saved_files_and_never_the_key(g2, fake_engine, monkeypatch):
+    monkeypatch.setenv("FAKE_ENGINE_FAIL", "img-1")
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    image, layer = make_image(g2)
+    g2.pdb.gimp_image_select_rectangle(image, 2, 10, 10, 20, 20)
+    with pytest.raises(RuntimeError):
+        g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args())
+    text = g2.gimp.state.messages[-1]
+    assert "The server failed (500)" in text and "Try again in a minute." in text and "img-1-paid.png" in text
+    assert FAKE_KEY not in text and len(image.layers) == 1 and image.undo_depth == 0
+    assert fake_engine()[-1]["key"] == FAKE_KEY  # the engine got it, through the environment only
+    assert all(FAKE_KEY not in json.dumps(c["argv"]) for c in fake_engine())
+
+
+def test_engine_crash_is_a_message_not_a_traceback(g2, fake_engine, monkeypatch):
+    monkeypatch.setenv("FAKE_ENGINE_CRASH", "1")
+    image, layer = make_image(g2)
+    g2.pdb.gimp_image_select_rectangle(image, 2, 10, 10, 20, 20)
+    with pytest.raises(RuntimeError):
+        g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args())
+    assert "stopped without an answer" in g2.gimp.state.messages[-1]
+    assert "gimp-openai doctor" in g2.gimp.state.messages[-1]
+
+
+def test_variations_cover_the_selection_box_with_selection_mask(g2, fake_engine):
+    image, layer = make_image(g2)
+    g2.pdb.gimp_image_select_ellipse(image, 2, 50, 50, 40, 40)
+    model, n, vprompt, quality, size_mode, add_mask, whole = "", 2, "vary", "auto", "auto", True, True
+    g2.pdb.python_fu_openai_variations(image, layer, model, n, vprompt, quality, size_mode, add_mask, whole)
+    group = image.layers[0]
+    assert [l.name for l in group.layers] == ["OpenAI: variation [variation by edit] (1/2)",
+                                              "OpenAI: variation [variation by edit] (2/2)"]
+    first = group.layers[0]
+    sel = image.selection.pixels[..., 0]
+    x, y = first.offsets
+    np.testing.assert_array_equal(first.mask.pixels[..., 0], sel[y:y + first.height, x:x + first.width])
+    assert len(plugin_steps(image)) == 1
+
+
+def test_generate_into_layers_and_into_a_new_image(g2, fake_engine):
+    image, layer = make_image(g2, 100, 100)
+    g2.pdb.python_fu_openai_generate(image, layer, "a lighthouse", "", 1, "auto", "auto", "auto", "layers")
+    top = image.layers[0]
+    assert top.name == "OpenAI: a lighthouse (1/1)" and top.offsets == (18, 26) and len(plugin_steps(image)) == 1
+    count = len(g2.gimp.image_list())
+    g2.pdb.python_fu_openai_generate(image, layer, "a lighthouse", "", 2, "auto", "auto", "auto", "new image")
+    new = g2.gimp.image_list()[-1]
+    assert len(g2.gimp.image_list()) == count + 1 and (new.width, new.height) == (64, 48)
+    assert new.layers[0].is_group and len(new.layers[0].layers) == 2
+    with pytest.raises(RuntimeError):
+        g2.pdb.python_fu_openai_generate(image, layer, "  ", "", 1, "auto", "auto", "auto", "layers")
+    assert "prompt is empty" in g2.gimp.state.messages[-1]
+
+
+def batch_args(**kw):
+    values = dict(batch_operation="edit", prompt="snow", model="", n=1, quality="auto", size_mode="auto",
+                  feather=0.0, context_padding=0.25, add_mask=True, align=True, tone_match=True, blend="feather",
+                  no_selection="whole layer", variation_prompt="v", concurrency=4)
+    values.update(kw)
+    return [values[p["name"]] for p in MANIFEST["procedures"][3]["params"]]
+
+
+def test_batch_one_failure_leaves_the_others_done(g2, fake_engine, monkeypatch):
+    monkeypatch.setenv("FAKE_ENGINE_FAIL", "img-2")
+    images = [make_image(g2, 80, 60, name="%s.png" % n, seed=i)[0] for i, n in enumerate(["a", "b", "c", "d"])]
+    g2.pdb.gimp_image_select_rectangle(images[0], 2, 5, 5, 20, 20)
+    g2.pdb.gimp_image_select_rectangle(images[1], 2, 5, 5, 20, 20)
+    images[3].base_type = 2  # an indexed one: refused, the rest go on
+    images[3].layers[0].type = 4
+    images[3].colormap = bytes(range(256)) * 3
+    g2.pdb.python_fu_openai_batch(*batch_args())
+    text = g2.gimp.state.messages[-1]
+    assert "2 of 3 images done" in text
+    assert "a.png" in text and "b.png" in text and "The server failed (500) for img-2" in text
+    assert "d.png" in text and "indexed" in text
+    assert len(images[0].layers) == 2 and len(images[1].layers) == 1 and len(images[2].layers) == 2
+    assert images[2].layers[0].width == 80  # c had no selection: whole layer
+    for img in images:
+        assert img.undo_depth == 0 and len(plugin_steps(img)) <= 1
+    assert sum(1 for c in fake_engine() if c["argv"][3] == "job") == 1  # one job for all
+
+
+def test_batch_skip_images_without_selection(g2, fake_engine):
+    a, _ = make_image(g2, 50, 50, name="a.png")
+    b, _ = make_image(g2, 50, 50, name="b.png")
+    g2.pdb.gimp_image_select_rectangle(a, 2, 5, 5, 20, 20)
+    g2.pdb.python_fu_openai_batch(*batch_args(no_selection="skip"))
+    assert "1 of 1 images done" in g2.gimp.state.messages[-1] and "skipped" in g2.gimp.state.messages[-1]
+    assert len(b.layers) == 1
+
+
+def test_batch_engine_dies_mid_batch(g2, fake_engine, monkeypatch):
+    monkeypatch.setenv("FAKE_ENGINE_CRASH", "1")
+    a, _ = make_image(g2, 50, 50, name="a.png")
+    with pytest.raises(RuntimeError):
+        g2.pdb.python_fu_openai_batch(*batch_args())
+    assert "stopped without an answer" in g2.gimp.state.messages[-1]
+    assert len(a.layers) == 1 and a.undo_depth == 0
+
+
+def test_settings_key_via_hidden_field_never_in_shelf_or_argv(g2, fake_engine):
+    g2.plugin.ASK_SECRET = lambda q: FAKE_KEY
+    g2.gimpfu.DIALOG = lambda name, values: ["http://127.0.0.1:9/v1", "gpt-image-2", "", True, True]
+    g2.pdb.python_fu_openai_settings(run_mode=g2.gimpfu.RUN_INTERACTIVE)
+    text = g2.gimp.state.messages[-1]
+    assert "API key stored." in text and "Connected" in text and "gpt-image-2" in text
+    calls = fake_engine()
+    key_call = [c for c in calls if c["argv"][3:5] == ["key", "set"]][0]
+    assert key_call["stdin"] == FAKE_KEY
+    settings_call = [c for c in calls if c["argv"][1] == "-c"][0]
+    assert json.loads(settings_call["stdin"]) == {"base_url": "http://127.0.0.1:9/v1", "default_model": "gpt-image-2"}
+    assert all(FAKE_KEY not in json.dumps(c["argv"]) for c in calls)
+    assert FAKE_KEY not in repr(dict(g2.shelf)) and FAKE_KEY not in text
+    g2.plugin.ASK_SECRET = None
+
+
+def test_settings_key_refused_non_interactively(g2, fake_engine):
+    with pytest.raises(RuntimeError):
+        g2.pdb.python_fu_openai_settings("", "", "", True, False)
+    assert "only be entered interactively" in g2.gimp.state.messages[-1]
