@@ -133,16 +133,22 @@ class Engine:
     def __init__(self, settings: Any, client: Any, history: Any | None = None) -> None:
         self.settings = settings
         self.client = client
-        if history is None:
-            from gimp_openai.history import History
-
-            folder = getattr(settings, "history_dir", "") or None
-            history = History(Path(folder) if folder else None)
-        self.history = history
+        self._history = history
         self._models: Any = None
         self._lock = threading.Lock()
         #: How often a waiting ticker fires (seconds); tests may lower it.
         self.tick_interval = 1.0
+
+    @property
+    def history(self) -> Any:
+        """The history folder, opened on first use (planning and checks never need it)."""
+        with self._lock:
+            if self._history is None:
+                from gimp_openai.history import History
+
+                folder = getattr(self.settings, "history_dir", "") or None
+                self._history = History(Path(folder) if folder else None)
+            return self._history
 
     @classmethod
     def from_settings(cls, settings: Any, api_key: str | None, *, history: Any | None = None) -> Engine:
