@@ -18,7 +18,7 @@ import uuid
 from base64 import b64decode
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from gimp_openai import capabilities as caps
 from gimp_openai.server import apierror, engine, faults, multipart, render, rules
@@ -302,6 +302,11 @@ class Handler(BaseHTTPRequestHandler):
                 if len(values) > 1:
                     raise apierror.invalid_value(name, values[-1], detail=f"'{name}' was sent {len(values)} times.")
             return {k: v[0] for k, v in form.fields.items()}, form.files, True
+        if content_type.lower().startswith("application/x-www-form-urlencoded"):
+            pairs = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=64)
+            entry["fields"] = {k: v[0] for k, v in pairs.items()}
+            entry["files"] = []
+            return {k: v[0] for k, v in pairs.items()}, [], True
         try:
             fields = json.loads(raw or b"null")
         except ValueError:
