@@ -1,0 +1,175 @@
+"""The host protocol end to end, as a GIMP host drives it: `python -m gimp_openai plan`, export `place`,
+`python -m gimp_openai job`, read JSON lines. Real subprocesses against the real local server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import FAKE_KEY
+
+DATA = Path(__file__).resolve().parents[2] / "plugin" / "gimp_openai" / "data"
+
+
+def engine(*args: str, server, env: dict | None = None) -> tuple[int, list[dict], str]:
+    child = dict(os.environ, OPENAI_API_KEY=FAKE_KEY, OPENAI_BASE_URL=server.url)
+    child.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "gimp_openai", *args], capture_output=True, text=True, env=child,
+                          timeout=240)
+    assert FAKE_KEY not in proc.stdout and FAKE_KEY not in proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return proc.returncode, lines, proc.stderr
+
+
+def layer_image(offset=(0, 0)):
+    """The sample as a layer placed at ``offset`` in the image, and the balloon selection in image coordinates."""
+    pixels = np.asarray(Image.open(DATA / "lake-balloon.png").convert("RGBA"))
+    sel = np.asarray(Image.open(DATA / "lake-balloon-selection.png").convert("L"))
+    return pixels, sel
+
+
+def bounds(sel: np.ndarray, origin=(0, 0)) -> dict:
+    ys, xs = np.nonzero(sel)
+    return {"x": int(xs.min()) + origin[0], "y": int(ys.min()) + origin[1], "width": int(xs.max() - xs.min() + 1),
+            "height": int(ys.max() - ys.min() + 1)}
+
+
+def export(folder: Path, item_id: str, pixels, sel, layer_xy, place) -> dict:
+    """What a host does: cut ``place`` (image coords) out of the layer, as RGBA and grayscale PNGs."""
+    x0, y0 = place["x"] - layer_xy[0], place["y"] - layer_xy[1]
+    crop = pixels[y0 : y0 + place["height"], x0 : x0 + place["width"]]
+    sel_crop = sel[y0 : y0 + place["height"], x0 : x0 + place["width"]]
+    Image.fromarray(crop, "RGBA").save(folder / f"{item_id}.png")
+    Image.fromarray(sel_crop, "L").save(folder / f"{item_id}-sel.png")
+    return {"image": f"{item_id}.png", "selection": f"{item_id}-sel.png"}
+
+
+@pytest.mark.slow
+def test_plan_then_job_returns_layers_that_sit_exactly_in_place(local_server, tmp_path):
+    pixels, sel = layer_image()
+    layer_xy = (10, -5)
+    layer = {"x": layer_xy[0], "y": layer_xy[1], "width": pixels.shape[1], "height": pixels.shape[0]}
+    plan = {"version": 1, "operation": "edit", "model": "", "size_mode": "auto", "context_padding": 0.25,
+            "items": [{"id": "img-1", "layer": layer, "selection_bounds": bounds(sel, layer_xy)}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    code, lines, err = engine("plan", str(tmp_path / "plan.json"), server=local_server)
+    assert code == 0, err
+    (answer,) = lines
+    assert answer["ok"] and answer["model"] == "gpt-image-2"  # "" -> the newest live GPT image model
+    (item,) = answer["items"]
+    files = export(tmp_path, "img-1", pixels, sel, layer_xy, item["place"])
+    job = {"version": 1, "operation": "edit", "model": answer["model"], "prompt": "remove the balloon", "n": 2,
+           "quality": "low", "out_dir": "out", "source_name": "photo.xcf", "add_mask": True,
+           "items": [dict(item, layer=layer, **files)]}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    code, lines, err = engine("job", str(tmp_path / "job.json"), server=local_server)
+    assert code == 0, err
+    progress, result = lines[:-1], lines[-1]
+    assert result["type"] == "result" and result["ok"] is True and result["error"] is None
+    phases = [p["phase"] for p in progress]
+    for phase in ("upload", "waiting", "saving", "compositing", "done"):
+        assert phase in phases
+    assert all(p["type"] == "progress" and p["item"] == "img-1" for p in progress)
+    waiting = [p for p in progress if p["phase"] == "waiting"]
+    assert waiting[0]["message"].startswith("Waiting for gpt-image-2 (") and len(waiting[0]["expected"]) == 2
+    overall = [p["overall"] for p in progress]
+    assert overall == sorted(overall) and overall[-1] == 1.0
+
+    (res_item,) = result["items"]
+    place = item["place"]
+    x0, y0 = place["x"] - layer_xy[0], place["y"] - layer_xy[1]
+    original = pixels[y0 : y0 + place["height"], x0 : x0 + place["width"]]
+    sel_place = sel[y0 : y0 + place["height"], x0 : x0 + place["width"]]
+    for k, out in enumerate(res_item["outputs"], start=1):
+        assert out["name"] == f"OpenAI: remove the balloon ({k}/2)" and out["path"] == "edit"
+        assert (out["x"], out["y"], out["width"], out["height"]) == (place["x"], place["y"], place["width"],
+                                                                      place["height"])
+        layer_png = np.asarray(Image.open(out["layer_png"]).convert("RGBA"))
+        mask = np.asarray(Image.open(out["mask_png"]))
+        assert layer_png.shape[:2] == mask.shape == original.shape[:2]
+        assert mask.dtype == np.uint8 and mask.ndim == 2
+        assert (mask[sel_place == 0] == 0).all() and (mask[sel_place == 255] > 0).mean() > 0.9
+        assert Path(out["history_png"]).exists() and out["request_id"]
+        sidecar = next(Path(out["history_png"]).parent.glob(Path(out["history_png"]).stem + "*.json"))
+        meta = json.loads(sidecar.read_text())
+        assert meta["prompt"] == "remove the balloon" and meta["source"] == "photo.xcf"
+        assert meta["place"] == place and FAKE_KEY not in sidecar.read_text()
+    assert sum(v for k, v in local_server.stats()["endpoints"].items() if "edits" in k) == 1
+
+
+@pytest.mark.slow
+def test_a_batch_job_keeps_the_good_items_when_one_fails(start_local_server, tmp_path):
+    """One server fault (moderation, never retried) and one bad export: the other items still come back."""
+    server = start_local_server("--fault", "moderation_blocked;times=1")
+    pixels, _ = layer_image()
+    layer = {"x": 0, "y": 0, "width": 300, "height": 200}
+    items = []
+    for i in range(4):
+        crop = pixels[100 + 20 * i : 300 + 20 * i, 300:600]
+        Image.fromarray(np.ascontiguousarray(crop), "RGBA").save(tmp_path / f"i{i}.png")
+        sel = np.zeros((200, 300), np.uint8)
+        sel[50:150, 100:200] = 255
+        Image.fromarray(sel if i != 3 else sel[:50], "L").save(tmp_path / f"i{i}-sel.png")
+        items.append({"id": f"i{i}", "image": f"i{i}.png", "selection": f"i{i}-sel.png", "layer": layer,
+                      "place": layer, "request": layer, "target": [1024, 688]})
+    job = {"version": 1, "operation": "edit", "model": "gpt-image-2", "prompt": "sky", "n": 1, "out_dir": "out",
+           "align": False, "tone_match": False, "concurrency": 4, "items": items}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    code, lines, err = engine("job", str(tmp_path / "job.json"), server=server)
+    assert code == 0, err
+    result = lines[-1]
+    assert result["ok"] is False and result["error"]["code"] == "partial_failure"
+    by_id = {i["id"]: i for i in result["items"]}
+    failed = {k for k, v in by_id.items() if not v["ok"]}
+    assert "i3" in failed and "is 300x50 but the planned region is 300x200" in by_id["i3"]["error"]["message"]
+    moderated = [k for k, v in by_id.items() if not v["ok"] and v["error"]["code"] == "moderation_blocked"]
+    assert len(moderated) == 1 and len(failed) == 2
+    for k, v in by_id.items():
+        if v["ok"]:
+            assert Path(v["outputs"][0]["layer_png"]).exists()
+    progress_items = {p["item"] for p in lines[:-1]}
+    assert {"i0", "i1", "i2"} <= progress_items
+    # three requests reached the server (the bad export never did), none retried
+    assert sum(v for k, v in server.stats()["endpoints"].items() if "edits" in k) == 3
+
+
+@pytest.mark.slow
+def test_variation_and_generate_jobs(local_server, tmp_path):
+    pixels, _ = layer_image()
+    layer = {"x": 0, "y": 0, "width": 256, "height": 256}
+    Image.fromarray(np.ascontiguousarray(pixels[:256, :256]), "RGBA").save(tmp_path / "v.png")
+    job = {"version": 1, "operation": "variation", "model": "dall-e-2", "n": 1, "out_dir": "out",
+           "items": [{"id": "v", "image": "v.png", "layer": layer, "place": layer, "request": layer,
+                      "target": [256, 256]}]}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    code, lines, err = engine("job", str(tmp_path / "job.json"), server=local_server)
+    assert code == 0 and lines[-1]["ok"], lines[-1]
+    (out,) = lines[-1]["items"][0]["outputs"]
+    assert out["path"] == "variation-endpoint" and out["name"] == "OpenAI: variation (1/1)"
+    job = {"version": 1, "operation": "generate", "model": "gpt-image-2", "prompt": "a kite", "n": 1,
+           "size": "1024x1024", "out_dir": "gen"}
+    (tmp_path / "gen.json").write_text(json.dumps(job))
+    code, lines, err = engine("job", str(tmp_path / "gen.json"), server=local_server)
+    assert code == 0 and lines[-1]["ok"], lines[-1]
+    (out,) = lines[-1]["items"][0]["outputs"]
+    assert out["path"] == "generate" and Image.open(out["layer_png"]).size == (1024, 1024)
+
+
+@pytest.mark.slow
+def test_a_shut_down_model_in_a_job_names_the_replacement(start_local_server, tmp_path):
+    server = start_local_server("--shutdown", "gpt-image-1=2026-10-23", "--today", "2026-11-25")
+    job = {"version": 1, "operation": "generate", "model": "gpt-image-1", "prompt": "a kite", "out_dir": "gen"}
+    (tmp_path / "gen.json").write_text(json.dumps(job))
+    code, lines, _ = engine("job", str(tmp_path / "gen.json"), server=server)
+    assert code == 0
+    (item,) = lines[-1]["items"]
+    assert item["error"]["code"] == "model_not_found" and item["error"]["replacement"] == "gpt-image-2"
+    assert "`gpt-image-1` was shut down on 2026-10-23" in item["error"]["message"]
+    assert sum(v for k, v in server.stats()["endpoints"].items() if "generations" in k) == 1
