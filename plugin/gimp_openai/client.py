@@ -86,6 +86,8 @@ class ClientConfig:
     read_timeout: float = 600.0
     max_retries: int = 2
     model_rules: dict[str, str] = field(default_factory=dict)
+    #: Sent with every API request (not downloads): a compatible server's own headers, or test fault headers.
+    extra_headers: dict[str, str] = field(default_factory=dict, repr=False)
     user_agent: str = USER_AGENT
     max_download_bytes: int = MAX_DOWNLOAD_BYTES
     max_response_bytes: int = MAX_RESPONSE_BYTES
@@ -511,6 +513,9 @@ class ImagesClient:
             headers["OpenAI-Organization"] = self.config.organization
         if self.config.project:
             headers["OpenAI-Project"] = self.config.project
+        for name, value in self.config.extra_headers.items():
+            if name.lower() not in ("authorization", "api-key"):
+                headers[name] = value
         return headers
 
     def _images_call(

@@ -127,7 +127,7 @@ def test_rate_limit_after_retries():
 def test_read_timeout_then_retry_then_success():
     sleeps: list[float] = []
     with WireServer([Reply(action="stall"), OK]) as server:
-        result = client_for(server.url, sleeps=sleeps, read_timeout=0.3).generate(model="gpt-image-2", prompt="x")
+        result = client_for(server.url, sleeps=sleeps, read_timeout=1.0).generate(model="gpt-image-2", prompt="x")
         assert len(result.images) == 1 and len(server.requests) == 2 and sleeps == [0.5]
 
 
