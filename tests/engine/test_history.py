@@ -1,0 +1,185 @@
+"""History: atomic, never overwrites, safe names, no key in sidecars, clear errors on unwritable folders."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import threading
+
+import pytest
+from gimp_openai import atomic
+from gimp_openai.atomic import write_bytes_atomic, write_json_atomic
+from gimp_openai.errors import OutputNotWritableError
+from gimp_openai.history import History, clean_meta, slugify
+
+from tests.conftest import FAKE_KEY
+
+META = {"prompt": "a red kite", "model": "gpt-image-2", "size": "1024x1024", "request_id": "req_1",
+        "operation": "edit", "source_name": "photo.xcf", "place": {"x": 1, "y": 2, "width": 3, "height": 4},
+        "k": 1, "n": 2}
+
+
+def test_save_writes_image_and_sidecar(tmp_path):
+    path = History(tmp_path).save(b"PNGDATA", meta=META)
+    assert path.parent == tmp_path and path.read_bytes() == b"PNGDATA"
+    assert path.name.endswith("-a-red-kite-1of2.png")
+    sidecar = json.loads(path.with_suffix(".json").read_text("utf-8"))
+    for key, value in META.items():
+        assert sidecar[key] == value
+    assert sidecar["file"] == path.name and sidecar["bytes"] == 7 and "time" in sidecar
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_default_folder_from_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIMP_OPENAI_HISTORY_DIR", str(tmp_path / "h"))
+    assert History().save(b"x", meta={}).parent == tmp_path / "h"
+
+
+def test_never_overwrites(tmp_path):
+    history = History(tmp_path)
+    paths = [history.save(bytes([i]), meta=META) for i in range(5)]
+    assert len(set(paths)) == 5
+    assert sorted(p.read_bytes() for p in paths) == [bytes([i]) for i in range(5)]
+
+
+def test_concurrent_saves_keep_every_image(tmp_path):
+    history = History(tmp_path)
+    out: list = []
+    threads = [threading.Thread(target=lambda i=i: out.append(history.save(bytes([i]) * 10, meta=META)))
+               for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(out)) == 16 and len(list(tmp_path.glob("*.png"))) == 16
+
+
+@pytest.mark.parametrize(
+    "prompt, expected",
+    [
+        ("A red kite!", "a-red-kite"),
+        ("../../etc/passwd", "etc-passwd"),
+        ("/absolute/path", "absolute-path"),
+        ("nul\x00byte", "nul-byte"),
+        ("\u202eevil\u202d.png", "evil-png"),  # right-to-left override
+        ("\uff0e\uff0e\uff0fup", "up"),  # full-width ../
+        ("Café crème", "cafe-creme"),
+        ("日本語", "image"),
+        ("", "image"),
+        ("..", "image"),
+        ("x" * 300, "x" * 48),
+        ("CON", "con"),
+    ],
+)
+def test_slugify(prompt, expected):
+    assert slugify(prompt) == expected
+
+
+@pytest.mark.parametrize("prompt", ["../../escape", "/etc/passwd", "a\x00b", "..\\..\\win", "\u2025/\u2024"])
+@pytest.mark.parametrize("ext", ["png", "../png", "/x", "p\x00ng", "verylongext"])
+def test_crafted_names_stay_inside(tmp_path, prompt, ext):
+    folder = tmp_path / "history"
+    path = History(folder).save(b"x", meta={"prompt": prompt}, ext=ext)
+    assert path.resolve().parent == folder.resolve()
+    assert {p.parent for p in tmp_path.rglob("*") if p.is_file()} == {folder}
+
+
+def test_sidecar_never_holds_the_key(tmp_path):
+    meta = dict(META, api_key=FAKE_KEY, headers={"Authorization": f"Bearer {FAKE_KEY}"},
+                notes=[f"server said key {FAKE_KEY} is bad"], prompt=f"kite {FAKE_KEY}")
+    path = History(tmp_path).save(b"x", meta=meta)
+    text = path.with_suffix(".json").read_text("utf-8") + path.name
+    assert FAKE_KEY not in text and "sk-test" not in text
+    assert "[redacted key]" in text
+
+
+def test_clean_meta_handles_odd_values(tmp_path):
+    assert clean_meta({"p": tmp_path, "t": (1, 2), "none": None, "token": "x"}) == {
+        "p": str(tmp_path), "t": [1, 2], "none": None}
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores permissions")
+def test_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OutputNotWritableError) as info:
+            History(folder).save(b"x", meta=META)
+        assert str(folder) in info.value.message
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o700)
+
+
+def test_permission_denied_simulated(tmp_path, monkeypatch):
+    """The read-only case for a root test runner, where chmod does not bite."""
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", denied)
+    with pytest.raises(OutputNotWritableError, match="Permission denied") as info:
+        History(tmp_path).save(b"x", meta=META)
+    assert str(tmp_path) in info.value.message and info.value.hint
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_uncreatable_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputNotWritableError, match="history folder"):
+        History(blocker / "history").save(b"x", meta=META)
+
+
+def _disk_full_after(limit: int, monkeypatch):
+    real_write = os.write
+    state = {"left": limit}
+
+    def fake_write(fd, data):
+        if state["left"] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = min(len(data), state["left"])
+        state["left"] -= n
+        return real_write(fd, bytes(data[:n]))
+
+    monkeypatch.setattr(atomic.os, "write", fake_write)
+
+
+@pytest.mark.parametrize("limit", [0, 1000, 100_000])
+def test_disk_full_leaves_nothing_half_written(tmp_path, monkeypatch, limit):
+    _disk_full_after(limit, monkeypatch)
+    image = os.urandom(50_000)
+    try:
+        path = History(tmp_path).save(image, meta=META)
+    except OutputNotWritableError as exc:
+        assert str(tmp_path) in exc.message and "No space left" in exc.message
+        for p in tmp_path.iterdir():  # whatever exists is complete
+            assert not p.name.endswith(".part")
+            if p.suffix == ".png":
+                assert p.read_bytes() == image and exc.saved == [str(p)]
+    else:
+        assert limit == 100_000 and path.read_bytes() == image
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_fsync_failure_leaves_nothing(tmp_path, monkeypatch):
+    def boom(fd):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(atomic.os, "fsync", boom)
+    with pytest.raises(OutputNotWritableError):
+        write_bytes_atomic(tmp_path / "a.png", b"data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_overwrite_and_exclusive(tmp_path):
+    target = tmp_path / "a.json"
+    write_json_atomic(target, {"a": "é"})
+    write_json_atomic(target, {"a": 2})
+    assert json.loads(target.read_text("utf-8")) == {"a": 2}
+    with pytest.raises(FileExistsError):
+        write_bytes_atomic(target, b"x", overwrite=False)
+    assert json.loads(target.read_text("utf-8")) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
