@@ -26,6 +26,12 @@ SAMPLE = DATA / "lake-balloon.png"
 SAMPLE_SEL = DATA / "lake-balloon-selection.png"
 
 
+#: The line-up as of 2026-11-25 (issue 9): gpt-image-1 gone, the rest of its family retiring on 2026-12-01.
+TODAYS_LINEUP = ("--today", "2026-11-25", "--shutdown", "gpt-image-1=2026-10-23",
+                 "--shutdown", "gpt-image-1-mini=2026-12-01",
+                 "--shutdown", "gpt-image-1.5=2026-12-01", "--shutdown", "chatgpt-image-latest=2026-12-01")
+
+
 def cli(*args: str, server=None, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
     child = dict(os.environ)
     child["OPENAI_API_KEY"] = FAKE_KEY
@@ -194,7 +200,7 @@ def test_a_refused_free_size_is_retried_once_at_a_standard_size_and_remembered(l
 
 @pytest.mark.slow
 def test_a_shut_down_model_is_not_retried_and_the_replacement_is_named(start_local_server, tmp_path):
-    server = start_local_server("--shutdown", "gpt-image-1=2026-10-23", "--today", "2026-11-25")
+    server = start_local_server(*TODAYS_LINEUP)
     small = tmp_path / "p.png"
     Image.open(SAMPLE).crop((0, 0, 300, 300)).save(small)
     proc = cli("edit", str(small), "--rect", "10,10,50,50", "--prompt", "x", "--model", "gpt-image-1",

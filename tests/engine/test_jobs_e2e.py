@@ -18,6 +18,12 @@ from tests.conftest import FAKE_KEY
 DATA = Path(__file__).resolve().parents[2] / "plugin" / "gimp_openai" / "data"
 
 
+#: The line-up as of 2026-11-25 (issue 9): gpt-image-1 gone, the rest of its family retiring on 2026-12-01.
+TODAYS_LINEUP = ("--today", "2026-11-25", "--shutdown", "gpt-image-1=2026-10-23",
+                 "--shutdown", "gpt-image-1-mini=2026-12-01",
+                 "--shutdown", "gpt-image-1.5=2026-12-01", "--shutdown", "chatgpt-image-latest=2026-12-01")
+
+
 def engine(*args: str, server, env: dict | None = None) -> tuple[int, list[dict], str]:
     child = dict(os.environ, OPENAI_API_KEY=FAKE_KEY, OPENAI_BASE_URL=server.url)
     child.update(env or {})
@@ -164,7 +170,7 @@ def test_variation_and_generate_jobs(local_server, tmp_path):
 
 @pytest.mark.slow
 def test_a_shut_down_model_in_a_job_names_the_replacement(start_local_server, tmp_path):
-    server = start_local_server("--shutdown", "gpt-image-1=2026-10-23", "--today", "2026-11-25")
+    server = start_local_server(*TODAYS_LINEUP)
     job = {"version": 1, "operation": "generate", "model": "gpt-image-1", "prompt": "a kite", "out_dir": "gen"}
     (tmp_path / "gen.json").write_text(json.dumps(job))
     code, lines, _ = engine("job", str(tmp_path / "gen.json"), server=server)
