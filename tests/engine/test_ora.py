@@ -1,0 +1,87 @@
+"""OpenRaster output read back: zip layout, stack.xml, pixels, names."""
+
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+import zipfile
+
+import numpy as np
+import pytest
+from gimp_openai.ora import clean_name, write_ora
+from PIL import Image
+
+from tests.conftest import FAKE_KEY
+
+
+def _rgba(h, w, colour):
+    a = np.zeros((h, w, 4), np.uint8)
+    a[...] = colour
+    return a
+
+
+def _png(archive, name):
+    return np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGBA"))
+
+
+@pytest.fixture
+def layers():
+    return [
+        ("photo", _rgba(40, 60, (10, 20, 30, 255)), 0, 0, True),
+        ("OpenAI: a <red> & \"kite\" (1/2)", _rgba(10, 20, (200, 0, 0, 255)), 5, 7, True),
+        ("hidden one", _rgba(10, 10, (0, 255, 0, 255)), -3, 35, False),
+    ]
+
+
+def test_structure_and_pixels(tmp_path, layers):
+    path = tmp_path / "out.ora"
+    write_ora(path, 60, 40, layers)
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        assert infos[0].filename == "mimetype" and infos[0].compress_type == zipfile.ZIP_STORED
+        assert archive.read("mimetype") == b"image/openraster"
+        assert path.read_bytes()[30:38] == b"mimetype"  # no extra field: sniffable at offset 30
+        names = set(archive.namelist())
+        assert {"stack.xml", "mergedimage.png", "Thumbnails/thumbnail.png"} <= names
+        root = ET.fromstring(archive.read("stack.xml"))
+        assert (root.get("w"), root.get("h")) == ("60", "40")
+        stack = root.find("stack").findall("layer")
+        assert [layer.get("name") for layer in stack] == [layers[2][0], layers[1][0], layers[0][0]]  # top first
+        assert [layer.get("visibility") for layer in stack] == ["hidden", "visible", "visible"]
+        for layer, (_, pixels, x, y, _) in zip(stack, reversed(layers)):
+            assert (int(layer.get("x")), int(layer.get("y"))) == (x, y)
+            assert np.array_equal(_png(archive, layer.get("src")), pixels)
+        merged = _png(archive, "mergedimage.png")
+        assert merged.shape == (40, 60, 4)
+        assert merged[0, 0].tolist() == [10, 20, 30, 255]
+        assert merged[10, 10].tolist() == [200, 0, 0, 255]
+        assert merged[38, 2].tolist() == [10, 20, 30, 255]  # hidden layer not merged
+        assert max(_png(archive, "Thumbnails/thumbnail.png").shape[:2]) <= 256
+
+
+def test_dict_layers_and_size_tuple(tmp_path):
+    path = tmp_path / "d.ora"
+    write_ora(path, (8, 8), [{"name": "a", "pixels": _rgba(8, 8, (1, 2, 3, 255)), "x": 0, "y": 0}])
+    with zipfile.ZipFile(path) as archive:
+        assert ET.fromstring(archive.read("stack.xml")).find("stack/layer").get("name") == "a"
+
+
+def test_names_are_clean(tmp_path):
+    path = tmp_path / "k.ora"
+    write_ora(path, 4, 4, [(f"kite {FAKE_KEY}\x00\x07 ok", _rgba(4, 4, (0, 0, 0, 255)), 0, 0, True)])
+    data = path.read_bytes()
+    assert FAKE_KEY.encode() not in data
+    with zipfile.ZipFile(path) as archive:
+        name = ET.fromstring(archive.read("stack.xml")).find("stack/layer").get("name")
+    assert name == "kite [redacted key] ok"
+
+
+@pytest.mark.parametrize("name, expected", [("a\x01b", "ab"), ("<&>", "<&>"), ("x" * 300, "x" * 200)])
+def test_clean_name(name, expected):
+    assert clean_name(name) == expected
+
+
+def test_rejects_non_rgba(tmp_path):
+    with pytest.raises(ValueError):
+        write_ora(tmp_path / "x.ora", 4, 4, [("a", np.zeros((4, 4, 3), np.uint8), 0, 0, True)])
+    assert not list(tmp_path.iterdir())
