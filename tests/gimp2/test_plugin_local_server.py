@@ -11,11 +11,7 @@ from tests.conftest import FAKE_KEY
 from tests.gimp2.conftest import make_image
 from tests.gimp2.test_plugin_fake_engine import batch_args, edit_args, plugin_steps
 
-import importlib.util
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    importlib.util.find_spec("gimp_openai.history") is None,
-    reason="engine incomplete: gimp_openai.history is not in the tree yet (the job cannot save results)")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -67,3 +63,24 @@ def test_batch_one_image_refused_by_the_server(g2, engine, start_local_server, m
     assert "2 of 3 images done" in text, text
     assert sorted(len(img.layers) for img in images) == [1, 2, 2]
     assert FAKE_KEY not in text
+
+
+@pytest.mark.parametrize("model,tag", [("dall-e-2", "[variations endpoint]"), ("", "[variation by edit]")])
+def test_variations_both_paths(g2, engine, local_server, monkeypatch, model, tag):
+    _point(monkeypatch, local_server)
+    image, layer = make_image(g2, 96, 96)
+    g2.pdb.gimp_image_select_rectangle(image, 2, 16, 16, 48, 48)
+    g2.pdb.python_fu_openai_variations(image, layer, model, 1, "vary it", "auto", "auto", False, True)
+    assert g2.gimp.state.messages == [], g2.gimp.state.messages
+    top = image.layers[0]
+    assert top.name == "OpenAI: variation %s (1/1)" % tag
+    assert len(plugin_steps(image)) == 1
+
+
+def test_generate_against_the_local_server(g2, engine, local_server, monkeypatch):
+    _point(monkeypatch, local_server)
+    image, layer = make_image(g2, 64, 64)
+    g2.pdb.python_fu_openai_generate(image, layer, "a lighthouse", "", 1, "1024x1024", "low", "auto", "new image")
+    assert g2.gimp.state.messages == [], g2.gimp.state.messages
+    new = g2.gimp.image_list()[-1]
+    assert new is not image and new.layers[0].name == "OpenAI: a lighthouse (1/1)"
