@@ -101,11 +101,23 @@ class Installer:
             src = self.engine_source(Path(t))
             cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
             if self.args.no_deps:
-                cmd += ["--no-deps", "--no-build-isolation"]
+                cmd += ["--no-deps"]
+                if self._has_new_setuptools(python):  # build offline with what is there
+                    cmd += ["--no-build-isolation"]
             cmd += extra
             cmd += ["-e", str(src)] if self.args.dev else [str(src)]
             say("pip: " + " ".join(cmd[1:]))
             subprocess.run(cmd, check=True)
+
+    @staticmethod
+    def _has_new_setuptools(python: Path) -> bool:
+        """setuptools >= 77 (reads the pyproject's SPDX license string) importable by this interpreter."""
+        p = subprocess.run([str(python), "-c", "import setuptools; print(setuptools.__version__)"],
+                           capture_output=True, text=True)
+        try:
+            return p.returncode == 0 and int(p.stdout.strip().split(".")[0]) >= 77
+        except ValueError:
+            return False
 
     def make_engine(self, record: dict) -> dict:
         """Create the venv and install the engine; returns the engine record for the hosts."""
@@ -275,6 +287,11 @@ class Installer:
         old = record.get("paths", [])
         record["paths"] = old + [p for p in self.created if p not in old]
         record["installed"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        p, missing = self.data_dir.parent, []
+        while not p.exists():
+            missing.append(str(p))
+            p = p.parent
+        record["data_parents"] = record.get("data_parents", []) + missing  # removed again when empty
         self.save_record(record)
         say(f"install record: {self.record_path} (scripts/install --uninstall removes exactly these files)")
         if not done:
@@ -311,10 +328,11 @@ class Installer:
                 say(f"removed the engine environment {v}")
         self.record_path.unlink()
         say(f"removed {removed} installed files and folders; removed {self.record_path}")
-        try:
-            self.data_dir.rmdir()
-        except OSError:
-            pass
+        for d in [str(self.data_dir)] + record.get("data_parents", []):
+            try:
+                Path(d).rmdir()  # only when empty
+            except OSError:
+                pass
         return 0
 
 

@@ -176,9 +176,10 @@ def read_engine_record(folder: Path | str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _python_fu_problem(version: str, flavour: str) -> str | None:
-    """Why this GIMP build may have no Python plug-in support (Linux system packages only), or None."""
-    if flavour != "linux":
+def _python_fu_problem(version: str, flavour: str, env: dict[str, str] | None = None) -> str | None:
+    """Why this GIMP build may have no Python plug-in support (Linux system packages only), or None.
+    Only asked when this version's GIMP program is on PATH (a system package whose files we can look at)."""
+    if flavour != "linux" or version not in installed_gimp_versions(env):
         return None
     if version.startswith("2."):
         roots = [Path("/usr/lib/gimp/2.0"), *Path("/usr/lib").glob("*/gimp/2.0")]
@@ -255,7 +256,7 @@ def diagnose_plugin_dirs(home: Path | str | None = None, *, platform: str | None
                 problems += 1
                 findings.append(Finding("error", where, f"the engine's interpreter {py} cannot be run",
                                         "run scripts/install again"))
-        fu = _python_fu_problem(d.version, d.flavour)
+        fu = _python_fu_problem(d.version, d.flavour, env)
         if fu:
             problems += 1
             findings.append(Finding("error", where, fu, "install GIMP's Python support for this version"))

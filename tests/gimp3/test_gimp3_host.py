@@ -141,3 +141,122 @@ out("INDEXED", {"status": status.value_nick, "error": err})
         res = json.loads(run.lines_with(tag + " ")[0])
         assert res["status"] == "execution-error", (tag, res)
         assert words in (res["error"] or "") + run.stdout + run.stderr, (tag, res)
+
+
+CHECK_EDIT = r'''
+def snapshot(img, lay):
+    ok, ox, oy = lay.get_offsets()
+    return pixels(lay, 0, 0, lay.get_width(), lay.get_height()), (ox, oy, lay.get_width(), lay.get_height())
+
+def visible(img, rect):
+    vis = Gimp.Layer.new_from_visible(img, img, "vis")
+    data = pixels(vis, *rect)
+    vis.delete()
+    return data
+
+def describe(img, lay, original, rect, timings_path=None):
+    sel = img.get_selection().get_buffer().get(Gegl.Rectangle.new(*rect), 1.0, "Y u8", Gegl.AbyssPolicy.NONE)
+    comp = visible(img, rect)
+    differs = [comp[4 * i:4 * i + 4] != original[4 * i:4 * i + 4] for i in range(len(sel))]
+    outside_diff = sum(1 for i, s in enumerate(sel) if s == 0 and differs[i])
+    inside_changed = sum(1 for i, s in enumerate(sel) if s == 255 and differs[i])
+    layers = []
+    def walk(items, depth):
+        for l in items:
+            ok, x, y = l.get_offsets()
+            d = {"name": l.get_name(), "x": x, "y": y, "w": l.get_width(), "h": l.get_height(), "depth": depth,
+                 "group": l.is_group()}
+            m = l.get_mask() if not l.is_group() else None
+            if m is not None:
+                mw, mh = m.get_width(), m.get_height()
+                md = pixels(m, 0, 0, mw, mh, "Y u8")
+                d["mask"] = {"min": min(md), "max": max(md)}
+                # mask at the ellipse centre (image 100,80) and at the image point (61, 51) just outside it
+                for tag, (px, py) in (("centre", (100, 80)), ("outside", (61, 51))):
+                    lx, ly = px - x, py - y
+                    d["mask"][tag] = md[ly * mw + lx] if 0 <= lx < mw and 0 <= ly < mh else None
+            p = l.get_parasite("gimp-openai")
+            if p is not None:
+                d["parasite"] = json.loads(bytes(p.get_data()).decode("utf-8"))
+            layers.append(d)
+            if l.is_group():
+                walk(l.get_children(), depth + 1)
+    walk(img.get_layers(), 0)
+    return {"layers": layers, "outside_diff": outside_diff, "inside_changed": inside_changed,
+            "selected": sum(1 for s in sel if s == 255)}
+'''
+
+
+def _timings(gimp):
+    path = gimp.work / "timings.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_edit_selection_inserts_masked_layers_in_place(gimp, local_server):
+    env = {"OPENAI_BASE_URL": local_server.url, "OPENAI_API_KEY": FAKE_KEY,
+           "GIMP_OPENAI_HOST_TIMINGS": "/gimp-openai-work/timings.jsonl"}
+    (gimp.work / "timings.jsonl").unlink(missing_ok=True)
+    run = gimp.python(SETUP + CHECK_EDIT + r'''
+img, lay = make_image()
+original, rect = snapshot(img, lay)
+status, err, secs = run_proc("python-fu-openai-edit-selection", img, [lay], prompt="a red kite in the sky", n=2)
+res = describe(img, lay, original, rect)
+res.update({"status": status.value_nick, "error": err, "seconds": secs})
+out("RES", res)
+# WITH_LAST_VALS: the values of the last run come back without arguments
+proc = pdb.lookup_procedure("python-fu-openai-edit-selection")
+config = proc.create_config()
+config.set_property("run-mode", Gimp.RunMode.WITH_LAST_VALS)
+config.set_property("image", img)
+config.set_core_object_array("drawables", [lay])
+result = proc.run(config)
+out("LAST", {"status": result.index(0).value_nick, "layers": len(img.get_layers())})
+''', env=env).check()
+    res = json.loads(run.lines_with("RES ")[0])
+    assert res["status"] == "success", res.get("error") or res
+    top = res["layers"]
+    group = top[0]
+    assert group["group"] and group["depth"] == 0, top
+    results = [d for d in top if d["depth"] == 1]
+    assert [d["name"] for d in results] == [f"OpenAI: a red kite in the sky ({k}/2)" for k in (1, 2)]
+    assert top[-1]["name"] == "photo"  # inserted above the active layer
+    for d in results:
+        # inside the layer (30,20 160x120) and covering the ellipse (60,50 80x60)
+        assert 30 <= d["x"] <= 60 and 20 <= d["y"] <= 50, d
+        assert d["x"] + d["w"] >= 140 and d["y"] + d["h"] >= 110 and d["x"] + d["w"] <= 190, d
+        assert d["mask"]["centre"] == 255 and d["mask"]["outside"] == 0, d
+        assert d["parasite"]["prompt"] == "a red kite in the sky" and d["parasite"]["model"], d
+        assert "request_id" in d["parasite"]
+    assert res["outside_diff"] == 0, res  # the composite equals the original outside the selection
+    assert res["inside_changed"] > res["selected"] // 2, res  # and the edit shows inside it
+    last = json.loads(run.lines_with("LAST ")[0])
+    assert last["status"] == "success" and last["layers"] == 3, last  # a second group from the remembered values
+    assert FAKE_KEY not in run.stdout + run.stderr
+    t = _timings(gimp)
+    export = [e["seconds"] for e in t if e["what"] == "export"]
+    insert = [e["seconds"] for e in t if e["what"] == "insert"]
+    print(f"\nGIMP {gimp.version}: host export {export[0] * 1000:.1f} ms, insert (2 layers + masks) "
+          f"{insert[0] * 1000:.1f} ms, whole procedure {res['seconds']:.2f} s")
+
+
+def test_batch_over_two_open_images(gimp, local_server):
+    env = {"OPENAI_BASE_URL": local_server.url, "OPENAI_API_KEY": FAKE_KEY}
+    run = gimp.python(SETUP + CHECK_EDIT + r'''
+a, la = make_image(seed=1)
+b, lb = make_image(seed=2)
+oa, ra = snapshot(a, la)
+ob, rb = snapshot(b, lb)
+proc = pdb.lookup_procedure("python-fu-openai-batch")
+config = proc.create_config()
+config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+config.set_property("prompt", "a small boat")
+result = proc.run(config)
+out("RES", {"status": result.index(0).value_nick, "a": describe(a, la, oa, ra), "b": describe(b, lb, ob, rb)})
+''', env=env).check()
+    res = json.loads(run.lines_with("RES ")[0])
+    assert res["status"] == "success", res.get("error") or res
+    for key in ("a", "b"):
+        names = [d["name"] for d in res[key]["layers"]]
+        assert names == ["OpenAI: a small boat (1/1)", "photo"], (key, names)
+        assert res[key]["outside_diff"] == 0
+    assert "2 of 2 images done" in run.stdout + run.stderr
