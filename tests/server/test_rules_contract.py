@@ -1,0 +1,153 @@
+"""The server's rules table against shared/contract/openai-images-openapi.yaml: enums, limits, counts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gimp_openai import capabilities as caps
+from gimp_openai.server import rules
+
+CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "contract" / "openai-images-openapi.yaml"
+if not CONTRACT.exists():
+    CONTRACT = Path("/work/shared/contract/openai-images-openapi.yaml")
+
+
+@pytest.fixture(scope="module")
+def schemas():
+    return yaml.safe_load(CONTRACT.read_text())["components"]["schemas"]
+
+
+def enum_of(prop: dict) -> set[str]:
+    """The string enum of a property, whether it is plain, under anyOf, or a $ref-free nullable anyOf."""
+    if "enum" in prop:
+        return set(prop["enum"])
+    values: set[str] = set()
+    for option in prop.get("anyOf", []):
+        values |= set(option.get("enum", []))
+    return values
+
+
+def families_at(endpoint: str) -> list[caps.Family]:
+    return [f for f in caps.FAMILIES.values() if endpoint in f.endpoints]
+
+
+def table_sizes(endpoint: str) -> set[str]:
+    sizes: set[str] = set()
+    for family in families_at(endpoint):
+        sizes |= set(family.sizes) | ({"auto"} if family.allows_auto_size else set())
+    return sizes
+
+
+def table_values(endpoint: str, name: str) -> set[str]:
+    rule = next(r for r in rules.PARAMS if r.name == name)
+    assert endpoint in rule.endpoints
+    values: set[str] = set()
+    for family in families_at(endpoint):
+        if rule.values and rule.allowed(family.name, family):
+            values |= set(rule.values(family))
+    return values
+
+
+REQUESTS = {
+    caps.ENDPOINT_EDITS: "CreateImageEditRequest",
+    caps.ENDPOINT_GENERATIONS: "CreateImageRequest",
+    caps.ENDPOINT_VARIATIONS: "CreateImageVariationRequest",
+}
+
+
+@pytest.mark.parametrize("endpoint", list(REQUESTS))
+def test_sizes_match(schemas, endpoint):
+    assert table_sizes(endpoint) == enum_of(schemas[REQUESTS[endpoint]]["properties"]["size"])
+
+
+@pytest.mark.parametrize(
+    "endpoint,name",
+    [
+        (caps.ENDPOINT_EDITS, "quality"),
+        (caps.ENDPOINT_GENERATIONS, "quality"),
+        (caps.ENDPOINT_EDITS, "output_format"),
+        (caps.ENDPOINT_GENERATIONS, "output_format"),
+        (caps.ENDPOINT_EDITS, "background"),
+        (caps.ENDPOINT_GENERATIONS, "background"),
+        (caps.ENDPOINT_EDITS, "response_format"),
+        (caps.ENDPOINT_GENERATIONS, "response_format"),
+        (caps.ENDPOINT_VARIATIONS, "response_format"),
+        (caps.ENDPOINT_GENERATIONS, "moderation"),
+        (caps.ENDPOINT_GENERATIONS, "style"),
+    ],
+)
+def test_enums_match(schemas, endpoint, name):
+    assert table_values(endpoint, name) == enum_of(schemas[REQUESTS[endpoint]]["properties"][name])
+
+
+def test_input_fidelity_enum(schemas):
+    assert set(rules.INPUT_FIDELITIES) == set(schemas["InputFidelity"]["enum"])
+
+
+def test_json_edit_moderation_and_compression(schemas):
+    props = schemas["EditImageBodyJsonParam"]["properties"]
+    assert set(rules.MODERATIONS) == enum_of(props["moderation"])
+    compression = props["output_compression"]["anyOf"][0]
+    rule = next(r for r in rules.PARAMS if r.name == "output_compression")
+    assert (rule.minimum, rule.maximum(caps.FAMILIES[caps.GPT_IMAGE_1])) == (compression["minimum"],
+                                                                             compression["maximum"])
+
+
+@pytest.mark.parametrize("endpoint", list(REQUESTS))
+def test_n_range(schemas, endpoint):
+    n = schemas[REQUESTS[endpoint]]["properties"]["n"]
+    rule = next(r for r in rules.PARAMS if r.name == "n")
+    assert rule.minimum == n["minimum"] == rules.N_MIN
+    assert max(rule.maximum(f) for f in families_at(endpoint)) == n["maximum"] == rules.N_MAX_CONTRACT
+
+
+def test_dall_e_3_takes_one(schemas):
+    description = schemas["CreateImageRequest"]["properties"]["n"]["description"]
+    assert "For `dall-e-3`, only `n=1` is supported." in description
+    assert caps.FAMILIES[caps.DALL_E_3].n_max == 1
+
+
+def test_sixteen_images(schemas):
+    image = schemas["CreateImageEditRequest"]["properties"]["image"]
+    max_items = next(option["maxItems"] for option in image["anyOf"] if option.get("type") == "array")
+    assert max_items == rules.MAX_IMAGES_CONTRACT == max(f.max_images for f in caps.FAMILIES.values())
+    assert schemas["EditImageBodyJsonParam"]["properties"]["images"]["maxItems"] == max_items
+
+
+@pytest.mark.parametrize("endpoint", [caps.ENDPOINT_EDITS, caps.ENDPOINT_GENERATIONS])
+def test_prompt_limits_from_descriptions(schemas, endpoint):
+    description = schemas[REQUESTS[endpoint]]["properties"]["prompt"]["description"]
+    stated = {}
+    for number, who in re.findall(r"(\d+) characters for ((?:`[\w\-.]+`)|the GPT image models)", description):
+        stated[who.strip("`")] = int(number)
+    assert stated["dall-e-2"] == caps.FAMILIES[caps.DALL_E_2].prompt_max
+    assert stated["the GPT image models"] == caps.FAMILIES[caps.GPT_IMAGE_1].prompt_max
+    assert stated["the GPT image models"] == caps.FAMILIES[caps.GPT_IMAGE_2].prompt_max
+    if endpoint == caps.ENDPOINT_GENERATIONS:
+        assert stated["dall-e-3"] == caps.FAMILIES[caps.DALL_E_3].prompt_max
+    rule = next(r for r in rules.PARAMS if r.name == "prompt")
+    assert rule.maximum and rule.maximum(caps.FAMILIES[caps.DALL_E_2]) == 1000
+
+
+def test_upload_limits_from_descriptions(schemas):
+    image = schemas["CreateImageEditRequest"]["properties"]["image"]["description"]
+    assert "less than 50MB" in image and "less than 4MB" in image
+    assert caps.FAMILIES[caps.GPT_IMAGE_1].max_upload_bytes == 50 * caps.MB
+    assert caps.FAMILIES[caps.DALL_E_2].max_upload_bytes == 4 * caps.MB
+    mask = schemas["CreateImageEditRequest"]["properties"]["mask"]["description"]
+    assert "less than 4MB" in mask and rules.MASK_MAX_BYTES == 4 * caps.MB
+
+
+def test_response_enums(schemas):
+    response = schemas["ImagesResponse"]["properties"]
+    assert set(response["output_format"]["enum"]) == set(rules.OUTPUT_FORMATS)
+    assert set(response["background"]["enum"]) <= set(rules.BACKGROUNDS)
+
+
+def test_defaults_match(schemas):
+    for endpoint, name in REQUESTS.items():
+        assert schemas[name]["properties"]["model"]["default"] == rules.DEFAULT_MODEL[endpoint]
