@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import re
 import struct
 import threading
 import time
@@ -653,7 +654,7 @@ class ImagesClient:
                 raise
             except requests.exceptions.SSLError as exc:
                 raise E.TLSError(
-                    f"TLS verification failed for {_safe_url_text(url)}: {self._clean(exc)}"
+                    f"TLS verification failed for {urlsplit(url).netloc}: {_ssl_reason(self._clean(exc))}"
                 ) from None
             except OSError as exc:
                 if not isinstance(exc, requests.exceptions.RequestException):
@@ -741,6 +742,12 @@ def _safe_url_text(url: str) -> str:
     """The URL without query string (pre-signed URLs carry tokens) for messages."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.scheme else "(no URL)"
+
+
+def _ssl_reason(text: str) -> str:
+    """The OpenSSL sentence out of requests' nested SSLError text ("certificate verify failed: ...")."""
+    match = re.search(r"\[SSL: [A-Z0-9_]+\] ([^()']+?)\s*(\(_ssl|'|$)", text)
+    return match.group(1).strip() if match else text
 
 
 def _decode_b64(text: str) -> bytes:
