@@ -687,8 +687,8 @@ class ImagesClient:
             log.info("%s %s: %s; retry %d in %.1f s", method, what, error.code, attempt, delay)
             self._emit(
                 on_event,
-                ClientEvent("retry", f"{error.message} Retry in {delay:.0f} s (attempt {attempt + 1} of "
-                            f"{cfg.max_retries + 1})", attempt + 1, delay=delay, status=error.status),
+                ClientEvent("retry", f"{error.message.rstrip('. ')}. Retry in {delay:.0f} s (attempt {attempt + 1} "
+                            f"of {cfg.max_retries + 1})", attempt + 1, delay=delay, status=error.status),
             )
             cfg.sleep(delay)
 

@@ -196,3 +196,22 @@ def test_redirect_to_plain_http_elsewhere_is_refused(server):
     with pytest.raises(UnsafeURLError):
         client_for(server.url).download(server.origin + "/r.png")
     assert len(server.requests) == 1
+
+
+def test_one_client_shared_by_threads(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = client_for(server.url)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: client.generate(model="gpt-image-2", prompt=f"p{i}"), range(8)))
+    assert all(len(r.images) == 1 for r in results)
+    assert sorted(r.json()["prompt"] for r in server.requests) == [f"p{i}" for i in range(8)]
+
+
+def test_retry_event_says_when_and_which_attempt(server):
+    events: list = []
+    server.push(Reply.error(429, "Rate limit reached", headers={"retry-after": "2"}))
+    client_for(server.url, events=events).generate(model="gpt-image-2", prompt="x")
+    (retry,) = [e for e in events if e.kind == "retry"]
+    assert (retry.delay, retry.attempt, retry.status) == (2.0, 2, 429)
+    assert retry.message == "Rate limit reached. Retry in 2 s (attempt 2 of 3)"
