@@ -153,6 +153,12 @@ def read_json_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
 def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
     from gimp_openai.geometry import RegionPlan
 
+    secrets = [name for name in data if isinstance(name, str) and "key" in name.lower() and name != "add_mask"]
+    if secrets:
+        raise JobError(
+            f"The job file has a field {secrets[0]!r}: an API key never goes into a job file.",
+            hint="The engine reads the key from OPENAI_API_KEY or the stored settings; remove the field.",
+        )
     operation = _field(data, "operation", str)
     if operation not in OPERATIONS:
         raise JobError(f"Unknown operation {operation!r}; use one of {', '.join(OPERATIONS)}.")

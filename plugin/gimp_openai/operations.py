@@ -261,8 +261,32 @@ def _call_with_ticker(
     call: Callable[[], Any],
 ) -> Any:
     expected = capabilities.expected_seconds(family, quality or "auto", size[0], size[1])
-    with Ticker(progress, model=model, expected=expected, item=item, interval=engine.tick_interval):
-        return call()
+    with Ticker(progress, model=model, expected=expected, item=item, interval=engine.tick_interval) as ticker:
+        _RETRY_REPORTER.current = (ticker, progress)
+        try:
+            return call()
+        finally:
+            _RETRY_REPORTER.current = None
+
+
+class _RetryReporter(threading.local):
+    """The client's retry events, shown in the progress of the item whose request is being retried."""
+
+    current: tuple[Ticker, ProgressCallback] | None = None
+
+    def __call__(self, event: Any) -> None:
+        if self.current is None or getattr(event, "kind", "") != "retry":
+            return
+        ticker, progress = self.current
+        waiting = ticker.event()
+        waiting.message = str(getattr(event, "message", "") or "Retrying")
+        try:
+            progress(waiting)
+        except Exception:  # noqa: S110 - progress must never break a paid request
+            pass
+
+
+_RETRY_REPORTER = _RetryReporter()
 
 
 def _save_all(engine: Engine, result: Any, meta: dict[str, Any]) -> list[Path]:
@@ -509,6 +533,7 @@ def _send_edit(
         n=options.n,
         size=size,
         quality=quality,
+        on_event=_RETRY_REPORTER,
     )
     if options.extra_images:
         kwargs["extra_images"] = list(options.extra_images)
@@ -668,7 +693,7 @@ def variation(
     size = f"{plan.target[0]}x{plan.target[1]}"
     if via_endpoint:
         path = PATH_VARIATION_ENDPOINT
-        kwargs: dict[str, Any] = dict(model=model, image=image_png, n=options.n, size=size)
+        kwargs: dict[str, Any] = dict(model=model, image=image_png, n=options.n, size=size, on_event=_RETRY_REPORTER)
         if family.response_format:
             kwargs["response_format"] = "b64_json"
 
@@ -677,7 +702,7 @@ def variation(
     else:
         path = PATH_VARIATION_EDIT
         ekwargs: dict[str, Any] = dict(model=model, prompt=prompt, image=image_png, n=options.n, size=size,
-                                       quality=quality)
+                                       quality=quality, on_event=_RETRY_REPORTER)
         if family.gpt_params and options.background and options.background != "auto":
             ekwargs["background"] = options.background
 
@@ -736,7 +761,8 @@ def generate(
     if problem:
         raise InvalidInputError(f"{problem}.", hint="Use --size auto or one of the sizes `gimp-openai models` lists.")
     parsed = capabilities.parse_size(size) or (1024, 1024)
-    kwargs: dict[str, Any] = dict(model=model, prompt=options.prompt, n=options.n, size=size, quality=quality)
+    kwargs: dict[str, Any] = dict(model=model, prompt=options.prompt, n=options.n, size=size, quality=quality,
+                                  on_event=_RETRY_REPORTER)
     if family.gpt_params and options.background and options.background != "auto":
         kwargs["background"] = options.background
     if family.response_format:

@@ -63,6 +63,7 @@ def test_a_good_job_parses(tmp_path):
         (dict(blend="smudge"), "Unknown blend 'smudge'"),
         (dict(concurrency=0), "'concurrency' must be 1-16"),
         (dict(version=7), "protocol version 7"),
+        (dict(api_key="sk-should-not-be-here"), "an API key never goes into a job file"),
     ],
 )
 def test_bad_jobs_get_a_clear_message_and_exit_2(tmp_path, change, text):

@@ -179,3 +179,20 @@ def test_a_shut_down_model_in_a_job_names_the_replacement(start_local_server, tm
     assert item["error"]["code"] == "model_not_found" and item["error"]["replacement"] == "gpt-image-2"
     assert "`gpt-image-1` was shut down on 2026-10-23" in item["error"]["message"]
     assert sum(v for k, v in server.stats()["endpoints"].items() if "generations" in k) == 1
+
+
+@pytest.mark.slow
+def test_a_retried_request_is_shown_in_the_progress_and_sent_exactly_twice(start_local_server, tmp_path):
+    server = start_local_server("--fault", "503;times=1;retry-after=0")
+    pixels, _ = layer_image()
+    layer = {"x": 0, "y": 0, "width": 256, "height": 256}
+    Image.fromarray(np.ascontiguousarray(pixels[:256, :256]), "RGBA").save(tmp_path / "v.png")
+    job = {"version": 1, "operation": "variation", "model": "dall-e-2", "n": 1, "out_dir": "out",
+           "items": [{"id": "v", "image": "v.png", "layer": layer, "place": layer, "request": layer,
+                      "target": [256, 256]}]}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    code, lines, err = engine("job", str(tmp_path / "job.json"), server=server)
+    assert code == 0 and lines[-1]["ok"], lines[-1]
+    retries = [p for p in lines[:-1] if "Retry in" in p.get("message", "")]
+    assert len(retries) == 1 and retries[0]["item"] == "v" and retries[0]["phase"] == "waiting"
+    assert server.stats()["endpoints"].get("variations") == 2
