@@ -226,3 +226,13 @@ def test_no_auth_flag(start_local_server):
 def test_valid_edits_pass(local_server, data, files):
     response = post_edit(local_server, data=data, files=files)
     assert response.status_code == 200, response.text
+
+
+def test_azure_deployment_path(local_server):
+    response = requests.post(
+        local_server.root + "/openai/deployments/gpt-image-1/images/generations?api-version=2025-04-01-preview",
+        headers={"api-key": "azure-key"}, json={"prompt": "p", "quality": "low"}, timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    record = local_server.stats()["requests"][-1]
+    assert record["model"] == "gpt-image-1" and record["query"] == "api-version=2025-04-01-preview"

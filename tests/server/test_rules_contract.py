@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from gimp_openai import capabilities as caps
 from gimp_openai.server import rules
 

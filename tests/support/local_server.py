@@ -69,6 +69,7 @@ class LocalServerHandle:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        self._drain.join(timeout=5)
         if self.process.stdout:
             self.process.stdout.close()
 
