@@ -169,8 +169,20 @@ def _write_config_file(data: dict[str, Any]) -> Path:
     return path
 
 
+#: Smallest sensible value of the numeric settings; anything below falls back to the default.
+_MINIMUM = {"read_timeout": 1.0, "connect_timeout": 0.5, "concurrency": 1, "max_retries": 0}
+
+
 def _coerce(name: str, value: Any) -> Any:
-    """Bring a JSON value to the field's type; a wrong type falls back to the default (with a warning)."""
+    """Bring a JSON value to the field's type; a wrong type or an impossible number falls back to the default."""
+    result = _coerce_type(name, value)
+    if name in _MINIMUM and result < _MINIMUM[name]:
+        log.warning("Setting %s=%r is too small; using the default", name, result)
+        return getattr(Settings(), name)
+    return result
+
+
+def _coerce_type(name: str, value: Any) -> Any:
     default = Settings()
     current = getattr(default, name)
     try:

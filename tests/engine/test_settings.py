@@ -183,3 +183,11 @@ def test_client_config_from_settings(monkeypatch):
                                            ("http://10.0.0.1/v1", False)])
 def test_loopback_detection(url, loopback):
     assert S.is_loopback_url(url) is loopback
+
+
+@pytest.mark.parametrize("name, value, expected", [("read_timeout", 0, 600.0), ("read_timeout", "900", 900.0),
+                                                   ("concurrency", -3, 4), ("max_retries", "x", 2),
+                                                   ("model_rules", ["not", "a", "dict"], {})])
+def test_unusable_values_fall_back_to_defaults(name, value, expected):
+    S._write_config_file({name: value})
+    assert getattr(S.load_settings(), name) == expected
