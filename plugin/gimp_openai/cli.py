@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from gimp_openai import __version__, operations
-from gimp_openai.errors import GimpOpenAIError, InvalidInputError, redact
+from gimp_openai.errors import GimpOpenAIError, InvalidInputError, ModelNotFoundError, redact
 from gimp_openai.progress import Progress
 
 EXIT_FAILED = 1
@@ -629,6 +629,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PAID_COMMANDS = ("edit", "variation", "generate", "batch")
+
+
+def interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def ask(question: str) -> str:
+    print(question, end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline()
+
+
+def offer_switch(exc: ModelNotFoundError) -> bool:
+    """Interactive runs: offer the live replacement of a shut-down model, and remember it if accepted."""
+    if not exc.replacement or not interactive():
+        return False
+    print(f"gimp-openai: {exc.message}", file=sys.stderr)
+    answer = ask(f"Use {exc.replacement} now, and from now on? [Y/n] ").strip().lower()
+    if answer not in ("", "y", "yes"):
+        return False
+    from gimp_openai.settings import update_settings
+
+    update_settings(default_model=exc.replacement)
+    print(f"gimp-openai: {exc.replacement} is now your default model.", file=sys.stderr)
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -645,7 +672,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return commands[args.command](args)
+        try:
+            return commands[args.command](args)
+        except ModelNotFoundError as exc:
+            if args.command not in PAID_COMMANDS or as_json or not offer_switch(exc):
+                raise
+            args.model = exc.replacement
+            return commands[args.command](args)
     except GimpOpenAIError as exc:
         return fail(exc, as_json)
     except KeyboardInterrupt:

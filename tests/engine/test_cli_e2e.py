@@ -266,3 +266,25 @@ def test_models_and_doctor_against_the_local_server(local_server):
     assert by_what["API key"]["level"] == "ok" and "not shown" in by_what["API key"]["detail"]
     assert by_what["server"]["level"] == "ok" and by_what["models"]["level"] == "ok"
     assert proc.returncode == 0
+
+
+@pytest.mark.slow
+def test_interactive_run_offers_the_replacement_and_remembers_it(start_local_server, tmp_path, monkeypatch, capsys):
+    from gimp_openai import cli as cli_module
+    from gimp_openai.settings import load_settings
+
+    server = start_local_server(*TODAYS_LINEUP)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    monkeypatch.setattr(cli_module, "interactive", lambda: True)
+    questions = []
+    monkeypatch.setattr(cli_module, "ask", lambda q: questions.append(q) or "y\n")
+    code = cli_module.main(["generate", "--prompt", "a kite", "--model", "gpt-image-1", "--size", "1024x1024",
+                            "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    assert questions == ["Use gpt-image-2 now, and from now on? [Y/n] "]
+    assert load_settings(apply_env=False).default_model == "gpt-image-2"
+    assert (tmp_path / "generated-1.png").exists()
+    stats = server.stats()["endpoints"]
+    assert stats.get("generations") == 2  # the refused one (never retried) and the one with the replacement
+    assert FAKE_KEY not in capsys.readouterr().err
