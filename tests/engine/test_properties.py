@@ -136,7 +136,7 @@ def test_bench_plan_request_encode(layer_side, family):
     t0 = time.perf_counter()
     pixels = np.zeros((layer_side, layer_side, 4), np.uint8)
     pixels[..., 3] = 255
-    mid = slice(layer_side // 2 - 1024, layer_side // 2 + 1024)
+    mid = slice(max(0, layer_side // 2 - 1024), layer_side // 2 + 1024)
     pixels[mid, mid] = textured(pixels[mid, mid].shape[0], pixels[mid, mid].shape[1], 0)  # texture where it is cut
     make = time.perf_counter() - t0
     selection = Rect((layer_side - 1024) // 2, (layer_side - 1024) // 2, 1024, 1024)
