@@ -17,27 +17,36 @@ import numpy as np
 
 def textured_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """RGB uint8 photo-like texture with detail from 2 px to the whole image."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    fields = np.zeros((2, height, width), np.float32)
+    x = np.arange(width, dtype=np.float32)
+    y = np.arange(height, dtype=np.float32)
+    rows, cols = [], []
     for _ in range(16):
         period = float(np.exp(rng.uniform(np.log(3.0), np.log(max(width, height)))))
         theta = float(rng.uniform(0, np.pi))
         phase = float(rng.uniform(0, 2 * np.pi))
-        wave = np.sin((np.cos(theta) * xx + np.sin(theta) * yy) * (2 * np.pi / period) + phase)
-        fields += wave[None] * rng.uniform(0.1, 0.5, size=(2, 1, 1)).astype(np.float32)
-    # Hard edges at several scales: random filled discs and boxes.
+        k = 2 * np.pi / period
+        ax, ay = k * np.cos(theta) * x, k * np.sin(theta) * y + phase
+        # sin(ax + ay) = cos(ay) sin(ax) + sin(ay) cos(ax): the whole sum is one small matrix product per field
+        rows += [np.cos(ay), np.sin(ay)]
+        cols += [np.sin(ax), np.cos(ax)]
+    amp = np.repeat(rng.uniform(0.1, 0.5, size=(16, 2)).astype(np.float32), 2, axis=0)   # (32, 2)
+    u, v = np.stack(rows, axis=1), np.stack(cols, axis=0)                                  # (h, 32), (32, w)
+    # cv2.gemm, not numpy's matmul: a multi-threaded BLAS thrashes on a shared 2-core machine
+    fields = np.stack([cv2.gemm(np.ascontiguousarray(u * amp[:, c]), v, 1.0, None, 0.0) for c in (0, 1)], axis=-1)
+    # Hard edges at several scales: random filled discs and boxes, drawn straight into both fields.
+    shapes = np.zeros((height, width, 2), np.float32)
     for _ in range(60):
         r = int(rng.integers(2, max(3, min(height, width) // 5)))
         cx, cy = int(rng.integers(0, width)), int(rng.integers(0, height))
-        layer = np.zeros((height, width), np.float32)
+        colour = tuple(float(v) for v in rng.uniform(-0.8, 0.8, size=2))
         if rng.random() < 0.5:
-            cv2.circle(layer, (cx, cy), r, 1.0, -1)
+            cv2.circle(shapes, (cx, cy), r, colour, -1)
         else:
-            cv2.rectangle(layer, (cx - r, cy - r // 2), (cx + r, cy + r // 2), 1.0, -1)
-        fields += layer[None] * rng.uniform(-0.8, 0.8, size=(2, 1, 1)).astype(np.float32)
+            cv2.rectangle(shapes, (cx - r, cy - r // 2), (cx + r, cy + r // 2), colour, -1)
+    fields += shapes
+    fields = fields.transpose(2, 0, 1)
     # Fine grain: lightly blurred noise (about 1-2 px features).
-    grain = cv2.GaussianBlur(rng.standard_normal((2, height, width)).astype(np.float32).transpose(1, 2, 0),
-                             (0, 0), 0.7).transpose(2, 0, 1)
+    grain = cv2.GaussianBlur(rng.standard_normal((height, width, 2), dtype=np.float32), (0, 0), 0.7).transpose(2, 0, 1)
     fields += grain * 0.35
     fields = (fields - fields.mean(axis=(1, 2), keepdims=True)) / (fields.std(axis=(1, 2), keepdims=True) + 1e-6)
     # Photo-like colours: field 0 drives a ramp between a dark and a light colour, field 1 shifts the hue.
@@ -99,7 +108,7 @@ def make_case(rng: np.random.Generator, size: tuple[int, int] | None = None, *, 
         h, w = size
     pad = 48
     canvas = textured_image(rng, h + 2 * pad, w + 2 * pad)
-    other = textured_image(rng, h + 2 * pad, w + 2 * pad)
+    other = np.ascontiguousarray(255 - canvas[::-1, ::-1])   # something else entirely, at no cost
     original = canvas[pad:pad + h, pad:pad + w]
     sel = ellipse_selection(rng, h, w, soft=soft)
     # The model changes only an inner part of the selection, so part of the selection stays unchanged.

@@ -127,10 +127,12 @@ def fit_lab_transform(src: np.ndarray, dst: np.ndarray, iterations: int = 6) -> 
     for step in range(iterations):
         xw = x * weights[:, None]
         total = weights.sum()
-        lhs = xw.T @ x + ridge * total
-        rhs = xw.T @ dst + (ridge * total) @ prior.T
+        # einsum, not matmul: tiny outputs, and no multi-threaded BLAS to wait for on a busy machine
+        lhs = np.einsum("ni,nj->ij", xw, x) + ridge * total
+        rhs = np.einsum("ni,nj->ij", xw, dst) + (ridge * total) @ prior.T
         m = np.linalg.solve(lhs, rhs).T
-        resid = np.linalg.norm(x @ m.T - dst, axis=1)
+        pred = np.einsum("ni,ji->nj", x, m)
+        resid = np.sqrt(((pred - dst) ** 2).sum(axis=1))
         scale = max(1.4826 * float(np.median(resid)), 1.0)
         if step < iterations // 2:
             k = 1.5 * scale
@@ -143,10 +145,17 @@ def fit_lab_transform(src: np.ndarray, dst: np.ndarray, iterations: int = 6) -> 
     return m
 
 
+def _transform(lab: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """lab @ m[:, :3].T + m[:, 3] per pixel, with OpenCV (numpy's matmul goes through a multi-threaded BLAS
+    that is slow on busy machines for this shape)."""
+    flat = np.ascontiguousarray(lab, dtype=np.float32).reshape(-1, 1, 3)
+    return cv2.transform(flat, m.astype(np.float32)).reshape(lab.shape)
+
+
 def apply_lab_transform(rgba: np.ndarray, m: np.ndarray) -> np.ndarray:
     """The RGBA image with its colours mapped through the Lab affine `m` (alpha untouched)."""
     lab = rgb_to_lab(rgba)
-    mapped = lab @ m[:, :3].T.astype(np.float32) + m[:, 3].astype(np.float32)
+    mapped = _transform(lab, m)
     out = rgba.copy()
     out[..., :3] = lab_to_rgb(mapped)
     return out
@@ -196,7 +205,7 @@ def match_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray,
     if before < MIN_DELTA_E:
         return ToneMatch(result, False, before, before, samples=int(idx.size), note="tone already matches")
     m = fit_lab_transform(res_lab, orig_lab)
-    mapped = res_lab @ m[:, :3].T + m[:, 3]
+    mapped = _transform(res_lab, m)
     # Measure what will really be applied: through 8-bit RGB, as the image will be.
     mapped_rgb = lab_to_rgb(mapped.astype(np.float32))
     after = float(delta_e_2000(orig_lab, rgb_to_lab(mapped_rgb)).mean())
