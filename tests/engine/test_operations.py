@@ -298,3 +298,31 @@ def test_ticker_reports_elapsed_time_against_the_expected_range():
 def test_waiting_fraction_keeps_moving_past_the_worst_case():
     values = [waiting_fraction(t, (60, 108)) for t in (0, 30, 60, 108, 300, 3000)]
     assert values == sorted(values) and len(set(values)) == len(values) and values[-1] < 0.85
+
+
+def test_an_upload_over_the_family_limit_is_refused_before_sending(engine):
+    from gimp_openai.errors import ImageTooLargeError
+
+    pixels = np.random.default_rng(3).integers(0, 256, (1024, 1024, 4), dtype=np.uint8)
+    pixels[..., 3] = np.maximum(pixels[..., 3], 1)  # RGBA noise sent at 1:1: its PNG is over dall-e-2's 4 MB
+    with pytest.raises(ImageTooLargeError, match="at most 4 MB"):
+        run_edit(engine, pixels, rect_selection(1024, 1024, 60, 60, 900, 900), model="dall-e-2", prompt="x")
+    assert engine.client.calls == []
+
+
+@pytest.mark.parametrize("mode, array", [
+    ("I;16", np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50),
+    ("P", None),
+    ("L", np.full((30, 40), 128, np.uint8)),
+])
+def test_cli_converts_16_bit_indexed_and_grayscale_input_and_says_so(tmp_path, mode, array):
+    from gimp_openai.cli import load_image
+
+    path = tmp_path / f"in-{mode.replace(';', '')}.png"
+    if mode == "P":
+        Image.new("RGB", (40, 30), (200, 30, 30)).convert("P", palette=Image.ADAPTIVE).save(path)
+    else:
+        Image.fromarray(array).save(path)
+    pixels, notes = load_image(str(path))
+    assert pixels.dtype == np.uint8 and pixels.shape == (30, 40, 4)
+    assert notes and "converted from mode" in notes[0]
