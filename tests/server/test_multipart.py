@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import requests
+from gimp_openai.server.multipart import MAX_PARTS, MultipartError, header_params, parse_multipart
 from urllib3 import encode_multipart_formdata
 
-from gimp_openai.server.multipart import MAX_PARTS, MultipartError, header_params, parse_multipart
 from tests.server.helpers import AUTH
 
 

@@ -43,8 +43,9 @@ def _structure(rgb: np.ndarray, hole: np.ndarray, method: int, radius: int) -> n
     small_size = (max(8, width // factor), max(8, height // factor))
     small = cv2.resize(rgb, small_size, interpolation=cv2.INTER_AREA)
     small_area = cv2.resize(hole.astype(np.float32), small_size, interpolation=cv2.INTER_AREA)
-    small_hole = cv2.dilate((small_area > 0.01).astype(np.uint8), np.ones((3, 3), np.uint8)) * 255
-    filled_small = cv2.inpaint(small, small_hole, radius, method)
+    small_hole = (small_area > 0.01).astype(np.uint8) * 255  # any trace of the hole: its colour must not leak in
+    # the radius is in reduced pixels: keep the neighbourhood it draws from about as wide as at full size
+    filled_small = cv2.inpaint(small, small_hole, max(2, radius // 2), method)
     base = cv2.resize(filled_small, (width, height), interpolation=cv2.INTER_CUBIC)
     merged = rgb.copy()
     merged[hole] = base[hole]
