@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from gimp_openai.seamless import make_seamless
 from gimp_openai.seamless.align import context_mask
 from gimp_openai.seamless.tone import delta_e_2000, rgb_to_lab
+
 from tests.seamless.scenes import make_case, noise_result
 
 

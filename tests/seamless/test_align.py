@@ -3,7 +3,6 @@
 import cv2
 import numpy as np
 import pytest
-
 from gimp_openai.seamless.align import (
     apply_alignment,
     context_mask,
@@ -12,6 +11,7 @@ from gimp_openai.seamless.align import (
     estimate_alignment,
     to_similarity,
 )
+
 from tests.seamless.scenes import make_case, noise_result, rgba, similarity
 
 

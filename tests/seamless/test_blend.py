@@ -7,8 +7,8 @@ it stays within a fraction of a grey level on average of the exact solution, als
 import cv2
 import numpy as np
 import pytest
-
 from gimp_openai.seamless.blend import poisson_blend, solve_membrane
+
 from tests.seamless.scenes import rgba, textured_image
 
 

@@ -5,9 +5,9 @@ import time
 
 import numpy as np
 import pytest
+from gimp_openai.seamless import make_seamless
 from PIL import Image
 
-from gimp_openai.seamless import make_seamless
 from tests.seamless.figures import aligned_figures, alignment_figures, noise_figures, tone_figures
 from tests.seamless.scenes import make_case
 
@@ -49,16 +49,14 @@ def _png_round_trip(rgba: np.ndarray) -> float:
 
 @pytest.mark.bench
 def test_bench_figures(capsys):
-    lines = [
-        alignment_figures(N).line("alignment residual over the context (max per case)", "px"),
-        alignment_figures(N).line("", "").split(";")[0] if False else "",
-    ]
+    align = alignment_figures(N)
     aligned = aligned_figures(N)
     tone = tone_figures(N)
     tone_warped = tone_figures(N, seed=5000, warp=True)
     noise = noise_figures(N)
-    lines = [lines[0],
-             f"exactly aligned: corrections applied {aligned.applied}/{N}; image byte-identical {aligned.identical}/{N}",
+    lines = [align.line("alignment residual over the context (max per case)", "px"),
+             f"exactly aligned: corrections applied {aligned.applied}/{N}; "
+             f"image byte-identical {aligned.identical}/{N}",
              tone.line("tone ΔE2000 over unchanged selected pixels (mean per case)", ""),
              tone_warped.line("tone + shift/scale ΔE2000 over unchanged selected pixels", ""),
              f"noise: corrections applied {noise.applied}/{N}; notes {sorted(set(noise.notes))[:2]}"]

@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from gimp_openai.seamless import SeamlessResult, make_seamless
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gimp_openai.seamless import SeamlessResult, make_seamless
 from tests.seamless.scenes import make_case, noise_result
 
 

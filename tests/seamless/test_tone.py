@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from gimp_openai.seamless.tone import (
     apply_lab_transform,
     context_ring,
@@ -12,7 +11,8 @@ from gimp_openai.seamless.tone import (
     match_tone,
     rgb_to_lab,
 )
-from tests.seamless.scenes import ellipse_selection, make_case, textured_image, rgba
+
+from tests.seamless.scenes import ellipse_selection, make_case, rgba, textured_image
 
 # Sharma, Wu, Dalal (2005), "The CIEDE2000 color-difference formula", table 1 (a selection of its pairs,
 # covering the hue wrap-around, the a' correction near the neutral axis and large differences).

@@ -124,7 +124,7 @@ def context_mask(selection: np.ndarray, margin: int) -> np.ndarray:
 
 def _features(orig: np.ndarray, res: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray | None, int, np.ndarray]:
     """Similarity from ORB matches in the context (RANSAC); (matrix or None, inliers, inlier points in orig)."""
-    orb = cv2.ORB.create(nfeatures=1500, fastThreshold=10)
+    orb = cv2.ORB.create(nfeatures=800, fastThreshold=10)
     k1, d1 = orb.detectAndCompute(orig, mask)
     k2, d2 = orb.detectAndCompute(res, mask)
     empty = np.zeros((0, 2, 2))
