@@ -1,6 +1,6 @@
 """`gimp-openai`: the engine from a shell (and `python -m gimp_openai`, which the GIMP hosts run).
 
-Subcommands: edit, variation, generate, batch, models, doctor, serve, plan, job, key. Everything that can be
+Subcommands: edit, variation, generate, batch, models, doctor, serve, plan, job, key, config. Everything that can be
 checked is checked before a request is paid for (the input files, the selection, the prompt, n, the size,
 the output folder). Errors are one clear line plus a hint, exit code 1 (2 for usage and unreadable jobs),
 never a traceback. The API key is never read from argv: `key set` reads it from stdin or a hidden prompt.
@@ -530,6 +530,154 @@ def cmd_key(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- config ---------------------------------------------------------------------------------------------
+
+#: Settings that are never read or written by `config`: the key has its own command, on stdin only.
+CONFIG_REFUSED = ("api_key",)
+_CONFIG_FLOATS = {"read_timeout": 1.0, "connect_timeout": 0.5}
+_CONFIG_INTS = {"concurrency": 1, "max_retries": 0}
+
+
+class ConfigValueError(InvalidInputError):
+    code = "settings_error"
+
+
+def _config_fields() -> list[str]:
+    from gimp_openai.settings import Settings
+
+    return list(Settings().to_dict())
+
+
+def parse_config_pairs(pairs: Sequence[str]) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` words -> [(key, value)]; the value may contain '=' (split at the first one). For
+    callers that pass ``KEY VALUE`` as two words, a single pair without '=' is accepted too."""
+    if len(pairs) == 2 and "=" not in pairs[0]:
+        return [(pairs[0].strip(), pairs[1])]
+    out = []
+    for word in pairs:
+        key, sep, value = word.partition("=")
+        if not sep or not key.strip():
+            raise ConfigValueError(f"{word.split('=')[0][:60]!r} is not KEY=VALUE (e.g. default_model=gpt-image-2).",
+                                   hint="")
+        out.append((key.strip(), value))
+    return out
+
+
+def config_changes(pairs: Sequence[tuple[str, str]], current: Any) -> dict[str, Any]:
+    """Typed changes for update_settings, checked strictly: an unknown key or a bad value is an error, never a
+    silent default. ``model_rules.<id>=<family>`` adds a rule (empty family removes it)."""
+    from gimp_openai import capabilities
+    from gimp_openai.errors import SettingsError
+    from gimp_openai.settings import check_base_url
+
+    fields = _config_fields()
+    changes: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in CONFIG_REFUSED or "key" in key.lower() and key not in fields:
+            raise ConfigValueError(
+                f"{key} cannot be set with `config set`; store the key with `gimp-openai key set` (it reads stdin).",
+                hint="")
+        if key.startswith("model_rules."):
+            model = key[len("model_rules."):].strip()
+            family = value.strip()
+            if not model:
+                raise ConfigValueError("model_rules needs a model id: model_rules.<id>=<family>.", hint="")
+            if family and family not in capabilities.FAMILIES:
+                raise ConfigValueError(
+                    f"model_rules.{model}: {family!r} is not a model family; use one of "
+                    f"{', '.join(sorted(capabilities.FAMILIES))} (or nothing to remove the rule).", hint="")
+            rules = dict(changes.get("model_rules", current.model_rules))
+            if family:
+                rules[model] = family
+            else:
+                rules.pop(model, None)
+            changes["model_rules"] = rules
+            continue
+        if key not in fields or key == "model_rules":
+            where = "model_rules.<id>=<family>" if key == "model_rules" else f"one of {', '.join(fields)}"
+            raise ConfigValueError(f"There is no setting called {key!r}; use {where}.", hint="")
+        text = value.strip()
+        if key in _CONFIG_FLOATS:
+            try:
+                number = float(text)
+            except ValueError:
+                number = float("nan")
+            if not number >= _CONFIG_FLOATS[key] or number == float("inf"):
+                raise ConfigValueError(
+                    f"{key} must be a number of seconds, at least {_CONFIG_FLOATS[key]:g} (got {value!r}).", hint="")
+            changes[key] = number
+        elif key in _CONFIG_INTS:
+            try:
+                whole = int(text)
+            except ValueError:
+                whole = -1
+            if whole < _CONFIG_INTS[key]:
+                raise ConfigValueError(
+                    f"{key} must be a whole number, at least {_CONFIG_INTS[key]} (got {value!r}).", hint="")
+            changes[key] = whole
+        elif key == "extra_image_models":
+            changes[key] = [v.strip() for v in value.split(",") if v.strip()]
+        elif key == "base_url":
+            try:
+                changes[key] = check_base_url(text)
+            except SettingsError as exc:
+                raise ConfigValueError(exc.message, hint="") from None
+        else:
+            if any(not ch.isprintable() for ch in value):
+                raise ConfigValueError(f"{key} must be one line of printable text.", hint="")
+            changes[key] = text if key != "variation_prompt" else value
+    return changes
+
+
+def _settings_for_show() -> dict[str, Any]:
+    from gimp_openai.settings import ENV_OVERRIDES, config_path, key_source, load_settings, resolve_api_key
+
+    settings = load_settings()
+    values = settings.to_dict()
+    values.pop("api_key", None)
+    origin = {name: "environment (" + var + ")" for var, name in ENV_OVERRIDES.items()
+              if name in settings.env_overridden}
+    return {"ok": True, "config_file": str(config_path()), "settings": values, "from_environment": origin,
+            "key": {"configured": bool(resolve_api_key(settings)), "source": key_source(settings)}}
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from gimp_openai.settings import config_path, load_settings, resolve_api_key, update_settings
+
+    if args.action == "show":
+        if args.pairs:
+            raise UsageError("`config show` takes no arguments.")
+        shown = _settings_for_show()
+        key = resolve_api_key(load_settings())
+        if getattr(args, "json", False):
+            print(redact(json.dumps(shown, ensure_ascii=False), key))
+            return 0
+        print(f"config file: {shown['config_file']}")
+        for name, value in shown["settings"].items():
+            if isinstance(value, dict):
+                text = ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "(none)"
+            elif isinstance(value, list):
+                text = ",".join(value) or "(none)"
+            else:
+                text = str(value) if value != "" else "(not set)"
+            origin = shown["from_environment"].get(name)
+            print(redact(f"{name} = {text}" + (f"   [{origin}]" if origin else ""), key))
+        k = shown["key"]
+        print(f"api_key: {'configured' if k['configured'] else 'not set'} ({k['source']}; never shown; "
+              "change it with `gimp-openai key set`)")
+        return 0
+    if not args.pairs:
+        raise UsageError("Say what to set: gimp-openai config set KEY=VALUE [KEY=VALUE ...]")
+    current = load_settings(apply_env=False)
+    changes = config_changes(parse_config_pairs(args.pairs), current)
+    update_settings(**changes)
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": True, "saved": sorted(changes), "config_file": str(config_path())}))
+    else:
+        print(f"Saved {', '.join(sorted(changes))} in {config_path()}.")
+    return 0
+
+
 # --- Parser -------------------------------------------------------------------------------------------------
 
 
@@ -626,6 +774,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("key", help="store the API key (read from stdin or a hidden prompt) or show its status")
     p.add_argument("action", choices=("set", "status"))
     _json_flag(p)
+
+    p = sub.add_parser("config", help="show the settings (never the key) or set some: config set KEY=VALUE ...")
+    p.add_argument("action", choices=("show", "set"))
+    p.add_argument("pairs", nargs="*", metavar="KEY=VALUE")
+    _json_flag(p)
     return parser
 
 
@@ -667,7 +820,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     as_json = bool(getattr(args, "json", False))
     commands = {"edit": cmd_edit, "variation": cmd_variation, "generate": cmd_generate, "batch": cmd_batch,
-                "models": cmd_models, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job, "key": cmd_key}
+                "models": cmd_models, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job, "key": cmd_key,
+                "config": cmd_config}
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
