@@ -335,7 +335,7 @@ def run_engine(args, python=None, api_key=None, on_line=None, stdin_text=None, c
     exception propagates.
     """
     python = python or find_engine_python()
-    command = [python, "-m", "gimp_openai"] + list(args)
+    command = [_argv_word(a) for a in [python, "-m", "gimp_openai"] + list(args)]
     errfile = tempfile.TemporaryFile()
     try:
         try:
@@ -367,6 +367,13 @@ def run_engine(args, python=None, api_key=None, on_line=None, stdin_text=None, c
         return code, objects, stderr_text
     finally:
         errfile.close()
+
+
+def _argv_word(word):
+    """Python 2's subprocess wants byte strings (UTF-8 here); Python 3's wants text."""
+    if sys.version_info[0] == 2 and isinstance(word, text_type):
+        return word.encode("utf-8")
+    return word
 
 
 def _stop(proc):
@@ -474,24 +481,29 @@ def python_version_ok():
     return sys.version_info[:2] == (2, 7) or sys.version_info >= (3, 6)
 
 
-# The engine has no `settings set` command yet; until it does, the host calls the engine's own
-# update_settings through the engine interpreter (values on stdin, no key involved, nothing in argv).
-_SETTINGS_SNIPPET = ("import json, sys\n"
-                     "from gimp_openai.settings import update_settings\n"
-                     "update_settings(**json.loads(sys.stdin.read()))\n"
-                     "print(json.dumps({'ok': True}))\n")
+def config_args(changes):
+    """``config set`` arguments for non-secret settings: one ``KEY=VALUE`` word each (sorted, one line each)."""
+    args = ["config", "set"]
+    for name in sorted(changes):
+        if name == "api_key":
+            raise HostError(u"The API key is never passed as a setting.", u"Use the key field instead.",
+                            "settings_error")
+        value = changes[name]
+        if isinstance(value, (list, tuple)):
+            value = u",".join(to_text(v) for v in value)
+        args.append(u"%s=%s" % (to_text(name), clean_line(value)))
+    return args
 
 
 def save_settings(changes, python=None):
-    """Save non-secret settings (base_url, default_model, history_dir) through the engine's settings module."""
-    python = python or find_engine_python()
-    data = json.dumps(changes)
-    proc = subprocess.Popen([python, "-c", _SETTINGS_SNIPPET], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=engine_env(None))
-    out, err = proc.communicate(data.encode("utf-8"))
-    if proc.returncode != 0:
-        detail = _tail(err.decode("utf-8", "replace"), 2)
-        raise HostError(u"The settings could not be saved: %s" % redact(detail),
+    """Save non-secret settings (base_url, default_model, history_dir, ...) with the engine's
+    ``gimp-openai config set KEY=VALUE ...``; the key is never one of them (``store_key`` sends it on stdin)."""
+    if not changes:
+        return
+    code, _objects, stderr_text = run_engine(config_args(changes), python=python, env=engine_env(None))
+    if code != 0:
+        detail = _tail(stderr_text, 2).replace(u"gimp-openai: error: ", u"")
+        raise HostError(u"The settings could not be saved: %s" % (redact(detail) or code),
                         u"Check the values (the server URL must start with https://, or http:// on this "
                         u"computer).", "settings_error")
 

@@ -188,3 +188,24 @@ def test_batch_summary_names_successes_and_failures():
     assert "1 of 2 images done" in text
     assert "cat.xcf: 2 layer(s) added" in text
     assert "dog.png: Server error 500" in text and "Try again later." in text
+
+
+def test_save_settings_runs_the_engines_config_set(monkeypatch):
+    """The real engine: `config set KEY=VALUE ...` in argv (no key), typed in the file; a bad value is a
+    HostError with the engine's one line, and the key is refused before any process starts."""
+    from gimp_openai.settings import load_settings
+
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    assert host.config_args({"default_model": "gpt-image-2", "history_dir": u"/t/\u00e9t\u00e9 x",
+                             "extra_image_models": ["a", "b"]}) == [
+        "config", "set", "default_model=gpt-image-2", "extra_image_models=a,b", u"history_dir=/t/\u00e9t\u00e9 x"]
+    host.save_settings({"default_model": "gpt-image-2", "concurrency": 3, "base_url": "http://127.0.0.1:9/v1"},
+                       python=sys.executable)
+    saved = load_settings(apply_env=False)
+    assert (saved.default_model, saved.concurrency, saved.base_url) == ("gpt-image-2", 3, "http://127.0.0.1:9/v1")
+    with pytest.raises(host.HostError) as err:
+        host.save_settings({"base_url": "ftp://example.com"}, python=sys.executable)
+    assert "not an http(s) URL" in err.value.message and "error:" not in err.value.message
+    with pytest.raises(host.HostError):
+        host.save_settings({"api_key": FAKE_KEY}, python="/nonexistent/python")
+    assert load_settings(apply_env=False).base_url == "http://127.0.0.1:9/v1"

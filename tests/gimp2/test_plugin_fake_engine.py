@@ -294,8 +294,9 @@ def test_settings_key_via_hidden_field_never_in_shelf_or_argv(g2, fake_engine):
     calls = fake_engine()
     key_call = [c for c in calls if c["argv"][3:5] == ["key", "set"]][0]
     assert key_call["stdin"] == FAKE_KEY
-    settings_call = [c for c in calls if c["argv"][1] == "-c"][0]
-    assert json.loads(settings_call["stdin"]) == {"base_url": "http://127.0.0.1:9/v1", "default_model": "gpt-image-2"}
+    settings_call = [c for c in calls if c["argv"][3:5] == ["config", "set"]][0]
+    assert settings_call["argv"][5:] == ["base_url=http://127.0.0.1:9/v1", "default_model=gpt-image-2"]
+    assert settings_call["key"] is None and not any(c["argv"][1] == "-c" for c in calls)
     assert all(FAKE_KEY not in json.dumps(c["argv"]) for c in calls)
     assert FAKE_KEY not in repr(dict(g2.shelf)) and FAKE_KEY not in text
     g2.plugin.ASK_SECRET = None
