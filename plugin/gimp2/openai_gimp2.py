@@ -425,7 +425,27 @@ def variations(image, drawable, args):
     return _single(image, drawable, args, "variation")
 
 
-def _single(image, drawable, args, operation):
+def _switch_model(error, retried):
+    """Issue 9 part 3: a job failed because its model is gone (``model_not_found`` with a live ``replacement``).
+    Interactive runs are asked whether to switch; yes -> remembered as the default model (``config set``) and
+    the replacement returned, so the caller runs the job once more with it. Otherwise None, and the caller
+    fails with the engine's text, which names the model and its replacement."""
+    error = error or {}
+    replacement = host.clean_line(error.get("replacement") or u"")
+    if retried or error.get("code") != "model_not_found" or not replacement or not _interactive():
+        return None
+    question = u"%s\n\nSwitch to %s for this run, and remember it as your default model?" % (
+        host.clean_line(error.get("message") or u"", _secrets()), replacement)
+    if not _ask(question):
+        return None
+    try:
+        host.save_settings({"default_model": replacement}, python=host.find_engine_python([_HERE]))
+    except host.HostError as exc:  # still run with it now; say why it is not remembered
+        gimp.message(_native(u"%s will be used now but could not be remembered: %s" % (replacement, exc.message)))
+    return replacement
+
+
+def _single(image, drawable, args, operation, retried=False):
     layer = check_layer(image, drawable)
     if operation == "edit" and not host.clean_line(args.get("prompt", "")):
         raise host.HostError(u"The prompt is empty.", u"Describe what the selection should become.",
@@ -436,7 +456,11 @@ def _single(image, drawable, args, operation):
     try:
         item = (result.get("items") or [{}])[0]
         if not item.get("ok"):
-            raise host.HostError.from_engine(item.get("error") or result.get("error"))
+            error = item.get("error") or result.get("error")
+            replacement = _switch_model(error, retried)
+            if replacement:
+                return _single(image, drawable, dict(args, model=replacement), operation, retried=True)
+            raise host.HostError.from_engine(error)
         prompt = args.get("prompt", "") if operation == "edit" else u"variation"
         mask_from = "engine" if operation == "edit" else "selection"
         add_mask = bool(args.get("add_mask", True)) and (operation == "edit" or not prepared[0]["whole"])
@@ -448,7 +472,7 @@ def _single(image, drawable, args, operation):
         host.cleanup(workdir)
 
 
-def generate(image, drawable, args):
+def generate(image, drawable, args, retried=False):
     if not host.clean_line(args.get("prompt", "")):
         raise host.HostError(u"The prompt is empty.", u"Describe the image to generate.", "empty_prompt")
     new_image = args.get("target") == "new image" or image is None or \
@@ -464,7 +488,11 @@ def generate(image, drawable, args):
         result = host.run_job(job, workdir, python=python, on_progress=_progress)
         item = (result.get("items") or [{}])[0]
         if not item.get("ok"):
-            raise host.HostError.from_engine(item.get("error") or result.get("error"))
+            error = item.get("error") or result.get("error")
+            replacement = _switch_model(error, retried)
+            if replacement:
+                return generate(image, drawable, dict(args, model=replacement), retried=True)
+            raise host.HostError.from_engine(error)
         outputs = item.get("outputs") or []
         model = item.get("model") or result.get("model") or job["model"]
         if new_image:

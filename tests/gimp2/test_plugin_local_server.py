@@ -84,3 +84,67 @@ def test_generate_against_the_local_server(g2, engine, local_server, monkeypatch
     assert g2.gimp.state.messages == [], g2.gimp.state.messages
     new = g2.gimp.image_list()[-1]
     assert new is not image and new.layers[0].name == "OpenAI: a lighthouse (1/1)"
+
+
+# Issue 9 part 3: a model that is gone. The server runs "today's line-up" (gpt-image-1 shut down 2026-10-23).
+TODAYS_LINEUP = ("--today", "2026-11-25", "--shutdown", "gpt-image-1=2026-10-23",
+                 "--shutdown", "gpt-image-1-mini=2026-12-01", "--shutdown", "gpt-image-1.5=2026-12-01",
+                 "--shutdown", "chatgpt-image-latest=2026-12-01")
+GONE_TEXT = "The model `gpt-image-1` was shut down on 2026-10-23. Use `gpt-image-2` instead."
+
+
+def _image_requests(server):
+    return [(r.get("endpoint"), r.get("model"), r.get("status")) for r in server.stats()["requests"]
+            if r.get("endpoint") in ("edits", "generations", "variations")]
+
+
+def _run_dead_model_edit(g2, server, monkeypatch, ask):
+    _point(monkeypatch, server)
+    image, layer = make_image(g2, 96, 80)
+    before_layer = layer.pixels.copy()
+    g2.pdb.gimp_image_select_rectangle(image, 2, 24, 20, 40, 30)
+    asked = []
+    g2.plugin.ASK = lambda q: asked.append(q) or ask
+    g2.gimpfu.DIALOG = lambda name, values: values[:2] + edit_args("a red kite", model="gpt-image-1")
+    return image, layer, before_layer, asked
+
+
+def test_dead_model_interactive_switch_is_remembered_and_runs_once(g2, engine, start_local_server, monkeypatch):
+    from gimp_openai.settings import load_settings
+
+    server = start_local_server(*TODAYS_LINEUP)
+    image, layer, before_layer, asked = _run_dead_model_edit(g2, server, monkeypatch, True)
+    g2.pdb.python_fu_openai_edit_selection(image, layer, run_mode=g2.gimpfu.RUN_INTERACTIVE)
+    assert len(asked) == 1 and GONE_TEXT in asked[0] and "Switch to gpt-image-2" in asked[0]
+    assert g2.gimp.state.messages == [], g2.gimp.state.messages
+    # the dead model was asked once (no retry), then the replacement once
+    assert _image_requests(server) == [("edits", "gpt-image-1", 404), ("edits", "gpt-image-2", 200)]
+    assert load_settings(apply_env=False).default_model == "gpt-image-2"
+    assert [l.name for l in image.layers] == ["OpenAI: a red kite (1/1)", "Background"]
+    top = image.layers[0]
+    assert json.loads(top.parasite_find("gimp-openai").data)["model"] == "gpt-image-2"
+    np.testing.assert_array_equal(layer.pixels, before_layer)
+    assert len(plugin_steps(image)) == 1 and image.undo_depth == 0
+
+
+@pytest.mark.parametrize("interactive", [False, True], ids=["non-interactive", "declined"])
+def test_dead_model_fails_with_the_engines_text_and_inserts_nothing(g2, engine, start_local_server, monkeypatch,
+                                                                    interactive):
+    from gimp_openai.settings import load_settings
+
+    server = start_local_server(*TODAYS_LINEUP)
+    image, layer, before_layer, asked = _run_dead_model_edit(g2, server, monkeypatch, False)
+    if interactive:
+        g2.pdb.python_fu_openai_edit_selection(image, layer, run_mode=g2.gimpfu.RUN_INTERACTIVE)
+        assert len(asked) == 1
+    else:
+        with pytest.raises(RuntimeError) as err:
+            g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args("a red kite", model="gpt-image-1"))
+        assert GONE_TEXT in str(err.value) and asked == []
+    (message,) = g2.gimp.state.messages
+    assert GONE_TEXT in message and FAKE_KEY not in message
+    assert _image_requests(server) == [("edits", "gpt-image-1", 404)]
+    assert load_settings(apply_env=False).default_model == ""
+    assert image.layers == [layer]
+    np.testing.assert_array_equal(layer.pixels, before_layer)
+    assert plugin_steps(image) == [] and image.undo_depth == 0
