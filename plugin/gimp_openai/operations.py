@@ -518,9 +518,12 @@ def _send_edit(
 
     _emit(progress, item, "upload", "Preparing the image and the mask")
     pixels = composite.request_pixels(place_pixels, plan)
-    sel_request = _selection_in_request(selection, plan)
+    # The selection scaled into exactly the rectangle request_pixels scaled the place into (place_in_target),
+    # so the mask's edge lies on the image's selection edge (scaling the request-sized selection instead can
+    # put it up to half a target pixel off when place_in_target is rounded).
+    sel_target = composite.target_selection(selection, plan)
     image_png = imaging.encode_png(pixels)
-    mask_png = imaging.encode_png(masks.api_mask(sel_request, plan.target))
+    mask_png = imaging.encode_png(masks.api_mask(sel_target, plan.target))
     check_upload(image_png, family, "image sent to the model")
     for extra in options.extra_images:
         check_upload(extra, family, "reference image")
@@ -547,15 +550,6 @@ def _send_edit(
 
     result = _call_with_ticker(engine, progress, item, options.model, family, quality or "auto", plan.target, call)
     return result, plan, place_pixels, selection
-
-
-def _selection_in_request(selection: np.ndarray, plan: Any) -> np.ndarray:
-    """The place-sized selection placed in the request rectangle (0 in the padding), at request resolution."""
-    req, place = plan.request, plan.place
-    out = np.zeros((req.height, req.width), dtype=np.uint8)
-    oy, ox = place.y - req.y, place.x - req.x
-    out[oy : oy + place.height, ox : ox + place.width] = selection
-    return out
 
 
 def imaging_result_to_place(returned: np.ndarray, plan: Any) -> np.ndarray:
