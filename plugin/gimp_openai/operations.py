@@ -478,7 +478,7 @@ def edit(
     n = len(result.images)
     for k, (image, path) in enumerate(zip(result.images, saved, strict=True), start=1):
         returned = _decode_saved(image.data, saved, result.request_id)
-        _check_returned_size(returned, plan.target, saved, result.request_id)
+        returned, size_notes = _fit_returned(returned, plan.target, path, saved, result.request_id)
         placed = imaging_result_to_place(returned, plan)
         final, report, details, seam_notes = _seamless(place_pixels, placed, selection, options)
         update_sidecar(engine, path, {"seamless": details, "report": report})
@@ -494,7 +494,7 @@ def edit(
                 history_png=path,
                 request_id=result.request_id,
                 path=PATH_EDIT,
-                notes=notes + seam_notes,
+                notes=notes + size_notes + seam_notes,
                 report=report,
             )
         )
@@ -560,18 +560,36 @@ def imaging_result_to_place(returned: np.ndarray, plan: Any) -> np.ndarray:
     return composite.result_to_place(returned, plan)
 
 
-def _check_returned_size(
-    returned: np.ndarray, target: Sequence[int], saved: list[Path], request_id: str | None
-) -> None:
-    """A result whose aspect differs from what was asked cannot be mapped back without distortion."""
+def _fit_returned(
+    returned: np.ndarray,
+    target: Sequence[int],
+    history_png: Path,
+    saved: list[Path],
+    request_id: str | None,
+) -> tuple[np.ndarray, list[str]]:
+    """A returned image of the size asked for, or a clear refusal. Called after the image is in history.
+
+    The client does not check sizes. Another size with the same aspect (within 1%) is scaled back to the
+    target, with a note; another aspect cannot be mapped back without distortion or a shift, so it is not
+    composited: MalformedResponseError names the saved file (the paid image is kept, never lost).
+    """
     h, w = returned.shape[:2]
     tw, th = int(target[0]), int(target[1])
-    if abs(w / h - tw / th) > 0.02 * (tw / th):
-        raise MalformedResponseError(
-            f"The server returned a {w}x{h} image for a {tw}x{th} request.",
-            saved=[str(p) for p in saved],
-            request_id=request_id,
-        )
+    if (w, h) == (tw, th):
+        return returned, []
+    if w > 0 and h > 0 and abs((w / h) / (tw / th) - 1.0) <= 0.01:
+        from gimp_openai import imaging
+
+        return imaging.resize(returned, (tw, th)), [
+            f"the server returned {w}x{h} for a {tw}x{th} request; scaled back to {tw}x{th} (same aspect)"
+        ]
+    raise MalformedResponseError(
+        f"The server returned a {w}x{h} image for a {tw}x{th} request (another aspect), so it cannot be placed "
+        f"over the selection; it was not composited. The image is saved in {history_png}.",
+        hint="Open the saved file as a layer if it is useful, or run again.",
+        saved=[str(p) for p in saved],
+        request_id=request_id,
+    )
 
 
 def _seamless(
@@ -716,7 +734,7 @@ def variation(
     outputs = []
     for k, (image, hist) in enumerate(zip(result.images, saved, strict=True), start=1):
         returned = _decode_saved(image.data, saved, result.request_id)
-        _check_returned_size(returned, plan.target, saved, result.request_id)
+        returned, size_notes = _fit_returned(returned, plan.target, hist, saved, result.request_id)
         placed = imaging_result_to_place(returned, plan)
         outputs.append(
             Output(
@@ -730,7 +748,8 @@ def variation(
                 history_png=hist,
                 request_id=result.request_id,
                 path=path,
-                notes=[f"made by {model} through {'/images/variations' if via_endpoint else 'an edit without mask'}"],
+                notes=[f"made by {model} through {'/images/variations' if via_endpoint else 'an edit without mask'}",
+                       *size_notes],
             )
         )
     _emit(progress, item, "done", f"{n} variation{'s' if n != 1 else ''} ready ({label})")
