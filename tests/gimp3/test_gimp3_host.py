@@ -187,6 +187,43 @@ def describe(img, lay, original, rect, timings_path=None):
 '''
 
 
+EXACT = r'''
+def exact_check(img, timings_path):
+    """Every inserted layer == the engine's layer_png, its mask == mask_png (byte for byte), from the
+    workdir the host kept (GIMP_OPENAI_HOST_KEEP_WORKDIR=1)."""
+    from PIL import Image
+    import glob
+    entries = [json.loads(l) for l in open(timings_path)]
+    workdir = [e["path"] for e in entries if e["what"] == "workdir"][-1]
+    result = json.load(open(os.path.join(workdir, "job.json")))
+    layers = {}
+    def walk(items):
+        for l in items:
+            if l.is_group():
+                walk(l.get_children())
+            else:
+                layers[l.get_name()] = l
+    walk(img.get_layers())
+    pngs = sorted(p for p in glob.glob(os.path.join(workdir, "out", "*.png")) if not p.endswith("-mask.png"))
+    checks = []
+    for png in pngs:
+        want = Image.open(png).convert("RGBA")
+        want_mask = Image.open(png[:-4] + "-mask.png").convert("L")
+        index = int(png[:-4].rsplit("-", 1)[1])
+        cands = [l for n, l in layers.items() if n.startswith("OpenAI:") and n.endswith("/%d)" % len(pngs))
+                 and "(%d/" % index in n]
+        lay = cands[0]
+        got = pixels(lay, 0, 0, lay.get_width(), lay.get_height())
+        m = lay.get_mask()
+        got_mask = pixels(m, 0, 0, m.get_width(), m.get_height(), "Y u8") if m is not None else None
+        checks.append({"png": os.path.basename(png), "size": [lay.get_width(), lay.get_height()],
+                       "want_size": list(want.size), "pixels_equal": got == want.tobytes(),
+                       "mask_equal": got_mask == want_mask.tobytes(),
+                       "mask_partial": sum(1 for v in want_mask.tobytes() if 0 < v < 255)})
+    return checks
+'''
+
+
 def _timings(gimp):
     path = gimp.work / "timings.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -194,14 +231,19 @@ def _timings(gimp):
 
 def test_edit_selection_inserts_masked_layers_in_place(gimp, local_server):
     env = {"OPENAI_BASE_URL": local_server.url, "OPENAI_API_KEY": FAKE_KEY,
-           "GIMP_OPENAI_HOST_TIMINGS": "/gimp-openai-work/timings.jsonl"}
+           "GIMP_OPENAI_HOST_TIMINGS": "/gimp-openai-work/timings.jsonl", "GIMP_OPENAI_HOST_KEEP_WORKDIR": "1"}
     (gimp.work / "timings.jsonl").unlink(missing_ok=True)
-    run = gimp.python(SETUP + CHECK_EDIT + r'''
+    run = gimp.python(SETUP + CHECK_EDIT + EXACT + r'''
 img, lay = make_image()
+Gimp.Selection.feather(img, 6)  # partial mask values too
+img.clean_all()
 original, rect = snapshot(img, lay)
+undo_on, dirty_before = img.undo_is_enabled(), img.is_dirty()
 status, err, secs = run_proc("python-fu-openai-edit-selection", img, [lay], prompt="a red kite in the sky", n=2)
 res = describe(img, lay, original, rect)
-res.update({"status": status.value_nick, "error": err, "seconds": secs})
+res.update({"status": status.value_nick, "error": err, "seconds": secs, "undo_enabled": undo_on,
+            "dirty_before": dirty_before, "dirty_after": img.is_dirty(),
+            "exact": exact_check(img, "/gimp-openai-work/timings.jsonl")})
 out("RES", res)
 # WITH_LAST_VALS: no dialog, values from the last interactive run (none here)
 proc = pdb.lookup_procedure("python-fu-openai-edit-selection")
@@ -230,6 +272,18 @@ out("LAST", {"status": result.index(0).value_nick, "layers": len(img.get_layers(
         assert "request_id" in d["parasite"]
     assert res["outside_diff"] == 0, res  # the composite equals the original outside the selection
     assert res["inside_changed"] > res["selected"] // 2, res  # and the edit shows inside it
+    # inserted straight from the engine's PNGs into GEGL buffers: byte-exact layers and masks
+    assert len(res["exact"]) == 2, res["exact"]
+    for c in res["exact"]:
+        assert c["size"] == c["want_size"] and c["pixels_equal"] and c["mask_equal"], c
+        assert c["mask_partial"] > 0, c  # the feathered edge (values between 0 and 255) survives unchanged
+    # undo: libgimp cannot count undo steps. Evidence: undo enabled, the image was clean and is dirty now,
+    # the host opened and closed exactly one undo group for it, and GIMP did not have to close a group the
+    # plug-in left open (it warns "left image's undo in inconsistent state" when that happens)
+    assert res["undo_enabled"] and not res["dirty_before"] and res["dirty_after"], res
+    inserts = [e for e in _timings(gimp) if e["what"] == "insert"]
+    assert len(inserts) == 1 and inserts[0]["undo_groups"] == 1 and inserts[0]["layers"] == 2, inserts
+    assert "inconsistent" not in run.stderr.lower()
     last = json.loads(run.lines_with("LAST ")[0])
     # GIMP stores last values only after interactive runs; headless there are none, so WITH_LAST_VALS runs
     # without a dialog on the defaults (empty prompt) and says so plainly instead of hanging or crashing

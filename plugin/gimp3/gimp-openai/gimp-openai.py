@@ -55,6 +55,15 @@ def _record_timing(what, seconds, extra=None):
         handle.write(json.dumps(entry) + "\n")
 
 
+def _cleanup(workdir):
+    """Remove the job folder; tests (GIMP_OPENAI_HOST_KEEP_WORKDIR=1) keep it to compare the inserted pixels
+    with the engine's PNGs."""
+    if os.environ.get("GIMP_OPENAI_HOST_KEEP_WORKDIR") == "1":
+        _record_timing("workdir", 0.0, {"path": workdir})
+        return
+    hl.cleanup(workdir)
+
+
 class Refusal(hl.HostError):
     """An input this host does not handle, said plainly with what to do instead."""
 
@@ -145,7 +154,7 @@ class OpenAIPlugIn(Gimp.PlugIn):
             elif op == "batch":
                 message = run_batch(values)
             elif op == "generate":
-                message = run_generate(values, image, drawables)
+                message = run_generate(values, image, drawables, run_mode == Gimp.RunMode.INTERACTIVE)
             else:
                 message = run_settings(values, run_mode)
             if message:
@@ -353,6 +362,52 @@ def _load_layer(image, path):
     return Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(path))
 
 
+_PNG_LOAD = []
+
+
+def _have_png_load():
+    if not _PNG_LOAD:
+        _PNG_LOAD.append(Gegl.has_operation("gegl:png-load") and Gegl.has_operation("gegl:write-buffer"))
+    return _PNG_LOAD[0]
+
+
+def _png_into(path, buffer):
+    """Decode a PNG (libpng, through GEGL) straight into ``buffer``; GEGL converts from the PNG's format
+    (R'G'B'A u8 / Y' u8) to the buffer's, which is exact when they match."""
+    graph = Gegl.Node.new()
+    load = graph.create_child("gegl:png-load")
+    load.set_property("path", path)
+    write = graph.create_child("gegl:write-buffer")
+    write.set_property("buffer", buffer)
+    load.link(write)
+    write.process()
+
+
+def _result_layer(image, path, name, width, height):
+    """A new layer of the image's kind holding the PNG's pixels (8-bit non-linear RGBA, converted by GEGL
+    to the image's precision and mode), without going through a file plug-in."""
+    if not _have_png_load():  # pragma: no cover - every GEGL 0.4 build GIMP 3 ships has png-load
+        layer = _load_layer(image, path)
+        layer.set_name(name)
+        return layer
+    gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
+    kind = Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
+    layer = Gimp.Layer.new(image, name, int(width), int(height), kind, 100.0, Gimp.LayerMode.NORMAL)
+    buf = layer.get_buffer()
+    _png_into(path, buf)
+    buf.flush()
+    return layer
+
+
+def _mask_bytes(path, width, height):
+    """The 8-bit mask PNG's values, unchanged (decoded into a Y' u8 buffer: no curve applied)."""
+    if not _have_png_load():  # pragma: no cover
+        return None
+    tmp = Gegl.Buffer.new("Y' u8", 0, 0, int(width), int(height))
+    _png_into(path, tmp)
+    return tmp.get(Gegl.Rectangle.new(0, 0, int(width), int(height)), 1.0, "Y' u8", Gegl.AbyssPolicy.NONE)
+
+
 def _new_group(image, name):
     if hasattr(Gimp, "GroupLayer"):
         return Gimp.GroupLayer.new(image, name)
@@ -374,27 +429,32 @@ def insert_outputs(image, above, outputs, prompt, model, add_mask, secrets=()):
             parent, position = group, 0
         inserted = []
         for k, out in enumerate(sorted(outputs, key=lambda o: o.get("index", 0)), start=1):
-            layer = _load_layer(image, out["layer_png"])
-            layer.set_name(hl.layer_name(prompt, k, n, path=out.get("path"), secrets=secrets))
+            name = hl.layer_name(prompt, k, n, path=out.get("path"), secrets=secrets)
+            layer = _result_layer(image, out["layer_png"], name, out["width"], out["height"])
             image.insert_layer(layer, parent, position if n == 1 else len(inserted))
             layer.set_offsets(int(out["x"]), int(out["y"]))
             if add_mask and out.get("mask_png"):
                 apply_mask(image, layer, out["mask_png"])
+            layer.update(0, 0, layer.get_width(), layer.get_height())
             data = hl.parasite_data(prompt, model, out, secrets)
             layer.attach_parasite(Gimp.Parasite.new(hl.PARASITE_NAME, Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE,
                                                     list(data.encode("utf-8"))))
             inserted.append(layer)
     finally:
         image.undo_group_end()
-    _record_timing("insert", time.time() - t0, {"layers": n})
+    _record_timing("insert", time.time() - t0, {"layers": n, "image": image.get_id(), "undo_groups": 1,
+                                                "names": [la.get_name() for la in inserted]})
     return inserted
 
 
 def apply_mask(image, layer, mask_png):
-    tmp = _load_layer(image, mask_png)
-    w, h = tmp.get_width(), tmp.get_height()
-    data = tmp.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, "Y' u8", Gegl.AbyssPolicy.NONE)
-    tmp.delete()
+    """The engine's mask PNG as the layer's mask, value for value (masks are linear "Y": written as Y u8)."""
+    w, h = layer.get_width(), layer.get_height()
+    data = _mask_bytes(mask_png, w, h)
+    if data is None:  # pragma: no cover - fallback through the file plug-in
+        tmp = _load_layer(image, mask_png)
+        data = tmp.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, "Y' u8", Gegl.AbyssPolicy.NONE)
+        tmp.delete()
     mask = layer.create_mask(Gimp.AddMaskType.WHITE)
     layer.add_mask(mask)
     buf = mask.get_buffer()
@@ -424,6 +484,56 @@ def _job_options(op, values):
     return job
 
 
+def _engine_error(error):
+    """HostError from the engine's error object, keeping a shut-down model's live ``replacement``."""
+    error = error or {}
+    exc = hl.HostError.from_engine(error)
+    exc.replacement = hl.clean_line(error.get("replacement") or "") if error.get("code") == "model_not_found" else ""
+    return exc
+
+
+def _with_model_switch(run, values, interactive):
+    """Issue 9 part 3: a job whose model was shut down fails with the engine's text (it names the model and
+    its live replacement; nothing already received is lost: the engine lists saved files in the message).
+    Interactive runs are asked whether to switch; yes -> the replacement is remembered as the default model
+    (``gimp-openai config set default_model=...``) and the run is repeated once with it."""
+    try:
+        return run(values)
+    except hl.HostError as exc:
+        replacement = getattr(exc, "replacement", "")
+        if not (interactive and replacement and _ask_switch(exc, replacement)):
+            raise
+    try:
+        hl.save_settings({"default_model": replacement}, python=_engine_python())
+    except hl.HostError as exc:  # still use it now; say why it is not remembered
+        Gimp.message(f"OpenAI: {replacement} is used now but could not be remembered: {exc.message}")
+    return run(dict(values, model=replacement))
+
+
+def _ask_switch(exc, replacement):
+    """A yes/no GimpUi dialog (interactive runs only; never reached headless)."""
+    gi.require_version("GimpUi", "3.0")
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import GimpUi, Gtk
+
+    GimpUi.init(PLUGIN_NAME)
+    dialog = GimpUi.Dialog(title="OpenAI: model shut down", role=PLUGIN_NAME)
+    dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+    dialog.add_button(f"_Use {replacement}", Gtk.ResponseType.OK)
+    label = Gtk.Label(label=hl.describe_error(exc, _secrets()) + f"\n\nSwitch to {replacement} for this run, "
+                      "and remember it as your default model?")
+    label.set_line_wrap(True)
+    label.set_max_width_chars(70)
+    box = dialog.get_content_area()
+    box.set_border_width(12)
+    box.add(label)
+    dialog.set_default_response(Gtk.ResponseType.OK)
+    dialog.show_all()
+    ok = dialog.run() == Gtk.ResponseType.OK
+    dialog.destroy()
+    return ok
+
+
 def run_items(op, values, items, summary=False):
     """Plan, export, run one job for all items, insert every image's results in its own undo group."""
     python = _engine_python()
@@ -444,6 +554,8 @@ def run_items(op, values, items, summary=False):
         os.mkdir(os.path.join(workdir, "out"))
         Gimp.progress_set_text(f"OpenAI: sending {len(items)} request(s)")
         result = hl.run_job(job, workdir, python=python, on_progress=_progress)
+        if not result.get("items") and result.get("error"):  # the job as a whole failed (e.g. model gone)
+            raise _engine_error(result["error"])
         by_id = dict((it.id, it) for it in items)
         prompt = job.get("prompt") or ""
         for entry in result.get("items", []):
@@ -461,10 +573,10 @@ def run_items(op, values, items, summary=False):
                 raise hl.HostError(hl.summary(result, names, _secrets()), "", "batch_failed")
             return hl.summary(result, names, _secrets())
         if failures:
-            raise hl.HostError.from_engine(failures[0][1])
+            raise _engine_error(failures[0][1])
         return None
     finally:
-        hl.cleanup(workdir)
+        _cleanup(workdir)
 
 
 def run_region(op, values, targets, interactive=False):
@@ -473,7 +585,7 @@ def run_region(op, values, targets, interactive=False):
         items.append(collect_item(op, image, drawables, bool(values.get("whole_layer")), f"img-{k}", interactive))
     if op == "edit" and not (values.get("prompt") or "").strip():
         raise Refusal("The prompt is empty.", "Describe what to paint into the selection.")
-    return run_items(op, values, items)
+    return _with_model_switch(lambda v: run_items(op, v, items), values, interactive)
 
 
 def run_batch(values):
@@ -497,9 +609,13 @@ def run_batch(values):
     return text + ("\n" + "\n".join(skipped) if skipped else "")
 
 
-def run_generate(values, image, drawables):
+def run_generate(values, image, drawables, interactive=False):
     if not (values.get("prompt") or "").strip():
         raise Refusal("The prompt is empty.", "Describe the image to generate.")
+    return _with_model_switch(lambda v: _generate(v, image, drawables), values, interactive)
+
+
+def _generate(values, image, drawables):
     python = _engine_python()
     workdir = hl.make_workdir()
     try:
@@ -514,7 +630,7 @@ def run_generate(values, image, drawables):
         failures = hl.failed_items(result)
         outputs = [o for e in result.get("items", []) if e.get("ok") for o in e.get("outputs") or []]
         if not outputs:
-            raise hl.HostError.from_engine(failures[0][1] if failures else result.get("error"))
+            raise _engine_error(failures[0][1] if failures else result.get("error"))
         model = next((e.get("model") for e in result.get("items", []) if e.get("model")), job["model"])
         new_image = image is None or values.get("target") == "new image"
         if new_image:
@@ -533,19 +649,22 @@ def run_generate(values, image, drawables):
         Gimp.displays_flush()
         return "; ".join(hl.describe_error(f[1]) for f in failures) if failures else None
     finally:
-        hl.cleanup(workdir)
+        _cleanup(workdir)
 
 
 def run_settings(values, run_mode):
     """Save server URL, default model and history folder through the engine; store a key; test the connection."""
     python = _engine_python()
     lines = []
+    changes = {}
     for key, setting in (("base_url", "base_url"), ("default_model", "default_model"),
                          ("history_folder", "history_dir")):
-        value = values.get(key)
+        value = (values.get(key) or "").strip()
         if value:
-            code, _objs, err = hl.run_engine(["config", "set", setting, value], python=python)
-            lines.append("{}: {}".format(setting, "saved" if code == 0 else hl.clean_line(err)[-300:]))
+            changes[setting] = value
+    if changes:
+        hl.save_settings(changes, python=python)  # gimp-openai config set KEY=VALUE ... (never the key)
+        lines += [f"{k}: saved ({changes[k]})" for k in sorted(changes)]
     if values.get("change_key") and run_mode == Gimp.RunMode.INTERACTIVE:
         key = _ask_key()
         if key:
