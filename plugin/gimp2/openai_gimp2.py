@@ -15,7 +15,12 @@ import os
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-for _folder in (_HERE, os.path.join(_HERE, os.pardir, "hostlib")):  # installed beside us, or the repository
+#: Where the support files (hostlib module, manifest, engine record) live: the installed layout puts them in a
+#: non-executable subfolder (GIMP 2.10 does not reliably load plug-ins from subfolders, and on Windows runs
+#: every .py it finds in plug-ins/), a flat install beside this file, and the repository in ../hostlib.
+SUPPORT_FOLDER = "gimp_openai_support"
+SUPPORT_DIRS = [os.path.join(_HERE, SUPPORT_FOLDER), _HERE]
+for _folder in SUPPORT_DIRS + [os.path.join(_HERE, os.pardir, "hostlib")]:
     if os.path.isfile(os.path.join(_folder, "gimp_openai_host.py")):
         sys.path.insert(0, os.path.abspath(_folder))
         break
@@ -70,7 +75,7 @@ def pf_params(proc):
 
 def register_all(manifest=None):
     """Register every manifest procedure with gimpfu, under the manifest's GIMP 2 menu."""
-    manifest = manifest or host.load_manifest(host.find_manifest([_HERE]))
+    manifest = manifest or host.load_manifest(host.find_manifest(SUPPORT_DIRS))
     for proc in manifest["procedures"]:
         gimpfu.register(str(proc["name"]), _native(proc["blurb"]), _native(proc["help"]),
                         _native(manifest["author"]), _native(manifest["copyright"]), str(manifest["date"]),
@@ -385,7 +390,7 @@ def _prepare_item(image, layer, item_id, whole_layer, operation):
 
 def _run_items(prepared, args, operation, title):
     """Plan, export, run one job for every prepared item; returns (result, planned model, workdir)."""
-    python = host.find_engine_python([_HERE])
+    python = host.find_engine_python(SUPPORT_DIRS)
     workdir = host.make_workdir()
     try:
         answer = host.plan({"operation": operation, "model": host.to_text(args.get("model", "")),
@@ -439,7 +444,7 @@ def _switch_model(error, retried):
     if not _ask(question):
         return None
     try:
-        host.save_settings({"default_model": replacement}, python=host.find_engine_python([_HERE]))
+        host.save_settings({"default_model": replacement}, python=host.find_engine_python(SUPPORT_DIRS))
     except host.HostError as exc:  # still run with it now; say why it is not remembered
         gimp.message(_native(u"%s will be used now but could not be remembered: %s" % (replacement, exc.message)))
     return replacement
@@ -477,7 +482,7 @@ def generate(image, drawable, args, retried=False):
         raise host.HostError(u"The prompt is empty.", u"Describe the image to generate.", "empty_prompt")
     new_image = args.get("target") == "new image" or image is None or \
         pdb.gimp_image_base_type(image) == INDEXED
-    python = host.find_engine_python([_HERE])
+    python = host.find_engine_python(SUPPORT_DIRS)
     workdir = host.make_workdir()
     try:
         job = {"operation": "generate", "model": host.to_text(args.get("model", "")), "n": int(args["n"]),
@@ -578,7 +583,7 @@ def _insert_in_own_undo(p, item, prompt, model, args, operation):
 
 def settings(image, drawable, args):
     """Save the non-secret settings, store a new key through the engine (hidden field), test the server."""
-    python = host.find_engine_python([_HERE])
+    python = host.find_engine_python(SUPPORT_DIRS)
     changes = {}
     if host.clean_line(args.get("base_url", "")):
         changes["base_url"] = host.clean_line(args["base_url"])
