@@ -469,9 +469,12 @@ def _single(image, drawable, args, operation, retried=False):
         prompt = args.get("prompt", "") if operation == "edit" else u"variation"
         mask_from = "engine" if operation == "edit" else "selection"
         add_mask = bool(args.get("add_mask", True)) and (operation == "edit" or not prepared[0]["whole"])
-        layers = insert_results(image, layer, item.get("outputs") or [], prompt, item.get("model") or model,
-                                add_mask, mask_from)
+        outputs = item.get("outputs") or []
+        layers = insert_results(image, layer, outputs, prompt, item.get("model") or model, add_mask, mask_from)
         gimp.progress_update(1.0)
+        report = host.reports_text(outputs, _secrets())
+        if report:  # what alignment/tone match corrected: in the status bar now, on the layer's parasite after
+            pdb.gimp_progress_set_text(_native(report))
         return layers
     finally:
         host.cleanup(workdir)

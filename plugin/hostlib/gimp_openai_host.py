@@ -462,8 +462,21 @@ def parasite_data(prompt, model, output, secrets=()):
     """What the result layer's parasite records: prompt, model, request id, path, history file (no key)."""
     record = {"prompt": redact(prompt, secrets), "model": to_text(model),
               "request_id": output.get("request_id"), "path": output.get("path"),
-              "history_png": output.get("history_png"), "notes": redact(output.get("notes") or u"", secrets)}
+              "history_png": output.get("history_png"), "notes": redact(output.get("notes") or u"", secrets),
+              "report": redact(output.get("report") or u"", secrets)}
     return json.dumps(record, sort_keys=True)
+
+
+def reports_text(outputs, secrets=()):
+    """What alignment and tone match found and corrected (issue 10), one line for a status bar or message:
+    ``OpenAI: shifted 5.8, -3.9 px; scale 1.012; tone dE 7.4 -> 1.1`` (``k/n: ...`` per result when they differ)."""
+    reports = [(i + 1, clean_line(o.get("report") or u"", secrets)) for i, o in enumerate(outputs)]
+    reports = [(k, r) for k, r in reports if r]
+    if not reports:
+        return u""
+    if len(set(r for _k, r in reports)) == 1:
+        return u"OpenAI: " + reports[0][1]
+    return u"OpenAI: " + u" | ".join(u"%d/%d: %s" % (k, len(outputs), r) for k, r in reports)
 
 
 def store_key(key, python=None):
