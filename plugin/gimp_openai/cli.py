@@ -138,7 +138,8 @@ def selection_for(args: argparse.Namespace, shape: tuple[int, ...], mask_path: s
         if selection.shape != (height, width):
             raise InvalidInputError(
                 f"The selection {mask_path} is {selection.shape[1]}x{selection.shape[0]} but the image is "
-                f"{width}x{height}; they must be the same size."
+                f"{width}x{height}; they must be the same size.",
+                hint="Export the selection from the same image (same width and height), or use --rect.",
             )
     elif args.rect:
         x, y, w, h = parse_rect(args.rect)

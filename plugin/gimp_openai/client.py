@@ -833,7 +833,8 @@ def _check_prompt(prompt: str, family: caps.Family) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise E.InvalidInputError("The prompt is empty", hint="Describe what the selection should become.")
     if "\x00" in prompt:
-        raise E.InvalidInputError("The prompt contains a NUL character")
+        raise E.InvalidInputError("The prompt contains a NUL character",
+                                  hint="Remove the invisible control character from the prompt and try again.")
     if len(prompt) > family.prompt_max:
         raise E.InvalidInputError(
             f"The prompt has {len(prompt):,} characters; {family.name} models take at most {family.prompt_max:,}"

@@ -351,7 +351,8 @@ def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
     if (pixels.shape[1], pixels.shape[0]) != (place.width, place.height):
         raise InvalidInputError(
             f"The exported image {item.image.name} is {pixels.shape[1]}x{pixels.shape[0]} but the planned region "
-            f"is {place.width}x{place.height}."
+            f"is {place.width}x{place.height}.",
+            hint=JobError.default_hint,
         )
     selection = None
     if item.selection is not None:
@@ -359,7 +360,8 @@ def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
         if (selection.shape[1], selection.shape[0]) != (place.width, place.height):
             raise InvalidInputError(
                 f"The selection {item.selection.name} is {selection.shape[1]}x{selection.shape[0]} but the planned "
-                f"region is {place.width}x{place.height}."
+                f"region is {place.width}x{place.height}.",
+                hint=JobError.default_hint,
             )
     refs = []
     for ref in item.references:
