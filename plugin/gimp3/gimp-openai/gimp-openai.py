@@ -414,7 +414,7 @@ def _new_group(image, name):
     return Gimp.Layer.group_new(image)  # pragma: no cover - pre-3.0 API
 
 
-def insert_outputs(image, above, outputs, prompt, model, add_mask, secrets=()):
+def insert_outputs(image, above, outputs, prompt, model, add_mask, secrets=(), mask_from="engine"):
     """Insert the engine's outputs above ``above`` at their offsets, with masks, in ONE undo group."""
     t0 = time.time()
     n = len(outputs)
@@ -433,7 +433,9 @@ def insert_outputs(image, above, outputs, prompt, model, add_mask, secrets=()):
             layer = _result_layer(image, out["layer_png"], name, out["width"], out["height"])
             image.insert_layer(layer, parent, position if n == 1 else len(inserted))
             layer.set_offsets(int(out["x"]), int(out["y"]))
-            if add_mask and out.get("mask_png"):
+            if add_mask and mask_from == "selection":  # variations: the selection is the mask (as in 2.10)
+                layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+            elif add_mask and out.get("mask_png"):
                 apply_mask(image, layer, out["mask_png"])
             layer.update(0, 0, layer.get_width(), layer.get_height())
             data = hl.parasite_data(prompt, model, out, secrets)
@@ -557,14 +559,22 @@ def run_items(op, values, items, summary=False):
         if not result.get("items") and result.get("error"):  # the job as a whole failed (e.g. model gone)
             raise _engine_error(result["error"])
         by_id = dict((it.id, it) for it in items)
-        prompt = job.get("prompt") or ""
+        # names as in the 2.10 host: the prompt for edits, "variation" (+ which path ran) for variations
+        prompt = (job.get("prompt") or "") if op == "edit" else "variation"
+        reports = []
         for entry in result.get("items", []):
             it = by_id.get(entry.get("id"))
             if it is None or not entry.get("ok"):
                 continue
             model = entry.get("model") or job["model"]
-            add_mask = bool(values.get("add_mask", True))
-            insert_outputs(it.image, it.layer, entry.get("outputs") or [], prompt, model, add_mask, _secrets())
+            add_mask = bool(values.get("add_mask", True)) and (op == "edit" or not it.whole)
+            outputs = entry.get("outputs") or []
+            insert_outputs(it.image, it.layer, outputs, prompt, model, add_mask, _secrets(),
+                           "engine" if op == "edit" else "selection")
+            reports.append(hl.reports_text(outputs, _secrets()))
+        report = "; ".join(r for r in reports if r)
+        if report:  # what alignment/tone match corrected: in the status bar now, on each layer's parasite after
+            Gimp.progress_set_text(report)
         Gimp.displays_flush()
         failures = hl.failed_items(result)
         if summary:
@@ -645,7 +655,10 @@ def _generate(values, image, drawables):
             o["y"] = (image.get_height() - int(o.get("height", 0))) // 2
         insert_outputs(image, above, outputs, job["prompt"], model, False, _secrets())
         if new_image:
-            Gimp.Display.new(image) if Gimp.get_pdb().procedure_exists("gimp-display-new") else None
+            try:
+                Gimp.Display.new(image)
+            except (TypeError, GLib.Error):  # headless GIMP (gimp-console, batch): no display to open
+                pass
         Gimp.displays_flush()
         return "; ".join(hl.describe_error(f[1]) for f in failures) if failures else None
     finally:
