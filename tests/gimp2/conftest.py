@@ -17,7 +17,7 @@ if STUBS not in sys.path:
     sys.path.insert(0, STUBS)
 
 
-class G2(object):
+class G2:
     """Handles for one test: the fake gimp, gimpfu, pdb, shelf and the loaded plug-in."""
 
 
@@ -47,7 +47,7 @@ def g2():
 def fake_engine(tmp_path, monkeypatch):
     """GIMP_OPENAI_PYTHON -> an executable that runs tests/gimp2/fake_engine.py; returns the call log reader."""
     script = tmp_path / "engine-python"
-    script.write_text("#!/bin/sh\nexec %s %s \"$@\"\n" % (sys.executable, os.path.join(ROOT, "tests", "gimp2",
+    script.write_text("#!/bin/sh\nexec {} {} \"$@\"\n".format(sys.executable, os.path.join(ROOT, "tests", "gimp2",
                                                                                   "fake_engine.py")))
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     log = tmp_path / "engine.log"

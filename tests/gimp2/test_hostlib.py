@@ -34,18 +34,24 @@ FAKE_ENGINE = textwrap.dedent('''\
     if cmd == "plan":
         plan = json.load(open(args[3]))
         if mode == "plan_error":
-            print(json.dumps({{"ok": False, "error": {{"code": "model_not_found", "message": "The model x was shut down.", "hint": "Use gpt-image-2."}}}}))
+            error = {{"code": "model_not_found", "message": "The model x was shut down.", "hint": "Use gpt-image-2."}}
+            print(json.dumps({{"ok": False, "error": error}}))
         else:
-            print(json.dumps({{"ok": True, "model": "gpt-image-2", "items": [dict(id=i["id"], place=i["selection_bounds"], request=i["selection_bounds"], target=[1024, 1024]) for i in plan["items"]]}}))
+            items = [dict(id=i["id"], place=i["selection_bounds"], request=i["selection_bounds"], target=[1024, 1024])
+                     for i in plan["items"]]
+            print(json.dumps({{"ok": True, "model": "gpt-image-2", "items": items}}))
     elif cmd == "job":
         job = json.load(open(args[3]))
         print("not json noise")
         for item in job["items"]:
-            print(json.dumps({{"type": "progress", "item": item["id"], "phase": "waiting", "fraction": 0.5, "message": "Waiting\\u001b[31m for model"}}))
+            line = {{"type": "progress", "item": item["id"], "phase": "waiting", "fraction": 0.5,
+                    "message": "Waiting\\u001b[31m for model"}}
+            print(json.dumps(line))
             sys.stdout.flush()
             if mode == "slow":
                 time.sleep(30)
-        print(json.dumps({{"type": "result", "ok": True, "items": [{{"id": i["id"], "ok": True, "outputs": []}} for i in job["items"]], "error": None}}))
+        results = [{{"id": i["id"], "ok": True, "outputs": []}} for i in job["items"]]
+        print(json.dumps({{"type": "result", "ok": True, "items": results, "error": None}}))
     elif cmd == "key":
         sys.exit(0 if stdin else 3)
 ''')
@@ -196,9 +202,9 @@ def test_save_settings_runs_the_engines_config_set(monkeypatch):
     from gimp_openai.settings import load_settings
 
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
-    assert host.config_args({"default_model": "gpt-image-2", "history_dir": u"/t/\u00e9t\u00e9 x",
+    assert host.config_args({"default_model": "gpt-image-2", "history_dir": "/t/\u00e9t\u00e9 x",
                              "extra_image_models": ["a", "b"]}) == [
-        "config", "set", "default_model=gpt-image-2", "extra_image_models=a,b", u"history_dir=/t/\u00e9t\u00e9 x"]
+        "config", "set", "default_model=gpt-image-2", "extra_image_models=a,b", "history_dir=/t/\u00e9t\u00e9 x"]
     host.save_settings({"default_model": "gpt-image-2", "concurrency": 3, "base_url": "http://127.0.0.1:9/v1"},
                        python=sys.executable)
     saved = load_settings(apply_env=False)

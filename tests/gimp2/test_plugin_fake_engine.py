@@ -104,7 +104,7 @@ def test_n_results_go_into_a_group_in_order(g2, fake_engine):
     g2.pdb.gimp_image_select_rectangle(image, 2, 20, 20, 30, 30)
     g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args("kite", n=3))
     group = image.layers[0]
-    assert group.is_group and [l.name for l in group.layers] == ["OpenAI: kite (1/3)", "OpenAI: kite (2/3)",
+    assert group.is_group and [layer.name for layer in group.layers] == ["OpenAI: kite (1/3)", "OpenAI: kite (2/3)",
                                                                   "OpenAI: kite (3/3)"]
     assert len(plugin_steps(image)) == 1
 
@@ -215,7 +215,7 @@ def test_variations_cover_the_selection_box_with_selection_mask(g2, fake_engine)
     model, n, vprompt, quality, size_mode, add_mask, whole = "", 2, "vary", "auto", "auto", True, True
     g2.pdb.python_fu_openai_variations(image, layer, model, n, vprompt, quality, size_mode, add_mask, whole)
     group = image.layers[0]
-    assert [l.name for l in group.layers] == ["OpenAI: variation [variation by edit] (1/2)",
+    assert [layer.name for layer in group.layers] == ["OpenAI: variation [variation by edit] (1/2)",
                                               "OpenAI: variation [variation by edit] (2/2)"]
     first = group.layers[0]
     sel = image.selection.pixels[..., 0]
@@ -249,7 +249,7 @@ def batch_args(**kw):
 
 def test_batch_one_failure_leaves_the_others_done(g2, fake_engine, monkeypatch):
     monkeypatch.setenv("FAKE_ENGINE_FAIL", "img-2")
-    images = [make_image(g2, 80, 60, name="%s.png" % n, seed=i)[0] for i, n in enumerate(["a", "b", "c", "d"])]
+    images = [make_image(g2, 80, 60, name=f"{n}.png", seed=i)[0] for i, n in enumerate(["a", "b", "c", "d"])]
     g2.pdb.gimp_image_select_rectangle(images[0], 2, 5, 5, 20, 20)
     g2.pdb.gimp_image_select_rectangle(images[1], 2, 5, 5, 20, 20)
     images[3].base_type = 2  # an indexed one: refused, the rest go on

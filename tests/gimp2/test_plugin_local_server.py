@@ -34,7 +34,8 @@ def test_edit_selection_against_the_local_server(g2, engine, local_server, monke
     msgs = g2.gimp.state.messages
     assert msgs == [], msgs
     group = image.layers[0]
-    assert group.is_group and [l.name for l in group.layers] == ["OpenAI: a red kite (1/2)", "OpenAI: a red kite (2/2)"]
+    assert group.is_group
+    assert [layer.name for layer in group.layers] == ["OpenAI: a red kite (1/2)", "OpenAI: a red kite (2/2)"]
     for res in group.layers:
         x, y = res.offsets
         assert res.mask is not None
@@ -55,7 +56,7 @@ def test_edit_selection_against_the_local_server(g2, engine, local_server, monke
 def test_batch_one_image_refused_by_the_server(g2, engine, start_local_server, monkeypatch):
     server = start_local_server("--fault", "moderation_blocked;times=1")
     _point(monkeypatch, server)
-    images = [make_image(g2, 64, 64, name="%s.png" % n, seed=i)[0] for i, n in enumerate("abc")]
+    images = [make_image(g2, 64, 64, name=f"{n}.png", seed=i)[0] for i, n in enumerate("abc")]
     for img in images:
         g2.pdb.gimp_image_select_rectangle(img, 2, 8, 8, 24, 24)
     g2.pdb.python_fu_openai_batch(*batch_args(concurrency=1))
@@ -73,7 +74,7 @@ def test_variations_both_paths(g2, engine, local_server, monkeypatch, model, tag
     g2.pdb.python_fu_openai_variations(image, layer, model, 1, "vary it", "auto", "auto", False, True)
     assert g2.gimp.state.messages == [], g2.gimp.state.messages
     top = image.layers[0]
-    assert top.name == "OpenAI: variation %s (1/1)" % tag
+    assert top.name == f"OpenAI: variation {tag} (1/1)"
     assert len(plugin_steps(image)) == 1
 
 
@@ -120,7 +121,7 @@ def test_dead_model_interactive_switch_is_remembered_and_runs_once(g2, engine, s
     # the dead model was asked once (no retry), then the replacement once
     assert _image_requests(server) == [("edits", "gpt-image-1", 404), ("edits", "gpt-image-2", 200)]
     assert load_settings(apply_env=False).default_model == "gpt-image-2"
-    assert [l.name for l in image.layers] == ["OpenAI: a red kite (1/1)", "Background"]
+    assert [layer.name for layer in image.layers] == ["OpenAI: a red kite (1/1)", "Background"]
     top = image.layers[0]
     assert json.loads(top.parasite_find("gimp-openai").data)["model"] == "gpt-image-2"
     np.testing.assert_array_equal(layer.pixels, before_layer)

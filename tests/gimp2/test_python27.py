@@ -42,16 +42,17 @@ sys.stdout.write(json.dumps(out))
 
 def test_host_registers_the_manifest_under_python27(tmp_path):
     if not os.path.exists(PY27):
-        pytest.skip("no Python 2.7 chroot at %s (scripts/chroots builds it; needs root and network)" % CHROOT)
+        pytest.skip(f"no Python 2.7 chroot at {CHROOT} (scripts/chroots builds it; needs root and network)")
     if os.geteuid() != 0:
-        pytest.skip("chroot needs root to run Python 2.7 from %s" % CHROOT)
+        pytest.skip(f"chroot needs root to run Python 2.7 from {CHROOT}")
     work = os.path.join(CHROOT, "tmp", "gimp2-test-" + uuid.uuid4().hex[:8])
     try:
         for sub in ("plugin/gimp2", "plugin/hostlib", "manifest", "tests/stubs"):
             shutil.copytree(os.path.join(ROOT, sub), os.path.join(work, sub),
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         inside = "/tmp/" + os.path.basename(work)
-        proc = subprocess.run([shutil.which("chroot") or "/usr/sbin/chroot", CHROOT, "/usr/bin/python2.7", "-c", SCRIPT.replace("/W", inside)],
+        chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+        proc = subprocess.run([chroot, CHROOT, "/usr/bin/python2.7", "-c", SCRIPT.replace("/W", inside)],
                               capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -70,7 +71,7 @@ def test_host_registers_the_manifest_under_python27(tmp_path):
         assert [p[2] for p in reg["params"][lead:]] == [p["default"] for p in public]
     sys.path.insert(0, os.path.join(ROOT, "plugin", "hostlib"))
     import gimp_openai_host as host
-    assert out["name"] == host.layer_name(u"a red\nkite sk-abcdefghijkl \u00e9t\u00e9", 2, 3)
+    assert out["name"] == host.layer_name("a red\nkite sk-abcdefghijkl \u00e9t\u00e9", 2, 3)
     assert "sk-" not in out["name"]
     assert out["png"].encode("latin-1") == host.png_bytes(2, 1, b"\x01\x02\x03\x04\x05\x06\x07\x08", 4)
     assert out["rgba"].encode("latin-1") == b"\x01\x02\x03\xff"

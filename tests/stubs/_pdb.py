@@ -8,9 +8,23 @@ from __future__ import absolute_import, division
 
 import os
 
-from gimpenums import (BASE_OF, CHANNEL_OP_ADD, CHANNEL_OP_INTERSECT, CHANNEL_OP_REPLACE, CHANNEL_OP_SUBTRACT,
-                       GRAY, GRAY_IMAGE, GRAYA_IMAGE, INDEXED, INDEXED_IMAGE, INDEXEDA_IMAGE, RGB, RGB_IMAGE,
-                       RGBA_IMAGE, RUN_NONINTERACTIVE)
+from gimpenums import (
+    BASE_OF,
+    CHANNEL_OP_ADD,
+    CHANNEL_OP_INTERSECT,
+    CHANNEL_OP_REPLACE,
+    CHANNEL_OP_SUBTRACT,
+    GRAY,
+    GRAY_IMAGE,
+    GRAYA_IMAGE,
+    INDEXED,
+    INDEXED_IMAGE,
+    INDEXEDA_IMAGE,
+    RGB,
+    RGB_IMAGE,
+    RGBA_IMAGE,
+    RUN_NONINTERACTIVE,
+)
 
 
 class PDB(object):

@@ -12,12 +12,29 @@ needed once pixels are touched.
 
 from __future__ import absolute_import, division
 
-import os
-
-from gimpenums import (ADD_ALPHA_MASK, ADD_BLACK_MASK, ADD_COPY_MASK, ADD_SELECTION_MASK, ADD_WHITE_MASK,  # noqa
-                       BASE_OF, BPP, CHANNEL_OP_ADD, CHANNEL_OP_INTERSECT, CHANNEL_OP_REPLACE,
-                       CHANNEL_OP_SUBTRACT, GRAY, GRAY_IMAGE, GRAYA_IMAGE, INDEXED, INDEXED_IMAGE,
-                       INDEXEDA_IMAGE, RGB, RGB_IMAGE, RGBA_IMAGE, RUN_NONINTERACTIVE)
+from gimpenums import (  # noqa
+    ADD_ALPHA_MASK,
+    ADD_BLACK_MASK,
+    ADD_COPY_MASK,
+    ADD_SELECTION_MASK,
+    ADD_WHITE_MASK,
+    BASE_OF,
+    BPP,
+    CHANNEL_OP_ADD,
+    CHANNEL_OP_INTERSECT,
+    CHANNEL_OP_REPLACE,
+    CHANNEL_OP_SUBTRACT,
+    GRAY,
+    GRAY_IMAGE,
+    GRAYA_IMAGE,
+    INDEXED,
+    INDEXED_IMAGE,
+    INDEXEDA_IMAGE,
+    RGB,
+    RGB_IMAGE,
+    RGBA_IMAGE,
+    RUN_NONINTERACTIVE,
+)
 
 try:
     import numpy as np

@@ -7,7 +7,7 @@ from __future__ import absolute_import
 import gimp
 import gimpshelf
 from gimpenums import *  # noqa: F401,F403
-from gimpenums import RUN_INTERACTIVE, RUN_NONINTERACTIVE, RUN_WITH_LAST_VALS
+from gimpenums import RUN_INTERACTIVE, RUN_NONINTERACTIVE, RUN_WITH_LAST_VALS  # noqa: F401  (gimpfu re-exports these)
 
 pdb = gimp.pdb
 
