@@ -214,3 +214,91 @@ out("RAW", misfit(False))
     assert aligned["median"] <= 4 and aligned["mean"] <= 8, aligned  # the engine re-aligned and re-toned it
     assert raw["mean"] > 3 * aligned["mean"], (aligned, raw)  # and without the correction it would not be
     assert "shift" in aligned["notes"], aligned  # the job report is on the layer (parasite)
+
+
+def test_image_types(gimp, local_server):
+    """16-bit linear, 32-bit float, grayscale, a layer without alpha, a layer partly off the canvas: the result is
+    inserted in the image's own precision and mode, its pixels and mask are the engine's (within the precision
+    of the image), and the composite outside the selection is unchanged (compared in float). Indexed images are
+    refused with a clear message (test_refusals_are_clear)."""
+    env = {"OPENAI_BASE_URL": local_server.url, "OPENAI_API_KEY": FAKE_KEY,
+           "GIMP_OPENAI_HOST_TIMINGS": "/gimp-openai-work/types.jsonl", "GIMP_OPENAI_HOST_KEEP_WORKDIR": "1"}
+    (gimp.work / "types.jsonl").unlink(missing_ok=True)
+    run = gimp.python(SETUP + r'''
+import glob
+from PIL import Image
+
+def canvas(img, fmt="R'G'B'A float"):
+    vis = Gimp.Layer.new_from_visible(img, img, "vis")
+    data = pixels(vis, 0, 0, img.get_width(), img.get_height(), fmt)
+    vis.delete()
+    return data
+
+def case(name, img, lay):
+    img.clean_all()
+    W, H = img.get_width(), img.get_height()
+    sel = img.get_selection().get_buffer().get(Gegl.Rectangle.new(0, 0, W, H), 1.0, "Y u8", Gegl.AbyssPolicy.NONE)
+    before = canvas(img)
+    status, err, _ = run_proc("python-fu-openai-edit-selection", img, [lay], prompt="a stone", feather=2.0)
+    res = {"status": status.value_nick, "error": err, "source_alpha": lay.has_alpha(),
+           "precision": [n for n in ("U8_NON_LINEAR", "U16_LINEAR", "FLOAT_LINEAR")
+                         if int(img.get_precision()) == int(getattr(Gimp.Precision, n))],
+           "gray": int(img.get_base_type()) == int(Gimp.ImageBaseType.GRAY)}
+    if status.value_nick == "success":
+        after = canvas(img)
+        px = 16  # R'G'B'A float: 16 bytes a pixel
+        differs = [before[i * px:i * px + px] != after[i * px:i * px + px] for i in range(len(sel))]
+        res["outside_diff"] = sum(1 for i, s in enumerate(sel) if s == 0 and differs[i])
+        res["inside_changed"] = sum(1 for i, s in enumerate(sel) if s == 255 and differs[i])
+        r = [l for l in img.get_layers() if l.get_name().startswith("OpenAI:")][0]
+        ok, x, y = r.get_offsets()
+        w, h = r.get_width(), r.get_height()
+        workdir = [json.loads(l)["path"] for l in open("/gimp-openai-work/types.jsonl") if '"workdir"' in l][-1]
+        png = [p for p in glob.glob(workdir + "/out/*.png") if not p.endswith("-mask.png")][0]
+        want = Image.open(png).convert("RGBA")
+        if img.get_base_type() == Gimp.ImageBaseType.GRAY:
+            got = pixels(r, 0, 0, w, h, "Y'A u8")
+            want_b = None
+        else:
+            got = pixels(r, 0, 0, w, h)
+            want_b = want.tobytes()
+        want_mask = Image.open(png[:-4] + "-mask.png").convert("L").tobytes()
+        got_mask = pixels(r.get_mask(), 0, 0, w, h, "Y u8")
+        res.update({"name": r.get_name(), "rect": [x, y, w, h], "want_size": list(want.size),
+                    "max_pixel_diff": max(abs(a - b) for a, b in zip(got, want_b)) if want_b else None,
+                    "mask_max_diff": max(abs(a - b) for a, b in zip(got_mask, want_mask)),
+                    "layer_has_alpha": r.has_alpha(), "selected": sum(1 for s in sel if s == 255)})
+    out("CASE", dict(res, case=name))
+
+for name in ("u16", "float", "gray", "noalpha", "offcanvas"):
+    img, lay = make_image()
+    if name == "u16":
+        img.convert_precision(Gimp.Precision.U16_LINEAR)
+    elif name == "float":
+        img.convert_precision(Gimp.Precision.FLOAT_LINEAR)
+    elif name == "gray":
+        img.convert_grayscale()
+    elif name == "noalpha":
+        lay.flatten()  # removes the alpha channel
+    elif name == "offcanvas":
+        lay.set_offsets(-40, -30)  # the layer spans -40..120 x -30..90; select across the canvas corner
+        img.select_ellipse(Gimp.ChannelOps.REPLACE, 0, 0, 70, 50)
+    case(name, img, img.get_selected_layers()[0])
+''', env=env).check()
+    assert FAKE_KEY not in run.stdout + run.stderr
+    cases = {c["case"]: c for c in map(json.loads, run.lines_with("CASE "))}
+    assert set(cases) == {"u16", "float", "gray", "noalpha", "offcanvas"}, run.stdout
+    for name, c in cases.items():
+        assert c["status"] == "success", c
+        assert c["name"] == "OpenAI: a stone (1/1)", c
+        assert c["rect"][2:] == c["want_size"], c
+        assert c["outside_diff"] == 0, c  # bit-identical in float outside the selection
+        assert c["inside_changed"] > c["selected"] // 2, c
+        assert c["mask_max_diff"] == 0, c  # masks are coverage: exact in every precision
+        if c["max_pixel_diff"] is not None:  # 8-bit result in a 16/32-bit image: back to 8 bits it is the same
+            assert c["max_pixel_diff"] <= (0 if name in ("noalpha", "offcanvas") else 1), c
+    assert cases["offcanvas"]["rect"][0] < 0 or cases["offcanvas"]["rect"][1] < 0, cases["offcanvas"]
+    assert [n for n, c in cases.items() if not c["source_alpha"]] == ["noalpha"], cases
+    assert all(c["layer_has_alpha"] for c in cases.values())  # results carry alpha (the engine's RGBA)
+    assert cases["u16"]["precision"] == ["U16_LINEAR"] and cases["float"]["precision"] == ["FLOAT_LINEAR"], cases
+    assert [n for n, c in cases.items() if c["gray"]] == ["gray"], cases
