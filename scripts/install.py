@@ -187,20 +187,26 @@ class Installer:
 
     # ---------------------------------------------------------------- hosts
     def host_files(self, host: str) -> tuple[str, list[tuple[Path, str, bool]]]:
-        """(folder name, [(source, name in folder, executable)]) for a host."""
+        """(support folder, [(source, path relative to plug-ins/, executable)]) for a host.
+
+        GIMP 3: everything in plug-ins/gimp-openai/ (GIMP 3 runs <folder>/<folder>.py).
+        GIMP 2.10: the host directly in plug-ins/ (2.10 does not reliably load subfolders), its companions in
+        plug-ins/gimp_openai_support/, not executable, named after no .py inside it (so no GIMP runs them;
+        GIMP 2.10 on Windows would run any .py lying directly in plug-ins/)."""
         hostlib = REPO / "plugin" / "hostlib" / pd.HOSTLIB_FILE
         manifest = REPO / "manifest" / "procedures.json"
         if host == "gimp3":
             src = REPO / "plugin" / "gimp3" / pd.GIMP3_DIR
-            files = [(src / pd.GIMP3_FILE, pd.GIMP3_FILE, True)]
-            files += [(f, f.name, False) for f in sorted(src.glob("*.py")) if f.name != pd.GIMP3_FILE]
             folder = pd.GIMP3_DIR
+            files = [(src / pd.GIMP3_FILE, f"{folder}/{pd.GIMP3_FILE}", True)]
+            main = pd.GIMP3_FILE
         else:
             src = REPO / "plugin" / "gimp2"
-            files = [(src / pd.GIMP2_FILE, pd.GIMP2_FILE, True)]
-            files += [(f, f.name, False) for f in sorted(src.glob("*.py")) if f.name != pd.GIMP2_FILE]
             folder = pd.GIMP2_DIR
-        files += [(hostlib, pd.HOSTLIB_FILE, False), (manifest, pd.MANIFEST_FILE, False)]
+            files = [(src / pd.GIMP2_FILE, pd.GIMP2_FILE, True)]
+            main = pd.GIMP2_FILE
+        files += [(f, f"{folder}/{f.name}", False) for f in sorted(src.glob("*.py")) if f.name != main]
+        files += [(hostlib, f"{folder}/{pd.HOSTLIB_FILE}", False), (manifest, f"{folder}/{pd.MANIFEST_FILE}", False)]
         return folder, files
 
     def _mkdirs(self, path: Path) -> None:
@@ -221,8 +227,8 @@ class Installer:
             return False
         target = d.path / folder
         self._mkdirs(target)
-        for src, name, exe in files:
-            dst = target / name
+        for src, rel, exe in files:
+            dst = d.path / rel
             if dst.is_symlink() or dst.exists():
                 dst.unlink()
             if self.args.dev and not self.windows:
@@ -232,6 +238,8 @@ class Installer:
                 mode = dst.stat().st_mode
                 if exe:
                     dst.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+                else:  # companions never carry a run bit (GIMP would try to run them)
+                    dst.chmod(mode & ~(stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH))
             self.created.append(str(dst))
         rec = target / pd.ENGINE_RECORD
         data = dict(engine)
@@ -240,7 +248,10 @@ class Installer:
         rec.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         self.created.append(str(rec))
         how = "linked" if self.args.dev and not self.windows else "copied"
-        say(f"{how} the {'GIMP 3' if d.host == 'gimp3' else 'GIMP 2.10'} host into {target}")
+        if d.host == "gimp3":
+            say(f"{how} the GIMP 3 host into {target}")
+        else:
+            say(f"{how} the GIMP 2.10 host to {d.path / pd.GIMP2_FILE} (its files in {target})")
         return True
 
     def targets(self) -> list:

@@ -9,7 +9,13 @@ Layout written by the installer into a GIMP plug-in folder::
     <plug-ins>/gimp-openai/gimp_openai_host.py     shared host library (plugin/hostlib)
     <plug-ins>/gimp-openai/procedures.json         the manifest
     <plug-ins>/gimp-openai/gimp-openai-engine.json the engine record (see ENGINE_RECORD)
-    <plug-ins>/openai_gimp2/openai_gimp2.py        GIMP 2.10 host, same companions beside it
+    <plug-ins>/openai_gimp2.py                     GIMP 2.10 host: top level, run bit set (2.10 does not
+                                                   reliably load plug-ins from subfolders)
+    <plug-ins>/gimp_openai_support/                its companions (hostlib, manifest, engine record, any
+                                                   helper modules), no run bits: a folder whose name matches
+                                                   no .py inside it, so neither GIMP 2.10 nor 3 runs anything
+                                                   there (GIMP 2.10 on Windows runs every .py it finds
+                                                   directly in plug-ins/ through its interpreter association)
 
 The engine record is JSON: ``{"version": 1, "python": "/abs/venv/bin/python", "pythonpath": [],
 "python", "flatpak"|"python"|"flatpak", "engine_version": "0.1.0"}``. Hosts run
@@ -33,8 +39,9 @@ FLATPAK_ID = "org.gimp.GIMP"
 ENGINE_RECORD = "gimp-openai-engine.json"
 GIMP3_DIR = "gimp-openai"
 GIMP3_FILE = "gimp-openai.py"
-GIMP2_DIR = "openai_gimp2"
+GIMP2_DIR = "gimp_openai_support"  # the 2.10 host's support folder (the host itself is top level)
 GIMP2_FILE = "openai_gimp2.py"
+GIMP2_OLD_DIR = "openai_gimp2"  # the pre-0.2 layout: host inside a subfolder, which 2.10 may not load
 HOSTLIB_FILE = "gimp_openai_host.py"
 MANIFEST_FILE = "procedures.json"
 _VERSION_RE = re.compile(r"^\d+\.\d+$")
@@ -60,8 +67,13 @@ class PluginDir:
     @property
     def host_file(self) -> Path:
         if self.host == "gimp2":
-            return self.path / GIMP2_DIR / GIMP2_FILE
+            return self.path / GIMP2_FILE
         return self.path / GIMP3_DIR / GIMP3_FILE
+
+    @property
+    def support_dir(self) -> Path:
+        """Where the host's companions and the engine record live."""
+        return self.path / (GIMP2_DIR if self.host == "gimp2" else GIMP3_DIR)
 
     def describe(self) -> str:
         where = {"flatpak": "Flatpak GIMP", "custom": "GIMP"}.get(self.flavour, "GIMP")
@@ -217,11 +229,24 @@ def diagnose_plugin_dirs(home: Path | str | None = None, *, platform: str | None
             if stray.exists():
                 findings.append(Finding("error", where, f"{stray} is in the wrong place: {why}",
                                         "run scripts/install --uninstall, then scripts/install"))
-        wrong_host = d.path / (GIMP3_DIR if d.host == "gimp2" else GIMP2_DIR)
-        if wrong_host.exists():
-            other = "GIMP 3" if d.host == "gimp2" else "GIMP 2.10"
-            findings.append(Finding("error", where, f"{wrong_host} is the {other} host; GIMP {d.version} cannot run it",
-                                    "run scripts/install again: it puts each host into its own GIMP's folder"))
+        for wrong_host in ([d.path / GIMP3_DIR] if d.host == "gimp2" else [d.path / GIMP2_FILE, d.path / GIMP2_DIR]):
+            if wrong_host.exists():
+                other = "GIMP 3" if d.host == "gimp2" else "GIMP 2.10"
+                findings.append(Finding("error", where, f"{wrong_host} belongs to the {other} host; "
+                                                        f"GIMP {d.version} cannot run it",
+                                        "run scripts/install again: it puts each host into its own GIMP's folder"))
+        if d.host == "gimp2":
+            old = d.path / GIMP2_OLD_DIR
+            if old.exists():
+                findings.append(Finding("warning", where, f"{old} is the old layout: GIMP 2.10 may not load "
+                                                          "plug-ins from a subfolder",
+                                        f"remove {old} and run scripts/install again (the host now sits directly "
+                                        f"in {d.path}, its files in {GIMP2_DIR}/)"))
+            for loose in (HOSTLIB_FILE,):
+                if (d.path / loose).exists():
+                    findings.append(Finding("warning", where, f"{d.path / loose} sits directly in plug-ins/, where "
+                                                              "GIMP 2.10 tries to run every file as a plug-in",
+                                            f"move it into {d.path / GIMP2_DIR}/ (scripts/install does)"))
         host = d.host_file
         if not host.exists():
             findings.append(Finding("info", where, "the OpenAI plug-in is not installed here",
@@ -232,10 +257,10 @@ def diagnose_plugin_dirs(home: Path | str | None = None, *, platform: str | None
             problems += 1
             findings.append(Finding("error", where, f"{host} has no run bit, so GIMP skips it",
                                     f"chmod +x '{host}' (or run scripts/install again)"))
-        record = read_engine_record(host.parent)
+        record = read_engine_record(d.support_dir)
         if record is None:
             problems += 1
-            findings.append(Finding("error", where, f"no readable engine record {host.parent / ENGINE_RECORD}",
+            findings.append(Finding("error", where, f"no readable engine record {d.support_dir / ENGINE_RECORD}",
                                     "run scripts/install again: it records which Python runs the engine"))
         else:
             py = str(record.get("python") or "")

@@ -164,3 +164,55 @@ def test_plugin_dirs_is_stdlib_only():
     src = (REPO / "plugin" / "gimp_openai" / "plugin_dirs.py").read_text()
     imports = {line.split()[1].split(".")[0] for line in src.splitlines() if line.startswith(("import ", "from "))}
     assert imports <= {"__future__", "json", "os", "re", "shutil", "sys", "dataclasses", "pathlib"}
+
+
+@pytest.mark.parametrize("platform, base", [("linux", ".config/GIMP"), ("win32", "AppData/Roaming/GIMP")])
+def test_gimp210_host_is_top_level_and_its_files_in_a_support_folder(tmp_path, platform, base):
+    """GIMP 2.10 reliably loads only executables directly in plug-ins/ (and on Windows runs every .py there):
+    the host sits there alone; hostlib, manifest and engine record live in a non-executable support folder
+    whose name matches no .py inside it."""
+    home = tmp_path / "home"
+    (home / base / "2.10").mkdir(parents=True)
+    env = {"APPDATA": str(home / "AppData" / "Roaming"), "LOCALAPPDATA": str(home / "AppData" / "Local")}
+    before = tree(home)
+    r = install(home, "--python", sys.executable, "--skip-engine", platform=platform, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    plugins = home / base / "2.10" / "plug-ins"
+    host = plugins / pd.GIMP2_FILE
+    support = plugins / pd.GIMP2_DIR
+    assert pd.GIMP2_DIR == "gimp_openai_support" and f"to {host}" in r.stdout
+    assert sorted(p.name for p in plugins.iterdir()) == sorted([pd.GIMP2_FILE, pd.GIMP2_DIR])  # nothing else loose
+    assert host.is_file() and (platform == "win32" or host.stat().st_mode & stat.S_IXUSR)
+    names = sorted(p.name for p in support.iterdir())
+    assert {pd.HOSTLIB_FILE, pd.MANIFEST_FILE, pd.ENGINE_RECORD} <= set(names), names
+    assert f"{pd.GIMP2_DIR}.py" not in names  # GIMP 3-style loading finds nothing to run there
+    assert not any(p.stat().st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH) for p in support.iterdir())
+    rec = json.loads((support / pd.ENGINE_RECORD).read_text())
+    assert rec["host"] == "gimp2" and rec["python"] == sys.executable
+    d = [x for x in pd.candidate_plugin_dirs(home, platform=platform, env={"HOME": str(home), **env})
+         if x.version == "2.10"][0]
+    assert d.host_file == host and d.support_dir == support
+    findings = [f for f in pd.diagnose_plugin_dirs(home, platform=platform, env={"HOME": str(home), "PATH": "",
+                                                                                   **env}) if "2.10" in f.where]
+    assert [f.level for f in findings] == ["ok"], findings
+    # the 2.10 host finds its files there (it reads SUPPORT_FOLDER beside itself)
+    src = (REPO / "plugin" / "gimp2" / pd.GIMP2_FILE).read_text()
+    assert f'SUPPORT_FOLDER = "{pd.GIMP2_DIR}"' in src
+    assert install(home, "--uninstall", platform=platform, env=env).returncode == 0
+    assert tree(home) == before
+
+
+def test_doctor_flags_the_old_210_layout_and_hosts_in_the_wrong_gimp(tmp_path):
+    home = tmp_path / "home"
+    for v in ("2.10", "3.0"):
+        (home / ".config" / "GIMP" / v).mkdir(parents=True)
+    assert install(home, "--python", sys.executable, "--skip-engine").returncode == 0
+    p210 = home / ".config/GIMP/2.10/plug-ins"
+    p30 = home / ".config/GIMP/3.0/plug-ins"
+    (p210 / pd.GIMP2_OLD_DIR).mkdir()  # left by an older install
+    (p210 / pd.HOSTLIB_FILE).write_text("")  # a companion lying loose where 2.10 runs files
+    (p30 / pd.GIMP2_FILE).write_text("")  # the 2.10 host in GIMP 3's folder
+    text = "\n".join(str(f) for f in pd.diagnose_plugin_dirs(home, platform="linux", env={"HOME": str(home),
+                                                                                           "PATH": ""}))
+    assert "old layout" in text and "tries to run every file" in text
+    assert f"{p30 / pd.GIMP2_FILE} belongs to the GIMP 2.10 host" in text
