@@ -53,16 +53,25 @@ def _relax_band(c: np.ndarray, region: np.ndarray, width: int, sweeps: int) -> n
         return c
     w = region.shape[1]
     flat = c.reshape(-1, c.shape[-1])
-    # Work on a compact copy of the band and its neighbours: small, cache-friendly gathers.
+    # Work on a compact copy of the band and its neighbours: small, cache-friendly gathers, one channel at a
+    # time (np.take on a 1-D array is several times faster than gathering 3-float rows).
     around = np.unique(np.concatenate([idx, idx - 1, idx + 1, idx - w, idx + w]))
-    local = flat[around]
     pos = np.searchsorted(around, idx)
     left, right = np.searchsorted(around, idx - 1), np.searchsorted(around, idx + 1)
     up, down = np.searchsorted(around, idx - w), np.searchsorted(around, idx + w)
     quarter = np.float32(0.25)
-    for _ in range(sweeps):
-        local[pos] = (local[left] + local[right] + local[up] + local[down]) * quarter
-    flat[idx] = local[pos]
+    acc = np.empty(idx.size, np.float32)
+    tmp = np.empty(idx.size, np.float32)
+    for ch in range(flat.shape[1]):
+        local = np.ascontiguousarray(flat[around, ch])
+        for _ in range(sweeps):
+            np.take(local, left, out=acc)
+            acc += np.take(local, right, out=tmp)
+            acc += np.take(local, up, out=tmp)
+            acc += np.take(local, down, out=tmp)
+            acc *= quarter
+            local[pos] = acc
+        flat[idx, ch] = local[pos]
     return c
 
 
