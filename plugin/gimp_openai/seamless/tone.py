@@ -22,7 +22,7 @@ MIN_GAIN = 0.5
 #: ... and at least this share of it (relative).
 MIN_RATIO = 0.15
 #: samples used for the fit (a strided subset of the ring): plenty for 12 parameters, fast on 2048² crops.
-MAX_SAMPLES = 40_000
+MAX_SAMPLES = 20_000
 #: ridge strength per sample towards the identity, in (Lab units)²: a ring with a channel std of 1 unit
 #: gets its gain halved towards 1; with std 10 units the pull is 1 %.
 RIDGE = 1.0
