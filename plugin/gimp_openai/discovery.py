@@ -296,13 +296,21 @@ def variation_path(model_id: str, model_rules: dict[str, str] | None = None) -> 
 
 
 def replacement_for(model_id: str, models: ModelList | Sequence[ModelInfo]) -> str | None:
-    """The newest live model of the same family, else the newest live GPT image model, else None."""
+    """The newest live model of the same family, else the newest live GPT image model, else None.
+
+    A model that is itself retiring is named only when nothing with a future is left: sending the artist from
+    one dying model to another would break their plug-in again within days.
+    """
     infos = [m for m in _models_of(models) if m.offered and m.id != model_id]
     family = caps.family_for(model_id).name
     same = _newest(m for m in infos if m.family == family)
     if same is not None and same.status == LIVE:
         return same.id
-    fallback = _newest(m for m in infos if m.is_gpt) or same
+    fallback = (
+        _newest(m for m in infos if m.is_gpt and m.status == LIVE)
+        or _newest(m for m in infos if m.is_gpt)
+        or same
+    )
     return fallback.id if fallback is not None else None
 
 

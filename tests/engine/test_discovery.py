@@ -194,3 +194,25 @@ def test_remember_size_rule_persists_for_the_client():
     assert caps.family_for("house-model", S.load_settings().model_rules).name == "gpt-image-1"
     with pytest.raises(E.InvalidInputError):
         D.remember_size_rule("x", "no-such-family")
+
+
+@pytest.mark.parametrize(
+    ("dead", "listing_", "expected"),
+    [
+        # today's line-up: gpt-image-1 is gone and the rest of its family retires on 2026-12-01
+        ("gpt-image-1", [{"id": "gpt-image-1.5", "created": 3, "shutdown_date": "2026-12-01"},
+                         {"id": "chatgpt-image-latest", "created": 3, "shutdown_date": "2026-12-01"},
+                         {"id": "gpt-image-2", "created": 2}], "gpt-image-2"),
+        # a live family member wins
+        ("gpt-image-1", [{"id": "gpt-image-1.5", "created": 3}, {"id": "gpt-image-2", "created": 4}], "gpt-image-1.5"),
+        # only dying models left: the newest of them is still better than nothing
+        ("gpt-image-1", [{"id": "gpt-image-1.5", "created": 3, "shutdown_date": "2026-12-01"},
+                         {"id": "gpt-image-2", "created": 4, "shutdown_date": "2026-12-05"}], "gpt-image-2"),
+        # a retiring newer GPT model loses to a live older one
+        ("dall-e-2", [{"id": "gpt-image-2", "created": 4}, {"id": "gpt-image-3", "created": 5,
+                                                           "shutdown_date": "2026-12-10"}], "gpt-image-2"),
+    ],
+)
+def test_replacement_prefers_models_that_are_not_retiring(dead, listing_, expected):
+    models = D.model_infos(listing_, S.Settings(), TODAY)
+    assert D.replacement_for(dead, models) == expected
