@@ -291,3 +291,28 @@ def test_crafted_names_cannot_escape_history_or_out(local_server, tmp_path):
     assert not Path("/tmp/evil").exists()
     sidecars = list(history.glob("*.json"))
     assert sidecars and all("\x00" not in p.name and ".." not in p.name for p in history.iterdir())
+
+
+def test_key_never_in_debug_logs_of_a_job_with_retries_and_a_failure(start_local_server, tmp_path, caplog,
+                                                                    monkeypatch, capsys):
+    """Every logger at DEBUG (the engine's, requests', urllib3's) through a retried success and a refusal."""
+    import io
+    import logging
+
+    from gimp_openai import jobs
+
+    # a spec is used up by every request carrying it, whatever answers first: 500 (then gone), the retry refused
+    server = start_local_server("--fault", "500;times=1", "--fault", "moderation_blocked;times=2;key=m")
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    caplog.set_level(logging.DEBUG)
+    jf = H.JobFolder(tmp_path)
+    jf.add("img-1", H.textured(60, 80, 1), H.rect_selection(60, 80, (20, 20, 20, 20)))
+    jf.add("img-2", H.textured(60, 80, 2), H.rect_selection(60, 80, (20, 20, 20, 20)))
+    out = io.StringIO()
+    assert jobs.run_job(str(jf.write(concurrency=1)), out) == 0
+    result = json.loads(out.getvalue().splitlines()[-1])
+    assert [i["ok"] for i in result["items"]].count(True) == 1  # one refused (moderation), one retried to success
+    assert any("retry" in r.getMessage().lower() for r in caplog.records)  # the logs did record the retry
+    captured = capsys.readouterr()
+    assert FAKE_KEY not in caplog.text + out.getvalue() + captured.out + captured.err
