@@ -12,7 +12,9 @@ latency, through the REAL engine subprocess, exactly as a host drives it:
   (target >= 3.5 at concurrency 4);
 * peak memory (ru_maxrss of the engine process, via a wrapper) for the 8000² layer edit (target <= 4 x the
   crop's RGBA + 150 MB);
-* seamless cost share for a 2048² crop: (overhead with align+tone) - (without), / overhead with (target <= 15%).
+* seamless cost share for a 2048² crop: (overhead with align+tone) - (without), / overhead with (target <= 15%);
+* host-side time in real GIMP 3.0 and 3.2 (export + insert, recorded by the host), when the chroots exist
+  (tests/bench/gimp3_host.py).
 
 Prints a table and writes JSON (``bench-results/bench-<date>.json`` unless ``--out``). Figures, not pass/fail.
 """
@@ -321,7 +323,7 @@ def startup_seconds(repeats: int = 3) -> float:
 # --- report ---------------------------------------------------------------------------------------------------------
 
 
-def run_all(*, quick: bool = False, faults: bool = True) -> dict:
+def run_all(*, quick: bool = False, faults: bool = True, gimp3: bool = True) -> dict:
     repeats = 1 if quick else 3
     with tempfile.TemporaryDirectory(prefix="gimp-openai-bench-") as tmp:
         work = Path(tmp)
@@ -353,6 +355,10 @@ def run_all(*, quick: bool = False, faults: bool = True) -> dict:
                              "target_mb": 4 * big["crop_rgba_mb"] + 150}
         figures["batch"] = bench_batch(work)
         figures["seamless"] = bench_seamless(work, repeats)
+        if gimp3:
+            from tests.bench import gimp3_host
+
+            figures["gimp3"] = [gimp3_host.measure(v) for v in ("3.0", "3.2")]
         figures["load_avg_at_end"] = os.getloadavg()
     if faults:
         from tests.reliability import faults as F
@@ -413,8 +419,12 @@ def table(fig: dict) -> str:
                  f"{s['make_seamless_cold_s']:.2f} s cold, {s['make_seamless_in_process_s']:.2f} s warm; "
                  f"report: {s.get('report')}")
     lines.append("")
-    lines.append("Host-side time in real GIMP 3 (export + insert): not measured here (needs the chroot harness, "
-                 "tests/support/gimp3.py; see tests/gimp3).")
+    if fig.get("gimp3"):
+        from tests.bench import gimp3_host
+
+        lines += [gimp3_host.table(g) for g in fig["gimp3"]]
+    else:
+        lines.append("Host-side time in real GIMP 3: not measured (--no-gimp3)")
     if "fault_table" in fig:
         lines += ["", "Fault matrix:", fig["fault_table"]]
     return "\n".join(lines)
@@ -425,8 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="JSON file (default bench-results/bench-<date>.json)")
     parser.add_argument("--quick", action="store_true", help="one repetition, CLI without the 8000² file")
     parser.add_argument("--no-faults", action="store_true", help="skip the fault matrix table")
+    parser.add_argument("--no-gimp3", action="store_true", help="skip the real GIMP 3 host timings (chroots)")
     args = parser.parse_args(argv)
-    figures = run_all(quick=args.quick, faults=not args.no_faults)
+    figures = run_all(quick=args.quick, faults=not args.no_faults, gimp3=not args.no_gimp3)
     text = table(figures)
     print(text)
     out = Path(args.out) if args.out else ROOT / "bench-results" / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"

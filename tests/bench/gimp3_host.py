@@ -1,0 +1,107 @@
+"""Host-side time in real GIMP 3 (export + insert) for a 1024² selection in 1024², 4096² and 8000² layers,
+through the GIMP 3 chroot harness (tests/support/gimp3.py) against the local server. The host records its own
+export and insert times (``GIMP_OPENAI_HOST_TIMINGS``). ``python -m tests.bench.gimp3_host [3.0|3.2]``; used
+by ``scripts/bench --gimp3``. Skips (returns None with the reason) when no chroot is ready."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.support import gimp3 as G
+
+SCRIPT = r'''
+import json, os, time
+import gi
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gimp, Gegl
+Gegl.init(None)
+pdb = Gimp.get_pdb()
+SEL = 1024
+for size in SIZES:
+    img = Gimp.Image.new(size, size, Gimp.ImageBaseType.RGB)
+    lay = Gimp.Layer.new(img, "photo", size, size, Gimp.ImageType.RGBA_IMAGE, 100, Gimp.LayerMode.NORMAL)
+    img.insert_layer(lay, None, 0)
+    off = (size - SEL) // 2
+    # detail (noise) where the host will export: the planned place is the selection plus 25 % context
+    pad = SEL // 4
+    x0, y0 = max(0, off - pad), max(0, off - pad)
+    w = min(size, off + SEL + pad) - x0
+    buf = lay.get_buffer()
+    rows = 256
+    for y in range(y0, y0 + w, rows):
+        h = min(rows, y0 + w - y)
+        buf.set(Gegl.Rectangle.new(x0, y, w, h), "R'G'B'A u8", os.urandom(w * h * 4)[:])
+    buf.flush()
+    img.select_rectangle(Gimp.ChannelOps.REPLACE, off, off, SEL, SEL)
+    proc = pdb.lookup_procedure("python-fu-openai-edit-selection")
+    config = proc.create_config()
+    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    config.set_property("image", img)
+    config.set_core_object_array("drawables", [lay])
+    config.set_property("prompt", "a red kite")
+    config.set_property("align", False)
+    config.set_property("tone-match", False)
+    t = time.time()
+    result = proc.run(config)
+    secs = time.time() - t
+    status = result.index(0).value_nick
+    err = result.index(1) if result.length() > 1 and status != "success" else None
+    print("RES " + json.dumps({"size": size, "status": status, "error": err, "seconds": secs}), flush=True)
+    img.delete()
+'''
+
+
+def measure(version: str = "3.0", server_url: str | None = None, sizes=(1024, 4096, 8000)) -> dict | str:
+    """{"version", "rows": [{size, export_s, insert_s, procedure_s}]} or the reason it could not run."""
+    problem = G.chroot_problem(version)
+    if problem:
+        return problem
+    from tests.conftest import FAKE_KEY
+    from tests.support.local_server import LocalServerHandle
+
+    with tempfile.TemporaryDirectory(prefix="bench-gimp3-") as tmp, LocalServerHandle(("--latency", "1.0")) as srv:
+        work = Path(tmp) / "work"
+        work.mkdir()
+        import os
+
+        os.chmod(tmp, 0o755)
+        chroot = G.GimpChroot(version=version, root=G.CHROOT_ROOT / G.SUITES[version], work=work)
+        install = chroot.run(["python3", f"{G.REPO_INSIDE}/scripts/install.py", "--venv", "/gimp-openai-work/venv",
+                              "--system-site-packages", "--no-deps"], timeout=300)
+        if install.returncode != 0:
+            return f"installer failed in the chroot: {install.stderr[-500:]}"
+        timings = work / "timings.jsonl"
+        env = {"OPENAI_BASE_URL": server_url or srv.url, "OPENAI_API_KEY": FAKE_KEY,
+               "GIMP_OPENAI_HOST_TIMINGS": "/gimp-openai-work/timings.jsonl"}
+        run = chroot.python(SCRIPT.replace("SIZES", repr(tuple(sizes))), env=env, timeout=900)
+        results = [json.loads(line[4:]) for line in run.stdout.splitlines() if line.startswith("RES ")]
+        if len(results) != len(sizes):
+            return f"GIMP run incomplete: {run.stdout[-800:]} {run.stderr[-800:]}"
+        entries = [json.loads(x) for x in timings.read_text().splitlines()] if timings.exists() else []
+        exports = [e["seconds"] for e in entries if e["what"] == "export"]
+        inserts = [e["seconds"] for e in entries if e["what"] == "insert"]
+        rows = []
+        for k, res in enumerate(results):
+            rows.append({"size": res["size"], "status": res["status"], "error": res["error"],
+                         "procedure_s": res["seconds"], "export_s": exports[k] if k < len(exports) else None,
+                         "insert_s": inserts[k] if k < len(inserts) else None})
+        return {"version": version, "rows": rows}
+
+
+def table(result: dict | str) -> str:
+    if isinstance(result, str):
+        return f"GIMP 3 host-side time: not measured ({result})"
+    lines = [f"GIMP {result['version']} host side (1024² selection, n=1, align/tone off; server latency 1 s):"]
+    for r in result["rows"]:
+        ex = f"{r['export_s'] * 1000:.0f} ms" if r["export_s"] is not None else "-"
+        ins = f"{r['insert_s'] * 1000:.0f} ms" if r["insert_s"] is not None else "-"
+        lines.append(f"  {r['size']:>5}² layer: export {ex}, insert {ins}, whole procedure {r['procedure_s']:.2f} s"
+                     f" [{r['status']}{': ' + str(r['error']) if r['error'] else ''}]")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(measure(sys.argv[1] if len(sys.argv) > 1 else "3.0")))
