@@ -13,7 +13,7 @@ import numpy as np
 
 from .align import apply_alignment, estimate_alignment
 from .blend import poisson_blend
-from .tone import match_tone
+from .tone import match_tone, ring_window
 
 __all__ = ["BLEND_MODES", "SeamlessResult", "make_seamless"]
 
@@ -42,13 +42,13 @@ def _check(original: np.ndarray, result: np.ndarray, selection: np.ndarray, blen
         raise ValueError(f"selection must be uint8 {original.shape[:2]}, got {selection.dtype} {selection.shape}")
 
 
-def _bounds(selection: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) of selection > 0: the only pixels the layer mask shows (it is 0 outside, always)."""
-    rows = np.flatnonzero(selection.any(axis=1))
-    cols = np.flatnonzero(selection.any(axis=0))
-    if rows.size == 0:
+def _sharp_window(selection: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) to resample bicubic: the selection's bounding box (the only pixels the layer mask
+    shows: it is 0 outside the selection, always) grown to hold the tone-match ring (sampled from it)."""
+    selected = selection > 0
+    if not selected.any():
         return 0, 0, 0, 0
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return ring_window(selected)[1]
 
 
 def make_seamless(original: np.ndarray, result: np.ndarray, selection: np.ndarray, *, align: bool = True,
@@ -67,7 +67,7 @@ def make_seamless(original: np.ndarray, result: np.ndarray, selection: np.ndarra
         found = estimate_alignment(original, result, selection)
         details["alignment"] = found.to_dict()
         if found.applied:
-            image, valid = apply_alignment(result, found.matrix, _bounds(selection))
+            image, valid = apply_alignment(result, found.matrix, _sharp_window(selection))
             text = f"shifted {found.dx:.1f}, {found.dy:.1f} px; scale {found.scale:.3f}"
             if abs(found.angle_deg) >= 0.05:
                 text += f"; rotated {found.angle_deg:.2f}°"

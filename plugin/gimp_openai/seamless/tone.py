@@ -93,6 +93,24 @@ def delta_e_2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     return np.sqrt((dl / s_l) ** 2 + (dc / s_c) ** 2 + (dhh / s_h) ** 2 + r_t * (dc / s_c) * (dhh / s_h))
 
 
+def ring_window(selected: np.ndarray) -> tuple[float, tuple[int, int, int, int]]:
+    """(ring width, (y0, y1, x0, x1)): the window that holds the whole context ring of a non-empty selection.
+
+    Only the selection's bounding box grown by the ring's reach can hold ring pixels; the (chamfer) distance
+    from a pixel to its nearest selected pixel is measured along a path inside the rectangle spanned by the
+    two, so computing it on that window gives the same ring as on the whole crop, at a fraction of the cost.
+    The 3x3 chamfer's unit step is 0.955, so a ring distance d can be d / 0.955 pixels away.
+    """
+    width = float(np.clip(0.25 * np.sqrt(np.count_nonzero(selected)), 8, 128))
+    reach = int(np.ceil((width + 2.0) / 0.95)) + 2
+    rows = np.flatnonzero(selected.any(axis=1))
+    cols = np.flatnonzero(selected.any(axis=0))
+    h, w = selected.shape
+    y0, y1 = max(int(rows[0]) - reach, 0), min(int(rows[-1]) + reach + 1, h)
+    x0, x1 = max(int(cols[0]) - reach, 0), min(int(cols[-1]) + reach + 1, w)
+    return width, (y0, y1, x0, x1)
+
+
 def context_ring(selection: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """bool ring of context around the selection: outside it (a 2 px gap for soft/aliased edges), inside the crop.
 
@@ -102,17 +120,7 @@ def context_ring(selection: np.ndarray, valid: np.ndarray | None = None) -> np.n
     selected = selection > 0
     if not selected.any() or selected.all():
         return np.zeros(selection.shape, bool)
-    width = float(np.clip(0.25 * np.sqrt(np.count_nonzero(selected)), 8, 128))
-    # Only the selection's bounding box grown by the ring's reach can hold ring pixels; the (chamfer) distance
-    # from a pixel to its nearest selected pixel is measured along a path inside the rectangle spanned by the
-    # two, so computing it on that window gives the same ring as on the whole crop, at a fraction of the cost.
-    # The 3x3 chamfer's unit step is 0.955, so a ring distance d can be d / 0.955 pixels away.
-    reach = int(np.ceil((width + 2.0) / 0.95)) + 2
-    rows = np.flatnonzero(selected.any(axis=1))
-    cols = np.flatnonzero(selected.any(axis=0))
-    h, w = selection.shape
-    y0, y1 = max(int(rows[0]) - reach, 0), min(int(rows[-1]) + reach + 1, h)
-    x0, x1 = max(int(cols[0]) - reach, 0), min(int(cols[-1]) + reach + 1, w)
+    width, (y0, y1, x0, x1) = ring_window(selected)
     window = selected[y0:y1, x0:x1]
     outside = np.where(window, 0, 255).astype(np.uint8)
     dist = cv2.distanceTransform(outside, cv2.DIST_L2, 3)
