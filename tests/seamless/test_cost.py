@@ -23,7 +23,7 @@ from PIL import Image
 
 from tests.conftest import FAKE_KEY
 from tests.seamless.figures import _context_points
-from tests.seamless.scenes import make_case
+from tests.seamless.scenes import Case, make_case
 from tests.support.local_server import ROOT, LocalServerHandle
 
 SIZE = 2048
@@ -31,8 +31,8 @@ REPEATS = 5
 TONE = (0.06, 4.0, 0.1)      # brightness +6 %, hue +4°, saturation +10 %
 
 
-def _scenes() -> dict[str, object]:
-    def case(warp: bool, tone: tuple[float, float, float] | None) -> object:
+def _scenes() -> dict[str, Case]:
+    def case(warp: bool, tone: tuple[float, float, float] | None) -> Case:
         return make_case(np.random.default_rng(7), (SIZE, SIZE), max_shift=40, max_scale=0.02, max_angle=0.5,
                          warp=warp, tone=tone)
 

@@ -49,7 +49,7 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     """float32 CIELAB (..., 3) -> uint8 RGB, clipped to the gamut, rounded."""
     rgb = cv2.cvtColor(_rows(lab.astype(np.float32, copy=False)), cv2.COLOR_Lab2RGB)
     # scale, round and saturate to uint8 in one OpenCV pass (numpy takes four, each a full-size temporary)
-    out = cv2.multiply(rgb, (255.0, 255.0, 255.0, 0.0), dtype=cv2.CV_8U)
+    out = cv2.multiply(rgb, (255.0, 255.0, 255.0, 0.0), dtype=cv2.CV_8U)  # type: ignore[call-overload]  # a Scalar; the stubs omit it
     return np.asarray(out).reshape(lab.shape[:-1] + (3,))
 
 
