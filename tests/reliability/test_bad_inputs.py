@@ -158,7 +158,7 @@ def test_cli(name, corpus, local_server, tmp_path, capsys, monkeypatch):
         check_cli(case, folder, out, history, code, captured.out, captured.err)
 
 
-@pytest.mark.parametrize("name", ["name-фото 🎨", "prompt-40000-chars", "bomb-30000x30000"])
+@pytest.mark.parametrize("name", ["name-фото 🎨", "prompt-40000-chars", "bomb-30000x30000", "bomb-20000x6000"])
 def test_cli_subprocess(name, corpus, local_server, tmp_path):
     """A few through the real console entry point: unicode argv, a 40,000-character argument, a bomb."""
     folder, cases = corpus
@@ -167,6 +167,7 @@ def test_cli_subprocess(name, corpus, local_server, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gimp_openai", *cli_args(case, folder, out)], capture_output=True,
                           text=True, env=H.engine_env(local_server.url), timeout=120)
     check_cli(case, folder, out, history, proc.returncode, proc.stdout, proc.stderr)
+    assert "Warning" not in proc.stderr, proc.stderr  # e.g. Pillow's DecompressionBombWarning: one clear line only
 
 
 # --- the job protocol -----------------------------------------------------------------------------------------------
