@@ -102,10 +102,14 @@ def load_image(path: str) -> tuple[np.ndarray, list[str]]:
         raise InvalidInputError(f"{path} does not exist or is not a file.")
     notes = []
     try:
+        import warnings
+
         from PIL import Image
 
-        with Image.open(p) as im:
-            mode = im.mode
+        with warnings.catch_warnings():  # a bomb's header warns here; imaging refuses it below, in one clear line
+            warnings.simplefilter("ignore")
+            with Image.open(p) as im:
+                mode = im.mode
         if mode not in ("RGB", "RGBA"):
             notes.append(f"{p.name}: converted from mode {mode} to 8-bit RGBA")
     except Exception:  # noqa: S110 - imaging.read_image gives the real error below
