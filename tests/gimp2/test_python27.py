@@ -11,7 +11,8 @@ import uuid
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CHROOT = os.environ.get("GIMP_OPENAI_BULLSEYE", "/var/cache/gimp-openai/chroots/bullseye")
+CHROOT = os.environ.get("GIMP_OPENAI_BULLSEYE") or os.path.join(
+    os.environ.get("GIMP_OPENAI_CHROOT_DIR", "/var/cache/gimp-openai/chroots"), "bullseye")
 PY27 = os.path.join(CHROOT, "usr", "bin", "python2.7")
 
 pytestmark = pytest.mark.py27
