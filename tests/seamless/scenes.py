@@ -32,7 +32,9 @@ def textured_image(rng: np.random.Generator, height: int, width: int) -> np.ndar
     amp = np.repeat(rng.uniform(0.1, 0.5, size=(16, 2)).astype(np.float32), 2, axis=0)   # (32, 2)
     u, v = np.stack(rows, axis=1), np.stack(cols, axis=0)                                  # (h, 32), (32, w)
     # cv2.gemm, not numpy's matmul: a multi-threaded BLAS thrashes on a shared 2-core machine
-    fields = np.stack([cv2.gemm(np.ascontiguousarray(u * amp[:, c]), v, 1.0, None, 0.0) for c in (0, 1)], axis=-1)
+    # (src3 None with beta 0: no addend; the stubs want an array there)
+    fields = np.stack([cv2.gemm(np.ascontiguousarray(u * amp[:, c]), v, 1.0, None, 0.0)  # type: ignore[call-overload]
+                       for c in (0, 1)], axis=-1)
     # Hard edges at several scales: random filled discs and boxes, drawn straight into both fields.
     shapes = np.zeros((height, width, 2), np.float32)
     for _ in range(60):
@@ -77,7 +79,7 @@ def ellipse_selection(rng: np.random.Generator, height: int, width: int, share: 
     sel = np.zeros((height, width), np.uint8)
     cv2.ellipse(sel, ((cx, cy), (2 * a, 2 * b), angle), 255, -1)
     if soft > 0:
-        sel = cv2.GaussianBlur(sel, (0, 0), soft)
+        sel = np.asarray(cv2.GaussianBlur(sel, (0, 0), soft), np.uint8)
     return sel
 
 

@@ -120,6 +120,7 @@ def test_match_tone_applies_only_when_it_visibly_helps(tone, applied):
     got = match_tone(case.original, case.result, case.selection)
     assert got.applied is applied
     if applied:
+        assert got.delta_e_after is not None and got.delta_e_before is not None
         assert got.delta_e_after < got.delta_e_before / 2
         assert got.image is not case.result
     else:
