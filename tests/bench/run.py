@@ -323,6 +323,38 @@ def startup_seconds(repeats: int = 3) -> float:
 # --- report ---------------------------------------------------------------------------------------------------------
 
 
+def run_host_only(repeats: int = 3) -> dict:
+    """Only the host-path rows (overhead per layer size, ratio, upload ratio, peak memory): ``--host-only``."""
+    with tempfile.TemporaryDirectory(prefix="gimp-openai-bench-") as tmp:
+        work = Path(tmp)
+        Env(work / "home")
+        figures: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                                     "cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
+                         "latency_s": LATENCY, "startup_s": startup_seconds()}
+        with LocalServerHandle(("--latency", str(LATENCY))) as server:
+            figures["host"] = bench_host_path(server, work, repeats)
+        _host_figures(figures, work)
+    return figures
+
+
+def _host_figures(figures: dict, work: Path) -> None:
+    for row in figures["host"]:
+        whole, _ = whole_layer_png_bytes(row["layer"], work)
+        row["whole_layer_png_bytes"] = whole
+        row["whole_layer_vs_upload"] = whole / row["upload_bytes"]
+    host = {r["layer"]: r for r in figures["host"]}
+    figures["ratio_8000_1024"] = host[8000]["overhead_s"] / host[1024]["overhead_s"]
+    figures["ratio_8000_1024_without_startup"] = (host[8000]["overhead_s"] - figures["startup_s"]) / max(
+        1e-9, host[1024]["overhead_s"] - figures["startup_s"])
+    figures["ratio_8000_4096_same_place"] = host[8000]["overhead_s"] / host[4096]["overhead_s"]
+    for row in figures["host"]:
+        row["overhead_s_per_place_mp"] = row["overhead_s"] / (row["place"][0] * row["place"][1] / 1e6)
+    big = host[8000]
+    figures["memory"] = {"peak_mb": big["maxrss_mb"], "crop_rgba_mb": big["crop_rgba_mb"],
+                         "target_mb": 4 * big["crop_rgba_mb"] + 150}
+
+
 def run_all(*, quick: bool = False, faults: bool = True, gimp3: bool = True) -> dict:
     repeats = 1 if quick else 3
     with tempfile.TemporaryDirectory(prefix="gimp-openai-bench-") as tmp:
@@ -337,22 +369,8 @@ def run_all(*, quick: bool = False, faults: bool = True, gimp3: bool = True) -> 
         figures["startup_s"] = startup_seconds()
         with LocalServerHandle(("--latency", str(LATENCY))) as server:
             figures["host"] = bench_host_path(server, work, repeats)
-            for row in figures["host"]:
-                size = row["layer"]
-                whole, _ = whole_layer_png_bytes(size, work)
-                row["whole_layer_png_bytes"] = whole
-                row["whole_layer_vs_upload"] = whole / row["upload_bytes"]
             figures["cli"] = bench_cli(server, work, (1024, 4096) if quick else LAYERS)
-        host = {r["layer"]: r for r in figures["host"]}
-        figures["ratio_8000_1024"] = host[8000]["overhead_s"] / host[1024]["overhead_s"]
-        figures["ratio_8000_1024_without_startup"] = (host[8000]["overhead_s"] - figures["startup_s"]) / max(
-            1e-9, host[1024]["overhead_s"] - figures["startup_s"])
-        figures["ratio_8000_4096_same_place"] = host[8000]["overhead_s"] / host[4096]["overhead_s"]
-        for row in figures["host"]:
-            row["overhead_s_per_place_mp"] = row["overhead_s"] / (row["place"][0] * row["place"][1] / 1e6)
-        big = host[8000]
-        figures["memory"] = {"peak_mb": big["maxrss_mb"], "crop_rgba_mb": big["crop_rgba_mb"],
-                             "target_mb": 4 * big["crop_rgba_mb"] + 150}
+        _host_figures(figures, work)
         figures["batch"] = bench_batch(work)
         figures["seamless"] = bench_seamless(work, repeats)
         if gimp3:
@@ -392,15 +410,16 @@ def table(fig: dict) -> str:
                  f"{fig['ratio_8000_1024_without_startup']:.2f}; same place 8000²/4096²: "
                  f"{fig['ratio_8000_4096_same_place']:.2f}; overhead per place megapixel: "
                  + ", ".join(f"{r['layer']}² {r['overhead_s_per_place_mp']:.2f} s" for r in fig["host"]))
+    m = fig["memory"]
+    lines.append(f"Peak memory, 8000² layer edit (host path): {m['peak_mb']:.0f} MB; target 4 x {m['crop_rgba_mb']:.1f}"
+                 f" MB + 150 = {m['target_mb']:.0f} MB")
+    if "cli" not in fig:
+        return "\n".join(lines)
     lines.append("")
     lines.append("CLI path (decodes the whole file, writes full-size PNG + .ora):")
     for r in fig["cli"]:
         lines.append(f"{r['layer']:>5}²  wall {r['wall_s']:6.2f} s  overhead {r['overhead_s']:6.2f} s  "
                      f"peak {r['maxrss_mb']:6.0f} MB")
-    m = fig["memory"]
-    lines.append("")
-    lines.append(f"Peak memory, 8000² layer edit (host path): {m['peak_mb']:.0f} MB; target 4 x {m['crop_rgba_mb']:.1f}"
-                 f" MB + 150 = {m['target_mb']:.0f} MB")
     b = fig["batch"]
     lines.append("")
     lines.append(f"Batch of 8, {b['latency_s']} s latency (dall-e-2 256², engine wall = first to last JSON line):")
@@ -436,8 +455,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one repetition, CLI without the 8000² file")
     parser.add_argument("--no-faults", action="store_true", help="skip the fault matrix table")
     parser.add_argument("--no-gimp3", action="store_true", help="skip the real GIMP 3 host timings (chroots)")
+    parser.add_argument("--host-only", action="store_true",
+                        help="only the host-path table (overhead per layer size, ratio, upload, peak memory)")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions of each host-path case (default 3)")
     args = parser.parse_args(argv)
-    figures = run_all(quick=args.quick, faults=not args.no_faults, gimp3=not args.no_gimp3)
+    if args.host_only:
+        figures = run_host_only(args.repeats or (1 if args.quick else 3))
+    else:
+        figures = run_all(quick=args.quick, faults=not args.no_faults, gimp3=not args.no_gimp3)
     text = table(figures)
     print(text)
     out = Path(args.out) if args.out else ROOT / "bench-results" / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
