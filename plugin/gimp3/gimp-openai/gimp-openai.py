@@ -190,40 +190,71 @@ def _secrets():
 # ------------------------------------------------------------------------------------------------------ dialog
 
 def show_dialog(procedure, config, proc):
-    """GimpUi.ProcedureDialog over the procedure's arguments: prompts as multi-line text, choices as menus."""
+    """GimpUi.ProcedureDialog over the procedure's arguments: prompts as multi-line text with a label above
+    them (GIMP draws a text view without one) and the keyboard focus in the first, so an artist can type
+    at once; choices as menus; the model as a text field completing the models the server offered."""
     gi.require_version("GimpUi", "3.0")
     gi.require_version("Gtk", "3.0")
     from gi.repository import GimpUi, Gtk
 
     GimpUi.init(PLUGIN_NAME)
     dialog = GimpUi.ProcedureDialog.new(procedure, config, proc["label"].rstrip("\u2026."))
-    names = []
+    names, first_text = [], None
     for p in hl.public_params(proc):
         name = pdb_name(p["name"])
         if p["type"] == "text":
             view = dialog.get_widget(name, Gtk.TextView)
             view.set_wrap_mode(Gtk.WrapMode.WORD)
             view.set_size_request(420, 90)
+            view.set_tooltip_text(p.get("help") or None)
+            label = dialog.get_label(name + "-label", "_" + p["label"], False, True)
+            label.set_xalign(0.0)
+            label.set_mnemonic_widget(view)
+            names.append(name + "-label")
+            first_text = first_text or view
         names.append(name)
-    models = _cached_models()
-    if models and any(p["name"] == "model" for p in hl.public_params(proc)):
-        # the model as a choice: the models the server offered last time, "" for automatic
-        store = Gtk.ListStore(str)
-        for m in [""] + models:
-            store.append([m])
-        entry = dialog.get_widget("model", Gtk.Entry)
-        completion = Gtk.EntryCompletion()
-        completion.set_model(store)
-        completion.set_text_column(0)
-        completion.set_minimum_key_length(0)
-        entry.set_completion(completion)
-        entry.set_placeholder_text("automatic: " + models[0])
+    if any(p["name"] == "model" for p in hl.public_params(proc)):
+        _model_field(dialog, GimpUi, Gtk, _cached_models())
     dialog.fill(names)
     if proc["operation"] == "settings":
         dialog.set_ok_label("Save")
+    if first_text is not None:
+        first_text.grab_focus()
     ok = dialog.run()
     dialog.destroy()
     return ok
+
+
+def _entry_of(widget, Gtk):
+    """The Gtk.Entry inside what ProcedureDialog.get_widget returned (a GimpUi.LabelEntry)."""
+    if isinstance(widget, Gtk.Entry):
+        return widget
+    get_entry = getattr(widget, "get_entry", None)
+    return get_entry() if get_entry is not None else None
+
+
+def _model_field(dialog, GimpUi, Gtk, models):
+    """The model field: empty means automatic (said in the field); completes the models listed last time.
+    A free-text field rather than a Gimp.Choice: GIMP caches registrations (pluginrc), so a choice built
+    from the server's list at registration would go stale, and a model id typed by hand must stay possible."""
+    # GimpUi.LabelEntry keeps the field's label (asking for a Gtk.Entry gives a bare entry without it)
+    entry = _entry_of(dialog.get_widget("model", GimpUi.LabelEntry), Gtk)
+    if entry is None:  # pragma: no cover - an unexpected widget: the plain field still works
+        return
+    entry.set_placeholder_text(("automatic: " + models[0]) if models else "automatic")
+    entry.set_width_chars(24)
+    if not models:
+        return
+    store = Gtk.ListStore(str)
+    for m in models:
+        store.append([m])
+    completion = Gtk.EntryCompletion()
+    completion.set_model(store)
+    completion.set_text_column(0)
+    completion.set_minimum_key_length(0)
+    completion.set_inline_completion(True)
+    entry.set_completion(completion)
+    entry.set_tooltip_text("Models offered last time: " + ", ".join(models) + ". Empty: automatic.")
 
 
 def _models_cache_path():

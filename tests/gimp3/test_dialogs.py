@@ -1,0 +1,134 @@
+"""The dialogs artists use, in the real GUI GIMP 3.0 and 3.2 under Xvfb, driven from outside GIMP with xdotool.
+
+A batch script inside GIMP builds an image (a layer at an offset, an ellipse selected) and calls the Edit
+Selection procedure with ``Gimp.RunMode.INTERACTIVE``, so the plug-in's ``GimpUi.ProcedureDialog`` opens; the
+test finds it by title, checks its defaults through screenshots (kept in /tmp/gimp-openai-dialogs), types a
+prompt and presses OK; the script then reports the inserted layers, and a second call with
+``RunMode.WITH_LAST_VALS`` reuses the typed prompt without a dialog. The shut-down model dialog is answered
+the same way. The API key is only in GIMP's environment, never in argv, logs or screenshots.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import FAKE_KEY
+from tests.support.gimp3_gui import GuiGimp, require_gui
+
+pytestmark = [pytest.mark.gimp3]
+
+DIALOG = r"^Edit Selection$"
+
+# A 200x150 image whose one layer (160x120, a colour ramp) sits at offset (30, 20), an ellipse selected,
+# shown in a display (the GUI GIMP has one); layers described after each call.
+IMAGE = r'''
+import gi
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gimp, Gegl, GLib
+Gegl.init(None)
+pdb = Gimp.get_pdb()
+
+def make_image():
+    img = Gimp.Image.new(200, 150, Gimp.ImageBaseType.RGB)
+    lay = Gimp.Layer.new(img, "photo", 160, 120, Gimp.ImageType.RGBA_IMAGE, 100, Gimp.LayerMode.NORMAL)
+    img.insert_layer(lay, None, 0)
+    lay.set_offsets(30, 20)
+    px = bytearray(160 * 120 * 4)
+    for y in range(120):
+        for x in range(160):
+            i = (y * 160 + x) * 4
+            px[i:i + 4] = bytes(((x * 3) % 256, (y * 2) % 256, (x + y) % 256, 255))
+    buf = lay.get_buffer()
+    buf.set(Gegl.Rectangle.new(0, 0, 160, 120), "R'G'B'A u8", bytes(px))
+    buf.flush()
+    img.select_ellipse(Gimp.ChannelOps.REPLACE, 60, 50, 80, 60)
+    img.clean_all()
+    Gimp.Display.new(img)
+    Gimp.displays_flush()
+    return img, lay
+
+def layers(img):
+    res = []
+    for l in img.get_layers():
+        ok, x, y = l.get_offsets()
+        d = {"name": l.get_name(), "x": x, "y": y, "w": l.get_width(), "h": l.get_height()}
+        m = l.get_mask()
+        if m is not None:
+            w, h = l.get_width(), l.get_height()
+            data = m.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, "Y u8", Gegl.AbyssPolicy.NONE)
+            d["mask"] = {"centre": data[(h // 2) * w + w // 2], "corner": data[0]}
+        p = l.get_parasite("gimp-openai")
+        if p is not None:
+            d["parasite"] = json.loads(bytes(p.get_data()).decode("utf-8"))
+        res.append(d)
+    return res
+
+def call(img, lay, mode, **args):
+    proc = pdb.lookup_procedure("python-fu-openai-edit-selection")
+    config = proc.create_config()
+    config.set_property("run-mode", mode)
+    config.set_property("image", img)
+    config.set_core_object_array("drawables", [lay])
+    for k, v in args.items():
+        config.set_property(k.replace("_", "-"), v)
+    result = proc.run(config)
+    return {"status": result.index(0).value_nick,
+            "error": result.index(1) if result.length() > 1 else None, "layers": layers(img)}
+'''
+
+
+def _json(text: str) -> dict:
+    return json.loads(text) if text else {}
+
+
+def _names(res: dict) -> list[str]:
+    return [d["name"] for d in res["layers"]]
+
+
+def test_edit_selection_dialog_then_last_values(gimp, local_server):
+    require_gui(gimp)
+    env = {"OPENAI_BASE_URL": local_server.url, "OPENAI_API_KEY": FAKE_KEY}
+    code = IMAGE + r'''
+img, lay = make_image()
+mark("dialog")
+res = call(img, lay, Gimp.RunMode.INTERACTIVE)
+mark("interactive", res)
+Gimp.displays_flush()
+wait_flag("shot-result")
+img2, lay2 = make_image()
+res2 = call(img2, lay2, Gimp.RunMode.WITH_LAST_VALS)
+mark("last", res2)
+'''
+    with GuiGimp(gimp, code, env=env, timeout=240, name="edit") as ui:
+        ui.wait_mark("dialog", timeout=90)
+        wid = ui.wait_window(DIALOG, timeout=60)
+        geo = ui.geometry(wid)
+        ui.screenshot("1-dialog-defaults", window=wid)
+        ui.focus(wid)
+        ui.type("a red kite")
+        ui.screenshot("2-dialog-typed", window=wid)
+        ui.key("alt+o")
+        ui.wait_window_gone(wid)
+        res = _json(ui.wait_mark("interactive", timeout=120))
+        ui.screenshot("3-result")
+        ui.flag("shot-result")
+        last = _json(ui.wait_mark("last", timeout=120))
+        run = ui.wait(60)
+    everything = run.stdout + run.stderr
+    assert FAKE_KEY not in everything
+    assert "Traceback" not in everything, everything[-4000:]
+    assert res["status"] == "success", res
+    top = res["layers"]
+    assert _names(res) == ["OpenAI: a red kite (1/1)", "photo"], top
+    d = top[0]
+    # inside the layer (30,20 160x120), covering the ellipse (60,50 80x60), with a mask from the selection
+    assert 30 <= d["x"] <= 60 and 20 <= d["y"] <= 50, d
+    assert d["x"] + d["w"] >= 140 and d["y"] + d["h"] >= 110, d
+    assert d["mask"]["centre"] == 255 and d["mask"]["corner"] == 0, d
+    assert d["parasite"]["prompt"] == "a red kite", d
+    assert geo["WIDTH"] >= 400 and geo["HEIGHT"] >= 300, geo
+    # WITH_LAST_VALS: the typed prompt again, no dialog
+    assert last["status"] == "success", last
+    assert _names(last) == ["OpenAI: a red kite (1/1)", "photo"], last
