@@ -304,7 +304,8 @@ def report(written: list[Written], args: argparse.Namespace) -> None:
             extra = f" [{output.report}]" if output.report else ""
             print(f"{output.name}: {png}{extra}")
             for note in output.notes:
-                print(f"  note: {note}")
+                if note not in w.notes:
+                    print(f"  note: {note}")
         if w.ora:
             print(f"layers (OpenRaster, opens in GIMP and Krita): {w.ora}")
 
@@ -316,7 +317,8 @@ def _written_dict(w: Written) -> dict[str, Any]:
         "notes": w.notes,
         "outputs": [
             {"png": str(p), "name": o.name, "x": o.x, "y": o.y, "width": o.width, "height": o.height,
-             "history_png": str(o.history_png), "request_id": o.request_id, "path": o.path, "report": o.report,
+             "history_png": str(o.history_png) if o.history_png is not None else None,
+             "request_id": o.request_id, "path": o.path, "report": o.report,
              "notes": o.notes}
             for p, o in zip(w.pngs, w.outputs, strict=False)
         ],
@@ -330,6 +332,7 @@ def _prepare(args: argparse.Namespace, operation: str) -> tuple[Any, operations.
     settings = load_settings_for(args)
     out = out_dir_for(args)
     engine = engine_for(args, settings)
+    engine.fallback_dirs = [out]  # history full or not writable: the out folder, then the temp rescue folder
     model = pick_model(engine, args, operation)
     check_size_option(args, engine, model)
     return settings, engine, model, out
@@ -345,6 +348,7 @@ def run_one(
     progress: Any,
 ) -> Written:
     """One input image through the chosen operation; shared by edit, variation and batch."""
+    from gimp_openai import jobs
     from gimp_openai.geometry import Rect
 
     written = Written(source=image_path)
@@ -363,6 +367,7 @@ def run_one(
     else:
         opts = options_from(args, model, "", source=str(image_path))
         outcome = operations.variation(engine, opts, place_pixels=pixels, layer=layer, item=item, progress=progress)
+    written.notes.extend(note for note in outcome.notes if jobs.is_rescue_note(note))
     write_results(out, stem, pixels, outcome, written)
     return written
 
@@ -402,7 +407,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         outcome = operations.generate(engine, opts, progress=progress)
     finally:
         progress.finish()
-    written = Written(source="")
+    written = Written(source="", notes=list(outcome.notes))
     stem = args.name or "generated"
     for output in outcome.outputs:
         path = unique_path(out, f"{stem}-{output.index}", ".png")

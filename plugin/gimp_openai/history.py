@@ -5,13 +5,23 @@ digits and hyphens after Unicode NFKC normalisation, so no prompt (``../``, abso
 overrides, full-width dots) can name a file outside the folder. An existing file is never overwritten: a
 numeric suffix is added instead. Sidecars never carry the API key: key-like fields are dropped and every
 string is passed through :func:`errors.redact`.
+
+When the history folder is full or not writable, :func:`save_all` keeps the images anyway, down a rescue chain:
+the fallback folders the caller names (the CLI's out folder, the job's rescue folder), then
+``<system temp>/gimp-openai-rescue`` (``GIMP_OPENAI_RESCUE_DIR`` overrides it), and as a last resort in memory
+only (the operation still completes and the host still inserts the layers). Its note says plainly where the
+images went and why ("History folder X is full; the 2 images were saved to Y instead.").
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import tempfile
 import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -124,3 +134,143 @@ class History:
                 saved=[str(path)],
             ) from exc
         return path
+
+
+# --- The rescue chain ----------------------------------------------------------------------------------------
+
+RESCUE_FOLDER_NAME = "gimp-openai-rescue"
+
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def rescue_dir() -> Path:
+    """``<system temp>/gimp-openai-rescue`` (``GIMP_OPENAI_RESCUE_DIR`` overrides): the last folder tried."""
+    env = os.environ.get("GIMP_OPENAI_RESCUE_DIR", "").strip()
+    return Path(env).expanduser() if env else Path(tempfile.gettempdir()) / RESCUE_FOLDER_NAME
+
+
+def why_not_written(exc: BaseException) -> str:
+    """``"is full"``, ``"is not writable"`` or ``"could not be written (reason)"`` from the OSError behind ``exc``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            if seen.errno in _FULL:
+                return "is full"
+            if seen.errno in _DENIED:
+                return "is not writable"
+            return f"could not be written ({seen.strerror or seen})"
+        seen = seen.__cause__ or seen.__context__
+    return f"could not be written ({getattr(exc, 'message', exc)})"
+
+
+@dataclass
+class Kept:
+    """Where one response's images went: ``paths[i]`` is None for an image kept only in memory."""
+
+    paths: list[Path | None]
+    history: Path
+    #: folder -> why it could not take the images ("is full", "is not writable", ...)
+    failed: dict[Path, str] = field(default_factory=dict)
+    #: images written whole but whose JSON sidecar could not be written
+    without_sidecar: list[Path] = field(default_factory=list)
+
+    @property
+    def saved(self) -> list[str]:
+        return [str(p) for p in self.paths if p is not None]
+
+    @property
+    def rescued(self) -> bool:
+        return any(p is None or p.parent != self.history for p in self.paths) or bool(self.without_sidecar)
+
+    @property
+    def note(self) -> str:
+        """One plain sentence (or two) when anything went elsewhere than the history folder; "" otherwise."""
+        if not self.rescued:
+            return ""
+        total = len(self.paths)
+        why = self.failed.get(self.history) or "could not take them"
+        groups: dict[Path | None, int] = {}
+        for path in self.paths:
+            key = None if path is None else path.parent
+            if key != self.history:
+                groups[key] = groups.get(key, 0) + 1
+        disk = [(folder, count) for folder, count in groups.items() if folder is not None]
+        parts: list[str] = []
+        if disk:
+            moved = sum(count for _folder, count in disk)
+            if moved == total:
+                subject = "the image was" if total == 1 else f"the {total} images were"
+            else:
+                subject = f"{moved} of the {total} images {'was' if moved == 1 else 'were'}"
+            if len(disk) == 1:
+                parts.append(f"History folder {self.history} {why}; {subject} saved to {disk[0][0]} instead.")
+            else:
+                where = ", ".join(f"{_count(count)} to {folder}" for folder, count in disk)
+                parts.append(f"History folder {self.history} {why}; {subject} saved elsewhere instead: {where}.")
+        others = [f"{folder} {reason}" for folder, reason in self.failed.items() if folder != self.history]
+        memory = groups.get(None, 0)
+        if memory:
+            tried = "; ".join([f"history folder {self.history} {why}", *others])
+            parts.append(
+                f"{_count(memory)} could not be written anywhere ({tried}): "
+                f"{'it exists' if memory == 1 else 'they exist'} only in this result, so save your image now."
+            )
+        elif others:
+            parts.append("Also tried: " + "; ".join(others) + ".")
+        if self.without_sidecar:
+            parts.append(
+                f"History folder {self.history} {why}: "
+                + ", ".join(str(p) for p in self.without_sidecar)
+                + " kept whole there, but without its description (JSON sidecar)."
+            )
+        return " ".join(parts)
+
+
+def _count(n: int) -> str:
+    return f"{n} image{'s' if n != 1 else ''}"
+
+
+def save_all(
+    history: Any, images: Sequence[tuple[bytes, dict[str, Any]]], fallbacks: Sequence[Path | str] = ()
+) -> Kept:
+    """Save every image down the chain history -> ``fallbacks`` -> :func:`rescue_dir` -> memory; never raises
+    for a folder that cannot be written. A folder that failed once is not tried again for the next images, so
+    one response's images stay together. Each write is atomic (no partial file anywhere)."""
+    home = Path(getattr(history, "folder", "") or ".")
+    chain: list[Any] = [history]
+    seen = {_key(home)}
+    for folder in [*fallbacks, rescue_dir()]:
+        folder = Path(folder)
+        if _key(folder) not in seen:
+            seen.add(_key(folder))
+            chain.append(History(folder))
+    kept = Kept(paths=[], history=home)
+    start = 0
+    for data, meta in images:
+        path: Path | None = None
+        for index in range(start, len(chain)):
+            target = chain[index]
+            folder = Path(getattr(target, "folder", home))
+            item_meta = meta if index == 0 else dict(meta, rescued_from=str(home),
+                                                     rescue_reason=f"history folder {kept.failed.get(home, '')}")
+            try:
+                path = Path(target.save(data, meta=item_meta))
+            except OutputNotWritableError as exc:
+                kept.failed.setdefault(folder, why_not_written(exc))
+                start = index + 1
+                if exc.saved:  # the image is whole; only its sidecar failed
+                    path = Path(exc.saved[0])
+                    kept.without_sidecar.append(path)
+                    break
+                continue
+            break
+        kept.paths.append(path)
+    return kept
+
+
+def _key(folder: Path) -> str:
+    try:
+        return str(folder.expanduser().resolve())
+    except OSError:
+        return str(folder)

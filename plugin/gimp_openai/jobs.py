@@ -394,7 +394,7 @@ def _write_outputs(job: Job, item: Item, outcome: operations.Outcome) -> list[di
                 "y": out.y,
                 "width": out.width,
                 "height": out.height,
-                "history_png": str(out.history_png),
+                "history_png": str(out.history_png) if out.history_png is not None else None,
                 "request_id": out.request_id,
                 "path": out.path,
                 "report": out.report,
@@ -428,7 +428,9 @@ def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable
                     progress=progress,
                 )
         outputs = _write_outputs(job, item, outcome)
-        return {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model}
+        warnings = [note for note in outcome.notes if is_rescue_note(note)]
+        return {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model,
+                "warnings": warnings}
     except GimpOpenAIError as exc:
         return {"id": item.id, "ok": False, "outputs": [], "error": exc.to_dict()}
     except Exception as exc:  # noqa: BLE001 - one item's bug must not lose the others' results
@@ -439,6 +441,11 @@ def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable
             "error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}",
                       "hint": "This is a bug in gimp-openai; please report it.", "saved": []},
         }
+
+
+def is_rescue_note(note: str) -> bool:
+    """The notes a host must show the artist, not just record: where paid images went instead of history."""
+    return note.startswith("History folder ") or "could not be written anywhere" in note
 
 
 def _result(ok: bool, items: list[dict[str, Any]], error: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
@@ -465,6 +472,11 @@ def run_job(path: str, stream: IO[str] | None = None, *, engine_factory: Callabl
     try:
         check_out_dir(job.out_dir)
         engine = (engine_factory or make_engine)(settings)
+        # History full or not writable: the system temp rescue folder first, then the job's out folder (a
+        # host's out folder lives in its temporary work folder, which it deletes after inserting the layers).
+        from gimp_openai.history import rescue_dir
+
+        engine.fallback_dirs = [rescue_dir(), job.out_dir]
         job.options.model = resolve_model(engine, job.options.model, job.operation)
     except GimpOpenAIError as exc:
         writer.write(_result(False, [], exc.to_dict()))
@@ -487,7 +499,8 @@ def run_job(path: str, stream: IO[str] | None = None, *, engine_factory: Callabl
             "hint": first.get("hint", ""),
             "saved": [p for r in failed for p in (r["error"] or {}).get("saved", [])],
         }
-    writer.write(_result(ok, results, error, model=job.options.model))
+    warnings = [w for r in results for w in r.get("warnings") or []]
+    writer.write(_result(ok, results, error, model=job.options.model, warnings=warnings))
     return EXIT_OK
 
 

@@ -90,7 +90,7 @@ class Output:
     mask: np.ndarray  # (H, W) u8, the layer mask
     x: int
     y: int
-    history_png: Path
+    history_png: Path | None  # None: history and every rescue folder failed; the bytes live only in memory
     request_id: str | None
     path: str
     notes: list[str] = field(default_factory=list)
@@ -138,6 +138,9 @@ class Engine:
         self._lock = threading.Lock()
         #: How often a waiting ticker fires (seconds); tests may lower it.
         self.tick_interval = 1.0
+        #: Where returned images go when the history folder is full or not writable, before the system temp
+        #: rescue folder (history.save_all): the CLI's out folder, a job's out folder.
+        self.fallback_dirs: list[Path] = []
 
     @property
     def history(self) -> Any:
@@ -289,11 +292,17 @@ class _RetryReporter(threading.local):
 _RETRY_REPORTER = _RetryReporter()
 
 
-def _save_all(engine: Engine, result: Any, meta: dict[str, Any]) -> list[Path]:
-    """Write every returned image to history at once; the first thing done with a response."""
+def _save_all(engine: Engine, result: Any, meta: dict[str, Any]) -> Any:
+    """Write every returned image to history at once; the first thing done with a response.
+
+    A full or unwritable history folder never loses a paid image: ``history.save_all`` goes down the rescue
+    chain (the engine's fallback folders, the system temp rescue folder, memory) and returns a ``Kept`` whose
+    ``note`` says where the images went; the operation goes on."""
+    from gimp_openai.history import save_all
+
     images = list(getattr(result, "images", []) or [])
     n = len(images)
-    saved: list[Path] = []
+    pending: list[tuple[bytes, dict[str, Any]]] = []
     for k, image in enumerate(images, start=1):
         item_meta = dict(meta)
         item_meta.update(
@@ -304,34 +313,36 @@ def _save_all(engine: Engine, result: Any, meta: dict[str, Any]) -> list[Path]:
             revised_prompt=getattr(image, "revised_prompt", None),
             time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-        saved.append(Path(engine.history.save(image.data, meta=item_meta)))
-    return saved
+        pending.append((image.data, item_meta))
+    return save_all(engine.history, pending, list(getattr(engine, "fallback_dirs", None) or []))
 
 
-def _check_problems(result: Any, saved: list[Path]) -> None:
+def _check_problems(result: Any, saved: list[str], note: str = "") -> None:
     problems = list(getattr(result, "problems", []) or [])
     if problems or not getattr(result, "images", None):
         what = "; ".join(problems) if problems else "the answer contained no images"
         raise MalformedResponseError(
-            f"The server's answer was not usable: {what}.",
-            saved=[str(p) for p in saved],
+            f"The server's answer was not usable: {what}." + (f" {note}" if note else ""),
+            saved=list(saved),
             request_id=getattr(result, "request_id", None),
         )
 
 
-def _decode_saved(data: bytes, saved: list[Path], request_id: str | None) -> np.ndarray:
+def _decode_saved(data: bytes, saved: list[str], request_id: str | None) -> np.ndarray:
     from gimp_openai import imaging
 
     try:
         return imaging.decode_image(data, what="returned image")
     except GimpOpenAIError as exc:
         raise MalformedResponseError(
-            f"A returned image could not be read: {exc.message}", saved=[str(p) for p in saved], request_id=request_id
+            f"A returned image could not be read: {exc.message}", saved=list(saved), request_id=request_id
         ) from exc
 
 
-def update_sidecar(engine: Engine, image_path: Path, extra: dict[str, Any]) -> None:
+def update_sidecar(engine: Engine, image_path: Path | None, extra: dict[str, Any]) -> None:
     """Add the seamless details (transform, colour fit) to an image's sidecar once they are known."""
+    if image_path is None:  # kept in memory only: there is no sidecar
+        return
     updater = getattr(engine.history, "update", None)
     if callable(updater):
         try:
@@ -469,14 +480,17 @@ def edit(
 
     meta = _meta(options, model, PATH_EDIT, plan, item)
     _emit(progress, item, "saving", "Saving the results to history")
-    saved = _save_all(engine, result, meta)
-    _check_problems(result, saved)
+    kept = _save_all(engine, result, meta)
+    saved = kept.saved
+    if kept.note:
+        notes.append(kept.note)
+    _check_problems(result, saved, kept.note)
 
     _emit(progress, item, "compositing", "Fitting the results into the picture")
     layer_mask = masks.layer_mask(selection, options.feather)
     outputs: list[Output] = []
     n = len(result.images)
-    for k, (image, path) in enumerate(zip(result.images, saved, strict=True), start=1):
+    for k, (image, path) in enumerate(zip(result.images, kept.paths, strict=True), start=1):
         returned = _decode_saved(image.data, saved, result.request_id)
         returned, size_notes = _fit_returned(returned, plan.target, path, saved, result.request_id)
         placed = imaging_result_to_place(returned, plan)
@@ -563,8 +577,8 @@ def imaging_result_to_place(returned: np.ndarray, plan: Any) -> np.ndarray:
 def _fit_returned(
     returned: np.ndarray,
     target: Sequence[int],
-    history_png: Path,
-    saved: list[Path],
+    history_png: Path | None,
+    saved: list[str],
     request_id: str | None,
 ) -> tuple[np.ndarray, list[str]]:
     """A returned image of the size asked for, or a clear refusal. Called after the image is in history.
@@ -585,7 +599,9 @@ def _fit_returned(
         ]
     raise MalformedResponseError(
         f"The server returned a {w}x{h} image for a {tw}x{th} request (another aspect), so it cannot be placed "
-        f"over the selection; it was not composited. The image is saved in {history_png}.",
+        f"over the selection; it was not composited. "
+        + (f"The image is saved in {history_png}." if history_png is not None
+           else "The image could not be saved to any folder (see the notes)."),
         hint="Open the saved file as a layer if it is useful, or run again.",
         saved=[str(p) for p in saved],
         request_id=request_id,
@@ -725,14 +741,16 @@ def variation(
     meta_options = replace(options, prompt=prompt if not via_endpoint else "")
     meta = _meta(meta_options, model, path, plan, item)
     _emit(progress, item, "saving", "Saving the results to history")
-    saved = _save_all(engine, result, meta)
-    _check_problems(result, saved)
+    kept = _save_all(engine, result, meta)
+    saved = kept.saved
+    rescue_notes = [kept.note] if kept.note else []
+    _check_problems(result, saved, kept.note)
     _emit(progress, item, "compositing", "Placing the variations")
     n = len(result.images)
     label = "variation via edit" if path == PATH_VARIATION_EDIT else "variation"
     full_mask = np.full((plan.place.height, plan.place.width), 255, np.uint8)
     outputs = []
-    for k, (image, hist) in enumerate(zip(result.images, saved, strict=True), start=1):
+    for k, (image, hist) in enumerate(zip(result.images, kept.paths, strict=True), start=1):
         returned = _decode_saved(image.data, saved, result.request_id)
         returned, size_notes = _fit_returned(returned, plan.target, hist, saved, result.request_id)
         placed = imaging_result_to_place(returned, plan)
@@ -749,11 +767,11 @@ def variation(
                 request_id=result.request_id,
                 path=path,
                 notes=[f"made by {model} through {'/images/variations' if via_endpoint else 'an edit without mask'}",
-                       *size_notes],
+                       *size_notes, *rescue_notes],
             )
         )
     _emit(progress, item, "done", f"{n} variation{'s' if n != 1 else ''} ready ({label})")
-    return Outcome(outputs=outputs, model=model, path=path, plan=plan)
+    return Outcome(outputs=outputs, model=model, path=path, plan=plan, notes=rescue_notes)
 
 
 # --- Generate -----------------------------------------------------------------------------------------------
@@ -788,11 +806,13 @@ def generate(
     result = _call_with_ticker(engine, progress, item, model, family, quality or "auto", parsed, call)
     meta = _meta(replace(options, size=size), model, PATH_GENERATE, None, item)
     _emit(progress, item, "saving", "Saving the results to history")
-    saved = _save_all(engine, result, meta)
-    _check_problems(result, saved)
+    kept = _save_all(engine, result, meta)
+    saved = kept.saved
+    rescue_notes = [kept.note] if kept.note else []
+    _check_problems(result, saved, kept.note)
     outputs = []
     n = len(result.images)
-    for k, (image, hist) in enumerate(zip(result.images, saved, strict=True), start=1):
+    for k, (image, hist) in enumerate(zip(result.images, kept.paths, strict=True), start=1):
         returned = _decode_saved(image.data, saved, result.request_id)
         outputs.append(
             Output(
@@ -806,10 +826,11 @@ def generate(
                 history_png=hist,
                 request_id=result.request_id,
                 path=PATH_GENERATE,
+                notes=list(rescue_notes),
             )
         )
     _emit(progress, item, "done", f"{n} image{'s' if n != 1 else ''} ready")
-    return Outcome(outputs=outputs, model=model, path=PATH_GENERATE)
+    return Outcome(outputs=outputs, model=model, path=PATH_GENERATE, notes=rescue_notes)
 
 
 def full_composite(original: np.ndarray, output: Output) -> np.ndarray:

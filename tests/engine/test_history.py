@@ -183,3 +183,81 @@ def test_atomic_overwrite_and_exclusive(tmp_path):
         write_bytes_atomic(target, b"x", overwrite=False)
     assert json.loads(target.read_text("utf-8")) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+# --- the rescue chain (history.save_all) ---------------------------------------------------------------------
+
+
+class _FullAfter:
+    """A History double whose folder takes ``room`` images, then reports ENOSPC (as History.save does)."""
+
+    def __init__(self, folder, room=0, sidecar_fails=False):
+        self.folder = folder
+        self.room = room
+        self.sidecar_fails = sidecar_fails
+
+    def save(self, data, *, meta, ext="png"):
+        if self.room <= 0:
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError as exc:
+                raise OutputNotWritableError(f"Cannot write in {self.folder}") from exc
+        self.room -= 1
+        path = History(self.folder).save(data, meta=meta)
+        if self.sidecar_fails:
+            path.with_suffix(".json").unlink()
+            raise OutputNotWritableError("sidecar", saved=[str(path)])
+        return path
+
+
+def test_save_all_all_in_history_says_nothing(tmp_path):
+    from gimp_openai.history import save_all
+
+    kept = save_all(History(tmp_path / "h"), [(b"A", META), (b"B", META)], [tmp_path / "out"])
+    assert [p.parent for p in kept.paths] == [tmp_path / "h"] * 2 and kept.note == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_save_all_full_history_goes_to_the_fallback_and_stays_together(tmp_path):
+    from gimp_openai.history import save_all
+
+    kept = save_all(_FullAfter(tmp_path / "h", room=1), [(b"A", META), (b"B", META), (b"C", META)],
+                    [tmp_path / "out"])
+    assert [p.read_bytes() for p in kept.paths] == [b"A", b"B", b"C"]
+    assert [p.parent.name for p in kept.paths] == ["h", "out", "out"]
+    assert kept.note == (f"History folder {tmp_path / 'h'} is full; 2 of the 3 images were saved to "
+                         f"{tmp_path / 'out'} instead.")
+    sidecar = json.loads(kept.paths[1].with_suffix(".json").read_text())
+    assert sidecar["rescued_from"] == str(tmp_path / "h") and sidecar["rescue_reason"] == "history folder is full"
+
+
+def test_save_all_sidecar_failure_keeps_the_whole_image_and_says_so(tmp_path):
+    from gimp_openai.history import save_all
+
+    kept = save_all(_FullAfter(tmp_path / "h", room=1, sidecar_fails=True), [(b"A", META), (b"B", META)],
+                    [tmp_path / "out"])
+    assert [p.read_bytes() for p in kept.paths] == [b"A", b"B"]
+    assert kept.paths[0].parent == tmp_path / "h" and kept.paths[1].parent == tmp_path / "out"
+    assert "without its description" in kept.note and str(kept.paths[0]) in kept.note
+    assert kept.saved == [str(p) for p in kept.paths]
+
+
+def test_save_all_memory_is_the_last_resort(tmp_path, monkeypatch):
+    from gimp_openai.history import save_all
+
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"x")
+    monkeypatch.setenv("GIMP_OPENAI_RESCUE_DIR", str(blocker / "rescue"))
+    kept = save_all(_FullAfter(tmp_path / "h"), [(b"A", META)], [blocker / "out"])
+    assert kept.paths == [None] and kept.saved == []
+    assert kept.note.startswith("1 image could not be written anywhere (history folder ")
+    assert "it exists only in this result" in kept.note and str(blocker / "rescue") in kept.note
+
+
+def test_rescue_dir_defaults_to_system_temp(monkeypatch):
+    import tempfile
+
+    from gimp_openai.history import rescue_dir
+
+    monkeypatch.delenv("GIMP_OPENAI_RESCUE_DIR", raising=False)
+    assert rescue_dir() == __import__("pathlib").Path(tempfile.gettempdir()) / "gimp-openai-rescue"

@@ -129,6 +129,9 @@ def check_cli(case: dict, folder: Path, out: Path, history: Path, code: int, std
         sel = imaging.read_selection(folder / case["selection"])
         np.testing.assert_array_equal(written[sel == 0], original[sel == 0])
         assert Path(output["history_png"]).exists() and Path(result["ora"]).exists()
+        if case["needs"] == "full_history":  # kept in the out folder instead, and said so
+            assert Path(output["history_png"]).parent == out and Path(output["history_png"]).read_bytes()
+            assert any(f"History folder {history} is full" in n for n in result["notes"]), result
     else:
         assert code != 0, (name, stdout)
         error = lines[-1]["error"] if lines and "error" in lines[-1] else None
@@ -151,6 +154,7 @@ def test_cli(name, corpus, local_server, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", local_server.url)
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     monkeypatch.setenv("GIMP_OPENAI_DEBUG", "1")
+    monkeypatch.setenv("GIMP_OPENAI_RESCUE_DIR", str(tmp_path / "rescue"))
     with environment(case, tmp_path) as (out, history):
         monkeypatch.setenv("GIMP_OPENAI_HISTORY_DIR", str(history))
         code = cli.main(cli_args(case, folder, out))
@@ -223,7 +227,8 @@ def test_job(group, corpus, local_server, tmp_path):
                "quality": "low", "out_dir": str(out), "align": False, "tone_match": False, "concurrency": 4,
                "items": items}
         (job_dir / "job.json").write_text(json.dumps(job), encoding="utf-8")
-        run = H.run_job(job_dir / "job.json", local_server.url, timeout=300, GIMP_OPENAI_HISTORY_DIR=str(history))
+        run = H.run_job(job_dir / "job.json", local_server.url, timeout=300, GIMP_OPENAI_HISTORY_DIR=str(history),
+                        GIMP_OPENAI_RESCUE_DIR=str(tmp_path / "rescue"))
         check_clean(run.stdout, run.stderr, out if out.exists() else None, history)
         assert run.code == 0 and run.result["type"] == "result", (group, run.stdout, run.stderr)
         by_id = {i["id"]: i for i in run.result["items"]}
@@ -241,6 +246,9 @@ def test_job(group, corpus, local_server, tmp_path):
                 assert layer_png.shape[:2] == mask.shape == (place["height"], place["width"])
                 sel = imaging.read_selection(job_dir / items[number]["selection"])
                 assert (mask[sel == 0] == 0).all()
+                if case["needs"] == "full_history":  # kept in the rescue folder instead, and said so
+                    assert Path(output["history_png"]).parent == tmp_path / "rescue"
+                    assert f"History folder {history} is full" in got["warnings"][0]
             else:
                 assert not got["ok"] and not got["outputs"]
                 check_error(case, got["error"])
