@@ -202,8 +202,27 @@ class TLSError(APIError):
 
 
 class MalformedResponseError(APIError):
+    """The answer was damaged or not what the API promises. The default hint says what was kept: the saved
+    files by name, or plainly that no image arrived intact (so there is nothing to look for)."""
+
     code = "malformed_response"
-    default_hint = "The server's answer was damaged or not what the API promises. Images already received were kept."
+    default_hint = "The server's answer was damaged or not what the API promises."
+
+    def __init__(self, message: str, *, hint: str | None = None, saved: list[str] | None = None,
+                 **kwargs: Any) -> None:
+        if hint is None:
+            hint = self.hint_for(saved or [])
+        super().__init__(message, hint=hint, saved=saved, **kwargs)
+
+    @classmethod
+    def hint_for(cls, saved: list[str]) -> str:
+        if not saved:
+            return (f"{cls.default_hint} No image arrived intact, so none could be kept; "
+                    "try again (a damaged answer is usually not repeated).")
+        names = ", ".join(saved)
+        if len(saved) == 1:
+            return f"{cls.default_hint} The image that did arrive intact was kept: {names}."
+        return f"{cls.default_hint} The {len(saved)} images that did arrive intact were kept: {names}."
 
 
 # --- Added by the client/settings/discovery modules ---------------------------------------------------------

@@ -602,7 +602,8 @@ def _fit_returned(
         f"over the selection; it was not composited. "
         + (f"The image is saved in {history_png}." if history_png is not None
            else "The image could not be saved to any folder (see the notes)."),
-        hint="Open the saved file as a layer if it is useful, or run again.",
+        hint="Open the saved file as a layer if it is useful, or run again." if history_png is not None
+        else "Run again.",
         saved=[str(p) for p in saved],
         request_id=request_id,
     )

@@ -167,6 +167,34 @@ def test_malformed_answer_keeps_the_valid_images_and_says_so(engine, tmp_path):
         run_edit(engine, photo(), rect_selection(400, 300, 10, 10, 50, 50), n=1)
     assert len(info.value.saved) == 1 and Path(info.value.saved[0]).exists()
     assert "base64" in info.value.message
+    assert f"was kept: {info.value.saved[0]}" in info.value.hint and "No image arrived" not in info.value.hint
+
+
+def test_malformed_hint_depends_on_what_was_saved():
+    """The hint never claims images were kept when none were, and names them when some were."""
+    none = MalformedResponseError("The server's answer is not JSON")
+    assert "kept" not in none.hint.replace("could be kept", "") and "No image arrived intact" in none.hint
+    assert none.to_dict()["saved"] == [] and "No image arrived intact" in none.to_dict()["hint"]
+    one = MalformedResponseError("bad", saved=["/h/a.png"])
+    assert "The image that did arrive intact was kept: /h/a.png." in one.hint
+    two = MalformedResponseError("bad", saved=["/h/a.png", "/h/b.png"])
+    assert "The 2 images that did arrive intact were kept: /h/a.png, /h/b.png." in two.hint
+    assert MalformedResponseError("bad", hint="mine", saved=["/h/a.png"]).hint == "mine"
+
+
+def test_malformed_answer_without_images_says_nothing_was_kept(engine):
+    engine.client.problems = ["data[0]: b64_json is not valid base64"]
+    original = engine.client.edit
+
+    def no_images(**kw):
+        result = original(**kw)
+        result.images = []
+        return result
+
+    engine.client.edit = no_images
+    with pytest.raises(MalformedResponseError) as info:
+        run_edit(engine, photo(), rect_selection(400, 300, 10, 10, 50, 50), n=1)
+    assert info.value.saved == [] and "No image arrived intact" in info.value.hint
 
 
 def test_free_size_refused_is_retried_once_at_a_standard_size_and_remembered(engine):
