@@ -32,10 +32,11 @@ BAND_SWEEPS = 40
 
 def _relax(c: np.ndarray, region: np.ndarray, sweeps: int) -> np.ndarray:
     """Jacobi sweeps of Δc = 0 inside `region`; values outside it are the fixed boundary and never change."""
-    mask = region[..., None]
+    mask = region.view(np.uint8)
+    avg = np.empty_like(c)
     for _ in range(sweeps):
-        avg = cv2.filter2D(c, -1, _KERNEL, borderType=cv2.BORDER_REPLICATE)
-        np.copyto(c, avg.reshape(c.shape), where=mask)
+        cv2.filter2D(c, -1, _KERNEL, dst=avg, borderType=cv2.BORDER_REPLICATE)
+        cv2.copyTo(avg, mask, c)    # in place, region pixels only (a masked OpenCV copy: no numpy where)
     return c
 
 
@@ -95,14 +96,9 @@ def _down(values: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return coarse, coarse_region
 
 
-def solve_membrane(boundary: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """c with Δc = 0 inside `region` and c = `boundary` outside it; (H, W, C) float32, C <= 4.
-
-    `region` must not touch the array's border (pad by one pixel first): every region pixel needs four
-    neighbours.
-    """
-    boundary = np.ascontiguousarray(boundary, dtype=np.float32)
-    levels = [(boundary, region)]
+def _solve_from(levels: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Cascadic solve over a pyramid [(values, region), ...] finest first: the coarsest level exactly enough,
+    then upsample and relax level by level; returns the finest level's c."""
     while max(levels[-1][1].shape) > COARSEST:
         levels.append(_down(*levels[-1]))
     values, reg = levels[-1]
@@ -121,32 +117,118 @@ def solve_membrane(boundary: np.ndarray, region: np.ndarray) -> np.ndarray:
     return c
 
 
-def poisson_blend(original: np.ndarray, result: np.ndarray, selection: np.ndarray) -> np.ndarray:
+def solve_membrane(boundary: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """c with Δc = 0 inside `region` and c = `boundary` outside it; (H, W, C) float32, C <= 4.
+
+    `region` must not touch the array's border (pad by one pixel first): every region pixel needs four
+    neighbours.
+    """
+    boundary = np.ascontiguousarray(boundary, dtype=np.float32)
+    return _solve_from([(boundary, region)])
+
+
+def _fine_band(c: np.ndarray, diff: np.ndarray, region: np.ndarray, width: int, sweeps: int) -> None:
+    """Jacobi sweeps on the finest level, in place, on region pixels within `width` px (chessboard) of the
+    boundary; neighbours outside the region read the boundary values from `diff` (c holds upsampled values
+    there, which are never used). Channels 0..2 only (a 4th, if any, stays as it is)."""
+    reg_u8 = region.view(np.uint8)
+    inner = cv2.erode(reg_u8, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * width + 1, 2 * width + 1)),
+                      borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    idx = np.flatnonzero(cv2.subtract(reg_u8, inner))
+    if idx.size == 0:
+        return
+    w = region.shape[1]
+    mark = np.zeros(region.size, bool)
+    for step in (0, -1, 1, -w, w):
+        mark[idx + step] = True
+    around = np.flatnonzero(mark)
+    pos = np.searchsorted(around, idx)
+    left, right = np.searchsorted(around, idx - 1), np.searchsorted(around, idx + 1)
+    up, down = np.searchsorted(around, idx - w), np.searchsorted(around, idx + w)
+    fixed = np.flatnonzero(~region.ravel()[around])          # positions (in `around`) of boundary pixels
+    flat = c.reshape(-1, c.shape[-1])
+    dflat = diff.reshape(-1, diff.shape[-1])
+    quarter = np.float32(0.25)
+    acc = np.empty(idx.size, np.float32)
+    tmp = np.empty(idx.size, np.float32)
+    for ch in range(3):
+        local = flat[around, ch]
+        local[fixed] = dflat[around[fixed], ch]
+        for _ in range(sweeps):
+            np.take(local, left, out=acc)
+            acc += np.take(local, right, out=tmp)
+            acc += np.take(local, up, out=tmp)
+            acc += np.take(local, down, out=tmp)
+            acc *= quarter
+            local[pos] = acc
+        flat[idx, ch] = local[pos]
+
+
+#: finest level (poisson_blend): band width and sweeps. Only detail finer than the half-size level could hold
+#: (wavelengths of 2-4 px) is missing after upsampling, and it decays within a few pixels of the boundary.
+FINE_BAND_PX = 4
+FINE_BAND_SWEEPS = 12
+
+
+def poisson_blend(original: np.ndarray, result: np.ndarray, selection: np.ndarray, *,
+                  in_place: bool = False) -> np.ndarray:
     """RGBA result whose colour inside the selection (selection > 0) is Poisson-blended into the original.
 
     Outside the selection the result is returned as it is (the caller composites through the mask, so those
-    pixels never show). Alpha is the result's.
+    pixels never show). Alpha is the result's. `in_place`: write into `result` itself (the caller owns it)
+    instead of a copy.
+
+    Only the selection's bounding box (plus 1 px) is touched. The membrane is solved from the half-size level
+    down (its boundary values are the 2x2 means of original - result over the outside pixels only), bilinearly
+    upsampled, and the full-size detail is settled by a few sweeps on a narrow band along the boundary.
     """
     region = selection > 0
     rows = np.flatnonzero(region.any(axis=1))
+    out = result if in_place else result.copy()
     if rows.size == 0:
-        return result.copy()
+        return out
     cols = np.flatnonzero(region.any(axis=0))
     h, w = region.shape
-    y0, y1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, h)
-    x0, x1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, w)
-    orig = original[y0:y1, x0:x1, :3]
-    res = result[y0:y1, x0:x1, :3]
-    reg = region[y0:y1, x0:x1]
-    # A selection touching the crop edge has no original boundary there: pad by replicating (Neumann-like).
-    # Where the pad meets the region, the boundary value is the nearest region pixel's difference: keep it
-    # from biasing by treating padded pixels as boundary with the edge-replicated difference.
-    diff = cv2.copyMakeBorder(cv2.subtract(orig, res, dtype=cv2.CV_32F), 1, 1, 1, 1, cv2.BORDER_REPLICATE)
-    reg_p = np.pad(reg, 1, mode="constant", constant_values=False)
-    c = solve_membrane(diff, reg_p)[1:-1, 1:-1]
-    out = result.copy()
-    # result + correction, rounded and saturated to uint8 in one OpenCV pass
-    blended = cv2.add(res, c, dtype=cv2.CV_8U)
-    patch = out[y0:y1, x0:x1, :3]
-    np.copyto(patch, blended, where=reg[..., None])
+    y0, y1 = int(rows[0]) - 1, int(rows[-1]) + 2
+    x0, x1 = int(cols[0]) - 1, int(cols[-1]) + 2
+    cy0, cy1, cx0, cx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+    pads = (cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1)
+    orig = original[cy0:cy1, cx0:cx1]
+    res = out[cy0:cy1, cx0:cx1]
+    if any(pads):
+        # A selection touching the crop edge has no original boundary there: replicate both images outwards, so
+        # the boundary value there is the edge pixels' difference (Neumann-like).
+        orig = cv2.copyMakeBorder(orig, *pads, cv2.BORDER_REPLICATE)
+        res_p = cv2.copyMakeBorder(res, *pads, cv2.BORDER_REPLICATE)
+    else:
+        res_p = res
+    reg = np.zeros((y1 - y0, x1 - x0), bool)
+    reg[1:-1, 1:-1] = region[y0 + 1:y1 - 1, x0 + 1:x1 - 1]
+    outside = (~reg).view(np.uint8)
+    # original - result over the boundary pixels (0 inside the region), float32, one OpenCV pass; its 4th
+    # channel then holds the boundary indicator, so one area resize gives both the sums and their weights.
+    diff = cv2.subtract(orig, res_p, mask=outside, dtype=cv2.CV_32F)
+    ph, pw = reg.shape
+    if ph * pw <= FULL_LEVEL_PIXELS:
+        c4 = solve_membrane(diff, reg)
+        c4[..., 3] = 0                                              # alpha untouched
+    else:
+        cv2.mixChannels([outside.astype(np.float32)], [diff], [0, 3])
+        h2, w2 = (ph + 1) // 2, (pw + 1) // 2
+        summed = cv2.resize(diff, (w2, h2), interpolation=cv2.INTER_AREA)
+        weight = summed[..., 3]
+        coarse_reg = weight < 0.5
+        coarse_reg[0, :] = coarse_reg[-1, :] = False
+        coarse_reg[:, 0] = coarse_reg[:, -1] = False
+        np.maximum(weight, 1e-6, out=weight)
+        coarse = summed[..., :3] / weight[..., None]
+        half = _solve_from([(coarse, coarse_reg)])
+        half = cv2.merge([half, np.zeros(half.shape[:2], np.float32)])   # alpha untouched
+        c4 = cv2.resize(half, (pw, ph), interpolation=cv2.INTER_LINEAR)
+        _fine_band(c4, diff, reg, FINE_BAND_PX, FINE_BAND_SWEEPS)
+    top, left = pads[0], pads[2]
+    c4 = c4[top:top + (cy1 - cy0), left:left + (cx1 - cx0)]
+    mask = reg[top:top + (cy1 - cy0), left:left + (cx1 - cx0)].view(np.uint8)
+    # result + correction, rounded and saturated to uint8, written into the region's pixels in one pass
+    cv2.add(res, c4, dst=res, mask=mask, dtype=cv2.CV_8U)
     return out
