@@ -89,7 +89,8 @@ def make_seamless(original: np.ndarray, result: np.ndarray, selection: np.ndarra
             parts.append(f"tone not matched: {tone.note}")
 
     if blend == "poisson":
-        image = poisson_blend(original, image, selection)
+        # align and tone hand back fresh arrays: blend into those in place (only `result` must stay untouched)
+        image = poisson_blend(original, image, selection, in_place=image is not result)
         parts.append("Poisson-blended")
 
     if image is result:
