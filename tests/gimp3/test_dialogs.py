@@ -132,3 +132,52 @@ mark("last", res2)
     # WITH_LAST_VALS: the typed prompt again, no dialog
     assert last["status"] == "success", last
     assert _names(last) == ["OpenAI: a red kite (1/1)", "photo"], last
+
+
+def test_shut_down_model_switch_dialog(gimp, start_local_server):
+    """Model typed by hand is shut down: the host asks (yes/no dialog), the answer 'Use <replacement>' reruns
+    the job with the replacement and saves it as the default model."""
+    require_gui(gimp)
+    server = start_local_server("--shutdown", "gpt-image-1.5=2026-11-01")
+    config_dir = f"/gimp-openai-work/config-switch-{gimp.version}"
+    env = {"OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": FAKE_KEY, "GIMP_OPENAI_CONFIG_DIR": config_dir}
+    engine = ["/gimp-openai-work/venv/bin/python", "-m", "gimp_openai"]
+    gimp.run([*engine, "config", "set", "default_model=gpt-image-1.5"], env=env).check()
+    # the models the Settings connection test listed last time: the model field completes them
+    cache = gimp.user_dir / "gimp-openai-models.json"
+    cache.write_text(json.dumps({"models": ["gpt-image-2", "gpt-image-1.5"]}), encoding="utf-8")
+    code = IMAGE + r'''
+img, lay = make_image()
+mark("dialog")
+res = call(img, lay, Gimp.RunMode.INTERACTIVE)
+mark("done", res)
+'''
+    try:
+        with GuiGimp(gimp, code, env=env, timeout=240, name="switch") as ui:
+            ui.wait_mark("dialog", timeout=90)
+            wid = ui.wait_window(DIALOG, timeout=60)
+            ui.focus(wid)
+            ui.type("a blue heron")
+            ui.key("ctrl+Tab")  # out of the prompt (Tab would insert a tab) into the model field
+            ui.type("gpt-image-1.5")
+            ui.screenshot("1-dialog-model-typed", window=wid)
+            ui.key("Return")  # takes the completion and closes its popup (which holds the keyboard)
+            ui.focus(wid)
+            ui.key("alt+o")
+            ask = ui.wait_window(r"^OpenAI: model shut down$", timeout=90)
+            ui.screenshot("2-switch-question", window=ask)
+            ui.focus(ask)
+            ui.key("alt+u")  # "_Use <replacement>"
+            res = _json(ui.wait_mark("done", timeout=120))
+            ui.screenshot("3-result")
+            run = ui.wait(60)
+    finally:
+        cache.unlink(missing_ok=True)
+    everything = run.stdout + run.stderr
+    assert FAKE_KEY not in everything and "Traceback" not in everything, everything[-4000:]
+    assert res["status"] == "success", res
+    assert _names(res) == ["OpenAI: a blue heron (1/1)", "photo"], res
+    used = res["layers"][0]["parasite"]["model"]
+    assert used and used != "gpt-image-1.5", res
+    shown = gimp.run([*engine, "config", "show", "--json"], env=env).check()
+    assert json.loads(shown.stdout)["settings"]["default_model"] == used, shown.stdout

@@ -89,12 +89,16 @@ class GuiGimp:
         self.started = 0.0
 
     def _write_gimprc(self) -> None:
-        """No welcome dialog (GIMP 3 shows one on a first start), nothing else that waits for a human."""
+        """No welcome dialog: GIMP 3 shows one whenever gimprc's config-version is not its own version."""
         rc = self.chroot.user_dir / "gimprc"
         rc.parent.mkdir(parents=True, exist_ok=True)
         text = rc.read_text(encoding="utf-8") if rc.exists() else ""
-        if "show-welcome-dialog" not in text:
-            rc.write_text(text + "\n(show-welcome-dialog no)\n(save-session-info no)\n", encoding="utf-8")
+        if "(config-version" in text:
+            return
+        run = self.chroot.run([f"gimp-{self.chroot.version}", "--version"], timeout=60)
+        found = re.search(r"version (\d+\.\d+\.\d+)", run.stdout)
+        if found:
+            rc.write_text(text + f'\n(config-version "{found.group(1)}")\n', encoding="utf-8")
 
     # ------------------------------------------------------------------------------------------ process
     def _argv(self, argv: list[str], env: dict[str, str]) -> list[str]:
