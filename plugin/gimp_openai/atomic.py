@@ -28,10 +28,13 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> None:
+def write_bytes_atomic(
+    path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True, durable: bool = True
+) -> None:
     """Write ``data`` to ``path`` atomically. ``overwrite=False`` raises FileExistsError instead of replacing
     an existing file (the check and the rename are one step where hard links exist: ``os.link`` fails if the
-    name is taken)."""
+    name is taken). ``durable=False`` skips the fsyncs (still write-then-rename, so no reader ever sees a
+    partial file): for temp files another process reads at once and deletes, never for history."""
     target = Path(path)
     folder = target.parent
     tmp_name: str | None = None
@@ -43,7 +46,8 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: 
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if overwrite:
@@ -60,7 +64,8 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: 
             else:
                 os.unlink(tmp_name)
         tmp_name = None
-        _fsync_dir(folder)
+        if durable:
+            _fsync_dir(folder)
     except FileExistsError:
         raise
     except OSError as exc:

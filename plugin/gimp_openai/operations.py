@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -536,8 +537,12 @@ def _send_edit(
     # so the mask's edge lies on the image's selection edge (scaling the request-sized selection instead can
     # put it up to half a target pixel off when place_in_target is rounded).
     sel_target = composite.target_selection(selection, plan)
-    image_png = imaging.encode_png(pixels)
-    mask_png = imaging.encode_png(masks.api_mask(sel_target, plan.target))
+    # The mask is built and encoded on a second thread while this one encodes the image (OpenCV releases the GIL).
+    mask_future = _side_pool().submit(
+        lambda: imaging.encode_png(masks.api_mask(sel_target, plan.target), png_filter="up")
+    )
+    image_png = imaging.encode_upload_png(pixels, limit=family.max_upload_bytes or None)
+    mask_png = mask_future.result()
     check_upload(image_png, family, "image sent to the model")
     for extra in options.extra_images:
         check_upload(extra, family, "reference image")
@@ -564,6 +569,22 @@ def _send_edit(
 
     result = _call_with_ticker(engine, progress, item, options.model, family, quality or "auto", plan.target, call)
     return result, plan, place_pixels, selection
+
+
+_SIDE_POOL: ThreadPoolExecutor | None = None
+
+
+def _side_pool() -> ThreadPoolExecutor:
+    """Two threads for work that runs beside the main line of one item (encode the mask while the image is
+    encoded): bounded, shared by a batch's items, started on first use."""
+    global _SIDE_POOL
+    with _SIDE_LOCK:
+        if _SIDE_POOL is None:
+            _SIDE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="side")
+        return _SIDE_POOL
+
+
+_SIDE_LOCK = threading.Lock()
 
 
 def imaging_result_to_place(returned: np.ndarray, plan: Any) -> np.ndarray:
@@ -717,7 +738,7 @@ def variation(
 
     _emit(progress, item, "upload", "Preparing the image")
     pixels = composite.request_pixels(place_pixels, plan)
-    image_png = imaging.encode_png(pixels)
+    image_png = imaging.encode_upload_png(pixels, limit=family.max_upload_bytes or None)
     check_upload(image_png, family, "image sent to the model")
     size = f"{plan.target[0]}x{plan.target[1]}"
     if via_endpoint:

@@ -261,3 +261,13 @@ def test_rescue_dir_defaults_to_system_temp(monkeypatch):
 
     monkeypatch.delenv("GIMP_OPENAI_RESCUE_DIR", raising=False)
     assert rescue_dir() == __import__("pathlib").Path(tempfile.gettempdir()) / "gimp-openai-rescue"
+
+
+def test_not_durable_write_skips_fsync_but_is_still_atomic(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: calls.append(fd))
+    write_bytes_atomic(tmp_path / "layer.png", b"PNG", durable=False)
+    assert calls == [] and (tmp_path / "layer.png").read_bytes() == b"PNG"
+    assert [p.name for p in tmp_path.iterdir()] == ["layer.png"]
+    write_bytes_atomic(tmp_path / "history.png", b"PNG")
+    assert calls  # history writes stay durable

@@ -225,3 +225,45 @@ def test_bench_encode_png(level):
     pillow = time.perf_counter() - t
     print(f"\nencode_png 1024^2 level {level}: opencv {opencv * 1000:.0f} ms {len(data) / 1e6:.2f} MB; "
           f"pillow {pillow * 1000:.0f} ms {len(pil) / 1e6:.2f} MB")
+
+
+# --- the PNG settings per destination (issue 7's per-pixel overhead) -------------------------------------------------
+
+
+def _photo(h: int = 256, w: int = 320, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = cv2.resize(rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8), (w, h),
+                      interpolation=cv2.INTER_CUBIC)
+    out = np.dstack([np.clip(base.astype(np.int16) + rng.integers(-3, 4, base.shape), 0, 255).astype(np.uint8),
+                     rng.integers(0, 256, (h, w), dtype=np.uint8)])
+    return out
+
+
+@pytest.mark.parametrize("shape", [(256, 320, 4), (256, 320)])
+def test_host_png_is_exact_and_readable_by_pillow(shape):
+    from gimp_openai.imaging import encode_host_png
+
+    pixels = _photo() if len(shape) == 3 else _photo()[..., 0].copy()
+    data = encode_host_png(pixels)
+    back = np.asarray(Image.open(io.BytesIO(data)))
+    assert back.shape == pixels.shape and np.array_equal(back, pixels)
+    assert np.array_equal(decode_image(data)[..., :4] if len(shape) == 3 else decode_selection(data), pixels)
+
+
+def test_upload_png_is_exact_and_the_engine_level_png():
+    from gimp_openai.imaging import PNG_COMPRESS_LEVEL, encode_upload_png
+
+    pixels = _photo(512, 512)
+    pixels[..., 3] = 255
+    data = encode_upload_png(pixels)
+    assert np.array_equal(decode_image(data), pixels)
+    assert data == encode_png(pixels, compress_level=PNG_COMPRESS_LEVEL)  # upload / crop PNG = 1.00
+
+
+def test_upload_png_tries_the_smallest_encoding_near_a_size_limit():
+    from gimp_openai.imaging import encode_upload_png
+
+    pixels = _photo(512, 512)
+    fast = encode_upload_png(pixels)
+    small = encode_upload_png(pixels, limit=len(fast) - 1)
+    assert len(small) < len(fast) and np.array_equal(decode_image(small), decode_image(fast))
