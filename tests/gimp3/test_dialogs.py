@@ -107,6 +107,7 @@ mark("last", res2)
         geo = ui.geometry(wid)
         ui.screenshot("1-dialog-defaults", window=wid)
         ui.focus(wid)
+        ui.key("ctrl+a")  # GIMP fills the last values (kept across sessions): replace them
         ui.type("a red kite")
         ui.screenshot("2-dialog-typed", window=wid)
         ui.key("alt+o")
@@ -157,8 +158,10 @@ mark("done", res)
             ui.wait_mark("dialog", timeout=90)
             wid = ui.wait_window(DIALOG, timeout=60)
             ui.focus(wid)
+            ui.key("ctrl+a")  # the last values (kept across sessions) are filled in: replace them
             ui.type("a blue heron")
             ui.key("ctrl+Tab")  # out of the prompt (Tab would insert a tab) into the model field
+            ui.key("ctrl+a")
             ui.type("gpt-image-1.5")
             ui.screenshot("1-dialog-model-typed", window=wid)
             ui.key("Return")  # takes the completion and closes its popup (which holds the keyboard)
