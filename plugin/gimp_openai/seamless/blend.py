@@ -27,7 +27,7 @@ FULL_LEVEL_PIXELS = 160 * 160
 FULL_SWEEPS = 60
 #: band relaxation: width of the band inside the region along its boundary, and sweeps.
 BAND_PX = 10
-BAND_SWEEPS = 40
+BAND_SWEEPS = 20
 
 
 def _relax(c: np.ndarray, region: np.ndarray, sweeps: int) -> np.ndarray:
