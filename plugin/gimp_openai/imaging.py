@@ -27,11 +27,12 @@ MAX_DECODE_PIXELS = 100_000_000
 PNG_COMPRESS_LEVEL = 1
 
 #: PNG row filters (libpng through OpenCV). ``None`` = libpng's adaptive choice among all five per row.
-_PNG_FILTERS = {
-    "none": cv2.IMWRITE_PNG_FILTER_NONE,
-    "sub": cv2.IMWRITE_PNG_FILTER_SUB,
-    "up": cv2.IMWRITE_PNG_FILTER_UP,
-    "paeth": cv2.IMWRITE_PNG_FILTER_PAETH,
+#: OpenCV added IMWRITE_PNG_FILTER in 4.11; older builds (Debian trixie's 4.10, which GIMP 3's own Python uses
+#: after a Flatpak or distro install) lack it, so a filter is a speed hint there, never a requirement.
+_PNG_FILTERS: dict[str, int] = {
+    name: getattr(cv2, f"IMWRITE_PNG_FILTER_{name.upper()}")
+    for name in ("none", "sub", "up", "paeth")
+    if hasattr(cv2, f"IMWRITE_PNG_FILTER_{name.upper()}")
 }
 
 #: The upload keeps libpng's adaptive row filters. A single fixed filter is faster (Sub: 110 ms instead of 176 ms
@@ -207,7 +208,9 @@ def encode_png(pixels: np.ndarray, *, compress_level: int = PNG_COMPRESS_LEVEL, 
     else:
         raise ValueError(f"encode_png cannot encode an array of shape {pixels.shape}")
     params = [cv2.IMWRITE_PNG_COMPRESSION, int(compress_level)]
-    if png_filter is not None:
+    if png_filter is not None and png_filter not in ("none", "sub", "up", "paeth"):
+        raise ValueError(f"unknown PNG filter {png_filter!r}")
+    if png_filter in _PNG_FILTERS and hasattr(cv2, "IMWRITE_PNG_FILTER"):
         params += [cv2.IMWRITE_PNG_FILTER, _PNG_FILTERS[png_filter]]
     ok, buffer = cv2.imencode(".png", np.ascontiguousarray(bgr), params)
     if not ok:
