@@ -475,9 +475,17 @@ def _single(image, drawable, args, operation, retried=False):
         report = host.reports_text(outputs, _secrets())
         if report:  # what alignment/tone match corrected: in the status bar now, on the layer's parasite after
             pdb.gimp_progress_set_text(_native(report))
+        _show_warnings(result)
         return layers
     finally:
         host.cleanup(workdir)
+
+
+def _show_warnings(result):
+    """Paid images that went to a rescue folder (history full or unwritable): the artist must learn where."""
+    text = host.warnings_text(result, _secrets())
+    if text:
+        gimp.message(_native(text))
 
 
 def generate(image, drawable, args, retried=False):
@@ -503,6 +511,7 @@ def generate(image, drawable, args, retried=False):
             raise host.HostError.from_engine(error)
         outputs = item.get("outputs") or []
         model = item.get("model") or result.get("model") or job["model"]
+        _show_warnings(result)
         if new_image:
             width = max(int(o["width"]) for o in outputs)
             height = max(int(o["height"]) for o in outputs)

@@ -455,7 +455,22 @@ def summary(result, names, secrets=()):
     head = u"OpenAI batch: %d of %d images done." % (done, len(result.get("items", [])))
     if not result.get("items") and result.get("error"):
         lines.append(describe_error(result["error"], secrets))
+    warnings = warnings_text(result, secrets)
+    if warnings:
+        lines.append(warnings)
     return u"\n".join([head] + lines)
+
+
+def warnings_text(result, secrets=()):
+    """What the artist must read even when everything worked: where paid images went when the history folder
+    was full or unwritable. One line per distinct warning; empty when there is none."""
+    seen = []
+    for text in list(result.get("warnings") or []) + [w for item in result.get("items") or []
+                                                     for w in item.get("warnings") or []]:
+        line = clean_line(text, secrets)
+        if line and line not in seen:
+            seen.append(line)
+    return u"\n".join(seen)
 
 
 def parasite_data(prompt, model, output, secrets=()):

@@ -149,3 +149,25 @@ def test_dead_model_fails_with_the_engines_text_and_inserts_nothing(g2, engine, 
     assert image.layers == [layer]
     np.testing.assert_array_equal(layer.pixels, before_layer)
     assert plugin_steps(image) == [] and image.undo_depth == 0
+
+
+def test_history_unwritable_the_layer_is_inserted_and_the_message_says_where_the_paid_image_went(
+        g2, engine, local_server, monkeypatch, tmp_path):
+    _point(monkeypatch, local_server)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the history folder should be")
+    monkeypatch.setenv("GIMP_OPENAI_HISTORY_DIR", str(blocker / "history"))  # cannot be created, even as root
+    rescue = tmp_path / "rescue"
+    monkeypatch.setenv("GIMP_OPENAI_RESCUE_DIR", str(rescue))
+    image, layer = make_image(g2, 96, 80)
+    before = image.composite()
+    g2.pdb.gimp_image_select_ellipse(image, 2, 20, 20, 40, 30)
+    sel = image.selection.pixels[..., 0].copy()
+    g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args("a red kite", n=1))
+    assert [res.name for res in image.layers[:1]] == ["OpenAI: a red kite (1/1)"]
+    np.testing.assert_array_equal(image.composite()[sel == 0], before[sel == 0])
+    rescued = sorted(p for p in rescue.rglob("*.png"))
+    assert len(rescued) == 1, list(rescue.rglob("*"))
+    messages = [str(m) for m in g2.gimp.state.messages]
+    assert len(messages) == 1 and str(rescue) in messages[0] and "history" in messages[0].lower(), messages
+    assert len(plugin_steps(image)) == 1 and image.undo_depth == 0

@@ -607,6 +607,9 @@ def run_items(op, values, items, summary=False):
         if report:  # what alignment/tone match corrected: in the status bar now, on each layer's parasite after
             Gimp.progress_set_text(report)
         Gimp.displays_flush()
+        warnings = hl.warnings_text(result, _secrets())
+        if warnings and not summary:  # paid images rescued outside the history folder: say where (batch: in summary)
+            Gimp.message(warnings)
         failures = hl.failed_items(result)
         if summary:
             names = dict((it.id, it.name) for it in items)
@@ -685,6 +688,9 @@ def _generate(values, image, drawables):
             o["x"] = (image.get_width() - int(o.get("width", 0))) // 2
             o["y"] = (image.get_height() - int(o.get("height", 0))) // 2
         insert_outputs(image, above, outputs, job["prompt"], model, False, _secrets())
+        warnings = hl.warnings_text(result, _secrets())
+        if warnings:  # paid images rescued outside the history folder: say where
+            Gimp.message(warnings)
         if new_image:
             try:
                 Gimp.Display.new(image)
