@@ -559,8 +559,9 @@ def _send_edit(
     )
     if options.extra_images:
         kwargs["extra_images"] = list(options.extra_images)
-    if family.gpt_params and options.background and options.background != "auto":
-        kwargs["background"] = options.background
+    background = request_background(family, options.background)
+    if background:
+        kwargs["background"] = background
     if family.response_format:
         kwargs["response_format"] = "b64_json"
 
@@ -753,8 +754,9 @@ def variation(
         path = PATH_VARIATION_EDIT
         ekwargs: dict[str, Any] = dict(model=model, prompt=prompt, image=image_png, n=options.n, size=size,
                                        quality=quality, on_event=_RETRY_REPORTER)
-        if family.gpt_params and options.background and options.background != "auto":
-            ekwargs["background"] = options.background
+        background = request_background(family, options.background)
+        if background:
+            ekwargs["background"] = background
 
         def call() -> Any:
             return _request_call(engine, model, lambda: engine.client.edit(**ekwargs))
@@ -816,8 +818,9 @@ def generate(
     parsed = capabilities.parse_size(size) or (1024, 1024)
     kwargs: dict[str, Any] = dict(model=model, prompt=options.prompt, n=options.n, size=size, quality=quality,
                                   on_event=_RETRY_REPORTER)
-    if family.gpt_params and options.background and options.background != "auto":
-        kwargs["background"] = options.background
+    background = request_background(family, options.background)
+    if background:
+        kwargs["background"] = background
     if family.response_format:
         kwargs["response_format"] = "b64_json"
     _emit(progress, item, "upload", "Sending the prompt")
@@ -853,6 +856,18 @@ def generate(
         )
     _emit(progress, item, "done", f"{n} image{'s' if n != 1 else ''} ready")
     return Outcome(outputs=outputs, model=model, path=PATH_GENERATE, notes=rescue_notes)
+
+
+def request_background(family: Family, chosen: str | None) -> str | None:
+    """The ``background`` to send: the user's choice, except that 'auto' means opaque for families whose
+    transparency is only a preview (gpt-image-2: users report refusals and cut-outs they did not ask for).
+    None: leave the parameter out (families without GPT parameters, or 'auto' where the model's own choice is fine).
+    """
+    if not family.gpt_params:
+        return None
+    if chosen and chosen != "auto":
+        return chosen
+    return "opaque" if family.transparent_background == "preview" else None
 
 
 def full_composite(original: np.ndarray, output: Output) -> np.ndarray:
