@@ -47,7 +47,8 @@ def test_recovers_the_similarity(dx, dy, scale, angle):
     assert found.confidence > 0.8
     assert found.dx == pytest.approx(dx, abs=0.1) and found.dy == pytest.approx(dy, abs=0.1)
     assert found.scale == pytest.approx(scale, abs=1e-3) and found.angle_deg == pytest.approx(angle, abs=0.05)
-    assert found.residual_px is not None and found.residual_px < 1.0
+    # features are matched only when the coarse-to-fine estimate is not confident: no residual otherwise
+    assert found.residual_px is None or found.residual_px < 1.0
 
 
 def _rewarp(case, dx, dy, scale, angle):

@@ -13,7 +13,7 @@ import numpy as np
 
 from .align import apply_alignment, estimate_alignment
 from .blend import poisson_blend
-from .tone import match_tone, ring_window
+from .tone import match_tone, ring_window, warm_up_lab
 
 __all__ = ["BLEND_MODES", "SeamlessResult", "make_seamless"]
 
@@ -62,12 +62,15 @@ def make_seamless(original: np.ndarray, result: np.ndarray, selection: np.ndarra
     parts: list[str] = []
     details: dict = {"alignment": None, "tone": None, "blend": blend}
     valid = None
+    if tone_match:
+        warm_up_lab()   # OpenCV's Lab tables, set up on another core while the alignment runs
+    window = _sharp_window(selection)
 
     if align:
         found = estimate_alignment(original, result, selection)
         details["alignment"] = found.to_dict()
         if found.applied:
-            image, valid = apply_alignment(result, found.matrix, _sharp_window(selection))
+            image, valid = apply_alignment(result, found.matrix, window)
             text = f"shifted {found.dx:.1f}, {found.dy:.1f} px; scale {found.scale:.3f}"
             if abs(found.angle_deg) >= 0.05:
                 text += f"; rotated {found.angle_deg:.2f}°"
@@ -78,7 +81,7 @@ def make_seamless(original: np.ndarray, result: np.ndarray, selection: np.ndarra
             parts.append(f"not aligned: {found.note} — composited as returned")
 
     if tone_match:
-        tone = match_tone(original, image, selection, valid)
+        tone = match_tone(original, image, selection, valid, window, in_place=image is not result)
         details["tone"] = tone.to_dict()
         if tone.applied:
             image = tone.image

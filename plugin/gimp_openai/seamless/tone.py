@@ -10,6 +10,7 @@ for colours that only occur inside the selection.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import cv2
@@ -37,8 +38,35 @@ def _rows(arr: np.ndarray) -> np.ndarray:
     return arr.reshape(1, -1, arr.shape[-1])
 
 
+_warm_lock = threading.Lock()
+_warm_thread: threading.Thread | None = None
+
+
+def _init_lab_tables() -> None:
+    cv2.cvtColor(np.zeros((1, 1, 3), np.float32), cv2.COLOR_RGB2Lab)
+
+
+def warm_up_lab() -> None:
+    """Start OpenCV's one-time CIELAB table set-up (~90 ms on the first Lab conversion of a process, float or
+    8-bit alike) on a background thread, so it overlaps the alignment estimate instead of adding to it. Every
+    engine job is a fresh process: without this, each one pays it in full. Idempotent."""
+    global _warm_thread
+    with _warm_lock:
+        if _warm_thread is None:
+            _warm_thread = threading.Thread(target=_init_lab_tables, name="seamless-lab-init", daemon=True)
+            _warm_thread.start()
+
+
+def _lab_ready() -> None:
+    """Wait for the warm-up (if one was started): OpenCV's table set-up is not safe to race."""
+    thread = _warm_thread
+    if thread is not None and thread.is_alive():
+        thread.join()
+
+
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB(A) (..., 3|4) -> float32 CIELAB (D65, sRGB gamma), L 0..100."""
+    _lab_ready()
     # one pass to float32 in [0, 1]; OpenCV's float conversion reads 3 or 4 channels (alpha ignored)
     unit = np.multiply(_rows(rgb), np.float32(1 / 255), dtype=np.float32)
     lab = cv2.cvtColor(unit, cv2.COLOR_RGB2Lab)
@@ -47,6 +75,7 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 
 def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     """float32 CIELAB (..., 3) -> uint8 RGB, clipped to the gamut, rounded."""
+    _lab_ready()
     rgb = cv2.cvtColor(_rows(lab.astype(np.float32, copy=False)), cv2.COLOR_Lab2RGB)
     # scale, round and saturate to uint8 in one OpenCV pass (numpy takes four, each a full-size temporary)
     out = cv2.multiply(rgb, (255.0, 255.0, 255.0, 0.0), dtype=cv2.CV_8U)  # type: ignore[call-overload]  # a Scalar; the stubs omit it
@@ -220,10 +249,14 @@ class ToneMatch:
 
 
 def match_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray,
-               valid: np.ndarray | None = None) -> ToneMatch:
+               valid: np.ndarray | None = None, window: tuple[int, int, int, int] | None = None,
+               in_place: bool = False) -> ToneMatch:
     """Fit result -> original over the context ring and apply it when it visibly helps.
 
     `valid` marks result pixels that hold real content (alignment may have pulled in a border).
+    `window` = (y0, y1, x0, x1): apply the transform there only (the selection's bounding box grown by the
+    ring: all the layer mask can show, and the ring); the rest of the crop, hidden behind a mask of 0, keeps
+    the result's colours. None: the whole crop. `in_place`: write into `result` (the caller owns it).
     Returns the result itself (same object, untouched) when nothing is applied.
     """
     ring = context_ring(selection, valid)
@@ -244,4 +277,10 @@ def match_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray,
     if before - after < MIN_GAIN or after > before * (1 - MIN_RATIO):
         return ToneMatch(result, False, before, after, matrix, int(idx.size),
                          note="a colour fit would not help enough")
-    return ToneMatch(apply_lab_transform(result, m), True, before, after, matrix, int(idx.size))
+    if window is None:
+        return ToneMatch(apply_lab_transform(result, m), True, before, after, matrix, int(idx.size))
+    y0, y1, x0, x1 = window
+    out = result if in_place else result.copy()
+    if y1 > y0 and x1 > x0:
+        out[y0:y1, x0:x1] = apply_lab_transform(result[y0:y1, x0:x1], m)
+    return ToneMatch(out, True, before, after, matrix, int(idx.size))
