@@ -216,7 +216,7 @@ def _coarse_to_fine(orig: np.ndarray, res: np.ndarray, sel: np.ndarray,
     m = None
     rho = 0.0
     prev_size = (0, 0)
-    for k, ((o, r, s), iters) in enumerate(zip(levels, iterations)):
+    for (o, r, s), iters in zip(levels, iterations, strict=True):
         hs, ws = s.shape
         mg = max(2, round(margin * max(hs, ws) / max(sel.shape)))
         tmask = context_mask(s, mg)
@@ -232,7 +232,7 @@ def _coarse_to_fine(orig: np.ndarray, res: np.ndarray, sel: np.ndarray,
         if rho < CTF_MIN_CORRELATION:   # a wrong basin reaches 0.6-0.9 on textured scenes; the right one 0.98+
             return None
         prev_size = (ws, hs)
-    return m, rho
+    return None if m is None else (m, rho)
 
 
 def _not_applied(m: np.ndarray, w: int, h: int, confidence: float, residual: float | None, note: str) -> Alignment:
