@@ -533,7 +533,7 @@ def generate(image, drawable, args, retried=False):
         host.cleanup(workdir)
 
 
-def batch(image, drawable, args):
+def batch(image, drawable, args, retried=False):
     """Every open image in one engine job; each image gets its own undo group; a summary at the end."""
     operation = args.get("batch_operation", "edit")
     if operation == "edit" and not host.clean_line(args.get("prompt", "")):
@@ -559,6 +559,10 @@ def batch(image, drawable, args):
                              u"Open an RGB or grayscale image and select an area, then run again.", "nothing_to_do")
     result, model, workdir = _run_items(prepared, args, operation, u"OpenAI: batch over %d images" % len(prepared))
     try:
+        gone = host.model_gone(result)
+        replacement = _switch_model(gone, retried) if gone else None
+        if replacement:  # every image failed only because the model is gone: the artist chose its replacement
+            return batch(image, drawable, dict(args, model=replacement), retried=True)
         by_id = dict((p["id"], p) for p in prepared)
         prompt = args.get("prompt", "") if operation == "edit" else u"variation"
         for item in result.get("items") or []:

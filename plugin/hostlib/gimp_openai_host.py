@@ -442,6 +442,17 @@ def failed_items(result):
     return failures
 
 
+def model_gone(result):
+    """The engine's error when the whole job failed because its model was shut down (``model_not_found`` for
+    every item, or for the job): a batch can then offer the switch like a single image does. Else None."""
+    failures = failed_items(result)
+    if not failures or any(i.get("ok") for i in result.get("items", [])):
+        return None
+    if all((error or {}).get("code") == "model_not_found" for _id, error in failures):
+        return failures[0][1]
+    return None
+
+
 def summary(result, names, secrets=()):
     """The batch summary: one line per item, what succeeded (how many layers) and what failed and why."""
     lines = []

@@ -171,3 +171,26 @@ def test_history_unwritable_the_layer_is_inserted_and_the_message_says_where_the
     messages = [str(m) for m in g2.gimp.state.messages]
     assert len(messages) == 1 and str(rescue) in messages[0] and "history" in messages[0].lower(), messages
     assert len(plugin_steps(image)) == 1 and image.undo_depth == 0
+
+
+def test_dead_model_in_a_batch_offers_the_switch_once_and_runs_every_image(g2, engine, start_local_server,
+                                                                           monkeypatch):
+    from gimp_openai.settings import load_settings
+
+    server = start_local_server(*TODAYS_LINEUP)
+    _point(monkeypatch, server)
+    images = [make_image(g2, 64, 64, name=f"{n}.png", seed=i)[0] for i, n in enumerate("ab")]
+    for img in images:
+        g2.pdb.gimp_image_select_rectangle(img, 2, 10, 10, 30, 30)
+    asked = []
+    g2.plugin.ASK = lambda q: asked.append(q) or True
+    g2.gimpfu.DIALOG = lambda name, values: batch_args(model="gpt-image-1")
+    g2.pdb.python_fu_openai_batch(run_mode=g2.gimpfu.RUN_INTERACTIVE)
+    assert len(asked) == 1 and GONE_TEXT in asked[0], asked
+    requests = sorted(_image_requests(server))
+    assert requests == [("edits", "gpt-image-1", 404)] * 2 + [("edits", "gpt-image-2", 200)] * 2, requests
+    assert load_settings(apply_env=False).default_model == "gpt-image-2"
+    for img in images:
+        assert img.layers[0].name == "OpenAI: snow (1/1)"
+        assert json.loads(img.layers[0].parasite_find("gimp-openai").data)["model"] == "gpt-image-2"
+    assert "2 of 2 images done" in g2.gimp.state.messages[-1]

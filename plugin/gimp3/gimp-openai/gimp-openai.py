@@ -152,7 +152,7 @@ class OpenAIPlugIn(Gimp.PlugIn):
                 message = run_region(op, values, [(image, drawables)], interactive=run_mode ==
                                      Gimp.RunMode.INTERACTIVE)
             elif op == "batch":
-                message = run_batch(values)
+                message = run_batch(values, run_mode == Gimp.RunMode.INTERACTIVE)
             elif op == "generate":
                 message = run_generate(values, image, drawables, run_mode == Gimp.RunMode.INTERACTIVE)
             else:
@@ -611,6 +611,9 @@ def run_items(op, values, items, summary=False):
         if warnings and not summary:  # paid images rescued outside the history folder: say where (batch: in summary)
             Gimp.message(warnings)
         failures = hl.failed_items(result)
+        gone = hl.model_gone(result)
+        if gone:  # nothing was done, only because the model is gone: the caller may offer its replacement
+            raise _engine_error(gone)
         if summary:
             names = dict((it.id, it.name) for it in items)
             if failures and len(failures) == len(items):
@@ -632,7 +635,7 @@ def run_region(op, values, targets, interactive=False):
     return _with_model_switch(lambda v: run_items(op, v, items), values, interactive)
 
 
-def run_batch(values):
+def run_batch(values, interactive=False):
     op = values.get("batch_operation") or "edit"
     if op == "edit" and not (values.get("prompt") or "").strip():
         raise Refusal("The prompt is empty.", "Describe what to paint into each image's selection.")
@@ -649,7 +652,7 @@ def run_batch(values):
             skipped.append(f"\u2717 {_image_name(image)}: {exc.message}")
     if not items:
         raise hl.HostError("No open image can be processed:\n" + "\n".join(skipped), "", "batch_failed")
-    text = run_items(op, values, items, summary=True)
+    text = _with_model_switch(lambda v: run_items(op, v, items, summary=True), values, interactive)
     return text + ("\n" + "\n".join(skipped) if skipped else "")
 
 
