@@ -194,7 +194,7 @@ def _texture(grey: np.ndarray, mask: np.ndarray) -> float:
 #: work level last), and the correlation every level's fit must reach to skip the feature (ORB) estimate.
 COARSE_MIN_SIDE = 96
 COARSE_LEVELS = 2
-CTF_ITERATIONS = (30, 10, 6)
+CTF_ITERATIONS = (30, 8, 3)
 CTF_MIN_CORRELATION = 0.95
 
 
