@@ -54,11 +54,20 @@ def _edit(g2, monkeypatch, server, **kw):
 def _context_error(top, sel, original):
     """Mean |difference| (RGB levels) between the inserted layer and the original, inside the crop and
     outside the selection, away from the crop's border (where a warp has nothing to show)."""
+    from gimp_openai.seamless.tone import ring_window
+
     x, y = top.offsets
     h, w = top.height, top.width
-    context = sel[y:y + h, x:x + w] == 0
+    crop_sel = sel[y:y + h, x:x + w]
+    context = crop_sel == 0
     margin = 16
     context[:margin], context[-margin:], context[:, :margin], context[:, -margin:] = False, False, False, False
+    # the corrections cover the selection's box grown by the tone ring: everything the layer mask shows, and
+    # room to paint it wider; beyond that the layer keeps the model's own pixels (hidden behind mask 0)
+    _width, (y0, y1, x0, x1) = ring_window(crop_sel > 0)
+    window = np.zeros_like(context)
+    window[y0:y1, x0:x1] = True
+    context &= window
     got = top.pixels[..., :3].astype(np.int16)[context]
     want = original[y:y + h, x:x + w, :3].astype(np.int16)[context]
     return float(np.abs(got - want).mean())
