@@ -194,3 +194,27 @@ def test_dead_model_in_a_batch_offers_the_switch_once_and_runs_every_image(g2, e
         assert img.layers[0].name == "OpenAI: snow (1/1)"
         assert json.loads(img.layers[0].parasite_find("gimp-openai").data)["model"] == "gpt-image-2"
     assert "2 of 2 images done" in g2.gimp.state.messages[-1]
+
+
+def test_settings_saves_through_the_engine_and_tests_the_real_connection(g2, engine, local_server, monkeypatch):
+    from gimp_openai.settings import load_settings
+
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    g2.pdb.python_fu_openai_settings(local_server.url, "gpt-image-2", "", False, True)
+    saved = load_settings(apply_env=False)
+    assert saved.base_url == local_server.url and saved.default_model == "gpt-image-2"
+    (message,) = [str(m) for m in g2.gimp.state.messages]
+    assert "Settings saved: base_url, default_model." in message, message
+    assert "Connected. Image models offered:" in message and "gpt-image-2" in message, message
+    assert "dall-e-2" in message and "gpt-4o" not in message  # image models only
+    assert FAKE_KEY not in message
+    assert any(r["path"].endswith("/models") for r in local_server.stats()["requests"])
+
+
+def test_settings_connection_failure_is_a_plain_message(g2, engine, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    g2.pdb.python_fu_openai_settings("http://127.0.0.1:9/v1", "", "", False, True)  # nothing listens on port 9
+    (message,) = [str(m) for m in g2.gimp.state.messages]
+    assert "Settings saved: base_url." in message and "Connected" not in message, message
+    assert "Traceback" not in message and FAKE_KEY not in message
+    assert "127.0.0.1:9" in message, message  # says which server could not be reached
