@@ -13,7 +13,7 @@ import numpy as np
 
 from .align import apply_alignment, estimate_alignment
 from .blend import poisson_blend
-from .tone import match_tone, ring_window, warm_up_lab
+from .tone import lab_ready, match_tone, ring_window, warm_up_lab
 
 __all__ = ["BLEND_MODES", "SeamlessResult", "make_seamless"]
 
@@ -58,12 +58,20 @@ def make_seamless(original: np.ndarray, result: np.ndarray, selection: np.ndarra
     `original`, `result`: same-sized RGBA uint8; `selection`: uint8, 255 = selected (soft edges allowed).
     """
     _check(original, result, selection, blend)
+    if tone_match and not selection.all():  # without context there is no tone to match: no Lab work at all
+        warm_up_lab()   # OpenCV's Lab tables, set up on another core while the alignment runs
+    try:
+        return _corrected(original, result, selection, align, tone_match, blend)
+    finally:
+        lab_ready()  # never leave the warm-up running: an engine exiting under it aborts (see lab_ready)
+
+
+def _corrected(original: np.ndarray, result: np.ndarray, selection: np.ndarray, align: bool, tone_match: bool,
+               blend: str) -> SeamlessResult:
     image = result
     parts: list[str] = []
     details: dict = {"alignment": None, "tone": None, "blend": blend}
     valid = None
-    if tone_match:
-        warm_up_lab()   # OpenCV's Lab tables, set up on another core while the alignment runs
     window = _sharp_window(selection)
 
     if align:

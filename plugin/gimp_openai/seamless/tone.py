@@ -57,8 +57,9 @@ def warm_up_lab() -> None:
             _warm_thread.start()
 
 
-def _lab_ready() -> None:
-    """Wait for the warm-up (if one was started): OpenCV's table set-up is not safe to race."""
+def lab_ready() -> None:
+    """Wait for the warm-up (if one was started): OpenCV's table set-up is not safe to race, and a process must
+    not exit while it runs (the C++ runtime aborts with "terminate called without an active exception")."""
     thread = _warm_thread
     if thread is not None and thread.is_alive():
         thread.join()
@@ -66,7 +67,7 @@ def _lab_ready() -> None:
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB(A) (..., 3|4) -> float32 CIELAB (D65, sRGB gamma), L 0..100."""
-    _lab_ready()
+    lab_ready()
     # one pass to float32 in [0, 1]; OpenCV's float conversion reads 3 or 4 channels (alpha ignored)
     unit = np.multiply(_rows(rgb), np.float32(1 / 255), dtype=np.float32)
     lab = cv2.cvtColor(unit, cv2.COLOR_RGB2Lab)
@@ -75,7 +76,7 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 
 def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     """float32 CIELAB (..., 3) -> uint8 RGB, clipped to the gamut, rounded."""
-    _lab_ready()
+    lab_ready()
     rgb = cv2.cvtColor(_rows(lab.astype(np.float32, copy=False)), cv2.COLOR_Lab2RGB)
     # scale, round and saturate to uint8 in one OpenCV pass (numpy takes four, each a full-size temporary)
     out = cv2.multiply(rgb, (255.0, 255.0, 255.0, 0.0), dtype=cv2.CV_8U)  # type: ignore[call-overload]  # a Scalar; the stubs omit it
