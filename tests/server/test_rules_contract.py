@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -10,9 +11,9 @@ import yaml
 from gimp_openai import capabilities as caps
 from gimp_openai.server import rules
 
-CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "contract" / "openai-images-openapi.yaml"
-if not CONTRACT.exists():
-    CONTRACT = Path("/work/shared/contract/openai-images-openapi.yaml")
+# The contract lives in shared/ beside the checkout (as CI lays it out); GIMP_OPENAI_CONTRACT points elsewhere.
+CONTRACT = Path(os.environ.get("GIMP_OPENAI_CONTRACT")
+                or Path(__file__).resolve().parents[3] / "shared" / "contract" / "openai-images-openapi.yaml")
 
 
 @pytest.fixture(scope="module")
