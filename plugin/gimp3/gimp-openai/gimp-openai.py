@@ -553,7 +553,8 @@ def _ask_switch(exc, replacement):
     dialog = GimpUi.Dialog(title="OpenAI: model shut down", role=PLUGIN_NAME)
     dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
     dialog.add_button(f"_Use {replacement}", Gtk.ResponseType.OK)
-    label = Gtk.Label(label=hl.describe_error(exc, _secrets()) + f"\n\nSwitch to {replacement} for this run, "
+    # the engine's sentence (model, date, replacement) and the question; its generic hint would only repeat it
+    label = Gtk.Label(label=hl.redact(exc.message, _secrets()) + f"\n\nSwitch to {replacement} for this run, "
                       "and remember it as your default model?")
     label.set_line_wrap(True)
     label.set_max_width_chars(70)
