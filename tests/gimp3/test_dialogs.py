@@ -11,6 +11,7 @@ the same way. The API key is only in GIMP's environment, never in argv, logs or 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -76,6 +77,34 @@ def call(img, lay, mode, **args):
     result = proc.run(config)
     return {"status": result.index(0).value_nick,
             "error": result.index(1) if result.length() > 1 else None, "layers": layers(img)}
+
+def tree(img):
+    """Every layer's name, size and offsets, depth first (layer groups' children after the group)."""
+    res = []
+    def walk(items, depth):
+        for l in items:
+            ok, x, y = l.get_offsets()
+            res.append({"name": l.get_name(), "depth": depth, "x": x, "y": y, "w": l.get_width(),
+                        "h": l.get_height(), "mask": l.get_mask() is not None})
+            if l.is_group():
+                walk(l.get_children(), depth + 1)
+    walk(img.get_layers(), 0)
+    return res
+
+def run_proc(name, mode, img=None, drawables=None, **args):
+    """Any of the plug-in's procedures (image ones get image + drawables); status, error and every image's tree."""
+    proc = pdb.lookup_procedure(name)
+    config = proc.create_config()
+    config.set_property("run-mode", mode)
+    if img is not None:
+        config.set_property("image", img)
+        config.set_core_object_array("drawables", list(drawables or []))
+    for k, v in args.items():
+        config.set_property(k.replace("_", "-"), v)
+    result = proc.run(config)
+    return {"status": result.index(0).value_nick,
+            "error": result.index(1) if result.length() > 1 else None,
+            "images": {str(i.get_id()): tree(i) for i in Gimp.get_images()}}
 '''
 
 
@@ -184,3 +213,171 @@ mark("done", res)
     assert used and used != "gpt-image-1.5", res
     shown = gimp.run([*engine, "config", "show", "--json"], env=env).check()
     assert json.loads(shown.stdout)["settings"]["default_model"] == used, shown.stdout
+
+
+VARIATION = re.compile(r"^OpenAI: variation \[variation by edit\] \((\d+)/(\d+)\)$")
+
+
+def test_variations_dialog(gimp, local_server):
+    """Variations…: a selection and an automatic (GPT) model, so the edit path runs; one layer per variation,
+    named for the path, over the selection's bounding box."""
+    require_gui(gimp)
+    env = {"OPENAI_BASE_URL": local_server.url, "OPENAI_API_KEY": FAKE_KEY}
+    code = IMAGE + r'''
+img, lay = make_image()
+mark("dialog", {"image": img.get_id()})
+res = run_proc("python-fu-openai-variations", Gimp.RunMode.INTERACTIVE, img, [lay])
+mark("done", res)
+Gimp.displays_flush()
+wait_flag("shot-result")
+'''
+    with GuiGimp(gimp, code, env=env, timeout=180, name="variations") as ui:
+        image = _json(ui.wait_mark("dialog", timeout=90))["image"]
+        wid = ui.wait_window(r"^Variations$", timeout=60)
+        geo = ui.geometry(wid)
+        ui.screenshot("1-dialog", window=wid)
+        ui.focus(wid)
+        ui.key("alt+o")
+        ui.wait_window_gone(wid)
+        res = _json(ui.wait_mark("done", timeout=120))
+        ui.screenshot("2-result")
+        ui.flag("shot-result")
+        run = ui.wait(60)
+    everything = run.stdout + run.stderr
+    assert FAKE_KEY not in everything and "Traceback" not in everything, everything[-4000:]
+    assert res["status"] == "success", res
+    layers = res["images"][str(image)]
+    found = [VARIATION.match(d["name"]) for d in layers]
+    made = [(int(m.group(1)), int(m.group(2))) for m in found if m]
+    n = made[0][1] if made else 0
+    assert n >= 1 and made == [(k, n) for k in range(1, n + 1)], layers
+    assert layers[-1]["name"] == "photo", layers
+    for d, m in zip(layers, found):
+        if m:  # over the selection's bounding box (60,50 80x60) with context, inside the layer (30,20 160x120)
+            assert 30 <= d["x"] <= 60 and 20 <= d["y"] <= 50, d
+            assert 140 <= d["x"] + d["w"] <= 190 and 110 <= d["y"] + d["h"] <= 140, d
+    assert geo["WIDTH"] >= 400, geo
+
+
+def test_generate_dialog(gimp, local_server):
+    """Generate…: a prompt typed into the dialog; the result is a layer above the active one, centred."""
+    require_gui(gimp)
+    env = {"OPENAI_BASE_URL": local_server.url, "OPENAI_API_KEY": FAKE_KEY}
+    code = IMAGE + r'''
+img, lay = make_image()
+mark("dialog", {"image": img.get_id()})
+res = run_proc("python-fu-openai-generate", Gimp.RunMode.INTERACTIVE, img, [lay])
+mark("done", res)
+Gimp.displays_flush()
+wait_flag("shot-result")
+'''
+    with GuiGimp(gimp, code, env=env, timeout=180, name="generate") as ui:
+        image = _json(ui.wait_mark("dialog", timeout=90))["image"]
+        wid = ui.wait_window(r"^Generate$", timeout=60)
+        ui.focus(wid)
+        ui.key("ctrl+a")  # last values are filled in: replace them
+        ui.type("a lighthouse at dusk")
+        ui.screenshot("1-dialog-typed", window=wid)
+        ui.key("alt+o")
+        ui.wait_window_gone(wid)
+        res = _json(ui.wait_mark("done", timeout=120))
+        ui.screenshot("2-result")
+        ui.flag("shot-result")
+        run = ui.wait(60)
+    everything = run.stdout + run.stderr
+    assert FAKE_KEY not in everything and "Traceback" not in everything, everything[-4000:]
+    assert res["status"] == "success", res
+    layers = res["images"][str(image)]
+    names = [d["name"] for d in layers if d["depth"] == 0]
+    assert names[-1] == "photo" and len(names) == 2, layers
+    assert names[0].startswith("OpenAI: a lighthouse at dusk"), layers
+    top = layers[0]
+    if top["depth"] == 0 and not layers[0]["name"].endswith("results)"):
+        # centred in the 200x150 image
+        assert top["x"] == (200 - top["w"]) // 2 and top["y"] == (150 - top["h"]) // 2, top
+
+
+BATCH_CODE = IMAGE + r'''
+a, la = make_image()
+b, lb = make_image()
+b.select_rectangle(Gimp.ChannelOps.REPLACE, 40, 30, 60, 50)
+mark("dialog", {"images": [a.get_id(), b.get_id()]})
+res = run_proc("python-fu-openai-batch", Gimp.RunMode.INTERACTIVE)
+mark("done", res)
+Gimp.displays_flush()
+wait_flag("shot-result")
+'''
+
+
+def _batch_layers(res: dict, images: list[int], prompt: str) -> None:
+    assert res["status"] == "success", res
+    for image in images:
+        layers = res["images"][str(image)]
+        top = [d["name"] for d in layers if d["depth"] == 0]
+        assert top[-1] == "photo" and len(top) == 2, layers
+        assert top[0].startswith(f"OpenAI: {prompt}"), layers
+
+
+def test_batch_dialog_two_images(gimp, local_server):
+    """Batch over Open Images…: two open images, each with its own selection; one OK edits both."""
+    require_gui(gimp)
+    env = {"OPENAI_BASE_URL": local_server.url, "OPENAI_API_KEY": FAKE_KEY}
+    with GuiGimp(gimp, BATCH_CODE, env=env, timeout=180, name="batch") as ui:
+        images = _json(ui.wait_mark("dialog", timeout=90))["images"]
+        wid = ui.wait_window(r"^Batch over Open Images$", timeout=60)
+        ui.focus(wid)
+        ui.key("ctrl+a")  # the prompt (focused): last values are filled in, replace them
+        ui.type("a golden fox")
+        ui.screenshot("1-dialog-typed", window=wid)
+        ui.key("alt+o")
+        ui.wait_window_gone(wid)
+        res = _json(ui.wait_mark("done", timeout=120))
+        ui.screenshot("2-result")
+        ui.flag("shot-result")
+        run = ui.wait(60)
+    everything = run.stdout + run.stderr
+    assert FAKE_KEY not in everything and "Traceback" not in everything, everything[-4000:]
+    _batch_layers(res, images, "a golden fox")
+
+
+def test_batch_shut_down_model_asks_once(gimp, start_local_server):
+    """A batch whose typed model was shut down: the switch question comes ONCE for the whole batch, and
+    'Use <replacement>' reruns every image with the replacement (a second question would block the run)."""
+    require_gui(gimp)
+    server = start_local_server("--shutdown", "gpt-image-1.5=2026-11-01")
+    config_dir = f"/gimp-openai-work/config-batch-switch-{gimp.version}"
+    env = {"OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": FAKE_KEY, "GIMP_OPENAI_CONFIG_DIR": config_dir}
+    cache = gimp.user_dir / "gimp-openai-models.json"
+    cache.write_text(json.dumps({"models": ["gpt-image-2", "gpt-image-1.5"]}), encoding="utf-8")
+    try:
+        with GuiGimp(gimp, BATCH_CODE, env=env, timeout=240, name="batch-switch") as ui:
+            images = _json(ui.wait_mark("dialog", timeout=90))["images"]
+            wid = ui.wait_window(r"^Batch over Open Images$", timeout=60)
+            ui.focus(wid)
+            ui.key("ctrl+a")
+            ui.type("a silver owl")
+            ui.key("ctrl+Tab")  # out of the prompt into the model field
+            ui.key("ctrl+a")
+            ui.type("gpt-image-1.5")
+            ui.screenshot("1-dialog-model-typed", window=wid)
+            ui.key("Return")  # takes the completion and closes its popup
+            ui.focus(wid)
+            ui.key("alt+o")
+            ask = ui.wait_window(r"^OpenAI: model shut down$", timeout=90)
+            ui.screenshot("2-switch-question", window=ask)
+            ui.focus(ask)
+            ui.key("alt+u")
+            ui.wait_window_gone(ask)
+            res = _json(ui.wait_mark("done", timeout=90))  # a second question would hold the run here
+            ui.screenshot("3-result")
+            ui.flag("shot-result")
+            run = ui.wait(60)
+    finally:
+        cache.unlink(missing_ok=True)
+    everything = run.stdout + run.stderr
+    assert FAKE_KEY not in everything and "Traceback" not in everything, everything[-4000:]
+    _batch_layers(res, images, "a silver owl")
+    engine = ["/gimp-openai-work/venv/bin/python", "-m", "gimp_openai"]
+    shown = gimp.run([*engine, "config", "show", "--json"], env=env).check()
+    used = json.loads(shown.stdout)["settings"]["default_model"]
+    assert used and used != "gpt-image-1.5", shown.stdout
