@@ -453,9 +453,14 @@ def edit(
         raise InvalidInputError("The selection is empty.", hint="Select the part of the image to change first.")
 
     notes: list[str] = []
+    ahead: list[Any] = []  # the seamless preparation, running while the server works (see _prepare_ahead)
+
+    def on_sent(pixels: np.ndarray, sel: np.ndarray) -> None:
+        ahead[:] = [_prepare_ahead(pixels, sel, options)]
+
     try:
         result, plan, place_pixels, selection = _send_edit(
-            engine, options, family, quality, plan, place_pixels, selection, item, progress, notes
+            engine, options, family, quality, plan, place_pixels, selection, item, progress, notes, on_sent
         )
     except APIError as exc:
         if not (_is_size_refusal(exc) and family.free_sizes is not None):
@@ -476,7 +481,7 @@ def edit(
         )
         place_pixels, selection = _crop_to(place_pixels, selection, plan.place, fallback.place)
         result, plan, place_pixels, selection = _send_edit(
-            engine, options, family, quality, fallback, place_pixels, selection, item, progress, notes
+            engine, options, family, quality, fallback, place_pixels, selection, item, progress, notes, on_sent
         )
 
     meta = _meta(options, model, PATH_EDIT, plan, item)
@@ -495,7 +500,7 @@ def edit(
         returned = _decode_saved(image.data, saved, result.request_id)
         returned, size_notes = _fit_returned(returned, plan.target, path, saved, result.request_id)
         placed = imaging_result_to_place(returned, plan)
-        final, report, details, seam_notes = _seamless(place_pixels, placed, selection, options)
+        final, report, details, seam_notes = _seamless(place_pixels, placed, selection, options, ahead)
         update_sidecar(engine, path, {"seamless": details, "report": report})
         outputs.append(
             Output(
@@ -528,6 +533,7 @@ def _send_edit(
     item: str,
     progress: ProgressCallback,
     notes: list[str],
+    on_sent: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[Any, Any, np.ndarray, np.ndarray]:
     from gimp_openai import composite, imaging, masks
 
@@ -568,6 +574,8 @@ def _send_edit(
     def call() -> Any:
         return _request_call(engine, options.model, lambda: engine.client.edit(**kwargs))
 
+    if on_sent is not None:
+        on_sent(place_pixels, selection)  # the upload is encoded: result-independent work overlaps the wait
     result = _call_with_ticker(engine, progress, item, options.model, family, quality or "auto", plan.target, call)
     return result, plan, place_pixels, selection
 
@@ -631,10 +639,36 @@ def _fit_returned(
     )
 
 
+def _prepare_ahead(original: np.ndarray, selection: np.ndarray, options: Options) -> Any:
+    """Start seamless.prepare_seamless on the side pool (None when there is nothing to prepare or no module).
+
+    Every edit runs in a fresh engine process, so its one-time costs (importing the module, OpenCV's Lab
+    tables) and everything that depends only on the crop and the selection (the tone ring and the original's
+    Lab, the alignment's work level and context) are paid here, hidden in the server's seconds, instead of
+    after the response arrives."""
+    if not (options.align or options.tone_match):
+        return None
+    try:
+        from gimp_openai.seamless import prepare_seamless
+    except ImportError:
+        return None
+    return _side_pool().submit(prepare_seamless, original, selection, align=options.align,
+                               tone_match=options.tone_match)
+
+
 def _seamless(
-    original: np.ndarray, placed: np.ndarray, selection: np.ndarray, options: Options
+    original: np.ndarray, placed: np.ndarray, selection: np.ndarray, options: Options, ahead: Sequence[Any] = ()
 ) -> tuple[np.ndarray, str, dict[str, Any], list[str]]:
-    """Issue 10's alignment/tone/blend; when it is missing or fails, the result is used as returned, and said so."""
+    """Issue 10's alignment/tone/blend; when it is missing or fails, the result is used as returned, and said so.
+    `ahead`: the future of `_prepare_ahead` (its answer is used only when it was made from these arrays)."""
+    prepared = None
+    for future in ahead:
+        if future is None:
+            continue
+        try:
+            prepared = future.result()
+        except Exception:  # noqa: BLE001, S110 - make_seamless computes it all itself
+            prepared = None
     try:
         from gimp_openai.seamless import make_seamless
     except ImportError:
@@ -643,7 +677,8 @@ def _seamless(
         ]
     try:
         res = make_seamless(
-            original, placed, selection, align=options.align, tone_match=options.tone_match, blend=options.blend
+            original, placed, selection, align=options.align, tone_match=options.tone_match, blend=options.blend,
+            prepared=prepared,
         )
     except Exception as exc:  # noqa: BLE001 - a failed refinement must not lose the result
         return placed, "", {"applied": False, "why": f"{type(exc).__name__}: {exc}"}, [

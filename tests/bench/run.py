@@ -338,6 +338,14 @@ def run_host_only(repeats: int = 3) -> dict:
     return figures
 
 
+def run_seamless_only(repeats: int = 3) -> dict:
+    """Only the seamless share: ``--seamless-only``."""
+    with tempfile.TemporaryDirectory(prefix="gimp-openai-bench-") as tmp:
+        work = Path(tmp)
+        Env(work / "home")
+        return {"seamless": bench_seamless(work, repeats)}
+
+
 def _host_figures(figures: dict, work: Path) -> None:
     for row in figures["host"]:
         whole, _ = whole_layer_png_bytes(row["layer"], work)
@@ -457,8 +465,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-gimp3", action="store_true", help="skip the real GIMP 3 host timings (chroots)")
     parser.add_argument("--host-only", action="store_true",
                         help="only the host-path table (overhead per layer size, ratio, upload, peak memory)")
+    parser.add_argument("--seamless-only", action="store_true",
+                        help="only the seamless share (2048² place, gpt-like server, with vs without align+tone)")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions of each host-path case (default 3)")
     args = parser.parse_args(argv)
+    if args.seamless_only:
+        figures = run_seamless_only(args.repeats or (1 if args.quick else 3))
+        s = figures["seamless"]
+        print(f"Seamless share, {s['place']['width']}x{s['place']['height']} place (gpt-like server): overhead "
+              f"{s['overhead_with_s']:.2f} s with align+tone (runs {s['overhead_with_runs_s']}), "
+              f"{s['overhead_without_s']:.2f} s without (runs {s['overhead_without_runs_s']}) -> "
+              f"{s['seamless_s']:.2f} s = {100 * s['share']:.0f}% (target <= 15%); make_seamless in-process "
+              f"{s['make_seamless_cold_s']:.2f} s cold, {s['make_seamless_in_process_s']:.2f} s warm; {s.get('report')}")
+        return 0
     if args.host_only:
         figures = run_host_only(args.repeats or (1 if args.quick else 3))
     else:

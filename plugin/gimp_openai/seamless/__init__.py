@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .align import apply_alignment, estimate_alignment
+from .align import AlignContext, apply_alignment, estimate_alignment, prepare_alignment
 from .blend import poisson_blend
-from .tone import lab_ready, match_tone, ring_window, warm_up_lab
+from .tone import ToneContext, lab_ready, match_tone, prepare_tone, ring_window, warm_up_lab
 
-__all__ = ["BLEND_MODES", "SeamlessResult", "make_seamless"]
+__all__ = ["BLEND_MODES", "Prepared", "SeamlessResult", "make_seamless", "prepare_seamless"]
 
 BLEND_MODES = ("feather", "poisson")
 
@@ -51,31 +51,72 @@ def _sharp_window(selection: np.ndarray) -> tuple[int, int, int, int]:
     return ring_window(selected)[1]
 
 
+@dataclass
+class Prepared:
+    """What make_seamless needs from the original and the selection alone, computed BEFORE the result exists
+    (operations.edit runs `prepare_seamless` while the engine waits for the server: seconds, where this is a
+    few hundred milliseconds), so only result-dependent work is left when the response arrives. Holds the
+    very arrays it was made from: make_seamless uses it only for those (same objects)."""
+
+    original: np.ndarray
+    selection: np.ndarray
+    window: tuple[int, int, int, int]
+    align: AlignContext | None
+    tone: ToneContext | None
+
+    def fits(self, original: np.ndarray, selection: np.ndarray) -> bool:
+        return original is self.original and selection is self.selection
+
+
+def prepare_seamless(original: np.ndarray, selection: np.ndarray, *, align: bool = True,
+                     tone_match: bool = True) -> Prepared:
+    """The result-independent part of make_seamless: the sharp window, the alignment's work level and context
+    of the original, the tone ring and the original's Lab over it; OpenCV's Lab tables are set up on the way
+    (its one-time ~90 ms). Returns with no thread left running."""
+    if original.dtype != np.uint8 or original.ndim != 3 or original.shape[2] != 4:
+        raise ValueError(f"original must be RGBA uint8 (H, W, 4), got {original.dtype} {original.shape}")
+    if selection.dtype != np.uint8 or selection.shape != original.shape[:2]:
+        raise ValueError(f"selection must be uint8 {original.shape[:2]}, got {selection.dtype} {selection.shape}")
+    with_context = not selection.all()
+    if tone_match and with_context:
+        warm_up_lab()  # on its own thread while the alignment's share is computed here
+    try:
+        align_ctx = prepare_alignment(original, selection) if align else None
+        tone_ctx = prepare_tone(original, selection) if tone_match and with_context and selection.any() else None
+    finally:
+        lab_ready()
+    return Prepared(original, selection, _sharp_window(selection), align_ctx, tone_ctx)
+
+
 def make_seamless(original: np.ndarray, result: np.ndarray, selection: np.ndarray, *, align: bool = True,
-                  tone_match: bool = True, blend: str = "feather") -> SeamlessResult:
+                  tone_match: bool = True, blend: str = "feather", prepared: Prepared | None = None) -> SeamlessResult:
     """Align `result` to `original` over the context, match its tone, and optionally Poisson-blend it.
 
     `original`, `result`: same-sized RGBA uint8; `selection`: uint8, 255 = selected (soft edges allowed).
+    `prepared`: `prepare_seamless(original, selection, ...)` computed ahead; ignored unless made from these
+    very arrays.
     """
     _check(original, result, selection, blend)
-    if tone_match and not selection.all():  # without context there is no tone to match: no Lab work at all
+    if prepared is not None and not prepared.fits(original, selection):
+        prepared = None
+    if tone_match and not selection.all() and (prepared is None or prepared.tone is None):
         warm_up_lab()   # OpenCV's Lab tables, set up on another core while the alignment runs
     try:
-        return _corrected(original, result, selection, align, tone_match, blend)
+        return _corrected(original, result, selection, align, tone_match, blend, prepared)
     finally:
         lab_ready()  # never leave the warm-up running: an engine exiting under it aborts (see lab_ready)
 
 
 def _corrected(original: np.ndarray, result: np.ndarray, selection: np.ndarray, align: bool, tone_match: bool,
-               blend: str) -> SeamlessResult:
+               blend: str, prepared: Prepared | None = None) -> SeamlessResult:
     image = result
     parts: list[str] = []
     details: dict = {"alignment": None, "tone": None, "blend": blend}
     valid = None
-    window = _sharp_window(selection)
+    window = prepared.window if prepared is not None else _sharp_window(selection)
 
     if align:
-        found = estimate_alignment(original, result, selection)
+        found = estimate_alignment(original, result, selection, prepared.align if prepared is not None else None)
         details["alignment"] = found.to_dict()
         if found.applied:
             image, valid = apply_alignment(result, found.matrix, window)
@@ -89,7 +130,8 @@ def _corrected(original: np.ndarray, result: np.ndarray, selection: np.ndarray, 
             parts.append(f"not aligned: {found.note} — composited as returned")
 
     if tone_match:
-        tone = match_tone(original, image, selection, valid, window, in_place=image is not result)
+        tone = match_tone(original, image, selection, valid, window, in_place=image is not result,
+                          prepared=prepared.tone if prepared is not None else None)
         details["tone"] = tone.to_dict()
         if tone.applied:
             image = tone.image

@@ -240,21 +240,47 @@ def _not_applied(m: np.ndarray, w: int, h: int, confidence: float, residual: flo
     return Alignment(m, dx, dy, s, a, confidence, False, residual, note)
 
 
-def estimate_alignment(original: np.ndarray, result: np.ndarray, selection: np.ndarray) -> Alignment:
-    """Find the similarity that maps the original onto the result over the context, and decide on it."""
+@dataclass
+class AlignContext:
+    """Everything the estimate needs from the original and the selection alone (not the result): computed
+    while the engine waits for the server (`prepare_alignment`), so only result-dependent work remains."""
+
+    f: float
+    orig: np.ndarray              # the original's grey work level
+    sel: np.ndarray               # the selection's work level
+    margin: int
+    tmask: np.ndarray             # context in original coordinates (work level)
+    refusal: str | None           # why nothing can be aligned (too little context or texture), else None
+
+
+def prepare_alignment(original: np.ndarray, selection: np.ndarray) -> AlignContext:
     h, w = selection.shape
     f = min(1.0, WORK_SIZE / max(h, w))
     orig = _level(_grey(original), f)
-    res = _level(_grey(result), f)
     sel = _level(selection, f)
     hs, ws = sel.shape
     margin = max(2, round(0.01 * max(hs, ws)))
     tmask = context_mask(sel, margin)
     context = int(np.count_nonzero(tmask))
+    refusal = None
     if context < max(MIN_CONTEXT_PX * f * f, MIN_CONTEXT_SHARE * hs * ws):
-        return _not_applied(IDENTITY.copy(), w, h, 0.0, None, "too little context outside the selection")
-    if _texture(orig, tmask) < MIN_TEXTURE:
-        return _not_applied(IDENTITY.copy(), w, h, 0.0, None, "too little texture in the context")
+        refusal = "too little context outside the selection"
+    elif _texture(orig, tmask) < MIN_TEXTURE:
+        refusal = "too little texture in the context"
+    return AlignContext(f, orig, sel, margin, tmask, refusal)
+
+
+def estimate_alignment(original: np.ndarray, result: np.ndarray, selection: np.ndarray,
+                       prepared: AlignContext | None = None) -> Alignment:
+    """Find the similarity that maps the original onto the result over the context, and decide on it.
+    `prepared`: `prepare_alignment(original, selection)`, when it was computed ahead (e.g. during the wait)."""
+    h, w = selection.shape
+    ctx = prepared if prepared is not None else prepare_alignment(original, selection)
+    if ctx.refusal is not None:
+        return _not_applied(IDENTITY.copy(), w, h, 0.0, None, ctx.refusal)
+    f, orig, sel, margin, tmask = ctx.f, ctx.orig, ctx.sel, ctx.margin, ctx.tmask
+    res = _level(_grey(result), f)
+    hs, ws = sel.shape
 
     fast = _coarse_to_fine(orig, res, sel, margin)
     if fast is not None:

@@ -223,6 +223,23 @@ def apply_lab_transform(rgba: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class ToneContext:
+    """The context ring (without the alignment's valid area) and the original's Lab over all of it: what the
+    tone match needs from the original and the selection alone, computed before the result arrives."""
+
+    ring: np.ndarray   # bool (H, W)
+    idx: np.ndarray    # flat indices of the ring's pixels, ascending
+    lab: np.ndarray    # float32 (len(idx), 3): the original's Lab there
+
+
+def prepare_tone(original: np.ndarray, selection: np.ndarray) -> ToneContext:
+    ring = context_ring(selection)
+    idx = np.flatnonzero(ring)
+    lab = rgb_to_lab(original.reshape(-1, original.shape[-1])[idx]) if idx.size else np.zeros((0, 3), np.float32)
+    return ToneContext(ring, idx, lab)
+
+
+@dataclass
 class ToneMatch:
     """What the tone match found; `image` is the (possibly) corrected result."""
 
@@ -251,20 +268,27 @@ class ToneMatch:
 
 def match_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray,
                valid: np.ndarray | None = None, window: tuple[int, int, int, int] | None = None,
-               in_place: bool = False) -> ToneMatch:
+               in_place: bool = False, prepared: ToneContext | None = None) -> ToneMatch:
     """Fit result -> original over the context ring and apply it when it visibly helps.
 
     `valid` marks result pixels that hold real content (alignment may have pulled in a border).
     `window` = (y0, y1, x0, x1): apply the transform there only (the selection's bounding box grown by the
     ring: all the layer mask can show, and the ring); the rest of the crop, hidden behind a mask of 0, keeps
     the result's colours. None: the whole crop. `in_place`: write into `result` (the caller owns it).
-    Returns the result itself (same object, untouched) when nothing is applied.
+    Returns the result itself (same object, untouched) when nothing is applied. `prepared`:
+    `prepare_tone(original, selection)`, computed ahead (e.g. while the engine waits for the server).
     """
-    ring = context_ring(selection, valid)
+    if prepared is None:
+        ring = context_ring(selection, valid)
+    else:
+        ring = prepared.ring if valid is None else prepared.ring & valid
     idx = _sample(ring, MAX_SAMPLES)
     if idx.size < 200:
         return ToneMatch(result, False, None, None, note="too little context around the selection to match tone")
-    orig_lab = rgb_to_lab(original.reshape(-1, original.shape[-1])[idx])
+    if prepared is None:
+        orig_lab = rgb_to_lab(original.reshape(-1, original.shape[-1])[idx])
+    else:  # the original's Lab over the whole ring was converted ahead: pick the samples
+        orig_lab = prepared.lab[np.searchsorted(prepared.idx, idx)]
     res_lab = rgb_to_lab(result.reshape(-1, result.shape[-1])[idx])
     before = float(delta_e_2000(orig_lab, res_lab).mean())
     if before < MIN_DELTA_E:
