@@ -476,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['overhead_with_s']:.2f} s with align+tone (runs {s['overhead_with_runs_s']}), "
               f"{s['overhead_without_s']:.2f} s without (runs {s['overhead_without_runs_s']}) -> "
               f"{s['seamless_s']:.2f} s = {100 * s['share']:.0f}% (target <= 15%); make_seamless in-process "
-              f"{s['make_seamless_cold_s']:.2f} s cold, {s['make_seamless_in_process_s']:.2f} s warm; {s.get('report')}")
+              f"{s['make_seamless_cold_s']:.2f} s cold, {s['make_seamless_in_process_s']:.2f} s warm; "
+              f"{s.get('report')}")
         return 0
     if args.host_only:
         figures = run_host_only(args.repeats or (1 if args.quick else 3))

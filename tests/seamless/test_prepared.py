@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from gimp_openai.seamless import make_seamless, prepare_seamless
 
 
