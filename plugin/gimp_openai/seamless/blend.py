@@ -56,28 +56,42 @@ def _relax_band(c: np.ndarray, region: np.ndarray, width: int, sweeps: int) -> n
     flat = c.reshape(-1, c.shape[-1])
     # Work on a compact copy of the band and its neighbours: small, cache-friendly gathers, one channel at a
     # time (np.take on a 1-D array is several times faster than gathering 3-float rows).
-    # the band and its four neighbours, sorted and unique (a mark array: cheaper than np.unique)
-    mark = np.zeros(region.size, bool)
-    for step in (0, -1, 1, -w, w):
-        mark[idx + step] = True
-    around = np.flatnonzero(mark)
-    pos = np.searchsorted(around, idx)
-    left, right = np.searchsorted(around, idx - 1), np.searchsorted(around, idx + 1)
-    up, down = np.searchsorted(around, idx - w), np.searchsorted(around, idx + w)
-    quarter = np.float32(0.25)
+    around, pos, neighbours = _band_stencil(idx, region.size, w)
     acc = np.empty(idx.size, np.float32)
     tmp = np.empty(idx.size, np.float32)
     for ch in range(flat.shape[1]):
         local = np.ascontiguousarray(flat[around, ch])
-        for _ in range(sweeps):
-            np.take(local, left, out=acc)
-            acc += np.take(local, right, out=tmp)
-            acc += np.take(local, up, out=tmp)
-            acc += np.take(local, down, out=tmp)
-            acc *= quarter
-            local[pos] = acc
+        _jacobi(local, pos, neighbours, sweeps, acc, tmp)
         flat[idx, ch] = local[pos]
     return c
+
+
+def _band_stencil(idx: np.ndarray, size: int, w: int) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """(around, pos, (left, right, up, down)): the band pixels `idx` and their four neighbours, sorted and unique
+    (a mark array: cheaper than np.unique), with the positions in `around` of each band pixel and of its
+    neighbours, so the sweeps gather from a small compact copy."""
+    mark = np.zeros(size, bool)
+    for step in (0, -1, 1, -w, w):
+        mark[idx + step] = True
+    around = np.flatnonzero(mark)
+    pos = np.searchsorted(around, idx)
+    neighbours = tuple(np.searchsorted(around, idx + step) for step in (-1, 1, -w, w))
+    return around, pos, neighbours
+
+
+def _jacobi(local: np.ndarray, pos: np.ndarray, neighbours: tuple[np.ndarray, ...], sweeps: int,
+            acc: np.ndarray, tmp: np.ndarray) -> None:
+    """`sweeps` Jacobi sweeps in place on one channel's compact copy: each band pixel becomes the mean of its
+    four neighbours (`acc`, `tmp`: scratch arrays of the band's size)."""
+    left, right, up, down = neighbours
+    quarter = np.float32(0.25)
+    for _ in range(sweeps):
+        np.take(local, left, out=acc)
+        acc += np.take(local, right, out=tmp)
+        acc += np.take(local, up, out=tmp)
+        acc += np.take(local, down, out=tmp)
+        acc *= quarter
+        local[pos] = acc
 
 
 def _down(values: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,29 +152,16 @@ def _fine_band(c: np.ndarray, diff: np.ndarray, region: np.ndarray, width: int, 
     if idx.size == 0:
         return
     w = region.shape[1]
-    mark = np.zeros(region.size, bool)
-    for step in (0, -1, 1, -w, w):
-        mark[idx + step] = True
-    around = np.flatnonzero(mark)
-    pos = np.searchsorted(around, idx)
-    left, right = np.searchsorted(around, idx - 1), np.searchsorted(around, idx + 1)
-    up, down = np.searchsorted(around, idx - w), np.searchsorted(around, idx + w)
+    around, pos, neighbours = _band_stencil(idx, region.size, w)
     fixed = np.flatnonzero(~region.ravel()[around])          # positions (in `around`) of boundary pixels
     flat = c.reshape(-1, c.shape[-1])
     dflat = diff.reshape(-1, diff.shape[-1])
-    quarter = np.float32(0.25)
     acc = np.empty(idx.size, np.float32)
     tmp = np.empty(idx.size, np.float32)
     for ch in range(3):
         local = flat[around, ch]
         local[fixed] = dflat[around[fixed], ch]
-        for _ in range(sweeps):
-            np.take(local, left, out=acc)
-            acc += np.take(local, right, out=tmp)
-            acc += np.take(local, up, out=tmp)
-            acc += np.take(local, down, out=tmp)
-            acc *= quarter
-            local[pos] = acc
+        _jacobi(local, pos, neighbours, sweeps, acc, tmp)
         flat[idx, ch] = local[pos]
 
 
