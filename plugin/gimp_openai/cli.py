@@ -821,6 +821,9 @@ def offer_switch(exc: ModelNotFoundError) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from gimp_openai.memory import return_freed_buffers
+
+    return_freed_buffers()  # before the first image buffer: peaks stay near the live data (see memory.py)
     parser = build_parser()
     # `serve` passes everything after it to the server's own parser.
     if "serve" in argv:

@@ -411,29 +411,33 @@ def _write_outputs(job: Job, item: Item, outcome: operations.Outcome) -> list[di
     return results
 
 
+def _run_operation(engine: operations.Engine, job: Job, item: Item,
+                   progress: Callable[[Progress], None]) -> operations.Outcome:
+    """The item's operation on its exported pixels. Its own function so that the exported crop and selection are
+    freed when it returns, before the outputs are encoded (they would otherwise add to the job's peak memory)."""
+    options = job.options
+    if job.operation == "generate":
+        return operations.generate(engine, options, item=item.id, progress=progress)
+    pixels, selection, refs = _load_item(job, item)
+    if job.operation == "edit":
+        assert selection is not None
+        if refs:
+            from dataclasses import replace
+
+            options = replace(options, extra_images=refs)
+        return operations.edit(
+            engine, options, place_pixels=pixels, selection=selection, layer=item.layer,
+            plan=item.plan, item=item.id, progress=progress,
+        )
+    return operations.variation(
+        engine, options, place_pixels=pixels, layer=item.layer, plan=item.plan, item=item.id, progress=progress,
+    )
+
+
 def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable[[Progress], None]) -> dict[str, Any]:
     """One item, start to end; every failure becomes this item's error (with what was already saved)."""
     try:
-        options = job.options
-        if job.operation == "generate":
-            outcome = operations.generate(engine, options, item=item.id, progress=progress)
-        else:
-            pixels, selection, refs = _load_item(job, item)
-            if job.operation == "edit":
-                assert selection is not None
-                if refs:
-                    from dataclasses import replace
-
-                    options = replace(options, extra_images=refs)
-                outcome = operations.edit(
-                    engine, options, place_pixels=pixels, selection=selection, layer=item.layer,
-                    plan=item.plan, item=item.id, progress=progress,
-                )
-            else:
-                outcome = operations.variation(
-                    engine, options, place_pixels=pixels, layer=item.layer, plan=item.plan, item=item.id,
-                    progress=progress,
-                )
+        outcome = _run_operation(engine, job, item, progress)
         outputs = _write_outputs(job, item, outcome)
         warnings = [note for note in outcome.notes if is_rescue_note(note)]
         return {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model,

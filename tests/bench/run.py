@@ -41,6 +41,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "plugin"))
 
+sys.path.insert(0, str(ROOT / "plugin" / "hostlib"))
+
+import gimp_openai_host as host_lib  # noqa: E402
 from tests.reliability import harness as H  # noqa: E402
 from tests.support.local_server import LocalServerHandle  # noqa: E402
 
@@ -98,8 +101,9 @@ def host_job(folder: Path, layer_size: int, *, selection: int = SELECTION, align
     crop = photo_like(place["width"], place["height"])
     sel = np.zeros((place["height"], place["width"]), np.uint8)
     sel[off - place["y"] : off - place["y"] + selection, off - place["x"] : off - place["x"] + selection] = 255
-    Image.fromarray(crop, "RGBA").save(folder / "img-1.png", compress_level=1)  # GIMP's export: fast PNG
-    Image.fromarray(sel, "L").save(folder / "img-1-sel.png", compress_level=1)
+    # exactly what both hosts write (hostlib's own PNG writer)
+    host_lib.write_png(str(folder / "img-1.png"), crop.shape[1], crop.shape[0], crop.tobytes(), 4)
+    host_lib.write_png(str(folder / "img-1-sel.png"), sel.shape[1], sel.shape[0], sel.tobytes(), 1)
     item = dict(region, id="img-1", layer=layer, image="img-1.png", selection="img-1-sel.png")
     job = {"version": 1, "operation": "edit", "model": model, "prompt": "a red kite", "n": 1, "quality": "low",
            "out_dir": "out", "source_name": "bench.xcf", "add_mask": True, "align": align, "tone_match": tone,

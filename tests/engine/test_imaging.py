@@ -239,15 +239,37 @@ def _photo(h: int = 256, w: int = 320, seed: int = 3) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("shape", [(256, 320, 4), (256, 320)])
-def test_host_png_is_exact_and_readable_by_pillow(shape):
+@pytest.mark.parametrize("shape", [(256, 320, 4), (256, 320, 3), (256, 320), (1, 1, 4), (7, 1)])
+def test_host_png_is_exact_and_readable_by_pillow_and_libpng(shape):
     from gimp_openai.imaging import encode_host_png
 
-    pixels = _photo() if len(shape) == 3 else _photo()[..., 0].copy()
+    full = _photo(max(shape[0], 16), max(shape[1], 16))
+    pixels = np.ascontiguousarray(full[: shape[0], : shape[1], : shape[2]] if len(shape) == 3
+                                  else full[: shape[0], : shape[1], 0])
     data = encode_host_png(pixels)
     back = np.asarray(Image.open(io.BytesIO(data)))
     assert back.shape == pixels.shape and np.array_equal(back, pixels)
-    assert np.array_equal(decode_image(data)[..., :4] if len(shape) == 3 else decode_selection(data), pixels)
+    by_libpng = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if len(shape) == 3:
+        by_libpng = by_libpng[..., [2, 1, 0, 3][: shape[2]]]
+    assert np.array_equal(by_libpng.reshape(pixels.shape), pixels)
+    if len(shape) == 3 and shape[2] == 4:
+        assert np.array_equal(decode_image(data), pixels)
+    elif len(shape) == 2:
+        assert np.array_equal(decode_selection(data), pixels)
+
+
+def test_host_png_stores_colour_and_compresses_masks():
+    """Colour: stored (the temp file costs a copy, not a deflate); gray masks: deflated (mostly flat)."""
+    from gimp_openai.imaging import encode_host_png
+
+    colour = _photo(256, 320)
+    assert len(encode_host_png(colour)) >= colour.nbytes + 256  # the rows + one filter byte each, uncompressed
+    mask = np.zeros((256, 320), np.uint8)
+    mask[40:200, 50:300] = 255
+    assert len(encode_host_png(mask)) < mask.nbytes // 20
+    with pytest.raises(ValueError, match="u8 gray, RGB or RGBA"):
+        encode_host_png(colour.astype(np.uint16))
 
 
 def test_upload_png_is_exact_and_the_engine_level_png():
@@ -267,3 +289,42 @@ def test_upload_png_tries_the_smallest_encoding_near_a_size_limit():
     fast = encode_upload_png(pixels)
     small = encode_upload_png(pixels, limit=len(fast) - 1)
     assert len(small) < len(fast) and np.array_equal(decode_image(small), decode_image(fast))
+
+
+# --- the libpng fast path for plain 8-bit colour PNGs (what hosts export and the API returns) ------------------------
+
+
+def _pil_png(pixels: np.ndarray, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "RGB", "RGB-tRNS", "LA", "P"])
+def test_plain_png_fast_path_gives_exactly_what_pillow_gives(mode):
+    from gimp_openai.imaging import _plain_png_colour
+
+    photo = _photo(96, 128)
+    if mode == "RGBA":
+        data = _pil_png(photo)
+    elif mode == "RGB":
+        data = _pil_png(photo[..., :3].copy())
+    elif mode == "RGB-tRNS":
+        data = _pil_png(photo[..., :3].copy(), transparency=tuple(int(v) for v in photo[0, 0, :3]))
+    elif mode == "LA":
+        data = _pil_png(np.dstack([photo[..., 0], photo[..., 3]]))
+    else:
+        data = _pil_png(np.asarray(Image.fromarray(photo[..., :3].copy()).convert("P")))
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
+    assert np.array_equal(decode_image(data), expected)
+    assert _plain_png_colour(data) is (mode in ("RGBA", "RGB"))
+
+
+def test_a_damaged_plain_png_is_refused_with_a_clear_message_not_decoded_as_garbage():
+    data = bytearray(_pil_png(_photo(96, 128)))
+    at = data.index(b"IDAT") + 400
+    data[at] ^= 0xFF  # the chunk's CRC no longer matches
+    with pytest.raises(UnreadableImageError, match="truncated or damaged"):
+        decode_image(bytes(data))
+    with pytest.raises(UnreadableImageError, match="truncated or damaged"):
+        decode_image(bytes(_pil_png(_photo(96, 128))[:-200]))
