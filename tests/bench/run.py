@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "plugin"))
 sys.path.insert(0, str(ROOT / "plugin" / "hostlib"))
 
 import gimp_openai_host as host_lib  # noqa: E402
+
 from tests.reliability import harness as H  # noqa: E402
 from tests.support.local_server import LocalServerHandle  # noqa: E402
 

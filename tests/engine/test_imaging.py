@@ -272,14 +272,15 @@ def test_host_png_stores_colour_and_compresses_masks():
         encode_host_png(colour.astype(np.uint16))
 
 
-def test_upload_png_is_exact_and_the_engine_level_png():
+def test_upload_png_is_exact_and_as_small_as_libpngs_own():
     from gimp_openai.imaging import PNG_COMPRESS_LEVEL, encode_upload_png
 
-    pixels = _photo(512, 512)
+    pixels = _photo(1024, 512)
     pixels[..., 3] = 255
     data = encode_upload_png(pixels)
     assert np.array_equal(decode_image(data), pixels)
-    assert data == encode_png(pixels, compress_level=PNG_COMPRESS_LEVEL)  # upload / crop PNG = 1.00
+    single = encode_png(pixels, compress_level=PNG_COMPRESS_LEVEL)
+    assert abs(len(data) / len(single) - 1) < 0.002  # upload / crop PNG = 1.00
 
 
 def test_upload_png_tries_the_smallest_encoding_near_a_size_limit():
