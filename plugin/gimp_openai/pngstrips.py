@@ -10,6 +10,10 @@ the parts join on byte boundaries), then one Adler-32 over the whole. A decoder 
 The first row of every strip but the first was filtered by libpng as if it were the image's first row (no row
 above). When that filter uses the row above (Up, Average, Paeth), the row is re-filtered here as Up against its
 real neighbour, so the pixels decode exactly.
+
+Deflate comes from ISA-L (the ``isal`` package) where it is installed: on a 1536x1536 photo-like crop its level 2
+took 36 ms and made 4.24 MB where zlib's level 1 took 137 ms for 4.53 MB (and zlib's level 6, 1.6 s for 4.04 MB).
+Without it, zlib level 1: the same PNG format either way, only speed and size differ.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import os
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -31,6 +37,37 @@ MIN_PARALLEL_BYTES = 1 << 20
 WINDOW = 32 * 1024
 _COLOR_TYPES = {1: 0, 3: 2, 4: 6}
 _FILTERS_USING_ROW_ABOVE = (2, 3, 4)  # Up, Average, Paeth
+
+
+
+@dataclass(frozen=True)
+class Deflate:
+    """A deflate implementation and the level used with it (``compressobj`` has zlib's signature)."""
+
+    name: str
+    level: int
+    compressobj: Callable[..., Any]
+    header_hint: int  # the zlib header's FLEVEL: 0 fastest .. 3 best (informational for decoders)
+
+
+ZLIB = Deflate("zlib", 1, zlib.compressobj, 0)
+
+
+def _isal() -> Deflate | None:
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return None
+    return Deflate("isal", 2, isal_zlib.compressobj, 1)
+
+
+ISAL = _isal()
+
+
+def best_deflate() -> Deflate:
+    """ISA-L where installed (4x faster, 6 % smaller on photos), else zlib."""
+    return ISAL or ZLIB
+
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -89,9 +126,10 @@ def _filtered_rows(pixels: np.ndarray, row0: int, row1: int) -> bytes:
     return b"\x02" + up.tobytes() + rows[1 + stride :]
 
 
-def _deflate(rows: bytes, primer: bytes, level: int, strategy: int, last: bool) -> bytes:
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy, *([primer] if primer else []))
-    return compressor.compress(rows) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+def _deflate(rows: bytes, primer: bytes, deflate: Deflate, last: bool) -> bytes:
+    compressor = deflate.compressobj(deflate.level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY,
+                                     *([primer] if primer else []))
+    return bytes(compressor.compress(rows) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
@@ -99,19 +137,19 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
     return b"".join([struct.pack(">I", len(payload)), kind, payload, struct.pack(">I", crc)])
 
 
-def _zlib_header(level: int) -> bytes:
-    """CMF/FLG for a 32 KiB window with the level hint zlib itself would write (FCHECK makes it divisible)."""
-    hint = 0 if level < 2 else 1 if level < 6 else 2 if level == 6 else 3
+def _zlib_header(hint: int) -> bytes:
+    """CMF/FLG for a 32 KiB window and the level hint (FCHECK makes the pair divisible by 31)."""
     cmf = 0x78
     flg = hint << 6
     flg += 31 - ((cmf << 8) + flg) % 31
     return bytes([cmf, flg])
 
 
-def encode_png(pixels: np.ndarray, *, level: int = 1, strategy: int = zlib.Z_DEFAULT_STRATEGY,
-               strips: int | None = None) -> bytes:
+def encode_png(pixels: np.ndarray, *, deflate: Deflate | None = None, strips: int | None = None) -> bytes:
     """RGBA (H, W, 4), RGB (H, W, 3) or gray (H, W) u8 -> PNG bytes, in ``strips`` horizontal strips (default:
-    one per core, one in all for images under ``MIN_PARALLEL_BYTES``)."""
+    one per core, one in all for images under ``MIN_PARALLEL_BYTES``), deflated by ``deflate`` (default: the
+    best installed)."""
+    deflate = deflate or best_deflate()
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (3, 4)):
         raise ValueError(f"encode_png needs u8 gray, RGB or RGBA pixels, got {pixels.dtype} {pixels.shape}")
     height, width = pixels.shape[:2]
@@ -130,12 +168,12 @@ def encode_png(pixels: np.ndarray, *, level: int = 1, strategy: int = zlib.Z_DEF
     rows = run(lambda span: _filtered_rows(pixels, *span), spans)
     primers = [b""] + [r[-WINDOW:] for r in rows[:-1]]
     lasts = [False] * (strips - 1) + [True]
-    parts = run(lambda r, p, last: _deflate(r, p, level, strategy, last), rows, primers, lasts)
+    parts = run(lambda r, p, last: _deflate(r, p, deflate, last), rows, primers, lasts)
     adler = 1
     for r in rows:
         adler = zlib.adler32(r, adler)
     del rows, primers
-    stream = b"".join([_zlib_header(level), *parts, struct.pack(">I", adler & 0xFFFFFFFF)])
+    stream = b"".join([_zlib_header(deflate.header_hint), *parts, struct.pack(">I", adler & 0xFFFFFFFF)])
     del parts
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     header = struct.pack(">IIBBBBB", width, height, 8, _COLOR_TYPES[channels], 0, 0, 0)

@@ -280,13 +280,14 @@ def test_upload_png_is_exact_and_as_small_as_libpngs_own():
     data = encode_upload_png(pixels)
     assert np.array_equal(decode_image(data), pixels)
     single = encode_png(pixels, compress_level=PNG_COMPRESS_LEVEL)
-    assert abs(len(data) / len(single) - 1) < 0.002  # upload / crop PNG = 1.00
+    assert 0.85 < len(data) / len(single) <= 1.002  # no bigger than libpng's own PNG at the engine's level
 
 
 def test_upload_png_tries_the_smallest_encoding_near_a_size_limit():
     from gimp_openai.imaging import encode_upload_png
 
     pixels = _photo(512, 512)
+    pixels[..., 3] = 255
     fast = encode_upload_png(pixels)
     small = encode_upload_png(pixels, limit=len(fast) - 1)
     assert len(small) < len(fast) and np.array_equal(decode_image(small), decode_image(fast))

@@ -49,17 +49,24 @@ CASES = [  # kind, height, width, channels, strips
 ]
 
 
+BACKENDS = [pytest.param(pngstrips.ZLIB, id="zlib"),
+            pytest.param(pngstrips.ISAL, id="isal",
+                         marks=pytest.mark.skipif(pngstrips.ISAL is None, reason="isal not installed here"))]
+
+
+@pytest.mark.parametrize("deflate", BACKENDS)
 @pytest.mark.parametrize(("kind", "h", "w", "channels", "strips"), CASES)
-def test_strips_decode_to_exactly_the_pixels_in_pillow_and_libpng(kind, h, w, channels, strips):
+def test_strips_decode_to_exactly_the_pixels_in_pillow_and_libpng(kind, h, w, channels, strips, deflate):
     pixels = _image(kind, h, w, channels)
-    data = pngstrips.encode_png(pixels, strips=strips)
+    data = pngstrips.encode_png(pixels, strips=strips, deflate=deflate)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
     assert np.array_equal(_decode_libpng(data, channels), pixels)
 
 
-def test_one_zlib_stream_with_a_valid_header_and_adler32():
+@pytest.mark.parametrize("deflate", BACKENDS)
+def test_one_zlib_stream_with_a_valid_header_and_adler32(deflate):
     pixels = _image("photo", 400, 300, 4)
-    data = pngstrips.encode_png(pixels, strips=4)
+    data = pngstrips.encode_png(pixels, strips=4, deflate=deflate)
     assert data.count(b"IDAT") == 1
     at = data.index(b"IDAT")
     (length,) = struct.unpack(">I", data[at - 4 : at])
@@ -85,11 +92,18 @@ def test_seam_rows_that_libpng_filtered_against_nothing_are_refiltered():
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
 
 
-def test_no_bigger_than_one_libpng_stream():
+def test_no_bigger_than_one_libpng_stream_at_the_same_zlib_level():
     pixels = _image("photo", 1024, 768, 4)
     ok, single = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    parallel = pngstrips.encode_png(pixels, strips=2)
+    parallel = pngstrips.encode_png(pixels, strips=2, deflate=pngstrips.ZLIB)
     assert 0.99 < len(parallel) / single.size <= 1.001
+
+
+@pytest.mark.skipif(pngstrips.ISAL is None, reason="isal not installed here")
+def test_isal_is_used_where_installed_and_is_no_bigger_than_zlib_level_1():
+    assert pngstrips.best_deflate() is pngstrips.ISAL
+    pixels = _image("photo", 1024, 768, 4)
+    assert len(pngstrips.encode_png(pixels)) <= len(pngstrips.encode_png(pixels, deflate=pngstrips.ZLIB))
 
 
 @pytest.mark.parametrize("bad", [np.zeros((4, 4, 2), np.uint8), np.zeros((4, 4), np.uint16),
