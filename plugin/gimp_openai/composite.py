@@ -55,12 +55,16 @@ def target_selection(place_selection: np.ndarray, plan: RegionPlan) -> np.ndarra
 
 
 def result_to_place(result: np.ndarray, plan: RegionPlan) -> np.ndarray:
-    """Model output (target-sized; another size is first scaled to the target) -> place-sized RGBA."""
+    """Model output (target-sized; another size is first scaled to the target) -> place-sized RGBA.
+    When the target is the place itself (no padding, no scaling) this is `result`, not a copy: a crop-sized
+    buffer less at the engine's peak."""
     _check_rgba(result, "result")
     tw, th = plan.target
     if result.shape[:2] != (th, tw):
         result = resize(result, (tw, th))
     inner = plan.place_in_target
+    if (inner.x, inner.y, inner.width, inner.height) == (0, 0, tw, th) and (tw, th) == tuple(plan.place.size):
+        return result
     cut = result[inner.y : inner.bottom, inner.x : inner.right]
     return resize(cut, plan.place.size)
 

@@ -500,7 +500,9 @@ def edit(
         returned = _decode_saved(image.data, saved, result.request_id)
         returned, size_notes = _fit_returned(returned, plan.target, path, saved, result.request_id)
         placed = imaging_result_to_place(returned, plan)
+        del returned  # placed may be the same buffer; otherwise it is one crop-sized buffer less at the peak
         final, report, details, seam_notes = _seamless(place_pixels, placed, selection, options, ahead)
+        del placed
         update_sidecar(engine, path, {"seamless": details, "report": report})
         outputs.append(
             Output(
