@@ -2,13 +2,12 @@
 
 Why: glibc raises its mmap threshold every time a large mapped block is freed (up to 32 MiB). After the first
 crop-sized temporary is freed, the next ones come from the heap instead, where freed space stays resident, so a
-job that makes a dozen 9 MiB temporaries one after another ends with most of them counted in its peak
-(an engine job editing a 1536² crop of an 8000² layer peaked at 254 MB without this; with it and the buffer
-savings made beside it, 178 MB). Fixing the
-threshold (which also stops that adjustment) makes every buffer of ``MMAP_THRESHOLD_BYTES`` or more its own
-mapping, unmapped on free. The price: the kernel zeroes every new big buffer (~0.1 s on that edit); capping
-glibc's arenas instead (M_ARENA_MAX=1) kept the speed but peaked at 186-200 MB from run to run. Small objects
-are unaffected. Elsewhere (macOS, Windows, musl) this does nothing:
+job that makes a dozen 9 MiB temporaries one after another ends with most of them counted in its peak (an engine
+job editing a 1536² crop of an 8000² layer peaked at 254 MB without this; with it and the buffer savings made
+beside it, 178 MB). Fixing the threshold (which also stops that adjustment) makes every buffer of
+``MMAP_THRESHOLD_BYTES`` or more its own mapping, unmapped on free. The price: the kernel zeroes every new big
+buffer (~0.1 s on that edit); capping glibc's arenas instead (M_ARENA_MAX=1) kept the speed but peaked at
+186-200 MB from run to run. Small objects are unaffected. Elsewhere (macOS, Windows, musl) this does nothing:
 their allocators return large blocks already, or offer no such switch.
 """
 

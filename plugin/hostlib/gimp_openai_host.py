@@ -270,12 +270,11 @@ COLOUR_PNG_LEVEL = 0
 GRAY_PNG_LEVEL = 1
 
 
-def png_bytes(width, height, data, channels, level=None):
-    """Encode 8-bit pixels as PNG without row filters, so hosts need no imaging library. ``level``: zlib level;
-    by default ``COLOUR_PNG_LEVEL`` for RGB(A) and ``GRAY_PNG_LEVEL`` for gray (see there why)."""
+def png_bytes(width, height, data, channels):
+    """Encode 8-bit pixels as PNG without row filters, so hosts need no imaging library; zlib level
+    ``COLOUR_PNG_LEVEL`` for RGB(A), ``GRAY_PNG_LEVEL`` for gray (see there why)."""
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    if level is None:
-        level = COLOUR_PNG_LEVEL if channels >= 3 else GRAY_PNG_LEVEL
+    level = COLOUR_PNG_LEVEL if channels >= 3 else GRAY_PNG_LEVEL
     data = bytes(bytearray(data)) if not isinstance(data, bytes) else data
     stride = width * channels
     if len(data) != stride * height:

@@ -66,21 +66,23 @@ def lab_ready() -> None:
         thread.join()
 
 
-def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB(A) (..., 3|4) -> float32 CIELAB (D65, sRGB gamma), L 0..100."""
+def rgb_to_lab(rgb: np.ndarray, *, out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
+    """uint8 RGB(A) (..., 3|4) -> float32 CIELAB (D65, sRGB gamma), L 0..100. ``out`` (float32 (..., 3)) and
+    ``scratch`` (float32, the shape of ``rgb``): buffers to reuse instead of allocating (see apply_lab_transform)."""
     lab_ready()
     # one pass to float32 in [0, 1]; OpenCV's float conversion reads 3 or 4 channels (alpha ignored)
-    unit = np.multiply(_rows(rgb), np.float32(1 / 255), dtype=np.float32)
-    lab = cv2.cvtColor(unit, cv2.COLOR_RGB2Lab)
+    unit = np.multiply(_rows(rgb), np.float32(1 / 255), dtype=np.float32, out=scratch)
+    lab = cv2.cvtColor(unit, cv2.COLOR_RGB2Lab, dst=out)
     return lab.reshape(rgb.shape[:-1] + (3,))
 
 
-def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
-    """float32 CIELAB (..., 3) -> uint8 RGB, clipped to the gamut, rounded."""
+def lab_to_rgb(lab: np.ndarray, *, out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
+    """float32 CIELAB (..., 3) -> uint8 RGB, clipped to the gamut, rounded. ``out`` (uint8 (..., 3)) and
+    ``scratch`` (float32 (..., 3)): buffers to reuse instead of allocating."""
     lab_ready()
-    rgb = cv2.cvtColor(_rows(lab.astype(np.float32, copy=False)), cv2.COLOR_Lab2RGB)
+    rgb = cv2.cvtColor(_rows(lab.astype(np.float32, copy=False)), cv2.COLOR_Lab2RGB, dst=scratch)
     # scale, round and saturate to uint8 in one OpenCV pass (numpy takes four, each a full-size temporary)
-    out = cv2.multiply(rgb, (255.0, 255.0, 255.0, 0.0), dtype=cv2.CV_8U)  # type: ignore[call-overload]  # a Scalar; the stubs omit it
+    out = cv2.multiply(rgb, (255.0, 255.0, 255.0, 0.0), dst=out, dtype=cv2.CV_8U)  # type: ignore[call-overload]  # a Scalar; the stubs omit it
     return np.asarray(out).reshape(lab.shape[:-1] + (3,))
 
 
@@ -207,10 +209,10 @@ def fit_lab_transform(src: np.ndarray, dst: np.ndarray, iterations: int = 6) -> 
     return m
 
 
-def _transform(lab: np.ndarray, m: np.ndarray) -> np.ndarray:
+def _transform(lab: np.ndarray, m: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     """lab @ m[:, :3].T + m[:, 3] per pixel, with OpenCV (numpy's matmul goes through a multi-threaded BLAS
-    that is slow on busy machines for this shape)."""
-    return cv2.transform(_rows(lab.astype(np.float32, copy=False)), m.astype(np.float32)).reshape(lab.shape)
+    that is slow on busy machines for this shape). ``out``: a float32 buffer of lab's shape to reuse."""
+    return cv2.transform(_rows(lab.astype(np.float32, copy=False)), m.astype(np.float32), dst=out).reshape(lab.shape)
 
 
 #: pixels per band of `apply_lab_transform`: its float scratch (16 + 3 x 12 bytes a pixel) is made once per call
@@ -221,7 +223,6 @@ BAND_PIXELS = 1 << 17
 
 def apply_lab_transform(rgba: np.ndarray, m: np.ndarray) -> np.ndarray:
     """The RGBA (H, W, 4) image with its colours mapped through the Lab affine `m` (alpha untouched)."""
-    lab_ready()
     src = np.ascontiguousarray(rgba)
     out = np.empty_like(src)
     height, width = src.shape[:2]
@@ -233,15 +234,12 @@ def apply_lab_transform(rgba: np.ndarray, m: np.ndarray) -> np.ndarray:
     mapped = np.empty((rows, width, 3), np.float32)
     rgb = np.empty((rows, width, 3), np.float32)
     rgb8 = np.empty((rows, width, 3), np.uint8)
-    m32 = np.asarray(m, np.float32)
     for y in range(0, height, rows):
         band = src[y : y + rows]
         n = band.shape[0]
-        np.multiply(band, np.float32(1 / 255), out=unit[:n])
-        cv2.cvtColor(unit[:n], cv2.COLOR_RGB2Lab, dst=lab[:n])
-        cv2.transform(lab[:n], m32, dst=mapped[:n])
-        cv2.cvtColor(mapped[:n], cv2.COLOR_Lab2RGB, dst=rgb[:n])
-        cv2.multiply(rgb[:n], (255.0, 255.0, 255.0, 0.0), dst=rgb8[:n], dtype=cv2.CV_8U)  # type: ignore[call-overload]
+        rgb_to_lab(band, out=lab[:n], scratch=unit[:n])
+        _transform(lab[:n], m, out=mapped[:n])
+        lab_to_rgb(mapped[:n], out=rgb8[:n], scratch=rgb[:n])
         # the new colours beside the untouched alpha, in one OpenCV pass
         cv2.mixChannels([rgb8[:n], band], [out[y : y + n]], [0, 0, 1, 1, 2, 2, 6, 3])
     return out
