@@ -231,14 +231,9 @@ def encode_png(pixels: np.ndarray, *, compress_level: int = PNG_COMPRESS_LEVEL, 
     ``png_filter`` ("none", "sub", "up", "paeth") fixes libpng's row filter; None lets it choose per row."""
     if pixels.dtype != np.uint8:
         raise ValueError(f"encode_png needs uint8 pixels, got {pixels.dtype}")
-    if pixels.ndim == 3 and pixels.shape[2] == 4:
-        bgr = cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA)
-    elif pixels.ndim == 3 and pixels.shape[2] == 3:
-        bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
-    elif pixels.ndim == 2:
-        bgr = pixels
-    else:
+    if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] in (3, 4))):
         raise ValueError(f"encode_png cannot encode an array of shape {pixels.shape}")
+    bgr = libpng_order(pixels)
     params = [cv2.IMWRITE_PNG_COMPRESSION, int(compress_level)]
     if png_filter is not None and png_filter not in ("none", "sub", "up", "paeth"):
         raise ValueError(f"unknown PNG filter {png_filter!r}")
@@ -271,14 +266,31 @@ def encode_host_png(pixels: np.ndarray) -> bytes:
     adaptive level 1 took 176-325 ms, and read back in a quarter of the time; twice the bytes in a temp folder
     cost less than that. Gray (layer masks, mostly flat): zlib level 1, as fast, kilobytes instead of megabytes.
     Peak extra memory: two copies of the pixels (the filtered rows, then the compressed stream)."""
-    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (3, 4)):
-        raise ValueError(f"encode_host_png needs u8 gray, RGB or RGBA pixels, got {pixels.dtype} {pixels.shape}")
+    check_png_pixels(pixels, "encode_host_png")
     height, width = pixels.shape[:2]
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     rows = np.zeros((height, 1 + width * channels), np.uint8)  # column 0: filter type 0 (None) for every row
     rows[:, 1:] = pixels.reshape(height, width * channels)
     stream = zlib.compress(rows.data, 1 if channels == 1 else 0)
     del rows
+    return png_file(width, height, channels, stream)
+
+
+def check_png_pixels(pixels: np.ndarray, who: str) -> None:
+    """What the engine's PNG writers take: u8 gray (H, W), RGB (H, W, 3) or RGBA (H, W, 4)."""
+    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (3, 4)):
+        raise ValueError(f"{who} needs u8 gray, RGB or RGBA pixels, got {pixels.dtype} {pixels.shape}")
+
+
+def libpng_order(pixels: np.ndarray) -> np.ndarray:
+    """RGB(A) as OpenCV hands it to libpng (BGR(A)); gray as it is."""
+    if pixels.ndim == 2:
+        return pixels
+    return cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA if pixels.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+
+
+def png_file(width: int, height: int, channels: int, stream: bytes) -> bytes:
+    """An 8-bit PNG around a finished zlib ``stream`` of filtered rows: signature, IHDR, one IDAT, IEND."""
     color_type = {1: 0, 3: 2, 4: 6}[channels]
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     return b"".join([_PNG_SIGNATURE, *_png_chunk(b"IHDR", header), *_png_chunk(b"IDAT", stream),

@@ -30,14 +30,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from .imaging import check_png_pixels, libpng_order, png_file
+
 #: below this many bytes of pixels one thread does it all (thread hand-offs cost more than they save).
 MIN_PARALLEL_BYTES = 1 << 20
 #: the deflate window: each strip is primed with this much of the stream before it.
 WINDOW = 32 * 1024
-_COLOR_TYPES = {1: 0, 3: 2, 4: 6}
 _FILTERS_USING_ROW_ABOVE = (2, 3, 4)  # Up, Average, Paeth
-
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def _idat_stream(png: bytes) -> bytes:
+def _idat_stream(png: bytes | memoryview) -> bytes:
     """The zlib stream of a PNG libpng just wrote (its IDAT chunks, joined)."""
     parts = []
     pos = 8
@@ -103,20 +102,13 @@ def _idat_stream(png: bytes) -> bytes:
     return b"".join(parts)
 
 
-def _libpng_order(pixels: np.ndarray) -> np.ndarray:
-    if pixels.ndim == 2:
-        return pixels
-    code = cv2.COLOR_RGBA2BGRA if pixels.shape[2] == 4 else cv2.COLOR_RGB2BGR
-    return cv2.cvtColor(pixels, code)
-
-
 def _filtered_rows(pixels: np.ndarray, row0: int, row1: int) -> bytes:
     """Rows row0:row1 with libpng's own per-row filter choice (filter byte + filtered bytes per row)."""
     strip = np.ascontiguousarray(pixels[row0:row1])
-    ok, png = cv2.imencode(".png", _libpng_order(strip), [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    ok, png = cv2.imencode(".png", libpng_order(strip), [cv2.IMWRITE_PNG_COMPRESSION, 0])
     if not ok:
         raise ValueError("PNG encoding failed")
-    rows = zlib.decompress(_idat_stream(png.tobytes()))
+    rows = zlib.decompress(_idat_stream(png.data.cast("B")))  # no copy of the stored PNG
     if row0 == 0 or rows[0] not in _FILTERS_USING_ROW_ABOVE:
         return rows
     above = pixels[row0 - 1].reshape(-1)
@@ -132,11 +124,6 @@ def _deflate(rows: bytes, primer: bytes, deflate: Deflate, last: bool) -> bytes:
     return bytes(compressor.compress(rows) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
 
 
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(payload, zlib.crc32(kind)) & 0xFFFFFFFF
-    return b"".join([struct.pack(">I", len(payload)), kind, payload, struct.pack(">I", crc)])
-
-
 def _zlib_header(hint: int) -> bytes:
     """CMF/FLG for a 32 KiB window and the level hint (FCHECK makes the pair divisible by 31)."""
     cmf = 0x78
@@ -150,8 +137,7 @@ def encode_png(pixels: np.ndarray, *, deflate: Deflate | None = None, strips: in
     one per core, one in all for images under ``MIN_PARALLEL_BYTES``), deflated by ``deflate`` (default: the
     best installed)."""
     deflate = deflate or best_deflate()
-    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (3, 4)):
-        raise ValueError(f"encode_png needs u8 gray, RGB or RGBA pixels, got {pixels.dtype} {pixels.shape}")
+    check_png_pixels(pixels, "encode_png")
     height, width = pixels.shape[:2]
     if height == 0 or width == 0:
         raise ValueError(f"cannot encode an empty image ({width}x{height})")
@@ -175,6 +161,4 @@ def encode_png(pixels: np.ndarray, *, deflate: Deflate | None = None, strips: in
     del rows, primers
     stream = b"".join([_zlib_header(deflate.header_hint), *parts, struct.pack(">I", adler & 0xFFFFFFFF)])
     del parts
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    header = struct.pack(">IIBBBBB", width, height, 8, _COLOR_TYPES[channels], 0, 0, 0)
-    return b"".join([_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", stream), _chunk(b"IEND", b"")])
+    return png_file(width, height, 1 if pixels.ndim == 2 else pixels.shape[2], stream)
