@@ -4,13 +4,14 @@ import cv2
 import numpy as np
 import pytest
 from gimp_openai.seamless.align import (
-    apply_alignment,
     context_mask,
     describe,
     displacement,
     estimate_alignment,
     to_similarity,
+    valid_area,
 )
+from gimp_openai.seamless.apply import apply_corrections
 
 from tests.seamless.scenes import make_case, noise_result, rgba, similarity
 
@@ -115,5 +116,7 @@ def test_helpers():
     assert displacement(np.array([[1.0, 0, 3], [0, 1, 4]]), np.zeros((1, 2)))[0] == pytest.approx(5.0)
     img = np.zeros((50, 60, 4), np.uint8)
     img[..., 0] = np.arange(60, dtype=np.uint8)[None]
-    out, valid = apply_alignment(img, np.array([[1.0, 0, 10], [0, 1, 0]]))
-    assert out[20, 20, 0] == 30 and valid[20, 20] and not valid[20, 55]
+    shift = np.array([[1.0, 0, 10], [0, 1, 0]])
+    out, valid = apply_corrections(img, shift, None, (10, 40, 5, 30)), valid_area(shift, 60, 50)
+    # bicubic inside the window, bilinear outside: an integer shift is exact in both
+    assert out[20, 20, 0] == 30 and out[45, 40, 0] == 50 and valid[20, 20] and not valid[20, 55]

@@ -192,9 +192,11 @@ def _texture(grey: np.ndarray, mask: np.ndarray) -> float:
 
 #: coarse-to-fine: the smallest level's long side (at least), ECC iterations per level (coarsest first; the
 #: work level last), and the correlation every level's fit must reach to skip the feature (ORB) estimate.
+#: (15, 5, 2) against (30, 8, 3): 100-case residual max 0.065 px instead of 0.050, the warped tone figure the
+#: same (ΔE mean 0.80), 15 ms less on a 2048² crop (an iteration on the 512 level costs ~7 ms).
 COARSE_MIN_SIDE = 96
 COARSE_LEVELS = 2
-CTF_ITERATIONS = (30, 8, 3)
+CTF_ITERATIONS = (15, 5, 2)
 CTF_MIN_CORRELATION = 0.95
 
 
@@ -317,36 +319,6 @@ def estimate_alignment(original: np.ndarray, result: np.ndarray, selection: np.n
             and abs(angle) < ALIGNED_ANGLE_DEG):
         return Alignment(matrix, dx, dy, scale, angle, rho, False, residual, "aligned already")
     return Alignment(matrix, dx, dy, scale, angle, rho, True, residual, "")
-
-
-#: when the sharp window covers more than this share of the crop, the whole crop is warped bicubic.
-SHARP_SHARE = 0.7
-
-
-def apply_alignment(result: np.ndarray, matrix: np.ndarray,
-                    sharp: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(aligned result, valid) where valid marks pixels sampled from inside the result (not its border).
-
-    `sharp` = (y0, y1, x0, x1): the window that can show through the layer mask (the selection's bounding
-    box). It is resampled bicubic; the rest of the crop, hidden behind a mask of 0 unless the artist paints it
-    in, bilinear: OpenCV has no vectorised bicubic warp for 8-bit RGBA, and on a 2048² crop it costs ~80 ms
-    where bilinear costs ~10. None: bicubic everywhere.
-    """
-    h, w = result.shape[:2]
-    cubic = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
-    if sharp is None or (sharp[1] - sharp[0]) * (sharp[3] - sharp[2]) > SHARP_SHARE * h * w:
-        aligned = cv2.warpAffine(result, matrix, (w, h), flags=cubic, borderMode=cv2.BORDER_REPLICATE)
-        return np.asarray(aligned), valid_area(matrix, w, h)
-    y0, y1, x0, x1 = sharp
-    aligned = np.asarray(cv2.warpAffine(result, matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                        borderMode=cv2.BORDER_REPLICATE))
-    if y1 > y0 and x1 > x0:
-        # the same map, for output pixels counted from (x0, y0)
-        window = np.array(matrix, np.float64)
-        window[:, 2] += window[:, :2] @ np.array([x0, y0], np.float64)
-        aligned[y0:y1, x0:x1] = cv2.warpAffine(result, window, (x1 - x0, y1 - y0), flags=cubic,
-                                               borderMode=cv2.BORDER_REPLICATE)
-    return aligned, valid_area(matrix, w, h)
 
 
 def valid_area(matrix: np.ndarray, width: int, height: int, inset: float = 2.0) -> np.ndarray:

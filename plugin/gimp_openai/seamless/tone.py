@@ -11,10 +11,12 @@ for colours that only occur inside the selection.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from .align import valid_area
 
 #: below this mean ΔE2000 over the ring the tone difference is not visible: leave the result alone.
 MIN_DELTA_E = 1.0
@@ -68,10 +70,13 @@ def lab_ready() -> None:
 
 def rgb_to_lab(rgb: np.ndarray, *, out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
     """uint8 RGB(A) (..., 3|4) -> float32 CIELAB (D65, sRGB gamma), L 0..100. ``out`` (float32 (..., 3)) and
-    ``scratch`` (float32, the shape of ``rgb``): buffers to reuse instead of allocating (see apply_lab_transform)."""
+    ``scratch`` (float32, the shape of ``rgb``): buffers to reuse instead of allocating (see LabBands). An
+    (H, W, C) ``rgb`` may be a strided view (a window of a bigger image): it is read in place, not copied."""
     lab_ready()
-    # one pass to float32 in [0, 1]; OpenCV's float conversion reads 3 or 4 channels (alpha ignored)
-    unit = np.multiply(_rows(rgb), np.float32(1 / 255), dtype=np.float32, out=scratch)
+    # one pass to float32 in [0, 1], reading strided views as they are; OpenCV's float conversion reads 3 or 4
+    # channels (alpha ignored)
+    src = rgb if rgb.ndim == 3 else _rows(rgb)
+    unit = np.multiply(src, np.float32(1 / 255), dtype=np.float32, out=scratch)
     lab = cv2.cvtColor(unit, cv2.COLOR_RGB2Lab, dst=out)
     return lab.reshape(rgb.shape[:-1] + (3,))
 
@@ -165,14 +170,6 @@ def context_ring(selection: np.ndarray, valid: np.ndarray | None = None) -> np.n
     return ring
 
 
-def _sample(mask: np.ndarray, limit: int) -> np.ndarray:
-    """Flat indices of at most `limit` pixels of `mask`, evenly strided (deterministic)."""
-    idx = np.flatnonzero(mask)
-    if idx.size > limit:
-        idx = idx[np.linspace(0, idx.size - 1, limit).astype(np.int64)]
-    return idx
-
-
 def fit_lab_transform(src: np.ndarray, dst: np.ndarray, iterations: int = 6) -> np.ndarray:
     """Robust affine 3x4 M with dst ≈ M @ [src, 1] (rows are Lab samples), ridge-pulled towards the identity.
 
@@ -215,67 +212,84 @@ def _transform(lab: np.ndarray, m: np.ndarray, *, out: np.ndarray | None = None)
     return cv2.transform(_rows(lab.astype(np.float32, copy=False)), m.astype(np.float32), dst=out).reshape(lab.shape)
 
 
-#: pixels per band of `apply_lab_transform`: its float scratch (16 + 3 x 12 bytes a pixel) is made once per call
-#: and reused band after band, a few MB in cache, where the whole 2048² window at once took ~200 MB of fresh
-#: temporaries (each one zeroed by the kernel: the engine returns big freed buffers, see memory.py).
-BAND_PIXELS = 1 << 17
+#: pixels per band of `LabBands`: its float scratch (16 + 3 x 12 bytes a pixel) is made once and reused band after
+#: band, a few MB in cache, where a 2048² window at once took ~200 MB of fresh temporaries (each one zeroed by the
+#: kernel: the engine returns big freed buffers, see memory.py).
+BAND_PIXELS = 1 << 16
+
+
+class LabBands:
+    """Maps bands of an image through a Lab affine, reusing one set of float buffers (one per thread).
+
+    `rows` x `width` is the largest band it takes; `channels`: 3 or 4, the bands' channel count."""
+
+    def __init__(self, rows: int, width: int, channels: int = 4) -> None:
+        self.unit = np.empty((rows, width, channels), np.float32)
+        self.lab = np.empty((rows, width, 3), np.float32)
+        self.mapped = np.empty((rows, width, 3), np.float32)
+        self.rgb = np.empty((rows, width, 3), np.float32)
+        self.rgb8 = np.empty((rows, width, 3), np.uint8)
+
+    def map_into(self, band: np.ndarray, m: np.ndarray, out: np.ndarray) -> None:
+        """``out`` (n, w, 4), a view allowed := ``band``'s (n, w, 4) colours through the Lab affine ``m``, its
+        alpha untouched."""
+        n, w = band.shape[:2]
+        rgb_to_lab(band, out=self.lab[:n, :w], scratch=self.unit[:n, :w])
+        _transform(self.lab[:n, :w], m, out=self.mapped[:n, :w])
+        lab_to_rgb(self.mapped[:n, :w], out=self.rgb8[:n, :w], scratch=self.rgb[:n, :w])
+        # the new colours beside the untouched alpha, in one OpenCV pass
+        cv2.mixChannels([self.rgb8[:n, :w], band], [out], [0, 0, 1, 1, 2, 2, 6, 3])
+
+
+def band_rows(width: int, height: int) -> int:
+    """Rows per band for a `width`-pixel-wide image of `height` rows (at least 1, at most all)."""
+    return max(1, min(height, BAND_PIXELS // max(1, width)))
 
 
 def apply_lab_transform(rgba: np.ndarray, m: np.ndarray) -> np.ndarray:
     """The RGBA (H, W, 4) image with its colours mapped through the Lab affine `m` (alpha untouched)."""
-    src = np.ascontiguousarray(rgba)
-    out = np.empty_like(src)
-    height, width = src.shape[:2]
+    out = np.empty(rgba.shape, np.uint8)
+    height, width = rgba.shape[:2]
     if height == 0 or width == 0:
         return out
-    rows = max(1, min(height, BAND_PIXELS // max(1, width)))
-    unit = np.empty((rows, width, src.shape[2]), np.float32)
-    lab = np.empty((rows, width, 3), np.float32)
-    mapped = np.empty((rows, width, 3), np.float32)
-    rgb = np.empty((rows, width, 3), np.float32)
-    rgb8 = np.empty((rows, width, 3), np.uint8)
+    rows = band_rows(width, height)
+    bands = LabBands(rows, width)
     for y in range(0, height, rows):
-        band = src[y : y + rows]
-        n = band.shape[0]
-        rgb_to_lab(band, out=lab[:n], scratch=unit[:n])
-        _transform(lab[:n], m, out=mapped[:n])
-        lab_to_rgb(mapped[:n], out=rgb8[:n], scratch=rgb[:n])
-        # the new colours beside the untouched alpha, in one OpenCV pass
-        cv2.mixChannels([rgb8[:n], band], [out[y : y + n]], [0, 0, 1, 1, 2, 2, 6, 3])
+        bands.map_into(rgba[y : y + rows], m, out[y : y + rows])
     return out
 
 
 @dataclass
 class ToneContext:
-    """The context ring (without the alignment's valid area) and the original's Lab over all of it: what the
-    tone match needs from the original and the selection alone, computed before the result arrives."""
+    """The context ring's pixels (all of it: the alignment's valid area is applied per result) and the original's
+    Lab there: what the tone match needs from the original and the selection alone, computed before the result
+    arrives."""
 
-    ring: np.ndarray   # bool (H, W)
     idx: np.ndarray    # flat indices of the ring's pixels, ascending
     lab: np.ndarray    # float32 (len(idx), 3): the original's Lab there
 
 
+def _ring_indices(selection: np.ndarray) -> np.ndarray:
+    idx = np.flatnonzero(context_ring(selection))
+    return idx.astype(np.int32) if selection.size < 2**31 else idx  # int32: half the memory of numpy's int64
+
+
 def prepare_tone(original: np.ndarray, selection: np.ndarray) -> ToneContext:
-    ring = context_ring(selection)
-    idx = np.flatnonzero(ring)
-    if ring.size < 2**31:
-        idx = idx.astype(np.int32)  # half the memory of numpy's default int64
+    idx = _ring_indices(selection)
     lab = rgb_to_lab(original.reshape(-1, original.shape[-1])[idx]) if idx.size else np.zeros((0, 3), np.float32)
-    return ToneContext(ring, idx, lab)
+    return ToneContext(idx, lab)
 
 
 @dataclass
-class ToneMatch:
-    """What the tone match found; `image` is the (possibly) corrected result."""
+class ToneFit:
+    """What the tone match found: whether to apply it, and the Lab affine `m` (3x4) when a fit was made."""
 
-    image: np.ndarray
     applied: bool
     delta_e_before: float | None
     delta_e_after: float | None
-    matrix: list[list[float]] | None = None
+    m: np.ndarray | None = None
     samples: int = 0
     note: str = ""
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         def r(v: float | None) -> float | None:
@@ -285,52 +299,90 @@ class ToneMatch:
             "applied": self.applied,
             "delta_e_before": r(self.delta_e_before),
             "delta_e_after": r(self.delta_e_after),
-            "lab_matrix": self.matrix,
+            "lab_matrix": None if self.m is None else [[round(float(v), 5) for v in row] for row in self.m],
             "samples": self.samples,
             "note": self.note,
         }
 
 
-def match_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray,
-               valid: np.ndarray | None = None, window: tuple[int, int, int, int] | None = None,
-               in_place: bool = False, prepared: ToneContext | None = None) -> ToneMatch:
-    """Fit result -> original over the context ring and apply it when it visibly helps.
+@dataclass
+class ToneMatch(ToneFit):
+    """`match_tone`'s answer: the fit and `image`, the result with it applied (the result itself when not)."""
 
-    `valid` marks result pixels that hold real content (alignment may have pulled in a border).
-    `window` = (y0, y1, x0, x1): apply the transform there only (the selection's bounding box grown by the
-    ring: all the layer mask can show, and the ring); the rest of the crop, hidden behind a mask of 0, keeps
-    the result's colours. None: the whole crop. `in_place`: write into `result` (the caller owns it).
-    Returns the result itself (same object, untouched) when nothing is applied. `prepared`:
+    image: np.ndarray | None = None
+
+
+def _result_samples(result: np.ndarray, idx: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
+    """The result's RGBA at the original's flat pixel indices `idx`: where the forward map `matrix` (original ->
+    result) puts them, sampled bicubic, exactly as the aligned image will hold them (OpenCV warps and remaps with
+    the same 1/32 px interpolation tables); as they are without a map."""
+    flat = result.reshape(-1, result.shape[-1])
+    if matrix is None:
+        return flat[idx]
+    ys, xs = np.divmod(idx.astype(np.int64), result.shape[1])
+    mapx = (matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]).astype(np.float32)
+    mapy = (matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]).astype(np.float32)
+    # one row per 4096 samples: remap's output rows must stay under 32767 pixels
+    cols = min(4096, idx.size)
+    rows = -(-idx.size // cols)
+    pad = rows * cols - idx.size
+    maps = [np.pad(v, (0, pad), mode="edge").reshape(rows, cols) for v in (mapx, mapy)]
+    got = cv2.remap(result, maps[0], maps[1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    return np.asarray(got).reshape(-1, result.shape[-1])[: idx.size]
+
+
+def fit_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray, matrix: np.ndarray | None = None,
+             prepared: ToneContext | None = None) -> ToneFit:
+    """Fit result -> original over the context ring; `applied` says whether it visibly helps.
+
+    `matrix`: the alignment's forward map (original -> result) when the result is to be warped: the ring is then
+    sampled where the map puts it, and only where that lies inside the result (not its replicated border), so
+    the fit sees the aligned result without the warped image having to exist yet. `prepared`:
     `prepare_tone(original, selection)`, computed ahead (e.g. while the engine waits for the server).
     """
     if prepared is None:
-        ring = context_ring(selection, valid)
+        idx, ring_lab = _ring_indices(selection), None
     else:
-        ring = prepared.ring if valid is None else prepared.ring & valid
-    idx = _sample(ring, MAX_SAMPLES)
-    if idx.size < 200:
-        return ToneMatch(result, False, None, None, note="too little context around the selection to match tone")
-    if prepared is None:
-        orig_lab = rgb_to_lab(original.reshape(-1, original.shape[-1])[idx])
-    else:  # the original's Lab over the whole ring was converted ahead: pick the samples
-        orig_lab = prepared.lab[np.searchsorted(prepared.idx, idx)]
-    res_lab = rgb_to_lab(result.reshape(-1, result.shape[-1])[idx])
+        idx, ring_lab = prepared.idx, prepared.lab
+    usable = None
+    if matrix is not None and idx.size:
+        h, w = selection.shape
+        usable = np.flatnonzero(valid_area(matrix, w, h).ravel()[idx])
+    count = idx.size if usable is None else usable.size
+    if count < 200:
+        return ToneFit(False, None, None, note="too little context around the selection to match tone")
+    # at most MAX_SAMPLES of them, evenly strided (deterministic)
+    pick = np.linspace(0, count - 1, min(count, MAX_SAMPLES)).astype(np.int64)
+    at = pick if usable is None else usable[pick]
+    sample = idx[at]
+    orig_lab = rgb_to_lab(original.reshape(-1, original.shape[-1])[sample]) if ring_lab is None else ring_lab[at]
+    res_lab = rgb_to_lab(_result_samples(result, sample, matrix))
     before = float(delta_e_2000(orig_lab, res_lab).mean())
     if before < MIN_DELTA_E:
-        return ToneMatch(result, False, before, before, samples=int(idx.size), note="tone already matches")
+        return ToneFit(False, before, before, samples=int(sample.size), note="tone already matches")
     m = fit_lab_transform(res_lab, orig_lab)
     mapped = _transform(res_lab, m)
     # Measure what will really be applied: through 8-bit RGB, as the image will be.
     mapped_rgb = lab_to_rgb(mapped.astype(np.float32))
     after = float(delta_e_2000(orig_lab, rgb_to_lab(mapped_rgb)).mean())
-    matrix = [[round(float(v), 5) for v in row] for row in m]
     if before - after < MIN_GAIN or after > before * (1 - MIN_RATIO):
-        return ToneMatch(result, False, before, after, matrix, int(idx.size),
-                         note="a colour fit would not help enough")
-    if window is None:
-        return ToneMatch(apply_lab_transform(result, m), True, before, after, matrix, int(idx.size))
-    y0, y1, x0, x1 = window
-    out = result if in_place else result.copy()
-    if y1 > y0 and x1 > x0:
-        out[y0:y1, x0:x1] = apply_lab_transform(result[y0:y1, x0:x1], m)
-    return ToneMatch(out, True, before, after, matrix, int(idx.size))
+        return ToneFit(False, before, after, m, int(sample.size), note="a colour fit would not help enough")
+    return ToneFit(True, before, after, m, int(sample.size))
+
+
+def match_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray,
+               window: tuple[int, int, int, int] | None = None, prepared: ToneContext | None = None) -> ToneMatch:
+    """`fit_tone` on an aligned (or unwarped) result, applied when it visibly helps: in `window` = (y0, y1, x0, x1)
+    only (None: the whole crop). `image` is the result itself (same object, untouched) when nothing is applied.
+    make_seamless fits with `fit_tone` and applies the fit in the same pass as the alignment's warp instead."""
+    fit = fit_tone(original, result, selection, None, prepared)
+    image = result
+    if fit.applied and fit.m is not None:
+        if window is None:
+            image = apply_lab_transform(result, fit.m)
+        else:
+            y0, y1, x0, x1 = window
+            image = result.copy()
+            if y1 > y0 and x1 > x0:
+                image[y0:y1, x0:x1] = apply_lab_transform(result[y0:y1, x0:x1], fit.m)
+    return ToneMatch(fit.applied, fit.delta_e_before, fit.delta_e_after, fit.m, fit.samples, fit.note, image)
