@@ -293,6 +293,25 @@ class _RetryReporter(threading.local):
 _RETRY_REPORTER = _RetryReporter()
 
 
+def _when_sent(action: Callable[[], None]) -> Callable[[Any], None]:
+    """The client's event callback for one request: retries reported as always, and `action` run once, when the
+    body has been handed to the connection (the first "waiting" event): from then on the engine only waits for
+    the server, so result-independent work started there costs the artist nothing. Started earlier it would
+    compete with encoding and sending the upload (measured: ~50 ms more engine time per 2048² edit)."""
+    fired = threading.Event()
+
+    def on_event(event: Any) -> None:
+        _RETRY_REPORTER(event)
+        if getattr(event, "kind", "") == "waiting" and not fired.is_set():
+            fired.set()
+            try:
+                action()
+            except Exception:  # noqa: BLE001, S110 - side work must never break a paid request
+                pass
+
+    return on_event
+
+
 def _save_all(engine: Engine, result: Any, meta: dict[str, Any]) -> Any:
     """Write every returned image to history at once; the first thing done with a response.
 
@@ -563,7 +582,7 @@ def _send_edit(
         n=options.n,
         size=size,
         quality=quality,
-        on_event=_RETRY_REPORTER,
+        on_event=_RETRY_REPORTER if on_sent is None else _when_sent(lambda: on_sent(place_pixels, selection)),
     )
     if options.extra_images:
         kwargs["extra_images"] = list(options.extra_images)
@@ -576,8 +595,6 @@ def _send_edit(
     def call() -> Any:
         return _request_call(engine, options.model, lambda: engine.client.edit(**kwargs))
 
-    if on_sent is not None:
-        on_sent(place_pixels, selection)  # the upload is encoded: result-independent work overlaps the wait
     result = _call_with_ticker(engine, progress, item, options.model, family, quality or "auto", plan.target, call)
     return result, plan, place_pixels, selection
 
@@ -650,12 +667,15 @@ def _prepare_ahead(original: np.ndarray, selection: np.ndarray, options: Options
     after the response arrives."""
     if not (options.align or options.tone_match):
         return None
-    try:
-        from gimp_openai.seamless import prepare_seamless
-    except ImportError:
-        return None
-    return _side_pool().submit(prepare_seamless, original, selection, align=options.align,
-                               tone_match=options.tone_match)
+
+    def prepare() -> Any:
+        try:  # imported here, off the thread that is sending the request (~20 ms of module set-up)
+            from gimp_openai.seamless import prepare_seamless
+        except ImportError:
+            return None
+        return prepare_seamless(original, selection, align=options.align, tone_match=options.tone_match)
+
+    return _side_pool().submit(prepare)
 
 
 def _seamless(

@@ -7,14 +7,15 @@ needs correcting and blend is "feather", `image` is byte-identical to `result`.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .align import AlignContext, estimate_alignment, prepare_alignment
-from .apply import apply_corrections
+from .apply import apply_corrections, map_tone, warp
 from .blend import poisson_blend
-from .tone import ToneContext, fit_tone, lab_ready, prepare_tone, ring_window, warm_up_lab
+from .tone import ToneContext, ToneFit, fit_tone, lab_ready, prepare_tone, ring_window, warm_up_lab
 
 __all__ = ["BLEND_MODES", "Prepared", "SeamlessResult", "make_seamless", "prepare_seamless"]
 
@@ -128,15 +129,27 @@ def make_seamless(original: np.ndarray, result: np.ndarray, selection: np.ndarra
         lab_ready()  # never leave the warm-up running: an engine exiting under it aborts (see lab_ready)
 
 
+def _fit_beside_warp(original: np.ndarray, result: np.ndarray, selection: np.ndarray, matrix: np.ndarray | None,
+                     window: tuple[int, int, int, int], tone_ctx: ToneContext | None) -> tuple[np.ndarray, ToneFit]:
+    """(the result warped by `matrix`, or `result` itself without one; the tone fit). The fit samples the result
+    where the map puts the ring, so it does not wait for the warp: it runs on its own core meanwhile (OpenCV's
+    warp leaves a core partly idle; the fit is single-threaded numpy)."""
+    if matrix is None:
+        return result, fit_tone(original, result, selection, None, tone_ctx)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seamless-fit") as pool:
+        pending = pool.submit(fit_tone, original, result, selection, matrix, tone_ctx)
+        warped = warp(result, matrix, window)
+        return warped, pending.result()
+
+
 def _corrected(original: np.ndarray, result: np.ndarray, selection: np.ndarray, align: bool, tone_match: bool,
                blend: str, prepared: Prepared | None = None) -> SeamlessResult:
-    """Estimate both corrections first (the tone fit samples the result where the alignment puts it), then put
-    them into pixels in one pass (apply.py), then blend."""
+    """Estimate the alignment; warp by it while the tone is fitted (the fit samples the result where the map puts
+    the ring); map the tone in place; then blend."""
     parts: list[str] = []
     details: dict = {"alignment": None, "tone": None, "blend": blend}
     window = prepared.window if prepared is not None else _sharp_window(selection)
     matrix = None
-    lab = None
 
     if align:
         found = estimate_alignment(original, result, selection, prepared.align if prepared is not None else None)
@@ -152,20 +165,26 @@ def _corrected(original: np.ndarray, result: np.ndarray, selection: np.ndarray, 
         else:
             parts.append(f"not aligned: {found.note} — composited as returned")
 
+    image = result
     if tone_match:
-        tone = fit_tone(original, result, selection, matrix, prepared.tone if prepared is not None else None)
+        image, tone = _fit_beside_warp(original, result, selection, matrix, window,
+                                       prepared.tone if prepared is not None else None)
         details["tone"] = tone.to_dict()
-        if tone.applied:
-            lab = tone.m
+        if tone.applied and tone.m is not None:
             parts.append(f"tone ΔE {tone.delta_e_before:.1f} → {tone.delta_e_after:.1f}")
+            if image is result:
+                image = apply_corrections(result, None, tone.m, window)
+            else:
+                map_tone(image, tone.m, window, image)   # the warped image is ours: in place
         elif tone.delta_e_before is not None:
             parts.append(f"tone ΔE {tone.delta_e_before:.1f} (no change)")
         else:
             parts.append(f"tone not matched: {tone.note}")
+    elif matrix is not None:
+        image = warp(result, matrix, window)
 
-    image = apply_corrections(result, matrix, lab, window)
     if blend == "poisson":
-        # apply_corrections hands back a fresh array: blend into it in place (only `result` must stay untouched)
+        # the corrections hand back a fresh array: blend into it in place (only `result` must stay untouched)
         image = poisson_blend(original, image, selection, in_place=image is not result)
         parts.append("Poisson-blended")
 

@@ -1,17 +1,18 @@
-"""Put the corrections into pixels: the alignment's warp and the tone's Lab map, in one banded pass.
-
-Why one pass: warping the crop and then tone-mapping it made two full-size images and read every pixel of the
-window twice; on a 2048² crop that was ~100 ms of the engine's own time. Here each band of the window is
-resampled into a small buffer that stays in cache and goes straight through the Lab map into the output.
-
-Why bands on several threads: OpenCV spreads its warps and colour conversions over the cores, but the steps
-between them (uint8 -> float, the Lab affine, float -> uint8, the channel shuffle) run on one; bands taken by
-one thread per core (OpenCV releases the GIL) keep every core busy.
+"""Put the corrections into pixels: the alignment's warp, then the tone's Lab map, both on every core.
 
 What goes where: the window (the selection's box grown by the tone ring: everything the layer mask shows, and
 room to paint it wider) is resampled bicubic and tone-mapped; the rest of the crop, hidden behind a mask of 0
 unless the artist paints it in, is only warped, bilinear (OpenCV has no vectorised bicubic warp for 8-bit RGBA:
 on a 2048² crop it costs ~70 ms where bilinear costs ~10).
+
+Why two steps and not one fused pass: the warp does not need the tone fit, so make_seamless fits the tone on
+one core while the warp runs (OpenCV spreads it over the cores, but not perfectly); fused per band, they cost
+the same CPU time (measured, 2048² crop: 145 ms either way), so the overlap is a free ~10-20 ms.
+
+Why the Lab map runs in bands on one thread per core: OpenCV spreads the colour conversions over the cores, but
+the steps between them (uint8 -> float, the Lab affine, float -> uint8, the channel shuffle) run on one; bands
+taken by one thread per core (OpenCV releases the GIL) keep every core busy, and each thread's float scratch
+(a few MB) stays in cache instead of ~200 MB of full-size temporaries.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from .tone import LabBands, band_rows
 
-__all__ = ["apply_corrections", "WORKERS"]
+__all__ = ["WORKERS", "apply_corrections", "map_tone", "warp"]
 
 #: threads that take bands (the calling one included): one per core, at most 4 (each holds ~5 MB of scratch).
 WORKERS = max(1, min(4, os.cpu_count() or 1))
@@ -41,65 +42,68 @@ def _from(matrix: np.ndarray, x0: int, y0: int) -> np.ndarray:
     return m
 
 
+def _empty(window: tuple[int, int, int, int]) -> bool:
+    y0, y1, x0, x1 = window
+    return y1 <= y0 or x1 <= x0
+
+
 def frame(height: int, width: int, window: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
     """The crop minus the window, as up to four (y0, y1, x0, x1) rectangles (full-width rows above and below,
     the sides beside the window)."""
-    y0, y1, x0, x1 = window
-    if y1 <= y0 or x1 <= x0:
+    if _empty(window):
         return [(0, height, 0, width)] if height and width else []
+    y0, y1, x0, x1 = window
     parts = [(0, y0, 0, width), (y1, height, 0, width), (y0, y1, 0, x0), (y0, y1, x1, width)]
     return [p for p in parts if p[1] > p[0] and p[3] > p[2]]
 
 
-def apply_corrections(result: np.ndarray, matrix: np.ndarray | None, lab: np.ndarray | None,
-                      window: tuple[int, int, int, int]) -> np.ndarray:
-    """A new image: `result` (RGBA uint8) warped by the forward map `matrix` (original -> result; None: not
-    warped) and its colours mapped through the Lab affine `lab` (3x4; None: not mapped) in `window` = (y0, y1,
-    x0, x1); outside the window only warped (bilinear) or copied. Returns `result` itself when both are None."""
-    if matrix is None and lab is None:
-        return result
+def warp(result: np.ndarray, matrix: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """A new image: `result` (RGBA uint8) sampled where the forward map `matrix` (original -> result) puts each
+    pixel (its border replicated beyond the edge), bicubic in `window` = (y0, y1, x0, x1), bilinear around it."""
     h, w = result.shape[:2]
     out = np.empty_like(result)
     for ya, yb, xa, xb in frame(h, w, window):
-        if matrix is None:
-            out[ya:yb, xa:xb] = result[ya:yb, xa:xb]
-        else:
-            cv2.warpAffine(result, _from(matrix, xa, ya), (xb - xa, yb - ya), dst=out[ya:yb, xa:xb], flags=_LINEAR,
-                           borderMode=cv2.BORDER_REPLICATE)
-    y0, y1, x0, x1 = window
-    if y1 > y0 and x1 > x0:
-        _window(result, matrix, lab, out, window)
+        cv2.warpAffine(result, _from(matrix, xa, ya), (xb - xa, yb - ya), dst=out[ya:yb, xa:xb], flags=_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    if not _empty(window):
+        y0, y1, x0, x1 = window
+        cv2.warpAffine(result, _from(matrix, x0, y0), (x1 - x0, y1 - y0), dst=out[y0:y1, x0:x1], flags=_CUBIC,
+                       borderMode=cv2.BORDER_REPLICATE)
     return out
 
 
-def _window(result: np.ndarray, matrix: np.ndarray | None, lab: np.ndarray | None, out: np.ndarray,
-            window: tuple[int, int, int, int]) -> None:
+def map_tone(src: np.ndarray, lab: np.ndarray, window: tuple[int, int, int, int], out: np.ndarray) -> None:
+    """``out``'s window := ``src``'s window (RGBA uint8) with its colours mapped through the Lab affine `lab`
+    (3x4), alpha kept. ``src`` may be ``out`` itself (mapped in place)."""
+    if _empty(window):
+        return
     y0, y1, x0, x1 = window
-    width = x1 - x0
-    rows = band_rows(width, y1 - y0)
+    rows = band_rows(x1 - x0, y1 - y0)
 
     def worker() -> Callable[[int, int], None]:
-        warped = np.empty((rows, width, result.shape[2]), np.uint8) if matrix is not None and lab is not None else None
-        bands = LabBands(rows, width) if lab is not None else None
-
-        def band(y: int, n: int) -> None:
-            dst = out[y : y + n, x0:x1]
-            if matrix is None:
-                src = result[y : y + n, x0:x1]
-            elif warped is None:   # warp only: straight into the output
-                cv2.warpAffine(result, _from(matrix, x0, y), (width, n), dst=dst, flags=_CUBIC,
-                               borderMode=cv2.BORDER_REPLICATE)
-                return
-            else:
-                src = warped[:n]
-                cv2.warpAffine(result, _from(matrix, x0, y), (width, n), dst=src, flags=_CUBIC,
-                               borderMode=cv2.BORDER_REPLICATE)
-            assert bands is not None and lab is not None
-            bands.map_into(src, lab, dst)
-
-        return band
+        bands = LabBands(rows, x1 - x0)
+        return lambda y, n: bands.map_into(src[y : y + n, x0:x1], lab, out[y : y + n, x0:x1])
 
     in_bands(y0, y1, rows, worker)
+
+
+def apply_corrections(result: np.ndarray, matrix: np.ndarray | None, lab: np.ndarray | None,
+                      window: tuple[int, int, int, int]) -> np.ndarray:
+    """`warp` by `matrix` (None: not warped), then `map_tone` by `lab` in the window (None: not mapped); a new
+    image, or `result` itself when both are None."""
+    if matrix is None and lab is None:
+        return result
+    if matrix is not None:
+        out = warp(result, matrix, window)
+        src = out
+    else:
+        out = np.empty_like(result)
+        for ya, yb, xa, xb in frame(result.shape[0], result.shape[1], window):
+            out[ya:yb, xa:xb] = result[ya:yb, xa:xb]
+        src = result
+    if lab is not None:
+        map_tone(src, lab, window, out)
+    return out
 
 
 def in_bands(y0: int, y1: int, rows: int, make_worker: Callable[[], Callable[[int, int], None]],
