@@ -301,8 +301,9 @@ def bench_seamless(work: Path, repeats: int) -> dict:
                  for label, on in (("with", True), ("without", False))}
         overheads: dict[str, list[float]] = {"with": [], "without": []}
         phases: dict[str, list[tuple[float, float]]] = {"with": [], "without": []}
-        for _ in range(repeats):  # interleaved
-            for label, job in jobs_.items():
+        for k in range(repeats):  # interleaved, in alternating order (ABBA): neither label always runs first
+            for label in (("with", "without") if k % 2 == 0 else ("without", "with")):
+                job = jobs_[label]
                 server.reset()
                 run = timed_run(["job", str(job)], server.url)
                 result = run["lines"][-1][1]

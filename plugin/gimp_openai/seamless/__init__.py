@@ -15,7 +15,7 @@ import numpy as np
 from .align import AlignContext, estimate_alignment, prepare_alignment
 from .apply import apply_corrections, map_tone, warp
 from .blend import poisson_blend
-from .tone import ToneContext, ToneFit, fit_tone, lab_ready, prepare_tone, ring_window, warm_up_lab
+from .tone import ToneContext, ToneFit, bounding_box, fit_tone, lab_ready, prepare_tone, ring_window, warm_up_lab
 
 __all__ = ["BLEND_MODES", "Prepared", "SeamlessResult", "make_seamless", "prepare_seamless"]
 
@@ -44,13 +44,22 @@ def _check(original: np.ndarray, result: np.ndarray, selection: np.ndarray, blen
         raise ValueError(f"selection must be uint8 {original.shape[:2]}, got {selection.dtype} {selection.shape}")
 
 
-def _sharp_window(selection: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) to resample bicubic: the selection's bounding box (the only pixels the layer mask
-    shows: it is 0 outside the selection, always) grown to hold the tone-match ring (sampled from it)."""
+Window = tuple[int, int, int, int]   # (y0, y1, x0, x1), ends exclusive; empty when y1 <= y0 or x1 <= x0
+
+
+def corrected_windows(selection: np.ndarray) -> tuple[Window, Window]:
+    """(sharp, toned): where the corrections reach in full.
+
+    sharp: the selection's bounding box, all the layer mask can show (it is 0 outside the selection, always): an
+    aligned result is resampled bicubic there, bilinear elsewhere (OpenCV's bicubic warp of 8-bit RGBA costs ~30
+    ns a pixel where bilinear costs ~4, and the bilinear parts show only where the artist paints the mask wider).
+    toned: that box grown by the tone ring's reach (a quarter of the selection's side, 8..128 px): tone-mapped, so
+    painting the mask a little wider still shows matching colours; beyond it the layer keeps the model's colours.
+    """
     selected = selection > 0
     if not selected.any():
-        return 0, 0, 0, 0
-    return ring_window(selected)[1]
+        return (0, 0, 0, 0), (0, 0, 0, 0)
+    return bounding_box(selected), ring_window(selected)[1]
 
 
 @dataclass
@@ -62,7 +71,8 @@ class Prepared:
 
     original: np.ndarray
     selection: np.ndarray
-    window: tuple[int, int, int, int]
+    sharp: Window
+    window: Window
     align: AlignContext | None
     tone: ToneContext | None
 
@@ -88,7 +98,7 @@ def prepare_seamless(original: np.ndarray, selection: np.ndarray, *, align: bool
     finally:
         lab_ready()
     _warm_up(align_ctx is not None, tone_ctx is not None)
-    return Prepared(original, selection, _sharp_window(selection), align_ctx, tone_ctx)
+    return Prepared(original, selection, *corrected_windows(selection), align_ctx, tone_ctx)
 
 
 def _warm_up(warp: bool, tone_map: bool) -> None:
@@ -107,7 +117,7 @@ def _warm_up(warp: bool, tone_map: bool) -> None:
         samples = rgb_to_lab(tiny.reshape(-1, 4))
         lab = fit_lab_transform(samples, samples + 1.0)
     matrix = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]]) if warp else None
-    apply_corrections(tiny, matrix, lab, (2, 6, 2, 6))
+    apply_corrections(tiny, matrix, lab, (2, 6, 2, 6), sharp=(3, 5, 3, 5))
 
 
 def make_seamless(original: np.ndarray, result: np.ndarray, selection: np.ndarray, *, align: bool = True,
@@ -130,7 +140,7 @@ def make_seamless(original: np.ndarray, result: np.ndarray, selection: np.ndarra
 
 
 def _fit_beside_warp(original: np.ndarray, result: np.ndarray, selection: np.ndarray, matrix: np.ndarray | None,
-                     window: tuple[int, int, int, int], tone_ctx: ToneContext | None) -> tuple[np.ndarray, ToneFit]:
+                     sharp: Window, tone_ctx: ToneContext | None) -> tuple[np.ndarray, ToneFit]:
     """(the result warped by `matrix`, or `result` itself without one; the tone fit). The fit samples the result
     where the map puts the ring, so it does not wait for the warp: it runs on its own core meanwhile (OpenCV's
     warp leaves a core partly idle; the fit is single-threaded numpy)."""
@@ -138,7 +148,7 @@ def _fit_beside_warp(original: np.ndarray, result: np.ndarray, selection: np.nda
         return result, fit_tone(original, result, selection, None, tone_ctx)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seamless-fit") as pool:
         pending = pool.submit(fit_tone, original, result, selection, matrix, tone_ctx)
-        warped = warp(result, matrix, window)
+        warped = warp(result, matrix, sharp)
         return warped, pending.result()
 
 
@@ -148,7 +158,7 @@ def _corrected(original: np.ndarray, result: np.ndarray, selection: np.ndarray, 
     the ring); map the tone in place; then blend."""
     parts: list[str] = []
     details: dict = {"alignment": None, "tone": None, "blend": blend}
-    window = prepared.window if prepared is not None else _sharp_window(selection)
+    sharp, window = (prepared.sharp, prepared.window) if prepared is not None else corrected_windows(selection)
     matrix = None
 
     if align:
@@ -167,7 +177,7 @@ def _corrected(original: np.ndarray, result: np.ndarray, selection: np.ndarray, 
 
     image = result
     if tone_match:
-        image, tone = _fit_beside_warp(original, result, selection, matrix, window,
+        image, tone = _fit_beside_warp(original, result, selection, matrix, sharp,
                                        prepared.tone if prepared is not None else None)
         details["tone"] = tone.to_dict()
         if tone.applied and tone.m is not None:
@@ -181,7 +191,7 @@ def _corrected(original: np.ndarray, result: np.ndarray, selection: np.ndarray, 
         else:
             parts.append(f"tone not matched: {tone.note}")
     elif matrix is not None:
-        image = warp(result, matrix, window)
+        image = warp(result, matrix, sharp)
 
     if blend == "poisson":
         # the corrections hand back a fresh array: blend into it in place (only `result` must stay untouched)

@@ -141,12 +141,16 @@ def ring_window(selected: np.ndarray) -> tuple[float, tuple[int, int, int, int]]
     """
     width = float(np.clip(0.25 * np.sqrt(np.count_nonzero(selected)), 8, 128))
     reach = int(np.ceil((width + 2.0) / 0.95)) + 2
+    h, w = selected.shape
+    y0, y1, x0, x1 = bounding_box(selected)
+    return width, (max(y0 - reach, 0), min(y1 + reach, h), max(x0 - reach, 0), min(x1 + reach, w))
+
+
+def bounding_box(selected: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1), ends exclusive, of the True pixels of a non-empty bool mask."""
     rows = np.flatnonzero(selected.any(axis=1))
     cols = np.flatnonzero(selected.any(axis=0))
-    h, w = selected.shape
-    y0, y1 = max(int(rows[0]) - reach, 0), min(int(rows[-1]) + reach + 1, h)
-    x0, x1 = max(int(cols[0]) - reach, 0), min(int(cols[-1]) + reach + 1, w)
-    return width, (y0, y1, x0, x1)
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def context_ring(selection: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
