@@ -318,7 +318,7 @@ class ToneMatch(ToneFit):
 
 def _result_samples(result: np.ndarray, idx: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
     """The result's RGBA at the original's flat pixel indices `idx`: where the forward map `matrix` (original ->
-    result) puts them, sampled bicubic, exactly as the aligned image will hold them (OpenCV warps and remaps with
+    result) puts them, sampled bicubic as the selection's box of the aligned image is (OpenCV warps and remaps with
     the same 1/32 px interpolation tables); as they are without a map."""
     flat = result.reshape(-1, result.shape[-1])
     if matrix is None:
