@@ -7,6 +7,7 @@ from gimp_openai.seamless.tone import (
     context_ring,
     delta_e_2000,
     fit_lab_transform,
+    fit_tone,
     lab_to_rgb,
     match_tone,
     rgb_to_lab,
@@ -146,3 +147,18 @@ def test_no_context_no_match():
     got = match_tone(img, img, np.full((64, 64), 255, np.uint8))
     assert not got.applied and got.delta_e_before is None and "context" in got.note
     assert ellipse_selection(rng, 64, 64).dtype == np.uint8
+
+
+def test_fit_tone_samples_the_result_where_the_alignment_puts_the_ring():
+    """With the alignment's map the fit sees the ring where the shifted result holds it; without, misaligned
+    texture: a far worse start and a fit that cannot remove it. Mapped outside the result: nothing to fit."""
+    case = make_case(np.random.default_rng(31), (256, 256), warp=True, tone=(0.08, 5.0, 0.1))
+    mapped = fit_tone(case.original, case.result, case.selection, case.forward)
+    unmapped = fit_tone(case.original, case.result, case.selection, None)
+    assert mapped.applied and mapped.delta_e_after is not None and mapped.delta_e_after < 1.0   # 0.67 measured
+    assert unmapped.delta_e_before is not None and mapped.delta_e_before is not None
+    assert unmapped.delta_e_before > 2 * mapped.delta_e_before                                  # 11.8 vs 4.2
+    away = case.forward.copy()
+    away[:, 2] += 1000.0                      # every ring pixel lands outside the result: not one sample
+    gone = fit_tone(case.original, case.result, case.selection, away)
+    assert not gone.applied and gone.samples == 0 and "too little context" in gone.note
