@@ -1,5 +1,6 @@
-"""apply.py: the warp (bicubic in the sharp box, bilinear around it) and the banded Lab map, against OpenCV's own
-whole-image warps and the plain Lab transform; in_bands' threads and errors."""
+"""apply.py's warp (bicubic in the sharp box, bilinear around it) against OpenCV's own whole-image warps; the
+threaded, banded Lab map (tone.apply_lab_transform) in a window against the same map of the window alone;
+in_bands' threads and errors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from gimp_openai.seamless import apply, corrected_windows
+from gimp_openai.seamless import apply, corrected_windows, tone
 from gimp_openai.seamless.tone import apply_lab_transform
 
 from tests.seamless.scenes import rgba, similarity, textured_image
@@ -42,12 +43,12 @@ def test_warp_is_bicubic_in_the_sharp_box_and_bilinear_around_it(sharp):
     assert not np.array_equal(cubic, linear)   # the two really differ on this texture
 
 
-def test_map_tone_in_bands_equals_the_plain_transform_in_the_window_and_nothing_else(monkeypatch):
-    monkeypatch.setattr(apply, "band_rows", lambda width, height: 7)   # many bands, shared by the threads
+def test_lab_map_in_bands_equals_the_plain_transform_in_the_window_and_nothing_else(monkeypatch):
+    monkeypatch.setattr(tone, "band_rows", lambda width, height: 7)    # many bands, shared by the threads
     img = _image(130, 90, seed=3)
     window = (11, 101, 5, 80)
     out = img.copy()
-    apply.map_tone(out, BRIGHTER, window, out)                          # in place, as make_seamless does
+    apply_lab_transform(out, BRIGHTER, window=window, out=out)          # in place, as make_seamless does
     y0, y1, x0, x1 = window
     np.testing.assert_array_equal(out[y0:y1, x0:x1], apply_lab_transform(img[y0:y1, x0:x1], BRIGHTER))
     outside = np.ones(img.shape[:2], bool)
@@ -84,7 +85,7 @@ def test_in_bands_covers_every_row_once_on_several_threads_and_raises_the_first_
                 seen.append((y, n, threading.current_thread().name))
         return band
 
-    apply.in_bands(3, 50, 8, make, workers=3)
+    tone.in_bands(3, 50, 8, make, workers=3)
     rows = sorted(r for y, n, _ in seen for r in range(y, y + n))
     assert rows == list(range(3, 50))
     assert len({name for _, _, name in seen}) == 3
@@ -96,5 +97,5 @@ def test_in_bands_covers_every_row_once_on_several_threads_and_raises_the_first_
         return band
 
     with pytest.raises(RuntimeError, match="band"):
-        apply.in_bands(0, 40, 10, failing, workers=2)
+        tone.in_bands(0, 40, 10, failing, workers=2)
     assert not [t for t in threading.enumerate() if t.name.startswith("seamless-band")]

@@ -13,9 +13,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .align import AlignContext, estimate_alignment, prepare_alignment
-from .apply import apply_corrections, map_tone, warp
+from .apply import apply_corrections, warp
 from .blend import poisson_blend
-from .tone import ToneContext, ToneFit, bounding_box, fit_tone, lab_ready, prepare_tone, ring_window, warm_up_lab
+from .tone import (
+    ToneContext,
+    ToneFit,
+    Window,
+    apply_lab_transform,
+    bounding_box,
+    fit_lab_transform,
+    fit_tone,
+    lab_ready,
+    prepare_tone,
+    rgb_to_lab,
+    ring_window,
+    warm_up_lab,
+)
 
 __all__ = ["BLEND_MODES", "Prepared", "SeamlessResult", "make_seamless", "prepare_seamless"]
 
@@ -42,9 +55,6 @@ def _check(original: np.ndarray, result: np.ndarray, selection: np.ndarray, blen
         raise ValueError(f"original {original.shape[:2]} and result {result.shape[:2]} differ in size")
     if selection.dtype != np.uint8 or selection.shape != original.shape[:2]:
         raise ValueError(f"selection must be uint8 {original.shape[:2]}, got {selection.dtype} {selection.shape}")
-
-
-Window = tuple[int, int, int, int]   # (y0, y1, x0, x1), ends exclusive; empty when y1 <= y0 or x1 <= x0
 
 
 def corrected_windows(selection: np.ndarray) -> tuple[Window, Window]:
@@ -112,8 +122,6 @@ def _warm_up(warp: bool, tone_map: bool) -> None:
     tiny[..., 1] = np.arange(64, dtype=np.uint8).reshape(8, 8)
     lab = None
     if tone_map:
-        from .tone import fit_lab_transform, rgb_to_lab
-
         samples = rgb_to_lab(tiny.reshape(-1, 4))
         lab = fit_lab_transform(samples, samples + 1.0)
     matrix = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]]) if warp else None
@@ -182,10 +190,10 @@ def _corrected(original: np.ndarray, result: np.ndarray, selection: np.ndarray, 
         details["tone"] = tone.to_dict()
         if tone.applied and tone.m is not None:
             parts.append(f"tone ΔE {tone.delta_e_before:.1f} → {tone.delta_e_after:.1f}")
-            if image is result:
+            if image is result:   # a new image: the frame copied, the window mapped
                 image = apply_corrections(result, None, tone.m, window)
-            else:
-                map_tone(image, tone.m, window, image)   # the warped image is ours: in place
+            else:                 # the warped image is ours: mapped in place
+                apply_lab_transform(image, tone.m, window=window, out=image)
         elif tone.delta_e_before is not None:
             parts.append(f"tone ΔE {tone.delta_e_before:.1f} (no change)")
         else:

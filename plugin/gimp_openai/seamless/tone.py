@@ -10,7 +10,9 @@ for colours that only occur inside the selection.
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -131,7 +133,7 @@ def delta_e_2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     return np.sqrt((dl / s_l) ** 2 + (dc / s_c) ** 2 + (dhh / s_h) ** 2 + r_t * (dc / s_c) * (dhh / s_h))
 
 
-def ring_window(selected: np.ndarray) -> tuple[float, tuple[int, int, int, int]]:
+def ring_window(selected: np.ndarray) -> tuple[float, Window]:
     """(ring width, (y0, y1, x0, x1)): the window that holds the whole context ring of a non-empty selection.
 
     Only the selection's bounding box grown by the ring's reach can hold ring pixels; the (chamfer) distance
@@ -146,7 +148,7 @@ def ring_window(selected: np.ndarray) -> tuple[float, tuple[int, int, int, int]]
     return width, (max(y0 - reach, 0), min(y1 + reach, h), max(x0 - reach, 0), min(x1 + reach, w))
 
 
-def bounding_box(selected: np.ndarray) -> tuple[int, int, int, int]:
+def bounding_box(selected: np.ndarray) -> Window:
     """(y0, y1, x0, x1), ends exclusive, of the True pixels of a non-empty bool mask."""
     rows = np.flatnonzero(selected.any(axis=1))
     cols = np.flatnonzero(selected.any(axis=0))
@@ -216,19 +218,22 @@ def _transform(lab: np.ndarray, m: np.ndarray, *, out: np.ndarray | None = None)
     return cv2.transform(_rows(lab.astype(np.float32, copy=False)), m.astype(np.float32), dst=out).reshape(lab.shape)
 
 
-#: pixels per band of `LabBands`: its float scratch (16 + 3 x 12 bytes a pixel) is made once and reused band after
-#: band, a few MB in cache, where a 2048² window at once took ~200 MB of fresh temporaries (each one zeroed by the
-#: kernel: the engine returns big freed buffers, see memory.py).
+Window = tuple[int, int, int, int]   # (y0, y1, x0, x1), ends exclusive; empty when y1 <= y0 or x1 <= x0
+
+#: pixels per band of the Lab map: each thread's float scratch (16 + 3 x 12 bytes a pixel) is made once and reused
+#: band after band, a few MB in cache, where a 2048² window at once took ~200 MB of fresh temporaries (each one
+#: zeroed by the kernel: the engine returns big freed buffers, see memory.py).
 BAND_PIXELS = 1 << 16
+#: threads that take bands (the calling one included): one per core, at most 4 (each holds ~5 MB of scratch).
+WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 class LabBands:
-    """Maps bands of an image through a Lab affine, reusing one set of float buffers (one per thread).
+    """Maps bands of an RGBA image through a Lab affine, reusing one set of float buffers (one per thread);
+    `rows` x `width` is the largest band it takes."""
 
-    `rows` x `width` is the largest band it takes; `channels`: 3 or 4, the bands' channel count."""
-
-    def __init__(self, rows: int, width: int, channels: int = 4) -> None:
-        self.unit = np.empty((rows, width, channels), np.float32)
+    def __init__(self, rows: int, width: int) -> None:
+        self.unit = np.empty((rows, width, 4), np.float32)
         self.lab = np.empty((rows, width, 3), np.float32)
         self.mapped = np.empty((rows, width, 3), np.float32)
         self.rgb = np.empty((rows, width, 3), np.float32)
@@ -250,17 +255,58 @@ def band_rows(width: int, height: int) -> int:
     return max(1, min(height, BAND_PIXELS // max(1, width)))
 
 
-def apply_lab_transform(rgba: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """The RGBA (H, W, 4) image with its colours mapped through the Lab affine `m` (alpha untouched)."""
-    out = np.empty(rgba.shape, np.uint8)
+def apply_lab_transform(rgba: np.ndarray, m: np.ndarray, *, window: Window | None = None,
+                        out: np.ndarray | None = None) -> np.ndarray:
+    """``out`` with the colours of ``rgba`` (RGBA uint8) in `window` (None: all of it) mapped through the Lab
+    affine `m`, alpha untouched. ``out``: None makes a new image (a copy of ``rgba`` outside the window); it may be
+    ``rgba`` itself (mapped in place); outside the window it is left as it is.
+
+    In bands, on one thread per core: OpenCV spreads the colour conversions over the cores, but the steps between
+    them (uint8 -> float, the Lab affine, float -> uint8, the channel shuffle) run on one; bands taken by one
+    thread per core (OpenCV releases the GIL) keep every core busy, and each thread's scratch stays in cache.
+    """
     height, width = rgba.shape[:2]
-    if height == 0 or width == 0:
+    if out is None:
+        out = np.empty(rgba.shape, np.uint8) if window is None else rgba.copy()
+    y0, y1, x0, x1 = (0, height, 0, width) if window is None else window
+    if y1 <= y0 or x1 <= x0:
         return out
-    rows = band_rows(width, height)
-    bands = LabBands(rows, width)
-    for y in range(0, height, rows):
-        bands.map_into(rgba[y : y + rows], m, out[y : y + rows])
+    rows = band_rows(x1 - x0, y1 - y0)
+
+    def worker() -> Callable[[int, int], None]:
+        bands = LabBands(rows, x1 - x0)
+        return lambda y, n: bands.map_into(rgba[y : y + n, x0:x1], m, out[y : y + n, x0:x1])
+
+    in_bands(y0, y1, rows, worker)
     return out
+
+
+def in_bands(y0: int, y1: int, rows: int, make_worker: Callable[[], Callable[[int, int], None]],
+             workers: int | None = None) -> None:
+    """Run the bands of rows [y0, y1), `rows` at a time, on up to `workers` threads (WORKERS; the calling one
+    included). `make_worker()` is called once per thread and returns its band function (y, n), so each thread
+    owns its scratch. The first exception of any thread is raised here, after every thread has stopped."""
+    starts = list(range(y0, y1, rows))
+    count = max(1, min(workers or WORKERS, len(starts)))
+    errors: list[BaseException] = []
+
+    def run(part: int) -> None:
+        try:
+            band = make_worker()
+            for y in starts[part::count]:
+                band(y, min(rows, y1 - y))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,), name=f"seamless-band-{k}", daemon=True)
+               for k in range(1, count)]
+    for t in threads:
+        t.start()
+    run(0)
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 @dataclass
@@ -375,18 +421,12 @@ def fit_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray, ma
 
 
 def match_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray,
-               window: tuple[int, int, int, int] | None = None, prepared: ToneContext | None = None) -> ToneMatch:
+               window: Window | None = None, prepared: ToneContext | None = None) -> ToneMatch:
     """`fit_tone` on an aligned (or unwarped) result, applied when it visibly helps: in `window` = (y0, y1, x0, x1)
     only (None: the whole crop). `image` is the result itself (same object, untouched) when nothing is applied.
     make_seamless fits with `fit_tone` and applies the fit in the same pass as the alignment's warp instead."""
     fit = fit_tone(original, result, selection, None, prepared)
     image = result
     if fit.applied and fit.m is not None:
-        if window is None:
-            image = apply_lab_transform(result, fit.m)
-        else:
-            y0, y1, x0, x1 = window
-            image = result.copy()
-            if y1 > y0 and x1 > x0:
-                image[y0:y1, x0:x1] = apply_lab_transform(result[y0:y1, x0:x1], fit.m)
+        image = apply_lab_transform(result, fit.m, window=window)
     return ToneMatch(fit.applied, fit.delta_e_before, fit.delta_e_after, fit.m, fit.samples, fit.note, image)
