@@ -25,6 +25,9 @@ def test_demo_removes_the_balloon_offline_and_stops_its_server(tmp_path):
                           timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"Results in {out}" in proc.stdout
+    # the local server's default render leaves the context where it was: an aligned result is not resampled
+    reports = re.findall(r"lake-balloon-edit-\d\.png \[(.*)\]", proc.stdout)
+    assert len(reports) == 2 and all(r.startswith("aligned already;") for r in reports), reports
     pngs = sorted(out.glob("lake-balloon-edit-*.png"))
     assert [p.name for p in pngs] == ["lake-balloon-edit-1.png", "lake-balloon-edit-2.png"]
     original = np.asarray(Image.open(DATA / "lake-balloon.png").convert("RGBA"))
