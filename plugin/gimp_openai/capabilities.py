@@ -2,7 +2,7 @@
 
 Rules are keyed by *family*, never by an exact model id, because OpenAI keeps adding dated snapshots and new
 ids (``gpt-image-2-2026-04-21``, ``gpt-image-2.5-...``) and retiring old ones. Every limit here comes from
-``shared/contract/openai-images-openapi.yaml`` (2026-08-21); ``tests/engine/test_capabilities_contract.py``
+``tests/fixtures/openai_images_contract.yaml`` (2026-08-21); ``tests/server/test_rules_contract.py``
 checks them against that file so the client and the server cannot drift apart silently.
 """
 

@@ -1,19 +1,20 @@
-"""The server's rules table against shared/contract/openai-images-openapi.yaml: enums, limits, counts."""
+"""The server's rules table against the API's published facts (tests/fixtures/openai_images_contract.yaml):
+enums, limits, counts, and the error body's shape on the wire."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from gimp_openai import capabilities as caps
 from gimp_openai.server import rules
 
-# The contract lives in shared/ beside the checkout (as CI lays it out); GIMP_OPENAI_CONTRACT points elsewhere.
-CONTRACT = Path(os.environ.get("GIMP_OPENAI_CONTRACT")
-                or Path(__file__).resolve().parents[3] / "shared" / "contract" / "openai-images-openapi.yaml")
+from tests.server.helpers import AUTH
+
+CONTRACT = Path(__file__).resolve().parents[1] / "fixtures" / "openai_images_contract.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +152,17 @@ def test_response_enums(schemas):
 def test_defaults_match(schemas):
     for endpoint, name in REQUESTS.items():
         assert schemas[name]["properties"]["model"]["default"] == rules.DEFAULT_MODEL[endpoint]
+
+
+def test_error_body_has_the_api_shape(schemas, local_server):
+    """A refused request answers exactly the fields of the published Error schema, with their types."""
+    answer = requests.post(local_server.url + "/images/generations", headers=AUTH, json={"prompt": "x", "n": 99},
+                           timeout=30)
+    assert answer.status_code == 400
+    body = answer.json()
+    assert set(body) == set(schemas["ErrorResponse"]["required"])
+    error_schema = schemas["Error"]
+    assert set(body["error"]) == set(error_schema["required"]) == set(error_schema["properties"])
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert isinstance(body["error"]["type"], str)
+    assert body["error"]["param"] == "n"

@@ -89,7 +89,7 @@ def lab_to_rgb(lab: np.ndarray, *, out: np.ndarray | None = None, scratch: np.nd
     lab_ready()
     rgb = cv2.cvtColor(_rows(lab.astype(np.float32, copy=False)), cv2.COLOR_Lab2RGB, dst=scratch)
     # scale, round and saturate to uint8 in one OpenCV pass (numpy takes four, each a full-size temporary)
-    out = cv2.multiply(rgb, (255.0, 255.0, 255.0, 0.0), dst=out, dtype=cv2.CV_8U)  # type: ignore[call-overload]  # a Scalar; the stubs omit it
+    out = cv2.multiply(rgb, (255.0, 255.0, 255.0, 0.0), dst=out, dtype=cv2.CV_8U)
     return np.asarray(out).reshape(lab.shape[:-1] + (3,))
 
 

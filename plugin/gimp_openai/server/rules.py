@@ -4,7 +4,7 @@ Every parameter of the three images endpoints is a :class:`ParamRule` in :data:`
 (endpoints), for which models it is allowed (else ``unknown_parameter``), its type and its allowed values or
 range (from the model's :class:`~gimp_openai.capabilities.Family`). Image rules (mimetypes, count, bytes,
 square, mask) follow the table in :func:`check_images`. ``tests/server/test_rules_contract.py`` checks the
-table against ``shared/contract/openai-images-openapi.yaml``, so client and server cannot drift apart.
+table against ``tests/fixtures/openai_images_contract.yaml``, so client and server cannot drift apart.
 
 Error codes are OpenAI's where known (``invalid_value``, ``unknown_parameter``, ``integer_above_max_value``,
 ``string_above_max_length``, ``array_above_max_length``, ``missing_required_parameter``,
