@@ -34,6 +34,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RECORD_NAME = "install-record.json"
+ENGINE_LOCK = REPO / "requirements" / "engine.txt"
+# Written into the engine's venv as the last step of a successful install: a venv without it was left
+# half-way (pip could not reach the registry, the run was interrupted) and is rebuilt, not reused.
+COMPLETE_MARKER = ".gimp-openai-complete"
+PIP_HINT = ("check the network or proxy; behind a proxy with its own certificate authority set PIP_CERT and "
+            "SSL_CERT_FILE to its CA bundle, then run the installer again")
+
+
+class InstallError(Exception):
+    """One line for the user: what failed and what to do."""
 
 
 def _load_plugin_dirs():
@@ -52,6 +62,31 @@ pd = _load_plugin_dirs()
 
 def say(msg: str) -> None:
     print(f"install: {msg}", flush=True)
+
+
+def venv_state(venv: Path, python: Path) -> str:
+    """'missing', 'broken' (there, but its Python does not start), 'incomplete' (no marker of a finished
+    install) or 'ok'."""
+    if not venv.exists():
+        return "missing"
+    try:
+        started = subprocess.run([str(python), "-c", "import sys"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        started = False
+    if not started:
+        return "broken"
+    return "ok" if (venv / COMPLETE_MARKER).exists() else "incomplete"
+
+
+def run_pip(cmd: list[str], what: str) -> None:
+    """Run pip quietly; on failure raise one line (pip's own first error and what to do), not its retries."""
+    say(f"installing {what} with pip")
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode == 0:
+        return
+    lines = [ln.strip() for ln in (p.stderr + p.stdout).splitlines() if ln.strip()]
+    first = next((ln for ln in lines if ln.startswith("ERROR")), lines[-1] if lines else f"exit code {p.returncode}")
+    raise InstallError(f"pip could not install {what}: {first[:300]}; {PIP_HINT}")
 
 
 class Installer:
@@ -96,18 +131,22 @@ class Installer:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
         return src
 
-    def pip_install(self, python: Path, extra: list[str]) -> None:
+    def pip_install(self, python: Path, extra: list[str], locked: bool = False) -> None:
+        """Install the engine (a copy of the checkout, or editable with --dev). ``locked``: first its
+        dependencies exactly as requirements/engine.txt pins them (hashes checked), then the engine alone."""
+        base = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "--retries", "1"]
         with tempfile.TemporaryDirectory(prefix="gimp-openai-install-") as t:
             src = self.engine_source(Path(t))
-            cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-            if self.args.no_deps:
+            if locked:
+                run_pip(base + ["--require-hashes", "-r", str(ENGINE_LOCK)] + extra, "the engine's dependencies")
+            cmd = list(base)
+            if self.args.no_deps or locked:
                 cmd += ["--no-deps"]
                 if self._has_new_setuptools(python):  # build offline with what is there
                     cmd += ["--no-build-isolation"]
             cmd += extra
             cmd += ["-e", str(src)] if self.args.dev else [str(src)]
-            say("pip: " + " ".join(cmd[1:]))
-            subprocess.run(cmd, check=True)
+            run_pip(cmd, "the engine")
 
     @staticmethod
     def _has_new_setuptools(python: Path) -> bool:
@@ -129,7 +168,13 @@ class Installer:
             return {"version": 1, "python": str(py), "pythonpath": [], "kind": "python"}
         venv = Path(self.args.venv).expanduser() if self.args.venv else self.data_dir / "venv"
         py = self.venv_python(venv)
-        if not py.exists():
+        state = venv_state(venv, py)
+        if state in ("broken", "incomplete"):
+            why = ("its Python does not start" if state == "broken"
+                   else "an earlier install stopped half-way")
+            say(f"the engine's Python environment in {venv} is unusable ({why}); rebuilding it")
+            shutil.rmtree(venv)
+        if state != "ok":
             cmd = [sys.executable, "-m", "venv"]
             if self.args.system_site_packages:
                 cmd.append("--system-site-packages")
@@ -141,12 +186,18 @@ class Installer:
                 record["venvs"].append(str(venv))
         else:
             say(f"reusing the engine's Python environment in {venv}")
+        (venv / COMPLETE_MARKER).unlink(missing_ok=True)
         if not self.args.skip_engine:
-            self.pip_install(py, [])
+            self.pip_install(py, [], locked=not self.args.no_deps)
+        (venv / COMPLETE_MARKER).write_text(_dt.datetime.now(_dt.timezone.utc).isoformat() + "\n", encoding="utf-8")
         check = subprocess.run([str(py), "-c", "import gimp_openai, numpy, PIL, requests; print(gimp_openai.__file__)"],
                                capture_output=True, text=True)
         if check.returncode != 0:
-            say("WARNING: the engine does not import in its environment:\n" + check.stderr.strip()[-2000:])
+            last = (check.stderr.strip().splitlines() or ["(no output)"])[-1]
+            problem = f"the engine does not import in {venv}: {last}"
+            if not (self.args.no_deps or self.args.skip_engine):
+                raise InstallError(problem)
+            say(f"WARNING: {problem} (--no-deps / --skip-engine: its dependencies were to be there already)")
         else:
             say(f"engine importable: {check.stdout.strip()}")
         return {"version": 1, "python": str(py), "pythonpath": [], "kind": "venv", "venv": str(venv)}
@@ -173,7 +224,7 @@ class Installer:
                        "--implementation", "cp", "--platform", "manylinux2014_x86_64",
                        "--platform", "manylinux_2_28_x86_64", str(src)]
                 say(f"Flatpak GIMP: installing the engine for the sandbox's Python {ver} into {site}")
-                subprocess.run(cmd, check=True)
+                run_pip(cmd, "the engine for Flatpak GIMP")
         # the hosts run "<python> -m gimp_openai": a wrapper puts the site folder on the sandbox Python's path
         wrapper = site.parent / "python3"
         wrapper.write_text("#!/bin/sh\n# written by gimp-openai's installer: the engine for Flatpak GIMP\n"
@@ -381,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     inst = Installer(args)
     try:
         return inst.uninstall() if args.uninstall else inst.install()
+    except InstallError as e:
+        say(f"failed: {e}")
+        return 1
     except subprocess.CalledProcessError as e:
         say(f"failed: {' '.join(map(str, e.cmd[:4]))}... exited with {e.returncode}")
         return 1

@@ -216,3 +216,41 @@ def test_doctor_flags_the_old_210_layout_and_hosts_in_the_wrong_gimp(tmp_path):
                                                                                            "PATH": ""}))
     assert "old layout" in text and "tries to run every file" in text
     assert f"{p30 / pd.GIMP2_FILE} belongs to the GIMP 2.10 host" in text
+
+
+def unreachable_registry() -> dict:
+    """pip pointed at a closed port on loopback, with no config files or local wheels to fall back on."""
+    return {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_FIND_LINKS": "",
+            "PIP_NO_CACHE_DIR": "1"}
+
+
+def test_pip_failure_is_one_line_and_the_half_built_venv_is_rebuilt(home, tmp_path):
+    venv = tmp_path / "venv"
+    failed = install(home, "--venv", str(venv), env=unreachable_registry())
+    assert failed.returncode == 1
+    output = failed.stdout + failed.stderr
+    errors = [line for line in output.splitlines() if "pip could not install" in line]
+    assert len(errors) == 1, output
+    assert "the engine's dependencies" in errors[0] and "PIP_CERT" in errors[0] and "SSL_CERT_FILE" in errors[0]
+    assert "Retrying" not in output and "Traceback" not in output
+    assert venv.exists() and not (venv / ".gimp-openai-complete").exists()
+
+    again = install(home, "--venv", str(venv), "--no-deps")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "an earlier install stopped half-way); rebuilding it" in again.stdout
+    assert "reusing" not in again.stdout
+    assert (venv / ".gimp-openai-complete").exists()
+    third = install(home, "--venv", str(venv), "--no-deps")
+    assert third.returncode == 0 and "reusing the engine's Python environment" in third.stdout
+
+
+def test_a_venv_whose_python_is_gone_is_rebuilt(home, tmp_path):
+    venv = tmp_path / "venv"
+    assert install(home, "--venv", str(venv), "--no-deps").returncode == 0
+    python = venv / "bin" / "python"
+    python.unlink()
+    python.symlink_to(tmp_path / "no-such-python")
+    again = install(home, "--venv", str(venv), "--no-deps")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "its Python does not start); rebuilding it" in again.stdout
+    assert subprocess.run([str(python), "-c", "import gimp_openai"]).returncode == 0

@@ -37,9 +37,16 @@ def test_warp_is_bicubic_in_the_sharp_box_and_bilinear_around_it(sharp):
     inside = np.zeros(img.shape[:2], bool)
     y0, y1, x0, x1 = sharp
     inside[y0:y1, x0:x1] = True
-    # the same OpenCV warps, only counted from another origin: at most one level apart (coordinate rounding)
-    assert np.abs(out[inside].astype(int) - cubic[inside]).max(initial=0) <= 1
-    assert np.abs(out[~inside].astype(int) - linear[~inside]).max(initial=0) <= 1
+    # the same OpenCV warps, only counted from another origin. OpenCV 5 then differs by at most one level;
+    # OpenCV 4 rounds source coordinates to 1/32 px, so on this per-pixel random alpha a few values move by
+    # up to gradient/32 (max 9 levels seen, 0.4 % of values over 1). Either way each part is far closer to
+    # its own interpolation than to the other one.
+    for part, same, other in ((inside, cubic, linear), (~inside, linear, cubic)):
+        if not part.any():
+            continue
+        error = np.abs(out[part].astype(int) - same[part])
+        assert (error > 1).mean() < 0.01 and error[..., :3].max() <= 2
+        assert error.mean() * 50 < np.abs(out[part].astype(int) - other[part]).mean()
     assert not np.array_equal(cubic, linear)   # the two really differ on this texture
 
 
