@@ -244,7 +244,7 @@ class Installer:
         GIMP 2.10: the host directly in plug-ins/ (2.10 does not reliably load subfolders), its companions in
         plug-ins/gimp_openai_support/, not executable, named after no .py inside it (so no GIMP runs them;
         GIMP 2.10 on Windows would run any .py lying directly in plug-ins/)."""
-        hostlib = REPO / "plugin" / "hostlib" / pd.HOSTLIB_FILE
+        hostlib = [REPO / "plugin" / "hostlib" / name for name in pd.HOSTLIB_FILES]
         manifest = REPO / "manifest" / "procedures.json"
         if host == "gimp3":
             src = REPO / "plugin" / "gimp3" / pd.GIMP3_DIR
@@ -257,7 +257,8 @@ class Installer:
             files = [(src / pd.GIMP2_FILE, pd.GIMP2_FILE, True)]
             main = pd.GIMP2_FILE
         files += [(f, f"{folder}/{f.name}", False) for f in sorted(src.glob("*.py")) if f.name != main]
-        files += [(hostlib, f"{folder}/{pd.HOSTLIB_FILE}", False), (manifest, f"{folder}/{pd.MANIFEST_FILE}", False)]
+        files += [(f, f"{folder}/{f.name}", False) for f in hostlib]
+        files += [(manifest, f"{folder}/{pd.MANIFEST_FILE}", False)]
         return folder, files
 
     def _mkdirs(self, path: Path) -> None:

@@ -28,6 +28,7 @@ for _folder in SUPPORT_DIRS + [os.path.join(_HERE, os.pardir, "hostlib")]:
 import gimp  # noqa: E402
 import gimpfu  # noqa: E402
 import gimp_openai_host as host  # noqa: E402
+import gimp_openai_workflow as flow  # noqa: E402
 from gimpfu import pdb  # noqa: E402
 
 RUN_INTERACTIVE, RUN_NONINTERACTIVE = gimpfu.RUN_INTERACTIVE, gimpfu.RUN_NONINTERACTIVE
@@ -46,10 +47,6 @@ ASK_SECRET = None
 PF_FOR_TYPE = {"string": gimpfu.PF_STRING, "text": gimpfu.PF_TEXT, "int": gimpfu.PF_SPINNER,
                "float": gimpfu.PF_SLIDER, "bool": gimpfu.PF_TOGGLE, "choice": gimpfu.PF_RADIO,
                "dirname": gimpfu.PF_DIRNAME}
-
-
-class Stop(Exception):
-    """The artist declined (no selection, said no): nothing to do, nothing to report as an error."""
 
 
 # ---------------------------------------------------------------------------------------- registration
@@ -87,7 +84,7 @@ def register_all(manifest=None):
 def _runner(proc):
     """The function gimpfu calls: positional PDB arguments -> a dict, then the operation, guarded."""
     names = [p["name"] for p in host.public_params(proc)]
-    handler = HANDLERS[proc["operation"]]
+    handler = _handler(proc)
 
     def run(*values):
         values = list(values)
@@ -134,16 +131,15 @@ def _secrets():
 
 
 def _guarded(image, body):
-    """One operation: context push/pop, one undo group, display flush, and errors as plain messages.
+    """One operation: context push/pop, display flush, and errors as plain messages (the workflow inserts
+    each image's results in one undo group of its own).
 
     Non-interactive callers also get the failure (RuntimeError), as any failing PDB call gives them.
     """
     pdb.gimp_context_push()
-    if image is not None:
-        pdb.gimp_image_undo_group_start(image)
     try:
         return body()
-    except Stop as stop:
+    except flow.Stop as stop:
         if stop.args:
             gimp.message(_native(stop.args[0]))
         return None
@@ -154,8 +150,6 @@ def _guarded(image, body):
                              u"Try again; if it keeps happening, run 'gimp-openai doctor' in a terminal and "
                              u"report the message.", "internal_error"))
     finally:
-        if image is not None:
-            pdb.gimp_image_undo_group_end(image)
         pdb.gimp_context_pop()
         try:
             pdb.gimp_progress_end()
@@ -208,13 +202,6 @@ def _rect(x, y, w, h):
     return {"x": int(x), "y": int(y), "width": int(w), "height": int(h)}
 
 
-def _intersect(a, b):
-    x1, y1 = max(a["x"], b["x"]), max(a["y"], b["y"])
-    x2 = min(a["x"] + a["width"], b["x"] + b["width"])
-    y2 = min(a["y"] + a["height"], b["y"] + b["height"])
-    return _rect(x1, y1, max(0, x2 - x1), max(0, y2 - y1))
-
-
 def _layer_rect(layer):
     x, y = layer.offsets
     return _rect(x, y, layer.width, layer.height)
@@ -223,56 +210,6 @@ def _layer_rect(layer):
 def _image_label(image):
     name = pdb.gimp_image_get_filename(image) or getattr(image, "name", None) or "Untitled"
     return u"%s (#%s)" % (os.path.basename(host.to_text(name)), getattr(image, "ID", "?"))
-
-
-def check_layer(image, drawable):
-    """The layer to work on, or a HostError that says what is wrong and what to do."""
-    if image is None or drawable is None:
-        raise host.HostError(u"There is no active layer.", u"Open an image and click a layer, then run again.",
-                             "no_layer")
-    if pdb.gimp_item_is_layer_mask(drawable) or not pdb.gimp_item_is_layer(drawable):
-        raise host.HostError(u"The active drawable is a mask or a channel, not a layer.",
-                             u"Click the layer's thumbnail (not its mask) in the Layers dialog, then run again.",
-                             "not_a_layer")
-    if pdb.gimp_item_is_group(drawable):
-        raise host.HostError(u"'%s' is a layer group; the plug-in does not edit groups." %
-                             host.to_text(drawable.name),
-                             u"Pick a layer inside the group, or merge the group (Layer > Merge Down), then run "
-                             u"again.", "layer_group")
-    if pdb.gimp_image_base_type(image) == INDEXED or pdb.gimp_drawable_is_indexed(drawable):
-        raise host.HostError(u"This image is indexed (a limited palette); the models work in full colour.",
-                             u"Convert it with Image > Mode > RGB, run again, and convert back if you need to.",
-                             "indexed_image")
-    return drawable
-
-
-def selection_region(image, layer, whole_layer, operation):
-    """(bounds, whole) for this layer: the selection's box inside the layer, or the whole layer.
-
-    No selection: the whole layer when asked (argument, or yes to the question in an interactive run), else a
-    clear stop. A selection that misses the layer is an error, not an empty request.
-    """
-    layer_box = _layer_rect(layer)
-    non_empty, x1, y1, x2, y2 = pdb.gimp_selection_bounds(image)
-    if not non_empty:
-        if whole_layer:
-            return layer_box, True
-        if _interactive():
-            if _ask(u"Nothing is selected. Use the whole layer '%s' (%dx%d px)? A larger area costs more." %
-                    (host.to_text(layer.name), layer.width, layer.height)):
-                return layer_box, True
-            raise Stop(u"Nothing was changed: select the area to change (e.g. with the Ellipse Select tool) "
-                       u"and run again.")
-        raise host.HostError(u"There is no selection, so there is nothing to %s." %
-                             (u"edit" if operation == "edit" else u"vary"),
-                             u"Select the area first, or pass whole_layer=TRUE to use the whole layer.",
-                             "no_selection")
-    bounds = _intersect(_rect(x1, y1, x2 - x1, y2 - y1), layer_box)
-    if bounds["width"] == 0 or bounds["height"] == 0:
-        raise host.HostError(u"The selection does not touch the active layer '%s'." % host.to_text(layer.name),
-                             u"Select inside the layer, or click the layer under the selection, then run again.",
-                             "selection_outside_layer")
-    return bounds, False
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -293,7 +230,7 @@ def export_selection(image, place, path, whole):
         host.write_png(path, w, h, b"\xff" * (w * h), 1)
         return
     out = bytearray(w * h)
-    box = _intersect(place, _rect(0, 0, image.width, image.height))
+    box = flow.intersect(place, _rect(0, 0, image.width, image.height))
     if box["width"] and box["height"]:
         sel = image.selection
         rgn = sel.get_pixel_rgn(box["x"], box["y"], box["width"], box["height"], False, False)
@@ -322,317 +259,118 @@ def _fill_mask(image, mask, mask_png):
     finally:
         pdb.gimp_item_delete(tmp)
 
-
-def insert_results(image, anchor, outputs, prompt, model, add_mask, mask_from="engine", group_label=None):
-    """Each output as a layer above ``anchor`` (a group of them when more than one), at its offsets,
-    named ``OpenAI: <prompt> (k/n)``, with a layer mask and a parasite recording prompt, model, request id."""
-    parent, position = None, 0
-    if anchor is not None:
-        parent = pdb.gimp_item_get_parent(anchor)
-        position = pdb.gimp_image_get_item_position(image, anchor)
-    count = len(outputs)
-    if count > 1:
-        group = pdb.gimp_layer_group_new(image)
-        group.name = _native(group_label or host.layer_name(prompt, 1, count).rsplit(u" (", 1)[0] +
-                             u" (%d results)" % count)
-        image.insert_layer(group, parent, position)
-        parent, position = group, 0
-    layers = []
-    for k, out in enumerate(sorted(outputs, key=lambda o: o.get("index", 0)), 1):
-        layer = pdb.gimp_file_load_layer(image, out["layer_png"])
-        layer.name = _native(host.layer_name(prompt, k, count, path=out.get("path"), secrets=_secrets()))
-        image.insert_layer(layer, parent, position + k - 1)
-        layer.set_offsets(int(out["x"]), int(out["y"]))
-        if add_mask:
-            if mask_from == "selection":
+def insert_results(image, anchor, layers, group_name=None):
+    """The workflow's layers above ``anchor`` (inside a group named ``group_name`` when given), at their
+    offsets, with their names, masks and parasites, in one undo group."""
+    pdb.gimp_image_undo_group_start(image)
+    try:
+        parent, position = None, 0
+        if anchor is not None:
+            parent = pdb.gimp_item_get_parent(anchor)
+            position = pdb.gimp_image_get_item_position(image, anchor)
+        if group_name:
+            group = pdb.gimp_layer_group_new(image)
+            group.name = _native(group_name)
+            image.insert_layer(group, parent, position)
+            parent, position = group, 0
+        inserted = []
+        for k, spec in enumerate(layers):
+            layer = pdb.gimp_file_load_layer(image, spec.png)
+            layer.name = _native(spec.name)
+            image.insert_layer(layer, parent, position + k)
+            layer.set_offsets(spec.x, spec.y)
+            if spec.mask == "selection":
                 layer.add_mask(layer.create_mask(ADD_SELECTION_MASK))
-            elif out.get("mask_png"):
+            elif spec.mask == "engine" and spec.mask_png:
                 mask = layer.create_mask(ADD_WHITE_MASK)
                 layer.add_mask(mask)
-                _fill_mask(image, mask, out["mask_png"])
-        layer.attach_new_parasite(host.PARASITE_NAME, PARASITE_PERSISTENT,
-                                  _native(host.parasite_data(prompt, model, out, _secrets())))
-        layers.append(layer)
-    return layers
-
-
-# ---------------------------------------------------------------------------------------------- progress
-
-def _progress(fraction, message):
-    gimp.progress_update(max(0.0, min(1.0, fraction)))
-    if message:
-        pdb.gimp_progress_set_text(_native(message))
-
-
-def _job_options(args, operation):
-    """The JOB.json options shared by single and batch runs."""
-    job = {"operation": operation, "model": host.to_text(args.get("model", "")), "n": int(args.get("n", 1)),
-           "quality": args.get("quality", "auto"), "size_mode": args.get("size_mode", "auto"),
-           "background": args.get("background", "auto"), "feather": float(args.get("feather", 0.0)),
-           "context_padding": float(args.get("context_padding", 0.25)), "align": bool(args.get("align", True)),
-           "tone_match": bool(args.get("tone_match", True)), "blend": args.get("blend", "feather"),
-           "add_mask": bool(args.get("add_mask", True)), "out_dir": "out"}
-    if operation == "edit":
-        job["prompt"] = host.to_text(args.get("prompt", ""))
-    if operation == "variation":
-        job["variation_prompt"] = host.to_text(args.get("variation_prompt", ""))
-        job["add_mask"] = True  # the raw variation; the host masks it with the selection when asked
-    return job
-
-
-# -------------------------------------------------------------------------------------- the procedures
-
-def _prepare_item(image, layer, item_id, whole_layer, operation):
-    bounds, whole = selection_region(image, layer, whole_layer, operation)
-    return {"id": item_id, "image_obj": image, "layer_obj": layer, "whole": whole,
-            "plan": {"id": item_id, "layer": _layer_rect(layer), "selection_bounds": bounds}}
-
-
-def _run_items(prepared, args, operation, title):
-    """Plan, export, run one job for every prepared item; returns (result, planned model, workdir)."""
-    python = host.find_engine_python(SUPPORT_DIRS)
-    workdir = host.make_workdir()
-    try:
-        answer = host.plan({"operation": operation, "model": host.to_text(args.get("model", "")),
-                            "size_mode": args.get("size_mode", "auto"),
-                            "context_padding": float(args.get("context_padding", 0.25)),
-                            "items": [p["plan"] for p in prepared]}, workdir, python=python)
-        planned = dict((i["id"], i) for i in answer["items"])
-        job = _job_options(args, operation)
-        job["model"] = answer.get("model") or job["model"]
-        job["concurrency"] = int(args.get("concurrency", 4))
-        job["source_name"] = host.to_text(os.path.basename(host.to_text(
-            pdb.gimp_image_get_filename(prepared[0]["image_obj"]) or u"untitled"))) if prepared else u""
-        job["items"] = []
-        for p in prepared:
-            region = planned[p["id"]]
-            item = {"id": p["id"], "image": p["id"] + ".png", "layer": p["plan"]["layer"],
-                    "place": region["place"], "request": region["request"], "target": region["target"]}
-            export_region(p["layer_obj"], region["place"], os.path.join(workdir, item["image"]))
-            if operation == "edit":
-                item["selection"] = p["id"] + "-sel.png"
-                export_selection(p["image_obj"], region["place"], os.path.join(workdir, item["selection"]),
-                                 p["whole"])
-            job["items"].append(item)
-        gimp.progress_init(_native(title))
-        result = host.run_job(job, workdir, python=python, on_progress=_progress)
-        return result, job["model"], workdir
-    except BaseException:
-        host.cleanup(workdir)
-        raise
-
-
-def edit_selection(image, drawable, args):
-    return _single(image, drawable, args, "edit")
-
-
-def variations(image, drawable, args):
-    return _single(image, drawable, args, "variation")
-
-
-def _switch_model(error, retried):
-    """Issue 9 part 3: a job failed because its model is gone (``model_not_found`` with a live ``replacement``).
-    Interactive runs are asked whether to switch; yes -> remembered as the default model (``config set``) and
-    the replacement returned, so the caller runs the job once more with it. Otherwise None, and the caller
-    fails with the engine's text, which names the model and its replacement."""
-    error = error or {}
-    replacement = host.clean_line(error.get("replacement") or u"")
-    if retried or error.get("code") != "model_not_found" or not replacement or not _interactive():
-        return None
-    question = u"%s\n\nSwitch to %s for this run, and remember it as your default model?" % (
-        host.clean_line(error.get("message") or u"", _secrets()), replacement)
-    if not _ask(question):
-        return None
-    try:
-        host.save_settings({"default_model": replacement}, python=host.find_engine_python(SUPPORT_DIRS))
-    except host.HostError as exc:  # still run with it now; say why it is not remembered
-        gimp.message(_native(u"%s will be used now but could not be remembered: %s" % (replacement, exc.message)))
-    return replacement
-
-
-def _single(image, drawable, args, operation, retried=False):
-    layer = check_layer(image, drawable)
-    if operation == "edit" and not host.clean_line(args.get("prompt", "")):
-        raise host.HostError(u"The prompt is empty.", u"Describe what the selection should become.",
-                             "empty_prompt")
-    prepared = [_prepare_item(image, layer, "img-1", bool(args.get("whole_layer")), operation)]
-    title = u"OpenAI: editing the selection" if operation == "edit" else u"OpenAI: making variations"
-    result, model, workdir = _run_items(prepared, args, operation, title)
-    try:
-        item = (result.get("items") or [{}])[0]
-        if not item.get("ok"):
-            error = item.get("error") or result.get("error")
-            replacement = _switch_model(error, retried)
-            if replacement:
-                return _single(image, drawable, dict(args, model=replacement), operation, retried=True)
-            raise host.HostError.from_engine(error)
-        prompt = args.get("prompt", "") if operation == "edit" else u"variation"
-        mask_from = "engine" if operation == "edit" else "selection"
-        add_mask = bool(args.get("add_mask", True)) and (operation == "edit" or not prepared[0]["whole"])
-        outputs = item.get("outputs") or []
-        layers = insert_results(image, layer, outputs, prompt, item.get("model") or model, add_mask, mask_from)
-        gimp.progress_update(1.0)
-        report = host.reports_text(outputs, _secrets())
-        if report:  # what alignment/tone match corrected: in the status bar now, on the layer's parasite after
-            pdb.gimp_progress_set_text(_native(report))
-        _show_warnings(result)
-        return layers
+                _fill_mask(image, mask, spec.mask_png)
+            layer.attach_new_parasite(host.PARASITE_NAME, PARASITE_PERSISTENT, _native(spec.parasite))
+            inserted.append(layer)
+        return inserted
     finally:
-        host.cleanup(workdir)
+        pdb.gimp_image_undo_group_end(image)
 
 
-def _show_warnings(result):
-    """Paid images that went to a rescue folder (history full or unwritable): the artist must learn where."""
-    text = host.warnings_text(result, _secrets())
-    if text:
-        gimp.message(_native(text))
+# ---------------------------------------------------------------------------------------------- adapter
 
+class Gimp2(object):
+    """What the one workflow (gimp_openai_workflow) needs from GIMP 2.10."""
 
-def generate(image, drawable, args, retried=False):
-    if not host.clean_line(args.get("prompt", "")):
-        raise host.HostError(u"The prompt is empty.", u"Describe the image to generate.", "empty_prompt")
-    new_image = args.get("target") == "new image" or image is None or \
-        pdb.gimp_image_base_type(image) == INDEXED
-    python = host.find_engine_python(SUPPORT_DIRS)
-    workdir = host.make_workdir()
-    try:
-        job = {"operation": "generate", "model": host.to_text(args.get("model", "")), "n": int(args["n"]),
-               "prompt": host.to_text(args["prompt"]), "quality": args.get("quality", "auto"),
-               "size": args.get("size", "auto"), "background": args.get("background", "auto"),
-               "add_mask": False, "out_dir": "out", "items": []}
-        gimp.progress_init(_native(u"OpenAI: generating"))
-        result = host.run_job(job, workdir, python=python, on_progress=_progress)
-        item = (result.get("items") or [{}])[0]
-        if not item.get("ok"):
-            error = item.get("error") or result.get("error")
-            replacement = _switch_model(error, retried)
-            if replacement:
-                return generate(image, drawable, dict(args, model=replacement), retried=True)
-            raise host.HostError.from_engine(error)
-        outputs = item.get("outputs") or []
-        model = item.get("model") or result.get("model") or job["model"]
-        _show_warnings(result)
-        if new_image:
-            width = max(int(o["width"]) for o in outputs)
-            height = max(int(o["height"]) for o in outputs)
-            target = gimp.Image(width, height, RGB)
-            pdb.gimp_image_undo_disable(target)
-            for o in outputs:
-                o["x"], o["y"] = 0, 0
-            layers = insert_results(target, None, outputs, args["prompt"], model, False)
-            pdb.gimp_image_undo_enable(target)
-            gimp.Display(target)
-            return layers
-        for o in outputs:  # centred in the image
-            o["x"] = (image.width - int(o["width"])) // 2
-            o["y"] = (image.height - int(o["height"])) // 2
-        anchor = drawable if drawable is not None and pdb.gimp_item_is_layer(drawable) and \
-            not pdb.gimp_item_is_layer_mask(drawable) else None
-        return insert_results(image, anchor, outputs, args["prompt"], model, False)
-    finally:
-        host.cleanup(workdir)
+    @property
+    def interactive(self):
+        return _interactive()
 
-
-def batch(image, drawable, args, retried=False):
-    """Every open image in one engine job; each image gets its own undo group; a summary at the end."""
-    operation = args.get("batch_operation", "edit")
-    if operation == "edit" and not host.clean_line(args.get("prompt", "")):
-        raise host.HostError(u"The prompt is empty.", u"Describe what each selection should become.",
-                             "empty_prompt")
-    prepared, skipped, names = [], [], {}
-    for number, img in enumerate(gimp.image_list(), 1):
-        label = _image_label(img)
-        try:
-            layer = check_layer(img, img.active_layer)
-            empty = not pdb.gimp_selection_bounds(img)[0]
-            if empty and args.get("no_selection") == "skip":
-                skipped.append(u"\u2013 %s: skipped (nothing selected)" % label)
-                continue
-            item_id = u"img-%d" % number
-            # whole_layer=empty: an image without a selection was chosen to go whole, so no question is asked
-            prepared.append(_prepare_item(img, layer, item_id, empty, operation))
-            names[item_id] = label
-        except host.HostError as exc:
-            skipped.append(u"\u2717 %s: %s" % (label, host.describe_error(exc, _secrets())))
-    if not prepared:
-        raise host.HostError(u"No open image can be processed.\n" + u"\n".join(skipped),
-                             u"Open an RGB or grayscale image and select an area, then run again.", "nothing_to_do")
-    result, model, workdir = _run_items(prepared, args, operation, u"OpenAI: batch over %d images" % len(prepared))
-    try:
-        gone = host.model_gone(result)
-        replacement = _switch_model(gone, retried) if gone else None
-        if replacement:  # every image failed only because the model is gone: the artist chose its replacement
-            return batch(image, drawable, dict(args, model=replacement), retried=True)
-        by_id = dict((p["id"], p) for p in prepared)
-        prompt = args.get("prompt", "") if operation == "edit" else u"variation"
-        for item in result.get("items") or []:
-            p = by_id.get(item.get("id"))
-            if p is None or not item.get("ok"):
-                continue
-            try:
-                _insert_in_own_undo(p, item, prompt, model, args, operation)
-            except Exception as exc:  # one image's failure leaves the others done
-                item["ok"] = False
-                item["error"] = {"message": u"The results could not be added to the image: %s" %
-                                 host.to_text(exc), "hint": u"They are kept in the history folder.",
-                                 "saved": [o.get("history_png") for o in item.get("outputs") or []
-                                           if o.get("history_png")]}
-        text = host.summary(result, names, _secrets())
-        if skipped:
-            text += u"\n" + u"\n".join(skipped)
-        gimp.message(_native(text))
-        return text
-    finally:
-        host.cleanup(workdir)
-
-
-def _insert_in_own_undo(p, item, prompt, model, args, operation):
-    img = p["image_obj"]
-    pdb.gimp_image_undo_group_start(img)
-    try:
-        add_mask = bool(args.get("add_mask", True)) and (operation == "edit" or not p["whole"])
-        insert_results(img, p["layer_obj"], item.get("outputs") or [], prompt, item.get("model") or model,
-                       add_mask, "engine" if operation == "edit" else "selection")
-    finally:
-        pdb.gimp_image_undo_group_end(img)
-
-
-def settings(image, drawable, args):
-    """Save the non-secret settings, store a new key through the engine (hidden field), test the server."""
-    python = host.find_engine_python(SUPPORT_DIRS)
-    changes = {}
-    if host.clean_line(args.get("base_url", "")):
-        changes["base_url"] = host.clean_line(args["base_url"])
-    if host.clean_line(args.get("default_model", "")):
-        changes["default_model"] = host.clean_line(args["default_model"])
-    if host.to_text(args.get("history_folder", "")).strip():
-        changes["history_dir"] = host.to_text(args["history_folder"]).strip()
-    lines = []
-    if changes:
-        host.save_settings(changes, python=python)
-        lines.append(u"Settings saved: %s." % u", ".join(sorted(changes)))
-    if args.get("change_key"):
-        if not _interactive():
-            raise host.HostError(u"The API key can only be entered interactively.",
-                                 u"Run Filters > OpenAI > Settings from the menu, or run 'gimp-openai key set' "
-                                 u"in a terminal.", "key_interactive_only")
-        key = _ask_secret(u"Paste your OpenAI API key (it is stored in the system keyring or a private file, "
-                          u"never shown):")
-        if key and key.strip():
-            host.store_key(key.strip(), python=python)
-            lines.append(u"API key stored.")
+    def target(self, image, drawable):
+        if image is None or drawable is None:
+            return flow.Target(image, None, u"", kind="none")
+        if pdb.gimp_item_is_layer_mask(drawable):  # the result's mask after a run: work on its layer
+            drawable = pdb.gimp_layer_from_mask(drawable)
+        if drawable is None or not pdb.gimp_item_is_layer(drawable):
+            kind = "channel"
+        elif pdb.gimp_item_is_group(drawable):
+            kind = "group"
         else:
-            lines.append(u"API key unchanged.")
-    if args.get("test_connection"):
-        ok, text = host.test_connection(python=python)
-        lines.append(host.redact(text, _secrets()))
-    message = u"\n".join(lines) or u"Nothing was changed."
-    gimp.message(_native(message))
-    return message
+            kind = "layer"
+        indexed = pdb.gimp_image_base_type(image) == INDEXED or (kind == "layer" and
+                                                                 pdb.gimp_drawable_is_indexed(drawable))
+        non_empty, x1, y1, x2, y2 = pdb.gimp_selection_bounds(image)
+        selection = _rect(x1, y1, x2 - x1, y2 - y1) if non_empty else None
+        return flow.Target(image, drawable, _image_label(image), kind=kind,
+                           layer_rect=_layer_rect(drawable) if kind != "channel" else None,
+                           selection=selection, indexed=indexed)
+
+    def open_targets(self):
+        return [self.target(img, img.active_layer) for img in gimp.image_list()]
+
+    def export_region(self, target, place, path):
+        export_region(target.layer, place, path)
+
+    def export_selection(self, target, place, path):
+        export_selection(target.image, place, path, False)
+
+    def insert(self, image, anchor, layers, group_name):
+        return insert_results(image, anchor, layers, group_name)
+
+    def new_image(self, width, height):
+        return gimp.Image(width, height, RGB)
+
+    def image_size(self, image):
+        return image.width, image.height
+
+    def show(self, image):
+        gimp.Display(image)
+
+    def ask(self, question, title=u"OpenAI", yes=u"_Yes"):
+        return _ask(question)
+
+    def ask_secret(self, question):
+        return _ask_secret(question)
+
+    def progress(self, fraction, message):
+        gimp.progress_update(max(0.0, min(1.0, fraction)))
+        if message:
+            pdb.gimp_progress_set_text(_native(message))
+
+    def status(self, text):
+        pdb.gimp_progress_set_text(_native(text))
+
+    def models_listed(self, models):
+        pass
+
+    def keep_workdir(self, path):
+        return False
 
 
-HANDLERS = {"edit": edit_selection, "variation": variations, "generate": generate, "batch": batch,
-            "settings": settings}
+def _handler(proc):
+    def handle(image, drawable, args):
+        workflow = flow.Workflow(Gimp2(), proc, args, python=host.find_engine_python(SUPPORT_DIRS),
+                                 secrets=_secrets())
+        text = workflow.run(image, drawable)
+        if text:
+            gimp.message(_native(text))
+        return text
+    return handle
 
 
 if __name__ == "__main__":

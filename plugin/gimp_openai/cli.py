@@ -348,7 +348,6 @@ def run_one(
     progress: Any,
 ) -> Written:
     """One input image through the chosen operation; shared by edit, variation and batch."""
-    from gimp_openai import jobs
     from gimp_openai.geometry import Rect
 
     written = Written(source=image_path)
@@ -367,7 +366,7 @@ def run_one(
     else:
         opts = options_from(args, model, "", source=str(image_path))
         outcome = operations.variation(engine, opts, place_pixels=pixels, layer=layer, item=item, progress=progress)
-    written.notes.extend(note for note in outcome.notes if jobs.is_rescue_note(note))
+    written.notes.extend(notice.message for notice in outcome.warnings)
     write_results(out, stem, pixels, outcome, written)
     return written
 
@@ -509,6 +508,12 @@ def cmd_job(args: argparse.Namespace) -> int:
     from gimp_openai import jobs
 
     return jobs.run_job(args.file)
+
+
+def cmd_session(args: argparse.Namespace) -> int:
+    from gimp_openai import jobs
+
+    return jobs.run_session()
 
 
 def cmd_key(args: argparse.Namespace) -> int:
@@ -780,6 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p = sub.add_parser("job", help="host protocol: run JOB.json, progress as JSON lines")
     p.add_argument("file")
+    sub.add_parser("session", help="host protocol: plan and job requests as JSON lines on stdin, one process")
 
     p = sub.add_parser("key", help="store the API key (read from stdin or a hidden prompt) or show its status")
     p.add_argument("action", choices=("set", "status"))
@@ -833,7 +839,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     as_json = bool(getattr(args, "json", False))
     commands = {"edit": cmd_edit, "variation": cmd_variation, "generate": cmd_generate, "batch": cmd_batch,
-                "models": cmd_models, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job, "key": cmd_key,
+                "models": cmd_models, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job,
+                "session": cmd_session, "key": cmd_key,
                 "config": cmd_config}
     if not args.command:
         parser.print_help(sys.stderr)

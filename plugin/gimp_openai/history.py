@@ -164,6 +164,22 @@ def why_not_written(exc: BaseException) -> str:
     return f"could not be written ({getattr(exc, 'message', exc)})"
 
 
+#: The code of the warning a host must show, not only record: paid images went elsewhere than history.
+RESULTS_ELSEWHERE = "results_elsewhere"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A warning the artist must read even though the run worked, as a code (what a program tests) and its
+    sentence (what a person reads). Programs recognise it by the code, never by the wording."""
+
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
 @dataclass
 class Kept:
     """Where one response's images went: ``paths[i]`` is None for an image kept only in memory."""
@@ -182,6 +198,12 @@ class Kept:
     @property
     def rescued(self) -> bool:
         return any(p is None or p.parent != self.history for p in self.paths) or bool(self.without_sidecar)
+
+    @property
+    def notices(self) -> list[Notice]:
+        """The warning that paid images went elsewhere, when they did."""
+        note = self.note
+        return [Notice(RESULTS_ELSEWHERE, note)] if note else []
 
     @property
     def note(self) -> str:

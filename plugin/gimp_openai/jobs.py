@@ -439,7 +439,7 @@ def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable
     try:
         outcome = _run_operation(engine, job, item, progress)
         outputs = _write_outputs(job, item, outcome)
-        warnings = [note for note in outcome.notes if is_rescue_note(note)]
+        warnings = [notice.to_dict() for notice in outcome.warnings]
         return {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model,
                 "warnings": warnings}
     except GimpOpenAIError as exc:
@@ -454,26 +454,44 @@ def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable
         }
 
 
-def is_rescue_note(note: str) -> bool:
-    """The notes a host must show the artist, not just record: where paid images went instead of history."""
-    return note.startswith("History folder ") or "could not be written anywhere" in note
-
-
 def _result(ok: bool, items: list[dict[str, Any]], error: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
     data = {"type": "result", "ok": ok, "items": items, "error": error}
     data.update(extra)
     return data
 
 
+class EngineCache:
+    """The settings and the one Engine (client, history, model list) of a process: a session's plan and job
+    use the same, so a GIMP run builds them and asks for the model list once."""
+
+    def __init__(self, engine_factory: Callable[[Any], Any] | None = None, engine: Any | None = None) -> None:
+        from gimp_openai.settings import load_settings
+
+        self.settings = load_settings()
+        self._factory = engine_factory or make_engine
+        self._engine = engine
+
+    def engine(self) -> Any:
+        if self._engine is None:
+            self._engine = self._factory(self.settings)
+        return self._engine
+
+
 def run_job(path: str, stream: IO[str] | None = None, *, engine_factory: Callable[[Any], Any] | None = None) -> int:
     """``gimp-openai job JOB.json``: progress lines, then one result line. Returns the exit code."""
     writer = LineWriter(stream or sys.stdout)
     try:
-        from gimp_openai.settings import load_settings
+        cache = EngineCache(engine_factory)
+    except GimpOpenAIError as exc:
+        writer.write(_result(False, [], exc.to_dict()))
+        return EXIT_UNREADABLE
+    return _job(path, writer, cache)
 
-        settings = load_settings()
+
+def _job(path: str, writer: LineWriter, cache: EngineCache) -> int:
+    try:
         data, folder = read_json_file(path)
-        job = parse_job(data, folder, settings)
+        job = parse_job(data, folder, cache.settings)
     except GimpOpenAIError as exc:
         writer.write(_result(False, [], exc.to_dict()))
         return EXIT_UNREADABLE
@@ -482,7 +500,7 @@ def run_job(path: str, stream: IO[str] | None = None, *, engine_factory: Callabl
         return EXIT_UNREADABLE
     try:
         check_out_dir(job.out_dir)
-        engine = (engine_factory or make_engine)(settings)
+        engine = cache.engine()
         # History full or not writable: the system temp rescue folder first, then the job's out folder (a
         # host's out folder lives in its temporary work folder, which it deletes after inserting the layers).
         from gimp_openai.history import rescue_dir
@@ -567,17 +585,66 @@ def run_plan(path: str, stream: IO[str] | None = None, *, engine: Any | None = N
     """``gimp-openai plan PLAN.json``: one JSON object on stdout."""
     writer = LineWriter(stream or sys.stdout)
     try:
-        from gimp_openai.settings import load_settings
-
-        settings = load_settings()
-        data, _folder = read_json_file(path)
+        cache = EngineCache(engine=engine)
     except GimpOpenAIError as exc:
         writer.write({"ok": False, "error": exc.to_dict()})
         return EXIT_UNREADABLE
+    return _plan(path, writer, cache)
+
+
+def _plan(path: str, writer: LineWriter, cache: EngineCache, **tags: Any) -> int:
     try:
-        writer.write(plan_answer(data, settings, engine))
+        data, _folder = read_json_file(path)
     except GimpOpenAIError as exc:
-        writer.write({"ok": False, "error": exc.to_dict()})
+        writer.write({**tags, "ok": False, "error": exc.to_dict()})
+        return EXIT_UNREADABLE
+    try:
+        engine = cache.engine() if not _field(data, "model", str, "", where="plan") else None
+        writer.write({**tags, **plan_answer(data, cache.settings, engine)})
+    except GimpOpenAIError as exc:
+        writer.write({**tags, "ok": False, "error": exc.to_dict()})
     except Exception as exc:  # noqa: BLE001
-        writer.write({"ok": False, "error": JobError(f"The plan failed: {type(exc).__name__}: {exc}").to_dict()})
+        error = JobError(f"The plan failed: {type(exc).__name__}: {exc}").to_dict()
+        writer.write({**tags, "ok": False, "error": error})
+    return EXIT_OK
+
+
+# --- Session ------------------------------------------------------------------------------------------------
+
+
+def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, *,
+                engine_factory: Callable[[Any], Any] | None = None) -> int:
+    """``gimp-openai session``: one engine process for a whole GIMP run, instead of one per step.
+
+    Starting Python with numpy and OpenCV costs about half a second, which a run paid twice (plan, then job).
+    Requests come one JSON object per line on stdin: ``{"cmd": "plan", "path": PLAN.json}`` and
+    ``{"cmd": "job", "path": JOB.json}``; each is answered with exactly what ``plan`` and ``job`` print (the
+    plan's answer tagged ``"type": "plan"``, the job's ending in its ``"type": "result"`` line). Settings,
+    client and model list are built once. The session ends at end of input; the host ends it early (cancel)
+    by stopping the process.
+    """
+    writer = LineWriter(stream or sys.stdout)
+    try:
+        cache = EngineCache(engine_factory)
+    except GimpOpenAIError as exc:
+        writer.write({"type": "session", "ok": False, "error": exc.to_dict()})
+        return EXIT_UNREADABLE
+    for raw in requests or sys.stdin:
+        if not raw.strip():
+            continue
+        try:
+            request = json.loads(raw)
+            command, path = request["cmd"], request["path"]
+            if command not in ("plan", "job") or not isinstance(path, str):
+                raise ValueError(command)
+        except (ValueError, TypeError, KeyError):
+            error = JobError('A session request must be {"cmd": "plan" or "job", "path": FILE}.').to_dict()
+            writer.write({"type": "session", "ok": False, "error": error})
+            continue
+        if command == "plan":
+            _plan(path, writer, cache, type="plan")
+            # the job comes next, once the host has exported its pixels: load what it needs meanwhile
+            import gimp_openai.operations  # noqa: F401
+        else:
+            _job(path, writer, cache)
     return EXIT_OK

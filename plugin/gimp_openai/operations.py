@@ -39,6 +39,7 @@ from gimp_openai.errors import (
     UnsupportedModelError,
     UnsupportedSizeError,
 )
+from gimp_openai.history import Notice
 from gimp_openai.progress import PHASE_START, Progress, ProgressCallback, Ticker, no_progress
 
 #: The variation prompt used when a model has no variations endpoint (every GPT image model): an edit of the
@@ -123,6 +124,8 @@ class Outcome:
     path: str
     plan: Any = None  # geometry.RegionPlan for edit/variation
     notes: list[str] = field(default_factory=list)
+    #: what the artist must be told even though the run worked (history.Notice: code and sentence)
+    warnings: list[Notice] = field(default_factory=list)
 
 
 # --- The engine context -------------------------------------------------------------------------------------
@@ -540,7 +543,7 @@ def edit(
             )
         )
     _emit(progress, item, "done", f"{n} result{'s' if n != 1 else ''} ready")
-    return Outcome(outputs=outputs, model=model, path=PATH_EDIT, plan=plan, notes=notes)
+    return Outcome(outputs=outputs, model=model, path=PATH_EDIT, plan=plan, notes=notes, warnings=kept.notices)
 
 
 def _send_edit(
@@ -852,7 +855,7 @@ def variation(
             )
         )
     _emit(progress, item, "done", f"{n} variation{'s' if n != 1 else ''} ready ({label})")
-    return Outcome(outputs=outputs, model=model, path=path, plan=plan, notes=rescue_notes)
+    return Outcome(outputs=outputs, model=model, path=path, plan=plan, notes=rescue_notes, warnings=kept.notices)
 
 
 # --- Generate -----------------------------------------------------------------------------------------------
@@ -912,7 +915,7 @@ def generate(
             )
         )
     _emit(progress, item, "done", f"{n} image{'s' if n != 1 else ''} ready")
-    return Outcome(outputs=outputs, model=model, path=PATH_GENERATE, notes=rescue_notes)
+    return Outcome(outputs=outputs, model=model, path=PATH_GENERATE, notes=rescue_notes, warnings=kept.notices)
 
 
 def request_background(family: Family, chosen: str | None) -> str | None:

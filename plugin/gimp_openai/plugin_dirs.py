@@ -6,7 +6,8 @@ installed, and `gimp-openai doctor` calls :func:`diagnose_plugin_dirs`.
 Layout written by the installer into a GIMP plug-in folder::
 
     <plug-ins>/gimp-openai/gimp-openai.py          GIMP 3.x host (folder and file share the name, run bit set)
-    <plug-ins>/gimp-openai/gimp_openai_host.py     shared host library (plugin/hostlib)
+    <plug-ins>/gimp-openai/gimp_openai_host.py     shared host library (plugin/hostlib: helpers
+    <plug-ins>/gimp-openai/gimp_openai_workflow.py   and the one workflow both hosts run)
     <plug-ins>/gimp-openai/procedures.json         the manifest
     <plug-ins>/gimp-openai/gimp-openai-engine.json the engine record (see ENGINE_RECORD)
     <plug-ins>/openai_gimp2.py                     GIMP 2.10 host: top level, run bit set (2.10 does not
@@ -42,7 +43,8 @@ GIMP3_FILE = "gimp-openai.py"
 GIMP2_DIR = "gimp_openai_support"  # the 2.10 host's support folder (the host itself is top level)
 GIMP2_FILE = "openai_gimp2.py"
 GIMP2_OLD_DIR = "openai_gimp2"  # the pre-0.2 layout: host inside a subfolder, which 2.10 may not load
-HOSTLIB_FILE = "gimp_openai_host.py"
+#: The host library (plugin/hostlib): the host helpers and the one workflow both hosts run.
+HOSTLIB_FILES = ("gimp_openai_host.py", "gimp_openai_workflow.py")
 MANIFEST_FILE = "procedures.json"
 _VERSION_RE = re.compile(r"^\d+\.\d+$")
 
@@ -146,14 +148,6 @@ def installed_gimp_versions(env: dict[str, str] | None = None) -> list[str]:
     return sorted(found, key=lambda s: tuple(int(x) for x in s.split(".")))
 
 
-def flatpak_installed(home: Path | str | None = None, env: dict[str, str] | None = None) -> bool:
-    env = dict(os.environ if env is None else env)
-    home = Path(home) if home is not None else Path(env.get("HOME") or Path.home())
-    system = Path("/var/lib/flatpak/app") / FLATPAK_ID
-    user = home / ".local" / "share" / "flatpak" / "app" / FLATPAK_ID
-    return system.exists() or user.exists() or (home / ".var" / "app" / FLATPAK_ID).exists()
-
-
 def found_plugin_dirs(home: Path | str | None = None, *, platform: str | None = None,
                       env: dict[str, str] | None = None) -> list[PluginDir]:
     """The plug-in folders to install into: GIMP user folders that exist, plus (native Linux) the versions
@@ -242,7 +236,7 @@ def diagnose_plugin_dirs(home: Path | str | None = None, *, platform: str | None
                                                           "plug-ins from a subfolder",
                                         f"remove {old} and run scripts/install again (the host now sits directly "
                                         f"in {d.path}, its files in {GIMP2_DIR}/)"))
-            for loose in (HOSTLIB_FILE,):
+            for loose in HOSTLIB_FILES:
                 if (d.path / loose).exists():
                     findings.append(Finding("warning", where, f"{d.path / loose} sits directly in plug-ins/, where "
                                                               "GIMP 2.10 tries to run every file as a plug-in",

@@ -344,16 +344,9 @@ def run_engine(args, python=None, api_key=None, on_line=None, stdin_text=None, c
     exception propagates.
     """
     python = python or find_engine_python()
-    command = [_argv_word(a) for a in [python, "-m", "gimp_openai"] + list(args)]
     errfile = tempfile.TemporaryFile()
     try:
-        try:
-            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errfile,
-                                    env=env if env is not None else engine_env(api_key), cwd=cwd)
-        except OSError as exc:
-            raise HostError(u"The plug-in could not start its engine (%s): %s" % (to_text(python), to_text(exc)),
-                            u"Run scripts/install again; it records the engine's Python for the plug-in.",
-                            "engine_missing")
+        proc = _start_engine(python, args, env if env is not None else engine_env(api_key), errfile, cwd)
         objects = []
         try:
             if stdin_text is not None:
@@ -376,6 +369,18 @@ def run_engine(args, python=None, api_key=None, on_line=None, stdin_text=None, c
         return code, objects, stderr_text
     finally:
         errfile.close()
+
+
+def _start_engine(python, args, env, stderr, cwd=None):
+    """``python -m gimp_openai ARGS`` with pipes for stdin and stdout, or a HostError saying what to do."""
+    command = [_argv_word(a) for a in [python, "-m", "gimp_openai"] + list(args)]
+    try:
+        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env,
+                                cwd=cwd)
+    except OSError as exc:
+        raise HostError(u"The plug-in could not start its engine (%s): %s" % (to_text(python), to_text(exc)),
+                        u"Run scripts/install again; it records the engine's Python for the plug-in.",
+                        "engine_missing")
 
 
 def _argv_word(word):
@@ -408,20 +413,107 @@ def _no_answer(what, code, stderr_text):
     return HostError(message, u"Run 'gimp-openai doctor' in a terminal to see what is wrong.", "engine_failed")
 
 
-def plan(plan_dict, workdir, python=None, api_key=None):
+class EngineSession(object):
+    """One engine process for one GIMP run (``python -m gimp_openai session``): the plan and the job are
+    requests on its stdin, answered as JSON lines on its stdout. Starting Python with numpy and OpenCV costs
+    about half a second; one process per run pays it once. Use it as a context manager: leaving the block
+    ends the engine (at once, when leaving with an exception such as a cancel)."""
+
+    def __init__(self, python=None, api_key=None):
+        self.python = python or find_engine_python()
+        self.api_key = api_key
+        self.proc = None
+        self.errfile = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        self.close(abort=kind is not None)
+        return False
+
+    def _start(self):
+        self.errfile = tempfile.TemporaryFile()
+        self.proc = _start_engine(self.python, ["session"], engine_env(self.api_key), self.errfile)
+
+    def request(self, command, path, is_answer, on_line=None):
+        """Send one request; call ``on_line(obj)`` for each JSON line until ``is_answer(obj)``; return that
+        answer, or None when the engine ended first. If ``on_line`` raises (a cancel), the engine is stopped
+        and the exception propagates."""
+        if self.proc is None:
+            self._start()
+        line = json.dumps({"cmd": command, "path": to_text(path)}) + "\n"
+        try:
+            self.proc.stdin.write(line.encode("utf-8"))
+            self.proc.stdin.flush()
+        except (IOError, OSError):  # the engine is gone already: its stderr says why
+            return None
+        try:
+            for raw in iter(self.proc.stdout.readline, b""):
+                obj = _parse_line(raw)
+                if obj is None:
+                    continue
+                if is_answer(obj):
+                    return obj
+                if on_line is not None:
+                    on_line(obj)
+        except BaseException:
+            self.close(abort=True)
+            raise
+        return None
+
+    def stderr_text(self):
+        if self.errfile is None:
+            return u""
+        self.errfile.seek(0)
+        return redact(self.errfile.read().decode("utf-8", "replace"), [self.api_key] if self.api_key else ())
+
+    def exit_code(self):
+        """The engine's exit code once its output has ended (it is exiting then)."""
+        return self.proc.wait() if self.proc is not None else None
+
+    def close(self, abort=False):
+        """End the engine: at end of input it exits by itself; ``abort`` stops it at once."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if abort:
+                _stop(proc)
+            else:
+                try:
+                    proc.stdin.close()
+                except (IOError, OSError):
+                    pass
+                proc.wait()
+            proc.stdout.close()
+        if self.errfile is not None:
+            self.errfile.close()
+            self.errfile = None
+
+
+def _in_session(session, python, api_key, work):
+    """Run ``work(session)`` in the given session, or in a session of its own that ends afterwards."""
+    if session is not None:
+        return work(session)
+    with EngineSession(python=python, api_key=api_key) as own:
+        return work(own)
+
+
+def plan(plan_dict, workdir, python=None, api_key=None, session=None):
     """Step 1 of the protocol: ask the engine which region of each item to export. Returns its answer."""
     path = write_json(os.path.join(workdir, "plan.json"), dict(plan_dict, version=PROTOCOL_VERSION))
-    code, objects, stderr_text = run_engine(["plan", path], python=python, api_key=api_key)
-    answers = [o for o in objects if "ok" in o]
-    if not answers:
-        raise _no_answer(u"plan", code, stderr_text)
-    answer = answers[-1]
+
+    def work(engine):
+        answer = engine.request("plan", path, lambda obj: obj.get("type") in ("plan", "session"))
+        if answer is None:
+            raise _no_answer(u"plan", engine.exit_code(), engine.stderr_text())
+        return answer
+    answer = _in_session(session, python, api_key, work)
     if not answer.get("ok"):
         raise HostError.from_engine(answer.get("error"), "plan_failed")
     return answer
 
 
-def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None):
+def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None, session=None):
     """Step 2: write JOB.json, run the job, feed progress to ``on_progress(fraction, message)``.
 
     Returns the result line (``{"type": "result", "ok", "items", "error"}``); per-item failures stay in it
@@ -429,18 +521,19 @@ def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None):
     """
     path = write_json(os.path.join(workdir, "job.json"), dict(job_dict, version=PROTOCOL_VERSION))
     tracker = Progress([item["id"] for item in job_dict.get("items", [])])
-    results = []
 
     def on_line(obj):
         if obj.get("type") == "progress" and on_progress is not None:
             on_progress(*tracker.update(obj))
-        elif obj.get("type") == "result":
-            results.append(obj)
 
-    code, _objects, stderr_text = run_engine(["job", path], python=python, api_key=api_key, on_line=on_line)
-    if not results:
-        raise _no_answer(u"job", code, stderr_text)
-    return results[-1]
+    def work(engine):
+        result = engine.request("job", path, lambda obj: obj.get("type") in ("result", "session"), on_line)
+        if result is None:
+            raise _no_answer(u"job", engine.exit_code(), engine.stderr_text())
+        if result.get("type") == "session":
+            raise HostError.from_engine(result.get("error"))
+        return result
+    return _in_session(session, python, api_key, work)
 
 
 def failed_items(result):
@@ -485,8 +578,9 @@ def warnings_text(result, secrets=()):
     """What the artist must read even when everything worked: where paid images went when the history folder
     was full or unwritable. One line per distinct warning; empty when there is none."""
     seen = []
-    for text in list(result.get("warnings") or []) + [w for item in result.get("items") or []
-                                                     for w in item.get("warnings") or []]:
+    for warning in list(result.get("warnings") or []) + [w for item in result.get("items") or []
+                                                        for w in item.get("warnings") or []]:
+        text = warning.get("message") if isinstance(warning, dict) else warning  # {"code", "message"}
         line = clean_line(text, secrets)
         if line and line not in seen:
             seen.append(line)
@@ -524,11 +618,6 @@ def store_key(key, python=None):
     return objects
 
 
-def python_version_ok():
-    """Both host Pythons: 2.7 (GIMP 2.10) or 3.6+ (GIMP 3)."""
-    return sys.version_info[:2] == (2, 7) or sys.version_info >= (3, 6)
-
-
 def config_args(changes):
     """``config set`` arguments for non-secret settings: one ``KEY=VALUE`` word each (sorted, one line each)."""
     args = ["config", "set"]
@@ -557,14 +646,14 @@ def save_settings(changes, python=None):
 
 
 def test_connection(python=None):
-    """Ask the engine for the server's image models. Returns (ok, text for the artist)."""
+    """Ask the engine for the server's image models. Returns (ok, text for the artist, model ids)."""
     code, objects, stderr_text = run_engine(["--json", "models", "--refresh"], python=python)
     answer = objects[-1] if objects else {}
     if code == 0 and answer:
         models = answer.get("models") or answer.get("items") or []
         ids = [to_text(m.get("id")) if isinstance(m, dict) else to_text(m) for m in models]
-        return True, u"Connected. Image models offered: %s" % (u", ".join(ids) or u"none")
+        return True, u"Connected. Image models offered: %s" % (u", ".join(ids) or u"none"), ids
     error = answer.get("error") if isinstance(answer.get("error"), dict) else None
     if error:
-        return False, describe_error(error)
-    return False, u"The connection test failed.\n" + (_tail(stderr_text) or u"(no details)")
+        return False, describe_error(error), []
+    return False, u"The connection test failed.\n" + (_tail(stderr_text) or u"(no details)"), []

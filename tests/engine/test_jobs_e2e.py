@@ -196,3 +196,47 @@ def test_a_retried_request_is_shown_in_the_progress_and_sent_exactly_twice(start
     retries = [p for p in lines[:-1] if "Retry in" in p.get("message", "")]
     assert len(retries) == 1 and retries[0]["item"] == "v" and retries[0]["phase"] == "waiting"
     assert server.stats()["endpoints"].get("variations") == 2
+
+
+@pytest.mark.slow
+def test_one_session_process_answers_plan_then_job_as_a_host_drives_it(local_server, tmp_path, monkeypatch):
+    """hostlib's EngineSession against the real engine: plan and job in ONE process (its pid is the same),
+    the plan tagged as such, the job's layers in place; the process has exited when the session ends."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugin" / "hostlib"))
+    import gimp_openai_host as host
+
+    monkeypatch.setenv("OPENAI_BASE_URL", local_server.url)
+    pixels, sel = layer_image()
+    layer = {"x": 0, "y": 0, "width": pixels.shape[1], "height": pixels.shape[0]}
+    with host.EngineSession(python=sys.executable, api_key=FAKE_KEY) as session:
+        answer = host.plan({"operation": "edit", "model": "", "items": [
+            {"id": "img-1", "layer": layer, "selection_bounds": bounds(sel)}]}, str(tmp_path), session=session)
+        pid = session.proc.pid
+        (item,) = answer["items"]
+        files = export(tmp_path, "img-1", pixels, sel, (0, 0), item["place"])
+        seen = []
+        result = host.run_job({"operation": "edit", "model": answer["model"], "prompt": "remove the balloon",
+                               "n": 1, "out_dir": "out", "items": [dict(item, layer=layer, **files)]},
+                              str(tmp_path), session=session, on_progress=lambda f, m: seen.append(f))
+        assert session.proc.pid == pid
+        proc = session.proc
+    assert answer["type"] == "plan" and answer["model"] == "gpt-image-2"
+    assert result["ok"] and seen and max(seen) == 1.0
+    (output,) = result["items"][0]["outputs"]
+    assert (output["x"], output["y"]) == (item["place"]["x"], item["place"]["y"])
+    assert proc.returncode == 0
+
+
+def test_session_answers_a_malformed_request_and_goes_on(tmp_path):
+    """A broken request line gets one error answer; the next request is still served."""
+    plan = {"version": 1, "operation": "edit", "model": "gpt-image-2",
+            "items": [{"id": "a", "layer": {"x": 0, "y": 0, "width": 100, "height": 80},
+                       "selection_bounds": {"x": 10, "y": 10, "width": 20, "height": 20}}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    requests = "not json\n" + json.dumps({"cmd": "plan", "path": str(tmp_path / "plan.json")}) + "\n"
+    proc = subprocess.run([sys.executable, "-m", "gimp_openai", "session"], input=requests, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, OPENAI_API_KEY=FAKE_KEY))
+    assert proc.returncode == 0, proc.stderr
+    first, second = (json.loads(line) for line in proc.stdout.splitlines())
+    assert first["type"] == "session" and not first["ok"] and '"cmd"' in first["error"]["message"]
+    assert second["type"] == "plan" and second["ok"] and second["items"][0]["id"] == "a"

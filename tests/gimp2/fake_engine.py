@@ -1,7 +1,8 @@
 """Stands in for the engine's interpreter (`python -m gimp_openai plan|job|key`) in host tests that must not
 depend on the network-facing engine: follows docs/architecture.md's protocol with simple deterministic
 outputs (edit: red inside the selection; variation: inverted; generate: blue). Env: FAKE_ENGINE_LOG (calls),
-FAKE_ENGINE_FAIL (item ids that fail, comma-separated), FAKE_ENGINE_CRASH=1 (die mid-job)."""
+FAKE_ENGINE_FAIL (item ids that fail, comma-separated), FAKE_ENGINE_CRASH=1 (die mid-job),
+FAKE_ENGINE_GONE (a model id answered as shut down)."""
 
 import json
 import os
@@ -23,7 +24,7 @@ def emit(obj):
     sys.stdout.flush()
 
 
-def plan(path):
+def plan(path, tag=None):
     data = json.load(open(path))
     items = []
     for it in data["items"]:
@@ -34,7 +35,10 @@ def plan(path):
         y2 = min(lay["y"] + lay["height"], sel["y"] + sel["height"] + pad)
         place = {"x": x1, "y": y1, "width": x2 - x1, "height": y2 - y1}
         items.append({"id": it["id"], "place": place, "request": place, "target": [place["width"], place["height"]]})
-    emit({"ok": True, "model": data.get("model") or "gpt-image-2", "items": items})
+    answer = {"ok": True, "model": data.get("model") or "gpt-image-2", "items": items}
+    if tag:
+        answer["type"] = tag
+    emit(answer)
 
 
 def job(path):
@@ -45,6 +49,12 @@ def job(path):
     fail = set(filter(None, os.environ.get("FAKE_ENGINE_FAIL", "").split(",")))
     results = []
     items = data["items"] or [{"id": "generate"}]
+    if data["model"] == os.environ.get("FAKE_ENGINE_GONE"):  # a shut-down model: every item fails alike
+        error = {"code": "model_not_found", "message": "The model %s was shut down on 2026-11-01." % data["model"],
+                 "hint": "Use gpt-image-2.", "replacement": "gpt-image-2", "saved": []}
+        results = [{"id": it["id"], "ok": False, "outputs": [], "error": error} for it in items]
+        emit({"type": "result", "ok": False, "items": results, "error": error})
+        return
     for it in items:
         emit({"type": "progress", "item": it["id"], "phase": "waiting", "fraction": 0.5,
               "message": "Waiting for %s (1 s of ~60 s)" % data["model"]})
@@ -93,8 +103,23 @@ def job(path):
     emit({"type": "result", "ok": ok, "items": results, "error": None if ok else {"message": "some failed"}})
 
 
+def session():
+    """`session`: plan and job requests as JSON lines on stdin, each logged like a call of its own."""
+    for line in sys.stdin:
+        request = json.loads(line)
+        log({"argv": sys.argv[:3] + [request["cmd"], request["path"]], "key": os.environ.get("OPENAI_API_KEY"),
+             "stdin": None, "session": True})
+        if request["cmd"] == "plan":
+            plan(request["path"], tag="plan")
+        else:
+            job(request["path"])
+
+
 def main():
     args = sys.argv[1:]
+    if args[2:3] == ["session"]:
+        session()
+        return 0
     log({"argv": sys.argv, "key": os.environ.get("OPENAI_API_KEY"),
          "stdin": None if args[:1] == ["-m"] and args[2:3] in (["plan"], ["job"]) else sys.stdin.read()})
     if args[0] == "-c":

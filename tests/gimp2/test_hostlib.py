@@ -23,36 +23,50 @@ FAKE_ENGINE = textwrap.dedent('''\
     args = sys.argv[1:]
     assert args[:2] == ["-m", "gimp_openai"], args
     log = os.environ["FAKE_ENGINE_LOG"]
-    stdin = sys.stdin.read()
-    with open(log, "a") as f:
-        f.write(json.dumps({{"argv": sys.argv, "key": os.environ.get("OPENAI_API_KEY"), "stdin": stdin}}) + "\\n")
     mode = os.environ.get("FAKE_ENGINE_MODE", "ok")
+
+    def record(argv, stdin):
+        with open(log, "a") as f:
+            f.write(json.dumps({{"argv": argv, "key": os.environ.get("OPENAI_API_KEY"), "stdin": stdin}}) + "\\n")
+
+    def answer(cmd, path):
+        if mode == "crash":
+            sys.stderr.write("Traceback (most recent call last):\\nboom: engine exploded\\n")
+            sys.exit(1)
+        if cmd == "plan":
+            plan = json.load(open(path))
+            if mode == "plan_error":
+                error = {{"code": "model_not_found", "message": "The model x was shut down.",
+                         "hint": "Use gpt-image-2."}}
+                print(json.dumps({{"type": "plan", "ok": False, "error": error}}))
+            else:
+                items = [dict(id=i["id"], place=i["selection_bounds"], request=i["selection_bounds"],
+                              target=[1024, 1024]) for i in plan["items"]]
+                print(json.dumps({{"type": "plan", "ok": True, "model": "gpt-image-2", "items": items}}))
+        elif cmd == "job":
+            job = json.load(open(path))
+            print("not json noise")
+            for item in job["items"]:
+                line = {{"type": "progress", "item": item["id"], "phase": "waiting", "fraction": 0.5,
+                        "message": "Waiting\\u001b[31m for model"}}
+                print(json.dumps(line))
+                sys.stdout.flush()
+                if mode == "slow":
+                    time.sleep(30)
+            results = [{{"id": i["id"], "ok": True, "outputs": []}} for i in job["items"]]
+            print(json.dumps({{"type": "result", "ok": True, "items": results, "error": None}}))
+        sys.stdout.flush()
+
     cmd = args[2]
-    if mode == "crash":
-        sys.stderr.write("Traceback (most recent call last):\\nboom: engine exploded\\n")
-        sys.exit(1)
-    if cmd == "plan":
-        plan = json.load(open(args[3]))
-        if mode == "plan_error":
-            error = {{"code": "model_not_found", "message": "The model x was shut down.", "hint": "Use gpt-image-2."}}
-            print(json.dumps({{"ok": False, "error": error}}))
-        else:
-            items = [dict(id=i["id"], place=i["selection_bounds"], request=i["selection_bounds"], target=[1024, 1024])
-                     for i in plan["items"]]
-            print(json.dumps({{"ok": True, "model": "gpt-image-2", "items": items}}))
-    elif cmd == "job":
-        job = json.load(open(args[3]))
-        print("not json noise")
-        for item in job["items"]:
-            line = {{"type": "progress", "item": item["id"], "phase": "waiting", "fraction": 0.5,
-                    "message": "Waiting\\u001b[31m for model"}}
-            print(json.dumps(line))
-            sys.stdout.flush()
-            if mode == "slow":
-                time.sleep(30)
-        results = [{{"id": i["id"], "ok": True, "outputs": []}} for i in job["items"]]
-        print(json.dumps({{"type": "result", "ok": True, "items": results, "error": None}}))
-    elif cmd == "key":
+    if cmd == "session":
+        for request in sys.stdin:
+            request = json.loads(request)
+            record(sys.argv[:3] + [request["cmd"], request["path"]], None)
+            answer(request["cmd"], request["path"])
+        sys.exit(0)
+    stdin = sys.stdin.read()
+    record(sys.argv, stdin)
+    if cmd == "key":
         sys.exit(0 if stdin else 3)
 ''')
 

@@ -19,7 +19,8 @@ def install(tmp_path, engine_python, support):
     target = plugins / "gimp_openai_support" if support else plugins
     target.mkdir(parents=True)
     shutil.copy(PLUGIN, str(plugins / "openai_gimp2.py"))
-    shutil.copy(os.path.join(ROOT, "plugin", "hostlib", "gimp_openai_host.py"), str(target))
+    for name in ("gimp_openai_host.py", "gimp_openai_workflow.py"):
+        shutil.copy(os.path.join(ROOT, "plugin", "hostlib", name), str(target))
     manifest = json.load(open(os.path.join(ROOT, "manifest", "procedures.json")))
     manifest["date"] = "layout-test"  # proves which manifest was registered
     (target / "procedures.json").write_text(json.dumps(manifest))
@@ -35,6 +36,7 @@ def test_host_finds_hostlib_manifest_and_engine_record(g2, fake_engine, tmp_path
     script, target = install(tmp_path, engine_python, support)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.delitem(sys.modules, "gimp_openai_host", raising=False)
+    monkeypatch.delitem(sys.modules, "gimp_openai_workflow", raising=False)
     g2.gimpfu._registered_plugins_.clear()
     spec = importlib.util.spec_from_file_location("openai_gimp2_installed", str(script))
     plugin = importlib.util.module_from_spec(spec)
@@ -50,6 +52,7 @@ def test_host_finds_hostlib_manifest_and_engine_record(g2, fake_engine, tmp_path
     assert g2.gimp.state.messages == [] and image.layers[0].name == "OpenAI: a kite (1/1)"
     assert any(c["argv"][3] == "job" for c in fake_engine())
     monkeypatch.delitem(sys.modules, "gimp_openai_host", raising=False)
+    monkeypatch.delitem(sys.modules, "gimp_openai_workflow", raising=False)
 
 
 def test_support_folder_has_no_python_gimp_would_run(tmp_path):

@@ -137,7 +137,7 @@ img3.convert_indexed(Gimp.ConvertDitherType.NONE, Gimp.ConvertPaletteType.GENERA
 status, err, _ = run_proc("python-fu-openai-edit-selection", img3, img3.get_selected_layers(), prompt="x")
 out("INDEXED", {"status": status.value_nick, "error": err})
 ''').check()
-    for tag, words in (("NOSEL", "Nothing is selected"), ("MULTI", "2 layers are selected"), ("INDEXED", "indexed")):
+    for tag, words in (("NOSEL", "There is no selection"), ("MULTI", "2 layers are selected"), ("INDEXED", "indexed")):
         res = json.loads(run.lines_with(tag + " ")[0])
         assert res["status"] == "execution-error", (tag, res)
         assert words in (res["error"] or "") + run.stdout + run.stderr, (tag, res)

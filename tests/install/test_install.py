@@ -184,7 +184,7 @@ def test_gimp210_host_is_top_level_and_its_files_in_a_support_folder(tmp_path, p
     assert sorted(p.name for p in plugins.iterdir()) == sorted([pd.GIMP2_FILE, pd.GIMP2_DIR])  # nothing else loose
     assert host.is_file() and (platform == "win32" or host.stat().st_mode & stat.S_IXUSR)
     names = sorted(p.name for p in support.iterdir())
-    assert {pd.HOSTLIB_FILE, pd.MANIFEST_FILE, pd.ENGINE_RECORD} <= set(names), names
+    assert {*pd.HOSTLIB_FILES, pd.MANIFEST_FILE, pd.ENGINE_RECORD} <= set(names), names
     assert f"{pd.GIMP2_DIR}.py" not in names  # GIMP 3-style loading finds nothing to run there
     assert not any(p.stat().st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH) for p in support.iterdir())
     rec = json.loads((support / pd.ENGINE_RECORD).read_text())
@@ -210,7 +210,7 @@ def test_doctor_flags_the_old_210_layout_and_hosts_in_the_wrong_gimp(tmp_path):
     p210 = home / ".config/GIMP/2.10/plug-ins"
     p30 = home / ".config/GIMP/3.0/plug-ins"
     (p210 / pd.GIMP2_OLD_DIR).mkdir()  # left by an older install
-    (p210 / pd.HOSTLIB_FILE).write_text("")  # a companion lying loose where 2.10 runs files
+    (p210 / pd.HOSTLIB_FILES[0]).write_text("")  # a companion lying loose where 2.10 runs files
     (p30 / pd.GIMP2_FILE).write_text("")  # the 2.10 host in GIMP 3's folder
     text = "\n".join(str(f) for f in pd.diagnose_plugin_dirs(home, platform="linux", env={"HOME": str(home),
                                                                                            "PATH": ""}))

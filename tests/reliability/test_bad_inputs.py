@@ -248,7 +248,8 @@ def test_job(group, corpus, local_server, tmp_path):
                 assert (mask[sel == 0] == 0).all()
                 if case["needs"] == "full_history":  # kept in the rescue folder instead, and said so
                     assert Path(output["history_png"]).parent == tmp_path / "rescue"
-                    assert f"History folder {history} is full" in got["warnings"][0]
+                    assert got["warnings"][0]["code"] == "results_elsewhere"
+                    assert f"History folder {history} is full" in got["warnings"][0]["message"]
             else:
                 assert not got["ok"] and not got["outputs"]
                 check_error(case, got["error"])

@@ -209,8 +209,8 @@ def test_job_rescue(kind, tmp_path):
             assert Path(o["layer_png"]).exists() and Path(o["mask_png"]).exists()
             assert f"History folder {folder} {words}" in o["notes"]
         (warning,) = result["warnings"]
-        assert warning == got["warnings"][0]
-        assert f"the 2 images were saved to {rescue} instead" in warning
+        assert warning == got["warnings"][0] and warning["code"] == "results_elsewhere"
+        assert f"the 2 images were saved to {rescue} instead" in warning["message"]
         assert not H.partial_files(job.parent / "out", rescue)
 
 
@@ -226,7 +226,7 @@ def test_job_rescue_falls_back_to_out_folder(tmp_path):
         assert run.result["ok"], run.stdout + run.stderr
         out = job.parent / "out"
         assert_kept(out, sent)
-        assert f"the image was saved to {out} instead" in run.result["warnings"][0]
+        assert f"the image was saved to {out} instead" in run.result["warnings"][0]["message"]
 
 
 # --- through the CLI --------------------------------------------------------------------------------------------------

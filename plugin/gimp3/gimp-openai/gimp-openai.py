@@ -20,6 +20,7 @@ for _d in (os.path.join(_REAL, os.pardir, os.pardir, "hostlib"), _REAL, _HERE):
 
 import gi  # noqa: E402
 import gimp_openai_host as hl  # noqa: E402
+import gimp_openai_workflow as flow  # noqa: E402
 
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
@@ -53,22 +54,6 @@ def _record_timing(what, seconds, extra=None):
     entry.update(extra or {})
     with open(path, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
-
-
-def _cleanup(workdir):
-    """Remove the job folder; tests (GIMP_OPENAI_HOST_KEEP_WORKDIR=1) keep it to compare the inserted pixels
-    with the engine's PNGs."""
-    if os.environ.get("GIMP_OPENAI_HOST_KEEP_WORKDIR") == "1":
-        _record_timing("workdir", 0.0, {"path": workdir})
-        return
-    hl.cleanup(workdir)
-
-
-class Refusal(hl.HostError):
-    """An input this host does not handle, said plainly with what to do instead."""
-
-    def __init__(self, message, hint=""):
-        hl.HostError.__init__(self, message, hint, "refused")
 
 
 # ----------------------------------------------------------------------------------------------- registration
@@ -147,19 +132,16 @@ class OpenAIPlugIn(Gimp.PlugIn):
                 if not show_dialog(procedure, config, proc):
                     return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
             values = dict((p["name"], config.get_property(pdb_name(p["name"]))) for p in hl.public_params(proc))
-            op = proc["operation"]
-            if op in ("edit", "variation"):
-                message = run_region(op, values, [(image, drawables)], interactive=run_mode ==
-                                     Gimp.RunMode.INTERACTIVE)
-            elif op == "batch":
-                message = run_batch(values, run_mode == Gimp.RunMode.INTERACTIVE)
-            elif op == "generate":
-                message = run_generate(values, image, drawables, run_mode == Gimp.RunMode.INTERACTIVE)
-            else:
-                message = run_settings(values, run_mode)
+            workflow = flow.Workflow(Gimp3(run_mode == Gimp.RunMode.INTERACTIVE), proc, values,
+                                     python=_engine_python(), secrets=_secrets())
+            message = workflow.run(image, drawables)
             if message:
                 Gimp.message(message)
+            Gimp.displays_flush()
             return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+        except flow.Stop as stop:  # the artist said no: nothing changed, nothing failed
+            Gimp.message(str(stop))
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         except hl.HostError as exc:
             text = "OpenAI: " + hl.describe_error(exc, _secrets())
             Gimp.message(text)
@@ -289,53 +271,9 @@ def read_selection(image, place):
     return image.get_selection().get_buffer().get(_rect(place), 1.0, MASK_FORMAT, Gegl.AbyssPolicy.NONE)
 
 
-def check_drawable(image, drawables):
-    """The one layer to work on, or a clear refusal."""
-    if image is None:
-        raise Refusal("There is no image to work on.", "Open an image first.")
-    if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
-        raise Refusal("This image is indexed (a palette image); results would be reduced to its palette.",
-                      "Convert it with Image > Mode > RGB, run the plug-in, and convert back if you need to.")
-    drawables = list(drawables or [])
-    if not drawables:
-        layers = image.get_selected_layers()
-        drawables = list(layers)
-    if len(drawables) != 1:
-        raise Refusal(f"{len(drawables)} layers are selected; the plug-in works on one layer at a time.",
-                      "Click a single layer in the Layers dialog, then run it again.")
-    drawable = drawables[0]
-    if not isinstance(drawable, Gimp.Layer) or isinstance(drawable, Gimp.LayerMask):
-        raise Refusal("The active item is a channel or a layer mask, not a layer.",
-                      "Click the layer itself (not its mask) in the Layers dialog.")
-    if drawable.is_group():
-        raise Refusal("The active layer is a layer group; its pixels belong to the layers inside it.",
-                      "Select one layer inside the group, or merge the group (Layer > Merge Down) first.")
-    return drawable
-
-
 def layer_rect(layer):
     ok, ox, oy = layer.get_offsets()
     return {"x": ox, "y": oy, "width": layer.get_width(), "height": layer.get_height()}
-
-
-def selection_bounds(image, layer):
-    """The selection's bounds clipped to the layer, or None when nothing of the layer is selected."""
-    res = Gimp.Selection.bounds(image)
-    non_empty, x1, y1, x2, y2 = res[1], res[2], res[3], res[4], res[5]
-    if not non_empty:
-        return None
-    lr = layer_rect(layer)
-    x1, y1 = max(x1, lr["x"]), max(y1, lr["y"])
-    x2, y2 = min(x2, lr["x"] + lr["width"]), min(y2, lr["y"] + lr["height"])
-    if x2 <= x1 or y2 <= y1:
-        return False
-    return {"x": x1, "y": y1, "width": x2 - x1, "height": y2 - y1}
-
-
-class Item:
-    def __init__(self, item_id, image, layer, bounds, whole):
-        self.id, self.image, self.layer, self.bounds, self.whole = item_id, image, layer, bounds, whole
-        self.name = _image_name(image)
 
 
 def _image_name(image):
@@ -343,50 +281,6 @@ def _image_name(image):
     if f is not None and f.get_path():
         return os.path.basename(f.get_path())
     return f"Untitled-{image.get_id()}" if image is not None else ""
-
-
-def collect_item(op, image, drawables, whole_layer, item_id, interactive=False):
-    layer = check_drawable(image, drawables)
-    bounds = selection_bounds(image, layer)
-    if bounds is False:
-        raise Refusal("The selection does not touch the active layer.",
-                      "Select inside the layer, or choose the layer the selection is on.")
-    whole = False
-    if bounds is None:
-        if op == "edit" and not whole_layer:
-            raise Refusal("Nothing is selected.",
-                          "Select the area to repaint (e.g. with the ellipse or free select tool), or tick "
-                          "'{}' to edit the whole layer.".format("Use the whole layer when nothing is selected"))
-        bounds, whole = layer_rect(layer), True
-    return Item(item_id, image, layer, bounds, whole)
-
-
-def export_items(items, plan, workdir):
-    """Write each item's planned region and its selection as PNGs; returns the job's items."""
-    t0 = time.time()
-    by_id = dict((a["id"], a) for a in plan["items"])
-    job_items = []
-    for it in items:
-        answer = by_id[it.id]
-        place = answer["place"]
-        w, h = place["width"], place["height"]
-        pixels = read_region(it.layer, place)
-        image_png = f"{it.id}.png"
-        hl.write_png(os.path.join(workdir, image_png), w, h, pixels, 4)
-        sel_png = f"{it.id}-sel.png"
-        sel = b"\xff" * (w * h) if it.whole else read_selection(it.image, place)
-        hl.write_png(os.path.join(workdir, sel_png), w, h, sel, 1)
-        it.place = place
-        job_items.append({"id": it.id, "image": image_png, "selection": sel_png, "layer": layer_rect(it.layer),
-                          "place": place, "request": answer["request"], "target": answer["target"]})
-    _record_timing("export", time.time() - t0, {"items": len(items)})
-    return job_items
-
-
-def _progress(fraction, message):
-    Gimp.progress_update(max(0.0, min(1.0, fraction)))
-    if message:
-        Gimp.progress_set_text(message)
 
 
 def _load_layer(image, path):
@@ -445,37 +339,34 @@ def _new_group(image, name):
     return Gimp.Layer.group_new(image)  # pragma: no cover - pre-3.0 API
 
 
-def insert_outputs(image, above, outputs, prompt, model, add_mask, secrets=(), mask_from="engine"):
-    """Insert the engine's outputs above ``above`` at their offsets, with masks, in ONE undo group."""
+def insert_outputs(image, above, layers, group_name=None):
+    """The workflow's layers above ``above`` (inside a group named ``group_name`` when given), at their
+    offsets, with their names, masks and parasites, in ONE undo group."""
     t0 = time.time()
-    n = len(outputs)
     image.undo_group_start()
     try:
         parent = above.get_parent() if above is not None else None
         position = image.get_item_position(above) if above is not None else 0
-        if n > 1:
-            group = _new_group(image, hl.layer_name(prompt, 1, n, secrets=secrets).rsplit(" (", 1)[0]
-                               + f" ({n} results)")
+        if group_name:
+            group = _new_group(image, group_name)
             image.insert_layer(group, parent, position)
             parent, position = group, 0
         inserted = []
-        for k, out in enumerate(sorted(outputs, key=lambda o: o.get("index", 0)), start=1):
-            name = hl.layer_name(prompt, k, n, path=out.get("path"), secrets=secrets)
-            layer = _result_layer(image, out["layer_png"], name, out["width"], out["height"])
-            image.insert_layer(layer, parent, position if n == 1 else len(inserted))
-            layer.set_offsets(int(out["x"]), int(out["y"]))
-            if add_mask and mask_from == "selection":  # variations: the selection is the mask (as in 2.10)
+        for spec in layers:
+            layer = _result_layer(image, spec.png, spec.name, spec.width, spec.height)
+            image.insert_layer(layer, parent, position + len(inserted))
+            layer.set_offsets(spec.x, spec.y)
+            if spec.mask == "selection":  # variations: the selection is the mask
                 layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
-            elif add_mask and out.get("mask_png"):
-                apply_mask(image, layer, out["mask_png"])
+            elif spec.mask == "engine" and spec.mask_png:
+                apply_mask(image, layer, spec.mask_png)
             layer.update(0, 0, layer.get_width(), layer.get_height())
-            data = hl.parasite_data(prompt, model, out, secrets)
             layer.attach_parasite(Gimp.Parasite.new(hl.PARASITE_NAME, Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE,
-                                                    list(data.encode("utf-8"))))
+                                                    list(spec.parasite.encode("utf-8"))))
             inserted.append(layer)
     finally:
         image.undo_group_end()
-    _record_timing("insert", time.time() - t0, {"layers": n, "image": image.get_id(), "undo_groups": 1,
+    _record_timing("insert", time.time() - t0, {"layers": len(layers), "image": image.get_id(), "undo_groups": 1,
                                                 "names": [la.get_name() for la in inserted]})
     return inserted
 
@@ -496,66 +387,108 @@ def apply_mask(image, layer, mask_png):
     mask.update(0, 0, w, h)
 
 
-# ------------------------------------------------------------------------------------------------- operations
+# ------------------------------------------------------------------------------------------------- adapter
+
+class Gimp3:
+    """What the one workflow (gimp_openai_workflow) needs from GIMP 3."""
+
+    def __init__(self, interactive):
+        self.interactive = interactive
+
+    def target(self, image, drawables):
+        if image is None:
+            return flow.Target(None, None, "", kind="none")
+        drawables = list(drawables or []) or list(image.get_selected_layers())
+        name = _image_name(image)
+        indexed = image.get_base_type() == Gimp.ImageBaseType.INDEXED
+        if len(drawables) != 1:
+            kind = "none" if not drawables else "several"
+            return flow.Target(image, None, name, kind=kind, indexed=indexed, count=len(drawables))
+        drawable = drawables[0]
+        if isinstance(drawable, Gimp.LayerMask):  # the result's mask after a run: work on its layer
+            drawable = Gimp.Layer.from_mask(drawable)
+        if not isinstance(drawable, Gimp.Layer):
+            return flow.Target(image, None, name, kind="channel", indexed=indexed)
+        kind = "group" if drawable.is_group() else "layer"
+        res = Gimp.Selection.bounds(image)
+        non_empty, x1, y1, x2, y2 = res[1], res[2], res[3], res[4], res[5]
+        selection = {"x": x1, "y": y1, "width": x2 - x1, "height": y2 - y1} if non_empty else None
+        return flow.Target(image, drawable, name, kind=kind, layer_rect=layer_rect(drawable), selection=selection,
+                           indexed=indexed)
+
+    def open_targets(self):
+        return [self.target(image, image.get_selected_layers())
+                for image in sorted(Gimp.get_images(), key=lambda i: i.get_id())]
+
+    def export_region(self, target, place, path):
+        t0 = time.time()
+        hl.write_png(path, place["width"], place["height"], read_region(target.layer, place), 4)
+        _record_timing("export", time.time() - t0, {"items": 1})
+
+    def export_selection(self, target, place, path):
+        hl.write_png(path, place["width"], place["height"], read_selection(target.image, place), 1)
+
+    def insert(self, image, anchor, layers, group_name):
+        return insert_outputs(image, anchor, layers, group_name)
+
+    def new_image(self, width, height):
+        return Gimp.Image.new(width, height, Gimp.ImageBaseType.RGB)
+
+    def image_size(self, image):
+        return image.get_width(), image.get_height()
+
+    def show(self, image):
+        try:
+            Gimp.Display.new(image)
+        except (TypeError, GLib.Error):  # headless GIMP (gimp-console, batch): no display to open
+            pass
+
+    def ask(self, question, title="OpenAI", yes="_Yes"):
+        return _ask(question, title, yes)
+
+    def ask_secret(self, question):
+        return _ask_key(question)
+
+    def progress(self, fraction, message):
+        Gimp.progress_update(max(0.0, min(1.0, fraction)))
+        if message:
+            Gimp.progress_set_text(message)
+
+    def status(self, text):
+        Gimp.progress_set_text(text)
+
+    def keep_workdir(self, path):
+        """Tests (GIMP_OPENAI_HOST_KEEP_WORKDIR=1) keep the job folder to compare the inserted pixels with the
+        engine's PNGs."""
+        if os.environ.get("GIMP_OPENAI_HOST_KEEP_WORKDIR") == "1":
+            _record_timing("workdir", 0.0, {"path": path})
+            return True
+        return False
+
+    def models_listed(self, models):
+        """Remember the models the server offered, for the model field's completion."""
+        try:
+            with open(_models_cache_path(), "w") as handle:
+                json.dump({"models": list(models), "time": time.time()}, handle)
+        except OSError:
+            pass
+
 
 def _engine_python():
     return hl.find_engine_python([_HERE, _REAL])
 
 
-def _job_options(op, values):
-    job = {"operation": op, "model": values.get("model") or "", "n": int(values.get("n") or 1)}
-    for key in ("prompt", "quality", "size_mode", "background", "feather", "context_padding", "align", "tone_match",
-                "blend", "add_mask", "concurrency", "variation_prompt", "size"):
-        if key in values and values[key] is not None:
-            job[key] = values[key]
-    if "feather" in job:
-        job["feather"] = float(job["feather"])
-    if "context_padding" in job:
-        job["context_padding"] = float(job["context_padding"])
-    if op == "variation" and "prompt" not in job:
-        job["prompt"] = values.get("variation_prompt") or ""
-    return job
-
-
-def _engine_error(error):
-    """HostError from the engine's error object, keeping a shut-down model's live ``replacement``."""
-    error = error or {}
-    exc = hl.HostError.from_engine(error)
-    exc.replacement = hl.clean_line(error.get("replacement") or "") if error.get("code") == "model_not_found" else ""
-    return exc
-
-
-def _with_model_switch(run, values, interactive):
-    """Issue 9 part 3: a job whose model was shut down fails with the engine's text (it names the model and
-    its live replacement; nothing already received is lost: the engine lists saved files in the message).
-    Interactive runs are asked whether to switch; yes -> the replacement is remembered as the default model
-    (``gimp-openai config set default_model=...``) and the run is repeated once with it."""
-    try:
-        return run(values)
-    except hl.HostError as exc:
-        replacement = getattr(exc, "replacement", "")
-        if not (interactive and replacement and _ask_switch(exc, replacement)):
-            raise
-    try:
-        hl.save_settings({"default_model": replacement}, python=_engine_python())
-    except hl.HostError as exc:  # still use it now; say why it is not remembered
-        Gimp.message(f"OpenAI: {replacement} is used now but could not be remembered: {exc.message}")
-    return run(dict(values, model=replacement))
-
-
-def _ask_switch(exc, replacement):
+def _ask(question, title, yes):
     """A yes/no GimpUi dialog (interactive runs only; never reached headless)."""
     gi.require_version("GimpUi", "3.0")
     gi.require_version("Gtk", "3.0")
     from gi.repository import GimpUi, Gtk
 
     GimpUi.init(PLUGIN_NAME)
-    dialog = GimpUi.Dialog(title="OpenAI: model shut down", role=PLUGIN_NAME)
+    dialog = GimpUi.Dialog(title=title, role=PLUGIN_NAME)
     dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
-    dialog.add_button(f"_Use {replacement}", Gtk.ResponseType.OK)
-    # the engine's sentence (model, date, replacement) and the question; its generic hint would only repeat it
-    label = Gtk.Label(label=hl.redact(exc.message, _secrets()) + f"\n\nSwitch to {replacement} for this run, "
-                      "and remember it as your default model?")
+    dialog.add_button(yes, Gtk.ResponseType.OK)
+    label = Gtk.Label(label=hl.redact(question, _secrets()))
     label.set_line_wrap(True)
     label.set_max_width_chars(70)
     box = dialog.get_content_area()
@@ -568,182 +501,7 @@ def _ask_switch(exc, replacement):
     return ok
 
 
-def run_items(op, values, items, summary=False):
-    """Plan, export, run one job for all items, insert every image's results in its own undo group."""
-    python = _engine_python()
-    workdir = hl.make_workdir()
-    try:
-        Gimp.progress_init("OpenAI: planning")
-        plan_req = {"operation": op, "model": values.get("model") or "",
-                    "size_mode": values.get("size_mode") or "auto",
-                    "context_padding": float(values.get("context_padding", 0.25) or 0.0),
-                    "items": [{"id": it.id, "layer": layer_rect(it.layer), "selection_bounds": it.bounds}
-                              for it in items]}
-        plan = hl.plan(plan_req, workdir, python=python)
-        job = _job_options(op, values)
-        job["model"] = plan.get("model") or job["model"]
-        job["out_dir"] = "out"
-        job["source_name"] = items[0].name if len(items) == 1 else ""
-        job["items"] = export_items(items, plan, workdir)
-        os.mkdir(os.path.join(workdir, "out"))
-        Gimp.progress_set_text(f"OpenAI: sending {len(items)} request(s)")
-        result = hl.run_job(job, workdir, python=python, on_progress=_progress)
-        if not result.get("items") and result.get("error"):  # the job as a whole failed (e.g. model gone)
-            raise _engine_error(result["error"])
-        by_id = dict((it.id, it) for it in items)
-        # names as in the 2.10 host: the prompt for edits, "variation" (+ which path ran) for variations
-        prompt = (job.get("prompt") or "") if op == "edit" else "variation"
-        reports = []
-        for entry in result.get("items", []):
-            it = by_id.get(entry.get("id"))
-            if it is None or not entry.get("ok"):
-                continue
-            model = entry.get("model") or job["model"]
-            add_mask = bool(values.get("add_mask", True)) and (op == "edit" or not it.whole)
-            outputs = entry.get("outputs") or []
-            insert_outputs(it.image, it.layer, outputs, prompt, model, add_mask, _secrets(),
-                           "engine" if op == "edit" else "selection")
-            reports.append(hl.reports_text(outputs, _secrets()))
-        report = "; ".join(r for r in reports if r)
-        if report:  # what alignment/tone match corrected: in the status bar now, on each layer's parasite after
-            Gimp.progress_set_text(report)
-        Gimp.displays_flush()
-        warnings = hl.warnings_text(result, _secrets())
-        if warnings and not summary:  # paid images rescued outside the history folder: say where (batch: in summary)
-            Gimp.message(warnings)
-        failures = hl.failed_items(result)
-        gone = hl.model_gone(result)
-        if gone:  # nothing was done, only because the model is gone: the caller may offer its replacement
-            raise _engine_error(gone)
-        if summary:
-            names = dict((it.id, it.name) for it in items)
-            if failures and len(failures) == len(items):
-                raise hl.HostError(hl.summary(result, names, _secrets()), "", "batch_failed")
-            return hl.summary(result, names, _secrets())
-        if failures:
-            raise _engine_error(failures[0][1])
-        return None
-    finally:
-        _cleanup(workdir)
-
-
-def run_region(op, values, targets, interactive=False):
-    items = []
-    for k, (image, drawables) in enumerate(targets, start=1):
-        items.append(collect_item(op, image, drawables, bool(values.get("whole_layer")), f"img-{k}", interactive))
-    if op == "edit" and not (values.get("prompt") or "").strip():
-        raise Refusal("The prompt is empty.", "Describe what to paint into the selection.")
-    return _with_model_switch(lambda v: run_items(op, v, items), values, interactive)
-
-
-def run_batch(values, interactive=False):
-    op = values.get("batch_operation") or "edit"
-    if op == "edit" and not (values.get("prompt") or "").strip():
-        raise Refusal("The prompt is empty.", "Describe what to paint into each image's selection.")
-    items, skipped = [], []
-    images = sorted(Gimp.get_images(), key=lambda i: i.get_id())
-    if not images:
-        raise Refusal("No image is open.", "Open the images to process first.")
-    whole_layer = (values.get("no_selection") or "whole layer") == "whole layer"
-    for image in images:
-        try:
-            items.append(collect_item(op, image, image.get_selected_layers(), whole_layer,
-                                      f"img-{image.get_id()}"))
-        except Refusal as exc:
-            skipped.append(f"\u2717 {_image_name(image)}: {exc.message}")
-    if not items:
-        raise hl.HostError("No open image can be processed:\n" + "\n".join(skipped), "", "batch_failed")
-    text = _with_model_switch(lambda v: run_items(op, v, items, summary=True), values, interactive)
-    return text + ("\n" + "\n".join(skipped) if skipped else "")
-
-
-def run_generate(values, image, drawables, interactive=False):
-    if not (values.get("prompt") or "").strip():
-        raise Refusal("The prompt is empty.", "Describe the image to generate.")
-    return _with_model_switch(lambda v: _generate(v, image, drawables), values, interactive)
-
-
-def _generate(values, image, drawables):
-    python = _engine_python()
-    workdir = hl.make_workdir()
-    try:
-        Gimp.progress_init("OpenAI: generating")
-        job = _job_options("generate", values)
-        if job.get("size") == "auto":
-            job.pop("size")
-        job["out_dir"] = "out"
-        job["items"] = [{"id": "generate"}]
-        os.mkdir(os.path.join(workdir, "out"))
-        result = hl.run_job(job, workdir, python=python, on_progress=_progress)
-        failures = hl.failed_items(result)
-        outputs = [o for e in result.get("items", []) if e.get("ok") for o in e.get("outputs") or []]
-        if not outputs:
-            raise _engine_error(failures[0][1] if failures else result.get("error"))
-        model = next((e.get("model") for e in result.get("items", []) if e.get("model")), job["model"])
-        new_image = image is None or values.get("target") == "new image"
-        if new_image:
-            w = max(o.get("width", 0) for o in outputs)
-            h = max(o.get("height", 0) for o in outputs)
-            image = Gimp.Image.new(w, h, Gimp.ImageBaseType.RGB)
-            above = None
-        else:
-            above = (list(drawables) or list(image.get_selected_layers()) or [None])[0]
-        for o in outputs:  # centred in the image
-            o["x"] = (image.get_width() - int(o.get("width", 0))) // 2
-            o["y"] = (image.get_height() - int(o.get("height", 0))) // 2
-        insert_outputs(image, above, outputs, job["prompt"], model, False, _secrets())
-        warnings = hl.warnings_text(result, _secrets())
-        if warnings:  # paid images rescued outside the history folder: say where
-            Gimp.message(warnings)
-        if new_image:
-            try:
-                Gimp.Display.new(image)
-            except (TypeError, GLib.Error):  # headless GIMP (gimp-console, batch): no display to open
-                pass
-        Gimp.displays_flush()
-        return "; ".join(hl.describe_error(f[1]) for f in failures) if failures else None
-    finally:
-        _cleanup(workdir)
-
-
-def run_settings(values, run_mode):
-    """Save server URL, default model and history folder through the engine; store a key; test the connection."""
-    python = _engine_python()
-    lines = []
-    changes = {}
-    for key, setting in (("base_url", "base_url"), ("default_model", "default_model"),
-                         ("history_folder", "history_dir")):
-        value = (values.get(key) or "").strip()
-        if value:
-            changes[setting] = value
-    if changes:
-        hl.save_settings(changes, python=python)  # gimp-openai config set KEY=VALUE ... (never the key)
-        lines += [f"{k}: saved ({changes[k]})" for k in sorted(changes)]
-    if values.get("change_key") and run_mode == Gimp.RunMode.INTERACTIVE:
-        key = _ask_key()
-        if key:
-            hl.store_key(key, python=python)
-            lines.append("API key stored (not shown).")
-    if values.get("test_connection"):
-        code, objs, err = hl.run_engine(["models", "--json"], python=python)
-        models = []
-        for o in objs:
-            for m in o.get("models", []) if isinstance(o, dict) else []:
-                models.append(m.get("id") if isinstance(m, dict) else m)
-        if code == 0 and models:
-            lines.append("Connection works; image models: {}".format(", ".join(str(m) for m in models)))
-            try:
-                with open(_models_cache_path(), "w") as handle:
-                    json.dump({"models": models, "time": time.time()}, handle)
-            except OSError:
-                pass
-        else:
-            raise hl.HostError("The connection test failed: %s" % (hl.clean_line(err)[-400:] or code),
-                               "Check the server URL and the API key (Settings), then run 'gimp-openai doctor'.")
-    return "OpenAI settings:\n" + "\n".join(lines) if lines else None
-
-
-def _ask_key():
+def _ask_key(question):
     gi.require_version("Gtk", "3.0")
     from gi.repository import Gtk
 
@@ -753,7 +511,7 @@ def _ask_key():
     entry = Gtk.Entry()
     entry.set_visibility(False)
     entry.set_activates_default(True)
-    dialog.get_content_area().add(Gtk.Label(label="Paste your API key (stored in the keyring, never shown):"))
+    dialog.get_content_area().add(Gtk.Label(label=question))
     dialog.get_content_area().add(entry)
     dialog.set_default_response(Gtk.ResponseType.OK)
     dialog.show_all()

@@ -155,7 +155,7 @@ def bounding_box(selected: np.ndarray) -> Window:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def context_ring(selection: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+def context_ring(selection: np.ndarray) -> np.ndarray:
     """bool ring of context around the selection: outside it (a 2 px gap for soft/aliased edges), inside the crop.
 
     Its width grows with the selection (a quarter of the square root of its area, 8..128 px): wide enough for
@@ -169,8 +169,6 @@ def context_ring(selection: np.ndarray, valid: np.ndarray | None = None) -> np.n
     outside = np.where(window, 0, 255).astype(np.uint8)
     dist = cv2.distanceTransform(outside, cv2.DIST_L2, 3)
     part = (dist > 2.0) & (dist <= 2.0 + width)
-    if valid is not None:
-        part &= valid[y0:y1, x0:x1]
     ring = np.zeros(selection.shape, bool)
     ring[y0:y1, x0:x1] = part
     return ring

@@ -1,0 +1,444 @@
+"""The one host workflow both GIMP hosts run: check -> plan -> export -> job -> insert -> report.
+
+Standard library only, Python 2.7 and 3 (GIMP 2.10 and GIMP 3 import it). Every rule a host used to carry
+in its own copy lives here once: which layer and region a run works on and the refusals when it cannot,
+the whole-layer question, the job's options (the manifest's values, forwarded as they are), layer and group
+names, the model-switch question, batches and their summary, settings. What only GIMP can do (read pixels,
+insert layers, ask, tell, show progress) a host provides as an *adapter*; tests drive the whole workflow with a
+fake one, without GIMP.
+
+The adapter (duck-typed; see tests/gimp2/test_workflow.py for a complete fake):
+
+- ``interactive``: True when the artist started the run from the menu (questions may be asked)
+- ``target(image, drawables)`` -> :class:`Target`: the facts of the active layer and the selection
+- ``open_targets()`` -> [Target] for every open image (batches)
+- ``export_region(target, place, path)``: ``place`` (image coordinates) of the layer as an RGBA PNG
+- ``export_selection(target, place, path)``: the selection inside ``place`` as a gray PNG
+- ``insert(image, anchor_layer, layers, group_name)`` -> inserted layers, in one undo group: ``layers`` are
+  :class:`LayerSpec`, placed above ``anchor_layer`` (a group of them when ``group_name``)
+- ``new_image(width, height)`` -> image; ``image_size(image)`` -> (width, height); ``show(image)``
+- ``ask(question, title, yes)`` -> bool (``yes``: the label of the button that says yes);
+  ``ask_secret(question)`` -> text or None; ``progress(fraction, text)``; ``status(text)``
+- ``models_listed(ids)``: the models a connection test found (for the model field's completion)
+- ``keep_workdir(path)`` -> True to keep the job folder (tests compare the engine's PNGs with the layers)
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import os
+
+import gimp_openai_host as hl
+
+#: Host-only values of the manifest: they steer the workflow, the engine never needs them.
+HOST_ONLY = ("whole_layer", "no_selection", "batch_operation", "target", "base_url", "default_model",
+             "history_folder", "change_key", "test_connection")
+
+
+class Refusal(hl.HostError):
+    """An input the plug-in does not handle, said plainly with what to do instead; nothing was sent."""
+
+    def __init__(self, message, hint="", code="refused"):
+        hl.HostError.__init__(self, message, hint, code)
+
+
+class Stop(Exception):
+    """The artist declined a question: nothing to do and nothing to report as an error."""
+
+
+class ModelGone(hl.HostError):
+    """The whole run failed only because its model was shut down; ``replacement`` is the live successor."""
+
+    def __init__(self, error):
+        error = error or {}
+        hl.HostError.__init__(self, hl.to_text(error.get("message") or u"The model was shut down."),
+                              hl.to_text(error.get("hint") or u""), "model_not_found", error.get("saved") or [])
+        self.replacement = hl.clean_line(error.get("replacement") or u"")
+
+
+class Target(object):
+    """What the host read from GIMP about one image, before any rule is applied.
+
+    ``kind``: "layer", "group", "channel" (a channel or a mask that has no layer), "none" (no active layer)
+    or "several" (several layers selected). ``selection``: the selection's bounds in image coordinates, or
+    None when nothing is selected. Hosts give the layer a layer mask belongs to, not the mask: after a run the
+    result's mask is the active drawable, and the next run (or Filters > Repeat) must still work.
+    """
+
+    def __init__(self, image, layer, name, kind="layer", layer_rect=None, selection=None, indexed=False,
+                 count=1):
+        self.image, self.layer, self.name, self.kind = image, layer, name, kind
+        self.layer_rect, self.selection, self.indexed, self.count = layer_rect, selection, indexed, count
+
+
+class Item(object):
+    """A checked target: the region to send (``bounds``) and whether it is the whole layer."""
+
+    def __init__(self, item_id, target, bounds, whole):
+        self.id, self.target, self.bounds, self.whole = item_id, target, bounds, whole
+        self.name = target.name
+
+
+class LayerSpec(object):
+    """One layer to insert: the engine's PNGs, where, its name and parasite, and which mask it gets:
+    ``mask`` is "engine" (the engine's mask PNG), "selection" (the image's selection) or None."""
+
+    def __init__(self, output, name, parasite, mask):
+        self.png, self.mask_png = output["layer_png"], output.get("mask_png")
+        self.x, self.y = int(output.get("x", 0)), int(output.get("y", 0))
+        self.width, self.height = int(output["width"]), int(output["height"])
+        self.name, self.parasite, self.mask = name, parasite, mask
+
+
+# ----------------------------------------------------------------------------------------------- the rules
+
+def intersect(a, b):
+    x1, y1 = max(a["x"], b["x"]), max(a["y"], b["y"])
+    x2 = min(a["x"] + a["width"], b["x"] + b["width"])
+    y2 = min(a["y"] + a["height"], b["y"] + b["height"])
+    return {"x": x1, "y": y1, "width": max(0, x2 - x1), "height": max(0, y2 - y1)}
+
+
+def check_target(target):
+    """The layer to work on, or a Refusal that says what is wrong and what to do."""
+    if target.image is None or target.kind == "none":
+        raise Refusal(u"There is no active layer.", u"Open an image and click a layer, then run again.",
+                      "no_layer")
+    if target.indexed:
+        raise Refusal(u"This image is indexed (a limited palette); the models work in full colour.",
+                      u"Convert it with Image > Mode > RGB, run again, and convert back if you need to.",
+                      "indexed_image")
+    if target.kind == "several":
+        raise Refusal(u"%d layers are selected; the plug-in works on one layer at a time." % target.count,
+                      u"Click a single layer in the Layers dialog, then run again.", "several_layers")
+    if target.kind == "channel":
+        raise Refusal(u"The active item is a channel, not a layer.",
+                      u"Click a layer in the Layers dialog, then run again.", "not_a_layer")
+    if target.kind == "group":
+        raise Refusal(u"The active layer is a layer group; its pixels belong to the layers inside it.",
+                      u"Pick a layer inside the group, or merge the group (Layer > Merge Down), then run again.",
+                      "layer_group")
+
+
+def region(target, operation, whole_layer, interactive, ask):
+    """(bounds, whole): the selection's box inside the layer, or the whole layer.
+
+    Nothing selected: variations take the whole layer; an edit does when asked to (``whole_layer``), or when
+    the artist says yes to the question in an interactive run; otherwise it stops with what to do. A
+    selection that misses the layer is refused, not sent empty.
+    """
+    layer_box = target.layer_rect
+    if target.selection is None:
+        if whole_layer or operation == "variation":
+            return layer_box, True
+        if interactive:
+            if ask(u"Nothing is selected. Use the whole layer (%dx%d px)? A larger area costs more." %
+                   (layer_box["width"], layer_box["height"]), u"OpenAI: nothing selected", u"_Use the whole layer"):
+                return layer_box, True
+            raise Stop(u"Nothing was changed: select the area to change (e.g. with the Ellipse Select tool) "
+                       u"and run again.")
+        raise Refusal(u"There is no selection, so there is nothing to edit.",
+                      u"Select the area first, or pass whole_layer=TRUE to use the whole layer.", "no_selection")
+    bounds = intersect(target.selection, layer_box)
+    if not bounds["width"] or not bounds["height"]:
+        raise Refusal(u"The selection does not touch the active layer.",
+                      u"Select inside the layer, or click the layer under the selection, then run again.",
+                      "selection_outside_layer")
+    return bounds, False
+
+
+def check_prompt(operation, values):
+    if operation in ("edit", "generate") and not hl.clean_line(values.get("prompt", u"")):
+        what = u"the image to generate" if operation == "generate" else u"what the selection should become"
+        raise Refusal(u"The prompt is empty.", u"Describe %s." % what, "empty_prompt")
+
+
+def job_options(proc, operation, values):
+    """The job's options: the manifest's values as they are (typed as the manifest declares them), less the
+    ones only the host uses. The engine maps them to its options."""
+    types = dict((p["name"], p["type"]) for p in hl.public_params(proc))
+    job = {}
+    for name, value in values.items():
+        if name in HOST_ONLY or value is None:
+            continue
+        kind = types.get(name)
+        if kind == "int":
+            value = int(value)
+        elif kind == "float":
+            value = float(value)
+        elif kind == "bool":
+            value = bool(value)
+        else:
+            value = hl.to_text(value)
+        job[name] = value
+    job["operation"] = operation
+    job["out_dir"] = "out"
+    if operation == "variation":
+        job.pop("prompt", None)
+        job["add_mask"] = True  # the raw variation; the host masks it with the selection when asked
+    if operation == "generate" and job.get("size") == "auto":
+        job.pop("size")
+    return job
+
+
+def layer_specs(outputs, prompt, model, mask, secrets=()):
+    """Names (``OpenAI: <prompt> (k/n)``), parasites and masks of the layers to insert, in the engine's order."""
+    outputs = sorted(outputs, key=lambda o: o.get("index", 0))
+    count = len(outputs)
+    return [LayerSpec(out, hl.layer_name(prompt, k, count, path=out.get("path"), secrets=secrets),
+                      hl.parasite_data(prompt, model, out, secrets), mask)
+            for k, out in enumerate(outputs, 1)]
+
+
+def group_name(prompt, count, secrets=()):
+    """The name of the group holding n > 1 results, or None for one result."""
+    if count < 2:
+        return None
+    return hl.layer_name(prompt, 1, count, secrets=secrets).rsplit(u" (", 1)[0] + u" (%d results)" % count
+
+
+# --------------------------------------------------------------------------------------------- the workflow
+
+class Workflow(object):
+    """One procedure's run against an adapter. ``run()`` returns the text to show when the run worked (or
+    None) and raises HostError (or Stop) when it did not; the host shows that text once."""
+
+    def __init__(self, adapter, proc, values, python=None, secrets=()):
+        self.adapter, self.proc, self.values = adapter, proc, dict(values)
+        self.operation = proc["operation"]
+        self.python = python
+        self.secrets = list(secrets)
+
+    # ------------------------------------------------------------------------------------------ dispatch
+    def run(self, image=None, drawables=None):
+        if self.operation in ("edit", "variation"):
+            return self.with_model_switch(lambda: self.run_region(image, drawables))
+        if self.operation == "batch":
+            return self.with_model_switch(self.run_batch)
+        if self.operation == "generate":
+            return self.with_model_switch(lambda: self.run_generate(image, drawables))
+        return self.run_settings()
+
+    def with_model_switch(self, run):
+        """A run whose model was shut down fails with the engine's text, which names the model and its live
+        replacement. An interactive run is asked whether to switch; yes -> the replacement is remembered as
+        the default model and the run repeated once with it."""
+        try:
+            return run()
+        except ModelGone as gone:
+            question = u"%s\n\nSwitch to %s for this run, and remember it as your default model?" % (
+                hl.clean_line(gone.message, self.secrets), gone.replacement)
+            if not (self.adapter.interactive and gone.replacement and
+                    self.adapter.ask(question, u"OpenAI: model shut down", u"_Use %s" % gone.replacement)):
+                raise
+            replacement = gone.replacement
+        try:
+            hl.save_settings({"default_model": replacement}, python=self.python)
+        except hl.HostError as exc:  # still use it now; say why it is not remembered
+            self.adapter.status(u"OpenAI: %s is used now but could not be remembered: %s" % (replacement,
+                                                                                            exc.message))
+        self.values["model"] = replacement
+        return run()
+
+    # ----------------------------------------------------------------------------------- edit, variation
+    def item(self, target, item_id, whole_layer):
+        check_target(target)
+        bounds, whole = region(target, self.operation_of_items(), whole_layer, self.adapter.interactive,
+                               self.adapter.ask)
+        return Item(item_id, target, bounds, whole)
+
+    def operation_of_items(self):
+        return (self.values.get("batch_operation") or "edit") if self.operation == "batch" else self.operation
+
+    def run_region(self, image, drawables):
+        item = self.item(self.adapter.target(image, drawables), u"img-1", bool(self.values.get("whole_layer")))
+        check_prompt(self.operation, self.values)
+        result = self.run_items([item])
+        failures = hl.failed_items(result)
+        if failures:
+            raise self.engine_error(failures[0][1])
+        warnings = hl.warnings_text(result, self.secrets)
+        return warnings or None
+
+    def run_items(self, items):
+        """Plan, export and the job in one engine session; then each image's results inserted."""
+        operation = self.operation_of_items()
+        workdir = hl.make_workdir()
+        try:
+            with hl.EngineSession(python=self.python) as session:
+                self.adapter.progress(0.0, u"OpenAI: planning")
+                answer = hl.plan({"operation": operation, "model": hl.to_text(self.values.get("model") or u""),
+                                  "size_mode": self.values.get("size_mode") or "auto",
+                                  "context_padding": float(self.values.get("context_padding", 0.25) or 0.0),
+                                  "items": [{"id": it.id, "layer": it.target.layer_rect,
+                                             "selection_bounds": it.bounds} for it in items]},
+                                 workdir, session=session)
+                job = job_options(self.proc, operation, self.values)
+                job["model"] = answer.get("model") or job.get("model", u"")
+                job["source_name"] = items[0].name if len(items) == 1 else u""
+                job["items"] = self.export(items, answer, workdir, operation)
+                self.adapter.progress(0.0, u"OpenAI: sending %d request(s)" % len(items))
+                result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
+            gone = hl.model_gone(result)
+            if gone or (not result.get("items") and result.get("error")):
+                raise self.engine_error(gone or result["error"])
+            self.insert_items(items, result, job["model"], operation)
+            return result
+        finally:
+            if not self.adapter.keep_workdir(workdir):
+                hl.cleanup(workdir)
+
+    def export(self, items, answer, workdir, operation):
+        planned = dict((a["id"], a) for a in answer["items"])
+        job_items = []
+        for it in items:
+            region_ = planned[it.id]
+            place = region_["place"]
+            entry = {"id": it.id, "image": it.id + ".png", "layer": it.target.layer_rect, "place": place,
+                     "request": region_["request"], "target": region_["target"]}
+            self.adapter.export_region(it.target, place, os.path.join(workdir, entry["image"]))
+            if operation == "edit":
+                entry["selection"] = it.id + "-sel.png"
+                path = os.path.join(workdir, entry["selection"])
+                if it.whole:
+                    w, h = place["width"], place["height"]
+                    hl.write_png(path, w, h, b"\xff" * (w * h), 1)
+                else:
+                    self.adapter.export_selection(it.target, place, path)
+            job_items.append(entry)
+        return job_items
+
+    def insert_items(self, items, result, model, operation):
+        """Each image's results above its layer, in one undo group per image; an image that cannot take them
+        (closed, layer deleted) turns into that item's error, with its results kept in the history folder."""
+        by_id = dict((it.id, it) for it in items)
+        prompt = hl.to_text(self.values.get("prompt", u"")) if operation == "edit" else u"variation"
+        reports = []
+        for entry in result.get("items") or []:
+            it = by_id.get(entry.get("id"))
+            if it is None or not entry.get("ok"):
+                continue
+            outputs = entry.get("outputs") or []
+            add_mask = bool(self.values.get("add_mask", True)) and (operation == "edit" or not it.whole)
+            mask = (u"engine" if operation == "edit" else u"selection") if add_mask else None
+            try:
+                self.adapter.insert(it.target.image, it.target.layer,
+                                    layer_specs(outputs, prompt, entry.get("model") or model, mask, self.secrets),
+                                    group_name(prompt, len(outputs), self.secrets))
+            except Exception as exc:  # one image's failure leaves the others' layers in place
+                entry["ok"] = False
+                entry["error"] = {"code": "insert_failed",
+                                  "message": u"The results could not be added to the image: %s" %
+                                             hl.redact(hl.to_text(exc), self.secrets),
+                                  "hint": u"They are kept in the history folder.",
+                                  "saved": [o.get("history_png") for o in outputs if o.get("history_png")]}
+                continue
+            reports.append(hl.reports_text(outputs, self.secrets))
+        report = u"; ".join(r for r in reports if r)
+        if report:  # what alignment and tone match corrected: in the status bar now, in each layer's parasite
+            self.adapter.status(report)
+
+    def engine_error(self, error):
+        error = error or {}
+        if error.get("code") == "model_not_found" and error.get("replacement"):
+            return ModelGone(error)
+        return hl.HostError.from_engine(error)
+
+    # ---------------------------------------------------------------------------------------------- batch
+    def run_batch(self):
+        """Every open image in one engine job; each image's results in its own undo group; a summary."""
+        operation = self.operation_of_items()
+        check_prompt(operation, self.values)
+        items, skipped, names = [], [], {}
+        for number, target in enumerate(self.adapter.open_targets(), 1):
+            try:
+                check_target(target)
+                if target.selection is None and self.values.get("no_selection") == "skip":
+                    skipped.append(u"\u2013 %s: skipped (nothing selected)" % target.name)
+                    continue
+                # an image without a selection was chosen to go whole: no question per image
+                item = self.item(target, u"img-%d" % number, True)
+                items.append(item)
+                names[item.id] = target.name
+            except hl.HostError as exc:
+                skipped.append(u"\u2717 %s: %s" % (target.name, hl.describe_error(exc, self.secrets)))
+        if not items:
+            raise Refusal(u"No open image can be processed.\n" + u"\n".join(skipped),
+                          u"Open an RGB or grayscale image and select an area, then run again.", "nothing_to_do")
+        result = self.run_items(items)
+        text = hl.summary(result, names, self.secrets)
+        if skipped:
+            text += u"\n" + u"\n".join(skipped)
+        if all(not i.get("ok") for i in result.get("items") or []):
+            raise hl.HostError(text, u"", "batch_failed")
+        return text
+
+    # ------------------------------------------------------------------------------------------- generate
+    def run_generate(self, image, drawables):
+        check_prompt("generate", self.values)
+        target = self.adapter.target(image, drawables) if image is not None else None
+        new_image = target is None or target.indexed or self.values.get("target") == "new image"
+        workdir = hl.make_workdir()
+        try:
+            job = job_options(self.proc, "generate", self.values)
+            job["items"] = []
+            self.adapter.progress(0.0, u"OpenAI: generating")
+            with hl.EngineSession(python=self.python) as session:
+                result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
+            item = (result.get("items") or [{}])[0]
+            if not item.get("ok"):
+                raise self.engine_error(item.get("error") or result.get("error"))
+            outputs = item.get("outputs") or []
+            model = item.get("model") or result.get("model") or job.get("model", u"")
+            prompt = hl.to_text(self.values.get("prompt", u""))
+            if new_image:
+                width = max(int(o["width"]) for o in outputs)
+                height = max(int(o["height"]) for o in outputs)
+                image, anchor = self.adapter.new_image(width, height), None
+                for o in outputs:
+                    o["x"], o["y"] = 0, 0
+            else:
+                image, anchor = target.image, (target.layer if target.kind == "layer" else None)
+                width, height = self.adapter.image_size(image)
+                for o in outputs:  # centred in the image
+                    o["x"] = (width - int(o["width"])) // 2
+                    o["y"] = (height - int(o["height"])) // 2
+            self.adapter.insert(image, anchor, layer_specs(outputs, prompt, model, None, self.secrets),
+                                group_name(prompt, len(outputs), self.secrets))
+            if new_image:
+                self.adapter.show(image)
+            return hl.warnings_text(result, self.secrets) or None
+        finally:
+            hl.cleanup(workdir)
+
+    # ------------------------------------------------------------------------------------------- settings
+    def run_settings(self):
+        """Save the non-secret settings, store a new key (asked in a hidden field), test the server."""
+        changes = {}
+        for name, setting in (("base_url", "base_url"), ("default_model", "default_model"),
+                              ("history_folder", "history_dir")):
+            value = hl.clean_line(self.values.get(name) or u"")
+            if value:
+                changes[setting] = value
+        lines = []
+        if changes:
+            hl.save_settings(changes, python=self.python)
+            lines.append(u"Settings saved: %s." % u", ".join(sorted(changes)))
+        if self.values.get("change_key"):
+            if not self.adapter.interactive:
+                raise Refusal(u"The API key can only be entered interactively.",
+                              u"Run Filters > OpenAI > Settings from the menu, or run 'gimp-openai key set' in a "
+                              u"terminal.", "key_interactive_only")
+            key = self.adapter.ask_secret(u"Paste your OpenAI API key (it is stored in the system keyring or a "
+                                          u"private file, never shown):")
+            if key and key.strip():
+                hl.store_key(key.strip(), python=self.python)
+                lines.append(u"API key stored.")
+            else:
+                lines.append(u"API key unchanged.")
+        if self.values.get("test_connection"):
+            # what was saved stays saved; a failed test is part of this one report, not a second message
+            ok, text, models = hl.test_connection(python=self.python)
+            if ok:
+                self.adapter.models_listed(models)
+            lines.append(hl.redact(text, self.secrets))
+        return u"OpenAI settings:\n" + u"\n".join(lines) if lines else u"Nothing was changed."

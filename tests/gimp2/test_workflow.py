@@ -1,0 +1,258 @@
+"""The one host workflow (plugin/hostlib/gimp_openai_workflow.py) driven by a fake adapter: no GIMP, no root.
+
+The fake adapter keeps images as numpy arrays and records every call, so each test reads like an artist's run:
+what was exported, what was inserted where, with which names and masks, what was asked and said. The engine is
+the fake engine of tests/gimp2 (plan/job over one session process).
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "plugin", "hostlib"))
+import gimp_openai_host as hl  # noqa: E402
+import gimp_openai_workflow as flow  # noqa: E402
+
+MANIFEST = hl.load_manifest(os.path.join(ROOT, "manifest", "procedures.json"))
+
+
+def proc(name):
+    return hl.procedure(MANIFEST, "python-fu-openai-" + name)
+
+
+class FakeImage:
+    def __init__(self, width, height, selection=None, name="photo.png", kind="layer", indexed=False):
+        rng = np.random.default_rng(width * height)
+        self.pixels = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+        self.pixels[..., 3] = 255
+        self.selection = selection  # (x, y, w, h) or None
+        self.name, self.kind, self.indexed = name, kind, indexed
+        self.layers = ["photo"]
+        self.undo_groups = 0
+
+
+class FakeAdapter:
+    """Answers as GIMP would for FakeImages; records everything the workflow asks of it."""
+
+    def __init__(self, images=(), interactive=False, answers=(), closed=()):
+        self.images = list(images)
+        self.interactive = interactive
+        self.answers = list(answers)
+        self.closed = set(closed)
+        self.asked, self.statuses, self.exports, self.inserted, self.shown = [], [], [], [], []
+        self.progress_seen = []
+
+    def target(self, image, drawables):
+        if image is None:
+            return flow.Target(None, None, "", kind="none")
+        h, w = image.pixels.shape[:2]
+        sel = None
+        if image.selection:
+            x, y, sw, sh = image.selection
+            sel = {"x": x, "y": y, "width": sw, "height": sh}
+        return flow.Target(image, "photo", image.name, kind=image.kind,
+                           layer_rect={"x": 0, "y": 0, "width": w, "height": h}, selection=sel, indexed=image.indexed)
+
+    def open_targets(self):
+        return [self.target(image, None) for image in self.images]
+
+    def export_region(self, target, place, path):
+        self.exports.append(("region", target.name, dict(place)))
+        crop = target.image.pixels[place["y"]:place["y"] + place["height"], place["x"]:place["x"] + place["width"]]
+        hl.write_png(path, place["width"], place["height"], crop.tobytes(), 4)
+
+    def export_selection(self, target, place, path):
+        self.exports.append(("selection", target.name, dict(place)))
+        sel = np.zeros((place["height"], place["width"]), np.uint8)
+        x, y, w, h = target.image.selection
+        sel[max(0, y - place["y"]):y - place["y"] + h, max(0, x - place["x"]):x - place["x"] + w] = 255
+        hl.write_png(path, place["width"], place["height"], sel.tobytes(), 1)
+
+    def insert(self, image, anchor, layers, group_name):
+        if image.name in self.closed:
+            raise RuntimeError("the image was closed")
+        image.undo_groups += 1
+        for spec in layers:
+            pixels = np.asarray(Image.open(spec.png))
+            assert pixels.shape[:2] == (spec.height, spec.width)
+            image.layers.insert(0, spec.name)
+        self.inserted.append({"image": image.name, "anchor": anchor, "group": group_name,
+                              "layers": [(s.name, s.x, s.y, s.width, s.height, s.mask, json.loads(s.parasite))
+                                         for s in layers]})
+
+    def new_image(self, width, height):
+        image = FakeImage(width, height, name="new")
+        image.layers = []
+        return image
+
+    def image_size(self, image):
+        return image.pixels.shape[1], image.pixels.shape[0]
+
+    def show(self, image):
+        self.shown.append(image)
+
+    def ask(self, question, title="OpenAI", yes="_Yes"):
+        self.asked.append((question, title, yes))
+        return self.answers.pop(0) if self.answers else False
+
+    def ask_secret(self, question):
+        return None
+
+    def progress(self, fraction, text):
+        self.progress_seen.append((fraction, text))
+
+    def status(self, text):
+        self.statuses.append(text)
+
+    def models_listed(self, models):
+        pass
+
+    def keep_workdir(self, path):
+        return False
+
+
+def run(adapter, name, values, image=None):
+    return flow.Workflow(adapter, proc(name), dict(hl.defaults(proc(name)), **values)).run(image, None)
+
+
+def test_edit_exports_the_planned_region_and_inserts_masked_layers_in_one_undo_group(fake_engine):
+    image = FakeImage(200, 150, selection=(60, 40, 50, 30))
+    adapter = FakeAdapter([image])
+    assert run(adapter, "edit-selection", {"prompt": "a red kite", "n": 2}, image) is None
+    region, selection = adapter.exports
+    # the fake engine plans the selection plus 25 % of its larger side, clipped to the layer
+    assert region[2] == selection[2] == {"x": 48, "y": 28, "width": 74, "height": 54}
+    (insert,) = adapter.inserted
+    assert insert["group"] == "OpenAI: a red kite (2 results)" and insert["anchor"] == "photo"
+    names = [layer[0] for layer in insert["layers"]]
+    assert names == ["OpenAI: a red kite (1/2)", "OpenAI: a red kite (2/2)"]
+    for _name, x, y, w, h, mask, parasite in insert["layers"]:
+        assert (x, y, w, h) == (48, 28, 74, 54) and mask == "engine"
+        assert parasite["prompt"] == "a red kite" and parasite["model"] == "gpt-image-2"
+    assert image.undo_groups == 1
+    call_argvs = [c["argv"][3] for c in fake_engine()]
+    assert call_argvs == ["plan", "job"] and len({c["argv"][2] for c in fake_engine()}) == 1  # one session
+
+
+def test_job_carries_the_manifest_values_as_they_are(fake_engine, tmp_path, monkeypatch):
+    """The host forwards the dialog's values, typed as the manifest says; host-only ones stay home."""
+    captured = {}
+    real = hl.run_job
+
+    def spy(job, workdir, **kwargs):
+        captured.update(job)
+        return real(job, workdir, **kwargs)
+    monkeypatch.setattr(hl, "run_job", spy)
+    image = FakeImage(100, 80, selection=(10, 10, 20, 20))
+    run(FakeAdapter([image]), "edit-selection", {"prompt": "sky", "feather": 3, "n": 1, "quality": "low",
+                                                 "whole_layer": True}, image)
+    assert captured["feather"] == 3.0 and isinstance(captured["feather"], float)
+    assert captured["quality"] == "low" and captured["prompt"] == "sky" and captured["operation"] == "edit"
+    assert "whole_layer" not in captured and captured["model"] == "gpt-image-2"
+
+
+@pytest.mark.parametrize("image, refusal", [
+    (FakeImage(50, 50, selection=(5, 5, 10, 10), indexed=True), "indexed"),
+    (FakeImage(50, 50, selection=(5, 5, 10, 10), kind="group"), "layer group"),
+    (FakeImage(50, 50, selection=(5, 5, 10, 10), kind="channel"), "channel, not a layer"),
+    (FakeImage(50, 50, selection=(60, 60, 10, 10)), "does not touch"),
+    (FakeImage(50, 50), "no selection"),
+])
+def test_refusals_come_before_anything_is_sent(fake_engine, image, refusal):
+    with pytest.raises(flow.Refusal) as info:
+        run(FakeAdapter([image]), "edit-selection", {"prompt": "x"}, image)
+    assert refusal in info.value.message and info.value.hint
+    assert fake_engine() == []
+
+
+def test_empty_prompt_is_refused_before_the_engine_starts(fake_engine):
+    image = FakeImage(50, 50, selection=(5, 5, 10, 10))
+    with pytest.raises(flow.Refusal) as info:
+        run(FakeAdapter([image]), "edit-selection", {"prompt": "  "}, image)
+    assert info.value.code == "empty_prompt" and fake_engine() == []
+
+
+def test_nothing_selected_asks_once_and_no_means_nothing_changed(fake_engine):
+    image = FakeImage(60, 40)
+    adapter = FakeAdapter([image], interactive=True, answers=[False])
+    with pytest.raises(flow.Stop) as info:
+        run(adapter, "edit-selection", {"prompt": "x"}, image)
+    assert "Nothing was changed" in str(info.value)
+    (question, title, yes), = adapter.asked
+    assert "60x40" in question and yes == "_Use the whole layer"
+    adapter = FakeAdapter([image], interactive=True, answers=[True])
+    run(adapter, "edit-selection", {"prompt": "x"}, image)
+    assert adapter.inserted[0]["layers"][0][1:5] == (0, 0, 60, 40)
+
+
+def test_variation_of_a_selection_is_masked_by_the_selection_and_whole_layers_are_not(fake_engine):
+    image = FakeImage(120, 90, selection=(30, 20, 40, 30))
+    adapter = FakeAdapter([image])
+    run(adapter, "variations", {"n": 1, "add_mask": True}, image)
+    assert adapter.inserted[0]["layers"][0][5] == "selection"
+    assert adapter.inserted[0]["layers"][0][0].startswith("OpenAI: variation [variation by edit]")
+    whole = FakeImage(120, 90)
+    adapter = FakeAdapter([whole])
+    run(adapter, "variations", {"n": 1, "add_mask": True}, whole)
+    assert adapter.inserted[0]["layers"][0][5] is None and adapter.exports == [("region", "photo.png", {
+        "x": 0, "y": 0, "width": 120, "height": 90})]
+
+
+def test_batch_summary_skips_and_one_failure_leaves_the_others(fake_engine, monkeypatch):
+    monkeypatch.setenv("FAKE_ENGINE_FAIL", "img-2")
+    a = FakeImage(80, 60, selection=(10, 10, 20, 20), name="a.png")
+    b = FakeImage(80, 60, selection=(10, 10, 20, 20), name="b.png")
+    c = FakeImage(80, 60, name="c.png")
+    d = FakeImage(80, 60, selection=(10, 10, 20, 20), name="d.png", indexed=True)
+    adapter = FakeAdapter([a, b, c, d])
+    text = run(adapter, "batch", {"prompt": "clear sky", "no_selection": "skip"})
+    assert "OpenAI batch: 1 of 2 images done." in text
+    assert "\u2713 a.png: 1 layer(s) added" in text and "\u2717 b.png: The server failed (500)" in text
+    assert "c.png: skipped (nothing selected)" in text and "d.png: This image is indexed" in text
+    assert [i["image"] for i in adapter.inserted] == ["a.png"]
+    assert sum(1 for call in fake_engine() if call["argv"][3] == "job") == 1
+
+
+def test_an_image_closed_before_its_results_arrive_keeps_the_others(fake_engine):
+    a = FakeImage(80, 60, selection=(10, 10, 20, 20), name="a.png")
+    b = FakeImage(80, 60, selection=(10, 10, 20, 20), name="b.png")
+    adapter = FakeAdapter([a, b], closed={"a.png"})
+    text = run(adapter, "batch", {"prompt": "clear sky"})
+    assert "\u2717 a.png: The results could not be added to the image" in text and "history folder" in text
+    assert "\u2713 b.png" in text and [i["image"] for i in adapter.inserted] == ["b.png"]
+
+
+def test_generate_into_a_new_image_or_centred_in_the_current_one(fake_engine):
+    adapter = FakeAdapter()
+    run(adapter, "generate", {"prompt": "a lighthouse", "n": 1, "target": "new image"})
+    (new,) = adapter.shown
+    assert adapter.inserted[0]["image"] == "new" and adapter.inserted[0]["layers"][0][1:3] == (0, 0)
+    image = FakeImage(200, 150, selection=(1, 1, 2, 2))
+    adapter = FakeAdapter([image])
+    run(adapter, "generate", {"prompt": "a lighthouse", "n": 2, "target": "layers in this image"}, image)
+    (insert,) = adapter.inserted
+    assert insert["group"] == "OpenAI: a lighthouse (2 results)"
+    assert [layer[1:3] for layer in insert["layers"]] == [((200 - 64) // 2, (150 - 48) // 2)] * 2
+    assert all(layer[5] is None for layer in insert["layers"]) and not adapter.shown
+
+
+def test_a_shut_down_model_is_offered_once_and_the_run_repeated_with_its_replacement(fake_engine, monkeypatch):
+    monkeypatch.setenv("FAKE_ENGINE_GONE", "gpt-image-1")
+    saved = []
+    monkeypatch.setattr(hl, "save_settings", lambda changes, python=None: saved.append(changes))
+    image = FakeImage(80, 60, selection=(10, 10, 20, 20))
+    adapter = FakeAdapter([image], interactive=True, answers=[True])
+    run(adapter, "edit-selection", {"prompt": "x", "model": "gpt-image-1"}, image)
+    (question, title, yes), = adapter.asked
+    assert title == "OpenAI: model shut down" and yes == "_Use gpt-image-2" and "was shut down" in question
+    assert saved == [{"default_model": "gpt-image-2"}]
+    assert adapter.inserted[0]["layers"][0][6]["model"] == "gpt-image-2"
+    adapter = FakeAdapter([image], interactive=False)
+    with pytest.raises(flow.ModelGone) as info:
+        run(adapter, "edit-selection", {"prompt": "x", "model": "gpt-image-1"}, image)
+    assert info.value.replacement == "gpt-image-2" and adapter.asked == []
