@@ -267,11 +267,12 @@ def insert_results(image, anchor, layers, group_name=None):
         parent, position = None, 0
         if anchor is not None:
             parent = pdb.gimp_item_get_parent(anchor)
-            position = pdb.gimp_image_get_item_position(image, anchor)
+            position = _above_earlier_results(image, anchor)
         if group_name:
             group = pdb.gimp_layer_group_new(image)
             group.name = _native(group_name)
             image.insert_layer(group, parent, position)
+            group.attach_new_parasite(host.PARASITE_NAME, PARASITE_PERSISTENT, _native(u"{}"))
             parent, position = group, 0
         inserted = []
         for k, spec in enumerate(layers):
@@ -292,6 +293,35 @@ def insert_results(image, anchor, layers, group_name=None):
         pdb.gimp_image_undo_group_end(image)
 
 
+def _is_result(item):
+    return item.parasite_find(host.PARASITE_NAME) is not None
+
+
+def _siblings(image, item):
+    parent = pdb.gimp_item_get_parent(item)
+    return list(parent.children) if parent is not None else list(image.layers)
+
+
+def _above_earlier_results(image, anchor):
+    """The position above ``anchor`` and the results already stacked on it, so a new result is on top and
+    visible, not hidden under an earlier one."""
+    siblings = _siblings(image, anchor)
+    position = siblings.index(anchor)
+    while position > 0 and _is_result(siblings[position - 1]):
+        position -= 1
+    return position
+
+
+def _layer_of_results(image, group):
+    """A group of results stands for the layer they were made for: the first layer below it that is not a
+    result itself; None when there is none."""
+    siblings = _siblings(image, group)
+    for item in siblings[siblings.index(group) + 1:]:
+        if not _is_result(item):
+            return item
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- adapter
 
 class Gimp2(object):
@@ -306,6 +336,8 @@ class Gimp2(object):
             return flow.Target(image, None, u"", kind="none")
         if pdb.gimp_item_is_layer_mask(drawable):  # the result's mask after a run: work on its layer
             drawable = pdb.gimp_layer_from_mask(drawable)
+        if pdb.gimp_item_is_layer(drawable) and pdb.gimp_item_is_group(drawable) and _is_result(drawable):
+            drawable = _layer_of_results(image, drawable) or drawable  # results of n > 1: their layer
         if drawable is None or not pdb.gimp_item_is_layer(drawable):
             kind = "channel"
         elif pdb.gimp_item_is_group(drawable):
@@ -331,6 +363,9 @@ class Gimp2(object):
 
     def insert(self, image, anchor, layers, group_name):
         return insert_results(image, anchor, layers, group_name)
+
+    def alive(self, image, layer):
+        return bool(pdb.gimp_image_is_valid(image)) and (layer is None or bool(pdb.gimp_item_is_valid(layer)))
 
     def new_image(self, width, height):
         return gimp.Image(width, height, RGB)

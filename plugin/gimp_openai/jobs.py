@@ -488,15 +488,16 @@ def run_job(path: str, stream: IO[str] | None = None, *, engine_factory: Callabl
     return _job(path, writer, cache)
 
 
-def _job(path: str, writer: LineWriter, cache: EngineCache) -> int:
+def _job(path: str, writer: LineWriter, cache: EngineCache, **tags: Any) -> int:
     try:
         data, folder = read_json_file(path)
         job = parse_job(data, folder, cache.settings)
     except GimpOpenAIError as exc:
-        writer.write(_result(False, [], exc.to_dict()))
+        writer.write(_result(False, [], exc.to_dict(), **tags))
         return EXIT_UNREADABLE
     except Exception as exc:  # noqa: BLE001 - fuzzed files must still get a clean answer
-        writer.write(_result(False, [], JobError(f"The job could not be read: {type(exc).__name__}: {exc}").to_dict()))
+        unreadable = JobError(f"The job could not be read: {type(exc).__name__}: {exc}").to_dict()
+        writer.write(_result(False, [], unreadable, **tags))
         return EXIT_UNREADABLE
     try:
         check_out_dir(job.out_dir)
@@ -506,9 +507,11 @@ def _job(path: str, writer: LineWriter, cache: EngineCache) -> int:
         from gimp_openai.history import rescue_dir
 
         engine.fallback_dirs = [rescue_dir(), job.out_dir]
+        with engine.saving:
+            engine.saved.clear()  # what this job saves (an abandoned job reports only its own)
         job.options.model = resolve_model(engine, job.options.model, job.operation)
     except GimpOpenAIError as exc:
-        writer.write(_result(False, [], exc.to_dict()))
+        writer.write(_result(False, [], exc.to_dict(), **tags))
         return EXIT_OK
     progress = BatchProgress(writer, [item.id for item in job.items])
     workers = max(1, min(job.concurrency, len(job.items)))
@@ -529,7 +532,7 @@ def _job(path: str, writer: LineWriter, cache: EngineCache) -> int:
             "saved": [p for r in failed for p in (r["error"] or {}).get("saved", [])],
         }
     warnings = [w for r in results for w in r.get("warnings") or []]
-    writer.write(_result(ok, results, error, model=job.options.model, warnings=warnings))
+    writer.write(_result(ok, results, error, model=job.options.model, warnings=warnings, **tags))
     return EXIT_OK
 
 
@@ -620,8 +623,13 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
     Requests come one JSON object per line on stdin: ``{"cmd": "plan", "path": PLAN.json}`` and
     ``{"cmd": "job", "path": JOB.json}``; each is answered with exactly what ``plan`` and ``job`` print (the
     plan's answer tagged ``"type": "plan"``, the job's ending in its ``"type": "result"`` line). Settings,
-    client and model list are built once. The session ends at end of input; the host ends it early (cancel)
-    by stopping the process.
+    client and model list are built once. The first answer carries ``notices`` about an earlier run that was
+    cancelled after it had been paid for.
+
+    End of input ends the session. When it comes while a job runs, the host is gone (the artist pressed
+    Cancel and GIMP stopped the plug-in): the request is dropped at once by ending the process, after any image
+    being saved is whole, and the host's job folder is removed; images already received stay in history,
+    and the next session says where.
     """
     writer = LineWriter(stream or sys.stdout)
     try:
@@ -629,9 +637,9 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
     except GimpOpenAIError as exc:
         writer.write({"type": "session", "ok": False, "error": exc.to_dict()})
         return EXIT_UNREADABLE
-    for raw in requests or sys.stdin:
-        if not raw.strip():
-            continue
+    session = _Session(cache, requests or sys.stdin)
+    notices = take_cancelled_notices()
+    for raw in session.requests():
         try:
             request = json.loads(raw)
             command, path = request["cmd"], request["path"]
@@ -641,10 +649,111 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
             error = JobError('A session request must be {"cmd": "plan" or "job", "path": FILE}.').to_dict()
             writer.write({"type": "session", "ok": False, "error": error})
             continue
+        tags: dict[str, Any] = {"notices": notices} if notices else {}
+        notices = []
         if command == "plan":
-            _plan(path, writer, cache, type="plan")
+            _plan(path, writer, cache, type="plan", **tags)
             # the job comes next, once the host has exported its pixels: load what it needs meanwhile
             import gimp_openai.operations  # noqa: F401
         else:
-            _job(path, writer, cache)
+            session.job_folder = Path(path).resolve().parent
+            _job(path, _JobWriter(session, writer.stream), cache, **tags)
     return EXIT_OK
+
+
+class _JobWriter(LineWriter):
+    """The job's lines; its result line first ends the job for the session, so an end of input after it
+    (the host has its answer and is done) is not taken for a cancel."""
+
+    def __init__(self, session: _Session, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self.session = session
+
+    def write(self, obj: dict[str, Any]) -> None:
+        if obj.get("type") == "result":
+            with self.session.lock:
+                self.session.job_folder = None
+        super().write(obj)
+
+
+class _Session:
+    """The session's input, read on its own thread so that its end is seen while a job runs."""
+
+    def __init__(self, cache: EngineCache, source: IO[str]) -> None:
+        import queue
+
+        self.cache, self.source = cache, source
+        self.inbox: queue.Queue[str | None] = queue.Queue()
+        self.job_folder: Path | None = None
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, name="session-input", daemon=True).start()
+
+    def _read(self) -> None:
+        for raw in self.source:
+            self.inbox.put(raw)
+        with self.lock:
+            if self.job_folder is not None:
+                self._abandon(self.job_folder)
+        self.inbox.put(None)
+
+    def requests(self) -> Any:
+        while True:
+            raw = self.inbox.get()
+            if raw is None:
+                return
+            if raw.strip():
+                yield raw
+
+    def _abandon(self, folder: Path) -> None:
+        """The host went away during a job: keep what was paid for, say it next time, leave nothing behind."""
+        engine = self.cache._engine
+        saving = getattr(engine, "saving", None) or threading.Lock()
+        with saving:  # an image being written is finished first; no new one starts
+            saved = list(getattr(engine, "saved", []) or [])
+            if saved:
+                remember_cancelled(saved)
+            if folder.name.startswith("gimp-openai-"):  # the host's own temporary job folder
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)
+            os._exit(EXIT_OK)
+
+
+CANCELLED_FILE = "cancelled-runs.json"
+CANCELLED_RESULTS = "cancelled_results"
+
+
+def remember_cancelled(saved: list[str]) -> None:
+    """Note the paid images of a run its host abandoned, for the next session to report."""
+    from gimp_openai.atomic import write_json_atomic
+    from gimp_openai.settings import cache_dir
+
+    path = cache_dir() / CANCELLED_FILE
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8")).get("saved", [])
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"saved": [*earlier, *saved]})
+    except OSError:
+        pass  # the images themselves are in history; only the reminder is lost
+
+
+def take_cancelled_notices() -> list[dict[str, str]]:
+    """The reminder about cancelled runs' paid images, once (the file is removed when read)."""
+    from gimp_openai.history import Notice
+    from gimp_openai.settings import cache_dir
+
+    path = cache_dir() / CANCELLED_FILE
+    try:
+        saved = [str(p) for p in json.loads(path.read_text(encoding="utf-8")).get("saved", [])]
+        path.unlink()
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not saved:
+        return []
+    count = f"{len(saved)} image{'s' if len(saved) != 1 else ''}"
+    message = (f"A cancelled run had already received {count} (paid for); they are saved here:\n"
+               + "\n".join(f"  {p}" for p in saved))
+    return [Notice(CANCELLED_RESULTS, message).to_dict()]

@@ -145,6 +145,11 @@ class Engine:
         #: Where returned images go when the history folder is full or not writable, before the system temp
         #: rescue folder (history.save_all): the CLI's out folder, a job's out folder.
         self.fallback_dirs: list[Path] = []
+        #: Held while paid images are written: a run abandoned by its host (jobs.run_session) waits for it, so
+        #: an image that was being saved is on disk whole before the process ends.
+        self.saving = threading.Lock()
+        #: Every image this engine saved (history or rescue folder), for what an abandoned run reports.
+        self.saved: list[str] = []
 
     @property
     def history(self) -> Any:
@@ -337,7 +342,10 @@ def _save_all(engine: Engine, result: Any, meta: dict[str, Any]) -> Any:
             time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         pending.append((image.data, item_meta))
-    return save_all(engine.history, pending, list(getattr(engine, "fallback_dirs", None) or []))
+    with engine.saving:
+        kept = save_all(engine.history, pending, list(getattr(engine, "fallback_dirs", None) or []))
+        engine.saved.extend(kept.saved)
+    return kept
 
 
 def _check_problems(result: Any, saved: list[str], note: str = "") -> None:

@@ -88,6 +88,12 @@ def clean_line(text, secrets=()):
     return u" ".join(text.split())
 
 
+def clean_multiline(text, secrets=()):
+    """Plain text that keeps its line breaks (a list of paths), each line cleaned like ``clean_line``."""
+    lines = [u" ".join(_CONTROL.sub(u" ", line).split()) for line in redact(text, secrets).splitlines()]
+    return u"\n".join(u"  " + line if k else line for k, line in enumerate(lines) if line)
+
+
 def layer_name(prompt, index, count, max_prompt=40, path=None, secrets=()):
     """``OpenAI: <prompt...> (k/n)``: short enough for the Layers dialog, one line, never a key.
 

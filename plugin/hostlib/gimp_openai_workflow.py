@@ -17,6 +17,7 @@ The adapter (duck-typed; see tests/gimp2/test_workflow.py for a complete fake):
 - ``insert(image, anchor_layer, layers, group_name)`` -> inserted layers, in one undo group: ``layers`` are
   :class:`LayerSpec`, placed above ``anchor_layer`` (a group of them when ``group_name``)
 - ``new_image(width, height)`` -> image; ``image_size(image)`` -> (width, height); ``show(image)``
+- ``alive(image, layer)`` -> False when the image was closed or the layer deleted while the request ran
 - ``ask(question, title, yes)`` -> bool (``yes``: the label of the button that says yes);
   ``ask_secret(question)`` -> text or None; ``progress(fraction, text)``; ``status(text)``
 - ``models_listed(ids)``: the models a connection test found (for the model field's completion)
@@ -210,6 +211,18 @@ class Workflow(object):
 
     # ------------------------------------------------------------------------------------------ dispatch
     def run(self, image=None, drawables=None):
+        """The run's one message (or None); notices from the engine (paid results of a cancelled run) are
+        part of it, whether the run worked or not."""
+        self.notices = []
+        try:
+            text = self.dispatch(image, drawables)
+        except hl.HostError as exc:
+            if self.notices:
+                exc.message = u"\n\n".join([exc.message] + self.notices)
+            raise
+        return u"\n\n".join([t for t in [text] if t] + self.notices) or None
+
+    def dispatch(self, image, drawables):
         if self.operation in ("edit", "variation"):
             return self.with_model_switch(lambda: self.run_region(image, drawables))
         if self.operation == "batch":
@@ -217,6 +230,13 @@ class Workflow(object):
         if self.operation == "generate":
             return self.with_model_switch(lambda: self.run_generate(image, drawables))
         return self.run_settings()
+
+    def heard(self, answer):
+        """Keep the notices an engine answer carries, to show them with the run's message."""
+        for notice in (answer or {}).get("notices") or []:
+            text = hl.clean_multiline(notice.get("message") if isinstance(notice, dict) else notice, self.secrets)
+            if text and text not in self.notices:
+                self.notices.append(text)
 
     def with_model_switch(self, run):
         """A run whose model was shut down fails with the engine's text, which names the model and its live
@@ -272,12 +292,14 @@ class Workflow(object):
                                   "items": [{"id": it.id, "layer": it.target.layer_rect,
                                              "selection_bounds": it.bounds} for it in items]},
                                  workdir, session=session)
+                self.heard(answer)
                 job = job_options(self.proc, operation, self.values)
                 job["model"] = answer.get("model") or job.get("model", u"")
                 job["source_name"] = items[0].name if len(items) == 1 else u""
                 job["items"] = self.export(items, answer, workdir, operation)
                 self.adapter.progress(0.0, u"OpenAI: sending %d request(s)" % len(items))
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
+            self.heard(result)
             gone = hl.model_gone(result)
             if gone or (not result.get("items") and result.get("error")):
                 raise self.engine_error(gone or result["error"])
@@ -320,9 +342,12 @@ class Workflow(object):
             outputs = entry.get("outputs") or []
             add_mask = bool(self.values.get("add_mask", True)) and (operation == "edit" or not it.whole)
             mask = (u"engine" if operation == "edit" else u"selection") if add_mask else None
+            specs = layer_specs(outputs, prompt, entry.get("model") or model, mask, self.secrets)
             try:
-                self.adapter.insert(it.target.image, it.target.layer,
-                                    layer_specs(outputs, prompt, entry.get("model") or model, mask, self.secrets),
+                if not self.adapter.alive(it.target.image, it.target.layer):
+                    self.open_as_new_image(it, specs, group_name(prompt, len(outputs), self.secrets))
+                    continue
+                self.adapter.insert(it.target.image, it.target.layer, specs,
                                     group_name(prompt, len(outputs), self.secrets))
             except Exception as exc:  # one image's failure leaves the others' layers in place
                 entry["ok"] = False
@@ -336,6 +361,21 @@ class Workflow(object):
         report = u"; ".join(r for r in reports if r)
         if report:  # what alignment and tone match corrected: in the status bar now, in each layer's parasite
             self.adapter.status(report)
+
+    def open_as_new_image(self, item, specs, group):
+        """The image (or its layer) was closed while the request ran: the results open as a new image of their
+        own, at their offsets from the region's corner, and the run's message says so."""
+        x0, y0 = min(s.x for s in specs), min(s.y for s in specs)
+        width = max(s.x + s.width for s in specs) - x0
+        height = max(s.y + s.height for s in specs) - y0
+        for spec in specs:
+            spec.x, spec.y = spec.x - x0, spec.y - y0
+            spec.mask = u"engine" if spec.mask else None  # the old image's selection is gone with it
+        image = self.adapter.new_image(width, height)
+        self.adapter.insert(image, None, specs, group)
+        self.adapter.show(image)
+        self.notices.append(u"%s was closed (or its layer deleted) while the request ran; its %d result(s) "
+                            u"opened as a new image." % (item.name, len(specs)))
 
     def engine_error(self, error):
         error = error or {}
@@ -384,6 +424,7 @@ class Workflow(object):
             self.adapter.progress(0.0, u"OpenAI: generating")
             with hl.EngineSession(python=self.python) as session:
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
+            self.heard(result)
             item = (result.get("items") or [{}])[0]
             if not item.get("ok"):
                 raise self.engine_error(item.get("error") or result.get("error"))

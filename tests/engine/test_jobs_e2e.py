@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +241,64 @@ def test_session_answers_a_malformed_request_and_goes_on(tmp_path):
     first, second = (json.loads(line) for line in proc.stdout.splitlines())
     assert first["type"] == "session" and not first["ok"] and '"cmd"' in first["error"]["message"]
     assert second["type"] == "plan" and second["ok"] and second["items"][0]["id"] == "a"
+
+
+@pytest.mark.slow
+def test_a_host_gone_mid_job_ends_the_engine_at_once_and_the_next_session_says_what_was_paid(
+        start_local_server, tmp_path):
+    """GIMP's Cancel stops the plug-in: the engine's input ends while a job runs. The engine must stop at once
+    (not finish the billed request), remove the host's job folder, keep the images it had already received
+    in history, and its next session must tell where they are."""
+    server = start_local_server("--fault", "latency=60;times=1")  # one of the two requests hangs
+    env = dict(os.environ, OPENAI_API_KEY=FAKE_KEY, OPENAI_BASE_URL=server.url)
+    work = tmp_path / "gimp-openai-cancel"  # named as hosts name their job folders
+    work.mkdir()
+    pixels, sel = layer_image()
+    layer = {"x": 0, "y": 0, "width": pixels.shape[1], "height": pixels.shape[0]}
+    plan = {"version": 1, "operation": "edit", "model": "gpt-image-2",
+            "items": [{"id": f"img-{k}", "layer": layer, "selection_bounds": bounds(sel)} for k in (1, 2)]}
+    (work / "plan.json").write_text(json.dumps(plan))
+    engine = subprocess.Popen([sys.executable, "-m", "gimp_openai", "session"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        engine.stdin.write(json.dumps({"cmd": "plan", "path": str(work / "plan.json")}) + "\n")
+        engine.stdin.flush()
+        answer = json.loads(engine.stdout.readline())
+        items = []
+        for item in answer["items"]:
+            files = export(work, item["id"], pixels, sel, (0, 0), item["place"])
+            items.append(dict(item, layer=layer, **files))
+        job = {"version": 1, "operation": "edit", "model": "gpt-image-2", "prompt": "remove the balloon", "n": 1,
+               "concurrency": 2, "out_dir": "out", "items": items}
+        (work / "job.json").write_text(json.dumps(job))
+        engine.stdin.write(json.dumps({"cmd": "job", "path": str(work / "job.json")}) + "\n")
+        engine.stdin.flush()
+        for line in engine.stdout:  # until one of the two items is done (paid, in history)
+            event = json.loads(line)
+            assert event.get("type") != "result", event
+            if event.get("phase") == "done":
+                break
+        started = time.monotonic()
+        engine.stdin.close()  # the host is gone
+        engine.wait(timeout=15)
+        stopped = time.monotonic() - started
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    assert engine.returncode == 0 and stopped < 5, (stopped, engine.stderr.read())
+    assert not work.exists()  # the host's job folder is not left behind
+    served = [r for r in server.stats()["requests"] if r["path"].endswith("/images/edits")]
+    assert len(served) == 2
+    # the next session tells the artist, once, where the image received before the cancel is
+    (tmp_path / "plan2.json").write_text(json.dumps(dict(plan, items=plan["items"][:1])))
+    requests = json.dumps({"cmd": "plan", "path": str(tmp_path / "plan2.json")}) + "\n"
+    seen = []
+    for _ in range(2):
+        nxt = subprocess.run([sys.executable, "-m", "gimp_openai", "session"], input=requests, capture_output=True,
+                             text=True, timeout=120, env=env)
+        seen.append(json.loads(nxt.stdout.splitlines()[0]).get("notices", []))
+    (notice,), later = seen
+    assert later == []  # said once
+    assert notice["code"] == "cancelled_results" and "(paid for)" in notice["message"]
+    (saved,) = [line.strip() for line in notice["message"].splitlines()[1:]]
+    assert Path(saved).is_file() and Path(saved).with_suffix(".json").is_file()

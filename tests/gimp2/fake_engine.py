@@ -2,7 +2,7 @@
 depend on the network-facing engine: follows docs/architecture.md's protocol with simple deterministic
 outputs (edit: red inside the selection; variation: inverted; generate: blue). Env: FAKE_ENGINE_LOG (calls),
 FAKE_ENGINE_FAIL (item ids that fail, comma-separated), FAKE_ENGINE_CRASH=1 (die mid-job),
-FAKE_ENGINE_GONE (a model id answered as shut down)."""
+FAKE_ENGINE_GONE (a model id answered as shut down), FAKE_ENGINE_NOTICE (a path the plan's notice names)."""
 
 import json
 import os
@@ -36,6 +36,9 @@ def plan(path, tag=None):
         place = {"x": x1, "y": y1, "width": x2 - x1, "height": y2 - y1}
         items.append({"id": it["id"], "place": place, "request": place, "target": [place["width"], place["height"]]})
     answer = {"ok": True, "model": data.get("model") or "gpt-image-2", "items": items}
+    if os.environ.get("FAKE_ENGINE_NOTICE"):  # an earlier cancelled run's paid image, as the engine says it
+        answer["notices"] = [{"code": "cancelled_results", "message": "A cancelled run had already received 1 "
+                              "image (paid for); they are saved here:\n  " + os.environ["FAKE_ENGINE_NOTICE"]}]
     if tag:
         answer["type"] = tag
     emit(answer)

@@ -73,9 +73,11 @@ class FakeAdapter:
         sel[max(0, y - place["y"]):y - place["y"] + h, max(0, x - place["x"]):x - place["x"] + w] = 255
         hl.write_png(path, place["width"], place["height"], sel.tobytes(), 1)
 
+    def alive(self, image, layer):
+        return image.name not in self.closed
+
     def insert(self, image, anchor, layers, group_name):
-        if image.name in self.closed:
-            raise RuntimeError("the image was closed")
+        assert image.name not in self.closed, "inserted into a closed image"
         image.undo_groups += 1
         for spec in layers:
             pixels = np.asarray(Image.open(spec.png))
@@ -218,13 +220,43 @@ def test_batch_summary_skips_and_one_failure_leaves_the_others(fake_engine, monk
     assert sum(1 for call in fake_engine() if call["argv"][3] == "job") == 1
 
 
-def test_an_image_closed_before_its_results_arrive_keeps_the_others(fake_engine):
+def test_an_image_closed_while_waiting_gets_its_results_as_a_new_image(fake_engine):
     a = FakeImage(80, 60, selection=(10, 10, 20, 20), name="a.png")
     b = FakeImage(80, 60, selection=(10, 10, 20, 20), name="b.png")
     adapter = FakeAdapter([a, b], closed={"a.png"})
+    text = run(adapter, "batch", {"prompt": "clear sky", "n": 2})
+    assert "OpenAI batch: 2 of 2 images done." in text
+    assert "a.png was closed (or its layer deleted) while the request ran; its 2 result(s) opened as a new image" \
+        in text
+    (new,) = adapter.shown
+    assert [i["image"] for i in adapter.inserted] == ["new", "b.png"]
+    rescued = adapter.inserted[0]
+    assert rescued["anchor"] is None and rescued["group"] == "OpenAI: clear sky (2 results)"
+    assert [layer[1:3] for layer in rescued["layers"]] == [(0, 0), (0, 0)]  # at the new image's corner
+    assert (new.pixels.shape[1], new.pixels.shape[0]) == rescued["layers"][0][3:5]
+
+
+def test_an_insert_that_fails_keeps_the_others_and_names_the_history_folder(fake_engine):
+    a = FakeImage(80, 60, selection=(10, 10, 20, 20), name="a.png")
+    b = FakeImage(80, 60, selection=(10, 10, 20, 20), name="b.png")
+    adapter = FakeAdapter([a, b])
+    real = adapter.insert
+
+    def broken(image, *args):
+        if image.name == "a.png":
+            raise RuntimeError("GIMP said no")
+        return real(image, *args)
+    adapter.insert = broken
     text = run(adapter, "batch", {"prompt": "clear sky"})
-    assert "\u2717 a.png: The results could not be added to the image" in text and "history folder" in text
-    assert "\u2713 b.png" in text and [i["image"] for i in adapter.inserted] == ["b.png"]
+    assert "\u2717 a.png: The results could not be added to the image: GIMP said no" in text
+    assert "history folder" in text and "\u2713 b.png" in text
+
+
+def test_notices_of_a_cancelled_run_reach_the_artist_with_this_run_s_message(fake_engine, monkeypatch):
+    monkeypatch.setenv("FAKE_ENGINE_NOTICE", "/history/kite.png")
+    image = FakeImage(80, 60, selection=(10, 10, 20, 20))
+    text = run(FakeAdapter([image]), "edit-selection", {"prompt": "x"}, image)
+    assert text == "A cancelled run had already received 1 image (paid for); they are saved here:\n  /history/kite.png"
 
 
 def test_generate_into_a_new_image_or_centred_in_the_current_one(fake_engine):

@@ -176,6 +176,14 @@ class PDB(object):
     def gimp_image_remove_layer(self, image, layer):
         image.remove_layer(layer)
 
+    def gimp_image_is_valid(self, image):
+        return int(image in self._gimp.state.images)
+
+    def gimp_item_is_valid(self, item):
+        image = getattr(item, "image", None)
+        return int(image is not None and image in self._gimp.state.images and item in image._all_items()
+                   and not getattr(item, "_deleted", False))
+
     def gimp_image_get_item_position(self, image, item):
         siblings = image._siblings(getattr(item, "parent", None))
         if item not in siblings:

@@ -143,8 +143,8 @@ class OpenAIPlugIn(Gimp.PlugIn):
             Gimp.message(str(stop))
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         except hl.HostError as exc:
+            # one message: GIMP shows the returned error to the artist (and hands it to a calling script)
             text = "OpenAI: " + hl.describe_error(exc, _secrets())
-            Gimp.message(text)
             return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR,
                                                GLib.Error.new_literal(Gimp.PlugIn.error_quark(), text, 0))
         except Exception as exc:  # a bug: still a message with what to do, never a traceback dialog
@@ -154,7 +154,6 @@ class OpenAIPlugIn(Gimp.PlugIn):
                 f"The OpenAI plug-in failed unexpectedly: {exc.__class__.__name__}: {hl.redact(exc, _secrets())}",
                 "Please report this with the steps that led to it; results already received are in the history "
                 "folder (see Settings).", "internal_error"), _secrets())
-            Gimp.message(text)
             return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR,
                                                GLib.Error.new_literal(Gimp.PlugIn.error_quark(), text, 0))
         finally:
@@ -339,6 +338,35 @@ def _new_group(image, name):
     return Gimp.Layer.group_new(image)  # pragma: no cover - pre-3.0 API
 
 
+def _is_result(item):
+    return item.get_parasite(hl.PARASITE_NAME) is not None
+
+
+def _siblings(image, item):
+    parent = item.get_parent()
+    return list(parent.get_children()) if parent is not None else list(image.get_layers())
+
+
+def _above_earlier_results(image, anchor):
+    """The position above ``anchor`` and the results already stacked on it, so a new result is on top and
+    visible, not hidden under an earlier one."""
+    siblings = _siblings(image, anchor)
+    position = siblings.index(anchor)
+    while position > 0 and _is_result(siblings[position - 1]):
+        position -= 1
+    return position
+
+
+def _layer_of_results(image, group):
+    """A group of results stands for the layer they were made for: the first layer below it that is not a
+    result itself; None when there is none."""
+    siblings = _siblings(image, group)
+    for item in siblings[siblings.index(group) + 1:]:
+        if not _is_result(item):
+            return item
+    return None
+
+
 def insert_outputs(image, above, layers, group_name=None):
     """The workflow's layers above ``above`` (inside a group named ``group_name`` when given), at their
     offsets, with their names, masks and parasites, in ONE undo group."""
@@ -346,10 +374,12 @@ def insert_outputs(image, above, layers, group_name=None):
     image.undo_group_start()
     try:
         parent = above.get_parent() if above is not None else None
-        position = image.get_item_position(above) if above is not None else 0
+        position = _above_earlier_results(image, above) if above is not None else 0
         if group_name:
             group = _new_group(image, group_name)
             image.insert_layer(group, parent, position)
+            group.attach_parasite(Gimp.Parasite.new(hl.PARASITE_NAME, Gimp.PARASITE_PERSISTENT |
+                                                    Gimp.PARASITE_UNDOABLE, list(b"{}")))
             parent, position = group, 0
         inserted = []
         for spec in layers:
@@ -409,6 +439,8 @@ class Gimp3:
             drawable = Gimp.Layer.from_mask(drawable)
         if not isinstance(drawable, Gimp.Layer):
             return flow.Target(image, None, name, kind="channel", indexed=indexed)
+        if drawable.is_group() and _is_result(drawable):  # results of n > 1: the layer they were made for
+            drawable = _layer_of_results(image, drawable) or drawable
         kind = "group" if drawable.is_group() else "layer"
         res = Gimp.Selection.bounds(image)
         non_empty, x1, y1, x2, y2 = res[1], res[2], res[3], res[4], res[5]
@@ -430,6 +462,9 @@ class Gimp3:
 
     def insert(self, image, anchor, layers, group_name):
         return insert_outputs(image, anchor, layers, group_name)
+
+    def alive(self, image, layer):
+        return image.is_valid() and (layer is None or layer.is_valid())
 
     def new_image(self, width, height):
         return Gimp.Image.new(width, height, Gimp.ImageBaseType.RGB)
