@@ -181,11 +181,12 @@ def resolve_host(host: str, port: int) -> list[str]:
 
 def insecure_key_refusal(base_url: str, *, has_key: bool, allow_insecure_http: bool) -> str | None:
     """Why the key must not be sent to ``base_url``: plain http to a host that is not this computer carries it
-    in cleartext past every router on the way. None when https, loopback, no key, or explicitly allowed."""
+    in cleartext past every router on the way. None when https, loopback, no key, or explicitly allowed.
+    The message names ``base_url`` as configured (check_base_url keeps credentials out of it)."""
     found = origin(base_url)
     if not has_key or allow_insecure_http or found is None or found[0] != "http" or is_loopback(base_url):
         return None
     return (
-        f"Refused to send the API key over plain http to {origin_text(base_url)}: anyone on the network "
+        f"Refused to send the API key over plain http to {base_url}: anyone on the network "
         "between here and that server could read it"
     )
