@@ -25,6 +25,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 _state = threading.local()
@@ -32,12 +33,15 @@ _state = threading.local()
 
 class Deadline:
     """The moment an attempt must be over. ``restart`` moves it (when the upload has gone out, the answer gets
-    a fresh read timeout); on expiry every watched connection's socket is shut down and ``expired`` is set."""
+    a fresh read timeout); on expiry every watched socket is shut down and ``expired`` is set.
+
+    Sockets, not connections, are watched: http.client drops ``conn.sock`` as soon as the headers of a
+    ``Connection: close`` answer are read (the response keeps the socket), which is when a drip begins."""
 
     def __init__(self, seconds: float) -> None:
         self._cond = threading.Condition()
         self._when = time.monotonic() + seconds
-        self._conns: list[Any] = []
+        self._socks: list[Any] = []
         self._done = False
         self.expired = False
         self._thread = threading.Thread(target=self._run, name="gimp-openai-deadline", daemon=True)
@@ -49,7 +53,7 @@ class Deadline:
     def __exit__(self, *exc: object) -> None:
         with self._cond:
             self._done = True
-            self._conns.clear()
+            self._socks.clear()
             self._cond.notify()
 
     def restart(self, seconds: float) -> None:
@@ -60,18 +64,20 @@ class Deadline:
     def overdue(self) -> bool:
         return self.expired or time.monotonic() >= self._when
 
-    def watch(self, conn: Any) -> None:
+    def watch(self, sock: Any) -> None:
+        if sock is None:
+            return
         with self._cond:
-            self._conns.append(conn)
+            self._socks.append(sock)
             if self.expired:
-                _shut(conn)
+                _shut(sock)
 
     def expire(self) -> None:
         """End the attempt now: shut every watched socket down (a blocked read returns at once)."""
         with self._cond:
             self.expired = True
-            for conn in self._conns:
-                _shut(conn)
+            for sock in self._socks:
+                _shut(sock)
 
     def _run(self) -> None:
         with self._cond:
@@ -79,18 +85,15 @@ class Deadline:
                 remaining = self._when - time.monotonic()
                 if remaining <= 0:
                     self.expired = True
-                    for conn in self._conns:
-                        _shut(conn)
+                    for sock in self._socks:
+                        _shut(sock)
                     return
                 self._cond.wait(remaining)
 
 
-def _shut(conn: Any) -> None:
-    """Shut the connection's socket down for both directions. The plain socket method is called even for TLS,
-    because ``SSLSocket.shutdown`` drops its TLS state under the feet of the thread that is reading."""
-    sock = getattr(conn, "sock", None)
-    if sock is None:
-        return
+def _shut(sock: Any) -> None:
+    """Shut the socket down for both directions. The plain socket method is called even for TLS, because
+    ``SSLSocket.shutdown`` drops its TLS state under the feet of the thread that is reading."""
     with contextlib.suppress(OSError, TypeError, ValueError):
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
@@ -107,23 +110,43 @@ def attempt(deadline: Deadline | None, server_hostname: str | None = None) -> It
         _state.deadline, _state.server_hostname = before
 
 
+def _watch(sock: Any) -> None:
+    deadline = getattr(_state, "deadline", None)
+    if deadline is not None:
+        deadline.watch(sock)
+
+
+class _WatchedConnection:
+    """Mixin: a new connection's socket is reported to the current attempt's deadline once connected."""
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        _watch(getattr(self, "sock", None))
+
+
+class WatchedHTTPConnection(_WatchedConnection, HTTPConnection):
+    pass
+
+
+class WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
+    pass
+
+
 class _WatchedPool:
-    """Mixin: report every connection handed out to the current attempt's deadline."""
+    """Mixin: a kept-alive connection handed out again is reported too (it is connected already)."""
 
     def _get_conn(self, timeout: float | None = None) -> Any:
         conn = super()._get_conn(timeout)  # type: ignore[misc]
-        deadline = getattr(_state, "deadline", None)
-        if deadline is not None:
-            deadline.watch(conn)
+        _watch(getattr(conn, "sock", None))
         return conn
 
 
 class WatchedHTTPConnectionPool(_WatchedPool, HTTPConnectionPool):
-    pass
+    ConnectionCls = WatchedHTTPConnection
 
 
 class WatchedHTTPSConnectionPool(_WatchedPool, HTTPSConnectionPool):
-    pass
+    ConnectionCls = WatchedHTTPSConnection
 
 
 _POOLS = {"http": WatchedHTTPConnectionPool, "https": WatchedHTTPSConnectionPool}

@@ -81,9 +81,11 @@ def test_an_answer_larger_than_n_images_can_be_is_refused_by_its_announced_size(
 # --- 2. one deadline per attempt -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("action", ["drip", "drip_head"])
-def test_a_dripping_server_ends_in_the_timeout_error_at_the_read_timeout(action):
-    answer = Reply(200, {"Content-Type": "application/json"}, json.dumps(images_answer(png(4, 4))).encode(),
+@pytest.mark.parametrize("action, close", [("drip", False), ("drip", True), ("drip_head", False)])
+def test_a_dripping_server_ends_in_the_timeout_error_at_the_read_timeout(action, close):
+    """With ``Connection: close`` http.client hands the socket to the response: the deadline must still find it."""
+    headers = {"Content-Type": "application/json", **({"Connection": "close"} if close else {})}
+    answer = Reply(200, headers, json.dumps(images_answer(png(4, 4))).encode(),
                    action=action, drip=0.05)  # ~250 bytes: 12 s at this pace; each recv well within 1 s
     with WireServer([answer]) as server:
         started = time.monotonic()
