@@ -66,6 +66,9 @@ MAX_RESPONSE_BYTES = 1024 * 1024 * 1024
 MAX_REDIRECTS = 5
 #: Sending is given this many bytes a second at least before the attempt's deadline (see _first_deadline).
 MIN_UPLOAD_RATE = 32 * 1024
+#: The answer's deadline is the read timeout plus this: a server that sends nothing at all meets requests'
+#: own read timeout first ("No answer ..."); only one that keeps dripping meets the deadline.
+DEADLINE_GRACE = 1.0
 _CHUNK = 64 * 1024
 
 #: Server error codes that will fail again however often they are sent.
@@ -301,8 +304,8 @@ def answer_limit(family: caps.Family, n: int) -> int:
 def _first_deadline(config: ClientConfig, upload_bytes: int) -> float:
     """Seconds one attempt may last until its upload has gone out: connecting, sending at ``MIN_UPLOAD_RATE``
     at least, and a full read timeout in case the server answers without reading everything. Once the upload
-    is out, the deadline restarts at the read timeout: the whole answer, headers and body, must arrive within
-    it (requests' own read timeout only bounds each recv)."""
+    is out, the deadline restarts at the read timeout (plus ``DEADLINE_GRACE``): the whole answer, headers and
+    body, must arrive within it (requests' own read timeout only bounds each recv)."""
     return config.connect_timeout + config.read_timeout + upload_bytes / MIN_UPLOAD_RATE
 
 
@@ -744,7 +747,7 @@ class ImagesClient:
                 def report(fraction: float, attempt: int = attempt, deadline: transport.Deadline = deadline) -> None:
                     self._emit(on_event, ClientEvent("sending", f"Sending {fraction:.0%}", attempt, fraction))
                     if fraction >= 1.0:
-                        deadline.restart(cfg.read_timeout)
+                        deadline.restart(cfg.read_timeout + DEADLINE_GRACE)
                         self._emit(on_event, ClientEvent("waiting", "Waiting for the server", attempt))
 
                 data = _ProgressBody(body, report)
@@ -754,6 +757,7 @@ class ImagesClient:
                 self._emit(on_event, ClientEvent(kind, f"Requesting {shown}", attempt))
             error: E.APIError | None = None
             response: requests.Response | None = None
+            answered = False  # the headers were complete before the deadline
             try:
                 with deadline, transport.attempt(deadline, server_hostname):
                     response = self._http().request(
@@ -761,14 +765,15 @@ class ImagesClient:
                         timeout=(cfg.connect_timeout, cfg.read_timeout), verify=ca_bundle(), allow_redirects=False,
                         stream=True,
                     )
+                    answered = not deadline.expired  # a cut head ends like an empty line: headers "done"
                     response.headers = self._untrusted_headers(response.headers)
                     self._read_body(response, limit, label, on_event, attempt, download, deadline)
             except E.ResponseTooLargeError:
                 raise
             except OSError as exc:
-                error = self._failure(exc, url, deadline)
-            if error is None and deadline.expired:  # the body ended early because the deadline shut it
-                error = self._deadline_error(url)
+                error = self._failure(exc, url, deadline, answered=answered)
+            if error is None and deadline.expired:  # the answer ended early because the deadline shut it
+                error = self._deadline_error(url, answered=answered)
             if error is not None and response is not None:
                 response.close()
             if response is not None and error is None:
@@ -802,11 +807,11 @@ class ImagesClient:
             )
             cfg.sleep(delay)
 
-    def _failure(self, exc: OSError, url: str, deadline: transport.Deadline) -> E.APIError:
+    def _failure(self, exc: OSError, url: str, deadline: transport.Deadline, *, answered: bool) -> E.APIError:
         """The error for an attempt that raised: the deadline's timeout when it fired (its shut socket is the
         cause, whatever requests calls it), a TLS error (raised: never retried), else a transport error."""
         if deadline.expired:
-            return self._deadline_error(url)
+            return self._deadline_error(url, answered=answered)
         if isinstance(exc, requests.exceptions.SSLError):
             raise E.TLSError(
                 f"TLS verification failed for {urlsplit(url).netloc}: {_ssl_reason(self._clean(exc))}"
@@ -875,7 +880,13 @@ class ImagesClient:
     def _clean(self, exc: BaseException) -> str:
         return str(self._untrusted(str(exc)))
 
-    def _deadline_error(self, url: str) -> E.RequestTimeoutError:
+    def _deadline_error(self, url: str, *, answered: bool) -> E.RequestTimeoutError:
+        """The timeout when the deadline ended the attempt: before the headers were complete it reads like
+        requests' own read timeout (a stalled server meets both at the same moment)."""
+        if not answered:
+            return E.RequestTimeoutError(
+                f"No answer from {_safe_url_text(url)} within the read timeout of {self.config.read_timeout:g} s"
+            )
         return E.RequestTimeoutError(
             f"No complete answer from {_safe_url_text(url)} within the read timeout of "
             f"{self.config.read_timeout:g} s: it was still arriving, too slowly"
