@@ -7,9 +7,15 @@ honest progress. Retries follow openai-python's rules (408/409/429/5xx and conne
 that a request that can never succeed (400/401/403/404, ``insufficient_quota``, ``model_not_found``) is never
 retried, whatever the server says.
 
-Security: TLS verification is always on (``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` may
-name the CA); redirects are not followed (a key must not travel to another host); the key is kept out of
-repr, logs and every exception text; image URLs are fetched only over https or from a loopback host.
+Security (docs/hardening-client.md has the attack run behind each rule): TLS verification is always on
+(``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` may name the CA); the key is never sent over
+plain http to a host that is not this computer unless the user allows it (``allow_insecure_http``);
+redirects are not followed (a key must not travel to another host); the key is redacted from everything a
+server says before the engine keeps it (:meth:`ImagesClient._untrusted`), and kept out of repr, logs and
+every exception text; image URLs are fetched only from the API's own origin or, for a remote API, from
+public https hosts (:mod:`urlpolicy`), connecting to the checked address. An answer is read within a size
+cap derived from n and the model's largest output, and within a deadline per attempt
+(:mod:`transport`); at most the n requested images are kept.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import binascii
 import email.utils
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -29,13 +36,17 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 
 from . import capabilities as caps
 from . import errors as E
-from .settings import DEFAULT_BASE_URL, Settings, check_base_url, is_loopback_url, resolve_api_key
+from . import transport, urlpolicy
+from .settings import DEFAULT_BASE_URL, Settings, check_base_url, resolve_api_key
+from .urlpolicy import is_loopback
+
+__all__ = ["ClientConfig", "ClientEvent", "ImagesClient", "ImagesResult", "ReturnedImage", "is_loopback"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +63,12 @@ MAX_RETRY_DELAY = 8.0
 MAX_RETRY_AFTER = 60.0  # like openai-python: a longer retry-after is not trusted, backoff is used instead
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 MAX_RESPONSE_BYTES = 1024 * 1024 * 1024
+MAX_REDIRECTS = 5
+#: Sending is given this many bytes a second at least before the attempt's deadline (see _first_deadline).
+MIN_UPLOAD_RATE = 32 * 1024
+#: The answer's deadline is the read timeout plus this: a server that sends nothing at all meets requests'
+#: own read timeout first ("No answer ..."); only one that keeps dripping meets the deadline.
+DEADLINE_GRACE = 1.0
 _CHUNK = 64 * 1024
 
 #: Server error codes that will fail again however often they are sent.
@@ -94,8 +111,12 @@ class ClientConfig:
     max_response_bytes: int = MAX_RESPONSE_BYTES
     initial_retry_delay: float = INITIAL_RETRY_DELAY
     max_retry_delay: float = MAX_RETRY_DELAY
+    #: Send the key over plain http to a host that is not this computer (the user's explicit choice).
+    allow_insecure_http: bool = False
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
     rand: Callable[[], float] = field(default=random.random, repr=False, compare=False)
+    #: host, port -> addresses; the image-URL policy checks them all and the download connects to one.
+    resolve: Callable[[str, int], list[str]] = field(default=urlpolicy.resolve_host, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.base_url = check_base_url(self.base_url)
@@ -119,6 +140,7 @@ class ClientConfig:
             read_timeout=float(settings.read_timeout),
             max_retries=int(settings.max_retries),
             model_rules=dict(settings.model_rules),
+            allow_insecure_http=bool(getattr(settings, "allow_insecure_http", False)),
         )
         values.update(overrides)
         return cls(**values)
@@ -137,10 +159,15 @@ class ReturnedImage:
 
 @dataclass
 class ImagesResult:
+    """``problems``: entries that could not be used (the operation reports them as an error, after keeping the
+    good images); ``warnings``: what was done about an odd answer that cost the user nothing (extra images
+    the server sent beyond n were dropped unread)."""
+
     images: list[ReturnedImage]
     request_id: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -250,11 +277,36 @@ def ca_bundle() -> str | bool:
     return True
 
 
-def _is_safe_download_url(url: str) -> bool:
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return True
-    return parts.scheme == "http" and is_loopback_url(url)
+def max_output_pixels(family: caps.Family) -> int:
+    """The most pixels one image of ``family`` can have: its free-size rule's cap, else its largest fixed size
+    (gpt-image-2's cap when a family lists neither, so nothing real is ever cut off)."""
+    if family.free_sizes is not None:
+        return family.free_sizes.max_pixels
+    sizes = [caps.parse_size(size) for size in family.sizes]
+    areas = [w * h for w, h in (s for s in sizes if s is not None)]
+    return max(areas) if areas else caps.FreeSizeRule().max_pixels
+
+
+#: JSON around one image (revised_prompt: up to 32,000 characters, each at most 6 bytes escaped) and the answer.
+_ENTRY_SLACK = 256 * 1024
+_ANSWER_SLACK = 1024 * 1024
+
+
+def answer_limit(family: caps.Family, n: int) -> int:
+    """The largest JSON answer an honest server can send for ``n`` images of ``family``: per image, the
+    worst case file (an uncompressed 8-bit RGBA PNG: 4 bytes a pixel, 1 % framing, 64 KiB of chunks) in base64,
+    plus room for its JSON; plus 1 MiB for the rest. gpt-image-2, n=1: 45 MB."""
+    worst_file = max_output_pixels(family) * 4 * 1.01 + 64 * 1024
+    per_image = math.ceil(worst_file / 3) * 4 + _ENTRY_SLACK
+    return n * per_image + _ANSWER_SLACK
+
+
+def _first_deadline(config: ClientConfig, upload_bytes: int) -> float:
+    """Seconds one attempt may last until its upload has gone out: connecting, sending at ``MIN_UPLOAD_RATE``
+    at least, and a full read timeout in case the server answers without reading everything. Once the upload
+    is out, the deadline restarts at the read timeout (plus ``DEADLINE_GRACE``): the whole answer, headers and
+    body, must arrive within it (requests' own read timeout only bounds each recv)."""
+    return config.connect_timeout + config.read_timeout + upload_bytes / MIN_UPLOAD_RATE
 
 
 class _ProgressBody:
@@ -481,11 +533,12 @@ class ImagesClient:
                 break
 
     def _http(self) -> requests.Session:
+        """This thread's session, with the deadline/pinning adapter mounted (also on an injected session)."""
         if self._session is not None:
-            return self._session
+            return transport.mount(self._session)
         session = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
+            session = transport.mount(requests.Session())
             self._local.session = session
         return session
 
@@ -503,12 +556,17 @@ class ImagesClient:
     def _headers(self) -> dict[str, str]:
         headers = {"User-Agent": self.config.user_agent, "Accept": "application/json"}
         key = self.config.api_key
+        refusal = urlpolicy.insecure_key_refusal(
+            self.config.base_url, has_key=bool(key), allow_insecure_http=self.config.allow_insecure_http
+        )
+        if refusal:
+            raise E.InsecureTransportError(refusal)
         if key:
             if self.config.is_azure:
                 headers["api-key"] = key
             else:
                 headers["Authorization"] = f"Bearer {key}"
-        elif not is_loopback_url(self.config.base_url):
+        elif not is_loopback(self.config.base_url):
             raise E.MissingKeyError("No OpenAI API key is configured")
         if self.config.organization:
             headers["OpenAI-Organization"] = self.config.organization
@@ -531,12 +589,16 @@ class ImagesClient:
     ) -> ImagesResult:
         url = self._url(f"images/{endpoint}", model)
         started = time.monotonic()
+        family = caps.family_for(model, self.config.model_rules)
+        limit = min(self.config.max_response_bytes, answer_limit(family, n))
         response, attempts = self._request(
-            "POST", url, model=model, multipart=multipart, json_body=json_body, on_event=on_event
+            "POST", url, model=model, multipart=multipart, json_body=json_body, on_event=on_event,
+            limit=limit, what=f"{n} image{'s' if n != 1 else ''} of {model}",
         )
         request_id = response.headers.get("x-request-id")
         payload = _json_or_raise(response)
-        result = self._collect(payload, request_id, on_event)
+        del response  # the raw answer (up to the limit) is not needed once parsed
+        result = self._collect(payload, request_id, n, on_event)
         result.meta.update(
             endpoint=endpoint, model=model, requested=n, returned=len(result.images), attempts=attempts,
             elapsed=round(time.monotonic() - started, 3),
@@ -547,21 +609,37 @@ class ImagesClient:
         self._emit(on_event, ClientEvent("done", f"Received {len(result.images)} image(s)", attempt=attempts))
         return result
 
-    def _collect(self, payload: Any, request_id: str | None, on_event: EventCallback | None) -> ImagesResult:
-        """Every usable image of the answer; each unusable entry becomes a line in ``problems``."""
+    def _collect(
+        self, payload: Any, request_id: str | None, n: int, on_event: EventCallback | None
+    ) -> ImagesResult:
+        """Every usable image among the first ``n`` entries; each unusable one becomes a line in ``problems``.
+
+        Entries beyond ``n`` were not asked for: they are dropped without being decoded or downloaded (one
+        attack answer carried 10,000 images for n=1), and a warning says so.
+        """
         result = ImagesResult(images=[], request_id=request_id)
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
             result.problems.append("the answer has no `data` list")
             return result
         for key in ("created", "size", "quality", "background", "output_format", "usage"):
             if key in payload:
-                result.meta[key] = payload[key]
-        for index, entry in enumerate(payload["data"]):
+                result.meta[key] = self._untrusted(payload[key])
+        entries = payload["data"]
+        if len(entries) > n:
+            dropped = len(entries) - n
+            result.meta["dropped"] = dropped
+            result.warnings.append(
+                f"The server sent {len(entries):,} images for the {n} requested; the {dropped:,} extra "
+                f"{'was' if dropped == 1 else 'were'} dropped unread."
+            )
+            log.warning("%s", result.warnings[-1])
+        for index, entry in enumerate(entries[:n]):
             label = f"image {index + 1}"
             if not isinstance(entry, dict):
                 result.problems.append(f"{label}: not an object")
                 continue
             revised = entry.get("revised_prompt") if isinstance(entry.get("revised_prompt"), str) else None
+            revised = self._untrusted(revised) if revised is not None else None
             try:
                 if isinstance(entry.get("b64_json"), str):
                     data = _decode_b64(entry["b64_json"])
@@ -587,19 +665,41 @@ class ImagesClient:
         return result
 
     def download(self, url: str, *, on_event: EventCallback | None = None) -> bytes:
-        """Fetch an image URL from an answer: https (or loopback) only, size-limited, streamed, retried.
+        """Fetch an image URL from an answer, size-limited, streamed, retried, never with the key.
 
-        The API key is never sent with it (the URL is pre-signed) and redirects are checked one by one.
+        Every hop (redirects are followed by hand, at most ``MAX_REDIRECTS``) must pass :mod:`urlpolicy`: the
+        API's own origin, or for a remote API a public https host, whose every resolved address is checked
+        and one of them connected to (so a second DNS answer cannot point the request elsewhere).
         """
-        for _hop in range(5):
-            if not _is_safe_download_url(url):
-                raise E.UnsafeURLError(f"Refused to download an image from {_safe_url_text(url)}: not https")
-            response, _ = self._request("GET", url, model=None, on_event=on_event, authenticated=False, download=True)
+        for _hop in range(MAX_REDIRECTS + 1):
+            address = self._checked_address(url)
+            response, _ = self._request(
+                "GET", url, model=None, on_event=on_event, authenticated=False, download=True, address=address
+            )
             if response.status_code in (301, 302, 303, 307, 308) and response.headers.get("location"):
                 url = requests.compat.urljoin(url, response.headers["location"])
                 continue
             return response.content
-        raise E.UnsafeURLError("Too many redirects while downloading an image")
+        raise E.UnsafeURLError(f"Refused to follow more than {MAX_REDIRECTS} redirects while downloading an image")
+
+    def _checked_address(self, url: str) -> str | None:
+        """The address to connect to for ``url`` (None: the API's own origin, connected as every request);
+        UnsafeURLError naming the URL and the reason when the policy refuses it."""
+        base = self.config.base_url
+        reason = urlpolicy.image_url_refusal(url, base)
+        if reason is None and urlpolicy.needs_address_check(url, base):
+            _scheme, host, port = urlpolicy.origin(url) or ("", "", 0)
+            literal = urlpolicy.host_address(host)
+            try:
+                addresses = [str(literal)] if literal is not None else self.config.resolve(host, port)
+            except (OSError, UnicodeError):
+                addresses = []
+            reason = urlpolicy.addresses_refusal(host, addresses)
+            if reason is None:
+                return addresses[0]
+        if reason is not None:
+            raise E.UnsafeURLError(f"Refused to download an image from {_safe_url_text(url)}: {reason}")
+        return None
 
     def _request(
         self,
@@ -612,8 +712,16 @@ class ImagesClient:
         on_event: EventCallback | None,
         authenticated: bool = True,
         download: bool = False,
+        limit: int | None = None,
+        what: str | None = None,
+        address: str | None = None,
     ) -> tuple[requests.Response, int]:
-        """Send with retries. Returns a response whose body is fully read (``_content`` set), and attempts."""
+        """Send with retries. Returns a response whose body is fully read (``_content`` set), and attempts.
+
+        ``limit``: the most bytes the answer may have (default: the config's cap); ``what`` names the answer
+        in the too-large error; ``address``: connect there instead of resolving the URL's host (a download
+        checked by the URL policy), naming the host for TLS and in ``Host``.
+        """
         cfg = self.config
         headers = self._headers() if authenticated else {"User-Agent": cfg.user_agent}
         body: bytes | None = None
@@ -622,51 +730,58 @@ class ImagesClient:
         elif json_body is not None:
             body = json.dumps(json_body).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        limit = cfg.max_download_bytes if download else cfg.max_response_bytes
-        what = "image download" if download else urlsplit(url).path
+        if limit is None:
+            limit = cfg.max_download_bytes if download else cfg.max_response_bytes
+        target, server_hostname = _pinned(url, address, headers)
+        label = what or ("the image" if download else urlsplit(url).path)
+        shown = "image download" if download else urlsplit(url).path
         attempt = 0
         while True:
             attempt += 1
             retries_done = attempt - 1
             headers["X-Stainless-Retry-Count"] = str(retries_done)
+            deadline = transport.Deadline(_first_deadline(cfg, len(body or b"")))
             data: Any = None
             if body is not None:
 
-                def report(fraction: float, attempt: int = attempt) -> None:
+                def report(fraction: float, attempt: int = attempt, deadline: transport.Deadline = deadline) -> None:
                     self._emit(on_event, ClientEvent("sending", f"Sending {fraction:.0%}", attempt, fraction))
                     if fraction >= 1.0:
+                        deadline.restart(cfg.read_timeout + DEADLINE_GRACE)
                         self._emit(on_event, ClientEvent("waiting", "Waiting for the server", attempt))
 
                 data = _ProgressBody(body, report)
-                self._emit(on_event, ClientEvent("sending", f"Sending {len(body):,} bytes to {what}", attempt, 0.0))
+                self._emit(on_event, ClientEvent("sending", f"Sending {len(body):,} bytes to {shown}", attempt, 0.0))
             else:
                 kind = "downloading" if download else "waiting"
-                self._emit(on_event, ClientEvent(kind, f"Requesting {what}", attempt))
+                self._emit(on_event, ClientEvent(kind, f"Requesting {shown}", attempt))
             error: E.APIError | None = None
             response: requests.Response | None = None
+            answered = False  # the headers were complete before the deadline
             try:
-                response = self._http().request(
-                    method, url, headers=headers, data=data, timeout=(cfg.connect_timeout, cfg.read_timeout),
-                    verify=ca_bundle(), allow_redirects=False, stream=True,
-                )
-                self._read_body(response, limit, on_event, attempt, download)
+                with deadline, transport.attempt(deadline, server_hostname):
+                    response = self._http().request(
+                        method, target, headers=headers, data=data,
+                        timeout=(cfg.connect_timeout, cfg.read_timeout), verify=ca_bundle(), allow_redirects=False,
+                        stream=True,
+                    )
+                    answered = not deadline.expired  # a cut head ends like an empty line: headers "done"
+                    response.headers = self._untrusted_headers(response.headers)
+                    self._read_body(response, limit, label, on_event, attempt, download, deadline)
             except E.ResponseTooLargeError:
                 raise
-            except requests.exceptions.SSLError as exc:
-                raise E.TLSError(
-                    f"TLS verification failed for {urlsplit(url).netloc}: {_ssl_reason(self._clean(exc))}"
-                ) from None
             except OSError as exc:
-                if not isinstance(exc, requests.exceptions.RequestException):
-                    # e.g. requests could not open the CA bundle named in REQUESTS_CA_BUNDLE / SSL_CERT_FILE
-                    raise E.TLSError(f"Cannot use the CA certificates: {self._clean(exc)}") from None
-                error = self._transport_error(exc, url)
+                error = self._failure(exc, url, deadline, answered=answered)
+            if error is None and deadline.expired:  # the answer ended early because the deadline shut it
+                error = self._deadline_error(url, answered=answered)
+            if error is not None and response is not None:
+                response.close()
             if response is not None and error is None:
                 status = response.status_code
                 if status < 400 or (download and status in (301, 302, 303, 307, 308)):
                     if 300 <= status < 400 and not download:
                         raise E.InvalidRequestError(
-                            f"The server redirected {what} to {_safe_url_text(response.headers.get('location', ''))}",
+                            f"The server redirected {shown} to {_safe_url_text(response.headers.get('location', ''))}",
                             status=status, hint="Set the base URL to the server's real address.",
                         )
                     return response, attempt
@@ -684,7 +799,7 @@ class ImagesClient:
                 retries_done, wait_headers, initial=cfg.initial_retry_delay, maximum=cfg.max_retry_delay,
                 rand=cfg.rand,
             )
-            log.info("%s %s: %s; retry %d in %.1f s", method, what, error.code, attempt, delay)
+            log.info("%s %s: %s; retry %d in %.1f s", method, shown, error.code, attempt, delay)
             self._emit(
                 on_event,
                 ClientEvent("retry", f"{error.message.rstrip('. ')}. Retry in {delay:.0f} s (attempt {attempt + 1} "
@@ -692,15 +807,40 @@ class ImagesClient:
             )
             cfg.sleep(delay)
 
+    def _failure(self, exc: OSError, url: str, deadline: transport.Deadline, *, answered: bool) -> E.APIError:
+        """The error for an attempt that raised: the deadline's timeout when it fired (its shut socket is the
+        cause, whatever requests calls it), a TLS error (raised: never retried), else a transport error."""
+        if deadline.expired:
+            return self._deadline_error(url, answered=answered)
+        if isinstance(exc, requests.exceptions.SSLError):
+            raise E.TLSError(
+                f"TLS verification failed for {urlsplit(url).netloc}: {_ssl_reason(self._clean(exc))}"
+            ) from None
+        if not isinstance(exc, requests.exceptions.RequestException):
+            # e.g. requests could not open the CA bundle named in REQUESTS_CA_BUNDLE / SSL_CERT_FILE
+            raise E.TLSError(f"Cannot use the CA certificates: {self._clean(exc)}") from None
+        return self._transport_error(exc, url)
+
     def _read_body(
-        self, response: requests.Response, limit: int, on_event: EventCallback | None, attempt: int, download: bool
+        self,
+        response: requests.Response,
+        limit: int,
+        what: str,
+        on_event: EventCallback | None,
+        attempt: int,
+        download: bool,
+        deadline: transport.Deadline,
     ) -> None:
-        """Read the streamed body within ``limit`` bytes, reporting progress; leaves it in ``response._content``."""
+        """Read the streamed body within ``limit`` bytes and the deadline, reporting progress; leaves it in
+        ``response._content``. Too large: ResponseTooLargeError (not retried: it would be as large again)."""
         declared = response.headers.get("content-length")
         total = int(declared) if declared and declared.isdigit() else None
         if total is not None and total > limit:
             response.close()
-            raise E.ResponseTooLargeError(f"The server announced {total:,} bytes; the limit is {limit:,}")
+            raise E.ResponseTooLargeError(
+                f"The server announced an answer of {total:,} bytes for {what}; at most {limit:,} are accepted",
+                status=response.status_code, request_id=response.headers.get("x-request-id"),
+            )
         kind = "downloading" if download else "receiving"
         buf = bytearray()
         last = -1.0
@@ -708,7 +848,13 @@ class ImagesClient:
             buf += chunk
             if len(buf) > limit:
                 response.close()
-                raise E.ResponseTooLargeError(f"The answer is larger than the limit of {limit:,} bytes")
+                raise E.ResponseTooLargeError(
+                    f"The server's answer for {what} is larger than the {limit:,} bytes accepted; it was not kept",
+                    status=response.status_code, request_id=response.headers.get("x-request-id"),
+                )
+            if deadline.overdue():
+                deadline.expire()
+                return
             fraction = len(buf) / total if total else None
             if fraction is None or fraction - last >= 0.1:
                 last = fraction if fraction is not None else last
@@ -716,10 +862,39 @@ class ImagesClient:
         response._content = bytes(buf)  # noqa: SLF001 - requests' documented way to hold a read body
         response._content_consumed = True  # type: ignore[attr-defined]  # noqa: SLF001
 
+    def _untrusted(self, value: Any) -> Any:
+        """The one redaction applied where server text enters the engine: the configured key (whatever its
+        form: not every key starts with ``sk-``) and anything key-like become "[redacted key]", in strings
+        nested at any depth. Whatever the client returns or an error carries passes through here first."""
+        if isinstance(value, str):
+            return E.redact(value, self.config.api_key)
+        if isinstance(value, dict):
+            return {self._untrusted(str(k)): self._untrusted(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._untrusted(v) for v in value]
+        return value
+
+    def _untrusted_headers(self, headers: Mapping[str, str]) -> requests.structures.CaseInsensitiveDict[str]:
+        return requests.structures.CaseInsensitiveDict({k: self._untrusted(v) for k, v in headers.items()})
+
     def _clean(self, exc: BaseException) -> str:
-        return E.redact(str(exc), self.config.api_key)
+        return str(self._untrusted(str(exc)))
+
+    def _deadline_error(self, url: str, *, answered: bool) -> E.RequestTimeoutError:
+        """The timeout when the deadline ended the attempt: before the headers were complete it reads like
+        requests' own read timeout (a stalled server meets both at the same moment)."""
+        if not answered:
+            return E.RequestTimeoutError(
+                f"No answer from {_safe_url_text(url)} within the read timeout of {self.config.read_timeout:g} s"
+            )
+        return E.RequestTimeoutError(
+            f"No complete answer from {_safe_url_text(url)} within the read timeout of "
+            f"{self.config.read_timeout:g} s: it was still arriving, too slowly"
+        )
 
     def _transport_error(self, exc: OSError, url: str) -> E.APIError:
+        """A plain sentence for a network failure; the library's own text (pool reprs, nested causes) never
+        reaches the user."""
         text = self._clean(exc)
         if isinstance(exc, requests.exceptions.Timeout) or "timed out" in text.lower():
             if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -729,7 +904,7 @@ class ImagesClient:
             return E.RequestTimeoutError(
                 f"No answer from {_safe_url_text(url)} within the read timeout of {self.config.read_timeout:g} s"
             )
-        return E.ConnectionFailedError(f"Connection to {_safe_url_text(url)} failed: {text}")
+        return E.ConnectionFailedError(f"Connection to {_safe_url_text(url)} failed: {_network_reason(exc, text)}")
 
     def _error_from_response(self, response: requests.Response, model: str | None) -> E.APIError:
         return error_from_response(
@@ -742,6 +917,43 @@ def _safe_url_text(url: str) -> str:
     """The URL without query string (pre-signed URLs carry tokens) for messages."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.scheme else "(no URL)"
+
+
+def _pinned(url: str, address: str | None, headers: dict[str, str]) -> tuple[str, str | None]:
+    """The URL to request and the TLS server name. Unpinned: ``url`` itself. Pinned to a checked ``address``:
+    the URL with that address as its host (no second DNS answer can move it), ``Host`` set to the real host,
+    whose name TLS sends and verifies the certificate against."""
+    if address is None:
+        return url, None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = f"[{address}]" if ":" in address else address
+    netloc = f"{literal}:{parts.port}" if parts.port else literal
+    headers["Host"] = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=netloc)), host
+
+
+#: Plain words for what the network libraries report, matched in their (lower-cased) text; first match wins.
+_NETWORK_REASONS = (
+    (("connection refused", "errno 111"), "the connection was refused (is the server running?)"),
+    (("name or service not known", "failed to resolve", "name resolution", "getaddrinfo failed",
+      "nodename nor servname"), "the host name could not be resolved"),
+    (("network is unreachable", "no route to host"), "the network is unreachable"),
+    (("connection reset", "errno 104"), "the server reset the connection"),
+    (("remote end closed", "remotedisconnected", "incompleteread", "connection broken", "connection aborted",
+      "response ended prematurely"), "the server closed the connection before the answer was complete"),
+)
+
+
+def _network_reason(exc: BaseException, text: str) -> str:
+    """Why a request failed, in a sentence: the libraries' text (pool reprs, nested causes) is not for people."""
+    if isinstance(exc, requests.exceptions.ContentDecodingError):
+        return "the server's compressed answer could not be decompressed"
+    lowered = text.lower()
+    for needles, reason in _NETWORK_REASONS:
+        if any(needle in lowered for needle in needles):
+            return reason
+    return f"a network error ({type(exc).__name__})"
 
 
 def _ssl_reason(text: str) -> str:
@@ -759,8 +971,8 @@ def _decode_b64(text: str) -> bytes:
 
 def _json_or_raise(response: requests.Response) -> Any:
     try:
-        return json.loads(response.content.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        return json.loads(response.content)  # bytes: no second, decoded copy of an answer of up to the cap
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise E.MalformedResponseError(
             f"The server's answer is not JSON (HTTP {response.status_code}, "
             f"{response.headers.get('content-type', 'no content type')})",
@@ -792,9 +1004,10 @@ def error_from_response(
     except (UnicodeDecodeError, ValueError, AttributeError):
         message = body[:300].decode("utf-8", "replace").strip()
     message = E.redact(message, secret) or f"HTTP {status} from the server"
-    kwargs: dict[str, Any] = dict(
-        status=status, request_id=headers.get("x-request-id"), param=param, server_code=code or etype
+    param, code, etype, request_id = (
+        E.redact(value, secret) if value else None for value in (param, code, etype, headers.get("x-request-id"))
     )
+    kwargs: dict[str, Any] = dict(status=status, request_id=request_id, param=param, server_code=code or etype)
     lowered = message.lower()
     if code == "moderation_blocked" or "safety system" in lowered:
         return E.ModerationBlockedError(message, **kwargs)

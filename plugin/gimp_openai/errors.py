@@ -255,3 +255,14 @@ class SettingsError(GimpOpenAIError):
 
     code = "settings_error"
     default_hint = "Fix the value in Settings (or the config file named in the message)."
+
+
+class InsecureTransportError(SettingsError):
+    """The base URL is plain http to a host that is not this computer, and a key would travel in cleartext."""
+
+    code = "insecure_http"
+    default_hint = (
+        "Use the server's https:// address as the base URL. Only if every network between here and that "
+        "server is yours, allow plain http: `gimp-openai config set allow_insecure_http=true` "
+        "(setting allow_insecure_http)."
+    )

@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlparse
 
 from gimp_openai import operations
 from gimp_openai.errors import GimpOpenAIError, InvalidInputError, MissingKeyError, OutputNotWritableError
 from gimp_openai.progress import Progress
+from gimp_openai.urlpolicy import is_loopback
 
 PROTOCOL_VERSION = 1
 OPERATIONS = ("edit", "variation", "generate")
@@ -280,11 +280,6 @@ class BatchProgress:
         data = event.to_dict()
         data["overall"] = round(overall, 4)
         self.writer.write(data)
-
-
-def is_loopback(url: str) -> bool:
-    host = (urlparse(url or "").hostname or "").lower()
-    return host in ("127.0.0.1", "localhost", "::1")
 
 
 def resolve_key(settings: Any) -> str:

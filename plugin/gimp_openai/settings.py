@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .errors import SettingsError, redact
+from .urlpolicy import is_loopback as is_loopback_url  # noqa: F401 - the engine's one loopback test, re-exported
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class Settings:
     azure_api_version: str = ""  # set (with an Azure endpoint as base_url) to talk to Azure OpenAI
     azure_deployment: str = ""  # "" = the model id names the deployment
     variation_prompt: str = DEFAULT_VARIATION_PROMPT
+    #: Send the key over plain http to a host that is not this computer (cleartext on the network). Off.
+    allow_insecure_http: bool = False
     #: Which fields came from the environment for this run (not saved, not part of the file).
     env_overridden: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
@@ -187,7 +189,7 @@ def _coerce_type(name: str, value: Any) -> Any:
     current = getattr(default, name)
     try:
         if isinstance(current, bool):
-            return bool(value)
+            return _coerce_bool(value, current)
         if isinstance(current, int):
             return int(value)
         if isinstance(current, float):
@@ -201,6 +203,26 @@ def _coerce_type(name: str, value: Any) -> Any:
     except (TypeError, ValueError):
         log.warning("Setting %s has an unusable value; using the default", name)
     return current
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off", ""})
+
+
+def _coerce_bool(value: Any, default: bool) -> bool:
+    """A yes/no setting from JSON or `config set` text: ``bool("false")`` is True, so words are read as words;
+    anything unclear keeps the default (for allow_insecure_http: off)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    log.warning("A yes/no setting has the value %r; using the default", value)
+    return default
 
 
 def check_base_url(url: str) -> str:
@@ -223,17 +245,6 @@ def check_base_url(url: str) -> str:
     if parts.fragment:
         raise SettingsError("The base URL must not contain a #fragment")
     return url.rstrip("/")
-
-
-def is_loopback_url(url: str) -> bool:
-    """True for http(s)://127.x, [::1] and localhost: the local server, which may run without a key."""
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_settings(*, apply_env: bool = True) -> Settings:

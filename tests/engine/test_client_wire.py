@@ -168,14 +168,18 @@ def test_url_results_are_downloaded_without_the_key(server):
     assert "authorization" not in download.headers and FAKE_KEY.encode() not in download.raw_head
 
 
-@pytest.mark.parametrize("url", ["http://example.com/a.png", "ftp://127.0.0.1/a.png", "file:///etc/passwd"])
-def test_url_download_refused_unless_https_or_loopback(server, url):
+@pytest.mark.parametrize("url, reason", [
+    ("http://example.com/a.png", "images are fetched only from its own address"),
+    ("ftp://127.0.0.1/a.png", "only http and https URLs"),
+    ("file:///etc/passwd", "only http and https URLs"),
+])
+def test_url_download_refused_unless_the_api_origin(server, url, reason):
     from gimp_openai.errors import UnsafeURLError
 
     server.push(Reply.json({"created": 1, "data": [{"url": url}]}))
     with pytest.raises(Exception) as info:
         client_for(server.url).variation(model="dall-e-2", image=IMG)
-    assert "https" in str(info.value)
+    assert f"Refused to download an image from {url}: " in str(info.value) and reason in str(info.value)
     assert len(server.requests) == 1  # nothing fetched
     with pytest.raises(UnsafeURLError):
         client_for(server.url).download(url)

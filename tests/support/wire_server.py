@@ -30,12 +30,15 @@ STATUS_TEXT = {200: "OK", 302: "Found", 400: "Bad Request", 401: "Unauthorized",
 @dataclass
 class Reply:
     """One scripted answer. ``action``: None, "close_mid_body" (headers + half the body, then close),
-    "close" (close without answering), "stall" (read the request, answer nothing until the server stops)."""
+    "close" (close without answering), "stall" (read the request, answer nothing until the server stops),
+    "drip" (headers at once, then the body one byte every ``drip`` seconds), "drip_head" (the status line and
+    headers one byte every ``drip`` seconds). A drip ends with the body or when the server stops."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     action: str | None = None
+    drip: float = 0.05
 
     @classmethod
     def json(cls, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
@@ -158,6 +161,15 @@ class _Handler(socketserver.BaseRequestHandler):
             conn.sendall(out.encode("latin-1") + reply.body[: len(reply.body) // 2])
             conn.shutdown(socket.SHUT_RDWR)
             return False
+        if reply.action in ("drip", "drip_head"):
+            head, rest = (b"", out.encode("latin-1")) if reply.action == "drip_head" else (out.encode("latin-1"), b"")
+            conn.sendall(head)
+            slow = rest + reply.body
+            for i in range(len(slow)):
+                conn.sendall(slow[i : i + 1])
+                if outer._stop.wait(reply.drip):
+                    return False
+            return False
         conn.sendall(out.encode("latin-1") + reply.body)
         return headers.get("connection", "").lower() != "close"
 
@@ -230,8 +242,9 @@ class WireServer:
 # --- TLS material for the self-signed server ------------------------------------------------------------
 
 
-def make_tls_files(folder: Any) -> tuple[str, str, str]:
-    """A private CA and a server certificate for 127.0.0.1, written as PEM: (ca.pem, cert.pem, key.pem)."""
+def make_tls_files(folder: Any, dns_names: tuple[str, ...] = ()) -> tuple[str, str, str]:
+    """A private CA and a server certificate for 127.0.0.1 (and ``dns_names``), written as PEM:
+    (ca.pem, cert.pem, key.pem)."""
     import datetime
     import ipaddress
     from pathlib import Path
@@ -259,7 +272,8 @@ def make_tls_files(folder: Any) -> tuple[str, str, str]:
         x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
         .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                    *(x509.DNSName(name) for name in dns_names)]),
                        critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
