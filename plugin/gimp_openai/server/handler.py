@@ -15,6 +15,7 @@ is the API's JSON error (``send_error`` is overridden); a bug answers 500 in tha
 from __future__ import annotations
 
 import contextlib
+import email.errors
 import hmac
 import io
 import json
@@ -58,6 +59,7 @@ REQUEST_LINE = re.compile(rb"^[A-Z]{1,32} [\x21-\x7e]+ HTTP/1\.[0-9]\r?\n$")
 CHUNK_SIZE_LINE = re.compile(rb"^([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n$")
 DECIMAL = re.compile(r"^[0-9]{1,20}$")
 TEST_ROUTES = ("/_stats", "/_reset")
+HEADER_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
 
 
 def raw_answer(error: ApiError) -> bytes:
@@ -102,6 +104,9 @@ class Handler(BaseHTTPRequestHandler):
         self.requestline, self.command, self.request_version = "", "", "HTTP/1.1"
         try:
             if not self._read_request_line() or not self.parse_request():
+                return
+            if _malformed_headers(self.headers):
+                self._refuse(apierror.http_layer(400, "malformed header line"))
                 return
             method = getattr(self, "do_" + self.command, None)
             if method is None:
@@ -575,6 +580,14 @@ def _data_url_part(name: str, ref: object) -> multipart.FilePart:
     except ValueError:
         raise apierror.invalid_value(field, (url or "")[:40], detail="Bad base64 data URL.") from None
     return multipart.FilePart(field, f"{field}.bin", match.group(1) or "application/octet-stream", data)
+
+
+def _malformed_headers(headers: Any) -> bool:
+    """A line that is not ``Name: value`` (the stdlib would silently drop every header after it) or a folded
+    value (obsolete line folding: RFC 9112 lets a server refuse it, and a CR/LF must never reach an answer)."""
+    if any(isinstance(defect, HEADER_DEFECTS) for defect in headers.defects):
+        return True
+    return any("\r" in value or "\n" in value for value in headers.values())
 
 
 def _bad_chunked(detail: str) -> ApiError:
