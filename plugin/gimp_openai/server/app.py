@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     key, generated = server_key(args)
     try:
         server = make_server(args, key)
-    except (ValueError, OverflowError, OSError) as exc:
+    except ValueError as exc:  # an option's value: the message names it
+        print(f"gimp-openai serve: {exc}", file=sys.stderr)
+        return 2
+    except (OverflowError, OSError) as exc:  # binding: port in use, unknown host, no permission
         where = f"{args.host}:{args.port}"
         print(f"gimp-openai serve: cannot listen on {where}: {getattr(exc, 'strerror', None) or exc}",
               file=sys.stderr)
