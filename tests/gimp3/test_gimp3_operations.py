@@ -197,8 +197,8 @@ out("RAW", misfit(False))
     assert gone["status"] == "execution-error", gone
     found = re.search(r"`gpt-image-1\.5` was shut down.*Use `([^`]+)` instead", gone["error"], re.S)
     assert found, gone  # the model and its live replacement, in the engine's words
-    live = {m["id"]: m.get("shutdown_date") for m in requests.get(server.url + "/models", timeout=10,
-                                                                 headers={"Authorization": "Bearer x"}).json()["data"]}
+    listing = requests.get(server.url + "/models", timeout=10, headers={"Authorization": f"Bearer {FAKE_KEY}"})
+    live = {m["id"]: m.get("shutdown_date") for m in listing.json()["data"]}
     assert found.group(1) in live and found.group(1) != "gpt-image-1.5", (found.group(1), live)
     assert gone["layers"] == ["photo"] and not gone["dirty"], gone  # nothing changed, nothing lost
     assert "gpt-image-1.5" in everything  # the same text reached Gimp.message

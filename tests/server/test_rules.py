@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import requests
 
+from tests.conftest import FAKE_KEY
 from tests.server.helpers import (
     AUTH,
     encoded,
@@ -189,7 +190,7 @@ def test_auth_refused(local_server, headers, expected):
 
 
 def test_azure_api_key_header_accepted(local_server):
-    response = requests.post(local_server.url + "/images/generations", headers={"api-key": "azure-key"},
+    response = requests.post(local_server.url + "/images/generations", headers={"api-key": FAKE_KEY},
                              json={"model": "gpt-image-1", "prompt": "p", "quality": "low"}, timeout=30)
     assert response.status_code == 200, response.text
 
@@ -231,7 +232,7 @@ def test_valid_edits_pass(local_server, data, files):
 def test_azure_deployment_path(local_server):
     response = requests.post(
         local_server.root + "/openai/deployments/gpt-image-1/images/generations?api-version=2025-04-01-preview",
-        headers={"api-key": "azure-key"}, json={"prompt": "p", "quality": "low"}, timeout=30,
+        headers={"api-key": FAKE_KEY}, json={"prompt": "p", "quality": "low"}, timeout=30,
     )
     assert response.status_code == 200, response.text
     record = local_server.stats()["requests"][-1]

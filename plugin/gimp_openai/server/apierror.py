@@ -10,6 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
+#: How much of a client's own text (a parameter name, a value) an error message quotes back.
+MAX_ECHO = 100
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (marked with an ellipsis): errors never echo megabytes back."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
 
 class ApiError(Exception):
     """A request the server refuses. ``raw_body`` replaces the JSON body (e.g. a proxy's HTML 502 page)."""
@@ -30,7 +38,7 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.type = type
-        self.param = param
+        self.param = clip(param, MAX_ECHO) if param is not None else None
         self.code = code
         self.headers = dict(headers or {})
         self.raw_body = raw_body
@@ -54,7 +62,7 @@ def _quote_list(values: Iterable[str]) -> str:
 
 def invalid_value(param: str, value: object, allowed: Iterable[str] | None = None, detail: str = "") -> ApiError:
     """400 ``invalid_value`` worded like OpenAI's: "Invalid value: 'x'. Supported values are: 'a', 'b'."."""
-    message = f"Invalid value: '{value}'."
+    message = f"Invalid value: '{clip(str(value), MAX_ECHO)}'."
     if allowed is not None:
         message += f" Supported values are: {_quote_list(allowed)}."
     if detail:
@@ -63,7 +71,7 @@ def invalid_value(param: str, value: object, allowed: Iterable[str] | None = Non
 
 
 def unknown_parameter(param: str, detail: str = "") -> ApiError:
-    message = f"Unknown parameter: '{param}'."
+    message = f"Unknown parameter: '{clip(param, MAX_ECHO)}'."
     if detail:
         message += f" {detail}"
     return ApiError(400, message, param=param, code="unknown_parameter")
@@ -166,3 +174,53 @@ def invalid_api_key() -> ApiError:
 
 def not_found_route(method: str, path: str) -> ApiError:
     return ApiError(404, f"Invalid URL ({method} {path})", code=None)
+
+
+def request_too_large(limit_bytes: int) -> ApiError:
+    """413 for a body over the server's limit, whether declared (Content-Length) or counted (chunked)."""
+    return ApiError(413, f"Request body too large: the limit is {limit_bytes // (1024 * 1024)} MB.",
+                    code="request_too_large")
+
+
+def request_timeout(phase: str, seconds: float) -> ApiError:
+    """408 when the client stops sending: ``phase`` is "headers" or "body"."""
+    return ApiError(408, f"The request {phase} did not arrive within {seconds:g} s.", code="request_timeout")
+
+
+def server_busy(what: str, retry_after: int) -> ApiError:
+    """429 when the server's own capacity (open connections, concurrent image work) is used up.
+
+    Sent with ``retry-after`` so a well-behaved client waits and tries again instead of failing."""
+    return ApiError(
+        429,
+        f"The local server is busy ({what}). Please try again in {retry_after}s.",
+        type="requests",
+        code="server_busy",
+        headers={"retry-after": str(retry_after)},
+    )
+
+
+def internal_error(detail: str) -> ApiError:
+    """500 for a bug in this server: the client gets the API's shape, never a dropped connection."""
+    return ApiError(500, f"The local server failed while handling the request ({detail}).", type="server_error")
+
+
+#: The HTTP layer's own refusals (``http.server`` calls ``send_error`` with these), in the API's wording style.
+HTTP_LAYER_ERRORS = {
+    400: ("Bad request: {detail}.", "invalid_request"),
+    408: ("The request did not arrive in time.", "request_timeout"),
+    411: ("A POST body needs a Content-Length or chunked Transfer-Encoding.", "length_required"),
+    413: ("Request body too large.", "request_too_large"),
+    414: ("The request line is too long.", "uri_too_long"),
+    417: ("Expectation failed.", "invalid_request"),
+    431: ("The request headers are too large or too many.", "headers_too_large"),
+    501: ("The method is not supported: {detail}.", "method_not_supported"),
+    505: ("The HTTP version is not supported: use HTTP/1.1.", "http_version_not_supported"),
+}
+
+
+def http_layer(status: int, detail: str | None = None) -> ApiError:
+    """What ``send_error`` answers: the same JSON shape as every other error (never http.server's HTML page)."""
+    template, code = HTTP_LAYER_ERRORS.get(status, ("The request could not be handled: {detail}.", "invalid_request"))
+    message = template.format(detail=(detail or "malformed request").rstrip("."))
+    return ApiError(status, message, code=code)

@@ -66,29 +66,20 @@ def _edit_one(
     return offline.inpaint(source, hole, seed=seed, variant=index), None
 
 
-def produce(request: rules.ImageRequest, spec: render.RenderSpec | None) -> tuple[list[np.ndarray], dict]:
-    """The n result images (RGBA) and notes for /_stats."""
-    size = rules.output_size(request)
-    seed = offline.seed_of(_fingerprint(request))
-    results: list[np.ndarray] = []
-    notes: dict = {"size": list(size)}
-    renders = []
-    for index in range(request.n):
-        if request.endpoint == caps.ENDPOINT_EDITS:
-            pixels, record = _edit_one(request, size, index, seed, spec)
-            if record is not None:
-                renders.append(record)
-        elif request.endpoint == caps.ENDPOINT_VARIATIONS:
-            pixels = offline.variation(request.images[0].pixels, size, seed=seed + index)
-        else:
-            pixels = offline.generate(request.prompt, size, index=index)
-        if request.get("background") == "transparent" and request.endpoint == caps.ENDPOINT_GENERATIONS:
-            pixels = pixels.copy()
-            pixels[: size[1] // 8, :, 3] = 0  # a transparent band, so clients see real alpha
-        results.append(pixels)
-    if renders:
-        notes["render"] = renders
-    return results, notes
+def paint(request: rules.ImageRequest, spec: render.RenderSpec | None, size: tuple[int, int], seed: int,
+          index: int) -> tuple[np.ndarray, dict | None]:
+    """Result image ``index`` (RGBA at ``size``) and its render record for /_stats, if any."""
+    record = None
+    if request.endpoint == caps.ENDPOINT_EDITS:
+        pixels, record = _edit_one(request, size, index, seed, spec)
+    elif request.endpoint == caps.ENDPOINT_VARIATIONS:
+        pixels = offline.variation(request.images[0].pixels, size, seed=seed + index)
+    else:
+        pixels = offline.generate(request.prompt, size, index=index)
+    if request.get("background") == "transparent" and request.endpoint == caps.ENDPOINT_GENERATIONS:
+        pixels = pixels.copy()
+        pixels[: size[1] // 8, :, 3] = 0  # a transparent band, so clients see real alpha
+    return pixels, record
 
 
 def _usage(request: rules.ImageRequest, size: tuple[int, int], quality: str) -> dict:
@@ -110,18 +101,30 @@ def respond(
     store_file: Callable[[bytes, str], str],
     wrong_size: tuple[int, int] | None = None,
 ) -> Outcome:
-    """Produce the images and the response body; ``store_file(bytes, ext)`` returns a URL for url responses."""
-    pixels_list, notes = produce(request, spec)
-    if wrong_size is not None:
-        pixels_list = [images.resize(p, wrong_size) for p in pixels_list]
-        notes["wrong_size"] = list(wrong_size)
+    """Produce the images and the response body; ``store_file(bytes, ext)`` returns a URL for url responses.
+
+    One image at a time is painted, encoded and dropped, so memory grows with the encoded files, not with
+    n decoded results (n=10 at 3840x2160 would otherwise hold 330 MB of pixels at once)."""
+    size = rules.output_size(request)
+    seed = offline.seed_of(_fingerprint(request))
+    notes: dict = {"size": list(size)}
+    renders = []
     family = request.family
     gpt = family.gpt_params
     output_format = str(request.get("output_format", "png")) if gpt else "png"
     compression = request.get("output_compression")
     data = []
-    for pixels in pixels_list:
+    shape = (0, 0)
+    for index in range(request.n):
+        pixels, record = paint(request, spec, size, seed, index)
+        if record is not None:
+            renders.append(record)
+        if wrong_size is not None:
+            pixels = images.resize(pixels, wrong_size)
+            notes["wrong_size"] = list(wrong_size)
+        shape = pixels.shape[:2]
         encoded = images.encode(pixels, output_format, compression if isinstance(compression, int) else None)
+        del pixels
         item: dict[str, object]
         if not gpt and request.get("response_format", "url") == "url":
             item = {"url": store_file(encoded, output_format)}
@@ -130,9 +133,11 @@ def respond(
         if family.name == caps.DALL_E_3:
             item["revised_prompt"] = f"{request.prompt.strip()}, rendered in a clear, detailed style."
         data.append(item)
+    if renders:
+        notes["render"] = renders
     body: dict[str, object] = {"created": int(time.time()), "data": data}
     if gpt:
-        height, width = pixels_list[0].shape[:2] if pixels_list else (0, 0)
+        height, width = shape
         quality = str(request.get("quality", "auto"))
         quality = "medium" if quality not in OUTPUT_TOKENS else quality
         body.update(
@@ -140,6 +145,6 @@ def respond(
             output_format=output_format,
             size=f"{width}x{height}",
             quality=quality,
-            usage=_usage(request, rules.output_size(request), quality),
+            usage=_usage(request, size, quality),
         )
     return Outcome(body=body, notes=notes)

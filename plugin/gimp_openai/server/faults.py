@@ -35,7 +35,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from gimp_openai import capabilities as caps
 from gimp_openai.server.apierror import ApiError
+from gimp_openai.server.images import MAX_IMAGE_PIXELS
 
 BEFORE = frozenset({"429", "500", "502", "503", "401", "insufficient_quota"})
 AFTER = frozenset({"moderation_blocked", "malformed_json", "truncated_b64", "wrong_size"})
@@ -90,15 +92,27 @@ def parse_faults(text: str) -> list[FaultSpec]:
                 raise FaultSyntaxError(f"fault parameter {piece!r}: expected one of {', '.join(sorted(PARAMS))}=VALUE")
             params[name] = param_value.strip()
         spec = FaultSpec(kind, value.strip() or None, params, chunk)
-        try:
-            _ = spec.times, spec.seconds(0.0)
-            for number in ("retry-after", "retry-after-ms", "index", "after"):
-                if number in params:
-                    float(params[number])
-        except ValueError as exc:
-            raise FaultSyntaxError(f"fault {chunk!r}: {exc}") from None
+        _check_values(spec)
         specs.append(spec)
     return specs
+
+
+def _check_values(spec: FaultSpec) -> None:
+    """Numbers must be numbers, ``should-retry`` a boolean (it becomes a header), and ``size`` within the
+    server's per-image pixel budget: the hooks must not be a way around the server's own limits."""
+    try:
+        _ = spec.times, spec.seconds(0.0)
+        for number in ("retry-after", "retry-after-ms", "index", "after"):
+            if number in spec.params:
+                float(spec.params[number])
+    except ValueError as exc:
+        raise FaultSyntaxError(f"fault {spec.text!r}: {exc}") from None
+    if spec.params.get("should-retry", "true").lower() not in ("true", "false"):
+        raise FaultSyntaxError(f"fault {spec.text!r}: should-retry must be true or false")
+    if "size" in spec.params:
+        size = caps.parse_size(spec.params["size"])
+        if size is None or min(size) < 1 or size[0] * size[1] > MAX_IMAGE_PIXELS:
+            raise FaultSyntaxError(f"fault {spec.text!r}: size must be WxH with at most {MAX_IMAGE_PIXELS:,} pixels")
 
 
 class FaultBook:

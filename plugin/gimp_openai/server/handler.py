@@ -3,19 +3,32 @@
 Order of work for ``POST /v1/images/*`` (the same as the real service, as far as it shows): body size
 (413 before reading anything over the limit), authentication, ``before`` faults, body parsing, model,
 validation, ``after`` faults, the offline engine, then delivery (latency, reset, stall). Every request,
-answered or refused, is recorded in ``/_stats``.
+answered or refused, is recorded in ``/_stats`` (served only with ``--test-routes``).
+
+Hardening (docs/hardening-server.md): the request line must be HTTP/1.x (anything else, such as a TLS
+ClientHello or an HTTP/0.9 line, is answered 400 and closed); the request line and headers have one deadline
+and the body an idle timeout and a total deadline (:mod:`~gimp_openai.server.deadlines`); chunked bodies are
+validated and counted against the same body limit as Content-Length; every refusal, the HTTP layer's included,
+is the API's JSON error (``send_error`` is overridden); a bug answers 500 in that shape, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import email.errors
+import hmac
+import io
 import json
 import random
 import re
 import socket
 import struct
+import sys
 import time
+import traceback
 import uuid
 from base64 import b64decode
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,21 +36,40 @@ from urllib.parse import parse_qs, urlsplit
 from gimp_openai import capabilities as caps
 from gimp_openai.server import apierror, engine, faults, multipart, render, rules
 from gimp_openai.server.apierror import ApiError
-from gimp_openai.server.stats import describe_file, sanitize_headers
+from gimp_openai.server.deadlines import BODY_DEADLINE_FACTOR, DeadlineReader
+from gimp_openai.server.stats import describe_file, sanitize_headers, summarize_fields
 
 if TYPE_CHECKING:
     from gimp_openai.server.app import LocalServer
 
 MAX_BODY_BYTES = 50 * 1024 * 1024
+MAX_REQUEST_LINE = 8 * 1024
+MAX_CHUNK_LINE = 1024
+MAX_TRAILER_LINES = 32
+READ_PIECE = 1024 * 1024
+DRAIN_BYTES = 1024 * 1024
+DRAIN_SECONDS = 1.0
 IMAGE_PATH = re.compile(r"^/v1/images/(edits|variations|generations)$")
 AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/images/(edits|variations|generations)$")
 MODEL_PATH = re.compile(r"^/v1/models/([^/]+)$")
 FILE_PATH = re.compile(r"^/v1/_files/([A-Za-z0-9_\-]+\.(?:png|jpeg|webp))$")
 DATA_URL = re.compile(r"^data:(image/[a-z+.\-]+)?(;base64)?,(.*)$", re.S)
+#: METHOD SP request-target SP HTTP/1.x: the only request lines this server parses.
+REQUEST_LINE = re.compile(rb"^[A-Z]{1,32} [\x21-\x7e]+ HTTP/1\.[0-9]\r?\n$")
+CHUNK_SIZE_LINE = re.compile(rb"^([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n$")
+DECIMAL = re.compile(r"^[0-9]{1,20}$")
+TEST_ROUTES = ("/_stats", "/_reset")
+HEADER_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
 
 
-class BodyTooLarge(Exception):
-    pass
+def raw_answer(error: ApiError) -> bytes:
+    """A complete HTTP/1.1 answer for ``error``, for the accept loop (no handler exists for a turned-away
+    connection). The body is still :meth:`ApiError.body`: one builder for every error body."""
+    body = error.body()
+    head = [f"HTTP/1.1 {error.status} Error", f"Content-Type: {error.content_type}",
+            f"Content-Length: {len(body)}", "Connection: close"]
+    head += [f"{name}: {value}" for name, value in error.headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -46,17 +78,104 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     server: LocalServer
 
-    # --- plumbing -------------------------------------------------------------------------------------------
+    # --- connection plumbing --------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Read through a :class:`DeadlineReader`, so every read of this connection has a deadline."""
+        super().setup()
+        self.rfile.close()  # the stdlib's file object: replaced, and closed so the socket can close
+        self._reader = DeadlineReader(self.connection)
+        self._buffered = io.BufferedReader(self._reader, 64 * 1024)
+        self.rfile = self._buffered
+        self._unread_body = False
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         if self.server.config.verbose:
             super().log_message(format, *args)
 
+    def handle_one_request(self) -> None:
+        """One request under the header deadline. Replaces the stdlib's loop body so that a non-HTTP/1.x
+        line is refused before parsing (the stdlib would wait forever for headers of an HTTP/0.9 line) and a
+        timed-out partial request is answered 408 instead of being dropped."""
+        config = self.server.config
+        self._reader.begin(config.header_timeout, config.header_timeout)
+        self._responding = False
+        self._unread_body = False
+        self.requestline, self.command, self.request_version = "", "", "HTTP/1.1"
+        try:
+            if not self._read_request_line() or not self.parse_request():
+                return
+            if _malformed_headers(self.headers):
+                self._refuse(apierror.http_layer(400, "malformed header line"))
+                return
+            method = getattr(self, "do_" + self.command, None)
+            if method is None:
+                self.send_error(501, repr(self.command))
+                return
+            self._unread_body = self._has_body()
+            method()
+            self.wfile.flush()
+        except TimeoutError:
+            self.close_connection = True
+            if self._reader.received and not self._responding:
+                self._refuse(apierror.request_timeout("headers", config.header_timeout))
+        except OSError:
+            self.close_connection = True  # the client went away: nobody to answer
+
+    def _read_request_line(self) -> bool:
+        """Read the request line; refuse (400/414) anything that is not an HTTP/1.x request line."""
+        first = self._buffered.peek(1)[:1]
+        if not first:
+            self.close_connection = True  # an idle keep-alive connection closed by the client
+            return False
+        if not first.isupper():  # TLS ClientHello (0x16), binary, lower-case junk: no line to wait for
+            self._refuse(apierror.http_layer(400, "this server speaks plain HTTP/1.x only"))
+            return False
+        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if len(self.raw_requestline) > MAX_REQUEST_LINE:
+            self._refuse(apierror.http_layer(414))
+            return False
+        if not REQUEST_LINE.match(self.raw_requestline):
+            self._refuse(apierror.http_layer(400, "the request line must be 'METHOD /path HTTP/1.1'"))
+            return False
+        return True
+
+    def _has_body(self) -> bool:
+        length = (self.headers.get("Content-Length") or "0").strip()
+        return "Transfer-Encoding" in self.headers or length not in ("", "0")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's refusals (431, 414, 501, 505, 400 ...) in the API's JSON shape, then close."""
+        self._refuse(apierror.http_layer(int(code), message))
+
+    def _refuse(self, error: ApiError) -> None:
+        """Answer ``error`` and close the connection (the rest of the request, if any, is not read)."""
+        self.close_connection = True
+        self._unread_body = True
+        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
+            self.request_version = "HTTP/1.1"  # so the status line and headers are written
+        with contextlib.suppress(OSError):
+            self._send(error.status, error.body(), error.content_type, error.headers)
+
     def finish(self) -> None:
         try:
             super().finish()
+            if self._unread_body:
+                self._drain()
         except (OSError, ValueError):
             pass  # the connection was dropped on purpose (reset fault) or by the client
+
+    def _drain(self) -> None:
+        """Half-close, then read and drop what the client is still sending (briefly, bounded): closing a
+        socket with unread input sends a reset, and the client could lose the answer it was just sent."""
+        self.connection.shutdown(socket.SHUT_WR)
+        self.connection.settimeout(DRAIN_SECONDS / 4)
+        until, dropped = time.monotonic() + DRAIN_SECONDS, 0
+        while dropped < DRAIN_BYTES and time.monotonic() < until:
+            piece = self.connection.recv(64 * 1024)
+            if not piece:
+                return
+            dropped += len(piece)
 
     def _path(self) -> str:
         return urlsplit(self.path).path.rstrip("/") or "/"
@@ -64,6 +183,10 @@ class Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: bytes, content_type: str = "application/json",
               headers: dict[str, str] | None = None, delivery: list[faults.FaultSpec] | None = None) -> None:
         delivery = delivery or []
+        self._responding = True
+        self.connection.settimeout(self.server.config.body_timeout)  # a client that never reads: bounded too
+        if self._unread_body:
+            self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -89,38 +212,86 @@ class Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, obj: object, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(obj).encode(), headers=headers)
 
+    # --- the body ---------------------------------------------------------------------------------------------
+
     def _read_body(self) -> bytes:
-        """At most MAX_BODY_BYTES; refuses larger bodies from Content-Length before reading them."""
-        length = self.headers.get("Content-Length")
-        if length is not None:
-            try:
-                size = int(length)
-            except ValueError:
-                raise ApiError(400, "Invalid Content-Length header.") from None
-            if size > MAX_BODY_BYTES:
-                raise BodyTooLarge
-            return self.rfile.read(size) if size > 0 else b""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+        """The whole body, at most MAX_BODY_BYTES however it is framed, under the body deadlines."""
+        config = self.server.config
+        self._reader.begin(config.body_timeout, config.body_timeout * BODY_DEADLINE_FACTOR)
+        try:
+            body = self._framed_body()
+        except TimeoutError:
+            raise apierror.request_timeout("body", config.body_timeout) from None
+        self._unread_body = False
+        return body
+
+    def _framed_body(self) -> bytes:
+        """Content-Length (decimal, refused over the limit before reading) or chunked; never both."""
+        encoding = self.headers.get("Transfer-Encoding")
+        lengths = self.headers.get_all("Content-Length") or []
+        if encoding is not None:
+            if lengths:
+                raise ApiError(400, "Send Content-Length or Transfer-Encoding, not both.", code="invalid_request")
+            if encoding.strip().lower() != "chunked":
+                raise ApiError(400, f"Transfer-Encoding {encoding[:40]!r} is not supported: use chunked.",
+                               code="invalid_request")
             return self._read_chunked()
-        return b""
+        if not lengths:
+            return b""
+        if len(lengths) > 1 or not DECIMAL.match(lengths[0].strip()):
+            raise ApiError(400, "Invalid Content-Length header.", code="invalid_request")
+        size = int(lengths[0].strip())
+        if size > MAX_BODY_BYTES:
+            raise apierror.request_too_large(MAX_BODY_BYTES)
+        return self._read_exactly(size)
+
+    def _read_exactly(self, size: int) -> bytes:
+        """``size`` bytes, read in pieces (memory grows with what arrives, not with what was promised)."""
+        pieces: list[bytes] = []
+        missing = size
+        while missing > 0:
+            piece = self.rfile.read(min(READ_PIECE, missing))
+            if not piece:
+                raise ApiError(400, f"The body ended after {size - missing} of {size} bytes.", code="invalid_request")
+            pieces.append(piece)
+            missing -= len(piece)
+        return b"".join(pieces)
 
     def _read_chunked(self) -> bytes:
+        """RFC 9112 chunked framing: hex sizes only, each chunk followed by CRLF, the total counted against the
+        body limit before the chunk is read, at most MAX_TRAILER_LINES trailer lines."""
         chunks: list[bytes] = []
         total = 0
         while True:
-            line = self.rfile.readline(1024)
-            size = int(line.split(b";")[0].strip() or b"0", 16)
+            size = self._chunk_size()
             if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass
+                self._skip_trailers()
                 return b"".join(chunks)
             total += size
             if total > MAX_BODY_BYTES:
-                raise BodyTooLarge
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline(1024)
+                raise apierror.request_too_large(MAX_BODY_BYTES)
+            chunks.append(self._read_exactly(size))
+            if self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise _bad_chunked("a chunk is not followed by CRLF")
+
+    def _chunk_size(self) -> int:
+        line = self.rfile.readline(MAX_CHUNK_LINE + 1)
+        match = CHUNK_SIZE_LINE.match(line)
+        if match is None:
+            raise _bad_chunked(f"chunk size line {line[:40]!r} is not a hexadecimal size")
+        return int(match.group(1), 16)
+
+    def _skip_trailers(self) -> None:
+        for _ in range(MAX_TRAILER_LINES + 1):
+            line = self.rfile.readline(MAX_CHUNK_LINE + 1)
+            if line in (b"\r\n", b"\n"):
+                return
+            if not line.endswith(b"\n"):
+                raise _bad_chunked("a trailer line is too long or the body ended")
+        raise _bad_chunked(f"more than {MAX_TRAILER_LINES} trailer lines")
 
     def _auth(self) -> None:
+        """Bearer or ``api-key``: the server's key is required unless it was started with ``--no-auth``."""
         config = self.server.config
         if config.no_auth:
             return
@@ -134,18 +305,15 @@ class Handler(BaseHTTPRequestHandler):
             token = self.headers.get("api-key", "").strip()
         if not token:
             raise apierror.missing_api_key()
-        if config.required_key is not None:
-            import hmac
-
-            if not hmac.compare_digest(token.encode(), config.required_key.encode()):
-                raise apierror.invalid_api_key()
+        if not hmac.compare_digest(token.encode(), (config.required_key or "").encode()) or not config.required_key:
+            raise apierror.invalid_api_key()
 
     # --- routes ---------------------------------------------------------------------------------------------
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = self._path()
-        if path == "/_stats":
-            self._send_json(200, self.server.stats.snapshot(self.server.faults.snapshot()))
+        if path in TEST_ROUTES:
+            self._test_route(path)
             return
         match = FILE_PATH.match(path)
         if match:
@@ -159,12 +327,28 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         path = self._path()
+        if path in TEST_ROUTES:
+            self._test_route(path)
+            return
+        self._handle(path, self._images)
+
+    def _test_route(self, path: str) -> None:
+        """``GET /_stats`` and ``POST /_reset``: only with ``--test-routes``, and behind the key like the API
+        (the records hold other clients' prompts). Not recorded in the statistics they serve."""
+        try:
+            if not self.server.config.test_routes or (self.command, path) not in (("GET", "/_stats"),
+                                                                                   ("POST", "/_reset")):
+                raise apierror.not_found_route(self.command, path)
+            self._auth()
+        except ApiError as error:
+            self._send(error.status, error.body(), error.content_type, error.headers)
+            return
         if path == "/_reset":
             self.server.stats.reset()
             self.server.faults.reset()
             self._send_json(200, {"ok": True})
-            return
-        self._handle(path, self._images)
+        else:
+            self._send_json(200, self.server.stats.snapshot(self.server.faults.snapshot()))
 
     def _handle(self, path: str, route: Any) -> None:
         started = time.monotonic()
@@ -174,7 +358,7 @@ class Handler(BaseHTTPRequestHandler):
             "time": time.time(),
             "method": self.command,
             "path": path,
-            "query": urlsplit(self.path).query,
+            "query": urlsplit(self.path).query[:256],
             "endpoint": None,
             "headers": sanitize_headers(list(self.headers.items())),
             "auth": {
@@ -186,17 +370,17 @@ class Handler(BaseHTTPRequestHandler):
         status, body, content_type, headers = 500, b"", "application/json", {"x-request-id": request_id}
         try:
             status, body, delivery = route(path, entry)
-        except BodyTooLarge:
-            self.close_connection = True
-            error = ApiError(413, f"Request body too large: the limit is {MAX_BODY_BYTES // (1024 * 1024)} MB.",
-                             code="request_too_large")
-            status, body = error.status, error.body()
-            entry["body_bytes"] = 0
         except ApiError as error:
             status, body, content_type = error.status, error.body(), error.content_type
             headers.update(error.headers)
             entry["error"] = {"code": error.code, "param": error.param, "type": error.type}
             delivery = entry.pop("_delivery", [])
+        except Exception as exc:  # noqa: BLE001 - a bug must still answer in the API's shape, not drop the client
+            bug = apierror.internal_error(type(exc).__name__)
+            status, body = bug.status, bug.body()
+            entry["error"] = {"code": bug.code, "param": bug.param, "type": bug.type}
+            delivery = []
+            _report_bug(exc)
         entry["status"] = status
         entry["seconds"] = round(time.monotonic() - started, 4)
         self.server.stats.record({k: v for k, v in entry.items() if not k.startswith("_")})
@@ -238,9 +422,10 @@ class Handler(BaseHTTPRequestHandler):
             deployment = match.group(1)
         endpoint = match.group(match.lastindex or 1)
         entry["endpoint"] = endpoint
+        entry["body_bytes"] = 0
+        self._auth()  # before the body: without the key, nobody makes this server buffer 50 MB
         raw = self._read_body()
         entry["body_bytes"] = len(raw)
-        self._auth()
         try:
             specs = self.server.config.faults + faults.parse_faults(self.headers.get("X-Fault", ""))
             spec = self.server.config.render
@@ -258,6 +443,27 @@ class Handler(BaseHTTPRequestHandler):
         if before is not None:
             raise faults.before_error(before, model)
         family = self.server.registry.require_image_model(model, endpoint)
+        with self._heavy_work():
+            encoded = self._produce(endpoint, model, family, fields, files, is_multipart, firing, spec, entry)
+        entry.pop("_delivery", None)
+        return 200, encoded, delivery
+
+    @contextlib.contextmanager
+    def _heavy_work(self) -> Iterator[None]:
+        """At most ``--max-work`` requests decode and paint at once (each can take hundreds of MB); the others
+        wait up to ``--work-wait`` seconds, then get 429 with retry-after instead of exhausting memory."""
+        gate, config = self.server.work_gate, self.server.config
+        if not gate.acquire(timeout=config.work_wait):
+            raise apierror.server_busy("all image workers are in use", retry_after=max(1, round(config.work_wait)))
+        try:
+            yield
+        finally:
+            gate.release()
+
+    def _produce(self, endpoint: str, model: str, family: caps.Family, fields: dict[str, Any], files: list,
+                 is_multipart: bool, firing: list[faults.FaultSpec], spec: render.RenderSpec | None,
+                 entry: dict) -> bytes:
+        """Validate (decoding the uploads), run the engine, apply the ``after`` faults: the heavy part."""
         request = rules.validate(endpoint, model, family, {k: v for k, v in fields.items() if k != "model"}, files,
                                  multipart=is_multipart)
         kinds = {s.kind: s for s in firing}
@@ -280,8 +486,7 @@ class Handler(BaseHTTPRequestHandler):
         encoded = json.dumps(body).encode()
         if "malformed_json" in kinds:
             encoded = encoded[: max(1, len(encoded) // 2)]
-        entry.pop("_delivery", None)
-        return 200, encoded, delivery
+        return encoded
 
     def _file_url(self, data: bytes, ext: str) -> str:
         name = self.server.files.put(data, ext)
@@ -292,55 +497,107 @@ class Handler(BaseHTTPRequestHandler):
     def _parse(self, raw: bytes, endpoint: str, entry: dict) -> tuple[dict[str, Any], list, bool]:
         content_type = self.headers.get("Content-Type", "")
         if content_type.lower().startswith("multipart/form-data"):
-            try:
-                form = multipart.parse_multipart(raw, content_type)
-            except multipart.MultipartError as exc:
-                raise ApiError(400, f"Could not parse the multipart form: {exc}.") from None
-            entry["fields"] = {k: (v[0] if len(v) == 1 else v) for k, v in form.fields.items()}
-            entry["files"] = [describe_file(part) for part in form.files]
-            for name, values in form.fields.items():
-                if len(values) > 1:
-                    raise apierror.invalid_value(name, values[-1], detail=f"'{name}' was sent {len(values)} times.")
-            return {k: v[0] for k, v in form.fields.items()}, form.files, True
+            return self._parse_multipart(raw, content_type, entry)
         if content_type.lower().startswith("application/x-www-form-urlencoded"):
-            pairs = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=64)
-            entry["fields"] = {k: v[0] for k, v in pairs.items()}
+            try:
+                pairs = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=64)
+            except ValueError:
+                raise ApiError(400, "Too many form fields (at most 64).", code="invalid_request") from None
+            entry["fields"] = summarize_fields({k: v[0] for k, v in pairs.items()})
             entry["files"] = []
             return {k: v[0] for k, v in pairs.items()}, [], True
-        try:
-            fields = json.loads(raw or b"null")
-        except ValueError:
-            fields = None
-        if not isinstance(fields, dict):
-            raise ApiError(
-                400,
-                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
-                "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)",
-            )
+        fields = _json_object(raw)
         files = self._json_images(fields) if endpoint == caps.ENDPOINT_EDITS else []
-        entry["fields"] = {k: v for k, v in fields.items() if k not in ("images", "mask")}
+        entry["fields"] = summarize_fields({k: v for k, v in fields.items() if k not in ("images", "mask")})
         entry["files"] = [describe_file(part) for part in files]
         fields = {k: v for k, v in fields.items() if v is not None}
         if endpoint != caps.ENDPOINT_GENERATIONS and not files and endpoint == caps.ENDPOINT_VARIATIONS:
             raise ApiError(400, "Variations take multipart/form-data.", param="image", code="invalid_value")
         return fields, files, False
 
+    def _parse_multipart(self, raw: bytes, content_type: str, entry: dict) -> tuple[dict[str, Any], list, bool]:
+        try:
+            form = multipart.parse_multipart(raw, content_type)
+        except multipart.MultipartError as exc:
+            raise ApiError(400, f"Could not parse the multipart form: {exc}.") from None
+        entry["fields"] = summarize_fields({k: (v[0] if len(v) == 1 else v) for k, v in form.fields.items()})
+        entry["files"] = [describe_file(part) for part in form.files]
+        for name, values in form.fields.items():
+            if len(values) > 1:
+                raise apierror.invalid_value(name, values[-1], detail=f"'{name}' was sent {len(values)} times.")
+        return {k: v[0] for k, v in form.fields.items()}, form.files, True
+
     def _json_images(self, fields: dict[str, Any]) -> list[multipart.FilePart]:
         """JSON edits (``images: [{image_url}]``): only data URLs here; the local server fetches nothing."""
-        parts = []
-        refs = [("image", ref) for ref in fields.pop("images", None) or []]
-        if fields.get("mask") is not None:
-            refs.append(("mask", fields.pop("mask")))
-        fields.pop("mask", None)
-        for name, ref in refs:
-            url = ref.get("image_url") if isinstance(ref, dict) else None
-            match = DATA_URL.match(url or "")
-            if not match or not match.group(2):
-                raise apierror.invalid_value(name, "file_id or remote URL" if url is None else url[:40],
-                                             detail="The local server takes base64 data URLs only.")
-            try:
-                data = b64decode(match.group(3), validate=False)
-            except ValueError:
-                raise apierror.invalid_value(name, url[:40] if url else "", detail="Bad base64 data URL.") from None
-            parts.append(multipart.FilePart(name, f"{name}.bin", match.group(1) or "application/octet-stream", data))
-        return parts
+        images = fields.pop("images", None)
+        if images is not None and not isinstance(images, list):
+            raise apierror.invalid_type("images", "an array", _json_type(images))
+        refs = [("images", ref) for ref in images or []]
+        mask = fields.pop("mask", None)
+        if mask is not None:
+            refs.append(("mask", mask))
+        return [_data_url_part(name, ref) for name, ref in refs]
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object; 400 for anything else (bad JSON, another type, nesting too deep to parse)."""
+    try:
+        fields = json.loads(raw or b"null")
+    except RecursionError:
+        raise ApiError(400, "The JSON body is nested too deeply.", code="invalid_json") from None
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict):
+        raise ApiError(
+            400,
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+            "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)",
+        )
+    return fields
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for ``invalid_type`` messages."""
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+             dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _data_url_part(name: str, ref: object) -> multipart.FilePart:
+    """One ``{"image_url": "data:image/png;base64,..."}`` reference as an uploaded file."""
+    field = "image" if name == "images" else name
+    if not isinstance(ref, dict):
+        raise apierror.invalid_type(name, "an object with 'image_url'", _json_type(ref))
+    url = ref.get("image_url")
+    if url is not None and not isinstance(url, str):
+        raise apierror.invalid_type(f"{name}.image_url", "a string", _json_type(url))
+    match = DATA_URL.match(url or "")
+    if not match or not match.group(2):
+        raise apierror.invalid_value(field, "file_id or remote URL" if url is None else url[:40],
+                                     detail="The local server takes base64 data URLs only.")
+    try:
+        data = b64decode(match.group(3), validate=False)
+    except ValueError:
+        raise apierror.invalid_value(field, (url or "")[:40], detail="Bad base64 data URL.") from None
+    return multipart.FilePart(field, f"{field}.bin", match.group(1) or "application/octet-stream", data)
+
+
+def _malformed_headers(headers: Any) -> bool:
+    """A line that is not ``Name: value`` (the stdlib would silently drop every header after it) or a folded
+    value (obsolete line folding: RFC 9112 lets a server refuse it, and a CR/LF must never reach an answer)."""
+    if any(isinstance(defect, HEADER_DEFECTS) for defect in headers.defects):
+        return True
+    return any("\r" in value or "\n" in value for value in headers.values())
+
+
+def _bad_chunked(detail: str) -> ApiError:
+    return ApiError(400, f"Malformed chunked body: {detail}.", code="invalid_request")
+
+
+def _report_bug(exc: BaseException) -> None:
+    """One line on stderr for a server bug: where it happened and the exception's type (not its message,
+    which may quote request data), never a traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else "?"
+    sys.stderr.write(f"gimp-openai serve: internal error {type(exc).__name__} at {where}\n")
+    sys.stderr.flush()

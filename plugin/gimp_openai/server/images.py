@@ -1,7 +1,10 @@
 """Decode uploads and encode results for the local server (its own small codec layer, independent of the
 engine's ``imaging.py`` so the test double never shares a bug with the client it tests).
 
-Decoding refuses decompression bombs from the header before any pixels are allocated.
+Decoding refuses decompression bombs from the header before any pixels are allocated, and reads only the
+three formats the API takes (PNG, JPEG, WebP), so none of Pillow's other decoders is reachable from a request.
+The pixel limits below are the server's one decoded-pixel budget (``rules.check_pixel_budget`` applies it to a
+whole request from the headers; :func:`decode` repeats the per-image limit as its own guard).
 """
 
 from __future__ import annotations
@@ -13,7 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-MAX_DECODE_PIXELS = 100_000_000
+#: The largest image this server decodes: 4096x4096 (the API's largest output, 3840x2160, fits with room).
+#: Decoded as RGBA that is 64 MB; the engine's working copies make it several times that.
+MAX_IMAGE_PIXELS = 4096 * 4096
+#: All images and the mask of one request together: one image and its mask at the largest size.
+MAX_REQUEST_PIXELS = 2 * MAX_IMAGE_PIXELS
+FORMATS = ("PNG", "JPEG", "WEBP")
 FORMAT_MIMETYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
@@ -48,14 +56,24 @@ class Decoded:
         }
 
 
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from the file's header, no pixels decoded; None when it is not a PNG/JPEG/WebP."""
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - Pillow raises many kinds for bad input; decode() reports it
+        return None
+    return int(width), int(height)
+
+
 def decode(data: bytes) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
-            if width * height > MAX_DECODE_PIXELS:
-                raise UndecodableImage(f"{width}x{height} is more than {MAX_DECODE_PIXELS:,} pixels")
+            if width * height > MAX_IMAGE_PIXELS:
+                raise UndecodableImage(f"{width}x{height} is more than {MAX_IMAGE_PIXELS:,} pixels")
             image.load()
     except UndecodableImage:
         raise

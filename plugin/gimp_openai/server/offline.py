@@ -164,7 +164,10 @@ def generate(prompt: str, size: tuple[int, int], *, index: int = 0) -> np.ndarra
     width, height = size
     rng = np.random.default_rng(seed_of("generate", prompt, index))
     base_hue = (seed_of("hue", prompt) % 1000) / 1000.0 + index * 0.07
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    # open grids (H x 1 and 1 x W) broadcast to full size only where needed: a 3840x2160 picture costs a few
+    # float32 planes at a time, not the dozen full-size temporaries of dense grids
+    yy = np.arange(height, dtype=np.float32)[:, None]
+    xx = np.arange(width, dtype=np.float32)[None, :]
     t = (yy / max(1, height - 1))[..., None]
     top, bottom = _hsv_colour(base_hue, 0.55, 0.95), _hsv_colour(base_hue + 0.08, 0.25, 1.0)
     image: np.ndarray = top * (1 - t) + bottom * t
@@ -201,7 +204,7 @@ def visible_edit(pixels: np.ndarray, hole: np.ndarray, *, seed: int) -> np.ndarr
     ys, xs = np.nonzero(hole)
     cy, cx = ys.mean(), xs.mean()
     radius = 0.35 * max(1.0, min(ys.max() - ys.min(), xs.max() - xs.min()))
-    yy, xx = np.mgrid[0 : hole.shape[0], 0 : hole.shape[1]]
+    yy, xx = np.ogrid[0 : hole.shape[0], 0 : hole.shape[1]]  # open grids: no two full-size int64 planes
     disc = hole & (((yy - cy) ** 2 + (xx - cx) ** 2) <= radius**2)
     colour = _hsv_colour(rng.random(), 0.7, 0.9)
     region = out[..., :3][disc].astype(np.float32)

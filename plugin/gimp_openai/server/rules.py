@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from gimp_openai import capabilities as caps
 from gimp_openai.capabilities import Family
 from gimp_openai.server import apierror
-from gimp_openai.server.images import Decoded, UndecodableImage, decode
+from gimp_openai.server.images import (
+    MAX_IMAGE_PIXELS,
+    MAX_REQUEST_PIXELS,
+    Decoded,
+    UndecodableImage,
+    decode,
+    header_size,
+)
 from gimp_openai.server.multipart import FilePart
 
 EDITS, VARIATIONS, GENERATIONS = caps.ENDPOINT_EDITS, caps.ENDPOINT_VARIATIONS, caps.ENDPOINT_GENERATIONS
@@ -246,6 +253,36 @@ def _too_large(param: str, size: int, limit: int) -> apierror.ApiError:
     )
 
 
+def check_pixel_budget(parts: list[FilePart]) -> None:
+    """Refuse, from the files' headers and before decoding any, an image over :data:`MAX_IMAGE_PIXELS` or a
+    request whose images and mask together are over :data:`MAX_REQUEST_PIXELS`: a 600 KB PNG can declare
+    9000x9000 and would cost gigabytes once decoded. Undecodable files are left to :func:`_decode`."""
+    total = 0
+    for part in parts:
+        size = header_size(part.data)
+        if size is None:
+            continue
+        param = "mask" if part.field == "mask" else "image"
+        width, height = size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise apierror.ApiError(
+                400,
+                f"Invalid input image - {width}x{height} is {width * height:,} pixels; this server decodes at most "
+                f"{MAX_IMAGE_PIXELS:,} pixels (4096x4096) per image.",
+                param=param,
+                code="image_too_large",
+            )
+        total += width * height
+        if total > MAX_REQUEST_PIXELS:
+            raise apierror.ApiError(
+                400,
+                f"Invalid input images - the images and mask of one request may have {MAX_REQUEST_PIXELS:,} pixels "
+                f"together; these have more than {total:,}.",
+                param=param,
+                code="image_too_large",
+            )
+
+
 def check_images(endpoint: str, family: Family, files: list[FilePart]) -> tuple[list[Decoded], Decoded | None]:
     """The image rules: which fields, how many, mimetype, bytes, decodable, square, mask alpha and size."""
     allowed_fields = FILE_FIELDS[endpoint]
@@ -260,6 +297,7 @@ def check_images(endpoint: str, family: Family, files: list[FilePart]) -> tuple[
         raise apierror.array_too_long("image", len(image_parts), family.max_images)
     if len(mask_parts) > 1:
         raise apierror.invalid_value("mask", f"{len(mask_parts)} files", detail="Send one mask.")
+    check_pixel_budget(image_parts + mask_parts)
     images = []
     for index, part in enumerate(image_parts):
         if part.content_type not in family.input_mimetypes:

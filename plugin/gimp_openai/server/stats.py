@@ -16,14 +16,37 @@ from PIL import Image
 from gimp_openai.server.multipart import FilePart
 
 SECRET_HEADERS = ("authorization", "api-key", "cookie", "proxy-authorization")
+#: What one record keeps of a header value or a text field (the deque keeps 500 records: 500 x 50 MB otherwise).
+MAX_RECORDED_TEXT = 1024
+MAX_RECORDED_FIELDS = 64
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_RECORDED_TEXT else text[:MAX_RECORDED_TEXT] + f"... [{len(text):,} chars]"
 
 
 def sanitize_headers(items: list[tuple[str, str]]) -> dict[str, str]:
     headers = {}
-    for name, value in items:
-        lower = name.lower()
-        headers[lower] = "[redacted]" if lower in SECRET_HEADERS else value
+    for name, value in items[:MAX_RECORDED_FIELDS]:
+        lower = _clip(name.lower())
+        headers[lower] = "[redacted]" if lower in SECRET_HEADERS else _clip(value)
     return headers
+
+
+def summarize_fields(fields: dict[str, object]) -> dict[str, object]:
+    """The request's fields for the record: scalars as sent (long text clipped), containers described by
+    type and length only, so a hostile body cannot make the record large."""
+    summary: dict[str, object] = {}
+    for name, value in list(fields.items())[:MAX_RECORDED_FIELDS]:
+        if isinstance(value, str):
+            summary[_clip(name)] = _clip(value)
+        elif value is None or isinstance(value, (bool, int, float)):
+            summary[_clip(name)] = value  # json.loads caps integers at 4,300 digits
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value[:MAX_RECORDED_FIELDS]):
+            summary[_clip(name)] = [_clip(v) for v in value[:MAX_RECORDED_FIELDS]]
+        else:
+            summary[_clip(name)] = f"[{type(value).__name__} of {len(value) if hasattr(value, '__len__') else 1}]"
+    return summary
 
 
 def describe_file(part: FilePart) -> dict[str, object]:
