@@ -42,6 +42,9 @@ from gimp_openai.errors import (
 from gimp_openai.history import Notice
 from gimp_openai.progress import PHASE_START, Progress, ProgressCallback, Ticker, no_progress
 
+#: Warning code: the client adjusted an odd answer at no cost to the artist (e.g. dropped extra images).
+ANSWER_ADJUSTED = "answer_adjusted"
+
 #: The variation prompt used when a model has no variations endpoint (every GPT image model): an edit of the
 #: whole image without a mask. Kept in settings as ``variation_prompt`` when the user changes it.
 DEFAULT_VARIATION_PROMPT = (
@@ -348,6 +351,12 @@ def _save_all(engine: Engine, result: Any, meta: dict[str, Any]) -> Any:
     return kept
 
 
+def _notices(kept: Any, result: Any) -> list[Notice]:
+    """What the artist must be told although the run worked: paid images kept elsewhere than history, and
+    what the client did about an odd answer (extra images the server sent unasked, dropped unread)."""
+    return [*kept.notices, *(Notice(ANSWER_ADJUSTED, text) for text in getattr(result, "warnings", []) or [])]
+
+
 def _check_problems(result: Any, saved: list[str], note: str = "") -> None:
     problems = list(getattr(result, "problems", []) or [])
     if problems or not getattr(result, "images", None):
@@ -551,7 +560,8 @@ def edit(
             )
         )
     _emit(progress, item, "done", f"{n} result{'s' if n != 1 else ''} ready")
-    return Outcome(outputs=outputs, model=model, path=PATH_EDIT, plan=plan, notes=notes, warnings=kept.notices)
+    return Outcome(outputs=outputs, model=model, path=PATH_EDIT, plan=plan, notes=notes,
+                   warnings=_notices(kept, result))
 
 
 def _send_edit(
@@ -863,7 +873,8 @@ def variation(
             )
         )
     _emit(progress, item, "done", f"{n} variation{'s' if n != 1 else ''} ready ({label})")
-    return Outcome(outputs=outputs, model=model, path=path, plan=plan, notes=rescue_notes, warnings=kept.notices)
+    return Outcome(outputs=outputs, model=model, path=path, plan=plan, notes=rescue_notes,
+                   warnings=_notices(kept, result))
 
 
 # --- Generate -----------------------------------------------------------------------------------------------
@@ -923,7 +934,8 @@ def generate(
             )
         )
     _emit(progress, item, "done", f"{n} image{'s' if n != 1 else ''} ready")
-    return Outcome(outputs=outputs, model=model, path=PATH_GENERATE, notes=rescue_notes, warnings=kept.notices)
+    return Outcome(outputs=outputs, model=model, path=PATH_GENERATE, notes=rescue_notes,
+                   warnings=_notices(kept, result))
 
 
 def request_background(family: Family, chosen: str | None) -> str | None:

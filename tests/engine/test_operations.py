@@ -354,3 +354,19 @@ def test_cli_converts_16_bit_indexed_and_grayscale_input_and_says_so(tmp_path, m
     pixels, notes = load_image(str(path))
     assert pixels.dtype == np.uint8 and pixels.shape == (30, 40, 4)
     assert notes and "converted from mode" in notes[0]
+
+
+def test_extra_images_the_server_sent_unasked_are_said_as_a_warning(tmp_path):
+    """The client drops images beyond n; the outcome carries that as a coded warning a host shows."""
+    from gimp_openai.history import History
+
+    from tests.engine._client_helpers import client_for, images_answer, png
+    from tests.support.wire_server import Reply, WireServer
+
+    with WireServer([Reply.json(images_answer(png(16, 16), png(16, 16), png(16, 16)))]) as server:
+        eng = operations.Engine(Settings(), client_for(server.url), History(tmp_path / "history"))
+        outcome = operations.generate(eng, operations.Options(model="gpt-image-2", prompt="a kite", n=1))
+    assert len(outcome.outputs) == 1
+    (warning,) = outcome.warnings
+    assert warning.code == operations.ANSWER_ADJUSTED
+    assert warning.message == "The server sent 3 images for the 1 requested; the 2 extra were dropped unread."

@@ -58,7 +58,7 @@ class ProcWatcher:
                     cmdline = (entry / "cmdline").read_bytes()
                 except OSError:
                     continue
-                if b"gimp_openai" in cmdline and b"server" not in cmdline:
+                if b"gimp_openai" in cmdline and b"gimp_openai.server" not in cmdline:
                     self.seen[int(entry.name)] = cmdline
                     try:
                         if KEY in (entry / "environ").read_bytes():
