@@ -188,7 +188,7 @@ def generate(folder: Path) -> list[dict]:
     for name, prompt, expect in [
         ("prompt-control-chars", "a red\x01 kite\x1b[31m\r\n\tover \x7fthe\u200b lake\u202e", OK),
         ("prompt-40000-chars", "kite " * 8000, {"ok": False, "code": "invalid_input",
-                                                "words": ["40000 characters", "at most"]}),
+                                                "words": ["40,000 characters", "at most"]}),
         ("prompt-whitespace-only", " \t\r\n ", {"ok": False, "code": "invalid_input", "words": ["prompt is empty"]}),
         ("prompt-nul", "a red\x00kite", {"ok": False, "code": "invalid_input", "words": ["NUL"]}),
     ]:

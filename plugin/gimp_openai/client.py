@@ -43,6 +43,18 @@ import requests
 from . import capabilities as caps
 from . import errors as E
 from . import transport, urlpolicy
+from .request_checks import (
+    check_choice,
+    check_endpoint,
+    check_n,
+    check_prompt,
+    check_quality,
+    check_size,
+    check_upload,
+    check_upload_size,
+    png_size,
+    sniff_mimetype,
+)
 from .settings import DEFAULT_BASE_URL, Settings, check_base_url, resolve_api_key
 from .urlpolicy import is_loopback
 
@@ -175,25 +187,6 @@ class ImagesResult:
 
 
 # --- small helpers ----------------------------------------------------------------------------------------
-
-
-def sniff_mimetype(data: bytes) -> str | None:
-    """image/png, image/jpeg or image/webp from the first bytes; None for anything else."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "image/png"
-    if data[:3] == b"\xff\xd8\xff":
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
-def png_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG's IHDR, without decoding; None if not a PNG."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR" or len(data) < 24:
-        return None
-    width, height = struct.unpack(">II", data[16:24])
-    return int(width), int(height)
 
 
 def _looks_complete(data: bytes, mimetype: str) -> bool:
@@ -402,10 +395,10 @@ class ImagesClient:
         on_event: EventCallback | None = None,
     ) -> ImagesResult:
         family = self._family(model, caps.ENDPOINT_EDITS)
-        _check_prompt(prompt, family)
-        _check_n(n, family)
-        _check_size(size, family)
-        _check_quality(quality, family)
+        check_prompt(prompt, family)
+        check_n(n, family)
+        check_size(size, family)
+        check_quality(quality, family)
         images = [image, *extra_images]
         if len(images) > max(family.max_images, 1):
             raise E.InvalidInputError(
@@ -415,12 +408,12 @@ class ImagesClient:
         image_field = "image" if len(images) == 1 else "image[]"
         for i, data in enumerate(images):
             what = "the image" if i == 0 else f"reference image {i}"
-            ctype = _check_upload(data, family, what, model)
+            ctype = check_upload(data, family, what, model)
             fields.append((image_field, (f"image-{i}.{_EXT[ctype]}", data, ctype)))
         if mask is not None:
             if sniff_mimetype(mask) != "image/png":
                 raise E.InvalidInputError("The mask must be a PNG image")
-            _check_upload_size(mask, family, "the mask")
+            check_upload_size(mask, family, "the mask")
             mask_dims, image_dims = png_size(mask), png_size(image) if sniff_mimetype(image) == "image/png" else None
             if mask_dims and image_dims and mask_dims != image_dims:
                 raise E.InvalidInputError(
@@ -435,7 +428,7 @@ class ImagesClient:
         if input_fidelity is not None:
             if not caps.supports_input_fidelity(model, family):
                 raise E.InvalidInputError(f"{model} does not take input_fidelity")
-            _check_choice("input_fidelity", input_fidelity, ("low", "high"))
+            check_choice("input_fidelity", input_fidelity, ("low", "high"))
             params["input_fidelity"] = input_fidelity
         fields.extend(params.items())
         return self._images_call(caps.ENDPOINT_EDITS, model, multipart=fields, n=n, on_event=on_event)
@@ -452,9 +445,9 @@ class ImagesClient:
         on_event: EventCallback | None = None,
     ) -> ImagesResult:
         family = self._family(model, caps.ENDPOINT_VARIATIONS)
-        _check_n(n, family)
-        _check_size(size, family)
-        ctype = _check_upload(image, family, "the image", model)
+        check_n(n, family)
+        check_size(size, family)
+        ctype = check_upload(image, family, "the image", model)
         fields: list[tuple[str, Any]] = [("model", model), ("image", (f"image.{_EXT[ctype]}", image, ctype))]
         params = _common_params(model, family, n=n, size=size, response_format=response_format, user=user)
         fields.extend(params.items())
@@ -477,10 +470,10 @@ class ImagesClient:
         on_event: EventCallback | None = None,
     ) -> ImagesResult:
         family = self._family(model, caps.ENDPOINT_GENERATIONS)
-        _check_prompt(prompt, family)
-        _check_n(n, family)
-        _check_size(size, family)
-        _check_quality(quality, family)
+        check_prompt(prompt, family)
+        check_n(n, family)
+        check_size(size, family)
+        check_quality(quality, family)
         body: dict[str, Any] = {"model": model, "prompt": prompt}
         body.update(
             _common_params(
@@ -491,7 +484,7 @@ class ImagesClient:
         if moderation is not None:
             if not family.gpt_params:
                 raise E.InvalidInputError(f"{model} does not take moderation")
-            _check_choice("moderation", moderation, ("low", "auto"))
+            check_choice("moderation", moderation, ("low", "auto"))
             body["moderation"] = moderation
         if "n" in body:
             body["n"] = int(body["n"])
@@ -516,11 +509,7 @@ class ImagesClient:
         if not model or not model.strip():
             raise E.InvalidInputError("No model was given")
         family = caps.family_for(model, self.config.model_rules)
-        if not caps.supports_endpoint(family, endpoint):
-            raise E.UnsupportedModelError(
-                f"{model} ({family.name} family) does not serve /images/{endpoint}",
-                hint="Choose another model; variations with GPT image models run as an edit with a variation prompt.",
-            )
+        check_endpoint(model, family, endpoint)
         return family
 
     def _emit(self, on_event: EventCallback | None, event: ClientEvent) -> None:
@@ -1039,70 +1028,6 @@ def error_from_response(
     return E.InvalidRequestError(message, hint=hint, **kwargs)
 
 
-# --- local checks (before anything is sent or paid for) ---------------------------------------------------
-
-
-def _check_prompt(prompt: str, family: caps.Family) -> None:
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise E.InvalidInputError("The prompt is empty", hint="Describe what the selection should become.")
-    if "\x00" in prompt:
-        raise E.InvalidInputError("The prompt contains a NUL character",
-                                  hint="Remove the invisible control character from the prompt and try again.")
-    if len(prompt) > family.prompt_max:
-        raise E.InvalidInputError(
-            f"The prompt has {len(prompt):,} characters; {family.name} models take at most {family.prompt_max:,}"
-        )
-
-
-def _check_n(n: int, family: caps.Family) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= family.n_max:
-        raise E.InvalidInputError(f"n must be a whole number from 1 to {family.n_max} for {family.name}; got {n!r}")
-
-
-def _check_size(size: str | None, family: caps.Family) -> None:
-    if size is None:
-        return
-    problem = family.check_size(size)
-    if problem:
-        raise E.InvalidInputError(problem, param="size")
-
-
-def _check_quality(quality: str | None, family: caps.Family) -> None:
-    if quality is not None and quality not in family.qualities:
-        raise E.InvalidInputError(f"quality {quality!r} is not one of {', '.join(family.qualities)} for {family.name}")
-
-
-def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise E.InvalidInputError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
-
-
-def _check_upload_size(data: bytes, family: caps.Family, what: str) -> None:
-    if family.max_upload_bytes and len(data) > family.max_upload_bytes:
-        raise E.ImageTooLargeError(
-            f"{what.capitalize()} is {len(data) / 1048576:.1f} MB after encoding; {family.name} takes at most "
-            f"{family.max_upload_bytes / 1048576:.0f} MB",
-            hint="Select a smaller region, or use a model that accepts larger uploads.",
-        )
-
-
-def _check_upload(data: bytes, family: caps.Family, what: str, model: str) -> str:
-    """Content type of an input image after checking it is one the family takes, within size and shape."""
-    if not isinstance(data, (bytes, bytearray)) or not data:
-        raise E.UnreadableImageError(f"{what.capitalize()} is empty")
-    ctype = sniff_mimetype(bytes(data[:16]))
-    if ctype is None:
-        raise E.UnreadableImageError(f"{what.capitalize()} is not a PNG, JPEG or WebP image")
-    if ctype not in family.input_mimetypes:
-        raise E.InvalidInputError(f"{model} takes {', '.join(family.input_mimetypes)} input, not {ctype}")
-    _check_upload_size(data, family, what)
-    if family.square_input:
-        dims = png_size(data)
-        if dims and dims[0] != dims[1]:
-            raise E.InvalidInputError(f"{model} takes square images only; {what} is {dims[0]}x{dims[1]}")
-    return ctype
-
-
 def _common_params(
     model: str,
     family: caps.Family,
@@ -1132,9 +1057,9 @@ def _common_params(
             raise E.InvalidInputError(f"{model} does not take {name}")
         params[name] = value
     if background is not None:
-        _check_choice("background", background, ("transparent", "opaque", "auto"))
+        check_choice("background", background, ("transparent", "opaque", "auto"))
     if output_format is not None:
-        _check_choice("output_format", output_format, ("png", "jpeg", "webp"))
+        check_choice("output_format", output_format, ("png", "jpeg", "webp"))
     if output_compression is not None:
         if isinstance(output_compression, bool) or not isinstance(output_compression, int) or not (
             0 <= output_compression <= 100
@@ -1144,7 +1069,7 @@ def _common_params(
     if response_format is not None:
         if not family.response_format:
             raise E.InvalidInputError(f"{model} always returns base64 images; response_format is not accepted")
-        _check_choice("response_format", response_format, ("url", "b64_json"))
+        check_choice("response_format", response_format, ("url", "b64_json"))
         params["response_format"] = response_format
     if user is not None:
         params["user"] = str(user)

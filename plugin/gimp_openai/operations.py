@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,15 +32,27 @@ from gimp_openai.capabilities import ENDPOINT_EDITS, ENDPOINT_GENERATIONS, ENDPO
 from gimp_openai.errors import (
     APIError,
     GimpOpenAIError,
-    ImageTooLargeError,
     InvalidInputError,
     MalformedResponseError,
     ModelNotFoundError,
-    UnsupportedModelError,
     UnsupportedSizeError,
 )
 from gimp_openai.history import Notice
 from gimp_openai.progress import PHASE_START, Progress, ProgressCallback, Ticker, no_progress
+from gimp_openai.request_checks import (
+    check_endpoint,
+    check_n,
+    check_prompt,
+    check_quality,
+    check_size,
+    check_upload_size,
+)
+
+if TYPE_CHECKING:
+    from gimp_openai.client import ImagesClient
+    from gimp_openai.discovery import ModelList
+    from gimp_openai.history import History
+    from gimp_openai.settings import Settings
 
 #: Warning code: the client adjusted an odd answer at no cost to the artist (e.g. dropped extra images).
 ANSWER_ADJUSTED = "answer_adjusted"
@@ -137,11 +149,11 @@ class Outcome:
 class Engine:
     """Settings, an API client and the history folder, shared by every item of a batch (thread-safe)."""
 
-    def __init__(self, settings: Any, client: Any, history: Any | None = None) -> None:
+    def __init__(self, settings: Settings, client: ImagesClient, history: History | None = None) -> None:
         self.settings = settings
         self.client = client
         self._history = history
-        self._models: Any = None
+        self._models: ModelList | None = None
         self._lock = threading.Lock()
         #: How often a waiting ticker fires (seconds); tests may lower it.
         self.tick_interval = 1.0
@@ -155,7 +167,7 @@ class Engine:
         self.saved: list[str] = []
 
     @property
-    def history(self) -> Any:
+    def history(self) -> History:
         """The history folder, opened on first use (planning and checks never need it)."""
         with self._lock:
             if self._history is None:
@@ -166,7 +178,7 @@ class Engine:
             return self._history
 
     @classmethod
-    def from_settings(cls, settings: Any, api_key: str | None, *, history: Any | None = None) -> Engine:
+    def from_settings(cls, settings: Settings, api_key: str | None, *, history: History | None = None) -> Engine:
         from gimp_openai.client import ClientConfig, ImagesClient
 
         config = ClientConfig.from_settings(settings, api_key=api_key or "")
@@ -175,7 +187,7 @@ class Engine:
     def family(self, model: str) -> Family:
         return capabilities.family_for(model, getattr(self.settings, "model_rules", None) or {})
 
-    def models(self, *, refresh: bool = False) -> Any:
+    def models(self, *, refresh: bool = False) -> ModelList:
         """The image models the server lists (cached per base URL by discovery)."""
         from gimp_openai import discovery
 
@@ -196,50 +208,13 @@ def _model_entries(models: Any) -> list[Any]:
 # --- Checks before paying -----------------------------------------------------------------------------------
 
 
-def check_prompt(prompt: str, family: Family, *, required: bool = True) -> None:
-    if required and not (prompt or "").strip():
-        raise InvalidInputError("The prompt is empty.", hint="Describe what should appear in the selection.")
-    if len(prompt or "") > family.prompt_max:
-        raise InvalidInputError(
-            f"The prompt has {len(prompt)} characters; {family.name} models take at most {family.prompt_max}.",
-            hint="Shorten the prompt.",
-        )
-
-
-def check_n(n: Any, family: Family) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= family.n_max:
-        raise InvalidInputError(
-            f"n must be a whole number from 1 to {family.n_max} for {family.name} models (got {n!r}).",
-            hint="Ask for fewer images.",
-        )
-
-
-def check_endpoint(model: str, family: Family, endpoint: str, what: str) -> None:
-    if not capabilities.supports_endpoint(family, endpoint):
-        raise UnsupportedModelError(
-            f"{model} cannot {what} (its family, {family.name}, has no /images/{endpoint}).",
-            hint="Choose a GPT image model (see `gimp-openai models`).",
-        )
-
-
-def check_quality(quality: str, family: Family) -> str | None:
-    """The quality to send, or None when the family has a single quality (dall-e-2)."""
+def quality_to_send(quality: str, family: Family) -> str | None:
+    """The quality to send, after checking the family takes it; None when the family has a single quality
+    (dall-e-2 takes no such field)."""
     if not quality or quality == "auto":
         return "auto" if "auto" in family.qualities else None
-    if quality not in family.qualities:
-        raise InvalidInputError(
-            f"Quality {quality!r} is not one {family.name} takes; use one of {', '.join(family.qualities)}.",
-        )
+    check_quality(quality, family)
     return quality if len(family.qualities) > 1 else None
-
-
-def check_upload(data: bytes, family: Family, what: str) -> None:
-    if family.max_upload_bytes and len(data) > family.max_upload_bytes:
-        raise ImageTooLargeError(
-            f"The {what} is {len(data) / 1048576:.1f} MB as PNG; {family.name} models take at most "
-            f"{family.max_upload_bytes / 1048576:.0f} MB.",
-            hint="Select a smaller region, or choose a model that accepts larger uploads.",
-        )
 
 
 def layer_name(prompt: str, k: int, n: int, *, prefix: str = "OpenAI") -> str:
@@ -471,15 +446,10 @@ def edit(
 
     model = options.model
     family = engine.family(model)
-    check_endpoint(model, family, ENDPOINT_EDITS, "edit images")
+    check_endpoint(model, family, ENDPOINT_EDITS)
     check_prompt(options.prompt, family)
     check_n(options.n, family)
-    quality = check_quality(options.quality, family)
-    if len(options.extra_images) > max(0, family.max_images - 1):
-        raise InvalidInputError(
-            f"{family.name} models take at most {family.max_images} images per edit "
-            f"({len(options.extra_images)} reference images given)."
-        )
+    quality = quality_to_send(options.quality, family)
     _check_pixels(place_pixels, selection)
     if plan is None:
         origin = (layer.x, layer.y)
@@ -591,9 +561,7 @@ def _send_edit(
     )
     image_png = imaging.encode_upload_png(pixels, limit=family.max_upload_bytes or None)
     mask_png = mask_future.result()
-    check_upload(image_png, family, "image sent to the model")
-    for extra in options.extra_images:
-        check_upload(extra, family, "reference image")
+    check_upload_size(image_png, family, "the image sent to the model")
     size = f"{plan.target[0]}x{plan.target[1]}"
     kwargs: dict[str, Any] = dict(
         model=options.model,
@@ -690,10 +658,9 @@ def _prepare_ahead(original: np.ndarray, selection: np.ndarray, options: Options
         return None
 
     def prepare() -> Any:
-        try:  # imported here, off the thread that is sending the request (~20 ms of module set-up)
-            from gimp_openai.seamless import prepare_seamless
-        except ImportError:
-            return None
+        # imported here, off the thread that is sending the request (~20 ms of module set-up)
+        from gimp_openai.seamless import prepare_seamless
+
         return prepare_seamless(original, selection, align=options.align, tone_match=options.tone_match)
 
     return _side_pool().submit(prepare)
@@ -712,12 +679,8 @@ def _seamless(
             prepared = future.result()
         except Exception:  # noqa: BLE001, S110 - make_seamless computes it all itself
             prepared = None
-    try:
-        from gimp_openai.seamless import make_seamless
-    except ImportError:
-        return placed, "", {"applied": False, "why": "seamless module not installed"}, [
-            "alignment and tone match not available; the result is composited as returned"
-        ]
+    from gimp_openai.seamless import make_seamless
+
     try:
         res = make_seamless(
             original, placed, selection, align=options.align, tone_match=options.tone_match, blend=options.blend,
@@ -803,13 +766,13 @@ def variation(
     family = engine.family(model)
     via_endpoint = capabilities.supports_endpoint(family, ENDPOINT_VARIATIONS)
     if not via_endpoint:
-        check_endpoint(model, family, ENDPOINT_EDITS, "make variations (no variations or edits endpoint)")
+        check_endpoint(model, family, ENDPOINT_EDITS)
     check_n(options.n, family)
     _check_pixels(place_pixels, None)
     prompt = options.variation_prompt or DEFAULT_VARIATION_PROMPT
     if not via_endpoint:
         check_prompt(prompt, family)
-    quality = None if via_endpoint else check_quality(options.quality, family)
+    quality = None if via_endpoint else quality_to_send(options.quality, family)
     if plan is None:
         plan = geometry.plan_region(layer, None, family, padding=0.0, size_mode=options.size_mode)
         full = np.full(place_pixels.shape[:2], 255, np.uint8)
@@ -818,7 +781,7 @@ def variation(
     _emit(progress, item, "upload", "Preparing the image")
     pixels = composite.request_pixels(place_pixels, plan)
     image_png = imaging.encode_upload_png(pixels, limit=family.max_upload_bytes or None)
-    check_upload(image_png, family, "image sent to the model")
+    check_upload_size(image_png, family, "the image sent to the model")
     size = f"{plan.target[0]}x{plan.target[1]}"
     if via_endpoint:
         path = PATH_VARIATION_ENDPOINT
@@ -886,14 +849,12 @@ def generate(
     """New images from the prompt alone, full size as returned (a host opens them as new layers or images)."""
     model = options.model
     family = engine.family(model)
-    check_endpoint(model, family, ENDPOINT_GENERATIONS, "generate images")
+    check_endpoint(model, family, ENDPOINT_GENERATIONS)
     check_prompt(options.prompt, family)
     check_n(options.n, family)
-    quality = check_quality(options.quality, family)
+    quality = quality_to_send(options.quality, family)
     size = options.size or ("auto" if family.allows_auto_size else family.sizes[0])
-    problem = family.check_size(size)
-    if problem:
-        raise InvalidInputError(f"{problem}.", hint="Use --size auto or one of the sizes `gimp-openai models` lists.")
+    check_size(size, family)
     parsed = capabilities.parse_size(size) or (1024, 1024)
     kwargs: dict[str, Any] = dict(model=model, prompt=options.prompt, n=options.n, size=size, quality=quality,
                                   on_event=_RETRY_REPORTER)

@@ -235,9 +235,9 @@ def test_model_gone_is_not_retried_and_names_the_replacement(engine, monkeypatch
     "kwargs, text",
     [
         (dict(prompt="   "), "prompt is empty"),
-        (dict(prompt="x" * 32001), "32000"),
+        (dict(prompt="x" * 32001), "32,000"),
         (dict(n=11), "n must be"),
-        (dict(model="dall-e-3"), "cannot edit"),
+        (dict(model="dall-e-3"), "does not serve /images/edits"),
     ],
 )
 def test_bad_input_is_refused_before_any_request(engine, kwargs, text):
