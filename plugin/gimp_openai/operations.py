@@ -47,6 +47,7 @@ from gimp_openai.request_checks import (
     check_size,
     check_upload_size,
 )
+from gimp_openai.settings import DEFAULT_VARIATION_PROMPT
 
 if TYPE_CHECKING:
     from gimp_openai.client import ImagesClient
@@ -57,12 +58,6 @@ if TYPE_CHECKING:
 #: Warning code: the client adjusted an odd answer at no cost to the artist (e.g. dropped extra images).
 ANSWER_ADJUSTED = "answer_adjusted"
 
-#: The variation prompt used when a model has no variations endpoint (every GPT image model): an edit of the
-#: whole image without a mask. Kept in settings as ``variation_prompt`` when the user changes it.
-DEFAULT_VARIATION_PROMPT = (
-    "Create a variation of this image: keep the subject, the composition, the style and the colours, "
-    "and vary the details naturally, as a second take of the same picture would."
-)
 
 PATH_EDIT = "edit"
 PATH_VARIATION_ENDPOINT = "variation-endpoint"
@@ -769,6 +764,8 @@ def variation(
         check_endpoint(model, family, ENDPOINT_EDITS)
     check_n(options.n, family)
     _check_pixels(place_pixels, None)
+    # a model without a variations endpoint (every GPT image model) gets an edit of the whole image without a
+    # mask: the artist's prompt, else the saved one, else the engine's one default (settings)
     prompt = options.variation_prompt or DEFAULT_VARIATION_PROMPT
     if not via_endpoint:
         check_prompt(prompt, family)

@@ -615,13 +615,32 @@ def reports_text(outputs, secrets=()):
 
 
 def store_key(key, python=None):
-    """Store the API key through the engine (``key set`` reads it from stdin): keyring, else a 0600 file."""
-    code, objects, stderr_text = run_engine(["key", "set"], python=python, stdin_text=key,
+    """Store the API key through the engine (``key set`` reads it from stdin): keyring, else a 0600 file.
+    Returns where it went, in words for the artist."""
+    code, objects, stderr_text = run_engine(["--json", "key", "set"], python=python, stdin_text=key,
                                             env=engine_env(None))
     if code != 0:
         raise HostError(u"The key could not be stored: %s" % (redact(_tail(stderr_text, 3), [key]) or code),
                         u"Check that the engine is installed (gimp-openai doctor).", "key_not_stored")
-    return objects
+    where = to_text(next((o.get("stored_in") for o in objects if o.get("stored_in")), u""))
+    if where == u"keyring":
+        return u"the system keyring"
+    return u"%s (readable only by you)" % where if where else u"the engine's settings"
+
+
+#: The engine's default server; the Settings dialog shows it as an empty field ("empty = OpenAI").
+OPENAI_URL = u"https://api.openai.com/v1"
+
+
+def saved_settings(python=None):
+    """The settings the engine has on file (``config show``), as the Settings dialog shows them: OpenAI's
+    server as an empty URL."""
+    code, objects, _stderr = run_engine(["config", "show", "--json"], python=python, env=engine_env(None))
+    answer = objects[-1] if objects and code == 0 else {}
+    settings = dict(answer.get("settings") or {})
+    if to_text(settings.get("base_url") or u"").rstrip(u"/") == OPENAI_URL:
+        settings["base_url"] = u""
+    return settings
 
 
 def config_args(changes):
@@ -652,13 +671,23 @@ def save_settings(changes, python=None):
 
 
 def test_connection(python=None):
-    """Ask the engine for the server's image models. Returns (ok, text for the artist, model ids)."""
+    """Ask the server for its image models now (never the cached list). Returns (ok, text for the artist
+    naming the server asked, model ids)."""
     code, objects, stderr_text = run_engine(["--json", "models", "--refresh"], python=python)
     answer = objects[-1] if objects else {}
-    if code == 0 and answer:
-        models = answer.get("models") or answer.get("items") or []
-        ids = [to_text(m.get("id")) if isinstance(m, dict) else to_text(m) for m in models]
-        return True, u"Connected. Image models offered: %s" % (u", ".join(ids) or u"none"), ids
+    url = to_text(answer.get("base_url") or u"the server")
+    if code == 0 and answer.get("ok") and not answer.get("from_cache"):
+        models = [m for m in answer.get("models") or [] if isinstance(m, dict)]
+        names = []
+        for m in models:
+            name = to_text(m.get("id"))
+            if m.get("shutdown_date"):
+                name += u" (retires %s)" % to_text(m["shutdown_date"])
+            names.append(name)
+        return (True, u"Connected to %s. Image models offered: %s" % (url, u", ".join(names) or u"none"),
+                [to_text(m.get("id")) for m in models])
+    if code == 0 and answer.get("from_cache"):
+        return False, (u"%s did not answer just now; the models listed are from an earlier visit." % url), []
     error = answer.get("error") if isinstance(answer.get("error"), dict) else None
     if error:
         return False, describe_error(error), []

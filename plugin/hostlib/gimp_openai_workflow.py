@@ -453,17 +453,20 @@ class Workflow(object):
 
     # ------------------------------------------------------------------------------------------- settings
     def run_settings(self):
-        """Save the non-secret settings, store a new key (asked in a hidden field), test the server."""
+        """Save the settings as the dialog shows them (it opens with what is saved; an empty server URL means
+        OpenAI, an empty model automatic, an empty folder the default), store a new key (asked in a hidden
+        field), and test the server now."""
         changes = {}
         for name, setting in (("base_url", "base_url"), ("default_model", "default_model"),
                               ("history_folder", "history_dir")):
-            value = hl.clean_line(self.values.get(name) or u"")
-            if value:
-                changes[setting] = value
+            if name in self.values:
+                changes[setting] = hl.clean_line(self.values.get(name) or u"")
         lines = []
         if changes:
             hl.save_settings(changes, python=self.python)
-            lines.append(u"Settings saved: %s." % u", ".join(sorted(changes)))
+            lines.append(u"Settings saved: server %s; model %s; history folder %s." % (
+                changes.get("base_url") or u"OpenAI", changes.get("default_model") or u"automatic",
+                changes.get("history_dir") or u"the default"))
         if self.values.get("change_key"):
             if not self.adapter.interactive:
                 raise Refusal(u"The API key can only be entered interactively.",
@@ -472,8 +475,7 @@ class Workflow(object):
             key = self.adapter.ask_secret(u"Paste your OpenAI API key (it is stored in the system keyring or a "
                                           u"private file, never shown):")
             if key and key.strip():
-                hl.store_key(key.strip(), python=self.python)
-                lines.append(u"API key stored.")
+                lines.append(u"API key stored in %s." % hl.store_key(key.strip(), python=self.python))
             else:
                 lines.append(u"API key unchanged.")
         if self.values.get("test_connection"):

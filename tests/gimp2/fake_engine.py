@@ -135,8 +135,10 @@ def main():
     elif cmd[0] == "job":
         job(cmd[1])
     elif cmd[0] == "models":
-        emit({"ok": True, "models": [{"id": "gpt-image-2"}, {"id": "dall-e-2"}]})
+        emit({"ok": True, "base_url": "http://127.0.0.1:9/v1", "from_cache": False,
+              "models": [{"id": "gpt-image-2"}, {"id": "dall-e-2", "shutdown_date": "2026-12-01"}]})
     elif cmd[0] == "key":
+        emit({"ok": True, "stored_in": "keyring"})
         return 0
     return 0
 

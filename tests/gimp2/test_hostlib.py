@@ -197,7 +197,7 @@ def test_store_key_sends_it_on_stdin_only(fake_engine):
     host.store_key(FAKE_KEY)
     call = fake_engine()[0]
     assert call["stdin"] == FAKE_KEY and call["key"] is None
-    assert call["argv"][3:] == ["key", "set"]
+    assert call["argv"][3:] == ["--json", "key", "set"]
 
 
 def test_batch_summary_names_successes_and_failures():
@@ -229,3 +229,16 @@ def test_save_settings_runs_the_engines_config_set(monkeypatch):
     with pytest.raises(host.HostError):
         host.save_settings({"api_key": FAKE_KEY}, python="/nonexistent/python")
     assert load_settings(apply_env=False).base_url == "http://127.0.0.1:9/v1"
+
+
+def test_saved_settings_show_openai_as_an_empty_url(tmp_path, monkeypatch):
+    """What the Settings dialog opens with comes from the real engine's config file."""
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "plugin"))
+    subprocess.run([sys.executable, "-m", "gimp_openai", "config", "set", "default_model=gpt-image-2"], env=env,
+                   check=True, capture_output=True)
+    saved = host.saved_settings(python=sys.executable)
+    assert saved["base_url"] == "" and saved["default_model"] == "gpt-image-2"
+    subprocess.run([sys.executable, "-m", "gimp_openai", "config", "set", "base_url=http://127.0.0.1:9/v1"],
+                   env=env, check=True, capture_output=True)
+    assert host.saved_settings(python=sys.executable)["base_url"] == "http://127.0.0.1:9/v1"

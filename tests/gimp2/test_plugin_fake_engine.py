@@ -290,12 +290,16 @@ def test_settings_key_via_hidden_field_never_in_shelf_or_argv(g2, fake_engine):
     g2.gimpfu.DIALOG = lambda name, values: ["http://127.0.0.1:9/v1", "gpt-image-2", "", True, True]
     g2.pdb.python_fu_openai_settings(run_mode=g2.gimpfu.RUN_INTERACTIVE)
     text = g2.gimp.state.messages[-1]
-    assert "API key stored." in text and "Connected" in text and "gpt-image-2" in text
+    assert "API key stored in the system keyring." in text
+    assert "Connected to http://127.0.0.1:9/v1. Image models offered: gpt-image-2, dall-e-2 (retires 2026-12-01)" \
+        in text
     calls = fake_engine()
-    key_call = [c for c in calls if c["argv"][3:5] == ["key", "set"]][0]
+    key_call = [c for c in calls if c["argv"][3:6] == ["--json", "key", "set"]][0]
     assert key_call["stdin"] == FAKE_KEY
     settings_call = [c for c in calls if c["argv"][3:5] == ["config", "set"]][0]
-    assert settings_call["argv"][5:] == ["base_url=http://127.0.0.1:9/v1", "default_model=gpt-image-2"]
+    # the dialog shows what is saved, so every field is saved as shown (empty = the default)
+    assert settings_call["argv"][5:] == ["base_url=http://127.0.0.1:9/v1", "default_model=gpt-image-2",
+                                         "history_dir="]
     assert settings_call["key"] is None and not any(c["argv"][1] == "-c" for c in calls)
     assert all(FAKE_KEY not in json.dumps(c["argv"]) for c in calls)
     assert FAKE_KEY not in repr(dict(g2.shelf)) and FAKE_KEY not in text

@@ -128,6 +128,8 @@ class OpenAIPlugIn(Gimp.PlugIn):
     def _run(self, procedure, run_mode, config, proc, image, drawables):
         Gegl.init(None)
         try:
+            if run_mode == Gimp.RunMode.INTERACTIVE and proc["operation"] == "settings":
+                show_saved_settings(config)
             if run_mode == Gimp.RunMode.INTERACTIVE:
                 if not show_dialog(procedure, config, proc):
                     return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
@@ -135,6 +137,8 @@ class OpenAIPlugIn(Gimp.PlugIn):
             workflow = flow.Workflow(Gimp3(run_mode == Gimp.RunMode.INTERACTIVE), proc, values,
                                      python=_engine_python(), secrets=_secrets())
             message = workflow.run(image, drawables)
+            if proc["operation"] == "settings":
+                config.set_property("change-key", False)  # a new key is asked for once, not at every Save
             if message:
                 Gimp.message(message)
             Gimp.displays_flush()
@@ -161,6 +165,18 @@ class OpenAIPlugIn(Gimp.PlugIn):
                 Gimp.progress_end()
             except Exception:  # noqa: S110 - no progress bar to end
                 pass
+
+
+def show_saved_settings(config):
+    """The Settings dialog opens with what the engine has on file, not with the values typed last time (an
+    empty server URL is OpenAI's)."""
+    saved = hl.saved_settings(python=_engine_python())
+    if not saved:
+        return
+    config.set_property("base-url", saved.get("base_url") or "")
+    config.set_property("default-model", saved.get("default_model") or "")
+    config.set_property("history-folder", saved.get("history_dir") or "")
+    config.set_property("change-key", False)
 
 
 def _secrets():
