@@ -438,7 +438,7 @@ class Workflow(object):
                 for o in outputs:
                     o["x"], o["y"] = 0, 0
             else:
-                image, anchor = target.image, (target.layer if target.kind == "layer" else None)
+                image, anchor = target.image, None  # on top of the image, never inside a group it has
                 width, height = self.adapter.image_size(image)
                 for o in outputs:  # centred in the image
                     o["x"] = (width - int(o["width"])) // 2

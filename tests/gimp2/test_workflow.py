@@ -268,7 +268,7 @@ def test_generate_into_a_new_image_or_centred_in_the_current_one(fake_engine):
     adapter = FakeAdapter([image])
     run(adapter, "generate", {"prompt": "a lighthouse", "n": 2, "target": "layers in this image"}, image)
     (insert,) = adapter.inserted
-    assert insert["group"] == "OpenAI: a lighthouse (2 results)"
+    assert insert["group"] == "OpenAI: a lighthouse (2 results)" and insert["anchor"] is None  # on top
     assert [layer[1:3] for layer in insert["layers"]] == [((200 - 64) // 2, (150 - 48) // 2)] * 2
     assert all(layer[5] is None for layer in insert["layers"]) and not adapter.shown
 
