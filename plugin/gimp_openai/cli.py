@@ -121,13 +121,47 @@ def load_image(path: str) -> tuple[np.ndarray, list[str]]:
 
 
 def parse_rect(text: str) -> tuple[int, int, int, int]:
+    """``X,Y,WIDTH,HEIGHT`` -> four ints, each inside the bounds table's coordinate / region-side range."""
+    from gimp_openai import bounds
+
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 4:
+        raise UsageError(f"--rect must be X,Y,WIDTH,HEIGHT with a positive size, got {text[:80]!r}; "
+                         "e.g. --rect 100,50,400,300.")
+    names = (("coordinate", "X"), ("coordinate", "Y"), ("region_side", "WIDTH"), ("region_side", "HEIGHT"))
     try:
-        parts = [int(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 4 or parts[2] <= 0 or parts[3] <= 0:
-        raise UsageError(f"--rect must be X,Y,WIDTH,HEIGHT with a positive size, got {text!r}.")
-    return parts[0], parts[1], parts[2], parts[3]
+        x, y, w, h = (int(bounds.parse(name, part, f"--rect {label}")) for (name, label), part in zip(names, parts,
+                                                                                                  strict=True))
+    except bounds.OutOfBounds as exc:
+        raise UsageError(exc.message, hint="") from None
+    return x, y, w, h
+
+
+def rect_option(text: str) -> tuple[int, int, int, int]:
+    """argparse ``type`` of --rect: checked while parsing, before any server is asked anything."""
+    try:
+        return parse_rect(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def rect_selection(height: int, width: int, rect: tuple[int, int, int, int], ellipse: bool) -> np.ndarray:
+    """u8 (H, W) with 255 inside the rectangle (or the ellipse inscribed in it). Only the rectangle's part inside
+    the image is computed, so a small ellipse in a huge image costs its own size, not the image's (an
+    ``np.mgrid`` over 8000x8000 was 1 GB of int64 indices)."""
+    x, y, w, h = rect
+    selection = np.zeros((height, width), np.uint8)
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
+    if x0 >= x1 or y0 >= y1:
+        return selection
+    if not ellipse:
+        selection[y0:y1, x0:x1] = 255
+        return selection
+    cx, cy = x + w / 2 - 0.5, y + h / 2 - 0.5
+    xx = ((np.arange(x0, x1, dtype=np.float64) - cx) / (w / 2)) ** 2
+    yy = ((np.arange(y0, y1, dtype=np.float64) - cy) / (h / 2)) ** 2
+    selection[y0:y1, x0:x1] = np.where(yy[:, None] + xx[None, :] <= 1.0, 255, 0).astype(np.uint8)
+    return selection
 
 
 def selection_for(args: argparse.Namespace, shape: tuple[int, ...], mask_path: str | None) -> np.ndarray:
@@ -146,20 +180,31 @@ def selection_for(args: argparse.Namespace, shape: tuple[int, ...], mask_path: s
                 hint="Export the selection from the same image (same width and height), or use --rect.",
             )
     elif args.rect:
-        x, y, w, h = parse_rect(args.rect)
-        selection = np.zeros((height, width), np.uint8)
-        if args.ellipse:
-            yy, xx = np.mgrid[0:height, 0:width]
-            cx, cy = x + w / 2 - 0.5, y + h / 2 - 0.5
-            inside = ((xx - cx) / (w / 2)) ** 2 + ((yy - cy) / (h / 2)) ** 2 <= 1.0
-            selection[inside] = 255
-        else:
-            selection[max(0, y) : max(0, y + h), max(0, x) : max(0, x + w)] = 255
+        selection = rect_selection(height, width, args.rect, bool(args.ellipse))
     else:
         raise UsageError("Say what to edit: --mask SELECTION.png, or --rect X,Y,W,H (with --ellipse for an ellipse).")
     if not selection.any():
         raise InvalidInputError("The selection is empty.", hint="Select the part of the image to change first.")
     return selection
+
+
+def read_references(paths: Sequence[str]) -> list[bytes]:
+    """The --reference files' bytes, each checked to be a readable image of sane size before anything is paid
+    for (a folder or a bomb is one clear line, not an internal error)."""
+    from gimp_openai import imaging
+
+    images = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise InvalidInputError(f"The reference image {path} does not exist or is not a file.",
+                                    hint="Pass an image file (PNG, JPEG or WebP) to --reference.")
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidInputError(f"The reference image {path} could not be read: {exc.strerror or exc}.") from None
+        imaging.check_image_bytes(data, what=f"reference image {Path(path).name!r}")
+        images.append(data)
+    return images
 
 
 # --- Engine from options ------------------------------------------------------------------------------------
@@ -171,7 +216,7 @@ def load_settings_for(args: argparse.Namespace) -> Any:
     settings = load_settings()
     if getattr(args, "base_url", None):
         settings.base_url = check_base_url(args.base_url)
-    if getattr(args, "timeout", None):
+    if getattr(args, "timeout", None) is not None:
         settings.read_timeout = float(args.timeout)
     return settings
 
@@ -361,7 +406,7 @@ def run_one(
         selection = selection_for(args, pixels.shape, mask_path)
         opts = options_from(args, model, args.prompt or "", source=str(image_path))
         if getattr(args, "reference", None):
-            opts.extra_images = [Path(r).read_bytes() for r in args.reference]
+            opts.extra_images = read_references(args.reference)
         outcome = operations.edit(engine, opts, place_pixels=pixels, selection=selection, layer=layer, item=item,
                                   progress=progress)
     else:
@@ -544,8 +589,6 @@ def cmd_key(args: argparse.Namespace) -> int:
 
 #: Settings that are never read or written by `config`: the key has its own command, on stdin only.
 CONFIG_REFUSED = ("api_key",)
-_CONFIG_FLOATS = {"read_timeout": 1.0, "connect_timeout": 0.5}
-_CONFIG_INTS = {"concurrency": 1, "max_retries": 0}
 
 
 class ConfigValueError(InvalidInputError):
@@ -576,7 +619,7 @@ def parse_config_pairs(pairs: Sequence[str]) -> list[tuple[str, str]]:
 def config_changes(pairs: Sequence[tuple[str, str]], current: Any) -> dict[str, Any]:
     """Typed changes for update_settings, checked strictly: an unknown key or a bad value is an error, never a
     silent default. ``model_rules.<id>=<family>`` adds a rule (empty family removes it)."""
-    from gimp_openai import capabilities
+    from gimp_openai import bounds, capabilities
     from gimp_openai.errors import SettingsError
     from gimp_openai.settings import check_base_url
 
@@ -607,24 +650,11 @@ def config_changes(pairs: Sequence[tuple[str, str]], current: Any) -> dict[str, 
             where = "model_rules.<id>=<family>" if key == "model_rules" else f"one of {', '.join(fields)}"
             raise ConfigValueError(f"There is no setting called {key!r}; use {where}.", hint="")
         text = value.strip()
-        if key in _CONFIG_FLOATS:
+        if key in bounds.BOUNDS:
             try:
-                number = float(text)
-            except ValueError:
-                number = float("nan")
-            if not number >= _CONFIG_FLOATS[key] or number == float("inf"):
-                raise ConfigValueError(
-                    f"{key} must be a number of seconds, at least {_CONFIG_FLOATS[key]:g} (got {value!r}).", hint="")
-            changes[key] = number
-        elif key in _CONFIG_INTS:
-            try:
-                whole = int(text)
-            except ValueError:
-                whole = -1
-            if whole < _CONFIG_INTS[key]:
-                raise ConfigValueError(
-                    f"{key} must be a whole number, at least {_CONFIG_INTS[key]} (got {value!r}).", hint="")
-            changes[key] = whole
+                changes[key] = bounds.parse(key, text, key)
+            except bounds.OutOfBounds as exc:
+                raise ConfigValueError(exc.message, hint="") from None
         elif key == "extra_image_models":
             changes[key] = [v.strip() for v in value.split(",") if v.strip()]
         elif key == "base_url":
@@ -691,26 +721,69 @@ def cmd_config(args: argparse.Namespace) -> int:
 # --- Parser -------------------------------------------------------------------------------------------------
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose refusals go through :func:`fail` (one line, --json honoured, exit code 2) instead of
+    argparse's usage block and its own exit."""
+
+    def error(self, message: str) -> Any:  # argparse's contract: never returns
+        plain = _plain_argparse_message(message)
+        raise UsageError(plain, hint="" if plain != message else f"See `{self.prog} --help`.")
+
+
+def _plain_argparse_message(message: str) -> str:
+    """``"argument --feather: --feather 1e9 is not allowed: ..."`` -> the refusal alone (it names the option)."""
+    prefix, sep, rest = message.partition(": ")
+    if sep and prefix.startswith("argument ") and rest.startswith(prefix[len("argument "):].split("/")[0]):
+        return rest
+    return message
+
+
+def bounded(name: str, flag: str) -> Any:
+    """An argparse ``type`` for the numeric option ``flag``, checked against ``bounds.BOUNDS[name]``."""
+    from gimp_openai import bounds
+
+    def convert(text: str) -> float:
+        try:
+            return bounds.parse(name, text, flag)
+        except bounds.OutOfBounds as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    convert.__name__ = name  # argparse names the type in some messages
+    return convert
+
+
+#: The numeric command-line options and the bounds-table entries they are checked against.
+NUMERIC_OPTIONS = {"-n": "n", "--feather": "feather", "--padding": "context_padding", "--timeout": "read_timeout",
+                   "--concurrency": "concurrency"}
+
+
 def _common(p: argparse.ArgumentParser, *, images: bool = True) -> None:
     p.add_argument("--model", default="", help="model id (default: your saved choice, else the newest live GPT "
                                                "image model)")
-    p.add_argument("-n", type=int, default=1, help="how many results (1-10)")
+    p.add_argument("-n", type=bounded("n", "-n"), default=1, help="how many results (1-10)")
     p.add_argument("--size", default="", help="WxH, or auto (default: planned from the selection)")
     p.add_argument("--quality", default="auto", help="low, medium, high or auto")
     p.add_argument("--background", default="auto", help="auto, opaque or transparent (GPT models)")
     p.add_argument("--out", default="", help="output folder (default: the current folder)")
     p.add_argument("--base-url", default="", help="API base URL (default: settings, OPENAI_BASE_URL)")
-    p.add_argument("--timeout", type=float, default=0.0, help="read timeout in seconds (default 600)")
+    _timeout_flag(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     _json_flag(p)
     if images:
-        p.add_argument("--feather", type=float, default=0.0, help="extra feather radius of the layer mask, px")
-        p.add_argument("--padding", type=float, default=0.25, help="context around the selection, share of its size")
+        p.add_argument("--feather", type=bounded("feather", "--feather"), default=0.0,
+                       help="extra feather radius of the layer mask, px (0-200)")
+        p.add_argument("--padding", type=bounded("context_padding", "--padding"), default=0.25,
+                       help="context around the selection, share of its size (0-2)")
         p.add_argument("--no-align", action="store_true", help="do not align the result to the original")
         p.add_argument("--no-tone-match", action="store_true", help="do not match the result's tones")
         p.add_argument("--blend", choices=("feather", "poisson"), default="feather", help="blend mode")
     else:
         p.set_defaults(feather=0.0, padding=0.25, no_align=False, no_tone_match=False, blend="feather")
+
+
+def _timeout_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=bounded("read_timeout", "--timeout"), default=None,
+                   help="read timeout in seconds, 1-3600 (default: settings, 600)")
 
 
 def _json_flag(p: argparse.ArgumentParser) -> None:
@@ -721,12 +794,12 @@ def _selection_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument("--mask", action="append" if many else "store",
                    help="selection image of the same size (white/opaque = selected)" + (", once per image" if many
                                                                                         else ""))
-    p.add_argument("--rect", help="select the rectangle X,Y,W,H instead of a mask image")
+    p.add_argument("--rect", type=rect_option, help="select the rectangle X,Y,W,H instead of a mask image")
     p.add_argument("--ellipse", action="store_true", help="with --rect: select the ellipse inside it")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gimp-openai",
         description="Edit a selection in place, make variations and generate images with the OpenAI Images API "
                     "(or any compatible server, such as `gimp-openai serve`).",
@@ -758,18 +831,19 @@ def build_parser() -> argparse.ArgumentParser:
     _selection_args(p, many=True)
     p.add_argument("--prompt", "-p", default="")
     p.add_argument("--variation-prompt", default="")
-    p.add_argument("--concurrency", type=int, default=0, help="requests at once (default: settings, 4)")
+    p.add_argument("--concurrency", type=bounded("concurrency", "--concurrency"), default=None,
+                   help="requests at once, 1-16 (default: settings, 4)")
     _common(p)
 
     p = sub.add_parser("models", help="image models the server offers, with their sizes and shutdown dates")
     p.add_argument("--refresh", action="store_true", help="ask the server now instead of using the cache")
     _json_flag(p)
     p.add_argument("--base-url", default="")
-    p.add_argument("--timeout", type=float, default=0.0)
+    _timeout_flag(p)
 
     p = sub.add_parser("doctor", help="check the key, the server, TLS, versions and GIMP's plug-in folders")
     p.add_argument("--base-url", default="")
-    p.add_argument("--timeout", type=float, default=0.0)
+    _timeout_flag(p)
     p.add_argument("--no-plugin-dirs", action="store_true", help="skip the GIMP plug-in folder checks")
     _json_flag(p)
 
@@ -830,7 +904,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         at = argv.index("serve")
         if all(a.startswith("-") for a in argv[:at]):
             return cmd_serve(argparse.Namespace(), argv[at + 1 :])
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        return fail(exc, "--json" in argv[: argv.index("--") if "--" in argv else len(argv)])
     as_json = bool(getattr(args, "json", False))
     commands = {"edit": cmd_edit, "variation": cmd_variation, "generate": cmd_generate, "batch": cmd_batch,
                 "models": cmd_models, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job, "key": cmd_key,

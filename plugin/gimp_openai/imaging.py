@@ -78,6 +78,13 @@ def _check_pixels(width: int, height: int, what: str) -> None:
         )
 
 
+def check_image_bytes(data: bytes, *, what: str = "image") -> tuple[int, int]:
+    """(width, height) of an image file's bytes, from its header alone; UnreadableImageError or
+    ImageTooLargeError (a bomb) when it is not an image this engine would decode."""
+    image = _open(data, what)
+    return int(image.size[0]), int(image.size[1])
+
+
 def image_size_of(data: bytes, *, what: str = "image") -> tuple[int, int]:
     """(width, height) from the header alone; nothing is decoded."""
     if data[:8] == _PNG_SIGNATURE and len(data) >= 24 and data[12:16] == b"IHDR":
