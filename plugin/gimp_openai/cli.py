@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from gimp_openai import __version__, operations
-from gimp_openai.errors import GimpOpenAIError, InvalidInputError, ModelNotFoundError, redact
+from gimp_openai.errors import (
+    GimpOpenAIError,
+    InvalidInputError,
+    ModelNotFoundError,
+    OutputNotWritableError,
+    redact,
+)
 from gimp_openai.progress import Progress
 
 EXIT_FAILED = 1
@@ -292,50 +298,79 @@ class Written:
     notes: list[str] = field(default_factory=list)
 
 
-def unique_path(folder: Path, stem: str, suffix: str) -> Path:
-    """Never write over an earlier result: a number is added when the name is taken."""
-    path = folder / f"{stem}{suffix}"
-    number = 2
-    while path.exists():
-        path = folder / f"{stem}-{number}{suffix}"
-        number += 1
-    return path
+def output_stem(text: str, fallback: str) -> str:
+    """A file-name stem for the output folder from an input's name or ``--name``: the engine's one file-name rule
+    (history.slugify, case kept), so ``../../x``, an absolute path or a newline never leaves ``--out``."""
+    from gimp_openai.history import slugify
+
+    return slugify(text, 80, lower=False, empty=fallback)
 
 
-def write_results(
-    out: Path, stem: str, original: np.ndarray | None, outcome: operations.Outcome, written: Written
-) -> None:
-    from gimp_openai import imaging
-    from gimp_openai.atomic import write_bytes_atomic
+TAGS = {"edit": "edit", "variation-endpoint": "variation", "variation-edit": "variation-via-edit",
+        "generate": "generated"}
 
+
+def result_patch(original: np.ndarray, output: operations.Output) -> np.ndarray:
+    """The crop of the full-size result that differs from the original: the result composited through its mask
+    (edit) or the result itself (variation). Crop-sized: the full-size picture is never copied."""
+    from gimp_openai import composite
+
+    if output.path != operations.PATH_EDIT:
+        return output.pixels
+    region = original[output.y : output.y + output.height, output.x : output.x + output.width]
+    return composite.composite(region, output.pixels, output.mask)
+
+
+def write_png_unique(out: Path, stem: str, width: int, height: int, rows: Any) -> Path:
+    """A full-size PNG streamed from ``rows`` into ``out`` under a name claimed atomically (never an overwrite)."""
+    from gimp_openai.atomic import pending_file
+    from gimp_openai.pngstrips import write_png
+
+    with pending_file(out, stem + ".png") as pending:
+        write_png(pending.file, width, height, 4, rows)
+        return pending.publish_unique(stem, ".png")
+
+
+def write_results(out: Path, stem: str, original: np.ndarray | None, outcome: operations.Outcome,
+                  written: Written, source_png: Path | None = None) -> None:
+    """Every result as a full-size PNG (the original with the result's crop pasted in, band by band), then one
+    layered .ora. ``source_png``: the input file when it holds exactly ``original`` (copied into the .ora)."""
+    from gimp_openai import ora
+    from gimp_openai.atomic import write_bytes_unique
+    from gimp_openai.imaging import encode_png
+
+    patches = []
     for output in outcome.outputs:
-        if original is not None and outcome.path == operations.PATH_EDIT:
-            full = operations.full_composite(original, output)
-        elif original is not None:
-            full = original.copy()
-            full[output.y : output.y + output.height, output.x : output.x + output.width] = output.pixels
+        if original is None:  # generate: --name (or "generated") and the number
+            name = f"{stem}-{output.index}"
+            path = write_bytes_unique(out, name, ".png", encode_png(output.pixels))
         else:
-            full = output.pixels
-        tag = {"edit": "edit", "variation-endpoint": "variation", "variation-edit": "variation-via-edit",
-               "generate": "generated"}[output.path]
-        path = unique_path(out, f"{stem}-{tag}-{output.index}", ".png")
-        write_bytes_atomic(path, imaging.encode_png(full))
+            name = f"{stem}-{TAGS[output.path]}-{output.index}"
+            patch = ora.Patch(output.x, output.y, result_patch(original, output))
+            patches.append(patch)
+            path = write_png_unique(out, name, original.shape[1], original.shape[0], ora.pasted_rows(original, [patch]))
         written.pngs.append(path)
         written.outputs.append(output)
     if original is not None and outcome.outputs:
-        written.ora = write_layers(unique_path(out, f"{stem}-openai", ".ora"), original, stem, outcome.outputs)
+        merged = None
+        if len(patches) == 1:  # the flattened picture is the one result's PNG: copied, not encoded again
+            merged = ora.Merged(ora.pasted_rows(original, patches), written.pngs[0])
+        written.ora = write_layers(out, stem, original, outcome.outputs, merged, source_png)
 
 
-def write_layers(path: Path, original: np.ndarray, stem: str, outputs: Sequence[operations.Output]) -> Path:
-    """Layered OpenRaster: the original at the bottom, one layer per result (masked, at its offsets) on top."""
+def write_layers(out: Path, stem: str, original: np.ndarray, outputs: Sequence[operations.Output],
+                 merged: Any = None, source_png: Path | None = None) -> Path:
+    """Layered OpenRaster: the original at the bottom, one crop-sized layer per result (masked, at its offsets)
+    on top, streamed to a temp file and published under a name claimed atomically."""
     from gimp_openai import ora
+    from gimp_openai.atomic import pending_file
 
-    layers = [{"name": stem, "pixels": original, "x": 0, "y": 0}]
+    layers = [ora.Layer(stem, original, png_file=source_png)]
     for output in outputs:
-        layers.append({"name": output.name, "pixels": output.layer_pixels(add_mask=False), "x": output.x,
-                       "y": output.y})
-    ora.write_ora(path, (original.shape[1], original.shape[0]), layers)
-    return path
+        layers.append(ora.Layer(output.name, output.layer_pixels(add_mask=False), output.x, output.y))
+    with pending_file(out, f"{stem}-openai.ora") as pending:
+        ora.write_archive(pending.file, original.shape[1], original.shape[0], layers, merged)
+        return pending.publish_unique(f"{stem}-openai", ".ora")
 
 
 def report(written: list[Written], args: argparse.Namespace) -> None:
@@ -391,30 +426,75 @@ def run_one(
     image_path: str,
     mask_path: str | None,
     progress: Any,
+    item: str = "",
 ) -> Written:
     """One input image through the chosen operation; shared by edit, variation and batch."""
-    from gimp_openai import jobs
-    from gimp_openai.geometry import Rect
+    from gimp_openai import imaging, jobs
 
     written = Written(source=image_path)
     pixels, written.notes = load_image(image_path)
+    outcome = _operate(args, engine, model, pixels, image_path, mask_path, progress, item)
+    written.notes.extend(note for note in outcome.notes if jobs.is_rescue_note(note))
+    stem = output_stem(Path(image_path).stem, "image")
+    source_png = Path(image_path) if imaging.is_plain_png_file(image_path) else None
+    try:
+        write_results(out, stem, pixels, outcome, written, source_png)
+    except GimpOpenAIError as exc:
+        raise paid_images_error(exc, outcome) from None
+    return written
+
+
+def _operate(args: argparse.Namespace, engine: operations.Engine, model: str, pixels: np.ndarray,
+             image_path: str, mask_path: str | None, progress: Any, item: str) -> operations.Outcome:
+    """The paid part: the selection, the options, the request and the compositing, crop-sized."""
+    from gimp_openai.geometry import Rect
+
     layer = Rect(0, 0, pixels.shape[1], pixels.shape[0])
-    stem = Path(image_path).stem
-    item = stem if args.command == "batch" else ""
     operation = args.operation if args.command == "batch" else args.command
     if operation == "edit":
-        selection = selection_for(args, pixels.shape, mask_path)
         opts = options_from(args, model, args.prompt or "", source=str(image_path))
         if getattr(args, "reference", None):
             opts.extra_images = read_references(args.reference)
-        outcome = operations.edit(engine, opts, place_pixels=pixels, selection=selection, layer=layer, item=item,
-                                  progress=progress)
-    else:
-        opts = options_from(args, model, "", source=str(image_path))
-        outcome = operations.variation(engine, opts, place_pixels=pixels, layer=layer, item=item, progress=progress)
-    written.notes.extend(note for note in outcome.notes if jobs.is_rescue_note(note))
-    write_results(out, stem, pixels, outcome, written)
-    return written
+        # The full-size selection is handed over, not kept here: edit() crops it and frees it (64 MB at 8000²).
+        return operations.edit(engine, opts, place_pixels=pixels, selection=selection_for(args, pixels.shape,
+                               mask_path), layer=layer, item=item, progress=progress)
+    opts = options_from(args, model, "", source=str(image_path))
+    return operations.variation(engine, opts, place_pixels=pixels, layer=layer, item=item, progress=progress)
+
+
+class PaidImagesNotWritten(OutputNotWritableError):
+    """The results could not be written after they were paid for; says where each paid image is, or that it
+    could not be saved anywhere (``unsaved``)."""
+
+    def __init__(self, message: str, *, hint: str, saved: list[str], unsaved: int) -> None:
+        super().__init__(message, hint=hint, saved=saved)
+        self.unsaved = unsaved
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["unsaved"] = self.unsaved
+        return data
+
+
+def paid_images_error(exc: GimpOpenAIError, outcome: operations.Outcome) -> PaidImagesNotWritten:
+    """``exc`` (the outputs could not be written) plus where every paid image of ``outcome`` is: its history
+    PNG, wherever the rescue chain put it, or nowhere (then it is lost when this process ends: said so)."""
+    saved = [str(o.history_png) for o in outcome.outputs if o.history_png is not None]
+    unsaved = sum(1 for o in outcome.outputs if o.history_png is None)
+    total = len(outcome.outputs)
+    parts = [exc.message.rstrip(".") + "."]
+    if saved:
+        subject = "The paid image is" if total == 1 else f"{len(saved)} of the {total} paid images are"
+        if len(saved) == total and total > 1:
+            subject = f"All {total} paid images are"
+        parts.append(f"{subject} saved: {', '.join(saved)}.")
+    if unsaved:
+        parts.append(f"{unsaved} paid image{'s' if unsaved != 1 else ''} could not be saved anywhere "
+                     "(history, the output folder and the rescue folder all failed) and "
+                     f"{'is' if unsaved == 1 else 'are'} lost.")
+    rescue = " ".join(note for note in outcome.notes if note.startswith("History folder "))
+    hint = (rescue + " " if rescue else "") + "Free some disk space or choose another --out folder."
+    return PaidImagesNotWritten(" ".join(parts), hint=hint, saved=saved + list(exc.saved), unsaved=unsaved)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -442,9 +522,6 @@ def cmd_variation(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from gimp_openai import imaging
-    from gimp_openai.atomic import write_bytes_atomic
-
     settings, engine, model, out = _prepare(args, "generate")
     opts = options_from(args, model, args.prompt or "")
     progress = StderrProgress(enabled=not args.quiet)
@@ -453,15 +530,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     finally:
         progress.finish()
     written = Written(source="", notes=list(outcome.notes))
-    stem = args.name or "generated"
-    for output in outcome.outputs:
-        path = unique_path(out, f"{stem}-{output.index}", ".png")
-        write_bytes_atomic(path, imaging.encode_png(output.pixels))
-        written.pngs.append(path)
-        written.outputs.append(output)
+    try:
+        write_results(out, output_stem(args.name, "generated") if args.name else "generated", None, outcome, written)
+    except GimpOpenAIError as exc:
+        raise paid_images_error(exc, outcome) from None
     del settings
     report([written], args)
     return 0
+
+
+def item_labels(images: Sequence[str]) -> list[str]:
+    """Progress labels, one per input, distinct even for same-named files from different folders (a/x.png,
+    b/x.png -> x, x-2): each item's progress is its own."""
+    labels: list[str] = []
+    for image in images:
+        stem = output_stem(Path(image).stem, "image")
+        label, number = stem, 2
+        while label in labels:
+            label, number = f"{stem}-{number}", number + 1
+        labels.append(label)
+    return labels
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -475,19 +563,21 @@ def cmd_batch(args: argparse.Namespace) -> int:
     settings, engine, model, out = _prepare(args, args.operation)
     masks = list(args.mask or [None] * len(args.images))
     progress = StderrProgress(enabled=not args.quiet, items=len(args.images))
-    concurrency = args.concurrency or int(getattr(settings, "concurrency", 4) or 4)
+    concurrency = args.concurrency or int(getattr(settings, "concurrency", 4) or 4)  # both within bounds
     results: list[Written | GimpOpenAIError] = []
 
-    def one(pair: tuple[str, str | None]) -> Written | GimpOpenAIError:
+    labels = item_labels(args.images)
+
+    def one(pair: tuple[str, str | None, str]) -> Written | GimpOpenAIError:
         try:
-            return run_one(args, engine, model, out, pair[0], pair[1], progress)
+            return run_one(args, engine, model, out, pair[0], pair[1], progress, pair[2])
         except GimpOpenAIError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - one image's bug must not lose the others
             return GimpOpenAIError(f"{type(exc).__name__}: {exc}", hint="This is a bug; please report it.")
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(args.images)))) as pool:
-        results = list(pool.map(one, zip(args.images, masks, strict=True)))
+        results = list(pool.map(one, zip(args.images, masks, labels, strict=True)))
     progress.finish()
     done = [r for r in results if isinstance(r, Written)]
     failed = [(img, r) for img, r in zip(args.images, results, strict=True) if isinstance(r, GimpOpenAIError)]

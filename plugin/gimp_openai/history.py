@@ -48,13 +48,20 @@ def default_history_dir() -> Path:
         return Path(platformdirs.user_data_dir("gimp-openai", appauthor=False)) / "history"
 
 
-def slugify(text: str, max_length: int = _SLUG_MAX) -> str:
-    """A safe, readable file-name part: ``"A red kite!"`` -> ``"a-red-kite"``; empty -> ``"image"``."""
+def slugify(text: str, max_length: int = _SLUG_MAX, *, lower: bool = True, empty: str = "image") -> str:
+    """A safe, readable file-name part: ``"A red kite!"`` -> ``"a-red-kite"``; empty -> ``"image"``.
+
+    The one file-name rule of the engine (history names, the CLI's output names, a job's temp files): ASCII
+    letters, digits and single hyphens after Unicode normalisation, so no text (``../``, an absolute path, NUL,
+    a newline, right-to-left overrides, full-width dots) can name a file outside its folder or a hidden one.
+    ``lower=False`` keeps the case (a user's own file name reads better as it was)."""
     normal = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text or ""))
-    ascii_only = normal.encode("ascii", "ignore").decode("ascii").lower()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_only).strip("-")
+    ascii_only = normal.encode("ascii", "ignore").decode("ascii")
+    if lower:
+        ascii_only = ascii_only.lower()
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", ascii_only).strip("-")
     slug = slug[:max_length].rstrip("-")
-    return slug or "image"
+    return slug or empty
 
 
 def _safe_ext(ext: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import threading
 from collections.abc import Callable
@@ -337,11 +336,11 @@ def check_out_dir(out_dir: Path) -> None:
         raise OutputNotWritableError(f"Cannot write into {out_dir}: {exc.strerror or exc}.") from None
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
 def safe_name(text: str) -> str:
-    return _SAFE.sub("_", text).strip("._")[:80] or "item"
+    """An item id as a file-name part: the engine's one file-name rule (history.slugify), case kept."""
+    from gimp_openai.history import slugify
+
+    return slugify(text, 80, lower=False, empty="item")
 
 
 def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
@@ -387,16 +386,17 @@ def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
 
 def _write_outputs(job: Job, item: Item, outcome: operations.Outcome) -> list[dict[str, Any]]:
     from gimp_openai import imaging
-    from gimp_openai.atomic import write_bytes_atomic
+    from gimp_openai.atomic import write_bytes_unique
 
     results = []
     base = safe_name(item.id)
     for out in outcome.outputs:
-        layer_png = job.out_dir / f"{base}-{out.index}.png"
-        mask_png = job.out_dir / f"{base}-{out.index}-mask.png"
         # Temp files the host reads once and deletes: the fastest exact PNGs, no fsync (still write-then-rename).
-        write_bytes_atomic(layer_png, imaging.encode_host_png(out.layer_pixels(job.add_mask)), durable=False)
-        write_bytes_atomic(mask_png, imaging.encode_host_png(out.mask), durable=False)
+        # Names are claimed atomically: two ids with the same safe name ('a b', 'a-b') never share a file.
+        layer_png = write_bytes_unique(job.out_dir, f"{base}-{out.index}", ".png",
+                                       imaging.encode_host_png(out.layer_pixels(job.add_mask)), durable=False)
+        mask_png = write_bytes_unique(job.out_dir, f"{base}-{out.index}-mask", ".png",
+                                      imaging.encode_host_png(out.mask), durable=False)
         notes = "; ".join([n for n in [out.report, *out.notes] if n])
         results.append(
             {
