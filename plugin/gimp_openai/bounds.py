@@ -81,7 +81,7 @@ def is_within(name: str, value: object) -> bool:
         return False
     if bound.kind is int and not isinstance(value, int):
         return False
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):  # an int is finite (and may be too big for float)
         return False
     return bound.minimum <= value <= bound.maximum
 

@@ -998,6 +998,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except UsageError as exc:
         return fail(exc, "--json" in argv[: argv.index("--") if "--" in argv else len(argv)])
+    except Exception as exc:  # noqa: BLE001 - a bug in an option's check: still one line
+        return internal_error(exc)
     as_json = bool(getattr(args, "json", False))
     commands = {"edit": cmd_edit, "variation": cmd_variation, "generate": cmd_generate, "batch": cmd_batch,
                 "models": cmd_models, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job, "key": cmd_key,
@@ -1019,8 +1021,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gimp-openai: interrupted; results already received are in the history folder", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback
-        if os.environ.get("GIMP_OPENAI_DEBUG"):
-            raise
-        print(f"gimp-openai: internal error: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
-        print("  hint: this is a bug; run again with GIMP_OPENAI_DEBUG=1 for details and report it", file=sys.stderr)
-        return EXIT_FAILED
+        return internal_error(exc)
+
+
+def internal_error(exc: Exception) -> int:
+    """A bug: one line naming it and how to report it (GIMP_OPENAI_DEBUG=1 re-raises for the traceback)."""
+    if os.environ.get("GIMP_OPENAI_DEBUG"):
+        raise exc
+    print(f"gimp-openai: internal error: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+    print("  hint: this is a bug; run again with GIMP_OPENAI_DEBUG=1 for details and report it", file=sys.stderr)
+    return EXIT_FAILED

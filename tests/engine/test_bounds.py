@@ -52,7 +52,7 @@ def test_every_numeric_cli_option_uses_the_table():
     assert seen == set(cli.NUMERIC_OPTIONS)
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), True, "3", None])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), True, "3", None, 10**400, -10**400])
 def test_not_finite_or_not_a_number_never_passes(value):
     for name in bounds.BOUNDS:
         assert not bounds.is_within(name, value)
