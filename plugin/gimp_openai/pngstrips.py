@@ -172,7 +172,8 @@ STREAM_BAND_BYTES = 4 << 20
 RowSource = Callable[[int, int], np.ndarray]
 
 
-def _up_filtered(rows: RowSource, span: tuple[int, int], width: int, channels: int) -> memoryview:
+def _up_filtered(rows: RowSource, span: tuple[int, int], width: int, channels: int,
+                 buffer: np.ndarray) -> memoryview:
     """Rows ``span`` of the source, PNG filter Up (each byte minus the one above it, modulo 256; the first row
     of the image against zeros), each row led by its filter byte 2. One numpy subtraction per band: ~20x faster
     than libpng's per-row choice (0.09 s for an 8000x131 RGBA band on this machine), and on photos Up is as
@@ -181,7 +182,7 @@ def _up_filtered(rows: RowSource, span: tuple[int, int], width: int, channels: i
     stride = width * channels
     band = rows(row0, row1).reshape(row1 - row0, stride)
     above = rows(row0 - 1, row0).reshape(1, stride) if row0 > 0 else np.zeros((1, stride), np.uint8)
-    out = np.empty((row1 - row0, stride + 1), np.uint8)
+    out = buffer[: row1 - row0]  # reused band after band: no fresh (kernel-zeroed) mapping per band
     out[:, 0] = 2
     np.subtract(band[:1], above, out=out[:1, 1:])
     np.subtract(band[1:], band[:-1], out=out[1:, 1:])
@@ -219,10 +220,12 @@ def write_png(out: Any, width: int, height: int, channels: int, rows: RowSource,
     color_type = {1: 0, 3: 2, 4: 6}[channels]
     put(b"\x89PNG\r\n\x1a\n", *_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)))
     adler, primer, head = 1, b"", _zlib_header(deflate.header_hint)
+    buffers = [np.empty((band, width * channels + 1), np.uint8) for _ in range(min(group, len(spans)))]
     for start in range(0, len(spans), group):
         these = spans[start : start + group]
-        filtered = (list(pool.map(lambda span: _up_filtered(rows, span, width, channels), these)) if pool
-                    else [_up_filtered(rows, span, width, channels) for span in these])
+        jobs = list(zip(these, buffers, strict=False))
+        filtered = (list(pool.map(lambda job: _up_filtered(rows, job[0], width, channels, job[1]), jobs)) if pool
+                    else [_up_filtered(rows, span, width, channels, buffer) for span, buffer in jobs])
         primers = [primer] + [bytes(f[-WINDOW:]) for f in filtered[:-1]]
         lasts = [start + i == len(spans) - 1 for i in range(len(filtered))]
         parts = (list(pool.map(squeeze, filtered, primers, lasts)) if pool

@@ -16,6 +16,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from pathlib import Path
 
 MEMORY_CAP = 6 << 30  # virtual: thread stacks and malloc arenas count too; 23 GB would not fit
@@ -45,6 +46,8 @@ def run_case(case: dict, root: Path, keep: list[Path]) -> dict:
     out = Path(case["out"])
     before = files(root, [*keep, out])
     stdout, stderr = io.StringIO(), io.StringIO()
+    reset_peak()
+    started = time.monotonic()
     signal.alarm(CASE_SECONDS)
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -57,9 +60,26 @@ def run_case(case: dict, root: Path, keep: list[Path]) -> dict:
         code = f"raised {type(exc).__name__}: {exc}"
     finally:
         signal.alarm(0)
+    seconds = time.monotonic() - started
     outside = sorted(files(root, [*keep, out]) - before)
     return {"id": case["id"], "code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(),
-            "outside": outside}
+            "outside": outside, "seconds": round(seconds, 3), "peak_mb": peak_mb()}
+
+
+def reset_peak() -> None:
+    """Reset this process's peak RSS (VmHWM), so each case's own peak can be read after it (Linux >= 4.0)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def main() -> int:

@@ -188,3 +188,28 @@ def test_nothing_is_written_outside_out(abuse_run):
     # --name ../../../escaped points above the watched folder: nothing of that name anywhere but inside --out
     assert [p for p in root.parent.rglob("escaped*") if root / "outs" not in p.parents] == []
     assert list((root / "outs" / "generate name").iterdir()) == [root / "outs" / "generate name" / "escaped-1.png"]
+
+
+def figures(runs: dict) -> list[tuple[str, int, int, float, float]]:
+    """Per input class (the case id's first word): cases, cases held (expected outcome), max peak RSS of the
+    process during a case (MB, VmHWM reset before each), max seconds of a case."""
+    classes: dict[str, list[tuple[dict, dict]]] = {}
+    for case_id, pair in runs.items():
+        classes.setdefault(case_id.split()[0], []).append(pair)
+    rows = []
+    for name, pairs in classes.items():
+        held = sum(1 for case, result in pairs if result["code"] == case["code"] and not result["outside"]
+                   and "Traceback" not in result["stderr"] and "internal error" not in result["stderr"])
+        rows.append((name, len(pairs), held, max(r["peak_mb"] or 0 for _c, r in pairs),
+                     max(r["seconds"] for _c, r in pairs)))
+    return rows
+
+
+def test_figures_per_class(abuse_run):
+    """Prints the table of docs/hardening-cli.md (run with -s); every class held every case."""
+    runs, _ = abuse_run
+    rows = figures(runs)
+    print("\n| class | cases | held | peak RSS MB | max s |")
+    for name, count, held, peak, seconds in rows:
+        print(f"| {name} | {count} | {held} | {peak:.0f} | {seconds:.2f} |")
+    assert all(held == count for _n, count, held, _p, _s in rows)
