@@ -166,7 +166,9 @@ def rect_selection(height: int, width: int, rect: tuple[int, int, int, int], ell
     cx, cy = x + w / 2 - 0.5, y + h / 2 - 0.5
     xx = ((np.arange(x0, x1, dtype=np.float64) - cx) / (w / 2)) ** 2
     yy = ((np.arange(y0, y1, dtype=np.float64) - cy) / (h / 2)) ** 2
-    selection[y0:y1, x0:x1] = np.where(yy[:, None] + xx[None, :] <= 1.0, 255, 0).astype(np.uint8)
+    for row in range(0, y1 - y0, 256):  # in bands: a whole-image ellipse needs no image-sized float temporary
+        inside = yy[row : row + 256, None] + xx[None, :] <= 1.0
+        selection[y0 + row : y0 + row + inside.shape[0], x0:x1][inside] = 255
     return selection
 
 
@@ -440,7 +442,7 @@ def run_one(
     try:
         write_results(out, stem, pixels, outcome, written, source_png)
     except GimpOpenAIError as exc:
-        raise paid_images_error(exc, outcome) from None
+        raise paid_images_error(exc, outcome, written.pngs) from None
     return written
 
 
@@ -476,9 +478,11 @@ class PaidImagesNotWritten(OutputNotWritableError):
         return data
 
 
-def paid_images_error(exc: GimpOpenAIError, outcome: operations.Outcome) -> PaidImagesNotWritten:
+def paid_images_error(exc: GimpOpenAIError, outcome: operations.Outcome,
+                      written: Sequence[Path] = ()) -> PaidImagesNotWritten:
     """``exc`` (the outputs could not be written) plus where every paid image of ``outcome`` is: its history
-    PNG, wherever the rescue chain put it, or nowhere (then it is lost when this process ends: said so)."""
+    PNG, wherever the rescue chain put it, or nowhere (then it is lost when this process ends: said so).
+    ``written``: result files already written before the failure (listed in ``saved`` too)."""
     saved = [str(o.history_png) for o in outcome.outputs if o.history_png is not None]
     unsaved = sum(1 for o in outcome.outputs if o.history_png is None)
     total = len(outcome.outputs)
@@ -494,7 +498,8 @@ def paid_images_error(exc: GimpOpenAIError, outcome: operations.Outcome) -> Paid
                      f"{'is' if unsaved == 1 else 'are'} lost.")
     rescue = " ".join(note for note in outcome.notes if note.startswith("History folder "))
     hint = (rescue + " " if rescue else "") + "Free some disk space or choose another --out folder."
-    return PaidImagesNotWritten(" ".join(parts), hint=hint, saved=saved + list(exc.saved), unsaved=unsaved)
+    return PaidImagesNotWritten(" ".join(parts), hint=hint, saved=saved + [str(p) for p in written] + list(exc.saved),
+                                unsaved=unsaved)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -533,7 +538,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         write_results(out, output_stem(args.name, "generated") if args.name else "generated", None, outcome, written)
     except GimpOpenAIError as exc:
-        raise paid_images_error(exc, outcome) from None
+        raise paid_images_error(exc, outcome, written.pngs) from None
     del settings
     report([written], args)
     return 0

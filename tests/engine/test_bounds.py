@@ -159,3 +159,12 @@ def test_an_ellipse_costs_its_own_size_not_the_images():
     assert selection[210, 120] == 255 and selection[200, 100] == 0  # centre in, corner out
     clipped = cli.rect_selection(50, 50, (40, 40, 30, 30), ellipse=False)
     assert clipped.sum() == 255 * 10 * 10
+
+
+def test_the_banded_ellipse_is_the_ellipse():
+    """The same pixels as the whole-image formula it replaced, also when the rectangle runs off the image."""
+    selection = cli.rect_selection(600, 700, (-50, 20, 800, 500), ellipse=True)
+    yy, xx = np.mgrid[0:600, 0:700]
+    cx, cy = -50 + 400 - 0.5, 20 + 250 - 0.5
+    expected = np.where(((xx - cx) / 400) ** 2 + ((yy - cy) / 250) ** 2 <= 1, 255, 0).astype(np.uint8)
+    assert np.array_equal(selection, expected)
