@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from gimp_openai import __version__, operations
-from gimp_openai.errors import GimpOpenAIError, InvalidInputError, ModelNotFoundError, redact
+from gimp_openai.errors import (
+    GimpOpenAIError,
+    InvalidInputError,
+    ModelNotFoundError,
+    OutputNotWritableError,
+    redact,
+)
+from gimp_openai.history import RESULTS_ELSEWHERE
 from gimp_openai.progress import Progress
 
 EXIT_FAILED = 1
@@ -121,13 +128,49 @@ def load_image(path: str) -> tuple[np.ndarray, list[str]]:
 
 
 def parse_rect(text: str) -> tuple[int, int, int, int]:
+    """``X,Y,WIDTH,HEIGHT`` -> four ints, each inside the bounds table's coordinate / region-side range."""
+    from gimp_openai import bounds
+
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 4:
+        raise UsageError(f"--rect must be X,Y,WIDTH,HEIGHT with a positive size, got {text[:80]!r}; "
+                         "e.g. --rect 100,50,400,300.")
+    names = (("coordinate", "X"), ("coordinate", "Y"), ("region_side", "WIDTH"), ("region_side", "HEIGHT"))
     try:
-        parts = [int(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 4 or parts[2] <= 0 or parts[3] <= 0:
-        raise UsageError(f"--rect must be X,Y,WIDTH,HEIGHT with a positive size, got {text!r}.")
-    return parts[0], parts[1], parts[2], parts[3]
+        x, y, w, h = (int(bounds.parse(name, part, f"--rect {label}")) for (name, label), part in zip(names, parts,
+                                                                                                  strict=True))
+    except bounds.OutOfBounds as exc:
+        raise UsageError(exc.message, hint="") from None
+    return x, y, w, h
+
+
+def rect_option(text: str) -> tuple[int, int, int, int]:
+    """argparse ``type`` of --rect: checked while parsing, before any server is asked anything."""
+    try:
+        return parse_rect(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def rect_selection(height: int, width: int, rect: tuple[int, int, int, int], ellipse: bool) -> np.ndarray:
+    """u8 (H, W) with 255 inside the rectangle (or the ellipse inscribed in it). Only the rectangle's part inside
+    the image is computed, so a small ellipse in a huge image costs its own size, not the image's (an
+    ``np.mgrid`` over 8000x8000 was 1 GB of int64 indices)."""
+    x, y, w, h = rect
+    selection = np.zeros((height, width), np.uint8)
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
+    if x0 >= x1 or y0 >= y1:
+        return selection
+    if not ellipse:
+        selection[y0:y1, x0:x1] = 255
+        return selection
+    cx, cy = x + w / 2 - 0.5, y + h / 2 - 0.5
+    xx = ((np.arange(x0, x1, dtype=np.float64) - cx) / (w / 2)) ** 2
+    yy = ((np.arange(y0, y1, dtype=np.float64) - cy) / (h / 2)) ** 2
+    for row in range(0, y1 - y0, 256):  # in bands: a whole-image ellipse needs no image-sized float temporary
+        inside = yy[row : row + 256, None] + xx[None, :] <= 1.0
+        selection[y0 + row : y0 + row + inside.shape[0], x0:x1][inside] = 255
+    return selection
 
 
 def selection_for(args: argparse.Namespace, shape: tuple[int, ...], mask_path: str | None) -> np.ndarray:
@@ -146,20 +189,31 @@ def selection_for(args: argparse.Namespace, shape: tuple[int, ...], mask_path: s
                 hint="Export the selection from the same image (same width and height), or use --rect.",
             )
     elif args.rect:
-        x, y, w, h = parse_rect(args.rect)
-        selection = np.zeros((height, width), np.uint8)
-        if args.ellipse:
-            yy, xx = np.mgrid[0:height, 0:width]
-            cx, cy = x + w / 2 - 0.5, y + h / 2 - 0.5
-            inside = ((xx - cx) / (w / 2)) ** 2 + ((yy - cy) / (h / 2)) ** 2 <= 1.0
-            selection[inside] = 255
-        else:
-            selection[max(0, y) : max(0, y + h), max(0, x) : max(0, x + w)] = 255
+        selection = rect_selection(height, width, args.rect, bool(args.ellipse))
     else:
         raise UsageError("Say what to edit: --mask SELECTION.png, or --rect X,Y,W,H (with --ellipse for an ellipse).")
     if not selection.any():
         raise InvalidInputError("The selection is empty.", hint="Select the part of the image to change first.")
     return selection
+
+
+def read_references(paths: Sequence[str]) -> list[bytes]:
+    """The --reference files' bytes, each checked to be a readable image of sane size before anything is paid
+    for (a folder or a bomb is one clear line, not an internal error)."""
+    from gimp_openai import imaging
+
+    images = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise InvalidInputError(f"The reference image {path} does not exist or is not a file.",
+                                    hint="Pass an image file (PNG, JPEG or WebP) to --reference.")
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidInputError(f"The reference image {path} could not be read: {exc.strerror or exc}.") from None
+        imaging.check_image_bytes(data, what=f"reference image {Path(path).name!r}")
+        images.append(data)
+    return images
 
 
 # --- Engine from options ------------------------------------------------------------------------------------
@@ -171,7 +225,7 @@ def load_settings_for(args: argparse.Namespace) -> Any:
     settings = load_settings()
     if getattr(args, "base_url", None):
         settings.base_url = check_base_url(args.base_url)
-    if getattr(args, "timeout", None):
+    if getattr(args, "timeout", None) is not None:
         settings.read_timeout = float(args.timeout)
     return settings
 
@@ -247,50 +301,79 @@ class Written:
     notes: list[str] = field(default_factory=list)
 
 
-def unique_path(folder: Path, stem: str, suffix: str) -> Path:
-    """Never write over an earlier result: a number is added when the name is taken."""
-    path = folder / f"{stem}{suffix}"
-    number = 2
-    while path.exists():
-        path = folder / f"{stem}-{number}{suffix}"
-        number += 1
-    return path
+def output_stem(text: str, fallback: str) -> str:
+    """A file-name stem for the output folder from an input's name or ``--name``: the engine's one file-name rule
+    (history.slugify, case kept), so ``../../x``, an absolute path or a newline never leaves ``--out``."""
+    from gimp_openai.history import slugify
+
+    return slugify(text, 80, lower=False, empty=fallback)
 
 
-def write_results(
-    out: Path, stem: str, original: np.ndarray | None, outcome: operations.Outcome, written: Written
-) -> None:
-    from gimp_openai import imaging
-    from gimp_openai.atomic import write_bytes_atomic
+TAGS = {"edit": "edit", "variation-endpoint": "variation", "variation-edit": "variation-via-edit",
+        "generate": "generated"}
 
+
+def result_patch(original: np.ndarray, output: operations.Output) -> np.ndarray:
+    """The crop of the full-size result that differs from the original: the result composited through its mask
+    (edit) or the result itself (variation). Crop-sized: the full-size picture is never copied."""
+    from gimp_openai import composite
+
+    if output.path != operations.PATH_EDIT:
+        return output.pixels
+    region = original[output.y : output.y + output.height, output.x : output.x + output.width]
+    return composite.composite(region, output.pixels, output.mask)
+
+
+def write_png_unique(out: Path, stem: str, width: int, height: int, rows: Any) -> Path:
+    """A full-size PNG streamed from ``rows`` into ``out`` under a name claimed atomically (never an overwrite)."""
+    from gimp_openai.atomic import pending_file
+    from gimp_openai.pngstrips import write_png
+
+    with pending_file(out, stem + ".png") as pending:
+        write_png(pending.file, width, height, 4, rows)
+        return pending.publish_unique(stem, ".png")
+
+
+def write_results(out: Path, stem: str, original: np.ndarray | None, outcome: operations.Outcome,
+                  written: Written, source_png: Path | None = None) -> None:
+    """Every result as a full-size PNG (the original with the result's crop pasted in, band by band), then one
+    layered .ora. ``source_png``: the input file when it holds exactly ``original`` (copied into the .ora)."""
+    from gimp_openai import ora
+    from gimp_openai.atomic import write_bytes_unique
+    from gimp_openai.imaging import encode_png
+
+    patches = []
     for output in outcome.outputs:
-        if original is not None and outcome.path == operations.PATH_EDIT:
-            full = operations.full_composite(original, output)
-        elif original is not None:
-            full = original.copy()
-            full[output.y : output.y + output.height, output.x : output.x + output.width] = output.pixels
+        if original is None:  # generate: --name (or "generated") and the number
+            name = f"{stem}-{output.index}"
+            path = write_bytes_unique(out, name, ".png", encode_png(output.pixels))
         else:
-            full = output.pixels
-        tag = {"edit": "edit", "variation-endpoint": "variation", "variation-edit": "variation-via-edit",
-               "generate": "generated"}[output.path]
-        path = unique_path(out, f"{stem}-{tag}-{output.index}", ".png")
-        write_bytes_atomic(path, imaging.encode_png(full))
+            name = f"{stem}-{TAGS[output.path]}-{output.index}"
+            patch = ora.Patch(output.x, output.y, result_patch(original, output))
+            patches.append(patch)
+            path = write_png_unique(out, name, original.shape[1], original.shape[0], ora.pasted_rows(original, [patch]))
         written.pngs.append(path)
         written.outputs.append(output)
     if original is not None and outcome.outputs:
-        written.ora = write_layers(unique_path(out, f"{stem}-openai", ".ora"), original, stem, outcome.outputs)
+        merged = None
+        if len(patches) == 1:  # the flattened picture is the one result's PNG: copied, not encoded again
+            merged = ora.Merged(ora.pasted_rows(original, patches), written.pngs[0])
+        written.ora = write_layers(out, stem, original, outcome.outputs, merged, source_png)
 
 
-def write_layers(path: Path, original: np.ndarray, stem: str, outputs: Sequence[operations.Output]) -> Path:
-    """Layered OpenRaster: the original at the bottom, one layer per result (masked, at its offsets) on top."""
+def write_layers(out: Path, stem: str, original: np.ndarray, outputs: Sequence[operations.Output],
+                 merged: Any = None, source_png: Path | None = None) -> Path:
+    """Layered OpenRaster: the original at the bottom, one crop-sized layer per result (masked, at its offsets)
+    on top, streamed to a temp file and published under a name claimed atomically."""
     from gimp_openai import ora
+    from gimp_openai.atomic import pending_file
 
-    layers = [{"name": stem, "pixels": original, "x": 0, "y": 0}]
+    layers = [ora.Layer(stem, original, png_file=source_png)]
     for output in outputs:
-        layers.append({"name": output.name, "pixels": output.layer_pixels(add_mask=False), "x": output.x,
-                       "y": output.y})
-    ora.write_ora(path, (original.shape[1], original.shape[0]), layers)
-    return path
+        layers.append(ora.Layer(output.name, output.layer_pixels(add_mask=False), output.x, output.y))
+    with pending_file(out, f"{stem}-openai.ora") as pending:
+        ora.write_archive(pending.file, original.shape[1], original.shape[0], layers, merged)
+        return pending.publish_unique(f"{stem}-openai", ".ora")
 
 
 def report(written: list[Written], args: argparse.Namespace) -> None:
@@ -346,29 +429,78 @@ def run_one(
     image_path: str,
     mask_path: str | None,
     progress: Any,
+    item: str = "",
 ) -> Written:
     """One input image through the chosen operation; shared by edit, variation and batch."""
-    from gimp_openai.geometry import Rect
+    from gimp_openai import imaging
 
     written = Written(source=image_path)
     pixels, written.notes = load_image(image_path)
+    outcome = _operate(args, engine, model, pixels, image_path, mask_path, progress, item)
+    written.notes.extend(notice.message for notice in outcome.warnings)
+    stem = output_stem(Path(image_path).stem, "image")
+    source_png = Path(image_path) if imaging.is_plain_png_file(image_path) else None
+    try:
+        write_results(out, stem, pixels, outcome, written, source_png)
+    except GimpOpenAIError as exc:
+        raise paid_images_error(exc, outcome, written.pngs) from None
+    return written
+
+
+def _operate(args: argparse.Namespace, engine: operations.Engine, model: str, pixels: np.ndarray,
+             image_path: str, mask_path: str | None, progress: Any, item: str) -> operations.Outcome:
+    """The paid part: the selection, the options, the request and the compositing, crop-sized."""
+    from gimp_openai.geometry import Rect
+
     layer = Rect(0, 0, pixels.shape[1], pixels.shape[0])
-    stem = Path(image_path).stem
-    item = stem if args.command == "batch" else ""
     operation = args.operation if args.command == "batch" else args.command
     if operation == "edit":
-        selection = selection_for(args, pixels.shape, mask_path)
         opts = options_from(args, model, args.prompt or "", source=str(image_path))
         if getattr(args, "reference", None):
-            opts.extra_images = [Path(r).read_bytes() for r in args.reference]
-        outcome = operations.edit(engine, opts, place_pixels=pixels, selection=selection, layer=layer, item=item,
-                                  progress=progress)
-    else:
-        opts = options_from(args, model, "", source=str(image_path))
-        outcome = operations.variation(engine, opts, place_pixels=pixels, layer=layer, item=item, progress=progress)
-    written.notes.extend(notice.message for notice in outcome.warnings)
-    write_results(out, stem, pixels, outcome, written)
-    return written
+            opts.extra_images = read_references(args.reference)
+        # The full-size selection is handed over, not kept here: edit() crops it and frees it (64 MB at 8000²).
+        return operations.edit(engine, opts, place_pixels=pixels, selection=selection_for(args, pixels.shape,
+                               mask_path), layer=layer, item=item, progress=progress)
+    opts = options_from(args, model, "", source=str(image_path))
+    return operations.variation(engine, opts, place_pixels=pixels, layer=layer, item=item, progress=progress)
+
+
+class PaidImagesNotWritten(OutputNotWritableError):
+    """The results could not be written after they were paid for; says where each paid image is, or that it
+    could not be saved anywhere (``unsaved``)."""
+
+    def __init__(self, message: str, *, hint: str, saved: list[str], unsaved: int) -> None:
+        super().__init__(message, hint=hint, saved=saved)
+        self.unsaved = unsaved
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["unsaved"] = self.unsaved
+        return data
+
+
+def paid_images_error(exc: GimpOpenAIError, outcome: operations.Outcome,
+                      written: Sequence[Path] = ()) -> PaidImagesNotWritten:
+    """``exc`` (the outputs could not be written) plus where every paid image of ``outcome`` is: its history
+    PNG, wherever the rescue chain put it, or nowhere (then it is lost when this process ends: said so).
+    ``written``: result files already written before the failure (listed in ``saved`` too)."""
+    saved = [str(o.history_png) for o in outcome.outputs if o.history_png is not None]
+    unsaved = sum(1 for o in outcome.outputs if o.history_png is None)
+    total = len(outcome.outputs)
+    parts = [exc.message.rstrip(".") + "."]
+    if saved:
+        subject = "The paid image is" if total == 1 else f"{len(saved)} of the {total} paid images are"
+        if len(saved) == total and total > 1:
+            subject = f"All {total} paid images are"
+        parts.append(f"{subject} saved: {', '.join(saved)}.")
+    if unsaved:
+        parts.append(f"{unsaved} paid image{'s' if unsaved != 1 else ''} could not be saved anywhere "
+                     "(history, the output folder and the rescue folder all failed) and "
+                     f"{'is' if unsaved == 1 else 'are'} lost.")
+    rescue = " ".join(notice.message for notice in outcome.warnings if notice.code == RESULTS_ELSEWHERE)
+    hint = (rescue + " " if rescue else "") + "Free some disk space or choose another --out folder."
+    return PaidImagesNotWritten(" ".join(parts), hint=hint, saved=saved + [str(p) for p in written] + list(exc.saved),
+                                unsaved=unsaved)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -396,9 +528,6 @@ def cmd_variation(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from gimp_openai import imaging
-    from gimp_openai.atomic import write_bytes_atomic
-
     settings, engine, model, out = _prepare(args, "generate")
     opts = options_from(args, model, args.prompt or "")
     progress = StderrProgress(enabled=not args.quiet)
@@ -407,15 +536,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     finally:
         progress.finish()
     written = Written(source="", notes=list(outcome.notes))
-    stem = args.name or "generated"
-    for output in outcome.outputs:
-        path = unique_path(out, f"{stem}-{output.index}", ".png")
-        write_bytes_atomic(path, imaging.encode_png(output.pixels))
-        written.pngs.append(path)
-        written.outputs.append(output)
+    try:
+        write_results(out, output_stem(args.name, "generated") if args.name else "generated", None, outcome, written)
+    except GimpOpenAIError as exc:
+        raise paid_images_error(exc, outcome, written.pngs) from None
     del settings
     report([written], args)
     return 0
+
+
+def item_labels(images: Sequence[str]) -> list[str]:
+    """Progress labels, one per input, distinct even for same-named files from different folders (a/x.png,
+    b/x.png -> x, x-2): each item's progress is its own."""
+    labels: list[str] = []
+    for image in images:
+        stem = output_stem(Path(image).stem, "image")
+        label, number = stem, 2
+        while label in labels:
+            label, number = f"{stem}-{number}", number + 1
+        labels.append(label)
+    return labels
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -429,19 +569,21 @@ def cmd_batch(args: argparse.Namespace) -> int:
     settings, engine, model, out = _prepare(args, args.operation)
     masks = list(args.mask or [None] * len(args.images))
     progress = StderrProgress(enabled=not args.quiet, items=len(args.images))
-    concurrency = args.concurrency or int(getattr(settings, "concurrency", 4) or 4)
+    concurrency = args.concurrency or int(getattr(settings, "concurrency", 4) or 4)  # both within bounds
     results: list[Written | GimpOpenAIError] = []
 
-    def one(pair: tuple[str, str | None]) -> Written | GimpOpenAIError:
+    labels = item_labels(args.images)
+
+    def one(pair: tuple[str, str | None, str]) -> Written | GimpOpenAIError:
         try:
-            return run_one(args, engine, model, out, pair[0], pair[1], progress)
+            return run_one(args, engine, model, out, pair[0], pair[1], progress, pair[2])
         except GimpOpenAIError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - one image's bug must not lose the others
             return GimpOpenAIError(f"{type(exc).__name__}: {exc}", hint="This is a bug; please report it.")
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(args.images)))) as pool:
-        results = list(pool.map(one, zip(args.images, masks, strict=True)))
+        results = list(pool.map(one, zip(args.images, masks, labels, strict=True)))
     progress.finish()
     done = [r for r in results if isinstance(r, Written)]
     failed = [(img, r) for img, r in zip(args.images, results, strict=True) if isinstance(r, GimpOpenAIError)]
@@ -549,8 +691,6 @@ def cmd_key(args: argparse.Namespace) -> int:
 
 #: Settings that are never read or written by `config`: the key has its own command, on stdin only.
 CONFIG_REFUSED = ("api_key",)
-_CONFIG_FLOATS = {"read_timeout": 1.0, "connect_timeout": 0.5}
-_CONFIG_INTS = {"concurrency": 1, "max_retries": 0}
 
 
 class ConfigValueError(InvalidInputError):
@@ -581,7 +721,7 @@ def parse_config_pairs(pairs: Sequence[str]) -> list[tuple[str, str]]:
 def config_changes(pairs: Sequence[tuple[str, str]], current: Any) -> dict[str, Any]:
     """Typed changes for update_settings, checked strictly: an unknown key or a bad value is an error, never a
     silent default. ``model_rules.<id>=<family>`` adds a rule (empty family removes it)."""
-    from gimp_openai import capabilities
+    from gimp_openai import bounds, capabilities
     from gimp_openai.errors import SettingsError
     from gimp_openai.settings import check_base_url
 
@@ -612,24 +752,11 @@ def config_changes(pairs: Sequence[tuple[str, str]], current: Any) -> dict[str, 
             where = "model_rules.<id>=<family>" if key == "model_rules" else f"one of {', '.join(fields)}"
             raise ConfigValueError(f"There is no setting called {key!r}; use {where}.", hint="")
         text = value.strip()
-        if key in _CONFIG_FLOATS:
+        if key in bounds.BOUNDS:
             try:
-                number = float(text)
-            except ValueError:
-                number = float("nan")
-            if not number >= _CONFIG_FLOATS[key] or number == float("inf"):
-                raise ConfigValueError(
-                    f"{key} must be a number of seconds, at least {_CONFIG_FLOATS[key]:g} (got {value!r}).", hint="")
-            changes[key] = number
-        elif key in _CONFIG_INTS:
-            try:
-                whole = int(text)
-            except ValueError:
-                whole = -1
-            if whole < _CONFIG_INTS[key]:
-                raise ConfigValueError(
-                    f"{key} must be a whole number, at least {_CONFIG_INTS[key]} (got {value!r}).", hint="")
-            changes[key] = whole
+                changes[key] = bounds.parse(key, text, key)
+            except bounds.OutOfBounds as exc:
+                raise ConfigValueError(exc.message, hint="") from None
         elif key == "extra_image_models":
             changes[key] = [v.strip() for v in value.split(",") if v.strip()]
         elif key == "base_url":
@@ -696,26 +823,69 @@ def cmd_config(args: argparse.Namespace) -> int:
 # --- Parser -------------------------------------------------------------------------------------------------
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose refusals go through :func:`fail` (one line, --json honoured, exit code 2) instead of
+    argparse's usage block and its own exit."""
+
+    def error(self, message: str) -> Any:  # argparse's contract: never returns
+        plain = _plain_argparse_message(message)
+        raise UsageError(plain, hint="" if plain != message else f"See `{self.prog} --help`.")
+
+
+def _plain_argparse_message(message: str) -> str:
+    """``"argument --feather: --feather 1e9 is not allowed: ..."`` -> the refusal alone (it names the option)."""
+    prefix, sep, rest = message.partition(": ")
+    if sep and prefix.startswith("argument ") and rest.startswith(prefix[len("argument "):].split("/")[0]):
+        return rest
+    return message
+
+
+def bounded(name: str, flag: str) -> Any:
+    """An argparse ``type`` for the numeric option ``flag``, checked against ``bounds.BOUNDS[name]``."""
+    from gimp_openai import bounds
+
+    def convert(text: str) -> float:
+        try:
+            return bounds.parse(name, text, flag)
+        except bounds.OutOfBounds as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    convert.__name__ = name  # argparse names the type in some messages
+    return convert
+
+
+#: The numeric command-line options and the bounds-table entries they are checked against.
+NUMERIC_OPTIONS = {"-n": "n", "--feather": "feather", "--padding": "context_padding", "--timeout": "read_timeout",
+                   "--concurrency": "concurrency"}
+
+
 def _common(p: argparse.ArgumentParser, *, images: bool = True) -> None:
     p.add_argument("--model", default="", help="model id (default: your saved choice, else the newest live GPT "
                                                "image model)")
-    p.add_argument("-n", type=int, default=1, help="how many results (1-10)")
+    p.add_argument("-n", type=bounded("n", "-n"), default=1, help="how many results (1-10)")
     p.add_argument("--size", default="", help="WxH, or auto (default: planned from the selection)")
     p.add_argument("--quality", default="auto", help="low, medium, high or auto")
     p.add_argument("--background", default="auto", help="auto, opaque or transparent (GPT models)")
     p.add_argument("--out", default="", help="output folder (default: the current folder)")
     p.add_argument("--base-url", default="", help="API base URL (default: settings, OPENAI_BASE_URL)")
-    p.add_argument("--timeout", type=float, default=0.0, help="read timeout in seconds (default 600)")
+    _timeout_flag(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     _json_flag(p)
     if images:
-        p.add_argument("--feather", type=float, default=0.0, help="extra feather radius of the layer mask, px")
-        p.add_argument("--padding", type=float, default=0.25, help="context around the selection, share of its size")
+        p.add_argument("--feather", type=bounded("feather", "--feather"), default=0.0,
+                       help="extra feather radius of the layer mask, px (0-200)")
+        p.add_argument("--padding", type=bounded("context_padding", "--padding"), default=0.25,
+                       help="context around the selection, share of its size (0-2)")
         p.add_argument("--no-align", action="store_true", help="do not align the result to the original")
         p.add_argument("--no-tone-match", action="store_true", help="do not match the result's tones")
         p.add_argument("--blend", choices=("feather", "poisson"), default="feather", help="blend mode")
     else:
         p.set_defaults(feather=0.0, padding=0.25, no_align=False, no_tone_match=False, blend="feather")
+
+
+def _timeout_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=bounded("read_timeout", "--timeout"), default=None,
+                   help="read timeout in seconds, 1-3600 (default: settings, 600)")
 
 
 def _json_flag(p: argparse.ArgumentParser) -> None:
@@ -726,12 +896,12 @@ def _selection_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument("--mask", action="append" if many else "store",
                    help="selection image of the same size (white/opaque = selected)" + (", once per image" if many
                                                                                         else ""))
-    p.add_argument("--rect", help="select the rectangle X,Y,W,H instead of a mask image")
+    p.add_argument("--rect", type=rect_option, help="select the rectangle X,Y,W,H instead of a mask image")
     p.add_argument("--ellipse", action="store_true", help="with --rect: select the ellipse inside it")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gimp-openai",
         description="Edit a selection in place, make variations and generate images with the OpenAI Images API "
                     "(or any compatible server, such as `gimp-openai serve`).",
@@ -763,18 +933,19 @@ def build_parser() -> argparse.ArgumentParser:
     _selection_args(p, many=True)
     p.add_argument("--prompt", "-p", default="")
     p.add_argument("--variation-prompt", default="")
-    p.add_argument("--concurrency", type=int, default=0, help="requests at once (default: settings, 4)")
+    p.add_argument("--concurrency", type=bounded("concurrency", "--concurrency"), default=None,
+                   help="requests at once, 1-16 (default: settings, 4)")
     _common(p)
 
     p = sub.add_parser("models", help="image models the server offers, with their sizes and shutdown dates")
     p.add_argument("--refresh", action="store_true", help="ask the server now instead of using the cache")
     _json_flag(p)
     p.add_argument("--base-url", default="")
-    p.add_argument("--timeout", type=float, default=0.0)
+    _timeout_flag(p)
 
     p = sub.add_parser("doctor", help="check the key, the server, TLS, versions and GIMP's plug-in folders")
     p.add_argument("--base-url", default="")
-    p.add_argument("--timeout", type=float, default=0.0)
+    _timeout_flag(p)
     p.add_argument("--no-plugin-dirs", action="store_true", help="skip the GIMP plug-in folder checks")
     _json_flag(p)
 
@@ -836,7 +1007,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         at = argv.index("serve")
         if all(a.startswith("-") for a in argv[:at]):
             return cmd_serve(argparse.Namespace(), argv[at + 1 :])
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        return fail(exc, "--json" in argv[: argv.index("--") if "--" in argv else len(argv)])
+    except Exception as exc:  # noqa: BLE001 - a bug in an option's check: still one line
+        return internal_error(exc)
     as_json = bool(getattr(args, "json", False))
     commands = {"edit": cmd_edit, "variation": cmd_variation, "generate": cmd_generate, "batch": cmd_batch,
                 "models": cmd_models, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job,
@@ -859,8 +1035,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gimp-openai: interrupted; results already received are in the history folder", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback
-        if os.environ.get("GIMP_OPENAI_DEBUG"):
-            raise
-        print(f"gimp-openai: internal error: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
-        print("  hint: this is a bug; run again with GIMP_OPENAI_DEBUG=1 for details and report it", file=sys.stderr)
-        return EXIT_FAILED
+        return internal_error(exc)
+
+
+def internal_error(exc: Exception) -> int:
+    """A bug: one line naming it and how to report it (GIMP_OPENAI_DEBUG=1 re-raises for the traceback)."""
+    if os.environ.get("GIMP_OPENAI_DEBUG"):
+        raise exc
+    print(f"gimp-openai: internal error: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+    print("  hint: this is a bug; run again with GIMP_OPENAI_DEBUG=1 for details and report it", file=sys.stderr)
+    return EXIT_FAILED

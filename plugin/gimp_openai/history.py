@@ -7,8 +7,9 @@ numeric suffix is added instead. Sidecars never carry the API key: key-like fiel
 string is passed through :func:`errors.redact`.
 
 When the history folder is full or not writable, :func:`save_all` keeps the images anyway, down a rescue chain:
-the fallback folders the caller names (the CLI's out folder, the job's rescue folder), then
-``<system temp>/gimp-openai-rescue`` (``GIMP_OPENAI_RESCUE_DIR`` overrides it), and as a last resort in memory
+the fallback folders the caller names (the CLI's out folder, the job's rescue folder), then this user's private
+``<system temp>/gimp-openai-rescue-<uid>`` (checked not to be another user's folder or symlink;
+``GIMP_OPENAI_RESCUE_DIR`` overrides it), and as a last resort in memory
 only (the operation still completes and the host still inserts the layers). Its note says plainly where the
 images went and why ("History folder X is full; the 2 images were saved to Y instead.").
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import tempfile
 import unicodedata
 from collections.abc import Sequence
@@ -48,13 +50,20 @@ def default_history_dir() -> Path:
         return Path(platformdirs.user_data_dir("gimp-openai", appauthor=False)) / "history"
 
 
-def slugify(text: str, max_length: int = _SLUG_MAX) -> str:
-    """A safe, readable file-name part: ``"A red kite!"`` -> ``"a-red-kite"``; empty -> ``"image"``."""
+def slugify(text: str, max_length: int = _SLUG_MAX, *, lower: bool = True, empty: str = "image") -> str:
+    """A safe, readable file-name part: ``"A red kite!"`` -> ``"a-red-kite"``; empty -> ``"image"``.
+
+    The one file-name rule of the engine (history names, the CLI's output names, a job's temp files): ASCII
+    letters, digits and single hyphens after Unicode normalisation, so no text (``../``, an absolute path, NUL,
+    a newline, right-to-left overrides, full-width dots) can name a file outside its folder or a hidden one.
+    ``lower=False`` keeps the case (a user's own file name reads better as it was)."""
     normal = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text or ""))
-    ascii_only = normal.encode("ascii", "ignore").decode("ascii").lower()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_only).strip("-")
+    ascii_only = normal.encode("ascii", "ignore").decode("ascii")
+    if lower:
+        ascii_only = ascii_only.lower()
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", ascii_only).strip("-")
     slug = slug[:max_length].rstrip("-")
-    return slug or "image"
+    return slug or empty
 
 
 def _safe_ext(ext: str) -> str:
@@ -99,7 +108,8 @@ class History:
         """
         now = datetime.now(timezone.utc)
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            # 0700: file names carry prompt slugs, and the images are the user's; other users see neither.
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputNotWritableError(
                 f"Cannot create the history folder {str(self.folder)!r}: {exc.strerror or exc}."
@@ -145,9 +155,56 @@ _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def rescue_dir() -> Path:
-    """``<system temp>/gimp-openai-rescue`` (``GIMP_OPENAI_RESCUE_DIR`` overrides): the last folder tried."""
+    """The last folder tried: ``GIMP_OPENAI_RESCUE_DIR`` when set, else this user's private folder in the system
+    temp folder (:func:`private_temp_folder`)."""
     env = os.environ.get("GIMP_OPENAI_RESCUE_DIR", "").strip()
-    return Path(env).expanduser() if env else Path(tempfile.gettempdir()) / RESCUE_FOLDER_NAME
+    return Path(env).expanduser() if env else private_temp_folder()
+
+
+#: The fresh folder used when the usual private one is not safe, once per process (one run's images together).
+_fresh_rescue: list[Path] = []
+
+
+def private_temp_folder() -> Path:
+    """``<system temp>/gimp-openai-rescue-<uid>``, created 0700 and checked with ``lstat`` to be a real folder
+    (not a symlink), owned by this user and closed to others.
+
+    Why: the system temp folder is shared; another user can create that name first, as a symlink to a folder
+    they read or as their own folder, and receive the images (prompts and pictures). When the check fails, a
+    fresh folder from ``tempfile.mkdtemp`` (0700, a name nobody could predict) is used instead."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    name = RESCUE_FOLDER_NAME if uid is None else f"{RESCUE_FOLDER_NAME}-{uid}"
+    path = Path(tempfile.gettempdir()) / name
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return _fresh_rescue_folder(name)
+    return path if _is_private(path, uid) else _fresh_rescue_folder(name)
+
+
+def _is_private(path: Path, uid: int | None) -> bool:
+    """A real folder (lstat: a symlink is not followed), ours and closed to others; a folder that is ours but
+    open to others is closed (chmod 0700) first."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(info.st_mode) or (uid is not None and info.st_uid != uid):
+        return False
+    if uid is not None and info.st_mode & 0o077:
+        try:
+            os.chmod(path, 0o700, follow_symlinks=False)
+        except (OSError, NotImplementedError):
+            return False
+    return True
+
+
+def _fresh_rescue_folder(name: str) -> Path:
+    if not _fresh_rescue:
+        _fresh_rescue.append(Path(tempfile.mkdtemp(prefix=f"{name}-")))
+    return _fresh_rescue[0]
 
 
 def why_not_written(exc: BaseException) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import threading
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from gimp_openai import operations
+from gimp_openai import bounds, operations
 from gimp_openai.errors import GimpOpenAIError, InvalidInputError, MissingKeyError, OutputNotWritableError
 from gimp_openai.progress import Progress
 from gimp_openai.urlpolicy import is_loopback
@@ -31,7 +30,7 @@ from gimp_openai.urlpolicy import is_loopback
 PROTOCOL_VERSION = 1
 OPERATIONS = ("edit", "variation", "generate")
 BLENDS = ("feather", "poisson")
-MAX_CONCURRENCY = 16
+MAX_CONCURRENCY = int(bounds.BOUNDS["concurrency"].maximum)
 EXIT_OK = 0
 EXIT_UNREADABLE = 2
 
@@ -70,6 +69,14 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
+def _number(obj: dict[str, Any], name: str, default: Any, where: str = "job") -> Any:
+    """A numeric field, typed by its entry in the bounds table and checked against it (NaN and infinity too:
+    Python's JSON reader accepts them)."""
+    entry = bounds.BOUNDS[name]
+    value = _field(obj, name, entry.kind, default, where=where)
+    return bounds.check(entry.name, value, f"'{name}' in the {where}", JobError)
+
+
 def _rect(obj: dict[str, Any], name: str, where: str, *, allow_empty: bool = False) -> Any:
     from gimp_openai.geometry import Rect
 
@@ -81,14 +88,17 @@ def _rect(obj: dict[str, Any], name: str, where: str, *, allow_empty: bool = Fal
         not allow_empty and (numbers["width"] == 0 or numbers["height"] == 0)
     ):
         raise JobError(f"'{name}' of {where} is {numbers['width']}x{numbers['height']}: it must have pixels.")
-    if max(abs(v) for v in numbers.values()) > 1_000_000:
-        raise JobError(f"'{name}' of {where} is out of range.")
+    for key in ("x", "y"):
+        bounds.check("coordinate", numbers[key], f"'{key}' of '{name}' of {where}", JobError)
+    for key in ("width", "height"):
+        if numbers[key]:
+            bounds.check("region_side", numbers[key], f"'{key}' of '{name}' of {where}", JobError)
     return Rect(**numbers)
 
 
 def _target(obj: dict[str, Any], where: str) -> tuple[int, int]:
     value = _field(obj, "target", list, where=where)
-    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 100_000 for v in value):
+    if len(value) != 2 or not all(bounds.is_within("target_side", v) for v in value):
         raise JobError(f"'target' of {where} must be [width, height] in pixels, got {value!r}.")
     return int(value[0]), int(value[1])
 
@@ -165,21 +175,17 @@ def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
     blend = _field(data, "blend", str, "feather")
     if blend not in BLENDS:
         raise JobError(f"Unknown blend {blend!r}; use one of {', '.join(BLENDS)}.")
-    feather = _field(data, "feather", float, 0.0)
-    padding = _field(data, "context_padding", float, 0.25)
-    if not (0.0 <= feather <= 1000.0) or not (0.0 <= padding <= 10.0):
-        raise JobError("'feather' must be 0-1000 px and 'context_padding' 0-10.")
+    feather = _number(data, "feather", 0.0)
+    padding = _number(data, "context_padding", 0.25)
     default_concurrency = int(getattr(settings, "concurrency", 4) or 4)
-    concurrency = _field(data, "concurrency", int, default_concurrency)
-    if not 1 <= concurrency <= MAX_CONCURRENCY:
-        raise JobError(f"'concurrency' must be 1-{MAX_CONCURRENCY}, got {concurrency}.")
+    concurrency = _number(data, "concurrency", min(default_concurrency, MAX_CONCURRENCY))
     variation_prompt = _field(data, "variation_prompt", str, "") or str(
         getattr(settings, "variation_prompt", "") or ""
     )
     options = operations.Options(
         model=_field(data, "model", str, ""),
         prompt=_field(data, "prompt", str, ""),
-        n=_field(data, "n", int, 1),
+        n=_number(data, "n", 1),
         quality=_field(data, "quality", str, "auto"),
         size_mode=_field(data, "size_mode", str, "auto"),
         size=_field(data, "size", str, None),
@@ -325,11 +331,11 @@ def check_out_dir(out_dir: Path) -> None:
         raise OutputNotWritableError(f"Cannot write into {out_dir}: {exc.strerror or exc}.") from None
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
 def safe_name(text: str) -> str:
-    return _SAFE.sub("_", text).strip("._")[:80] or "item"
+    """An item id as a file-name part: the engine's one file-name rule (history.slugify), case kept."""
+    from gimp_openai.history import slugify
+
+    return slugify(text, 80, lower=False, empty="item")
 
 
 def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
@@ -375,16 +381,17 @@ def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
 
 def _write_outputs(job: Job, item: Item, outcome: operations.Outcome) -> list[dict[str, Any]]:
     from gimp_openai import imaging
-    from gimp_openai.atomic import write_bytes_atomic
+    from gimp_openai.atomic import write_bytes_unique
 
     results = []
     base = safe_name(item.id)
     for out in outcome.outputs:
-        layer_png = job.out_dir / f"{base}-{out.index}.png"
-        mask_png = job.out_dir / f"{base}-{out.index}-mask.png"
         # Temp files the host reads once and deletes: the fastest exact PNGs, no fsync (still write-then-rename).
-        write_bytes_atomic(layer_png, imaging.encode_host_png(out.layer_pixels(job.add_mask)), durable=False)
-        write_bytes_atomic(mask_png, imaging.encode_host_png(out.mask), durable=False)
+        # Names are claimed atomically: two ids with the same safe name ('a b', 'a-b') never share a file.
+        layer_png = write_bytes_unique(job.out_dir, f"{base}-{out.index}", ".png",
+                                       imaging.encode_host_png(out.layer_pixels(job.add_mask)), durable=False)
+        mask_png = write_bytes_unique(job.out_dir, f"{base}-{out.index}-mask", ".png",
+                                      imaging.encode_host_png(out.mask), durable=False)
         notes = "; ".join([n for n in [out.report, *out.notes] if n])
         results.append(
             {
@@ -543,9 +550,7 @@ def plan_answer(data: dict[str, Any], settings: Any, engine: Any | None) -> dict
         raise JobError(f"Unknown operation {operation!r}; use one of {', '.join(OPERATIONS)}.")
     model = _field(data, "model", str, "", where="plan")
     size_mode = _field(data, "size_mode", str, "auto", where="plan")
-    padding = _field(data, "context_padding", float, 0.25, where="plan")
-    if not 0.0 <= padding <= 10.0:
-        raise JobError("'context_padding' must be 0-10.")
+    padding = _number(data, "context_padding", 0.25, where="plan")
     raw_items = _field(data, "items", list, [], where="plan")
     if not model:
         if engine is None:

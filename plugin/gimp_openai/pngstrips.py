@@ -162,3 +162,84 @@ def encode_png(pixels: np.ndarray, *, deflate: Deflate | None = None, strips: in
     stream = b"".join([_zlib_header(deflate.header_hint), *parts, struct.pack(">I", adler & 0xFFFFFFFF)])
     del parts
     return png_file(width, height, 1 if pixels.ndim == 2 else pixels.shape[2], stream)
+
+
+# --- Streaming: a PNG written band by band, never whole in memory ----------------------------------------------
+
+#: A band of a streamed PNG holds about this many bytes of pixels (an 8000-px-wide RGBA band: 131 rows).
+STREAM_BAND_BYTES = 4 << 20
+
+RowSource = Callable[[int, int], np.ndarray]
+
+
+def _up_filtered(rows: RowSource, span: tuple[int, int], width: int, channels: int,
+                 buffer: np.ndarray) -> memoryview:
+    """Rows ``span`` of the source, PNG filter Up (each byte minus the one above it, modulo 256; the first row
+    of the image against zeros), each row led by its filter byte 2. One numpy subtraction per band: ~20x faster
+    than libpng's per-row choice (0.09 s for an 8000x131 RGBA band on this machine), and on photos Up is as
+    small as that choice (x0.96-0.99, see imaging's figures)."""
+    row0, row1 = span
+    stride = width * channels
+    band = rows(row0, row1).reshape(row1 - row0, stride)
+    above = rows(row0 - 1, row0).reshape(1, stride) if row0 > 0 else np.zeros((1, stride), np.uint8)
+    out = buffer[: row1 - row0]  # reused band after band: no fresh (kernel-zeroed) mapping per band
+    out[:, 0] = 2
+    np.subtract(band[:1], above, out=out[:1, 1:])
+    np.subtract(band[1:], band[:-1], out=out[1:, 1:])
+    return memoryview(out.data).cast("B")
+
+
+def write_png(out: Any, width: int, height: int, channels: int, rows: RowSource, *,
+              deflate: Deflate | None = None) -> int:
+    """Write a PNG to the binary file ``out`` from ``rows(row0, row1)`` (u8 (rows, width[, channels]) arrays),
+    band by band, deflated on every core; return the bytes written.
+
+    Why: a full-size result of an 8000² picture is 256 MB of pixels; encoding it in one piece took a BGRA copy,
+    libpng's output buffer and a bytes copy of that (~0.8 GB at once). Here only a few bands are alive at a time
+    (``workers()`` bands of ``STREAM_BAND_BYTES``), and the source may build each band on demand (the original's
+    rows with a result pasted in), so no full-size copy exists at all. The bands' deflate parts join into one
+    zlib stream as in :func:`encode_png` (one IDAT per group of bands)."""
+    if width <= 0 or height <= 0 or channels not in (1, 3, 4):
+        raise ValueError(f"cannot write a {width}x{height} PNG with {channels} channels")
+    deflate = deflate or best_deflate()
+    band = max(1, STREAM_BAND_BYTES // (width * channels))
+    spans = [(y, min(height, y + band)) for y in range(0, height, band)]
+    group = workers()
+    pool = _executor() if group > 1 and len(spans) > 1 else None
+    written = 0
+
+    def put(*parts: bytes) -> None:
+        nonlocal written
+        for part in parts:
+            out.write(part)
+            written += len(part)
+
+    def squeeze(filtered: memoryview, primer: bytes, last: bool) -> bytes:
+        return _deflate(filtered, primer, deflate, last)  # type: ignore[arg-type]  # any buffer
+
+    color_type = {1: 0, 3: 2, 4: 6}[channels]
+    put(b"\x89PNG\r\n\x1a\n", *_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)))
+    adler, primer, head = 1, b"", _zlib_header(deflate.header_hint)
+    buffers = [np.empty((band, width * channels + 1), np.uint8) for _ in range(min(group, len(spans)))]
+    for start in range(0, len(spans), group):
+        these = spans[start : start + group]
+        jobs = list(zip(these, buffers, strict=False))
+        filtered = (list(pool.map(lambda job: _up_filtered(rows, job[0], width, channels, job[1]), jobs)) if pool
+                    else [_up_filtered(rows, span, width, channels, buffer) for span, buffer in jobs])
+        primers = [primer] + [bytes(f[-WINDOW:]) for f in filtered[:-1]]
+        lasts = [start + i == len(spans) - 1 for i in range(len(filtered))]
+        parts = (list(pool.map(squeeze, filtered, primers, lasts)) if pool
+                 else [squeeze(f, p, last) for f, p, last in zip(filtered, primers, lasts, strict=True)])
+        for f in filtered:
+            adler = zlib.adler32(f, adler)
+        primer = bytes(filtered[-1][-WINDOW:])
+        put(*_chunk(b"IDAT", head + b"".join(parts)))
+        head = b""
+        del filtered, parts
+    put(*_chunk(b"IDAT", struct.pack(">I", adler & 0xFFFFFFFF)), *_chunk(b"IEND", b""))
+    return written
+
+
+def _chunk(kind: bytes, payload: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    crc = zlib.crc32(payload, zlib.crc32(kind)) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)), kind, payload, struct.pack(">I", crc)

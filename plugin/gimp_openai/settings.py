@@ -171,15 +171,15 @@ def _write_config_file(data: dict[str, Any]) -> Path:
     return path
 
 
-#: Smallest sensible value of the numeric settings; anything below falls back to the default.
-_MINIMUM = {"read_timeout": 1.0, "connect_timeout": 0.5, "concurrency": 1, "max_retries": 0}
-
-
 def _coerce(name: str, value: Any) -> Any:
-    """Bring a JSON value to the field's type; a wrong type or an impossible number falls back to the default."""
+    """Bring a JSON value to the field's type; a wrong type or a number outside the bounds table (NaN and
+    infinity included) falls back to the default."""
+    from . import bounds
+
     result = _coerce_type(name, value)
-    if name in _MINIMUM and result < _MINIMUM[name]:
-        log.warning("Setting %s=%r is too small; using the default", name, result)
+    if name in bounds.BOUNDS and not bounds.is_within(name, result):
+        log.warning("Setting %s=%r is out of range (%s); using the default", name, result,
+                    bounds.BOUNDS[name].allowed())
         return getattr(Settings(), name)
     return result
 
@@ -230,7 +230,14 @@ def check_base_url(url: str) -> str:
     url = (url or "").strip()
     if not url:
         return DEFAULT_BASE_URL
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port over 65535 or not a number raises here, not later inside the HTTP client
+    except ValueError as exc:
+        raise SettingsError(
+            f"The base URL {redact(url)!r} is not a valid URL ({exc})",
+            hint="Example: https://api.openai.com/v1 or http://[::1]:8000/v1",
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(
             f"The base URL {redact(url)!r} is not an http(s) URL", hint="Example: https://api.openai.com/v1"

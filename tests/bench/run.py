@@ -245,6 +245,59 @@ def bench_cli(server: LocalServerHandle, work: Path, sizes: tuple[int, ...]) -> 
     return rows
 
 
+def big_cli_picture(size: int, work: Path, *, transparent: bool) -> Path:
+    """A ``size``² photo-like PNG; ``transparent`` gives it an alpha ramp (the case whose .ora thumbnail once
+    resized the whole canvas in premultiplied float32)."""
+    path = work / f"cli-{size}-{'transparent' if transparent else 'opaque'}.png"
+    if not path.exists():
+        from gimp_openai import imaging
+
+        pixels = photo_like(size, size)
+        if transparent:
+            pixels[..., 3] = np.linspace(0, 255, size, dtype=np.float32).astype(np.uint8)[None, :]
+        path.write_bytes(imaging.encode_png(pixels))
+        del pixels
+    return path
+
+
+def bench_cli_memory(server: LocalServerHandle, work: Path, size: int = 8000, repeats: int = 1) -> list[dict]:
+    """The CLI's big-image path (issue: 7.7 GB for a transparent 8000² edit): a 1024² --rect edit of a
+    ``size``² opaque and transparent picture, n=1; peak RSS of the CLI process and its seconds beyond the
+    server's (wall - server handling - latency)."""
+    rows = []
+    for transparent in (False, True):
+        picture = big_cli_picture(size, work, transparent=transparent)
+        off = (size - SELECTION) // 2
+        out = work / f"cli-mem-out-{size}"
+        runs = []
+        for _ in range(repeats):
+            server.reset()
+            run = timed_run(["--json", "edit", str(picture), "--rect", f"{off},{off},{SELECTION},{SELECTION}",
+                             "--prompt", "a red kite", "--model", MODEL, "--quality", "low", "--out", str(out),
+                             "-q"], server.url, lines=False)
+            if run["code"] != 0:
+                raise RuntimeError(f"CLI {size} transparent={transparent}: {run['stderr']}")
+            spent, _ = server_seconds(server, LATENCY)
+            runs.append({"wall": run["wall"], "server": spent, "maxrss_mb": run["maxrss_kb"] / 1024})
+            for p in out.glob("*"):
+                p.unlink()
+        rows.append({"layer": size, "transparent": transparent, "selection": SELECTION,
+                     "wall_s": median([r["wall"] for r in runs]), "server_s": median([r["server"] for r in runs]),
+                     "overhead_s": median([r["wall"] - r["server"] for r in runs]),
+                     "maxrss_mb": max(r["maxrss_mb"] for r in runs)})
+    return rows
+
+
+def cli_memory_lines(rows: list[dict]) -> list[str]:
+    lines = ["CLI big-image path (1024² --rect edit, n=1; peak RSS of the CLI process via a wrapper's "
+             "RUSAGE_CHILDREN; target <= 700 MB and <= 4 s beyond the server):"]
+    for r in rows:
+        kind = "transparent" if r["transparent"] else "opaque"
+        lines.append(f"{r['layer']:>5}² {kind:<11}  wall {r['wall_s']:6.2f} s  server {r['server_s']:5.2f} s  "
+                     f"beyond the server {r['overhead_s']:6.2f} s  peak {r['maxrss_mb']:6.0f} MB")
+    return lines
+
+
 def bench_batch(work: Path, latency: float = 2.0) -> dict:
     """8 small items (dall-e-2 at 256², so the server's own work is negligible next to its 2 s latency)."""
     folder = work / "batch"
@@ -382,6 +435,15 @@ def run_host_only(repeats: int = 3) -> dict:
     return figures
 
 
+def run_cli_memory_only(size: int, repeats: int) -> list[dict]:
+    """Only the CLI big-image rows: ``--cli-memory-only [--size N]``."""
+    with tempfile.TemporaryDirectory(prefix="gimp-openai-bench-") as tmp:
+        work = Path(tmp)
+        Env(work / "home")
+        with LocalServerHandle(("--latency", str(LATENCY))) as server:
+            return bench_cli_memory(server, work, size, repeats)
+
+
 def run_seamless_only(repeats: int = 3) -> dict:
     """Only the seamless share: ``--seamless-only``."""
     with tempfile.TemporaryDirectory(prefix="gimp-openai-bench-") as tmp:
@@ -422,6 +484,7 @@ def run_all(*, quick: bool = False, faults: bool = True, gimp3: bool = True) -> 
         with LocalServerHandle(("--latency", str(LATENCY))) as server:
             figures["host"] = bench_host_path(server, work, repeats)
             figures["cli"] = bench_cli(server, work, (1024, 4096) if quick else LAYERS)
+            figures["cli_memory"] = bench_cli_memory(server, work, 4000 if quick else 8000)
         _host_figures(figures, work)
         figures["batch"] = bench_batch(work)
         figures["seamless"] = bench_seamless(work, repeats)
@@ -473,6 +536,8 @@ def table(fig: dict) -> str:
     for r in fig["cli"]:
         lines.append(f"{r['layer']:>5}²  wall {r['wall_s']:6.2f} s  overhead {r['overhead_s']:6.2f} s  "
                      f"peak {r['maxrss_mb']:6.0f} MB")
+    if fig.get("cli_memory"):
+        lines += cli_memory_lines(fig["cli_memory"])
     b = fig["batch"]
     lines.append("")
     lines.append(f"Batch of 8, {b['latency_s']} s latency (dall-e-2 256², engine wall = first to last JSON line):")
@@ -508,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the host-path table (overhead per layer size, ratio, upload, peak memory)")
     parser.add_argument("--seamless-only", action="store_true",
                         help="only the seamless share (2048² place, gpt-like server, with vs without align+tone)")
+    parser.add_argument("--cli-memory-only", action="store_true",
+                        help="only the CLI big-image rows (8000² opaque and transparent edit: peak RSS, seconds)")
+    parser.add_argument("--size", type=int, default=8000, help="with --cli-memory-only: the picture's side")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions of each host-path case (default 3)")
     args = parser.parse_args(argv)
     if args.seamless_only:
@@ -515,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         s = figures["seamless"]
         print(seamless_line(s) + f"; runs with {s['overhead_with_runs_s']}, without {s['overhead_without_runs_s']}, "
               f"after-response deltas {s['after_delta_runs_s']}")
+        return 0
+    if args.cli_memory_only:
+        print("\n".join(cli_memory_lines(run_cli_memory_only(args.size, args.repeats or 1))))
         return 0
     if args.host_only:
         figures = run_host_only(args.repeats or (1 if args.quick else 3))

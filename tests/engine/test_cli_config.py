@@ -52,12 +52,17 @@ def test_key_value_as_two_words_is_accepted(capsys):
 
 @pytest.mark.parametrize("pair,text", [
     ("nope=1", "There is no setting called 'nope'"),
-    ("read_timeout=soon", "read_timeout must be a number of seconds"),
-    ("read_timeout=0", "read_timeout must be a number of seconds, at least 1"),
-    ("read_timeout=nan", "read_timeout must be a number"),
-    ("concurrency=0", "concurrency must be a whole number, at least 1"),
-    ("concurrency=2.5", "concurrency must be a whole number"),
-    ("max_retries=-1", "max_retries must be a whole number, at least 0"),
+    ("read_timeout=soon", "read_timeout soon is not allowed: how long to wait for the server's answer must be a "
+                          "number from 1 to 3,600 s; use a value in that range."),
+    ("read_timeout=0", "read_timeout 0 is not allowed"),
+    ("read_timeout=nan", "read_timeout nan is not allowed"),
+    ("read_timeout=inf", "read_timeout inf is not allowed"),
+    ("concurrency=0", "concurrency 0 is not allowed: the number of requests sent at once must be a whole number "
+                      "from 1 to 16"),
+    ("concurrency=2.5", "concurrency 2.5 is not allowed"),
+    ("max_retries=-1", "max_retries -1 is not allowed: how often a failed request is retried must be a whole "
+                       "number from 0 to 10"),
+    ("base_url=http://[::1/v1", "is not a valid URL"),
     ("model_rules.x=zzz", "'zzz' is not a model family"),
     ("model_rules=x", "use model_rules.<id>=<family>"),
     ("model_rules.=gpt-image-1", "needs a model id"),

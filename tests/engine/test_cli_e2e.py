@@ -215,7 +215,6 @@ def test_a_shut_down_model_is_not_retried_and_the_replacement_is_named(start_loc
 @pytest.mark.parametrize("args, text", [
     (("--prompt", "", "--rect", "0,0,5,5"), "The prompt is empty."),
     (("--prompt", "x", "--mask", "SMALLSEL"), "they must be the same size"),
-    (("--prompt", "x", "--rect", "0,0,5,5", "-n", "11"), "n must be a whole number from 1 to 10"),
     (("--prompt", "x", "--rect", "0,0,5,5", "--model", "dall-e-2", "--size", "640x480"), "640x480"),
     (("--prompt", "x" * 1001, "--rect", "0,0,5,5", "--model", "dall-e-2"), "at most 1,000"),
     (("--prompt", "x", "--mask", "EMPTYSEL"), "The selection is empty."),

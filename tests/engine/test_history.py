@@ -260,7 +260,9 @@ def test_rescue_dir_defaults_to_system_temp(monkeypatch):
     from gimp_openai.history import rescue_dir
 
     monkeypatch.delenv("GIMP_OPENAI_RESCUE_DIR", raising=False)
-    assert rescue_dir() == __import__("pathlib").Path(tempfile.gettempdir()) / "gimp-openai-rescue"
+    folder = rescue_dir()
+    assert folder == __import__("pathlib").Path(tempfile.gettempdir()) / f"gimp-openai-rescue-{os.getuid()}"
+    assert os.lstat(folder).st_uid == os.getuid() and os.lstat(folder).st_mode & 0o777 == 0o700
 
 
 def test_not_durable_write_skips_fsync_but_is_still_atomic(tmp_path, monkeypatch):

@@ -61,7 +61,12 @@ def test_a_good_job_parses(tmp_path):
         (dict(items=[dict(GOOD_ITEM, target=[0, 5])]), "'target' of item 'img-1' must be [width, height]"),
         (dict(items=[dict(GOOD_ITEM, layer={"x": 0, "y": 0, "width": 0, "height": 3})]), "must have pixels"),
         (dict(blend="smudge"), "Unknown blend 'smudge'"),
-        (dict(concurrency=0), "'concurrency' must be 1-16"),
+        (dict(concurrency=0), "'concurrency' in the job 0 is not allowed: the number of requests sent at once must be "
+                              "a whole number from 1 to 16"),
+        (dict(feather=float("nan")), "'feather' in the job nan is not allowed"),
+        (dict(feather=1e9), "must be a number from 0 to 200 px"),
+        (dict(context_padding=float("inf")), "'context_padding' in the job inf is not allowed"),
+        (dict(n=11), "'n' in the job 11 is not allowed"),
         (dict(version=7), "protocol version 7"),
         (dict(api_key="sk-should-not-be-here"), "an API key never goes into a job file"),
     ],

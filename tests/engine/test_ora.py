@@ -85,3 +85,27 @@ def test_rejects_non_rgba(tmp_path):
     with pytest.raises(ValueError):
         write_ora(tmp_path / "x.ora", 4, 4, [("a", np.zeros((4, 4, 3), np.uint8), 0, 0, True)])
     assert not list(tmp_path.iterdir())
+
+
+def test_transparent_layers_flatten_and_thumbnail_in_bands(tmp_path, monkeypatch):
+    """The flattened picture is built per band (a transparent bottom layer is copied, not composited in float)
+    and equals compositing the whole canvas at once; the thumbnail has no fringe from hidden colour."""
+    from gimp_openai import ora
+    from gimp_openai.composite import composite
+
+    monkeypatch.setattr(ora, "STREAM_BAND_BYTES", 2048)
+    monkeypatch.setattr("gimp_openai.pngstrips.STREAM_BAND_BYTES", 2048)
+    rng = np.random.default_rng(3)
+    bottom = rng.integers(0, 256, (300, 500, 4), dtype=np.uint8)
+    bottom[:, :250, 3] = 0  # invisible left half with bright colour
+    top = rng.integers(0, 256, (40, 60, 4), dtype=np.uint8)
+    path = tmp_path / "t.ora"
+    write_ora(path, 500, 300, [("b", bottom, 0, 0, True), ("t", top, 300, 100, True)])
+    expected = composite(np.zeros_like(bottom), bottom, np.full((300, 500), 255, np.uint8))
+    region = expected[100:140, 300:360]
+    expected[100:140, 300:360] = composite(region, top, np.full((40, 60), 255, np.uint8))
+    with zipfile.ZipFile(path) as archive:
+        assert np.array_equal(_png(archive, "mergedimage.png"), expected)
+        thumb = _png(archive, "Thumbnails/thumbnail.png")
+    assert thumb.shape == (154, 256, 4)
+    assert thumb[:, :120, 3].max() == 0  # the invisible half stays invisible

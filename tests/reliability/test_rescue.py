@@ -29,26 +29,10 @@ from gimp_openai.settings import Settings
 from PIL import Image
 
 from tests.reliability import harness as H
+from tests.support.tmpfs import tmpfs
 from tests.support.wire_server import Reply, WireServer
 
 pytestmark = pytest.mark.slow
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, options: str) -> Iterator[Path]:
-    """A real tmpfs (root in a container can mount one); skipped cleanly where mounting is not allowed."""
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True,
-                              text=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command here")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 @contextlib.contextmanager
