@@ -231,16 +231,16 @@ def load_settings_for(args: argparse.Namespace) -> Any:
 
 
 def engine_for(args: argparse.Namespace, settings: Any) -> operations.Engine:
-    from gimp_openai import jobs
+    from gimp_openai.session import make_engine
 
-    engine = jobs.make_engine(settings)
-    return engine
+    return make_engine(settings)
 
 
 def pick_model(engine: operations.Engine, args: argparse.Namespace, operation: str) -> str:
-    from gimp_openai import capabilities, jobs
+    from gimp_openai import capabilities
+    from gimp_openai.session import resolve_model
 
-    model = jobs.resolve_model(engine, args.model or "", operation)
+    model = resolve_model(engine, args.model or "", operation)
     rules = getattr(engine.settings, "model_rules", None) or {}
     if capabilities.known_family_name(model) is None and model not in rules:
         family = capabilities.family_for(model, rules)

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from gimp_openai import bounds, operations
-from gimp_openai.errors import GimpOpenAIError, InvalidInputError, MissingKeyError, OutputNotWritableError
+from gimp_openai.errors import GimpOpenAIError, InvalidInputError, OutputNotWritableError
 from gimp_openai.progress import Progress
-from gimp_openai.urlpolicy import is_loopback
+from gimp_openai.session import Session
 
 PROTOCOL_VERSION = 1
 OPERATIONS = ("edit", "variation", "generate")
@@ -288,38 +288,6 @@ class BatchProgress:
         self.writer.write(data)
 
 
-def resolve_key(settings: Any) -> str:
-    """The key from environment/keyring/config; none needed for a server on this machine (`gimp-openai serve`)."""
-    from gimp_openai.settings import resolve_api_key
-
-    key = resolve_api_key(settings)
-    if key:
-        return str(key)
-    if is_loopback(str(getattr(settings, "base_url", "") or "")):
-        return ""
-    raise MissingKeyError("No OpenAI API key is set.")
-
-
-def make_engine(settings: Any) -> operations.Engine:
-    return operations.Engine.from_settings(settings, resolve_key(settings))
-
-
-def resolve_model(engine: operations.Engine, model: str, operation: str) -> str:
-    """'' -> the user's saved choice while it is live, else the newest live GPT image model."""
-    if model:
-        return model
-    from gimp_openai import discovery
-
-    saved = getattr(engine.settings, "default_model", None) or None
-    try:
-        models = engine.models()
-    except GimpOpenAIError:
-        if saved:
-            return str(saved)
-        raise
-    return str(discovery.choose_default_model(models, saved, operation))
-
-
 def check_out_dir(out_dir: Path) -> None:
     """Before paying for anything: can we write the results where they must go?"""
     try:
@@ -462,38 +430,21 @@ def _result(ok: bool, items: list[dict[str, Any]], error: dict[str, Any] | None,
     return data
 
 
-class EngineCache:
-    """The settings and the one Engine (client, history, model list) of a process: a session's plan and job
-    use the same, so a GIMP run builds them and asks for the model list once."""
-
-    def __init__(self, engine_factory: Callable[[Any], Any] | None = None, engine: Any | None = None) -> None:
-        from gimp_openai.settings import load_settings
-
-        self.settings = load_settings()
-        self._factory = engine_factory or make_engine
-        self._engine = engine
-
-    def engine(self) -> Any:
-        if self._engine is None:
-            self._engine = self._factory(self.settings)
-        return self._engine
-
-
 def run_job(path: str, stream: IO[str] | None = None, *, engine_factory: Callable[[Any], Any] | None = None) -> int:
     """``gimp-openai job JOB.json``: progress lines, then one result line. Returns the exit code."""
     writer = LineWriter(stream or sys.stdout)
     try:
-        cache = EngineCache(engine_factory)
+        context = Session(engine_factory=engine_factory)
     except GimpOpenAIError as exc:
         writer.write(_result(False, [], exc.to_dict()))
         return EXIT_UNREADABLE
-    return _job(path, writer, cache)
+    return _job(path, writer, context)
 
 
-def _job(path: str, writer: LineWriter, cache: EngineCache, **tags: Any) -> int:
+def _job(path: str, writer: LineWriter, context: Session, **tags: Any) -> int:
     try:
         data, folder = read_json_file(path)
-        job = parse_job(data, folder, cache.settings)
+        job = parse_job(data, folder, context.settings)
     except GimpOpenAIError as exc:
         writer.write(_result(False, [], exc.to_dict(), **tags))
         return EXIT_UNREADABLE
@@ -503,7 +454,7 @@ def _job(path: str, writer: LineWriter, cache: EngineCache, **tags: Any) -> int:
         return EXIT_UNREADABLE
     try:
         check_out_dir(job.out_dir)
-        engine = cache.engine()
+        engine = context.engine()
         # History full or not writable: the system temp rescue folder first, then the job's out folder (a
         # host's out folder lives in its temporary work folder, which it deletes after inserting the layers).
         from gimp_openai.history import rescue_dir
@@ -511,7 +462,7 @@ def _job(path: str, writer: LineWriter, cache: EngineCache, **tags: Any) -> int:
         engine.fallback_dirs = [rescue_dir(), job.out_dir]
         with engine.saving:
             engine.saved.clear()  # what this job saves (an abandoned job reports only its own)
-        job.options.model = resolve_model(engine, job.options.model, job.operation)
+        job.options.model = context.model(job.options.model, job.operation)
     except GimpOpenAIError as exc:
         writer.write(_result(False, [], exc.to_dict(), **tags))
         return EXIT_OK
@@ -541,7 +492,7 @@ def _job(path: str, writer: LineWriter, cache: EngineCache, **tags: Any) -> int:
 # --- Plan ---------------------------------------------------------------------------------------------------
 
 
-def plan_answer(data: dict[str, Any], settings: Any, engine: Any | None) -> dict[str, Any]:
+def plan_answer(data: dict[str, Any], session: Session) -> dict[str, Any]:
     """The answer object for a parsed PLAN.json (model resolved, one region per item)."""
     from gimp_openai import capabilities, geometry
 
@@ -552,11 +503,8 @@ def plan_answer(data: dict[str, Any], settings: Any, engine: Any | None) -> dict
     size_mode = _field(data, "size_mode", str, "auto", where="plan")
     padding = _number(data, "context_padding", 0.25, where="plan")
     raw_items = _field(data, "items", list, [], where="plan")
-    if not model:
-        if engine is None:
-            engine = make_engine(settings)
-        model = resolve_model(engine, model, operation)
-    family = capabilities.family_for(model, getattr(settings, "model_rules", None) or {})
+    model = session.model(model, operation)
+    family = capabilities.family_for(model, session.settings.model_rules or {})
     items = []
     seen: set[str] = set()
     for number, raw in enumerate(raw_items, start=1):
@@ -584,26 +532,25 @@ def plan_answer(data: dict[str, Any], settings: Any, engine: Any | None) -> dict
     return {"ok": True, "model": model, "family": family.name, "items": items}
 
 
-def run_plan(path: str, stream: IO[str] | None = None, *, engine: Any | None = None) -> int:
+def run_plan(path: str, stream: IO[str] | None = None, *, engine: operations.Engine | None = None) -> int:
     """``gimp-openai plan PLAN.json``: one JSON object on stdout."""
     writer = LineWriter(stream or sys.stdout)
     try:
-        cache = EngineCache(engine=engine)
+        context = Session(engine=engine)
     except GimpOpenAIError as exc:
         writer.write({"ok": False, "error": exc.to_dict()})
         return EXIT_UNREADABLE
-    return _plan(path, writer, cache)
+    return _plan(path, writer, context)
 
 
-def _plan(path: str, writer: LineWriter, cache: EngineCache, **tags: Any) -> int:
+def _plan(path: str, writer: LineWriter, context: Session, **tags: Any) -> int:
     try:
         data, _folder = read_json_file(path)
     except GimpOpenAIError as exc:
         writer.write({**tags, "ok": False, "error": exc.to_dict()})
         return EXIT_UNREADABLE
     try:
-        engine = cache.engine() if not _field(data, "model", str, "", where="plan") else None
-        writer.write({**tags, **plan_answer(data, cache.settings, engine)})
+        writer.write({**tags, **plan_answer(data, context)})
     except GimpOpenAIError as exc:
         writer.write({**tags, "ok": False, "error": exc.to_dict()})
     except Exception as exc:  # noqa: BLE001
@@ -633,11 +580,11 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
     """
     writer = LineWriter(stream or sys.stdout)
     try:
-        cache = EngineCache(engine_factory)
+        context = Session(engine_factory=engine_factory)
     except GimpOpenAIError as exc:
         writer.write({"type": "session", "ok": False, "error": exc.to_dict()})
         return EXIT_UNREADABLE
-    session = _Session(cache, requests or sys.stdin)
+    session = _Session(context, requests or sys.stdin)
     notices = take_cancelled_notices()
     for raw in session.requests():
         try:
@@ -652,12 +599,12 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
         tags: dict[str, Any] = {"notices": notices} if notices else {}
         notices = []
         if command == "plan":
-            _plan(path, writer, cache, type="plan", **tags)
+            _plan(path, writer, context, type="plan", **tags)
             # the job comes next, once the host has exported its pixels: load what it needs meanwhile
             import gimp_openai.operations  # noqa: F401
         else:
             session.job_folder = Path(path).resolve().parent
-            _job(path, _JobWriter(session, writer.stream), cache, **tags)
+            _job(path, _JobWriter(session, writer.stream), context, **tags)
     return EXIT_OK
 
 
@@ -679,10 +626,10 @@ class _JobWriter(LineWriter):
 class _Session:
     """The session's input, read on its own thread so that its end is seen while a job runs."""
 
-    def __init__(self, cache: EngineCache, source: IO[str]) -> None:
+    def __init__(self, context: Session, source: IO[str]) -> None:
         import queue
 
-        self.cache, self.source = cache, source
+        self.context, self.source = context, source
         self.inbox: queue.Queue[str | None] = queue.Queue()
         self.job_folder: Path | None = None
         self.lock = threading.Lock()
@@ -706,17 +653,31 @@ class _Session:
 
     def _abandon(self, folder: Path) -> None:
         """The host went away during a job: keep what was paid for, say it next time, leave nothing behind."""
-        engine = self.cache._engine
+        engine = self.context.built
         saving = getattr(engine, "saving", None) or threading.Lock()
         with saving:  # an image being written is finished first; no new one starts
             saved = list(getattr(engine, "saved", []) or [])
             if saved:
                 remember_cancelled(saved)
             if folder.name.startswith("gimp-openai-"):  # the host's own temporary job folder
-                import shutil
-
-                shutil.rmtree(folder, ignore_errors=True)
+                _remove_now(folder)
             os._exit(EXIT_OK)
+
+
+def _remove_now(folder: Path) -> None:
+    """Remove a folder that other threads may still be writing into: renamed away first, so that no new file
+    can appear under its name, then deleted."""
+    import shutil
+
+    doomed = folder.with_name(f"{folder.name}.cancelled-{os.getpid()}")
+    try:
+        os.rename(folder, doomed)
+    except OSError:
+        doomed = folder
+    for _attempt in range(3):
+        shutil.rmtree(doomed, ignore_errors=True)
+        if not doomed.exists():
+            return
 
 
 CANCELLED_FILE = "cancelled-runs.json"

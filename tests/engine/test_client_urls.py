@@ -11,7 +11,7 @@ import pytest
 import requests
 from gimp_openai import client as C
 from gimp_openai import errors as E
-from gimp_openai import jobs, settings, urlpolicy
+from gimp_openai import session, settings, urlpolicy
 from gimp_openai.client import ClientConfig, ImagesClient
 from gimp_openai.transport import ClientAdapter
 
@@ -23,7 +23,7 @@ from tests.support.wire_server import Reply, WireServer, make_tls_files, server_
 
 
 def test_there_is_one_loopback_definition():
-    assert jobs.is_loopback is C.is_loopback is settings.is_loopback_url is urlpolicy.is_loopback
+    assert session.is_loopback is C.is_loopback is settings.is_loopback_url is urlpolicy.is_loopback
 
 
 @pytest.mark.parametrize("url, loopback", [
