@@ -66,4 +66,6 @@ class Session:
         return self._engine
 
     def model(self, requested: str, operation: str) -> str:
-        return resolve_model(self.engine(), requested, operation)
+        """The model to use: the one asked for as it is (no key or server needed for that), else the
+        default chosen from the server's list."""
+        return requested or resolve_model(self.engine(), requested, operation)

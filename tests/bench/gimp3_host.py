@@ -54,15 +54,19 @@ for size in SIZES:
 '''
 
 
-def measure(version: str = "3.0", server_url: str | None = None, sizes=(1024, 4096, 8000)) -> dict | str:
-    """{"version", "rows": [{size, export_s, insert_s, procedure_s}]} or the reason it could not run."""
+def measure(version: str = "3.0", server_url: str | None = None, sizes=(1024, 4096, 8000),
+            latency: float = 1.0) -> dict | str:
+    """{"version", "rows": [{size, export_s, insert_s, procedure_s, server_s, overhead_s}]} or the reason it could
+    not run. ``overhead_s``: the whole procedure less the server's time (its own handling plus ``latency``)."""
     problem = G.chroot_problem(version)
     if problem:
         return problem
     from tests.conftest import FAKE_KEY
+    from tests.reliability.harness import image_requests
     from tests.support.local_server import LocalServerHandle
 
-    with tempfile.TemporaryDirectory(prefix="bench-gimp3-") as tmp, LocalServerHandle(("--latency", "1.0")) as srv:
+    with tempfile.TemporaryDirectory(prefix="bench-gimp3-") as tmp, \
+            LocalServerHandle(("--latency", str(latency))) as srv:
         work = Path(tmp) / "work"
         work.mkdir()
         import os
@@ -83,11 +87,14 @@ def measure(version: str = "3.0", server_url: str | None = None, sizes=(1024, 40
         entries = [json.loads(x) for x in timings.read_text().splitlines()] if timings.exists() else []
         exports = [e["seconds"] for e in entries if e["what"] == "export"]
         inserts = [e["seconds"] for e in entries if e["what"] == "insert"]
+        served = image_requests(srv) if server_url is None else []
         rows = []
         for k, res in enumerate(results):
+            server_s = float(served[k].get("seconds") or 0) + latency if k < len(served) else None
             rows.append({"size": res["size"], "status": res["status"], "error": res["error"],
                          "procedure_s": res["seconds"], "export_s": exports[k] if k < len(exports) else None,
-                         "insert_s": inserts[k] if k < len(inserts) else None})
+                         "insert_s": inserts[k] if k < len(inserts) else None, "server_s": server_s,
+                         "overhead_s": res["seconds"] - server_s if server_s is not None else None})
         return {"version": version, "rows": rows}
 
 
@@ -98,8 +105,9 @@ def table(result: dict | str) -> str:
     for r in result["rows"]:
         ex = f"{r['export_s'] * 1000:.0f} ms" if r["export_s"] is not None else "-"
         ins = f"{r['insert_s'] * 1000:.0f} ms" if r["insert_s"] is not None else "-"
+        over = f", less the server: {r['overhead_s']:.2f} s" if r.get("overhead_s") is not None else ""
         lines.append(f"  {r['size']:>5}² layer: export {ex}, insert {ins}, whole procedure {r['procedure_s']:.2f} s"
-                     f" [{r['status']}{': ' + str(r['error']) if r['error'] else ''}]")
+                     f"{over} [{r['status']}{': ' + str(r['error']) if r['error'] else ''}]")
     return "\n".join(lines)
 
 
