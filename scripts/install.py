@@ -189,17 +189,17 @@ class Installer:
         (venv / COMPLETE_MARKER).unlink(missing_ok=True)
         if not self.args.skip_engine:
             self.pip_install(py, [], locked=not self.args.no_deps)
-        (venv / COMPLETE_MARKER).write_text(_dt.datetime.now(_dt.timezone.utc).isoformat() + "\n", encoding="utf-8")
         check = subprocess.run([str(py), "-c", "import gimp_openai, numpy, PIL, requests; print(gimp_openai.__file__)"],
                                capture_output=True, text=True)
         if check.returncode != 0:
             last = (check.stderr.strip().splitlines() or ["(no output)"])[-1]
             problem = f"the engine does not import in {venv}: {last}"
             if not (self.args.no_deps or self.args.skip_engine):
-                raise InstallError(problem)
+                raise InstallError(problem)  # not marked complete: the next run rebuilds it
             say(f"WARNING: {problem} (--no-deps / --skip-engine: its dependencies were to be there already)")
         else:
             say(f"engine importable: {check.stdout.strip()}")
+        (venv / COMPLETE_MARKER).write_text(_dt.datetime.now(_dt.timezone.utc).isoformat() + "\n", encoding="utf-8")
         return {"version": 1, "python": str(py), "pythonpath": [], "kind": "venv", "venv": str(venv)}
 
     def make_flatpak_engine(self, record: dict) -> dict:

@@ -4,7 +4,7 @@
 
 A thin host. GIMP 2.10 runs plug-ins under its bundled Python 2.7, so this file is Python 2.7 (and imports
 under Python 3 for the tests), uses only the standard library and gimpfu, and leaves all the work to the engine
-(``python3 -m gimp_openai plan|job``, see docs/architecture.md) through plugin/hostlib/gimp_openai_host.py.
+(one ``python3 -m gimp_openai session`` per run, see docs/architecture.md) through plugin/hostlib/gimp_openai_host.py.
 What it does itself is what only GIMP can: read the planned region and the selection, and put results back as
 layers, in one undo step, with messages instead of tracebacks.
 """
@@ -126,8 +126,7 @@ def _interactive():
 
 
 def _secrets():
-    key = os.environ.get(host.KEY_ENV)
-    return [key] if key else []
+    return host.env_secrets()
 
 
 def _guarded(image, body):
@@ -303,29 +302,20 @@ def _siblings(image, item):
 
 
 def _above_earlier_results(image, anchor):
-    """The position above ``anchor`` and the results already stacked on it, so a new result is on top and
-    visible, not hidden under an earlier one."""
-    siblings = _siblings(image, anchor)
-    position = siblings.index(anchor)
-    while position > 0 and _is_result(siblings[position - 1]):
-        position -= 1
-    return position
+    return flow.position_above_results(_siblings(image, anchor), anchor, _is_result)
 
 
 def _layer_of_results(image, group):
-    """A group of results stands for the layer they were made for: the first layer below it that is not a
-    result itself; None when there is none."""
-    siblings = _siblings(image, group)
-    for item in siblings[siblings.index(group) + 1:]:
-        if not _is_result(item):
-            return item
-    return None
+    return flow.layer_of_results(_siblings(image, group), group, _is_result)
 
 
 # ---------------------------------------------------------------------------------------------- adapter
 
 class Gimp2(object):
     """What the one workflow (gimp_openai_workflow) needs from GIMP 2.10."""
+
+    #: gimpfu's dialog opens with the last values typed, not with the saved settings
+    shows_saved_settings = False
 
     @property
     def interactive(self):

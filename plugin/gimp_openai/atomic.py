@@ -1,8 +1,9 @@
 """Write-then-rename: a file is either absent or complete, never half-written.
 
 The data goes to a hidden temp file in the *same* folder (so the rename cannot cross file systems), is
-fsync'ed, then renamed into place; the folder is fsync'ed too so the rename survives a power cut. On any
-error the temp file is removed and an :class:`OutputNotWritableError` names the folder.
+fsync'ed, then renamed into place; the folder is fsync'ed too so the rename survives a power cut (durable
+writes, the default: history). Files that can be made again (host temp files, the CLI's outputs) skip the
+fsyncs. On any error the temp file is removed and an :class:`OutputNotWritableError` names the folder.
 """
 
 from __future__ import annotations

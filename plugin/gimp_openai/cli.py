@@ -1,9 +1,10 @@
 """`gimp-openai`: the engine from a shell (and `python -m gimp_openai`, which the GIMP hosts run).
 
-Subcommands: edit, variation, generate, batch, models, doctor, serve, plan, job, key, config. Everything that can be
-checked is checked before a request is paid for (the input files, the selection, the prompt, n, the size,
-the output folder). Errors are one clear line plus a hint, exit code 1 (2 for usage and unreadable jobs),
-never a traceback. The API key is never read from argv: `key set` reads it from stdin or a hidden prompt.
+Subcommands: edit, variation, generate, batch, models, doctor, serve, session, plan, job, key, config.
+Everything that can be checked is checked before a request is paid for (the input files, the selection, the
+prompt, n, the size, the output folder). Errors are one clear line plus a hint, exit code 1 (2 for usage and
+unreadable jobs), never a traceback. The API key is never read from argv: `key set` reads it from stdin or a
+hidden prompt.
 """
 
 from __future__ import annotations

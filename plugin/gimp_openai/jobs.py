@@ -1,4 +1,6 @@
-"""The host protocol (docs/architecture.md): ``plan PLAN.json`` and ``job JOB.json``.
+"""The host protocol (docs/architecture.md): ``session`` (one engine process per GIMP run: plan and job requests
+on stdin; the end of input during a job means the host is gone, and the job is abandoned), and the one-shot
+``plan PLAN.json`` and ``job JOB.json`` it is made of.
 
 The GIMP hosts are thin: they export pixels, run the engine as a subprocess and insert what it returns. So
 everything a host could get wrong is checked here, with messages an artist can act on: paths stay inside the
@@ -601,9 +603,11 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
         if command == "plan":
             _plan(path, writer, context, type="plan", **tags)
             # the job comes next, once the host has exported its pixels: load what it needs meanwhile
-            import gimp_openai.operations  # noqa: F401
-        else:
-            session.job_folder = Path(path).resolve().parent
+            import gimp_openai.composite  # noqa: F401
+            import gimp_openai.imaging  # noqa: F401
+            import gimp_openai.masks  # noqa: F401
+            import gimp_openai.seamless  # noqa: F401
+        elif session.start_job(Path(path).resolve().parent):
             _job(path, _JobWriter(session, writer.stream), context, **tags)
     return EXIT_OK
 
@@ -632,16 +636,28 @@ class _Session:
         self.context, self.source = context, source
         self.inbox: queue.Queue[str | None] = queue.Queue()
         self.job_folder: Path | None = None
+        self.closed = False
         self.lock = threading.Lock()
         threading.Thread(target=self._read, name="session-input", daemon=True).start()
 
     def _read(self) -> None:
-        for raw in self.source:
-            self.inbox.put(raw)
+        try:
+            for raw in self.source:
+                self.inbox.put(raw)
+        finally:  # end of input, or input that cannot be read: the host is done or gone either way
+            with self.lock:
+                self.closed = True
+                if self.job_folder is not None:
+                    self._abandon(self.job_folder)
+            self.inbox.put(None)
+
+    def start_job(self, folder: Path) -> bool:
+        """Mark a job as running; False when the input has ended already (the host is gone: do not pay)."""
         with self.lock:
-            if self.job_folder is not None:
-                self._abandon(self.job_folder)
-        self.inbox.put(None)
+            if self.closed:
+                return False
+            self.job_folder = folder
+            return True
 
     def requests(self) -> Any:
         while True:
@@ -659,8 +675,9 @@ class _Session:
             saved = list(getattr(engine, "saved", []) or [])
             if saved:
                 remember_cancelled(saved)
-            if folder.name.startswith("gimp-openai-"):  # the host's own temporary job folder
-                _remove_now(folder)
+            holds_paid = any(Path(p).resolve().is_relative_to(folder) for p in saved)
+            if folder.name.startswith("gimp-openai-") and not holds_paid:  # the host's own temporary job folder
+                _remove_now(folder)  # (kept when the rescue chain put paid images in it: the notice names them)
             os._exit(EXIT_OK)
 
 

@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 
 PROTOCOL_VERSION = 1
@@ -65,11 +66,20 @@ def to_text(value):
         return u""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    return text_type(value)
+    try:
+        return text_type(value)
+    except UnicodeDecodeError:  # Python 2: an exception whose message is UTF-8 bytes
+        return str(value).decode("utf-8", "replace")  # novermin (Python 2 only)
 
 
 _KEY_PATTERN = re.compile(r"(sk-[A-Za-z0-9_\-]{6,})")
 _CONTROL = re.compile(u"[\u0000-\u001f\u007f-\u009f\u2028\u2029]+")
+
+
+def env_secrets():
+    """The key the plug-in can see (``OPENAI_API_KEY``), to hide from anything it shows or writes."""
+    key = os.environ.get(KEY_ENV)
+    return [key] if key else []
 
 
 def redact(text, secrets=()):
@@ -406,6 +416,14 @@ def _stop(proc):
         pass
 
 
+def _wait_then_stop(proc, seconds):
+    """Give an engine whose input ended the time to finish what it must (an image being saved), then stop it."""
+    deadline = time.time() + seconds
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    _stop(proc)
+
+
 def _tail(text, lines=6):
     text = to_text(text).strip().splitlines()
     return u"\n".join(text[-lines:])
@@ -482,13 +500,13 @@ class EngineSession(object):
         """End the engine: at end of input it exits by itself; ``abort`` stops it at once."""
         proc, self.proc = self.proc, None
         if proc is not None:
+            try:
+                proc.stdin.close()  # end of input: the engine ends, or abandons a running job itself
+            except (IOError, OSError):
+                pass
             if abort:
-                _stop(proc)
+                _wait_then_stop(proc, 5.0)
             else:
-                try:
-                    proc.stdin.close()
-                except (IOError, OSError):
-                    pass
                 proc.wait()
             proc.stdout.close()
         if self.errfile is not None:
@@ -504,6 +522,12 @@ def _in_session(session, python, api_key, work):
         return work(own)
 
 
+def _with_notices(error, answer):
+    """Keep the notices an engine answer carried (paid results of a cancelled run) on the error it became."""
+    error.notices = list(answer.get("notices") or [])
+    return error
+
+
 def plan(plan_dict, workdir, python=None, api_key=None, session=None):
     """Step 1 of the protocol: ask the engine which region of each item to export. Returns its answer."""
     path = write_json(os.path.join(workdir, "plan.json"), dict(plan_dict, version=PROTOCOL_VERSION))
@@ -515,7 +539,7 @@ def plan(plan_dict, workdir, python=None, api_key=None, session=None):
         return answer
     answer = _in_session(session, python, api_key, work)
     if not answer.get("ok"):
-        raise HostError.from_engine(answer.get("error"), "plan_failed")
+        raise _with_notices(HostError.from_engine(answer.get("error"), "plan_failed"), answer)
     return answer
 
 
@@ -537,7 +561,7 @@ def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None, sess
         if result is None:
             raise _no_answer(u"job", engine.exit_code(), engine.stderr_text())
         if result.get("type") == "session":
-            raise HostError.from_engine(result.get("error"))
+            raise _with_notices(HostError.from_engine(result.get("error")), result)
         return result
     return _in_session(session, python, api_key, work)
 

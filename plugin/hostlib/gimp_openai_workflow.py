@@ -18,6 +18,8 @@ The adapter (duck-typed; see tests/gimp2/test_workflow.py for a complete fake):
   :class:`LayerSpec`, placed above ``anchor_layer`` (a group of them when ``group_name``)
 - ``new_image(width, height)`` -> image; ``image_size(image)`` -> (width, height); ``show(image)``
 - ``alive(image, layer)`` -> False when the image was closed or the layer deleted while the request ran
+- ``shows_saved_settings``: True when the Settings dialog opens with the saved settings (then an empty field
+  there means the default; elsewhere it keeps what is saved)
 - ``ask(question, title, yes)`` -> bool (``yes``: the label of the button that says yes);
   ``ask_secret(question)`` -> text or None; ``progress(fraction, text)``; ``status(text)``
 - ``models_listed(ids)``: the models a connection test found (for the model field's completion)
@@ -197,6 +199,24 @@ def group_name(prompt, count, secrets=()):
     return hl.layer_name(prompt, 1, count, secrets=secrets).rsplit(u" (", 1)[0] + u" (%d results)" % count
 
 
+def position_above_results(siblings, anchor, is_result):
+    """Where a new result goes among ``siblings`` (top first): above ``anchor`` and above the results already
+    stacked on it, so it is on top and visible, not hidden under an earlier one."""
+    position = siblings.index(anchor)
+    while position > 0 and is_result(siblings[position - 1]):
+        position -= 1
+    return position
+
+
+def layer_of_results(siblings, group, is_result):
+    """A group of results stands for the layer they were made for: the first sibling below it that is not a
+    result itself (None when there is none)."""
+    for item in siblings[siblings.index(group) + 1:]:
+        if not is_result(item):
+            return item
+    return None
+
+
 # --------------------------------------------------------------------------------------------- the workflow
 
 class Workflow(object):
@@ -217,6 +237,7 @@ class Workflow(object):
         try:
             text = self.dispatch(image, drawables)
         except hl.HostError as exc:
+            self.heard({"notices": getattr(exc, "notices", None)})
             if self.notices:
                 exc.message = u"\n\n".join([exc.message] + self.notices)
             raise
@@ -254,8 +275,8 @@ class Workflow(object):
         try:
             hl.save_settings({"default_model": replacement}, python=self.python)
         except hl.HostError as exc:  # still use it now; say why it is not remembered
-            self.adapter.status(u"OpenAI: %s is used now but could not be remembered: %s" % (replacement,
-                                                                                            exc.message))
+            self.notices.append(u"%s is used now but could not be remembered as your default model: %s" % (
+                replacement, exc.message))
         self.values["model"] = replacement
         return run()
 
@@ -270,8 +291,8 @@ class Workflow(object):
         return (self.values.get("batch_operation") or "edit") if self.operation == "batch" else self.operation
 
     def run_region(self, image, drawables):
+        check_prompt(self.operation, self.values)  # before any question about the region
         item = self.item(self.adapter.target(image, drawables), u"img-1", bool(self.values.get("whole_layer")))
-        check_prompt(self.operation, self.values)
         result = self.run_items([item])
         failures = hl.failed_items(result)
         if failures:
@@ -359,7 +380,7 @@ class Workflow(object):
                 continue
             reports.append(hl.reports_text(outputs, self.secrets))
         report = u"; ".join(r for r in reports if r)
-        if report:  # what alignment and tone match corrected: in the status bar now, in each layer's parasite
+        if report:  # what alignment and tone match corrected: shown while the run ends, and in each parasite
             self.adapter.status(report)
 
     def open_as_new_image(self, item, specs, group):
@@ -437,6 +458,14 @@ class Workflow(object):
                 image, anchor = self.adapter.new_image(width, height), None
                 for o in outputs:
                     o["x"], o["y"] = 0, 0
+            elif not self.adapter.alive(target.image, None):  # closed while the request ran
+                image, anchor = self.adapter.new_image(max(int(o["width"]) for o in outputs),
+                                                       max(int(o["height"]) for o in outputs)), None
+                for o in outputs:
+                    o["x"], o["y"] = 0, 0
+                new_image = True
+                self.notices.append(u"%s was closed while the request ran; the result(s) opened as a new image."
+                                    % target.name)
             else:
                 image, anchor = target.image, None  # on top of the image, never inside a group it has
                 width, height = self.adapter.image_size(image)
@@ -456,17 +485,24 @@ class Workflow(object):
         """Save the settings as the dialog shows them (it opens with what is saved; an empty server URL means
         OpenAI, an empty model automatic, an empty folder the default), store a new key (asked in a hidden
         field), and test the server now."""
+        # A dialog that opened with what is saved (adapter.shows_saved_settings) means every field as shown,
+        # empty meaning the default (OpenAI, automatic, the default folder). Anywhere else (a script, a dialog
+        # that shows last values) an empty field keeps what is saved.
+        as_shown = self.adapter.interactive and self.adapter.shows_saved_settings
         changes = {}
         for name, setting in (("base_url", "base_url"), ("default_model", "default_model"),
                               ("history_folder", "history_dir")):
-            if name in self.values:
-                changes[setting] = hl.clean_line(self.values.get(name) or u"")
+            value = hl.clean_line(self.values.get(name) or u"")
+            if value or (as_shown and name in self.values):
+                changes[setting] = value
         lines = []
         if changes:
             hl.save_settings(changes, python=self.python)
-            lines.append(u"Settings saved: server %s; model %s; history folder %s." % (
-                changes.get("base_url") or u"OpenAI", changes.get("default_model") or u"automatic",
-                changes.get("history_dir") or u"the default"))
+            shown = {"base_url": (u"server", u"OpenAI"), "default_model": (u"model", u"automatic"),
+                     "history_dir": (u"history folder", u"the default")}
+            lines.append(u"Settings saved: %s." % u"; ".join(
+                u"%s %s" % (shown[k][0], changes[k] or shown[k][1])
+                for k in ("base_url", "default_model", "history_dir") if k in changes))
         if self.values.get("change_key"):
             if not self.adapter.interactive:
                 raise Refusal(u"The API key can only be entered interactively.",

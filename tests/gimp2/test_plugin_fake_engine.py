@@ -297,9 +297,8 @@ def test_settings_key_via_hidden_field_never_in_shelf_or_argv(g2, fake_engine):
     key_call = [c for c in calls if c["argv"][3:6] == ["--json", "key", "set"]][0]
     assert key_call["stdin"] == FAKE_KEY
     settings_call = [c for c in calls if c["argv"][3:5] == ["config", "set"]][0]
-    # the dialog shows what is saved, so every field is saved as shown (empty = the default)
-    assert settings_call["argv"][5:] == ["base_url=http://127.0.0.1:9/v1", "default_model=gpt-image-2",
-                                         "history_dir="]
+    # gimpfu's dialog shows last values, not the saved settings: an empty field keeps what is saved
+    assert settings_call["argv"][5:] == ["base_url=http://127.0.0.1:9/v1", "default_model=gpt-image-2"]
     assert settings_call["key"] is None and not any(c["argv"][1] == "-c" for c in calls)
     assert all(FAKE_KEY not in json.dumps(c["argv"]) for c in calls)
     assert FAKE_KEY not in repr(dict(g2.shelf)) and FAKE_KEY not in text

@@ -204,8 +204,7 @@ def test_settings_saves_through_the_engine_and_tests_the_real_connection(g2, eng
     saved = load_settings(apply_env=False)
     assert saved.base_url == local_server.url and saved.default_model == "gpt-image-2"
     (message,) = [str(m) for m in g2.gimp.state.messages]
-    assert f"Settings saved: server {local_server.url}; model gpt-image-2; history folder the default." \
-        in message, message
+    assert f"Settings saved: server {local_server.url}; model gpt-image-2." in message, message
     assert f"Connected to {local_server.url}. Image models offered:" in message, message
     assert "gpt-image-2" in message, message
     assert "dall-e-2" in message and "gpt-4o" not in message  # image models only
@@ -217,7 +216,7 @@ def test_settings_connection_failure_is_a_plain_message(g2, engine, monkeypatch)
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     g2.pdb.python_fu_openai_settings("http://127.0.0.1:9/v1", "", "", False, True)  # nothing listens on port 9
     (message,) = [str(m) for m in g2.gimp.state.messages]
-    assert "Settings saved: server http://127.0.0.1:9/v1; model automatic" in message, message
+    assert "Settings saved: server http://127.0.0.1:9/v1." in message, message
     assert "Connected" not in message and "the connection was refused (is the server running?)" in message
     assert "Traceback" not in message and FAKE_KEY not in message
     assert "127.0.0.1:9" in message, message  # says which server could not be reached

@@ -39,6 +39,8 @@ class FakeImage:
 class FakeAdapter:
     """Answers as GIMP would for FakeImages; records everything the workflow asks of it."""
 
+    shows_saved_settings = True
+
     def __init__(self, images=(), interactive=False, answers=(), closed=()):
         self.images = list(images)
         self.interactive = interactive
@@ -288,3 +290,38 @@ def test_a_shut_down_model_is_offered_once_and_the_run_repeated_with_its_replace
     with pytest.raises(flow.ModelGone) as info:
         run(adapter, "edit-selection", {"prompt": "x", "model": "gpt-image-1"}, image)
     assert info.value.replacement == "gpt-image-2" and adapter.asked == []
+
+
+@pytest.mark.parametrize("shows_saved, interactive, expected", [
+    (True, True, {"base_url": "", "default_model": "gpt-image-2", "history_dir": ""}),  # as shown: empty = default
+    (False, True, {"default_model": "gpt-image-2"}),    # last values, not the saved ones: empty keeps
+    (True, False, {"default_model": "gpt-image-2"}),    # a script: empty keeps
+])
+def test_settings_save_what_the_dialog_shows_and_empty_keeps_elsewhere(fake_engine, monkeypatch, shows_saved,
+                                                                        interactive, expected):
+    saved = []
+    monkeypatch.setattr(hl, "save_settings", lambda changes, python=None: saved.append(changes))
+    adapter = FakeAdapter(interactive=interactive)
+    adapter.shows_saved_settings = shows_saved
+    text = run(adapter, "settings", {"base_url": "", "default_model": "gpt-image-2", "history_folder": "",
+                                      "test_connection": False})
+    assert saved == [expected]
+    assert text.startswith("OpenAI settings:\nSettings saved: ") and "model gpt-image-2" in text
+
+
+def test_notices_survive_a_run_that_fails(fake_engine, monkeypatch):
+    """The paid images of a cancelled run are named even when this run fails (e.g. no key)."""
+    monkeypatch.setenv("FAKE_ENGINE_NOTICE", "/history/kite.png")
+    monkeypatch.setenv("FAKE_ENGINE_FAIL", "img-1")
+    image = FakeImage(80, 60, selection=(10, 10, 20, 20))
+    with pytest.raises(hl.HostError) as info:
+        run(FakeAdapter([image]), "edit-selection", {"prompt": "x"}, image)
+    assert "The server failed (500)" in info.value.message and "/history/kite.png" in info.value.message
+
+
+def test_an_empty_prompt_is_said_before_any_question(fake_engine):
+    image = FakeImage(60, 40)  # nothing selected: the whole-layer question would come next
+    adapter = FakeAdapter([image], interactive=True, answers=[True])
+    with pytest.raises(flow.Refusal):
+        run(adapter, "edit-selection", {"prompt": ""}, image)
+    assert adapter.asked == []

@@ -324,3 +324,32 @@ out("RES", {"status": result.index(0).value_nick, "a": describe(a, la, oa, ra), 
         assert names == ["OpenAI: a small boat (1/1)", "photo"], (key, names)
         assert res[key]["outside_diff"] == 0
     assert "2 of 2 images done" in run.stdout + run.stderr
+
+
+def test_run_again_with_the_mask_or_the_group_active(gimp, local_server):
+    """What an artist does next: run again at once (GIMP leaves the result's mask active), and again with the
+    results' group active (n=2): each works and each new result lands on top, visible."""
+    env = {"OPENAI_BASE_URL": local_server.url, "OPENAI_API_KEY": FAKE_KEY}
+    run = gimp.python(SETUP + r'''
+img, lay = make_image()
+status, err, _ = run_proc("python-fu-openai-edit-selection", img, [lay], prompt="one", model="gpt-image-2")
+top = img.get_layers()[0]
+mask = top.get_mask()
+out("FIRST", {"status": status.value_nick, "error": err, "mask": mask is not None})
+status, err, _ = run_proc("python-fu-openai-edit-selection", img, [mask], prompt="two", model="gpt-image-2", n=2)
+out("MASK", {"status": status.value_nick, "error": err, "names": [l.get_name() for l in img.get_layers()]})
+group = img.get_layers()[0]
+status, err, _ = run_proc("python-fu-openai-edit-selection", img, [group], prompt="three", model="gpt-image-2")
+out("GROUP", {"status": status.value_nick, "error": err, "names": [l.get_name() for l in img.get_layers()]})
+''', env=env).check()
+    first = json.loads(run.lines_with("FIRST ")[0])
+    assert first["status"] == "success" and first["mask"], first
+    again = json.loads(run.lines_with("MASK ")[0])
+    assert again["status"] == "success", again  # the mask stood for its layer
+    assert again["names"][0] == "OpenAI: two (2 results)" and again["names"][1] == "OpenAI: one (1/1)", again
+    group = json.loads(run.lines_with("GROUP ")[0])
+    assert group["status"] == "success", group  # the group stood for the layer its results were made for
+    assert group["names"][:3] == ["OpenAI: three (1/1)", "OpenAI: two (2 results)", "OpenAI: one (1/1)"], group
+    assert group["names"][-1] == "photo"
+    everything = run.stdout + run.stderr
+    assert "Traceback" not in everything and "is a channel or a layer mask" not in everything

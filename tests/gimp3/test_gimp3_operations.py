@@ -117,8 +117,7 @@ out("SETTINGS", {"status": status.value_nick, "error": err})
     st = _res(run, "SETTINGS")
     assert st["status"] == "success", st
     assert f"Connected to {local_server.url}. Image models offered:" in everything, everything
-    assert f"Settings saved: server {local_server.url}; model gpt-image-2; history folder the default." \
-        in everything
+    assert f"Settings saved: server {local_server.url}; model gpt-image-2." in everything  # empty kept
     # what the engine now has on file (read without the environment override)
     show = gimp.run(["/gimp-openai-work/venv/bin/python", "-m", "gimp_openai", "config", "show", "--json"])
     assert show.returncode == 0, show.stderr

@@ -180,8 +180,7 @@ def show_saved_settings(config):
 
 
 def _secrets():
-    key = os.environ.get(hl.KEY_ENV)
-    return [key] if key else []
+    return hl.env_secrets()
 
 
 # ------------------------------------------------------------------------------------------------------ dialog
@@ -364,23 +363,11 @@ def _siblings(image, item):
 
 
 def _above_earlier_results(image, anchor):
-    """The position above ``anchor`` and the results already stacked on it, so a new result is on top and
-    visible, not hidden under an earlier one."""
-    siblings = _siblings(image, anchor)
-    position = siblings.index(anchor)
-    while position > 0 and _is_result(siblings[position - 1]):
-        position -= 1
-    return position
+    return flow.position_above_results(_siblings(image, anchor), anchor, _is_result)
 
 
 def _layer_of_results(image, group):
-    """A group of results stands for the layer they were made for: the first layer below it that is not a
-    result itself; None when there is none."""
-    siblings = _siblings(image, group)
-    for item in siblings[siblings.index(group) + 1:]:
-        if not _is_result(item):
-            return item
-    return None
+    return flow.layer_of_results(_siblings(image, group), group, _is_result)
 
 
 def insert_outputs(image, above, layers, group_name=None):
@@ -437,6 +424,9 @@ def apply_mask(image, layer, mask_png):
 
 class Gimp3:
     """What the one workflow (gimp_openai_workflow) needs from GIMP 3."""
+
+    #: the Settings dialog opens with what the engine has on file (show_saved_settings)
+    shows_saved_settings = True
 
     def __init__(self, interactive):
         self.interactive = interactive
