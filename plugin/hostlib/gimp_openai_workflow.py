@@ -410,10 +410,12 @@ class Workflow(object):
         operation = self.operation_of_items()
         check_prompt(operation, self.values)
         items, skipped, names = [], [], {}
-        for number, target in enumerate(self.adapter.open_targets(), 1):
+        targets = self.adapter.open_targets()
+        whole = self.whole_layers_too([t for t in targets if t.selection is None and t.image is not None])
+        for number, target in enumerate(targets, 1):
             try:
                 check_target(target)
-                if target.selection is None and self.values.get("no_selection") == "skip":
+                if target.selection is None and not whole:
                     skipped.append(u"\u2013 %s: skipped (nothing selected)" % target.name)
                     continue
                 # an image without a selection was chosen to go whole: no question per image
@@ -432,6 +434,19 @@ class Workflow(object):
         if all(not i.get("ok") for i in result.get("items") or []):
             raise hl.HostError(text, u"", "batch_failed")
         return text
+
+    def whole_layers_too(self, unselected):
+        """Whether the images with nothing selected are edited whole: as the artist chose, asked once for all
+        of them when the choice is "ask" (a script's run is never asked: they are skipped, not paid for)."""
+        choice = self.values.get("no_selection") or "ask"
+        if choice != "ask" or not unselected:
+            return choice == "whole layer"
+        if not self.adapter.interactive:
+            return False
+        names = u", ".join(t.name for t in unselected[:5]) + (u", \u2026" if len(unselected) > 5 else u"")
+        return self.adapter.ask(u"%d open image(s) have nothing selected (%s). Edit their whole layers too? A "
+                                u"larger area costs more; No skips them." % (len(unselected), names),
+                                u"OpenAI: images without a selection", u"_Edit whole layers")
 
     # ------------------------------------------------------------------------------------------- generate
     def run_generate(self, image, drawables):

@@ -325,3 +325,21 @@ def test_an_empty_prompt_is_said_before_any_question(fake_engine):
     with pytest.raises(flow.Refusal):
         run(adapter, "edit-selection", {"prompt": ""}, image)
     assert adapter.asked == []
+
+
+@pytest.mark.parametrize("interactive, answer, edited", [
+    (True, True, ["a.png", "c.png"]),   # asked once, yes: whole layers too
+    (True, False, ["a.png"]),           # asked once, no: skipped
+    (False, None, ["a.png"]),           # a script is never asked and never pays for them silently
+])
+def test_batch_asks_once_about_images_without_a_selection(fake_engine, interactive, answer, edited):
+    a = FakeImage(80, 60, selection=(10, 10, 20, 20), name="a.png")
+    c = FakeImage(80, 60, name="c.png")
+    adapter = FakeAdapter([a, c], interactive=interactive, answers=[answer] if answer is not None else [])
+    text = run(adapter, "batch", {"prompt": "clear sky"})
+    assert [i["image"] for i in adapter.inserted] == edited
+    assert len(adapter.asked) == (1 if interactive else 0)
+    if interactive:
+        assert "1 open image(s) have nothing selected (c.png)" in adapter.asked[0][0]
+    if "c.png" not in edited:
+        assert "c.png: skipped (nothing selected)" in text
