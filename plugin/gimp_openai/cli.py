@@ -331,20 +331,23 @@ def result_patch(original: np.ndarray, output: operations.Output) -> np.ndarray:
 DERIVED_DURABLE = False
 
 
-def write_png_unique(out: Path, stem: str, width: int, height: int, rows: Any) -> Path:
-    """A full-size PNG streamed from ``rows`` into ``out`` under a name claimed atomically (never an overwrite)."""
+def write_png_unique(out: Path, stem: str, width: int, height: int, rows: Any, *, ahead: Any = None,
+                     changed: Sequence[tuple[int, int]] = ()) -> Path:
+    """A full-size PNG streamed from ``rows`` into ``out`` under a name claimed atomically (never an overwrite);
+    ``ahead``/``changed``: see pngstrips.write_png."""
     from gimp_openai.atomic import pending_file
     from gimp_openai.pngstrips import write_png
 
     with pending_file(out, stem + ".png", durable=DERIVED_DURABLE) as pending:
-        write_png(pending.file, width, height, 4, rows)
+        write_png(pending.file, width, height, 4, rows, ahead=ahead, changed=changed)
         return pending.publish_unique(stem, ".png")
 
 
 def write_results(out: Path, stem: str, original: np.ndarray | None, outcome: operations.Outcome,
-                  written: Written, source_png: Path | None = None) -> None:
+                  written: Written, source_png: Path | None = None, ahead: Any = None) -> None:
     """Every result as a full-size PNG (the original with the result's crop pasted in, band by band), then one
-    layered .ora. ``source_png``: the input file when it holds exactly ``original`` (copied into the .ora)."""
+    layered .ora. ``source_png``: the input file when it holds exactly ``original`` (copied into the .ora);
+    ``ahead``: the original's PNG bands deflated while the server worked (pngstrips.BandsAhead)."""
     from gimp_openai import ora
     from gimp_openai.atomic import write_bytes_unique
     from gimp_openai.imaging import encode_png
@@ -358,7 +361,9 @@ def write_results(out: Path, stem: str, original: np.ndarray | None, outcome: op
             name = f"{stem}-{TAGS[output.path]}-{output.index}"
             patch = ora.Patch(output.x, output.y, result_patch(original, output))
             patches.append(patch)
-            path = write_png_unique(out, name, original.shape[1], original.shape[0], ora.pasted_rows(original, [patch]))
+            rows_changed = [(patch.y, patch.y + patch.pixels.shape[0])]
+            path = write_png_unique(out, name, original.shape[1], original.shape[0], ora.pasted_rows(original, [patch]),
+                                    ahead=ahead, changed=rows_changed)
         written.pngs.append(path)
         written.outputs.append(output)
     if original is not None and outcome.outputs:
@@ -440,17 +445,33 @@ def run_one(
 ) -> Written:
     """One input image through the chosen operation; shared by edit, variation and batch."""
     from gimp_openai import imaging
+    from gimp_openai.pngstrips import BandsAhead
 
     written = Written(source=image_path)
     pixels, written.notes = load_image(image_path)
-    outcome = _operate(args, engine, model, pixels, image_path, mask_path, progress, item)
+    height, width = pixels.shape[:2]
+    # The full-size results are the original with a crop pasted in: its untouched bands are deflated while the
+    # server works (from the moment the request waits), so writing the results later deflates only the crop's.
+    ahead = BandsAhead(width, height, 4, lambda row0, row1: pixels[row0:row1])
+
+    def progress_and_ahead(event: Progress) -> None:
+        if event.phase == "waiting" and not ahead.started:
+            ahead.start()
+        progress(event)
+    try:
+        outcome = _operate(args, engine, model, pixels, image_path, mask_path, progress_and_ahead, item)
+    except BaseException:
+        ahead.close()
+        raise
     written.notes.extend(notice.message for notice in outcome.warnings)
     stem = output_stem(Path(image_path).stem, "image")
     source_png = Path(image_path) if imaging.is_plain_png_file(image_path) else None
     try:
-        write_results(out, stem, pixels, outcome, written, source_png)
+        write_results(out, stem, pixels, outcome, written, source_png, ahead)
     except GimpOpenAIError as exc:
         raise paid_images_error(exc, outcome, written.pngs) from None
+    finally:
+        ahead.close()
     return written
 
 

@@ -22,7 +22,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -189,8 +189,119 @@ def _up_filtered(rows: RowSource, span: tuple[int, int], width: int, channels: i
     return memoryview(out.data).cast("B")
 
 
+def _band_spans(width: int, height: int, channels: int) -> list[tuple[int, int]]:
+    band = max(1, STREAM_BAND_BYTES // (width * channels))
+    return [(y, min(height, y + band)) for y in range(0, height, band)]
+
+
+def _primer_rows(previous: tuple[int, int], width: int, channels: int) -> tuple[int, int]:
+    """The rows of the band before whose filtered bytes end the stream just before the next band: the last
+    ``WINDOW`` bytes of them, never more than that band."""
+    stride = width * channels + 1
+    return max(previous[0], previous[1] - (WINDOW + stride - 1) // stride), previous[1]
+
+
+def _tail(rows: RowSource, previous: tuple[int, int], width: int, channels: int) -> bytes:
+    """A band's deflate primer: the last ``WINDOW`` bytes of the band before it, filtered."""
+    first, last = _primer_rows(previous, width, channels)
+    buffer = np.empty((last - first, width * channels + 1), np.uint8)
+    return bytes(_up_filtered(rows, (first, last), width, channels, buffer)[-WINDOW:])
+
+
+def _depends_on(spans: list[tuple[int, int]], index: int, width: int, channels: int) -> tuple[int, int]:
+    """The source rows band ``index``'s deflate part depends on: its own, those of its primer, and the row above
+    those (the Up filter)."""
+    first = _primer_rows(spans[index - 1], width, channels)[0] if index else spans[index][0]
+    return max(0, first - 1), spans[index][1]
+
+
+def adler32_combine(adler1: int, adler2: int, length2: int) -> int:
+    """The Adler-32 of A+B from those of A and B and the length of B (zlib's adler32_combine)."""
+    base = 65521
+    rem = length2 % base
+    sum1 = adler1 & 0xFFFF
+    sum2 = (rem * sum1) % base
+    sum1 += (adler2 & 0xFFFF) + base - 1
+    sum2 += ((adler1 >> 16) & 0xFFFF) + ((adler2 >> 16) & 0xFFFF) + base - rem
+    sum1 %= base
+    sum2 %= base
+    return sum1 | (sum2 << 16)
+
+
+class BandsAhead:
+    """The deflate parts of a picture's bands, made before they are needed (while a server works), for the
+    bands a later change leaves alone: the full-size result of an edit is the original with a crop pasted in,
+    so most of its PNG is known before the result arrives. Parts go to a temporary file, not to memory.
+
+    ``start()`` works on a thread until done or ``stop()``; :func:`write_png` takes the parts that were made."""
+
+    def __init__(self, width: int, height: int, channels: int, rows: RowSource, *,
+                 deflate: Deflate | None = None) -> None:
+        import tempfile
+
+        self.width, self.height, self.channels, self.rows = width, height, channels, rows
+        self.deflate = deflate or best_deflate()
+        self.spans = _band_spans(width, height, channels)
+        self.file = tempfile.TemporaryFile(prefix="gimp-openai-bands-")
+        self.parts: dict[int, tuple[int, int, int, int]] = {}  # band -> (offset, size, adler, filtered bytes)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> BandsAhead:
+        self._thread = threading.Thread(target=self._run, name="png-ahead", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop making parts (the ones made are kept) and wait for the one being made."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def close(self) -> None:
+        self.stop()
+        self.file.close()
+
+    def _run(self) -> None:
+        try:
+            self._make_parts()
+        except (OSError, ValueError, MemoryError):  # no room for the parts: the rest are made when needed
+            return
+
+    def _make_parts(self) -> None:
+        stride = self.width * self.channels + 1
+        buffer = np.empty((self.spans[0][1] - self.spans[0][0], stride), np.uint8)
+        offset = 0
+        for index, span in enumerate(self.spans):
+            if self._stop.is_set():
+                return
+            filtered = _up_filtered(self.rows, span, self.width, self.channels, buffer)
+            primer = _tail(self.rows, self.spans[index - 1], self.width, self.channels) if index else b""
+            part = _deflate(filtered, primer, self.deflate, index == len(self.spans) - 1)  # type: ignore[arg-type]
+            self.file.write(part)
+            self.parts[index] = (offset, len(part), zlib.adler32(filtered), len(filtered))
+            offset += len(part)
+
+    def reusable(self, index: int, changed: Sequence[tuple[int, int]]) -> tuple[bytes, int, int] | None:
+        """The part made ahead for band ``index`` when no changed rows touch what it depends on."""
+        entry = self.parts.get(index)
+        if entry is None:
+            return None
+        first, last = _depends_on(self.spans, index, self.width, self.channels)
+        if any(c0 < last and first < c1 for c0, c1 in changed):
+            return None
+        offset, size, adler, length = entry
+        self.file.seek(offset)
+        return self.file.read(size), adler, length
+
+
 def write_png(out: Any, width: int, height: int, channels: int, rows: RowSource, *,
-              deflate: Deflate | None = None) -> int:
+              deflate: Deflate | None = None, ahead: BandsAhead | None = None,
+              changed: Sequence[tuple[int, int]] = ()) -> int:
     """Write a PNG to the binary file ``out`` from ``rows(row0, row1)`` (u8 (rows, width[, channels]) arrays),
     band by band, deflated on every core; return the bytes written.
 
@@ -198,12 +309,20 @@ def write_png(out: Any, width: int, height: int, channels: int, rows: RowSource,
     libpng's output buffer and a bytes copy of that (~0.8 GB at once). Here only a few bands are alive at a time
     (``workers()`` bands of ``STREAM_BAND_BYTES``), and the source may build each band on demand (the original's
     rows with a result pasted in), so no full-size copy exists at all. The bands' deflate parts join into one
-    zlib stream as in :func:`encode_png` (one IDAT per group of bands)."""
+    zlib stream as in :func:`encode_png` (one IDAT per group of bands).
+
+    ``ahead``: parts made earlier from the same picture before ``changed`` (row ranges) were changed; a band whose
+    rows (and primer) no change touches is copied from there instead of being deflated again."""
     if width <= 0 or height <= 0 or channels not in (1, 3, 4):
         raise ValueError(f"cannot write a {width}x{height} PNG with {channels} channels")
     deflate = deflate or best_deflate()
-    band = max(1, STREAM_BAND_BYTES // (width * channels))
-    spans = [(y, min(height, y + band)) for y in range(0, height, band)]
+    if ahead is not None:
+        ahead.stop()
+        if (ahead.width, ahead.height, ahead.channels) != (width, height, channels):
+            ahead = None
+        else:
+            deflate = ahead.deflate
+    spans = _band_spans(width, height, channels)
     group = workers()
     pool = _executor() if group > 1 and len(spans) > 1 else None
     written = 0
@@ -214,28 +333,38 @@ def write_png(out: Any, width: int, height: int, channels: int, rows: RowSource,
             out.write(part)
             written += len(part)
 
-    def squeeze(filtered: memoryview, primer: bytes, last: bool) -> bytes:
-        return _deflate(filtered, primer, deflate, last)  # type: ignore[arg-type]  # any buffer
+    def fresh(index: int, buffer: np.ndarray) -> tuple[bytes, int, int]:
+        """Band ``index`` filtered and deflated now: (part, Adler-32 of its filtered bytes, their length)."""
+        span = spans[index]
+        filtered = _up_filtered(rows, span, width, channels, buffer)
+        primer = _tail(rows, spans[index - 1], width, channels) if index else b""
+        part = _deflate(filtered, primer, deflate, index == len(spans) - 1)  # type: ignore[arg-type]
+        return part, zlib.adler32(filtered), len(filtered)
+
+    lock = threading.Lock()  # the file of parts made ahead is read by one band at a time
+
+    def band(index: int, buffer: np.ndarray) -> tuple[bytes, int, int]:
+        if ahead is not None:
+            with lock:
+                made = ahead.reusable(index, changed)
+            if made is not None:
+                return made
+        return fresh(index, buffer)
 
     color_type = {1: 0, 3: 2, 4: 6}[channels]
     put(b"\x89PNG\r\n\x1a\n", *_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)))
-    adler, primer, head = 1, b"", _zlib_header(deflate.header_hint)
-    buffers = [np.empty((band, width * channels + 1), np.uint8) for _ in range(min(group, len(spans)))]
+    adler, head = 1, _zlib_header(deflate.header_hint)
+    band_rows = spans[0][1] - spans[0][0]
+    buffers = [np.empty((band_rows, width * channels + 1), np.uint8) for _ in range(min(group, len(spans)))]
     for start in range(0, len(spans), group):
-        these = spans[start : start + group]
-        jobs = list(zip(these, buffers, strict=False))
-        filtered = (list(pool.map(lambda job: _up_filtered(rows, job[0], width, channels, job[1]), jobs)) if pool
-                    else [_up_filtered(rows, span, width, channels, buffer) for span, buffer in jobs])
-        primers = [primer] + [bytes(f[-WINDOW:]) for f in filtered[:-1]]
-        lasts = [start + i == len(spans) - 1 for i in range(len(filtered))]
-        parts = (list(pool.map(squeeze, filtered, primers, lasts)) if pool
-                 else [squeeze(f, p, last) for f, p, last in zip(filtered, primers, lasts, strict=True)])
-        for f in filtered:
-            adler = zlib.adler32(f, adler)
-        primer = bytes(filtered[-1][-WINDOW:])
-        put(*_chunk(b"IDAT", head + b"".join(parts)))
+        indexes = list(range(start, min(start + group, len(spans))))
+        jobs = list(zip(indexes, buffers, strict=False))
+        results = (list(pool.map(lambda job: band(*job), jobs)) if pool else [band(*job) for job in jobs])
+        for _part, band_adler, length in results:
+            adler = adler32_combine(adler, band_adler, length)
+        put(*_chunk(b"IDAT", head + b"".join(part for part, _a, _n in results)))
         head = b""
-        del filtered, parts
+        del results
     put(*_chunk(b"IDAT", struct.pack(">I", adler & 0xFFFFFFFF)), *_chunk(b"IEND", b""))
     return written
 

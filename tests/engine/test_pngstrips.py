@@ -133,3 +133,56 @@ def test_a_streamed_png_decodes_to_the_exact_pixels(monkeypatch, shape):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(out.getvalue()))), pixels)
     band = max(1, 4096 // (shape[1] * channels))
     assert max(requested) <= band + 1  # never more than a band (and the row above it) at a time
+
+
+def test_adler32_combine_equals_the_adler_of_the_concatenation():
+    rng = np.random.default_rng(5)
+    for n1, n2 in [(0, 0), (1, 0), (0, 1), (3, 70000), (65521, 65521), (100003, 7)]:
+        a, b = rng.integers(0, 256, n1, np.uint8).tobytes(), rng.integers(0, 256, n2, np.uint8).tobytes()
+        assert pngstrips.adler32_combine(zlib.adler32(a), zlib.adler32(b), len(b)) == zlib.adler32(a + b)
+
+
+@pytest.mark.parametrize("stop_early", [False, True])
+def test_bands_made_ahead_give_the_same_png_as_writing_it_all_now(tmp_path, monkeypatch, stop_early):
+    """The original's bands deflated before a crop was pasted in: the PNG is byte for byte the one written
+    without them, decodes to the changed picture, and bands near the change are made again."""
+    monkeypatch.setattr(pngstrips, "STREAM_BAND_BYTES", 40 * 4 * 7)  # many small bands
+    rng = np.random.default_rng(3)
+    original = rng.integers(0, 256, (300, 40, 4), np.uint8)
+    changed = original.copy()
+    changed[101:160, 5:30] = 255 - changed[101:160, 5:30]
+    ahead = pngstrips.BandsAhead(40, 300, 4, lambda a, b: original[a:b]).start()
+    if stop_early:
+        ahead.stop()  # the result came first: only the bands made so far are used
+    else:
+        ahead._thread.join()
+        assert len(ahead.parts) == len(ahead.spans)
+    with_ahead, plain = tmp_path / "ahead.png", tmp_path / "plain.png"
+    with open(with_ahead, "wb") as out:
+        pngstrips.write_png(out, 40, 300, 4, lambda a, b: changed[a:b], ahead=ahead, changed=[(101, 160)])
+    with open(plain, "wb") as out:
+        pngstrips.write_png(out, 40, 300, 4, lambda a, b: changed[a:b])
+    ahead.close()
+    assert with_ahead.read_bytes() == plain.read_bytes()
+    np.testing.assert_array_equal(np.asarray(Image.open(with_ahead)), changed)
+
+
+def test_bands_ahead_that_cannot_be_stored_are_made_when_needed(tmp_path, monkeypatch):
+    """A full temp folder while the server works: no error, and the PNG is still whole and exact."""
+    rng = np.random.default_rng(4)
+    picture = rng.integers(0, 256, (120, 30, 4), np.uint8)
+    monkeypatch.setattr(pngstrips, "STREAM_BAND_BYTES", 30 * 4 * 10)
+    ahead = pngstrips.BandsAhead(30, 120, 4, lambda a, b: picture[a:b])
+
+    class Full:
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            pass
+    ahead.file = Full()
+    ahead.start().stop()
+    assert ahead.parts == {}
+    out = io.BytesIO()
+    pngstrips.write_png(out, 30, 120, 4, lambda a, b: picture[a:b], ahead=ahead, changed=[(0, 5)])
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(out.getvalue()))), picture)
