@@ -410,7 +410,8 @@ def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable
     """One item, start to end; every failure becomes this item's error (with what was already saved)."""
     try:
         outcome = _run_operation(engine, job, item, progress)
-        outputs = _write_outputs(job, item, outcome)
+        with engine.saving:  # an abandoned job (run_session) removes the folder these go to, holding this lock
+            outputs = _write_outputs(job, item, outcome)
         warnings = [notice.to_dict() for notice in outcome.warnings]
         return {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model,
                 "warnings": warnings}
