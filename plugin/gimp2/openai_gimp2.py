@@ -96,7 +96,7 @@ def _runner(proc):
         for p in host.public_params(proc):
             if p["type"] == "choice":
                 args[p["name"]] = host.check_choice(p, args[p["name"]]) if p["name"] in args else p["default"]
-        return _guarded(image, lambda: handler(image, drawable, args))
+        return _guarded(lambda: handler(image, drawable, args))
     run.__name__ = str(proc["name"].replace("-", "_"))
     return run
 
@@ -129,7 +129,7 @@ def _secrets():
     return host.env_secrets()
 
 
-def _guarded(image, body):
+def _guarded(body):
     """One operation: context push/pop, display flush, and errors as plain messages (the workflow inserts
     each image's results in one undo group of its own).
 
@@ -221,13 +221,10 @@ def export_region(layer, place, path):
     host.write_png(path, w, h, host.to_rgba(rgn[lx:lx + w, ly:ly + h], layer.bpp), 4)
 
 
-def export_selection(image, place, path, whole):
+def export_selection(image, place, path):
     """Write the selection inside ``place`` as an 8-bit gray PNG; off-canvas parts are unselected
-    (GIMP's selection only covers the canvas), and ``whole`` means everything is selected."""
+    (GIMP's selection only covers the canvas; a whole-layer run's selection the workflow writes itself)."""
     w, h = place["width"], place["height"]
-    if whole:
-        host.write_png(path, w, h, b"\xff" * (w * h), 1)
-        return
     out = bytearray(w * h)
     box = flow.intersect(place, _rect(0, 0, image.width, image.height))
     if box["width"] and box["height"]:
@@ -349,7 +346,7 @@ class Gimp2(object):
         export_region(target.layer, place, path)
 
     def export_selection(self, target, place, path):
-        export_selection(target.image, place, path, False)
+        export_selection(target.image, place, path)
 
     def insert(self, image, anchor, layers, group_name):
         return insert_results(image, anchor, layers, group_name)

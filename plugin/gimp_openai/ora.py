@@ -14,7 +14,6 @@ crop-sized at their offsets (stack.xml's x/y), never padded to the canvas.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
@@ -136,11 +135,6 @@ def flatten_rows(width: int, layers: Sequence[Layer]) -> RowSource:
     return rows
 
 
-def flatten(width: int, height: int, layers: Sequence[Any]) -> np.ndarray:
-    """The whole flattened picture in memory (small pictures and tests; :func:`write_ora` never calls this)."""
-    return flatten_rows(width, [_normalise(layer) for layer in layers])(0, height)
-
-
 def thumbnail(rows: RowSource, width: int, height: int, max_side: int = THUMBNAIL_MAX) -> np.ndarray:
     """A thumbnail of at most ``max_side`` px, from rows read in bands, each area-averaged premultiplied (no
     fringe from transparent pixels' colour) into a small image first. Why not ``resize`` of the whole picture:
@@ -236,13 +230,6 @@ def write_archive(out: IO[bytes], width: int, height: int, layers: Sequence[Any]
 
 def _slicer(pixels: np.ndarray) -> RowSource:
     return lambda row0, row1: pixels[row0:row1]
-
-
-def ora_bytes(width: int, height: int, layers: Sequence[Any]) -> bytes:
-    """The .ora archive in memory (small pictures and tests)."""
-    buffer = io.BytesIO()
-    write_archive(buffer, width, height, layers)
-    return buffer.getvalue()
 
 
 def write_ora(

@@ -352,47 +352,45 @@ def _parse_line(raw):
     return obj if isinstance(obj, dict) else None
 
 
-def run_engine(args, python=None, api_key=None, on_line=None, stdin_text=None, cwd=None, env=None):
-    """Run ``python -m gimp_openai ARGS``; call ``on_line(obj)`` for every JSON line as it arrives.
+def json_lines(stream):
+    """The JSON objects an engine writes on ``stream``, one per line, as they arrive (other lines skipped)."""
+    for raw in iter(stream.readline, b""):
+        obj = _parse_line(raw)
+        if obj is not None:
+            yield obj
+
+
+def run_engine(args, python=None, stdin_text=None, env=None):
+    """Run ``python -m gimp_openai ARGS`` to its end (``key``, ``config``, ``models``).
 
     Returns ``(returncode, objects, stderr_text)``. The key goes in the environment (or on stdin for
-    ``key set``), never in argv. If ``on_line`` raises (the host cancels), the engine is stopped and the
-    exception propagates.
+    ``key set``), never in argv; stderr comes back with any key hidden.
     """
     python = python or find_engine_python()
     errfile = tempfile.TemporaryFile()
     try:
-        proc = _start_engine(python, args, env if env is not None else engine_env(api_key), errfile, cwd)
-        objects = []
+        proc = _start_engine(python, args, env if env is not None else engine_env(), errfile)
         try:
             if stdin_text is not None:
                 proc.stdin.write(to_text(stdin_text).encode("utf-8"))
             proc.stdin.close()
-            for raw in iter(proc.stdout.readline, b""):
-                obj = _parse_line(raw)
-                if obj is None:
-                    continue
-                objects.append(obj)
-                if on_line is not None:
-                    on_line(obj)
+            objects = list(json_lines(proc.stdout))
             proc.stdout.close()
             code = proc.wait()
         except BaseException:
             _stop(proc)
             raise
         errfile.seek(0)
-        stderr_text = redact(errfile.read().decode("utf-8", "replace"), [api_key] if api_key else ())
-        return code, objects, stderr_text
+        return code, objects, redact(errfile.read().decode("utf-8", "replace"), env_secrets())
     finally:
         errfile.close()
 
 
-def _start_engine(python, args, env, stderr, cwd=None):
+def _start_engine(python, args, env, stderr):
     """``python -m gimp_openai ARGS`` with pipes for stdin and stdout, or a HostError saying what to do."""
     command = [_argv_word(a) for a in [python, "-m", "gimp_openai"] + list(args)]
     try:
-        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env,
-                                cwd=cwd)
+        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env)
     except OSError as exc:
         raise HostError(u"The plug-in could not start its engine (%s): %s" % (to_text(python), to_text(exc)),
                         u"Run scripts/install again; it records the engine's Python for the plug-in.",
@@ -473,10 +471,7 @@ class EngineSession(object):
         except (IOError, OSError):  # the engine is gone already: its stderr says why
             return None
         try:
-            for raw in iter(self.proc.stdout.readline, b""):
-                obj = _parse_line(raw)
-                if obj is None:
-                    continue
+            for obj in json_lines(self.proc.stdout):
                 if is_answer(obj):
                     return obj
                 if on_line is not None:
