@@ -297,6 +297,31 @@ def free_size_for(width: int, height: int, rule: FreeSizeRule) -> tuple[tuple[in
     return _nearest_free_size(aw, ah, aw * scale, ah * scale, rule)
 
 
+#: The pixel count a generation for a canvas aims at: the 1024x1024 tier every family prices as its standard,
+#: so matching the canvas's shape does not silently multiply the cost of a 6000x4000 canvas.
+GENERATION_PIXELS = 1024 * 1024
+
+
+def generation_size_for_canvas(width: int, height: int, family: Family) -> tuple[int, int]:
+    """The size to generate at for a ``width`` x ``height`` canvas: its aspect, at about one megapixel.
+
+    Fixed-size families take the listed size nearest the canvas's aspect; free-size families a valid size of
+    that aspect (sides in multiples of the rule's step, long:short clamped to the rule's limit).
+    """
+    if width <= 0 or height <= 0:
+        raise InvalidInputError(f"The canvas is {width}x{height} px; it must have pixels to generate for.")
+    rule = family.free_sizes
+    if rule is None:
+        return choose_standard_size(width, height, family.sizes)
+    aw, ah = _fix_free_aspect(width, height, rule)
+    scale = math.sqrt(GENERATION_PIXELS / (aw * ah))
+    m = rule.multiple
+    guess = (max(m, int(round(aw * scale / m)) * m), max(m, int(round(ah * scale / m)) * m))
+    if rule.check(*guess) is None:
+        return guess
+    return _nearest_free_size(aw, ah, aw * scale, ah * scale, rule)[1]
+
+
 # --- placing the request in the layer ---------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ palette-with-transparency and CMYK go through Pillow's conversions; float images
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import warnings
@@ -395,3 +396,16 @@ def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     rgb = np.where(a > 0.5, out[..., :3] * 255.0 / np.maximum(a, 1e-6), 0.0)
     result = np.concatenate([np.clip(rgb, 0, 255), a], axis=2)
     return np.rint(result).astype(np.uint8)
+
+
+def cover(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Scale ``pixels`` uniformly until they cover ``size`` = (width, height), then cut the overhang evenly
+    from both sides: a generation of nearly the canvas's aspect fills the canvas, undistorted."""
+    w, h = int(size[0]), int(size[1])
+    src_h, src_w = pixels.shape[:2]
+    scale = max(w / src_w, h / src_h)
+    sw = max(w, int(math.ceil(src_w * scale - 1e-9)))
+    sh = max(h, int(math.ceil(src_h * scale - 1e-9)))
+    scaled = resize(pixels, (sw, sh))
+    x0, y0 = (sw - w) // 2, (sh - h) // 2
+    return np.ascontiguousarray(scaled[y0 : y0 + h, x0 : x0 + w])

@@ -162,6 +162,16 @@ def read_json_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
     return data, p.parent
 
 
+def _canvas(data: dict[str, Any]) -> tuple[int, int] | None:
+    """A generation for an image carries the image's size: the result takes its aspect and covers it."""
+    raw = _field(data, "canvas", dict, None)
+    if raw is None:
+        return None
+    width, height = (bounds.check("region_side", _field(raw, key, int, where="'canvas'"), f"'{key}' of 'canvas'",
+                                  JobError) for key in ("width", "height"))
+    return width, height
+
+
 def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
     from gimp_openai.geometry import RegionPlan
 
@@ -199,6 +209,7 @@ def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
         blend=blend,
         source_name=_field(data, "source_name", str, ""),
         variation_prompt=variation_prompt,
+        canvas=_canvas(data) if operation == "generate" else None,
     )
     out_text = _field(data, "out_dir", str)
     if not out_text or "\x00" in out_text:

@@ -65,6 +65,8 @@ PATH_VARIATION_EDIT = "variation-edit"
 PATH_GENERATE = "generate"
 
 NAME_PROMPT_CHARS = 48
+#: The largest canvas a generation is scaled to cover (8000x5000): beyond it the layer keeps the generated size.
+MAX_FILL_PIXELS = 40_000_000
 
 
 # --- Inputs and outputs -------------------------------------------------------------------------------------
@@ -89,6 +91,9 @@ class Options:
     source_name: str = ""
     variation_prompt: str = ""
     extra_images: Sequence[bytes] = ()
+    #: generate into an image: its (width, height). Without an explicit size the request takes the canvas's
+    #: aspect and each result is scaled to cover the canvas exactly.
+    canvas: tuple[int, int] | None = None
 
 
 @dataclass
@@ -850,7 +855,15 @@ def generate(
     check_prompt(options.prompt, family)
     check_n(options.n, family)
     quality = quality_to_send(options.quality, family)
-    size = options.size or ("auto" if family.allows_auto_size else family.sizes[0])
+    canvas = options.canvas if not options.size else None
+    # a huge canvas keeps the generated size (centred by the host), not gigabytes of layer
+    fill_canvas = canvas if canvas and canvas[0] * canvas[1] <= MAX_FILL_PIXELS else None
+    if canvas:
+        from gimp_openai import geometry
+
+        size = "{}x{}".format(*geometry.generation_size_for_canvas(*canvas, family))
+    else:
+        size = options.size or ("auto" if family.allows_auto_size else family.sizes[0])
     check_size(size, family)
     parsed = capabilities.parse_size(size) or (1024, 1024)
     kwargs: dict[str, Any] = dict(model=model, prompt=options.prompt, n=options.n, size=size, quality=quality,
@@ -876,6 +889,13 @@ def generate(
     n = len(result.images)
     for k, (image, hist) in enumerate(zip(result.images, kept.paths, strict=True), start=1):
         returned = _decode_saved(image.data, saved, result.request_id)
+        notes = list(rescue_notes)
+        if fill_canvas:
+            from gimp_openai import imaging
+
+            got = (int(returned.shape[1]), int(returned.shape[0]))
+            returned = imaging.cover(returned, fill_canvas)
+            notes.append(f"generated at {got[0]}x{got[1]} and scaled to the {fill_canvas[0]}x{fill_canvas[1]} canvas")
         outputs.append(
             Output(
                 index=k,
@@ -888,7 +908,7 @@ def generate(
                 history_png=hist,
                 request_id=result.request_id,
                 path=PATH_GENERATE,
-                notes=list(rescue_notes),
+                notes=notes,
             )
         )
     _emit(progress, item, "done", f"{n} image{'s' if n != 1 else ''} ready")

@@ -457,6 +457,9 @@ class Workflow(object):
         try:
             job = job_options(self.proc, "generate", self.values)
             job["items"] = []
+            if not new_image and "size" not in job:  # the canvas's shape, filled (the engine scales to cover)
+                width, height = self.adapter.image_size(target.image)
+                job["canvas"] = {"width": int(width), "height": int(height)}
             self.adapter.progress(0.0, u"OpenAI: generating")
             with hl.EngineSession(python=self.python) as session:
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)

@@ -339,3 +339,40 @@ def test_plan_from_dict_rejects(data):
 )
 def test_place_in_target(plan, expected):
     assert plan.place_in_target == expected
+
+
+# --- generating for a canvas ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "canvas, family, expected",
+    [
+        ((3000, 2000), "gpt-image-2", (1248, 832)),  # 3:2 at about a megapixel, sides in multiples of 16
+        ((2000, 3000), "gpt-image-2", (832, 1248)),
+        ((640, 480), "gpt-image-2", (1184, 880)),  # small canvases are asked at the same tier, not upscaled less
+        ((1920, 1080), "gpt-image-2", (1360, 768)),
+        ((9000, 1000), "gpt-image-2", (1776, 592)),  # 9:1 is clamped to the model's 3:1
+        ((100, 100), "gpt-image-2", (1024, 1024)),
+        ((3000, 2000), "gpt-image-1", (1536, 1024)),  # fixed sizes: the nearest aspect
+        ((2000, 3000), "gpt-image-1", (1024, 1536)),
+        ((1000, 1000), "dall-e-2", (1024, 1024)),
+    ],
+)
+def test_generation_size_takes_the_canvas_s_aspect(canvas, family, expected):
+    from gimp_openai.geometry import GENERATION_PIXELS, generation_size_for_canvas
+
+    fam = FAMILIES[family]
+    size = generation_size_for_canvas(*canvas, fam)
+    assert size == expected
+    assert fam.check_size(f"{size[0]}x{size[1]}") is None
+    if fam.free_sizes is not None:
+        assert abs(size[0] * size[1] / GENERATION_PIXELS - 1) < 0.06
+        clamped = min(max(canvas[0] / canvas[1], 1 / 3), 3)
+        assert abs(size[0] / size[1] / clamped - 1) < 0.03
+
+
+def test_generation_size_refuses_an_empty_canvas():
+    from gimp_openai.geometry import generation_size_for_canvas
+
+    with pytest.raises(InvalidInputError, match="0x10 px"):
+        generation_size_for_canvas(0, 10, FAMILIES["gpt-image-2"])

@@ -330,3 +330,28 @@ def test_a_damaged_plain_png_is_refused_with_a_clear_message_not_decoded_as_garb
         decode_image(bytes(data))
     with pytest.raises(UnreadableImageError, match="truncated or damaged"):
         decode_image(bytes(_pil_png(_photo(96, 128))[:-200]))
+
+
+@pytest.mark.parametrize(
+    "src, size, kept_columns",
+    [
+        ((1248, 832), (3000, 2000), None),  # nearly the same aspect: scaled, a pixel or two cut
+        ((1024, 1024), (300, 200), "middle"),  # square into 3:2: the top and bottom are cut evenly
+        ((100, 50), (100, 50), None),  # already the size: unchanged
+    ],
+)
+def test_cover_fills_the_size_without_distorting(src, size, kept_columns):
+    from gimp_openai.imaging import cover
+
+    w, h = src
+    pixels = np.zeros((h, w, 4), np.uint8)
+    pixels[..., 3] = 255
+    pixels[: h // 2, :, 0] = 255  # top half red: where the cut falls shows in the result
+    pixels[:, : w // 2, 1] = 255  # left half green
+    out = cover(pixels, size)
+    assert out.shape == (size[1], size[0], 4) and out.flags["C_CONTIGUOUS"]
+    # the halves stay halves (within the resampling blur): no shift, no stretch
+    assert out[: size[1] // 2 - 3, :, 0].min() > 200 and out[size[1] // 2 + 3 :, :, 0].max() < 55
+    assert out[:, : size[0] // 2 - 3, 1].min() > 200 and out[:, size[0] // 2 + 3 :, 1].max() < 55
+    if src == size:
+        assert np.array_equal(out, pixels)

@@ -167,6 +167,19 @@ def test_variation_and_generate_jobs(local_server, tmp_path):
     assert code == 0 and lines[-1]["ok"], lines[-1]
     (out,) = lines[-1]["items"][0]["outputs"]
     assert out["path"] == "generate" and Image.open(out["layer_png"]).size == (1024, 1024)
+    # into an image: the canvas's aspect is asked for and the layer covers the canvas
+    job = {"version": 1, "operation": "generate", "model": "gpt-image-2", "prompt": "a kite", "n": 1,
+           "canvas": {"width": 900, "height": 300}, "out_dir": "canvas"}
+    (tmp_path / "canvas.json").write_text(json.dumps(job))
+    code, lines, err = engine("job", str(tmp_path / "canvas.json"), server=local_server)
+    assert code == 0 and lines[-1]["ok"], lines[-1]
+    (out,) = lines[-1]["items"][0]["outputs"]
+    assert Image.open(out["layer_png"]).size == (900, 300) and (out["x"], out["y"]) == (0, 0)
+    assert Image.open(out["history_png"]).size == (1776, 592)
+    job["canvas"] = {"width": 0, "height": 300}
+    (tmp_path / "bad.json").write_text(json.dumps(job))
+    code, lines, err = engine("job", str(tmp_path / "bad.json"), server=local_server)
+    assert not lines[-1]["ok"] and "'width' of 'canvas' 0 is not allowed" in lines[-1]["error"]["message"]
 
 
 @pytest.mark.slow

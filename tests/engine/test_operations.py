@@ -370,3 +370,22 @@ def test_extra_images_the_server_sent_unasked_are_said_as_a_warning(tmp_path):
     (warning,) = outcome.warnings
     assert warning.code == operations.ANSWER_ADJUSTED
     assert warning.message == "The server sent 3 images for the 1 requested; the 2 extra were dropped unread."
+
+
+def test_generate_for_a_canvas_asks_its_aspect_and_covers_it(engine):
+    outcome = operations.generate(engine, operations.Options(model="gpt-image-2", prompt="a kite", n=1,
+                                                             canvas=(3000, 2000)))
+    (kind, kw), = engine.client.calls
+    assert kind == "generate" and kw["size"] == "1248x832"
+    (out,) = outcome.outputs
+    assert out.pixels.shape == (2000, 3000, 4) and (out.x, out.y) == (0, 0)
+    assert "generated at 1248x832 and scaled to the 3000x2000 canvas" in out.notes
+    from PIL import Image
+
+    assert Image.open(out.history_png).size == (1248, 832)  # history keeps what was paid for, as returned
+
+
+def test_generate_with_a_chosen_size_ignores_the_canvas(engine):
+    outcome = operations.generate(engine, operations.Options(model="gpt-image-2", prompt="a kite", n=1,
+                                                             size="1024x1024", canvas=(3000, 2000)))
+    assert engine.client.calls[0][1]["size"] == "1024x1024" and outcome.outputs[0].pixels.shape[:2] == (1024, 1024)

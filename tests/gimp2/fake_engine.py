@@ -74,10 +74,11 @@ def job(path):
         outputs = []
         for k in range(data["n"]):
             if data["operation"] == "generate":
-                px = np.zeros((48, 64, 4), np.uint8)
+                canvas = data.get("canvas") or {"width": 64, "height": 48}  # the engine covers a canvas
+                px = np.zeros((canvas["height"], canvas["width"], 4), np.uint8)
                 px[..., 2] = 255
                 px[..., 3] = 255
-                mask = np.full((48, 64), 255, np.uint8)
+                mask = np.full(px.shape[:2], 255, np.uint8)
                 x = y = 0
             else:
                 px = np.asarray(Image.open(os.path.join(folder, it["image"])).convert("RGBA")).copy()

@@ -228,7 +228,9 @@ def test_generate_into_layers_and_into_a_new_image(g2, fake_engine):
     image, layer = make_image(g2, 100, 100)
     g2.pdb.python_fu_openai_generate(image, layer, "a lighthouse", "", 1, "auto", "auto", "auto", "layers")
     top = image.layers[0]
-    assert top.name == "OpenAI: a lighthouse (1/1)" and top.offsets == (18, 26) and len(plugin_steps(image)) == 1
+    # the engine was asked for the canvas's shape and the layer covers the canvas
+    assert top.name == "OpenAI: a lighthouse (1/1)" and top.offsets == (0, 0) and len(plugin_steps(image)) == 1
+    assert (top.width, top.height) == (100, 100)
     count = len(g2.gimp.image_list())
     g2.pdb.python_fu_openai_generate(image, layer, "a lighthouse", "", 2, "auto", "auto", "auto", "new image")
     new = g2.gimp.image_list()[-1]

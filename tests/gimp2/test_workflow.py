@@ -197,7 +197,7 @@ def test_nothing_selected_asks_once_and_no_means_nothing_changed(fake_engine):
 def test_variation_of_a_selection_is_masked_by_the_selection_and_whole_layers_are_not(fake_engine):
     image = FakeImage(120, 90, selection=(30, 20, 40, 30))
     adapter = FakeAdapter([image])
-    run(adapter, "variations", {"n": 1, "add_mask": True}, image)
+    run(adapter, "variations", {"n": 1}, image)
     assert adapter.inserted[0]["layers"][0][5] == "selection"
     assert adapter.inserted[0]["layers"][0][0].startswith("OpenAI: variation [variation by edit]")
     whole = FakeImage(120, 90)
@@ -261,7 +261,15 @@ def test_notices_of_a_cancelled_run_reach_the_artist_with_this_run_s_message(fak
     assert text == "A cancelled run had already received 1 image (paid for); they are saved here:\n  /history/kite.png"
 
 
-def test_generate_into_a_new_image_or_centred_in_the_current_one(fake_engine):
+def _jobs(log):
+    calls = [json.loads(line) for line in open(log)]
+    return [json.load(open(c["argv"][-1])) for c in calls if c["argv"][-2] == "job"]
+
+
+def test_generate_into_a_new_image_or_filling_the_current_canvas(fake_engine, tmp_path, monkeypatch):
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_ENGINE_LOG", str(log))
+    monkeypatch.setattr(hl, "cleanup", lambda path: None)  # keep the job files to read what was asked
     adapter = FakeAdapter()
     run(adapter, "generate", {"prompt": "a lighthouse", "n": 1, "target": "new image"})
     (new,) = adapter.shown
@@ -271,8 +279,15 @@ def test_generate_into_a_new_image_or_centred_in_the_current_one(fake_engine):
     run(adapter, "generate", {"prompt": "a lighthouse", "n": 2, "target": "layers in this image"}, image)
     (insert,) = adapter.inserted
     assert insert["group"] == "OpenAI: a lighthouse (2 results)" and insert["anchor"] is None  # on top
-    assert [layer[1:3] for layer in insert["layers"]] == [((200 - 64) // 2, (150 - 48) // 2)] * 2
+    # the canvas's shape is asked for and each result covers it exactly
+    assert [layer[1:5] for layer in insert["layers"]] == [(0, 0, 200, 150)] * 2
     assert all(layer[5] is None for layer in insert["layers"]) and not adapter.shown
+    first, second = _jobs(log)
+    assert "canvas" not in first and second["canvas"] == {"width": 200, "height": 150}
+    # an explicit size is the artist's: sent as chosen, the result centred
+    adapter = FakeAdapter([image])
+    run(adapter, "generate", {"prompt": "a lighthouse", "size": "1024x1024", "target": "layers in this image"}, image)
+    assert "canvas" not in _jobs(log)[-1] and _jobs(log)[-1]["size"] == "1024x1024"
 
 
 def test_a_shut_down_model_is_offered_once_and_the_run_repeated_with_its_replacement(fake_engine, monkeypatch):
