@@ -70,10 +70,15 @@ def pf_params(proc):
     return params
 
 
+#: The registered procedures by name (filled by register_all), for what our run wrapper does before gimpfu's.
+_PROCS = {}
+
+
 def register_all(manifest=None):
     """Register every manifest procedure with gimpfu, under the manifest's GIMP 2 menu."""
     manifest = manifest or host.load_manifest(host.find_manifest(SUPPORT_DIRS))
     for proc in manifest["procedures"]:
+        _PROCS[str(proc["name"])] = proc
         gimpfu.register(str(proc["name"]), _native(proc["blurb"]), _native(proc["help"]),
                         _native(manifest["author"]), _native(manifest["copyright"]), str(manifest["date"]),
                         _native(proc["label"]), str(proc["image_types"]), pf_params(proc), [],
@@ -102,9 +107,43 @@ def _runner(proc):
 
 
 def _run(proc_name, params):
-    """Our gimp.main run function: remember the run mode, then let gimpfu do the rest (dialog, shelf)."""
+    """Our gimp.main run function: remember the run mode; before gimpfu opens its dialog, run the checks that
+    need no server and seed the dialog (the Settings dialog opens with what is saved); then gimpfu."""
     _RUN["mode"] = params[0]
+    proc = _PROCS.get(proc_name)
+    if params[0] == RUN_INTERACTIVE and proc is not None:
+        image, drawable = (params[1], params[2]) if proc.get("image_params") and len(params) > 2 else (None, None)
+        checked = _guarded(lambda: [_before_dialog(proc, image, drawable)])
+        if checked is None:  # refused or declined: said already, no dialog
+            return None
+        _seed_dialog(proc_name, proc, checked[0])
     return gimpfu._run(proc_name, params)
+
+
+def _before_dialog(proc, image, drawable):
+    """{name: value} to show in the dialog, or None when the run cannot happen (the workflow says why)."""
+    if proc["operation"] == "settings":
+        saved = host.saved_settings(python=host.find_engine_python(SUPPORT_DIRS)) or {}
+        return {"base_url": saved.get("base_url") or u"", "default_model": saved.get("default_model") or u"",
+                "history_folder": saved.get("history_dir") or u"", "change_key": False}
+    return flow.before_dialog(Gimp2(), proc, image, drawable, _remembered(proc))
+
+
+def _remembered(proc):
+    """The values gimpfu's dialog would open with, by name."""
+    names = [p[1] for p in pf_params(proc)]
+    return dict(zip(names, gimpfu._get_defaults(str(proc["name"]))))
+
+
+def _seed_dialog(proc_name, proc, changes):
+    if not changes:
+        return
+    names = [p[1] for p in pf_params(proc)]
+    values = list(gimpfu._get_defaults(proc_name))
+    for name, value in changes.items():
+        if name in names:
+            values[names.index(name)] = _native(value) if isinstance(value, (type(u""), str)) else value
+    gimpfu._set_defaults(proc_name, values)
 
 
 def main():
@@ -311,8 +350,8 @@ def _layer_of_results(image, group):
 class Gimp2(object):
     """What the one workflow (gimp_openai_workflow) needs from GIMP 2.10."""
 
-    #: gimpfu's dialog opens with the last values typed, not with the saved settings
-    shows_saved_settings = False
+    #: the Settings dialog opens with what the engine has on file (seeded by _run before gimpfu's dialog)
+    shows_saved_settings = True
 
     @property
     def interactive(self):

@@ -149,6 +149,23 @@ def region(target, operation, whole_layer, interactive, ask):
     return bounds, False
 
 
+def before_dialog(adapter, proc, image, drawables, values):
+    """The checks that need no server, run before the dialog opens, so nobody fills in a dialog for a run that
+    cannot happen: a channel or several layers active, an indexed image, a selection beside the layer refuse
+    (Refusal); nothing selected asks at once whether to use the whole layer. Returns the values the answer
+    changes (``{"whole_layer": True}``), for the dialog to show; raises Stop when the artist says no."""
+    operation = proc["operation"]
+    if operation not in ("edit", "variation"):
+        return {}
+    target = adapter.target(image, drawables)
+    check_target(target)
+    whole_layer = bool(values.get("whole_layer"))
+    bounds, whole = region(target, operation, whole_layer, adapter.interactive, adapter.ask)
+    if whole and operation == "edit" and not whole_layer:
+        return {"whole_layer": True}
+    return {}
+
+
 def check_prompt(operation, values):
     if operation in ("edit", "generate") and not hl.clean_line(values.get("prompt", u"")):
         what = u"the image to generate" if operation == "generate" else u"what the selection should become"

@@ -138,6 +138,9 @@ def main():
     elif cmd[0] == "models":
         emit({"ok": True, "base_url": "http://127.0.0.1:9/v1", "from_cache": False,
               "models": [{"id": "gpt-image-2"}, {"id": "dall-e-2", "shutdown_date": "2026-12-01"}]})
+    elif cmd[:2] == ["config", "show"]:  # what is saved: OpenAI's server (shown as empty), a model, a folder
+        emit({"ok": True, "settings": {"base_url": "https://api.openai.com/v1", "default_model": "gpt-image-2",
+                                       "history_dir": "/saved/history"}})
     elif cmd[0] == "key":
         emit({"ok": True, "stored_in": "keyring"})
         return 0

@@ -148,17 +148,52 @@ def test_no_selection_non_interactive_is_a_clear_error(g2, fake_engine):
     assert fake_engine() == []  # nothing was sent
 
 
-def test_no_selection_interactive_offers_the_whole_layer(g2, fake_engine):
+def test_no_selection_interactive_offers_the_whole_layer_before_the_dialog(g2, fake_engine):
     image, layer = make_image(g2, 60, 40)
-    questions = []
-    g2.plugin.ASK = lambda q: questions.append(q) or True
-    g2.gimpfu.DIALOG = lambda name, values: values[:2] + edit_args("sky")
+    events = []
+    g2.plugin.ASK = lambda q: events.append(("asked", q)) or True
+
+    def dialog(name, values):
+        events.append(("dialog", values[-1]))  # whole_layer, as the dialog shows it
+        return values[:2] + edit_args("sky")[:-1] + [values[-1]]
+
+    g2.gimpfu.DIALOG = dialog
     g2.pdb.python_fu_openai_edit_selection(image, layer, run_mode=g2.gimpfu.RUN_INTERACTIVE)
-    assert "whole layer" in questions[0]
+    # asked first, then the dialog opens with the answer ticked; the run does not ask again
+    assert [e[0] for e in events] == ["asked", "dialog"] and "whole layer" in events[0][1] and events[1][1] is True
     assert image.layers[0].offsets == (0, 0) and image.layers[0].width == 60
-    g2.plugin.ASK = lambda q: False
+    image2, layer2 = make_image(g2, 60, 40)
+    g2.gimpfu._set_defaults("python-fu-openai-edit-selection", [None, None] + edit_args("sky"))  # whole_layer off
+    events[:] = []
+    g2.plugin.ASK = lambda q: events.append(("asked", q)) and False
+    g2.pdb.python_fu_openai_edit_selection(image2, layer2, run_mode=g2.gimpfu.RUN_INTERACTIVE)
+    assert [e[0] for e in events] == ["asked"]  # "no": no dialog to fill in for nothing
+    assert "Nothing was changed" in g2.gimp.state.messages[-1] and len(image2.layers) == 1
+
+
+def test_a_channel_is_refused_before_the_dialog_opens(g2, fake_engine):
+    image, layer = make_image(g2)
+    channel = g2.gimp.Channel(image, "spot", 200, 150)
+    opened = []
+    g2.gimpfu.DIALOG = lambda name, values: opened.append(name) or values
+    g2.pdb.python_fu_openai_edit_selection(image, channel, run_mode=g2.gimpfu.RUN_INTERACTIVE)
+    assert opened == [] and "channel, not a layer" in g2.gimp.state.messages[-1]
+    assert fake_engine() == []
+
+
+def test_a_failed_run_keeps_the_typed_prompt_for_the_next_dialog(g2, fake_engine, monkeypatch):
+    monkeypatch.setenv("FAKE_ENGINE_FAIL", "img-1")
+    image, layer = make_image(g2)
+    g2.pdb.gimp_image_select_rectangle(image, 2, 10, 10, 20, 20)
+    g2.gimpfu.DIALOG = lambda name, values: values[:2] + edit_args("a lighthouse at dusk")
     g2.pdb.python_fu_openai_edit_selection(image, layer, run_mode=g2.gimpfu.RUN_INTERACTIVE)
-    assert "Nothing was changed" in g2.gimp.state.messages[-1]
+    assert "The server failed (500)" in g2.gimp.state.messages[-1]
+    opened = []
+    g2.gimpfu.DIALOG = lambda name, values: opened.append(list(values)) or values
+    monkeypatch.delenv("FAKE_ENGINE_FAIL")
+    g2.pdb.python_fu_openai_edit_selection(image, layer, run_mode=g2.gimpfu.RUN_INTERACTIVE)
+    assert opened[0][2] == "a lighthouse at dusk"
+    assert image.layers[0].name == "OpenAI: a lighthouse at dusk (1/1)"
 
 
 def test_indexed_and_group_are_refused_clearly(g2, fake_engine):
@@ -289,8 +324,18 @@ def test_batch_engine_dies_mid_batch(g2, fake_engine, monkeypatch):
 
 def test_settings_key_via_hidden_field_never_in_shelf_or_argv(g2, fake_engine):
     g2.plugin.ASK_SECRET = lambda q: FAKE_KEY
-    g2.gimpfu.DIALOG = lambda name, values: ["http://127.0.0.1:9/v1", "gpt-image-2", "", True, True]
+    opened_with = []
+
+    def dialog(name, values):
+        opened_with.append(list(values))
+        return ["http://127.0.0.1:9/v1", "gpt-image-2", "", True, True]
+
+    g2.shelf["python-fu-save--python-fu-openai-settings"] = ["http://old.example/v1", "", "/typed", True, False]
+    g2.gimpfu.DIALOG = dialog
     g2.pdb.python_fu_openai_settings(run_mode=g2.gimpfu.RUN_INTERACTIVE)
+    # the dialog opened with what is saved (OpenAI's server as an empty field), not the last typed values,
+    # and with the key option off
+    assert opened_with == [["", "gpt-image-2", "/saved/history", False, False]]
     text = g2.gimp.state.messages[-1]
     assert "API key stored in the system keyring." in text
     assert "Connected to http://127.0.0.1:9/v1. Image models offered: gpt-image-2, dall-e-2 (retires 2026-12-01)" \
@@ -299,8 +344,9 @@ def test_settings_key_via_hidden_field_never_in_shelf_or_argv(g2, fake_engine):
     key_call = [c for c in calls if c["argv"][3:6] == ["--json", "key", "set"]][0]
     assert key_call["stdin"] == FAKE_KEY
     settings_call = [c for c in calls if c["argv"][3:5] == ["config", "set"]][0]
-    # gimpfu's dialog shows last values, not the saved settings: an empty field keeps what is saved
-    assert settings_call["argv"][5:] == ["base_url=http://127.0.0.1:9/v1", "default_model=gpt-image-2"]
+    # every field as the dialog showed it: the emptied history folder means the default one
+    assert settings_call["argv"][5:] == ["base_url=http://127.0.0.1:9/v1", "default_model=gpt-image-2",
+                                         "history_dir="]
     assert settings_call["key"] is None and not any(c["argv"][1] == "-c" for c in calls)
     assert all(FAKE_KEY not in json.dumps(c["argv"]) for c in calls)
     assert FAKE_KEY not in repr(dict(g2.shelf)) and FAKE_KEY not in text

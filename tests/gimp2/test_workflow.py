@@ -358,3 +358,24 @@ def test_batch_asks_once_about_images_without_a_selection(fake_engine, interacti
         assert "1 open image(s) have nothing selected (c.png)" in adapter.asked[0][0]
     if "c.png" not in edited:
         assert "c.png: skipped (nothing selected)" in text
+
+
+@pytest.mark.parametrize("name, image_kw, answers, expected", [
+    ("edit-selection", dict(selection=(10, 10, 20, 20)), [], {}),  # a selection: nothing to ask
+    ("edit-selection", dict(), [True], {"whole_layer": True}),  # asked first; the dialog shows the answer
+    ("edit-selection", dict(), [False], flow.Stop),  # "no": no dialog at all
+    ("edit-selection", dict(kind="channel"), [], flow.Refusal),
+    ("edit-selection", dict(indexed=True, selection=(1, 1, 2, 2)), [], flow.Refusal),
+    ("edit-selection", dict(selection=(500, 500, 5, 5)), [], flow.Refusal),  # beside the layer
+    ("variations", dict(), [], {}),  # variations take the whole layer without asking
+    ("generate", dict(kind="channel"), [], {}),  # generate needs no layer
+])
+def test_the_checks_that_need_no_server_run_before_the_dialog(name, image_kw, answers, expected):
+    image = FakeImage(80, 60, **image_kw)
+    adapter = FakeAdapter([image], interactive=True, answers=answers)
+    if isinstance(expected, dict):
+        assert flow.before_dialog(adapter, proc(name), image, None, hl.defaults(proc(name))) == expected
+    else:
+        with pytest.raises(expected):
+            flow.before_dialog(adapter, proc(name), image, None, hl.defaults(proc(name)))
+    assert len(adapter.asked) == len(answers)

@@ -1,6 +1,6 @@
 """A fake of GIMP 2.10's gimpfu: register() validates and records like the real one, main() installs the
 procedures into the fake pdb, and _run() follows gimpfu's flow (non-interactive: call; interactive: the
-'dialog' (``DIALOG`` hook, default: last values) then call, then remember the values in gimpshelf)."""
+'dialog' (``DIALOG`` hook, default: last values), remember the values in gimpshelf, then call)."""
 
 from __future__ import absolute_import
 
@@ -70,9 +70,17 @@ def _query():
             gimp.menu_register(name, menu)
 
 
-def _defaults(proc_name):
-    params = _registered_plugins_[proc_name][8]
-    return [p[3] for p in params]
+def _get_defaults(proc_name):
+    """gimpfu's own: the last values remembered in gimpshelf (image and drawable first for image procedures),
+    else the registration's defaults."""
+    key = "python-fu-save--" + proc_name
+    if key in gimpshelf.shelf:
+        return gimpshelf.shelf[key]
+    return [p[3] for p in _registered_plugins_[proc_name][8]]
+
+
+def _set_defaults(proc_name, defaults):
+    gimpshelf.shelf["python-fu-save--" + proc_name] = defaults
 
 
 def _run(proc_name, params):
@@ -80,7 +88,7 @@ def _run(proc_name, params):
     func = _registered_plugins_[proc_name][10]
     if run_mode == RUN_NONINTERACTIVE:
         return func(*params[1:])
-    values = list(gimpshelf.shelf.get(proc_name) or _defaults(proc_name))
+    values = list(_get_defaults(proc_name))
     # image/drawable arguments come from GIMP, never from remembered values
     reg_params = _registered_plugins_[proc_name][8]
     for i, p in enumerate(reg_params):
@@ -92,9 +100,8 @@ def _run(proc_name, params):
                 values = list(DIALOG(proc_name, values))
             except CancelError:
                 return None
-    result = func(*values)
-    gimpshelf.shelf[proc_name] = values
-    return result
+        _set_defaults(proc_name, values)  # as gimpfu's run_script: remembered before the function runs
+    return func(*values)
 
 
 def main():

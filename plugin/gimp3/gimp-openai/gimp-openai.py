@@ -127,16 +127,25 @@ class OpenAIPlugIn(Gimp.PlugIn):
 
     def _run(self, procedure, run_mode, config, proc, image, drawables):
         Gegl.init(None)
+        interactive = run_mode == Gimp.RunMode.INTERACTIVE
+        unsaved = UnsavedValues(proc)
         try:
-            if run_mode == Gimp.RunMode.INTERACTIVE and proc["operation"] == "settings":
+            if interactive and proc["operation"] == "settings":
                 show_saved_settings(config)
-            if run_mode == Gimp.RunMode.INTERACTIVE:
+            elif run_mode != Gimp.RunMode.NONINTERACTIVE:
+                unsaved.restore(config)
+            if interactive:
+                adapter = Gimp3(True)
+                for name, value in flow.before_dialog(adapter, proc, image, drawables, _values(config, proc)).items():
+                    config.set_property(pdb_name(name), value)
                 if not show_dialog(procedure, config, proc):
                     return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-            values = dict((p["name"], config.get_property(pdb_name(p["name"]))) for p in hl.public_params(proc))
-            workflow = flow.Workflow(Gimp3(run_mode == Gimp.RunMode.INTERACTIVE), proc, values,
-                                     python=_engine_python(), secrets=_secrets())
+            values = _values(config, proc)
+            if interactive:
+                unsaved.keep(values)
+            workflow = flow.Workflow(Gimp3(interactive), proc, values, python=_engine_python(), secrets=_secrets())
             message = workflow.run(image, drawables)
+            unsaved.clear()  # GIMP saves the values of a successful run itself
             if proc["operation"] == "settings":
                 config.set_property("change-key", False)  # a new key is asked for once, not at every Save
             if message:
@@ -165,6 +174,52 @@ class OpenAIPlugIn(Gimp.PlugIn):
                 Gimp.progress_end()
             except Exception:  # noqa: S110 - no progress bar to end
                 pass
+
+
+def _values(config, proc):
+    return dict((p["name"], config.get_property(pdb_name(p["name"]))) for p in hl.public_params(proc))
+
+
+class UnsavedValues:
+    """The dialog's values of a run that did not succeed, kept by the plug-in itself.
+
+    GIMP saves a procedure's last values only when it returns SUCCESS, so a failed run (server down, a
+    refusal, the artist declining a question) would lose the prompt just typed. The values confirmed in the
+    dialog are written here first and removed when the run succeeds; while the file exists, the next dialog
+    and Filters > Repeat start from it.
+    """
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.path = os.path.join(Gimp.directory(), "gimp-openai-unsaved-%s.json" % proc["name"])
+
+    def keep(self, values):
+        if self.proc["operation"] == "settings":  # the settings dialog shows what is saved, not last values
+            return
+        try:
+            with open(self.path, "w", encoding="utf-8") as handle:
+                json.dump(values, handle)
+        except OSError:  # a read-only profile: the run goes on, only this convenience is lost
+            pass
+
+    def restore(self, config):
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                values = json.load(handle)
+        except (OSError, ValueError):
+            return
+        for p in hl.public_params(self.proc):
+            if p["name"] in values:
+                try:
+                    config.set_property(pdb_name(p["name"]), values[p["name"]])
+                except (TypeError, ValueError):  # a value of an older manifest: GIMP's own stays
+                    pass
+
+    def clear(self):
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
 
 
 def show_saved_settings(config):
