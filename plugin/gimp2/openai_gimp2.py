@@ -25,9 +25,13 @@ for _folder in SUPPORT_DIRS + [os.path.join(_HERE, os.pardir, "hostlib")]:
         sys.path.insert(0, os.path.abspath(_folder))
         break
 
+import gimp_openai_host as host  # noqa: E402
+
+if "-run" in sys.argv:  # GIMP runs a procedure (not a query): the engine starts while gimpfu loads
+    host.prestart_engine(SUPPORT_DIRS)
+
 import gimp  # noqa: E402
 import gimpfu  # noqa: E402
-import gimp_openai_host as host  # noqa: E402
 import gimp_openai_workflow as flow  # noqa: E402
 from gimpfu import pdb  # noqa: E402
 

@@ -599,8 +599,11 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
         writer.write({"type": "session", "ok": False, "error": exc.to_dict()})
         return EXIT_UNREADABLE
     session = _Session(context, requests or sys.stdin)
-    notices = take_cancelled_notices()
+    _load_job_modules()
+    notices: list[dict[str, str]] | None = None  # taken at the first request: a session never asked keeps them
     for raw in session.requests():
+        if notices is None:
+            notices = take_cancelled_notices()
         try:
             request = json.loads(raw)
             command, path = request["cmd"], request["path"]
@@ -614,14 +617,19 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
         notices = []
         if command == "plan":
             _plan(path, writer, context, type="plan", **tags)
-            # the job comes next, once the host has exported its pixels: load what it needs meanwhile
-            import gimp_openai.composite  # noqa: F401
-            import gimp_openai.imaging  # noqa: F401
-            import gimp_openai.masks  # noqa: F401
-            import gimp_openai.seamless  # noqa: F401
         elif session.start_job(Path(path).resolve().parent):
             _job(path, _JobWriter(session, writer.stream), context, **tags)
     return EXIT_OK
+
+
+def _load_job_modules() -> None:
+    """Import what a job needs (OpenCV, the image code) before the first request: hosts start the session as
+    soon as GIMP starts the plug-in, so this runs while GIMP starts the plug-in's own Python and while the
+    dialog is open, instead of after the artist pressed OK."""
+    import gimp_openai.composite  # noqa: F401
+    import gimp_openai.imaging  # noqa: F401
+    import gimp_openai.masks  # noqa: F401
+    import gimp_openai.seamless  # noqa: F401
 
 
 class _JobWriter(LineWriter):

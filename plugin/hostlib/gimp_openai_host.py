@@ -455,6 +455,10 @@ class EngineSession(object):
         return False
 
     def _start(self):
+        started = _take_prestarted(self.python) if self.api_key is None else None
+        if started is not None:
+            self.proc, self.errfile = started
+            return
         self.errfile = tempfile.TemporaryFile()
         self.proc = _start_engine(self.python, ["session"], engine_env(self.api_key), self.errfile)
 
@@ -507,6 +511,34 @@ class EngineSession(object):
         if self.errfile is not None:
             self.errfile.close()
             self.errfile = None
+
+
+#: (python, process, stderr file) of the engine session started with the plug-in (prestart_engine)
+_PRESTARTED = []
+
+
+def prestart_engine(python_dirs=None):
+    """Start the engine session as soon as GIMP starts the plug-in to run a procedure, before GIMP's own
+    Python modules load and before the dialog opens: the engine's start (Python, numpy, OpenCV: about half a
+    second) then overlaps them instead of following them. The run's first EngineSession takes it; a run that
+    needs no engine (Settings, a refusal) leaves it, and it ends with the plug-in (end of its input).
+    Never raises: a missing engine is reported by the run that needs it, with what to do."""
+    try:
+        python = find_engine_python(python_dirs or ())
+        errfile = tempfile.TemporaryFile()
+        proc = _start_engine(python, ["session"], engine_env(None), errfile)
+    except Exception:  # noqa: BLE001 - said later, by the run that needs the engine
+        return
+    _PRESTARTED.append((python, proc, errfile))
+
+
+def _take_prestarted(python):
+    while _PRESTARTED:
+        started_python, proc, errfile = _PRESTARTED.pop()
+        if started_python == python and proc.poll() is None:
+            return proc, errfile
+        errfile.close()
+    return None
 
 
 def _in_session(session, python, api_key, work):

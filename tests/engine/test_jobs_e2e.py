@@ -305,6 +305,10 @@ def test_a_host_gone_mid_job_ends_the_engine_at_once_and_the_next_session_says_w
     # the next session tells the artist, once, where the image received before the cancel is
     (tmp_path / "plan2.json").write_text(json.dumps(dict(plan, items=plan["items"][:1])))
     requests = json.dumps({"cmd": "plan", "path": str(tmp_path / "plan2.json")}) + "\n"
+    # a session started ahead and never asked anything (a plug-in run that needed no engine) keeps the notice
+    unused = subprocess.run([sys.executable, "-m", "gimp_openai", "session"], input="", capture_output=True,
+                            text=True, timeout=120, env=env)
+    assert unused.returncode == 0 and unused.stdout == "", unused.stderr
     seen = []
     for _ in range(2):
         nxt = subprocess.run([sys.executable, "-m", "gimp_openai", "session"], input=requests, capture_output=True,

@@ -242,3 +242,27 @@ def test_saved_settings_show_openai_as_an_empty_url(tmp_path, monkeypatch):
     subprocess.run([sys.executable, "-m", "gimp_openai", "config", "set", "base_url=http://127.0.0.1:9/v1"],
                    env=env, check=True, capture_output=True)
     assert host.saved_settings(python=sys.executable)["base_url"] == "http://127.0.0.1:9/v1"
+
+
+def test_the_engine_started_with_the_plug_in_serves_the_run(fake_engine, tmp_path, monkeypatch):
+    """prestart_engine starts the session while GIMP loads; the run's first session takes that process."""
+    monkeypatch.setattr(host, "_PRESTARTED", [])
+    host.prestart_engine()
+    ((python, started, _errfile),) = host._PRESTARTED
+    with host.EngineSession() as session:
+        answer = host.plan({"operation": "edit", "model": "gpt-image-2", "items": [
+            {"id": "a", "layer": {"x": 0, "y": 0, "width": 10, "height": 10},
+             "selection_bounds": {"x": 1, "y": 1, "width": 2, "height": 2}}]}, str(tmp_path), session=session)
+        assert session.proc is started and host._PRESTARTED == []
+    assert answer["items"][0]["id"] == "a" and started.poll() is not None  # ended with the session
+    with host.EngineSession() as session:  # later sessions start their own
+        host.plan({"operation": "edit", "model": "gpt-image-2", "items": []}, str(tmp_path), session=session)
+        assert session.proc is not started
+
+
+def test_a_prestart_that_cannot_find_the_engine_says_nothing(monkeypatch, tmp_path):
+    monkeypatch.setattr(host, "_PRESTARTED", [])
+    monkeypatch.delenv("GIMP_OPENAI_PYTHON", raising=False)
+    monkeypatch.setattr(host, "_HERE", str(tmp_path))
+    host.prestart_engine([str(tmp_path)])  # no record: the run that needs the engine says what to do
+    assert host._PRESTARTED == []

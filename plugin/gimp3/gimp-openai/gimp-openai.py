@@ -18,8 +18,12 @@ for _d in (os.path.join(_REAL, os.pardir, os.pardir, "hostlib"), _REAL, _HERE):
     if os.path.isfile(os.path.join(_d, "gimp_openai_host.py")) and _d not in sys.path:
         sys.path.insert(0, _d)
 
-import gi  # noqa: E402
 import gimp_openai_host as hl  # noqa: E402
+
+if "-run" in sys.argv:  # GIMP runs a procedure (not a query): the engine starts while GIMP's modules load
+    hl.prestart_engine([_HERE, _REAL])
+
+import gi  # noqa: E402
 import gimp_openai_workflow as flow  # noqa: E402
 
 gi.require_version("Gimp", "3.0")
