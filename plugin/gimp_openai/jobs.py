@@ -599,7 +599,8 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
         writer.write({"type": "session", "ok": False, "error": exc.to_dict()})
         return EXIT_UNREADABLE
     session = _Session(context, requests or sys.stdin)
-    _load_job_modules()
+    if session.idle():  # nothing asked yet: load the job's modules while the host is busy
+        _load_job_modules()
     notices: list[dict[str, str]] | None = None  # taken at the first request: a session never asked keeps them
     for raw in session.requests():
         if notices is None:
@@ -617,19 +618,24 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
         notices = []
         if command == "plan":
             _plan(path, writer, context, type="plan", **tags)
+            _load_job_modules()  # at once when loaded; otherwise while the host exports
         elif session.start_job(Path(path).resolve().parent):
             _job(path, _JobWriter(session, writer.stream), context, **tags)
     return EXIT_OK
 
 
 def _load_job_modules() -> None:
-    """Import what a job needs (OpenCV, the image code) before the first request: hosts start the session as
-    soon as GIMP starts the plug-in, so this runs while GIMP starts the plug-in's own Python and while the
-    dialog is open, instead of after the artist pressed OK."""
+    """Import what a job needs (requests, OpenCV, the image code) while the host is busy: hosts start the
+    session as soon as GIMP starts the plug-in, so this runs while GIMP starts the plug-in's own Python, while
+    the dialog is open or while the host exports the region, instead of after the artist pressed OK. The plan
+    needs none of it."""
+    import gimp_openai.client  # noqa: F401  (requests, urllib3: a fifth of the start)
     import gimp_openai.composite  # noqa: F401
     import gimp_openai.imaging  # noqa: F401
     import gimp_openai.masks  # noqa: F401
+    import gimp_openai.pngstrips  # noqa: F401
     import gimp_openai.seamless  # noqa: F401
+    import gimp_openai.transport  # noqa: F401
 
 
 class _JobWriter(LineWriter):
@@ -678,6 +684,10 @@ class _Session:
                 return False
             self.job_folder = folder
             return True
+
+    def idle(self) -> bool:
+        """No request waiting."""
+        return self.inbox.empty()
 
     def requests(self) -> Any:
         while True:

@@ -306,6 +306,38 @@ def png_bytes(width, height, data, channels):
             chunk(b"IEND", b""))
 
 
+def read_png(path):
+    """(width, height, channels, pixels) of an 8-bit PNG without row filters (what the engine writes for the
+    hosts and what png_bytes writes), or None for any other PNG: hosts then need no imaging library and no
+    GEGL operation to take the engine's results."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    pos, idat, header = 8, [], None
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        payload = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", payload)
+        elif kind == b"IDAT":
+            idat.append(payload)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None:
+        return None
+    width, height, depth, color_type, _compression, _filter, interlace = header
+    channels = {0: 1, 4: 2, 2: 3, 6: 4}.get(color_type)
+    if depth != 8 or channels is None or interlace:
+        return None
+    raw = zlib.decompress(b"".join(idat))
+    stride = width * channels + 1
+    if len(raw) != stride * height or any(raw[y * stride:y * stride + 1] != b"\x00" for y in range(height)):
+        return None  # filtered rows: not one of ours
+    return width, height, channels, b"".join(raw[y * stride + 1:(y + 1) * stride] for y in range(height))
+
+
 def write_png(path, width, height, data, channels):
     with open(path, "wb") as handle:
         handle.write(png_bytes(width, height, data, channels))

@@ -266,3 +266,20 @@ def test_a_prestart_that_cannot_find_the_engine_says_nothing(monkeypatch, tmp_pa
     monkeypatch.setattr(host, "_HERE", str(tmp_path))
     host.prestart_engine([str(tmp_path)])  # no record: the run that needs the engine says what to do
     assert host._PRESTARTED == []
+
+
+@pytest.mark.parametrize("channels, mode", [(1, "L"), (2, "LA"), (3, "RGB"), (4, "RGBA")])
+def test_read_png_gives_back_the_engine_s_pixels_and_refuses_other_pngs(tmp_path, channels, mode):
+    import numpy as np
+    from gimp_openai.imaging import encode_host_png
+
+    rng = np.random.default_rng(channels)
+    shape = (37, 53) if channels == 1 else (37, 53, channels)
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    if channels != 2:  # the engine writes gray, RGB and RGBA; the host writer the same plus gray+alpha
+        (tmp_path / "engine.png").write_bytes(encode_host_png(pixels))
+        assert host.read_png(str(tmp_path / "engine.png")) == (53, 37, channels, pixels.tobytes())
+    host.write_png(str(tmp_path / "host.png"), 53, 37, pixels.tobytes(), channels)
+    assert host.read_png(str(tmp_path / "host.png")) == (53, 37, channels, pixels.tobytes())
+    Image.fromarray(pixels, mode).save(tmp_path / "pillow.png", optimize=True)  # filtered rows: not ours
+    assert host.read_png(str(tmp_path / "pillow.png")) is None

@@ -130,7 +130,6 @@ class OpenAIPlugIn(Gimp.PlugIn):
         return self._run(procedure, run_mode, config, proc, None, [])
 
     def _run(self, procedure, run_mode, config, proc, image, drawables):
-        Gegl.init(None)
         interactive = run_mode == Gimp.RunMode.INTERACTIVE
         unsaved = UnsavedValues(proc)
         try:
@@ -360,50 +359,30 @@ def _load_layer(image, path):
     return Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(path))
 
 
-_PNG_LOAD = []
-
-
-def _have_png_load():
-    if not _PNG_LOAD:
-        _PNG_LOAD.append(Gegl.has_operation("gegl:png-load") and Gegl.has_operation("gegl:write-buffer"))
-    return _PNG_LOAD[0]
-
-
-def _png_into(path, buffer):
-    """Decode a PNG (libpng, through GEGL) straight into ``buffer``; GEGL converts from the PNG's format
-    (R'G'B'A u8 / Y' u8) to the buffer's, which is exact when they match."""
-    graph = Gegl.Node.new()
-    load = graph.create_child("gegl:png-load")
-    load.set_property("path", path)
-    write = graph.create_child("gegl:write-buffer")
-    write.set_property("buffer", buffer)
-    load.link(write)
-    write.process()
-
-
 def _result_layer(image, path, name, width, height):
-    """A new layer of the image's kind holding the PNG's pixels (8-bit non-linear RGBA, converted by GEGL
-    to the image's precision and mode), without going through a file plug-in."""
-    if not _have_png_load():  # pragma: no cover - every GEGL 0.4 build GIMP 3 ships has png-load
+    """A new layer of the image's kind holding the engine's PNG (8-bit non-linear RGBA without row filters,
+    read by hostlib; GEGL converts it to the image's precision and mode as the buffer takes it)."""
+    png = hl.read_png(path)
+    if png is None:  # pragma: no cover - not the engine's PNG: GIMP's file plug-in reads any PNG
         layer = _load_layer(image, path)
         layer.set_name(name)
         return layer
+    w, h, channels, data = png
     gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
     kind = Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
     layer = Gimp.Layer.new(image, name, int(width), int(height), kind, 100.0, Gimp.LayerMode.NORMAL)
     buf = layer.get_buffer()
-    _png_into(path, buf)
+    buf.set(Gegl.Rectangle.new(0, 0, w, h), {1: "Y' u8", 2: "Y'A u8", 3: "R'G'B' u8", 4: FORMAT}[channels], data)
     buf.flush()
     return layer
 
 
 def _mask_bytes(path, width, height):
-    """The 8-bit mask PNG's values, unchanged (decoded into a Y' u8 buffer: no curve applied)."""
-    if not _have_png_load():  # pragma: no cover
+    """The 8-bit mask PNG's values, unchanged, or None when it is not one of the engine's PNGs."""
+    png = hl.read_png(path)
+    if png is None or png[2] != 1 or png[:2] != (width, height):  # pragma: no cover
         return None
-    tmp = Gegl.Buffer.new("Y' u8", 0, 0, int(width), int(height))
-    _png_into(path, tmp)
-    return tmp.get(Gegl.Rectangle.new(0, 0, int(width), int(height)), 1.0, "Y' u8", Gegl.AbyssPolicy.NONE)
+    return png[3]
 
 
 def _new_group(image, name):
