@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
+import urllib3
 
 from . import capabilities as caps
 from . import errors as E
@@ -605,15 +606,15 @@ class ImagesClient:
     ) -> _StreamReader | None:
         """The reader of a streamed answer, or None for a plain request: the caller asked for previews, the
         family streams (the table's ``streams`` fact), and this base URL has not refused ``stream`` before."""
-        if partial_images is None:
+        if partial_images is None or not family.streams:  # previews are a courtesy: without streams, none
             return None
         if isinstance(partial_images, bool) or not isinstance(partial_images, int) or not (
-            0 <= partial_images <= max(family.max_partial_images, 0)
+            0 <= partial_images <= family.max_partial_images
         ):
             raise E.InvalidInputError(
                 f"partial_images must be 0 to {family.max_partial_images} for {model}; got {partial_images!r}"
             )
-        if not family.streams or self._streaming_refused():
+        if self._streaming_refused():
             return None
         return _StreamReader(self, family, n, partial_images, on_partial)
 
@@ -1107,6 +1108,24 @@ def _refuses_streaming(exc: E.APIError) -> bool:
     return re.search(r"\b(stream|streaming|partial_images)\b", exc.message.lower()) is not None
 
 
+def _arriving(response: requests.Response) -> Iterator[bytes]:
+    """The body's bytes as they arrive (at most ``_CHUNK`` at a time), whatever the framing: requests'
+    ``iter_content`` waits for whole chunks of its size on a close-delimited or Content-Length body, which
+    would hold a preview's last bytes back until the next event, and drops what came before a cut. The
+    network libraries' exceptions become requests' own, so the attempt's error handling words them."""
+    raw = response.raw
+    while True:
+        try:
+            chunk = raw.read1(_CHUNK, decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise requests.exceptions.ReadTimeout("the read timed out") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.exceptions.ChunkedEncodingError(f"response ended prematurely: {exc}") from None
+        if not chunk:
+            return
+        yield chunk
+
+
 class _StreamReader:
     """Reads one streamed images answer (server-sent events) as it arrives, for one client call (all attempts).
 
@@ -1131,17 +1150,18 @@ class _StreamReader:
         self.result: ImagesResult | None = None
         self._completed = 0
         self._previews = 0
+        self._events = 0
         self._attempt = 1
         self._decoder = sse.Decoder(self.event_limit)
 
     def read(self, response: requests.Response, deadline: transport.Deadline, attempt: int) -> None:
         self.response, self._attempt = response, attempt
         self.result = result = ImagesResult(images=[], request_id=response.headers.get("x-request-id"))
-        self._completed = self._previews = 0
+        self._completed = self._previews = self._events = 0
         self._decoder = sse.Decoder(self.event_limit)
         received = 0
         try:
-            for chunk in response.iter_content(_CHUNK):
+            for chunk in _arriving(response):
                 received += len(chunk)
                 if received > self.total_limit:
                     response.close()
@@ -1185,7 +1205,8 @@ class _StreamReader:
     def _event(self, event: sse.Event) -> bool:
         """Handle one event; True when the answer is complete (n completed images, or ``[DONE]``)."""
         assert self.result is not None
-        number = self._decoder.events
+        self._events += 1
+        number = self._events
         if event.data.strip() == "[DONE]":
             return True
         try:
