@@ -12,9 +12,8 @@ import pytest
 import requests
 import yaml
 from gimp_openai import capabilities as caps
-from gimp_openai import discovery
+from gimp_openai import discovery, sse
 from gimp_openai import errors as E
-from gimp_openai import sse
 
 from tests.engine._client_helpers import client_for, png
 from tests.server.helpers import AUTH
