@@ -11,7 +11,7 @@ import base64
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,19 +27,29 @@ OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
 class Outcome:
     body: dict
     notes: dict = field(default_factory=dict)  # for /_stats: render transforms, sizes
-    #: per image, the base64 previews a streamed request sends before it (coarsest first); empty otherwise
-    partials: list[list[str]] = field(default_factory=list)
+    #: per image of a streamed request, its previews as small images (coarsest first): scaled up and encoded
+    #: only when each is sent, so the work before the first event is what a plain answer costs
+    partials: list[list[np.ndarray]] = field(default_factory=list)
+    output_format: str = "png"
+    compression: int | None = None
 
 
-def preview(pixels: np.ndarray, k: int, count: int) -> np.ndarray:
-    """Preview ``k`` of ``count`` (0-based) of a finished image: the image at 1/2**(count-k+1) of its size,
-    scaled back up, so each preview is sharper than the one before and none is the result itself."""
+def preview_small(pixels: np.ndarray, k: int, count: int) -> np.ndarray:
+    """Preview ``k`` of ``count`` (0-based) of a finished image, small: the image at 1/2**(count-k+1) of its
+    size (1/16 of its pixels at most), so each preview is sharper than the one before and none is the result."""
     import cv2
 
     height, width = pixels.shape[:2]
     factor = 2 ** (count - k + 1)
-    small = cv2.resize(pixels, (max(1, width // factor), max(1, height // factor)), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR))
+    return cv2.resize(pixels, (max(1, width // factor), max(1, height // factor)), interpolation=cv2.INTER_AREA)
+
+
+def preview_b64(small: np.ndarray, size: tuple[int, int], output_format: str, compression: int | None) -> str:
+    """A preview as sent: scaled up to the result's size and encoded like it."""
+    import cv2
+
+    pixels = np.ascontiguousarray(cv2.resize(small, size, interpolation=cv2.INTER_LINEAR))
+    return base64.b64encode(images.encode(pixels, output_format, compression)).decode("ascii")
 
 
 def _fingerprint(request: rules.ImageRequest) -> str:
@@ -127,7 +137,7 @@ def respond(
     output_format = str(request.get("output_format", "png")) if gpt else "png"
     compression = request.get("output_compression")
     data = []
-    partials: list[list[str]] = []
+    partials: list[list[np.ndarray]] = []
     shape = (0, 0)
     for index in range(request.n):
         pixels, record = paint(request, spec, size, seed, index)
@@ -140,9 +150,7 @@ def respond(
         level = compression if isinstance(compression, int) else None
         encoded = images.encode(pixels, output_format, level)
         if request.stream:
-            count = request.partial_images
-            partials.append([base64.b64encode(images.encode(preview(pixels, k, count), output_format, level))
-                             .decode("ascii") for k in range(count)])
+            partials.append([preview_small(pixels, k, request.partial_images) for k in range(request.partial_images)])
         del pixels
         item: dict[str, object]
         if not gpt and request.get("response_format", "url") == "url":
@@ -166,28 +174,36 @@ def respond(
             quality=quality,
             usage=_usage(request, size, quality),
         )
-    return Outcome(body=body, notes=notes, partials=partials)
+    return Outcome(body=body, notes=notes, partials=partials, output_format=output_format,
+                   compression=level if request.stream else None)
 
 
-def stream_events(outcome: Outcome, endpoint: str, latency: float) -> list[tuple[float, dict]]:
+def stream_events(outcome: Outcome, endpoint: str, latency: float) -> Iterator[tuple[float, dict]]:
     """The server-sent events of a streamed answer, each with the second (from the start of the answer) it is
-    due: image i of n owns the slice [i/n, (i+1)/n] of ``latency``; its previews are spread evenly inside it
-    (3 previews of one image: at 25, 50 and 75 %) and its completed event ends it, so the result arrives when a
-    plain answer of the same latency would. Shapes: the contract's Image{Edit,Gen}{PartialImage,Completed}Event."""
+    due, made one at a time: image i of n owns the slice [i/n, (i+1)/n] of ``latency``; its previews are spread
+    evenly inside it (3 previews of one image: at 25, 50 and 75 %) and its completed event ends it, so the result
+    arrives when a plain answer of the same latency would. Shapes: the contract's
+    Image{Edit,Gen}{PartialImage,Completed}Event; ``usage`` (the request's) on each completed event."""
     prefix = "image_edit" if endpoint == caps.ENDPOINT_EDITS else "image_generation"
     body = outcome.body
     common = {key: body[key] for key in ("size", "quality", "background", "output_format") if key in body}
-    n = max(1, len(body.get("data") or []))
-    events: list[tuple[float, dict]] = []
-    for i, item in enumerate(body.get("data") or []):
+    items = body.get("data") or []
+    n = max(1, len(items))
+    for i, item in enumerate(items):
         previews = outcome.partials[i] if i < len(outcome.partials) else []
-        for k, b64 in enumerate(previews):
+        size = caps.parse_size(str(body.get("size", ""))) or rules_size(previews)
+        for k, small in enumerate(previews):
             due = latency * (i + (k + 1) / (len(previews) + 1)) / n
-            events.append((due, {"type": f"{prefix}.partial_image", "b64_json": b64, "created_at": int(time.time()),
-                                 **common, "partial_image_index": k}))
+            yield due, {"type": f"{prefix}.partial_image",
+                        "b64_json": preview_b64(small, size, outcome.output_format, outcome.compression),
+                        "created_at": int(time.time()), **common, "partial_image_index": k}
         completed: dict[str, object] = {"type": f"{prefix}.completed", "b64_json": item.get("b64_json", ""),
                                         "created_at": int(time.time()), **common}
         if "usage" in body:
             completed["usage"] = body["usage"]
-        events.append((latency * (i + 1) / n, completed))
-    return events
+        yield latency * (i + 1) / n, completed
+
+
+def rules_size(previews: list[np.ndarray]) -> tuple[int, int]:
+    """The result's size when the answer does not say it (dall-e bodies carry no ``size``; they never stream)."""
+    return (previews[0].shape[1], previews[0].shape[0]) if previews else (1, 1)
