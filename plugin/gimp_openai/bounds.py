@@ -47,6 +47,8 @@ BOUNDS: dict[str, Bound] = {
         Bound("feather", 0.0, 200.0, float, "px", "the extra softening of the layer mask's edge"),
         Bound("context_padding", 0.0, 2.0, float, "x the selection's size",
               "the context added on every side of the selection"),
+        Bound("partial_images", 0, 3, int, "",
+              "the number of previews streamed while the model works (0: none)"),
         Bound("concurrency", 1, 16, int, "requests", "the number of requests sent at once"),
         Bound("read_timeout", 1.0, 3600.0, float, "s", "how long to wait for the server's answer"),
         Bound("connect_timeout", 0.5, 300.0, float, "s", "how long to wait for a connection to the server"),

@@ -83,6 +83,10 @@ class Family:
     mask_from_input_alpha: bool  # does the model read transparency in the input image as the mask?
     #: Rough seconds per image at (low, medium, high) quality for 1024x1024; drives the honest progress bar.
     seconds_by_quality: tuple[float, float, float]
+    #: Does /images/edits and /images/generations take ``stream: true`` (server-sent events) for this family?
+    streams: bool
+    #: The most ``partial_images`` (previews streamed before the result) a request may ask for; 0 without streams.
+    max_partial_images: int
 
     def check_size(self, size: str) -> str | None:
         """None when the family takes ``size`` (``WxH`` or ``auto``), else why not."""
@@ -118,6 +122,8 @@ FAMILIES: dict[str, Family] = {
         transparent_background="no",
         mask_from_input_alpha=True,
         seconds_by_quality=(5.0, 8.0, 12.0),
+        streams=False,
+        max_partial_images=0,
     ),
     DALL_E_3: Family(
         name=DALL_E_3,
@@ -138,6 +144,8 @@ FAMILIES: dict[str, Family] = {
         transparent_background="no",
         mask_from_input_alpha=False,
         seconds_by_quality=(10.0, 15.0, 25.0),
+        streams=False,
+        max_partial_images=0,
     ),
     GPT_IMAGE_1: Family(
         name=GPT_IMAGE_1,
@@ -158,6 +166,8 @@ FAMILIES: dict[str, Family] = {
         transparent_background="yes",
         mask_from_input_alpha=True,
         seconds_by_quality=(15.0, 35.0, 75.0),
+        streams=True,
+        max_partial_images=3,
     ),
     GPT_IMAGE_2: Family(
         name=GPT_IMAGE_2,
@@ -178,6 +188,8 @@ FAMILIES: dict[str, Family] = {
         transparent_background="preview",
         mask_from_input_alpha=False,  # gpt-image-2 ignores input transparency: the mask must be its own PNG
         seconds_by_quality=(20.0, 60.0, 180.0),
+        streams=True,
+        max_partial_images=3,
     ),
 }
 

@@ -270,6 +270,7 @@ def options_from(args: argparse.Namespace, model: str, prompt: str = "", source:
         blend=args.blend,
         source_name=source,
         variation_prompt=getattr(args, "variation_prompt", None) or settings_variation,
+        partial_images=int(getattr(args, "partial_images", 0) or 0),
     )
 
 
@@ -300,6 +301,48 @@ class Written:
     ora: Path | None = None
     outputs: list[operations.Output] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    partials: list[Path] = field(default_factory=list)
+
+
+class PartialFiles:
+    """``--partial-images``: each streamed preview composited like the result (the whole picture for an edit, the
+    image for a generation) and written beside the outputs as ``<stem>-partial-<K>.png`` the moment it arrives,
+    with a line on stdout (listed in the --json answer instead). Written on one side thread, in arrival order,
+    so the stream is read on while a large picture is encoded; :meth:`close` waits for the last one."""
+
+    def __init__(self, out: Path, stem: str, original: np.ndarray | None, written: Written, *, quiet: bool) -> None:
+        self.out, self.stem, self.original, self.written, self.quiet = out, stem, original, written, quiet
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview")
+
+    def __call__(self, preview: operations.Preview) -> None:
+        self.pool.submit(self._write, preview)
+
+    def _write(self, preview: operations.Preview) -> None:
+        from gimp_openai import composite, ora
+        from gimp_openai.atomic import write_bytes_unique
+        from gimp_openai.imaging import encode_png
+
+        name = f"{self.stem}-partial-{preview.index + 1}"
+        try:
+            if self.original is None:
+                path = write_bytes_unique(self.out, name, ".png", encode_png(preview.pixels), durable=DERIVED_DURABLE)
+            else:
+                original = self.original
+                region = original[preview.y : preview.y + preview.height, preview.x : preview.x + preview.width]
+                patch = ora.Patch(preview.x, preview.y, composite.composite(region, preview.pixels, preview.mask))
+                path = write_png_unique(self.out, name, original.shape[1], original.shape[0],
+                                        ora.pasted_rows(original, [patch]),
+                                        changed=[(patch.y, patch.y + patch.pixels.shape[0])])
+        except (OSError, GimpOpenAIError) as exc:
+            print(f"gimp-openai: warning: preview {preview.index + 1} was not written: "
+                  f"{getattr(exc, 'message', None) or type(exc).__name__}", file=sys.stderr)
+            return
+        self.written.partials.append(path)
+        if not self.quiet:
+            print(f"partial {preview.index + 1} (preview of result {preview.image}): {path}", flush=True)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 def output_stem(text: str, fallback: str) -> str:
@@ -410,6 +453,7 @@ def _written_dict(w: Written) -> dict[str, Any]:
         "source": w.source,
         "ora": str(w.ora) if w.ora else None,
         "notes": w.notes,
+        "partials": [str(p) for p in w.partials],
         "outputs": [
             {"png": str(p), "name": o.name, "x": o.x, "y": o.y, "width": o.width, "height": o.height,
              "history_png": str(o.history_png) if o.history_png is not None else None,
@@ -450,6 +494,9 @@ def run_one(
     written = Written(source=image_path)
     pixels, written.notes = load_image(image_path)
     height, width = pixels.shape[:2]
+    stem = output_stem(Path(image_path).stem, "image")
+    previews = PartialFiles(out, stem, pixels, written, quiet=bool(getattr(args, "json", False))) if getattr(
+        args, "partial_images", 0) else None
     # The full-size results are the original with a crop pasted in: its untouched bands are deflated while the
     # server works (from the moment the request waits), so writing the results later deflates only the crop's.
     ahead = BandsAhead(width, height, 4, lambda row0, row1: pixels[row0:row1])
@@ -459,12 +506,14 @@ def run_one(
             ahead.start()
         progress(event)
     try:
-        outcome = _operate(args, engine, model, pixels, image_path, mask_path, progress_and_ahead, item)
+        outcome = _operate(args, engine, model, pixels, image_path, mask_path, progress_and_ahead, item, previews)
     except BaseException:
         ahead.close()
         raise
+    finally:
+        if previews is not None:
+            previews.close()
     written.notes.extend(notice.message for notice in outcome.warnings)
-    stem = output_stem(Path(image_path).stem, "image")
     source_png = Path(image_path) if imaging.is_plain_png_file(image_path) else None
     try:
         write_results(out, stem, pixels, outcome, written, source_png, ahead)
@@ -476,7 +525,8 @@ def run_one(
 
 
 def _operate(args: argparse.Namespace, engine: operations.Engine, model: str, pixels: np.ndarray,
-             image_path: str, mask_path: str | None, progress: Any, item: str) -> operations.Outcome:
+             image_path: str, mask_path: str | None, progress: Any, item: str,
+             on_preview: operations.PreviewCallback | None = None) -> operations.Outcome:
     """The paid part: the selection, the options, the request and the compositing, crop-sized."""
     from gimp_openai.geometry import Rect
 
@@ -488,7 +538,7 @@ def _operate(args: argparse.Namespace, engine: operations.Engine, model: str, pi
             opts.extra_images = read_references(args.reference)
         # The full-size selection is handed over, not kept here: edit() crops it and frees it (64 MB at 8000²).
         return operations.edit(engine, opts, place_pixels=pixels, selection=selection_for(args, pixels.shape,
-                               mask_path), layer=layer, item=item, progress=progress)
+                               mask_path), layer=layer, item=item, progress=progress, on_preview=on_preview)
     opts = options_from(args, model, "", source=str(image_path))
     return operations.variation(engine, opts, place_pixels=pixels, layer=layer, item=item, progress=progress)
 
@@ -559,13 +609,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings, engine, model, out = _prepare(args, "generate")
     opts = options_from(args, model, args.prompt or "")
     progress = StderrProgress(enabled=not args.quiet)
+    stem = output_stem(args.name, "generated") if args.name else "generated"
+    written = Written(source="")
+    previews = PartialFiles(out, stem, None, written, quiet=bool(getattr(args, "json", False))) if (
+        args.partial_images) else None
     try:
-        outcome = operations.generate(engine, opts, progress=progress)
+        outcome = operations.generate(engine, opts, progress=progress, on_preview=previews)
     finally:
+        if previews is not None:
+            previews.close()
         progress.finish()
-    written = Written(source="", notes=list(outcome.notes))
+    written.notes = list(outcome.notes)
     try:
-        write_results(out, output_stem(args.name, "generated") if args.name else "generated", None, outcome, written)
+        write_results(out, stem, None, outcome, written)
     except GimpOpenAIError as exc:
         raise paid_images_error(exc, outcome, written.pngs) from None
     del settings
@@ -884,7 +940,13 @@ def bounded(name: str, flag: str) -> Any:
 
 #: The numeric command-line options and the bounds-table entries they are checked against.
 NUMERIC_OPTIONS = {"-n": "n", "--feather": "feather", "--padding": "context_padding", "--timeout": "read_timeout",
-                   "--concurrency": "concurrency"}
+                   "--concurrency": "concurrency", "--partial-images": "partial_images"}
+
+
+def _partial_images_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--partial-images", type=bounded("partial_images", "--partial-images"), default=0,
+                   help="previews to stream while the model works, 0-3 (GPT image models); each is written "
+                        "beside the outputs as NAME-partial-K.png as it arrives")
 
 
 def _common(p: argparse.ArgumentParser, *, images: bool = True) -> None:
@@ -943,6 +1005,7 @@ def build_parser() -> argparse.ArgumentParser:
     _selection_args(p)
     p.add_argument("--prompt", "-p", default="", help="what the selection should become")
     p.add_argument("--reference", action="append", help="extra reference image (GPT models; repeatable)")
+    _partial_images_flag(p)
     _common(p)
 
     p = sub.add_parser("variation", help="variations of an image")
@@ -953,6 +1016,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="new images from a prompt")
     p.add_argument("--prompt", "-p", default="")
     p.add_argument("--name", default="", help="file name stem (default: generated)")
+    _partial_images_flag(p)
     _common(p, images=False)
 
     p = sub.add_parser("batch", help="the same edit or variation on many images, concurrently")

@@ -39,10 +39,11 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
+import urllib3
 
 from . import capabilities as caps
 from . import errors as E
-from . import transport, urlpolicy
+from . import sse, transport, urlpolicy
 from .request_checks import (
     check_choice,
     check_endpoint,
@@ -58,7 +59,9 @@ from .request_checks import (
 from .settings import DEFAULT_BASE_URL, Settings, check_base_url, resolve_api_key
 from .urlpolicy import is_loopback
 
-__all__ = ["ClientConfig", "ClientEvent", "ImagesClient", "ImagesResult", "ReturnedImage", "is_loopback"]
+__all__ = [
+    "ClientConfig", "ClientEvent", "ImagesClient", "ImagesResult", "PartialImage", "ReturnedImage", "is_loopback",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,12 @@ NEVER_RETRY_CODES = frozenset({"insufficient_quota", "model_not_found", "moderat
 NEVER_RETRY_STATUS = frozenset({400, 401, 403, 404, 413, 422})
 
 EventCallback = Callable[["ClientEvent"], None]
+PartialCallback = Callable[["PartialImage"], None]
+
+#: The event types of a streamed answer (contract: ImageEditStreamEvent, ImageGenStreamEvent). Either endpoint's
+#: names are accepted on both: what matters is partial or completed, and the content is checked strictly.
+PARTIAL_EVENTS = frozenset({"image_edit.partial_image", "image_generation.partial_image"})
+COMPLETED_EVENTS = frozenset({"image_edit.completed", "image_generation.completed"})
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,22 @@ class ReturnedImage:
 
     def __repr__(self) -> str:
         return f"ReturnedImage(index={self.index}, {len(self.data)} bytes, {self.mimetype})"
+
+
+@dataclass
+class PartialImage:
+    """A preview streamed before the result: NOT a paid image (the completed one is), so it never goes to history
+    unless the request fails for good after it (then the operation keeps the last one, marked as partial)."""
+
+    data: bytes = field(repr=False)
+    index: int  # partial_image_index as the server numbered it (0-based)
+    image: int  # which of the n images it previews, 0-based: the completed images that came before it
+    sequence: int  # 1-based count of previews delivered by this call (retries included)
+    mimetype: str = "image/png"
+    attempt: int = 1
+
+    def __repr__(self) -> str:
+        return f"PartialImage(index={self.index}, image={self.image}, {len(self.data)} bytes, {self.mimetype})"
 
 
 @dataclass
@@ -369,6 +394,7 @@ class ImagesClient:
         self._session = session
         self._local = threading.local()
         self.on_event = on_event
+        self._no_streaming: bool | None = None  # this base URL refused ``stream`` (read from discovery once)
 
     def __repr__(self) -> str:
         return f"ImagesClient(base_url={self.config.base_url!r})"
@@ -393,7 +419,11 @@ class ImagesClient:
         response_format: str | None = None,
         user: str | None = None,
         on_event: EventCallback | None = None,
+        partial_images: int | None = None,
+        on_partial: PartialCallback | None = None,
     ) -> ImagesResult:
+        """``partial_images`` (0 to the family's ``max_partial_images``): stream the answer, handing each preview
+        to ``on_partial`` as it arrives; ignored for a family that does not stream (see :meth:`_images_call`)."""
         family = self._family(model, caps.ENDPOINT_EDITS)
         check_prompt(prompt, family)
         check_n(n, family)
@@ -431,7 +461,8 @@ class ImagesClient:
             check_choice("input_fidelity", input_fidelity, ("low", "high"))
             params["input_fidelity"] = input_fidelity
         fields.extend(params.items())
-        return self._images_call(caps.ENDPOINT_EDITS, model, multipart=fields, n=n, on_event=on_event)
+        return self._images_call(caps.ENDPOINT_EDITS, model, multipart=fields, n=n, on_event=on_event,
+                                 stream=self._stream_plan(family, model, partial_images, on_partial, n))
 
     def variation(
         self,
@@ -468,7 +499,10 @@ class ImagesClient:
         response_format: str | None = None,
         user: str | None = None,
         on_event: EventCallback | None = None,
+        partial_images: int | None = None,
+        on_partial: PartialCallback | None = None,
     ) -> ImagesResult:
+        """``partial_images``/``on_partial``: as for :meth:`edit`."""
         family = self._family(model, caps.ENDPOINT_GENERATIONS)
         check_prompt(prompt, family)
         check_n(n, family)
@@ -490,7 +524,8 @@ class ImagesClient:
             body["n"] = int(body["n"])
         if "output_compression" in body:
             body["output_compression"] = int(body["output_compression"])
-        return self._images_call(caps.ENDPOINT_GENERATIONS, model, json_body=body, n=n, on_event=on_event)
+        return self._images_call(caps.ENDPOINT_GENERATIONS, model, json_body=body, n=n, on_event=on_event,
+                                 stream=self._stream_plan(family, model, partial_images, on_partial, n))
 
     def list_models(self) -> list[dict[str, Any]]:
         """``GET /models``: the raw entries (``id``, ``created``, ``owned_by``, optional ``shutdown_date``)."""
@@ -566,6 +601,30 @@ class ImagesClient:
                 headers[name] = value
         return headers
 
+    def _stream_plan(
+        self, family: caps.Family, model: str, partial_images: int | None, on_partial: PartialCallback | None, n: int
+    ) -> _StreamReader | None:
+        """The reader of a streamed answer, or None for a plain request: the caller asked for previews, the
+        family streams (the table's ``streams`` fact), and this base URL has not refused ``stream`` before."""
+        if partial_images is None or not family.streams:  # previews are a courtesy: without streams, none
+            return None
+        if isinstance(partial_images, bool) or not isinstance(partial_images, int) or not (
+            0 <= partial_images <= family.max_partial_images
+        ):
+            raise E.InvalidInputError(
+                f"partial_images must be 0 to {family.max_partial_images} for {model}; got {partial_images!r}"
+            )
+        if self._streaming_refused():
+            return None
+        return _StreamReader(self, family, n, partial_images, on_partial)
+
+    def _streaming_refused(self) -> bool:
+        if self._no_streaming is None:
+            from . import discovery
+
+            self._no_streaming = discovery.streaming_refused(self.config.base_url)
+        return self._no_streaming
+
     def _images_call(
         self,
         endpoint: str,
@@ -575,26 +634,83 @@ class ImagesClient:
         json_body: dict[str, Any] | None = None,
         n: int,
         on_event: EventCallback | None,
+        stream: _StreamReader | None = None,
+    ) -> ImagesResult:
+        """One images request. With ``stream``, the request asks for server-sent events and its reader hands the
+        previews on as they come; a server that refuses ``stream`` (400 naming it) gets the same request once
+        more without it, and its base URL is remembered (discovery) so later requests go plain at once.
+        An error after previews carries the last one (``partial_preview``): the caller decides to keep it."""
+        try:
+            return self._images_once(endpoint, model, multipart, json_body, n, on_event, stream)
+        except E.APIError as exc:
+            if stream is None or not _refuses_streaming(exc):
+                raise self._with_preview(exc, stream) from None
+        from . import discovery
+
+        self._no_streaming = True
+        discovery.remember_streaming_refused(self.config.base_url)
+        log.info("%s refused stream; sent again without it (remembered for this base URL)", self.config.base_url)
+        try:  # the same fields: the stream fields are added per send, by _images_once
+            result = self._images_once(endpoint, model, multipart, json_body, n, on_event, None)
+        except E.GimpOpenAIError as exc:
+            raise self._with_preview(exc, stream) from None
+        result.warnings.append(
+            f"The server at {_safe_url_text(self.config.base_url)} does not stream; no previews were shown, and "
+            "later requests to it are sent without streaming."
+        )
+        result.meta["streamed"] = False
+        return result
+
+    @staticmethod
+    def _with_preview(exc: E.GimpOpenAIError, stream: _StreamReader | None) -> E.GimpOpenAIError:
+        if stream is not None and stream.last_partial is not None and exc.partial_preview is None:
+            exc.partial_preview = stream.last_partial
+        return exc
+
+    def _images_once(
+        self,
+        endpoint: str,
+        model: str,
+        multipart: list[tuple[str, Any]] | None,
+        json_body: dict[str, Any] | None,
+        n: int,
+        on_event: EventCallback | None,
+        stream: _StreamReader | None,
     ) -> ImagesResult:
         url = self._url(f"images/{endpoint}", model)
         started = time.monotonic()
         family = caps.family_for(model, self.config.model_rules)
         limit = min(self.config.max_response_bytes, answer_limit(family, n))
-        response, attempts = self._request(
-            "POST", url, model=model, multipart=multipart, json_body=json_body, on_event=on_event,
-            limit=limit, what=f"{n} image{'s' if n != 1 else ''} of {model}",
-        )
+        if stream is not None:
+            if multipart is not None:
+                multipart = [*multipart, ("stream", "true"), ("partial_images", str(stream.partial_images))]
+            if json_body is not None:
+                json_body = {**json_body, "stream": True, "partial_images": stream.partial_images}
+        try:
+            response, attempts = self._request(
+                "POST", url, model=model, multipart=multipart, json_body=json_body, on_event=on_event,
+                limit=limit, what=f"{n} image{'s' if n != 1 else ''} of {model}", stream=stream,
+            )
+        except E.GimpOpenAIError as exc:
+            raise self._with_preview(exc, stream) from None
         request_id = response.headers.get("x-request-id")
-        payload = _json_or_raise(response)
-        del response  # the raw answer (up to the limit) is not needed once parsed
-        result = self._collect(payload, request_id, n, on_event)
+        if stream is not None and stream.response is response and stream.result is not None:
+            result = stream.result
+            result.meta["streamed"] = True
+        else:
+            payload = _json_or_raise(response)
+            del response  # the raw answer (up to the limit) is not needed once parsed
+            result = self._collect(payload, request_id, n, on_event)
         result.meta.update(
             endpoint=endpoint, model=model, requested=n, returned=len(result.images), attempts=attempts,
             elapsed=round(time.monotonic() - started, 3),
         )
         if not result.images:
             problem = "; ".join(result.problems) or "the answer held no images"
-            raise E.MalformedResponseError(f"The server's answer could not be used: {problem}", request_id=request_id)
+            raise self._with_preview(
+                E.MalformedResponseError(f"The server's answer could not be used: {problem}", request_id=request_id),
+                stream,
+            )
         self._emit(on_event, ClientEvent("done", f"Received {len(result.images)} image(s)", attempt=attempts))
         return result
 
@@ -704,12 +820,15 @@ class ImagesClient:
         limit: int | None = None,
         what: str | None = None,
         address: str | None = None,
+        stream: _StreamReader | None = None,
     ) -> tuple[requests.Response, int]:
         """Send with retries. Returns a response whose body is fully read (``_content`` set), and attempts.
 
         ``limit``: the most bytes the answer may have (default: the config's cap); ``what`` names the answer
         in the too-large error; ``address``: connect there instead of resolving the URL's host (a download
-        checked by the URL policy), naming the host for TLS and in ``Host``.
+        checked by the URL policy), naming the host for TLS and in ``Host``; ``stream``: a 200 answer of type
+        ``text/event-stream`` is read by it, event by event, under the same deadline and byte limits (its body
+        is not kept); a stream cut before its first completed image fails the attempt like any cut answer.
         """
         cfg = self.config
         headers = self._headers() if authenticated else {"User-Agent": cfg.user_agent}
@@ -756,7 +875,10 @@ class ImagesClient:
                     )
                     answered = not deadline.expired  # a cut head ends like an empty line: headers "done"
                     response.headers = self._untrusted_headers(response.headers)
-                    self._read_body(response, limit, label, on_event, attempt, download, deadline)
+                    if stream is not None and response.status_code == 200 and _is_event_stream(response):
+                        stream.read(response, deadline, attempt)
+                    else:
+                        self._read_body(response, limit, label, on_event, attempt, download, deadline)
             except E.ResponseTooLargeError:
                 raise
             except OSError as exc:
@@ -967,6 +1089,217 @@ def _json_or_raise(response: requests.Response) -> Any:
             f"{response.headers.get('content-type', 'no content type')})",
             status=response.status_code, request_id=response.headers.get("x-request-id"),
         ) from None
+
+
+_STREAM_FIELDS = frozenset({"stream", "partial_images"})
+
+
+def _is_event_stream(response: requests.Response) -> bool:
+    return response.headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream"
+
+
+def _refuses_streaming(exc: E.APIError) -> bool:
+    """A compatible server's "no streams here": 400 (or 422) naming ``stream`` or ``partial_images``, as the
+    parameter or in the message (unknown parameter, unsupported value). Any other refusal is about the request."""
+    if exc.status not in (400, 422):
+        return False
+    if (exc.param or "") in _STREAM_FIELDS:
+        return True
+    return re.search(r"\b(stream|streaming|partial_images)\b", exc.message.lower()) is not None
+
+
+def _arriving(response: requests.Response) -> Iterator[bytes]:
+    """The body's bytes as they arrive (at most ``_CHUNK`` at a time), whatever the framing: requests'
+    ``iter_content`` waits for whole chunks of its size on a close-delimited or Content-Length body, which
+    would hold a preview's last bytes back until the next event, and drops what came before a cut. The
+    network libraries' exceptions become requests' own, so the attempt's error handling words them."""
+    raw = response.raw
+    while True:
+        try:
+            chunk = raw.read1(_CHUNK, decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise requests.exceptions.ReadTimeout("the read timed out") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.exceptions.ChunkedEncodingError(f"response ended prematurely: {exc}") from None
+        if not chunk:
+            return
+        yield chunk
+
+
+class _StreamReader:
+    """Reads one streamed images answer (server-sent events) as it arrives, for one client call (all attempts).
+
+    Bounds: one event at most the size of one image's answer for the family (a preview is as large as a
+    result), the whole stream at most the answer of ``n`` results and their previews; previews beyond
+    ``partial_images`` per image are dropped undecoded, and reading stops at the n-th completed image (the
+    n-image cap). A completed event is a paid image: once one has arrived, a cut or an early end keeps it and
+    reports the missing ones as problems (sending again would pay for them all again); before that, a cut,
+    an end without ``completed`` or a stall fails the attempt like any cut answer, retried as usual."""
+
+    def __init__(self, client: ImagesClient, family: caps.Family, n: int, partial_images: int,
+                 on_partial: PartialCallback | None) -> None:
+        self.client = client
+        self.n = n
+        self.partial_images = partial_images
+        self.on_partial = on_partial
+        self.event_limit = answer_limit(family, 1)
+        self.total_limit = min(client.config.max_response_bytes, answer_limit(family, n * (1 + partial_images)))
+        self.last_partial: PartialImage | None = None
+        self.delivered = 0
+        self.response: requests.Response | None = None
+        self.result: ImagesResult | None = None
+        self._completed = 0
+        self._previews = 0
+        self._events = 0
+        self._attempt = 1
+        self._decoder = sse.Decoder(self.event_limit)
+
+    def read(self, response: requests.Response, deadline: transport.Deadline, attempt: int) -> None:
+        self.response, self._attempt = response, attempt
+        self.result = result = ImagesResult(images=[], request_id=response.headers.get("x-request-id"))
+        self._completed = self._previews = self._events = 0
+        self._decoder = sse.Decoder(self.event_limit)
+        received = 0
+        try:
+            for chunk in _arriving(response):
+                received += len(chunk)
+                if received > self.total_limit:
+                    response.close()
+                    raise E.ResponseTooLargeError(
+                        f"The server's event stream is larger than the {self.total_limit:,} bytes accepted for "
+                        f"{self.n} image(s) and their previews; it was not kept",
+                        status=200, request_id=result.request_id,
+                    )
+                for event in self._decoder.feed(chunk):
+                    if self._event(event):
+                        response.close()
+                        return
+                if deadline.overdue():
+                    response.close()
+                    if not self._keep_what_came("the answer did not complete within the read timeout"):
+                        deadline.expire()
+                    return
+            self._decoder.finish()
+        except sse.SSEError as exc:
+            response.close()
+            raise E.MalformedResponseError(
+                f"The server's event stream is malformed: {exc}", status=200, request_id=result.request_id
+            ) from None
+        except OSError:
+            if self._keep_what_came("the connection was cut"):
+                return
+            raise
+        if not self._keep_what_came("the stream ended early"):
+            # a clean end before any completed image is a cut answer: the attempt fails and is retried
+            raise requests.exceptions.ChunkedEncodingError("response ended prematurely")
+
+    def _keep_what_came(self, why: str) -> bool:
+        """After the stream stopped short: True (and the missing images noted) when a completed image came."""
+        assert self.result is not None
+        if not self._completed:
+            return False
+        if self._completed < self.n:
+            self.result.problems.append(f"{why} after {self._completed} of the {self.n} images")
+        return True
+
+    def _event(self, event: sse.Event) -> bool:
+        """Handle one event; True when the answer is complete (n completed images, or ``[DONE]``)."""
+        assert self.result is not None
+        self._events += 1
+        number = self._events
+        if event.data.strip() == "[DONE]":
+            return True
+        try:
+            payload = json.loads(event.data)
+        except (ValueError, RecursionError):
+            raise E.MalformedResponseError(
+                f"The server's event stream is malformed: event {number} is not JSON", status=200,
+                request_id=self.result.request_id,
+            ) from None
+        if not isinstance(payload, dict):
+            raise E.MalformedResponseError(
+                f"The server's event stream is malformed: event {number} is not a JSON object", status=200,
+                request_id=self.result.request_id,
+            )
+        if event.name == "error" or payload.get("type") == "error" or payload.get("error") is not None:
+            raise self._stream_error(payload)
+        kind = payload.get("type") if isinstance(payload.get("type"), str) else event.name
+        if kind in PARTIAL_EVENTS:
+            self._partial(payload)
+            return False
+        if kind in COMPLETED_EVENTS:
+            self._completed += 1
+            self._completed_image(payload)
+            return self._completed >= self.n
+        log.debug("ignored stream event of type %r", self.client._untrusted(str(kind))[:80])
+        return False
+
+    def _stream_error(self, payload: dict[str, Any]) -> E.APIError:
+        """An error event in the stream (openai-python raises it as an API error; it is not retried)."""
+        found = payload.get("error")
+        error: dict[str, Any] = found if isinstance(found, dict) else payload
+        etype = str(error.get("type") or "")
+        status = 500 if "server" in etype or str(error.get("code") or "") == "server_error" else 400
+        assert self.result is not None
+        exc = error_from_response(
+            status, json.dumps({"error": error}).encode(), {"x-request-id": self.result.request_id or ""},
+            model=None, model_rules=self.client.config.model_rules, secret=self.client.config.api_key,
+        )
+        exc.message = f"The server reported an error during the stream: {exc.message}"
+        exc.status = 200
+        return exc
+
+    def _image_bytes(self, payload: dict[str, Any]) -> tuple[bytes, str]:
+        text = payload.get("b64_json")
+        if not isinstance(text, str):
+            raise ValueError("no b64_json")
+        data = _decode_b64(text)
+        mimetype = sniff_mimetype(data)
+        if mimetype is None:
+            raise ValueError("the data is not a PNG, JPEG or WebP image")
+        if not _looks_complete(data, mimetype):
+            raise ValueError("the image is truncated")
+        return data, mimetype
+
+    def _completed_image(self, payload: dict[str, Any]) -> None:
+        assert self.result is not None
+        result, label = self.result, f"image {self._completed}"
+        for key, name in (("created_at", "created"), ("size", "size"), ("quality", "quality"),
+                          ("background", "background"), ("output_format", "output_format"), ("usage", "usage")):
+            if key in payload:
+                result.meta[name] = self.client._untrusted(payload[key])
+        try:
+            data, mimetype = self._image_bytes(payload)
+        except ValueError as exc:
+            result.problems.append(f"{label}: {exc}")
+            return
+        revised = payload.get("revised_prompt") if isinstance(payload.get("revised_prompt"), str) else None
+        result.images.append(ReturnedImage(data=data, index=self._completed - 1, mimetype=mimetype,
+                                           revised_prompt=self.client._untrusted(revised) if revised else None))
+
+    def _partial(self, payload: dict[str, Any]) -> None:
+        assert self.result is not None
+        self._previews += 1
+        if self._previews > self.partial_images * self.n:  # not asked for: dropped undecoded
+            return
+        try:
+            data, mimetype = self._image_bytes(payload)
+        except ValueError as exc:
+            note = f"A preview from the server was skipped ({exc}); previews are not results, nothing is lost."
+            if note not in self.result.warnings:
+                self.result.warnings.append(note)
+            return
+        index = payload.get("partial_image_index")
+        index = index if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < 100 else (
+            self._previews - 1)
+        self.delivered += 1
+        self.last_partial = PartialImage(data=data, index=index, image=self._completed, sequence=self.delivered,
+                                         mimetype=mimetype, attempt=self._attempt)
+        if self.on_partial is not None:
+            try:
+                self.on_partial(self.last_partial)
+            except Exception:  # noqa: BLE001 - a broken preview display must not cost a paid request
+                log.debug("preview callback failed", exc_info=True)
 
 
 def error_from_response(

@@ -375,6 +375,40 @@ def remember_size_rule(model_id: str, family_name: str, settings: Settings | Non
     return current
 
 
+#: How long "this server refuses ``stream``" is believed: a compatible server may learn to stream.
+STREAM_REFUSAL_MAX_AGE = 30 * 24 * 3600.0
+
+
+def _server_facts_file(base_url: str) -> Path:
+    digest = hashlib.sha256(base_url.rstrip("/").encode()).hexdigest()[:16]
+    return cache_dir() / f"server-{digest}.json"
+
+
+def streaming_refused(base_url: str, now: float | None = None) -> bool:
+    """Did the server at ``base_url`` refuse ``stream`` (within STREAM_REFUSAL_MAX_AGE)? Then requests to it go
+    without streaming at once, instead of being refused and sent again every time."""
+    try:
+        data = json.loads(_server_facts_file(base_url).read_text(encoding="utf-8"))
+        since = float(data["stream_refused_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return (time.time() if now is None else now) - since < STREAM_REFUSAL_MAX_AGE
+
+
+def remember_streaming_refused(base_url: str, now: float | None = None) -> None:
+    """Note, per base URL (beside the model cache), that its server refused ``stream``; the size rule is
+    remembered per model in the settings, this per server, since streaming is the server's feature."""
+    path = _server_facts_file(base_url)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".server-", dir=str(path.parent))
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"base_url": base_url, "stream_refused_at": time.time() if now is None else now}, handle)
+        os.replace(tmp, path)
+    except OSError as exc:  # not remembering costs one refused request next time
+        log.warning("Cannot remember that %s refuses streaming: %s", base_url, exc)
+
+
 def sizes_text(family_name: str) -> str:
     family = caps.FAMILIES[family_name]
     if family.free_sizes is not None:

@@ -29,6 +29,9 @@ class GimpOpenAIError(Exception):
     default_hint = ""
     #: How many times the client retried before giving up (set by the client; 0 = not retried).
     retries = 0
+    #: The last preview a streamed request delivered before it failed for good (client.PartialImage), if any:
+    #: not a paid result, but the only picture the artist got, so the operation keeps it (marked as partial).
+    partial_preview: Any = None
 
     def __init__(
         self,

@@ -98,6 +98,9 @@ class History:
         slug = slugify(redact(str(meta.get("prompt") or meta.get("operation") or "image")))
         k, n = meta.get("k"), meta.get("n")
         suffix = f"-{int(k)}of{int(n)}" if isinstance(k, int) and isinstance(n, int) else ""
+        index = meta.get("partial_image_index")
+        if meta.get("partial") is True:  # a kept preview: its name says so, next to the results' names
+            suffix += f"-partial{int(index) + 1}" if isinstance(index, int) else "-partial"
         return f"{stamp}-{slug}{suffix}"
 
     def save(self, image_bytes: bytes, *, meta: dict[str, Any], ext: str = "png") -> Path:

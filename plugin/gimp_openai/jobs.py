@@ -210,6 +210,7 @@ def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
         source_name=_field(data, "source_name", str, ""),
         variation_prompt=variation_prompt,
         canvas=_canvas(data) if operation == "generate" else None,
+        partial_images=_number(data, "partial_images", 0),
     )
     out_text = _field(data, "out_dir", str)
     if not out_text or "\x00" in out_text:
@@ -394,13 +395,52 @@ def _write_outputs(job: Job, item: Item, outcome: operations.Outcome) -> list[di
     return results
 
 
+class PreviewLines:
+    """Each streamed preview of one item as a PNG in the job's out folder and one ``partial`` line, so a host
+    can show it while the model works: ``{"type": "partial", "id", "index", "image", "layer_png", "x", "y",
+    "width", "height", "mask_png"?}`` (docs/architecture.md, host protocol). Written while holding
+    ``engine.saving``, like the outputs: an abandoned job removes that folder under the same lock."""
+
+    def __init__(self, engine: operations.Engine, job: Job, item: Item, write: Callable[[dict[str, Any]], None]):
+        self.engine, self.job, self.item, self.write = engine, job, item, write
+        self._mask: tuple[Any, str] | None = None  # the mask array written, and its file
+
+    def __call__(self, preview: operations.Preview) -> None:
+        from gimp_openai import imaging
+        from gimp_openai.atomic import write_bytes_unique
+
+        job, base = self.job, safe_name(self.item.id)
+        try:
+            with self.engine.saving:
+                if not job.out_dir.is_dir():  # the job was abandoned: nobody to show it to
+                    return
+                layer_png = write_bytes_unique(job.out_dir, f"{base}-partial-{preview.sequence}", ".png",
+                                               imaging.encode_host_png(preview.layer_pixels(job.add_mask)),
+                                               durable=False)
+                line: dict[str, Any] = {
+                    "type": "partial", "id": self.item.id, "index": preview.index, "image": preview.image,
+                    "layer_png": str(layer_png), "x": preview.x, "y": preview.y, "width": preview.width,
+                    "height": preview.height,
+                }
+                if job.add_mask and job.operation == "edit":
+                    if self._mask is None or self._mask[0] is not preview.mask:
+                        path = write_bytes_unique(job.out_dir, f"{base}-partial-mask", ".png",
+                                                  imaging.encode_host_png(preview.mask), durable=False)
+                        self._mask = (preview.mask, str(path))
+                    line["mask_png"] = self._mask[1]
+        except (OSError, GimpOpenAIError):
+            return  # a preview that cannot be written is not shown; the result still comes
+        self.write(line)
+
+
 def _run_operation(engine: operations.Engine, job: Job, item: Item,
-                   progress: Callable[[Progress], None]) -> operations.Outcome:
+                   progress: Callable[[Progress], None],
+                   on_preview: operations.PreviewCallback | None = None) -> operations.Outcome:
     """The item's operation on its exported pixels. Its own function so that the exported crop and selection are
     freed when it returns, before the outputs are encoded (they would otherwise add to the job's peak memory)."""
     options = job.options
     if job.operation == "generate":
-        return operations.generate(engine, options, item=item.id, progress=progress)
+        return operations.generate(engine, options, item=item.id, progress=progress, on_preview=on_preview)
     pixels, selection, refs = _load_item(job, item)
     if job.operation == "edit":
         assert selection is not None
@@ -410,17 +450,20 @@ def _run_operation(engine: operations.Engine, job: Job, item: Item,
             options = replace(options, extra_images=refs)
         return operations.edit(
             engine, options, place_pixels=pixels, selection=selection, layer=item.layer,
-            plan=item.plan, item=item.id, progress=progress,
+            plan=item.plan, item=item.id, progress=progress, on_preview=on_preview,
         )
     return operations.variation(
         engine, options, place_pixels=pixels, layer=item.layer, plan=item.plan, item=item.id, progress=progress,
     )
 
 
-def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable[[Progress], None]) -> dict[str, Any]:
-    """One item, start to end; every failure becomes this item's error (with what was already saved)."""
+def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable[[Progress], None],
+             write_line: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """One item, start to end; every failure becomes this item's error (with what was already saved).
+    ``write_line``: where the item's ``partial`` lines go (previews are streamed only when the job asks)."""
     try:
-        outcome = _run_operation(engine, job, item, progress)
+        previews = PreviewLines(engine, job, item, write_line) if write_line and job.options.partial_images else None
+        outcome = _run_operation(engine, job, item, progress, previews)
         with engine.saving:  # an abandoned job (run_session) removes the folder these go to, holding this lock
             outputs = _write_outputs(job, item, outcome)
         warnings = [notice.to_dict() for notice in outcome.warnings]
@@ -483,7 +526,7 @@ def _job(path: str, writer: LineWriter, context: Session, **tags: Any) -> int:
     progress = BatchProgress(writer, [item.id for item in job.items])
     workers = max(1, min(job.concurrency, len(job.items)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="item") as pool:
-        futures = [pool.submit(run_item, engine, job, item, progress) for item in job.items]
+        futures = [pool.submit(run_item, engine, job, item, progress, writer.write) for item in job.items]
         results = [f.result() for f in futures]
     ok = all(r["ok"] for r in results)
     error = None

@@ -94,6 +94,8 @@ class Options:
     #: generate into an image: its (width, height). Without an explicit size the request takes the canvas's
     #: aspect and each result is scaled to cover the canvas exactly.
     canvas: tuple[int, int] | None = None
+    #: previews to stream while the model works (0: none; families that do not stream never send any)
+    partial_images: int = 0
 
 
 @dataclass
@@ -128,6 +130,41 @@ class Output:
         out = self.pixels.copy()
         out[..., 3] = (out[..., 3].astype(np.uint16) * self.mask.astype(np.uint16) + 127) // 255
         return out
+
+
+@dataclass
+class Preview:
+    """A streamed preview placed like the result will be (same place, same layer mask), without the alignment and
+    tone match the result gets: shown while the model works, replaced by the result, never a paid image."""
+
+    item: str
+    index: int  # the server's partial_image_index (0-based)
+    sequence: int  # 1-based count of previews for this item
+    image: int  # 1-based: which of the n results it previews (the API's events carry no image number: a guess)
+    pixels: np.ndarray  # (H, W, 4) u8, place-sized (edit) or as returned (generate)
+    mask: np.ndarray  # (H, W) u8, the layer mask the result will get
+    x: int
+    y: int
+    path: str
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    def layer_pixels(self, add_mask: bool = True) -> np.ndarray:
+        """As :meth:`Output.layer_pixels`: without a separate layer mask, the alpha carries the mask."""
+        if add_mask:
+            return self.pixels
+        out = self.pixels.copy()
+        out[..., 3] = (out[..., 3].astype(np.uint16) * self.mask.astype(np.uint16) + 127) // 255
+        return out
+
+
+PreviewCallback = Callable[[Preview], None]
 
 
 @dataclass
@@ -416,11 +453,77 @@ def _model_gone(engine: Engine, exc: ModelNotFoundError, model: str) -> ModelNot
     return explained
 
 
-def _request_call(engine: Engine, model: str, call: Callable[[], Any]) -> Any:
+def _request_call(engine: Engine, model: str, call: Callable[[], Any], meta: dict[str, Any] | None = None) -> Any:
     try:
         return call()
     except ModelNotFoundError as exc:
         raise _model_gone(engine, exc, model) from exc
+    except GimpOpenAIError as exc:
+        if exc.partial_preview is not None and meta is not None:
+            _keep_preview(engine, exc, meta)
+        raise
+
+
+def _keep_preview(engine: Engine, exc: GimpOpenAIError, meta: dict[str, Any]) -> None:
+    """A streamed request failed for good after previews: the last preview is the only picture the artist got,
+    so it goes to history like a result, named and described as a partial, and the error says where it is.
+    On success previews never go there: they are not results."""
+    from gimp_openai.history import save_all
+
+    part = exc.partial_preview
+    exc.partial_preview = None
+    item_meta = dict(meta)
+    item_meta.update(
+        partial=True,
+        partial_image_index=part.index,
+        request_id=exc.request_id,
+        time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        note="the last preview streamed before the request failed; not the finished image",
+    )
+    try:
+        with engine.saving:
+            kept = save_all(engine.history, [(part.data, item_meta)], list(getattr(engine, "fallback_dirs", [])))
+            engine.saved.extend(kept.saved)
+    except Exception:  # noqa: BLE001 - the error the artist must read matters more than the preview
+        return
+    if kept.saved:
+        exc.saved.append(kept.saved[0])
+        exc.message = (f"{exc.message.rstrip('. ')}. The last preview (partial {part.index + 1}) was kept in "
+                       f"{kept.saved[0]}; it is a preview, not the finished image.")
+
+
+def _preview_sink(
+    on_preview: PreviewCallback | None, item: str, path: str, n: int,
+    place: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, int, int] | None],
+) -> Callable[[Any], None] | None:
+    """The client's partial-image callback: decode the preview, ``place`` it (None: cannot be placed, skipped)
+    and hand it to ``on_preview``. Runs on the thread reading the stream; a failure skips the preview."""
+    if on_preview is None:
+        return None
+
+    def on_partial(part: Any) -> None:
+        from gimp_openai import imaging
+
+        try:
+            pixels = imaging.decode_image(part.data, what="preview")
+            placed = place(pixels)
+        except Exception:  # noqa: BLE001 - a preview that cannot be shown is skipped, the request goes on
+            return
+        if placed is None:
+            return
+        layer, mask, x, y = placed
+        on_preview(Preview(item=item, index=int(part.index), sequence=int(part.sequence),
+                           image=min(n, int(part.image) + 1), pixels=layer, mask=mask, x=x, y=y, path=path))
+
+    return on_partial
+
+
+def _stream_kwargs(options: Options, family: Family, on_partial: Callable[[Any], None] | None) -> dict[str, Any]:
+    """What the client needs to stream previews: only when some were asked for and the family streams (the
+    table's fact); the client checks the count against the family's maximum."""
+    if options.partial_images <= 0 or not family.streams:
+        return {}
+    return {"partial_images": min(options.partial_images, family.max_partial_images), "on_partial": on_partial}
 
 
 # --- Edit ---------------------------------------------------------------------------------------------------
@@ -436,11 +539,13 @@ def edit(
     plan: Any | None = None,
     item: str = "",
     progress: ProgressCallback = no_progress,
+    on_preview: PreviewCallback | None = None,
 ) -> Outcome:
     """Edit the selected part of ``place_pixels`` (the exported region at ``layer``/``plan.place``).
 
     ``selection`` is place-sized u8 (255 = selected). Without ``plan`` the region is planned here from the
     selection (the CLI passes the whole image as ``place_pixels`` with ``layer`` = the image rectangle).
+    ``on_preview``: each streamed preview (``options.partial_images``), placed like the result, as it arrives.
     """
     from gimp_openai import geometry, masks
 
@@ -461,7 +566,7 @@ def edit(
     if not selection.any():
         raise InvalidInputError("The selection is empty.", hint="Select the part of the image to change first.")
 
-    notes: list[str] = []
+    notes: list[str] = [_no_stream_note(model, family)] if options.partial_images > 0 and not family.streams else []
     ahead: list[Any] = []  # the seamless preparation, running while the server works (see _prepare_ahead)
 
     def on_sent(pixels: np.ndarray, sel: np.ndarray) -> None:
@@ -469,7 +574,8 @@ def edit(
 
     try:
         result, plan, place_pixels, selection = _send_edit(
-            engine, options, family, quality, plan, place_pixels, selection, item, progress, notes, on_sent
+            engine, options, family, quality, plan, place_pixels, selection, item, progress, notes, on_sent,
+            on_preview,
         )
     except APIError as exc:
         if not (_is_size_refusal(exc) and family.free_sizes is not None):
@@ -490,7 +596,8 @@ def edit(
         )
         place_pixels, selection = _crop_to(place_pixels, selection, plan.place, fallback.place)
         result, plan, place_pixels, selection = _send_edit(
-            engine, options, family, quality, fallback, place_pixels, selection, item, progress, notes, on_sent
+            engine, options, family, quality, fallback, place_pixels, selection, item, progress, notes, on_sent,
+            on_preview,
         )
 
     meta = _meta(options, model, PATH_EDIT, plan, item)
@@ -546,6 +653,7 @@ def _send_edit(
     progress: ProgressCallback,
     notes: list[str],
     on_sent: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    on_preview: PreviewCallback | None = None,
 ) -> tuple[Any, Any, np.ndarray, np.ndarray]:
     from gimp_openai import composite, imaging, masks
 
@@ -580,9 +688,24 @@ def _send_edit(
         kwargs["background"] = background
     if family.response_format:
         kwargs["response_format"] = "b64_json"
+    layer_masks: list[np.ndarray] = []
+
+    def place(returned: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int] | None:
+        """A preview where the result goes: scaled to the target (same aspect only) and mapped to the place;
+        no alignment or tone match (the result gets them), the layer mask computed once for all previews."""
+        h, w = returned.shape[:2]
+        tw, th = plan.target
+        if (w, h) != (tw, th) and abs((w / h) / (tw / th) - 1.0) > 0.01:
+            return None
+        if not layer_masks:
+            layer_masks.append(masks.layer_mask(selection, options.feather))
+        return imaging_result_to_place(returned, plan), layer_masks[0], plan.place.x, plan.place.y
+
+    kwargs.update(_stream_kwargs(options, family, _preview_sink(on_preview, item, PATH_EDIT, options.n, place)))
+    meta = _meta(options, options.model, PATH_EDIT, plan, item)
 
     def call() -> Any:
-        return _request_call(engine, options.model, lambda: engine.client.edit(**kwargs))
+        return _request_call(engine, options.model, lambda: engine.client.edit(**kwargs), meta)
 
     result = _call_with_ticker(engine, progress, item, options.model, family, quality or "auto", plan.target, call)
     return result, plan, place_pixels, selection
@@ -846,9 +969,11 @@ def variation(
 
 
 def generate(
-    engine: Engine, options: Options, *, item: str = "", progress: ProgressCallback = no_progress
+    engine: Engine, options: Options, *, item: str = "", progress: ProgressCallback = no_progress,
+    on_preview: PreviewCallback | None = None,
 ) -> Outcome:
-    """New images from the prompt alone, full size as returned (a host opens them as new layers or images)."""
+    """New images from the prompt alone, full size as returned (a host opens them as new layers or images).
+    ``on_preview``: each streamed preview (``options.partial_images``) as it arrives."""
     model = options.model
     family = engine.family(model)
     check_endpoint(model, family, ENDPOINT_GENERATIONS)
@@ -873,17 +998,28 @@ def generate(
         kwargs["background"] = background
     if family.response_format:
         kwargs["response_format"] = "b64_json"
+
+    def place(returned: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+        if fill_canvas:  # where the result will be: scaled to cover the canvas like it
+            from gimp_openai import imaging
+
+            returned = imaging.cover(returned, fill_canvas)
+        return returned, np.full(returned.shape[:2], 255, np.uint8), 0, 0
+
+    kwargs.update(_stream_kwargs(options, family, _preview_sink(on_preview, item, PATH_GENERATE, options.n, place)))
+    meta = _meta(replace(options, size=size), model, PATH_GENERATE, None, item)
     _emit(progress, item, "upload", "Sending the prompt")
 
     def call() -> Any:
-        return _request_call(engine, model, lambda: engine.client.generate(**kwargs))
+        return _request_call(engine, model, lambda: engine.client.generate(**kwargs), meta)
 
     result = _call_with_ticker(engine, progress, item, model, family, quality or "auto", parsed, call)
-    meta = _meta(replace(options, size=size), model, PATH_GENERATE, None, item)
     _emit(progress, item, "saving", "Saving the results to history")
     kept = _save_all(engine, result, meta)
     saved = kept.saved
     rescue_notes = [kept.note] if kept.note else []
+    if options.partial_images > 0 and not family.streams:
+        rescue_notes.append(_no_stream_note(model, family))
     _check_problems(result, saved, kept.note)
     outputs = []
     n = len(result.images)
@@ -914,6 +1050,10 @@ def generate(
     _emit(progress, item, "done", f"{n} image{'s' if n != 1 else ''} ready")
     return Outcome(outputs=outputs, model=model, path=PATH_GENERATE, notes=rescue_notes,
                    warnings=_notices(kept, result))
+
+
+def _no_stream_note(model: str, family: Family) -> str:
+    return f"{model} does not stream previews ({family.name} models answer in one piece); none were shown"
 
 
 def request_background(family: Family, chosen: str | None) -> str | None:

@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "plugin" / "hostlib"))
 
 import gimp_openai_host as host_lib  # noqa: E402
 
+from tests.bench.stream import bench_stream, stream_line  # noqa: E402
 from tests.reliability import harness as H  # noqa: E402
 from tests.support.local_server import LocalServerHandle  # noqa: E402
 
@@ -488,6 +489,7 @@ def run_all(*, quick: bool = False, faults: bool = True, gimp3: bool = True) -> 
         _host_figures(figures, work)
         figures["batch"] = bench_batch(work)
         figures["seamless"] = bench_seamless(work, repeats)
+        figures["stream"] = bench_stream(rounds=1 if quick else 3)
         if gimp3:
             from tests.bench import gimp3_host
 
@@ -552,6 +554,8 @@ def table(fig: dict) -> str:
     lines.append("")
     lines.append(seamless_line(s))
     lines.append("")
+    if "stream" in fig:
+        lines += [stream_line(fig["stream"]), ""]
     if fig.get("gimp3"):
         from tests.bench import gimp3_host
 
@@ -575,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the seamless share (2048² place, gpt-like server, with vs without align+tone)")
     parser.add_argument("--cli-memory-only", action="store_true",
                         help="only the CLI big-image rows (8000² opaque and transparent edit: peak RSS, seconds)")
+    parser.add_argument("--stream-only", action="store_true",
+                        help="only the streaming figures (first preview, cost of streaming; 15 s latency)")
     parser.add_argument("--size", type=int, default=8000, help="with --cli-memory-only: the picture's side")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions of each host-path case (default 3)")
     args = parser.parse_args(argv)
@@ -583,6 +589,14 @@ def main(argv: list[str] | None = None) -> int:
         s = figures["seamless"]
         print(seamless_line(s) + f"; runs with {s['overhead_with_runs_s']}, without {s['overhead_without_runs_s']}, "
               f"after-response deltas {s['after_delta_runs_s']}")
+        return 0
+    if args.stream_only:
+        with tempfile.TemporaryDirectory(prefix="gimp-openai-bench-") as tmp:
+            Env(Path(tmp) / "home")
+            figures = bench_stream(rounds=args.repeats or (1 if args.quick else 3))
+        print(stream_line(figures) + f"; plain runs {[round(x, 2) for x in figures['plain_runs_s']]}, streamed "
+              f"{[round(x, 2) for x in figures['stream_runs_s']]}, previews at "
+              f"{[[round(x, 2) for x in run] for run in figures['preview_times_s']]}")
         return 0
     if args.cli_memory_only:
         print("\n".join(cli_memory_lines(run_cli_memory_only(args.size, args.repeats or 1))))

@@ -23,7 +23,7 @@ def plugin_steps(image):
 def edit_args(prompt="a red kite", **kw):
     values = dict(prompt=prompt, model="", n=1, quality="auto", size_mode="auto", background="auto", feather=0.0,
                   context_padding=0.25, add_mask=True, align=True, tone_match=True, blend="feather",
-                  whole_layer=False)
+                  partial_images=0, whole_layer=False)
     values.update(kw)
     order = [p["name"] for p in MANIFEST["procedures"][0]["params"]]
     return [values[n] for n in order]
@@ -261,18 +261,18 @@ def test_variations_cover_the_selection_box_with_selection_mask(g2, fake_engine)
 
 def test_generate_into_layers_and_into_a_new_image(g2, fake_engine):
     image, layer = make_image(g2, 100, 100)
-    g2.pdb.python_fu_openai_generate(image, layer, "a lighthouse", "", 1, "auto", "auto", "auto", "layers")
+    g2.pdb.python_fu_openai_generate(image, layer, "a lighthouse", "", 1, "auto", "auto", "auto", 0, "layers")
     top = image.layers[0]
     # the engine was asked for the canvas's shape and the layer covers the canvas
     assert top.name == "OpenAI: a lighthouse (1/1)" and top.offsets == (0, 0) and len(plugin_steps(image)) == 1
     assert (top.width, top.height) == (100, 100)
     count = len(g2.gimp.image_list())
-    g2.pdb.python_fu_openai_generate(image, layer, "a lighthouse", "", 2, "auto", "auto", "auto", "new image")
+    g2.pdb.python_fu_openai_generate(image, layer, "a lighthouse", "", 2, "auto", "auto", "auto", 0, "new image")
     new = g2.gimp.image_list()[-1]
     assert len(g2.gimp.image_list()) == count + 1 and (new.width, new.height) == (64, 48)
     assert new.layers[0].is_group and len(new.layers[0].layers) == 2
     with pytest.raises(RuntimeError):
-        g2.pdb.python_fu_openai_generate(image, layer, "  ", "", 1, "auto", "auto", "auto", "layers")
+        g2.pdb.python_fu_openai_generate(image, layer, "  ", "", 1, "auto", "auto", "auto", 0, "layers")
     assert "prompt is empty" in g2.gimp.state.messages[-1]
 
 

@@ -50,6 +50,7 @@ class ServerConfig:
     max_connections: int = 32
     max_work: int = 2  # requests decoding / painting at once
     work_wait: float = 30.0  # how long a request waits for a worker before 429
+    no_streaming: bool = False  # refuse ``stream`` like a compatible server without streams (400 unknown_parameter)
 
 
 class LocalServer(ThreadingHTTPServer):
@@ -119,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--today", metavar="YYYY-MM-DD", help="the date the server assumes (lifecycle tests)")
     parser.add_argument("--fault", action="append", default=[], metavar="SPEC",
                         help="a fault for every request, same grammar as the X-Fault header (repeatable)")
-    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="delay every answer")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                        help="delay every answer (a streamed one spreads its previews over these seconds)")
+    parser.add_argument("--no-streaming", action="store_true",
+                        help="refuse 'stream' (400 unknown_parameter), like a compatible server without streams")
     parser.add_argument("--latency-jitter", type=float, default=0.0, metavar="SECONDS",
                         help="add a random 0..SECONDS to the delay")
     parser.add_argument("--render", default="inpaint", metavar="MODE",
@@ -179,6 +183,7 @@ def make_server(args: argparse.Namespace, key: str | None) -> LocalServer:
         max_connections=max(1, args.max_connections),
         max_work=max(1, args.max_work),
         work_wait=max(0.0, args.work_wait),
+        no_streaming=args.no_streaming,
     )
     return LocalServer((args.host, args.port), config, models.ModelRegistry(served, today))
 

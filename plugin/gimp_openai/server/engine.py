@@ -11,7 +11,7 @@ import base64
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +27,29 @@ OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
 class Outcome:
     body: dict
     notes: dict = field(default_factory=dict)  # for /_stats: render transforms, sizes
+    #: per image of a streamed request, its previews as small images (coarsest first): scaled up and encoded
+    #: only when each is sent, so the work before the first event is what a plain answer costs
+    partials: list[list[np.ndarray]] = field(default_factory=list)
+    output_format: str = "png"
+    compression: int | None = None
+
+
+def preview_small(pixels: np.ndarray, k: int, count: int) -> np.ndarray:
+    """Preview ``k`` of ``count`` (0-based) of a finished image, small: the image at 1/2**(count-k+1) of its
+    size (1/16 of its pixels at most), so each preview is sharper than the one before and none is the result."""
+    import cv2
+
+    height, width = pixels.shape[:2]
+    factor = 2 ** (count - k + 1)
+    return cv2.resize(pixels, (max(1, width // factor), max(1, height // factor)), interpolation=cv2.INTER_AREA)
+
+
+def preview_b64(small: np.ndarray, size: tuple[int, int], output_format: str, compression: int | None) -> str:
+    """A preview as sent: scaled up to the result's size and encoded like it."""
+    import cv2
+
+    pixels = np.ascontiguousarray(cv2.resize(small, size, interpolation=cv2.INTER_LINEAR))
+    return base64.b64encode(images.encode(pixels, output_format, compression)).decode("ascii")
 
 
 def _fingerprint(request: rules.ImageRequest) -> str:
@@ -114,6 +137,7 @@ def respond(
     output_format = str(request.get("output_format", "png")) if gpt else "png"
     compression = request.get("output_compression")
     data = []
+    partials: list[list[np.ndarray]] = []
     shape = (0, 0)
     for index in range(request.n):
         pixels, record = paint(request, spec, size, seed, index)
@@ -123,7 +147,10 @@ def respond(
             pixels = images.resize(pixels, wrong_size)
             notes["wrong_size"] = list(wrong_size)
         shape = pixels.shape[:2]
-        encoded = images.encode(pixels, output_format, compression if isinstance(compression, int) else None)
+        level = compression if isinstance(compression, int) else None
+        encoded = images.encode(pixels, output_format, level)
+        if request.stream:
+            partials.append([preview_small(pixels, k, request.partial_images) for k in range(request.partial_images)])
         del pixels
         item: dict[str, object]
         if not gpt and request.get("response_format", "url") == "url":
@@ -147,4 +174,36 @@ def respond(
             quality=quality,
             usage=_usage(request, size, quality),
         )
-    return Outcome(body=body, notes=notes)
+    return Outcome(body=body, notes=notes, partials=partials, output_format=output_format,
+                   compression=level if request.stream else None)
+
+
+def stream_events(outcome: Outcome, endpoint: str, latency: float) -> Iterator[tuple[float, dict]]:
+    """The server-sent events of a streamed answer, each with the second (from the start of the answer) it is
+    due, made one at a time: image i of n owns the slice [i/n, (i+1)/n] of ``latency``; its previews are spread
+    evenly inside it (3 previews of one image: at 25, 50 and 75 %) and its completed event ends it, so the result
+    arrives when a plain answer of the same latency would. Shapes: the contract's
+    Image{Edit,Gen}{PartialImage,Completed}Event; ``usage`` (the request's) on each completed event."""
+    prefix = "image_edit" if endpoint == caps.ENDPOINT_EDITS else "image_generation"
+    body = outcome.body
+    common = {key: body[key] for key in ("size", "quality", "background", "output_format") if key in body}
+    items = body.get("data") or []
+    n = max(1, len(items))
+    for i, item in enumerate(items):
+        previews = outcome.partials[i] if i < len(outcome.partials) else []
+        size = caps.parse_size(str(body.get("size", ""))) or rules_size(previews)
+        for k, small in enumerate(previews):
+            due = latency * (i + (k + 1) / (len(previews) + 1)) / n
+            yield due, {"type": f"{prefix}.partial_image",
+                        "b64_json": preview_b64(small, size, outcome.output_format, outcome.compression),
+                        "created_at": int(time.time()), **common, "partial_image_index": k}
+        completed: dict[str, object] = {"type": f"{prefix}.completed", "b64_json": item.get("b64_json", ""),
+                                        "created_at": int(time.time()), **common}
+        if "usage" in body:
+            completed["usage"] = body["usage"]
+        yield latency * (i + 1) / n, completed
+
+
+def rules_size(previews: list[np.ndarray]) -> tuple[int, int]:
+    """The result's size when the answer does not say it (dall-e bodies carry no ``size``; they never stream)."""
+    return (previews[0].shape[1], previews[0].shape[0]) if previews else (1, 1)

@@ -19,11 +19,17 @@ latency=SECONDS                     delivery   sleep before answering
 reset                               delivery   send headers and part of the body, then drop the connection (RST)
 stall                               delivery   send headers and part of the body, then wait ``seconds`` (default
                                                30, at most 300) and close: the client's read timeout must fire
+malformed_event                     delivery   streamed answers: the event after ``events`` whole events (default
+                                               1) is not JSON (``data: {"type": "image_...`` cut), then the stream ends
+
+Streamed answers (``stream: true``): ``reset`` and ``stall`` cut the stream after ``events`` whole events
+(default 1: the first preview), not after ``after`` bytes; ``latency`` spreads the events over its seconds.
 
 NAME=VALUE parameters: ``times=N`` (only the first N requests carrying this spec's key fault; later ones
 succeed), ``key=K`` (the counter's name; default the spec's own text), ``retry-after=S``,
 ``retry-after-ms=MS``, ``should-retry=true|false`` (sends ``x-should-retry``), ``seconds=S`` (stall, latency),
-``index=I`` (truncated_b64), ``size=WxH`` (wrong_size), ``after=BYTES`` (reset/stall: body bytes sent first).
+``index=I`` (truncated_b64), ``size=WxH`` (wrong_size), ``after=BYTES`` (reset/stall: body bytes sent first),
+``events=K`` (streams: reset/stall/malformed_event after K whole events).
 
 Example: ``X-Fault: 503;times=2;key=test-abc`` -> the first two requests with that header get 503, the third
 succeeds. Counting: a spec is counted (and its ``times`` used up) when a request carrying it passes
@@ -41,10 +47,10 @@ from gimp_openai.server.images import MAX_IMAGE_PIXELS
 
 BEFORE = frozenset({"429", "500", "502", "503", "401", "insufficient_quota"})
 AFTER = frozenset({"moderation_blocked", "malformed_json", "truncated_b64", "wrong_size"})
-DELIVERY = frozenset({"latency", "reset", "stall"})
+DELIVERY = frozenset({"latency", "reset", "stall", "malformed_event"})
 KINDS = BEFORE | AFTER | DELIVERY
 PARAMS = frozenset(
-    {"times", "key", "retry-after", "retry-after-ms", "should-retry", "seconds", "index", "size", "after"}
+    {"times", "key", "retry-after", "retry-after-ms", "should-retry", "seconds", "index", "size", "after", "events"}
 )
 MAX_STALL_SECONDS = 300.0
 
@@ -102,7 +108,7 @@ def _check_values(spec: FaultSpec) -> None:
     server's per-image pixel budget: the hooks must not be a way around the server's own limits."""
     try:
         _ = spec.times, spec.seconds(0.0)
-        for number in ("retry-after", "retry-after-ms", "index", "after"):
+        for number in ("retry-after", "retry-after-ms", "index", "after", "events"):
             if number in spec.params:
                 float(spec.params[number])
     except ValueError as exc:

@@ -62,6 +62,14 @@ TEST_ROUTES = ("/_stats", "/_reset")
 HEADER_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
 
 
+class StreamAnswer:
+    """A validated, painted streamed answer: its events are timed and written by :meth:`Handler._send_stream`."""
+
+    def __init__(self, outcome: engine.Outcome, endpoint: str) -> None:
+        self.outcome = outcome
+        self.endpoint = endpoint
+
+
 def raw_answer(error: ApiError) -> bytes:
     """A complete HTTP/1.1 answer for ``error``, for the accept loop (no handler exists for a turned-away
     connection). The body is still :meth:`ApiError.body`: one builder for every error body."""
@@ -367,7 +375,8 @@ class Handler(BaseHTTPRequestHandler):
             },
         }
         delivery: list[faults.FaultSpec] = []
-        status, body, content_type, headers = 500, b"", "application/json", {"x-request-id": request_id}
+        status, content_type, headers = 500, "application/json", {"x-request-id": request_id}
+        body: bytes | StreamAnswer = b""
         try:
             status, body, delivery = route(path, entry)
         except ApiError as error:
@@ -385,11 +394,64 @@ class Handler(BaseHTTPRequestHandler):
         entry["seconds"] = round(time.monotonic() - started, 4)
         self.server.stats.record({k: v for k, v in entry.items() if not k.startswith("_")})
         delay = self._latency(delivery)
+        headers["openai-version"] = "2020-10-01"
+        if isinstance(body, StreamAnswer):  # the latency is spread over the events, not waited up front
+            headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
+            self._send_stream(body, delay, headers, delivery)
+            return
         if delay > 0:
             self.server.stopping.wait(delay)
         headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
-        headers["openai-version"] = "2020-10-01"
         self._send(status, body, content_type, headers, delivery)
+
+    def _send_stream(self, answer: StreamAnswer, latency: float, headers: dict[str, str],
+                     delivery: list[faults.FaultSpec]) -> None:
+        """Server-sent events in chunked framing, each event at its due second (engine.stream_events); the
+        delivery faults cut the stream after ``events`` whole events: ``reset`` (RST), ``stall`` (silence, then
+        close), ``malformed_event`` (an event that is not JSON, then the end of the stream)."""
+        self._responding = True
+        self.connection.settimeout(self.server.config.body_timeout)
+        if self._unread_body:
+            self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.flush()
+        cut = next((spec for spec in delivery if spec.kind in ("reset", "stall", "malformed_event")), None)
+        cut_after = int(float(cut.params.get("events", "1"))) if cut is not None else -1
+        start = time.monotonic()
+        for number, (due, event) in enumerate(engine.stream_events(answer.outcome, answer.endpoint, latency)):
+            wait = start + due - time.monotonic()
+            if wait > 0 and self.server.stopping.wait(wait):
+                return
+            if cut is not None and number == cut_after:
+                self._cut_stream(cut, str(event["type"]))
+                return
+            self._chunk(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+        self._chunk(b"")
+
+    def _cut_stream(self, cut: faults.FaultSpec, kind: str) -> None:
+        self.close_connection = True
+        if cut.kind == "malformed_event":
+            self._chunk(f'event: {kind}\ndata: {{"type": "{kind}", "b64_json": "iVBORw0K\n\n'.encode())
+            self._chunk(b"")
+            return
+        if cut.kind == "stall":
+            self.server.stopping.wait(cut.seconds(30.0))
+            return
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+
+    def _chunk(self, data: bytes) -> None:
+        """One chunk of a chunked body (an empty one ends the body)."""
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n" if data else b"0\r\n\r\n")
+        self.wfile.flush()
 
     def _latency(self, delivery: list[faults.FaultSpec]) -> float:
         config = self.server.config
@@ -413,7 +475,7 @@ class Handler(BaseHTTPRequestHandler):
             raise apierror.model_not_found(model_id)
         return 200, json.dumps(model.to_json()).encode(), []
 
-    def _images(self, path: str, entry: dict) -> tuple[int, bytes, list]:
+    def _images(self, path: str, entry: dict) -> tuple[int, bytes | StreamAnswer, list]:
         match, deployment = IMAGE_PATH.match(path), None
         if match is None:
             match = AZURE_PATH.match(path)
@@ -462,8 +524,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _produce(self, endpoint: str, model: str, family: caps.Family, fields: dict[str, Any], files: list,
                  is_multipart: bool, firing: list[faults.FaultSpec], spec: render.RenderSpec | None,
-                 entry: dict) -> bytes:
+                 entry: dict) -> bytes | StreamAnswer:
         """Validate (decoding the uploads), run the engine, apply the ``after`` faults: the heavy part."""
+        if self.server.config.no_streaming and fields.get("stream") not in (None, False, "false"):
+            raise apierror.unknown_parameter("stream", "This server does not stream.")
         request = rules.validate(endpoint, model, family, {k: v for k, v in fields.items() if k != "model"}, files,
                                  multipart=is_multipart)
         kinds = {s.kind: s for s in firing}
@@ -483,6 +547,9 @@ class Handler(BaseHTTPRequestHandler):
             if 0 <= index < len(items) and "b64_json" in items[index]:
                 text = items[index]["b64_json"]
                 items[index]["b64_json"] = text[: (len(text) // 2) // 4 * 4]
+        if request.stream:
+            entry["stream"] = {"partial_images": request.partial_images}
+            return StreamAnswer(outcome, endpoint)
         encoded = json.dumps(body).encode()
         if "malformed_json" in kinds:
             encoded = encoded[: max(1, len(encoded) // 2)]

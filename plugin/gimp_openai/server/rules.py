@@ -44,7 +44,7 @@ N_MIN = 1
 N_MAX_CONTRACT = 10
 MAX_IMAGES_CONTRACT = 16
 MASK_MAX_BYTES = 4 * caps.MB  # contract: "Must be a valid PNG file, less than 4MB"
-PARTIAL_IMAGES_MAX = 3
+PARTIAL_IMAGES_MAX = 3  # the contract's PartialImages maximum; each family's own is max_partial_images
 
 #: Model used when a request names none (the contract's defaults).
 DEFAULT_MODEL = {EDITS: "gpt-image-1.5", VARIATIONS: caps.DALL_E_2, GENERATIONS: caps.DALL_E_2}
@@ -58,6 +58,12 @@ def _always(model: str, family: Family) -> bool:
 
 def _gpt(model: str, family: Family) -> bool:
     return family.gpt_params
+
+
+def _streams(model: str, family: Family) -> bool:
+    """``stream`` and ``partial_images``: the GPT image models only (contract: "This parameter is only supported
+    for the GPT image models"); the family table's ``streams`` fact says which those are."""
+    return family.streams
 
 
 def _response_format(model: str, family: Family) -> bool:
@@ -101,8 +107,8 @@ PARAMS: tuple[ParamRule, ...] = (
     ParamRule("moderation", PROMPTED, "enum", allowed=_gpt, values=lambda f: MODERATIONS),
     ParamRule("input_fidelity", frozenset({EDITS}), "enum", allowed=_fidelity, values=lambda f: INPUT_FIDELITIES),
     ParamRule("style", frozenset({GENERATIONS}), "enum", allowed=_dalle3, values=lambda f: STYLES),
-    ParamRule("stream", PROMPTED, "bool", allowed=_gpt),
-    ParamRule("partial_images", PROMPTED, "int", allowed=_gpt, minimum=0, maximum=lambda f: PARTIAL_IMAGES_MAX),
+    ParamRule("stream", PROMPTED, "bool", allowed=_streams),
+    ParamRule("partial_images", PROMPTED, "int", allowed=_streams, minimum=0, maximum=lambda f: f.max_partial_images),
     ParamRule("user", ALL, "text"),
 )
 
@@ -131,6 +137,14 @@ class ImageRequest:
     def get(self, name: str, default: object = None) -> object:
         value = self.params.get(name)
         return default if value is None else value
+
+    @property
+    def stream(self) -> bool:
+        return self.params.get("stream") is True
+
+    @property
+    def partial_images(self) -> int:
+        return int(self.params.get("partial_images") or 0) if self.stream else 0  # type: ignore[call-overload]
 
 
 def model_of(endpoint: str, fields: Mapping[str, object]) -> str:
@@ -184,8 +198,6 @@ def _typed(rule: ParamRule, raw: object, family: Family, multipart: bool) -> obj
             raw = raw.lower() == "true"
         if not isinstance(raw, bool):
             raise apierror.invalid_type(name, "a boolean", type(raw).__name__)
-        if raw and name == "stream":
-            raise apierror.invalid_value(name, "true", detail="Streaming is not supported by the local server.")
         return raw
     if not isinstance(raw, str):
         raise apierror.invalid_type(name, "a string", type(raw).__name__)
