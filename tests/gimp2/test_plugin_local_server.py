@@ -81,7 +81,7 @@ def test_variations_both_paths(g2, engine, local_server, monkeypatch, model, tag
 def test_generate_against_the_local_server(g2, engine, local_server, monkeypatch):
     _point(monkeypatch, local_server)
     image, layer = make_image(g2, 64, 64)
-    g2.pdb.python_fu_openai_generate(image, layer, "a lighthouse", "", 1, "1024x1024", "low", "auto", "new image")
+    g2.pdb.python_fu_openai_generate(image, layer, "a lighthouse", "", 1, "1024x1024", "low", "auto", 0, "new image")
     assert g2.gimp.state.messages == [], g2.gimp.state.messages
     new = g2.gimp.image_list()[-1]
     assert new is not image and new.layers[0].name == "OpenAI: a lighthouse (1/1)"
