@@ -224,8 +224,15 @@ def show_dialog(procedure, config, proc):
         for p in params:
             if p["type"] == "choice":  # a labelled menu; GIMP's radio frames for <= 3 values carry no mnemonic
                 dialog.get_widget(pdb_name(p["name"]), Gtk.ComboBox)
+            elif p["type"] == "float":  # as many decimals as the step has (0.25, not 0.250)
+                spin = dialog.get_widget(pdb_name(p["name"]), GimpUi.LabelSpin)
+                if hasattr(spin, "set_digits"):
+                    spin.set_digits(len(repr(float(p["step"])).rstrip("0").split(".")[1]) or 1)
         box = dialog.fill_box(box_id, [pdb_name(p["name"]) for p in params if p["type"] != "text"])
         box.set_spacing(6)
+        if box_id == "advanced-box":
+            box.set_margin_start(18)  # under the expander's arrow: what it folds away reads as its content
+            box.set_margin_top(6)
         # the prompt on top, where the eye starts; in the Advanced section text stays where the manifest has it
         top = box_id == "basic-box"
         for position, p in enumerate([p for p in params if p["type"] == "text"] if top else params):
@@ -249,9 +256,45 @@ def show_dialog(procedure, config, proc):
     first = next((texts[p["name"]] for p in shown if p["name"] in texts and not p.get("advanced")), None)
     if first is not None:
         first.grab_focus()
+    if _timings_file():
+        dialog.connect("map-event", lambda d, _e: GLib.idle_add(_record_layout, d, Gtk) and False)
     ok = dialog.run()
     dialog.destroy()
     return ok
+
+
+def _record_layout(dialog, Gtk):
+    """For tests (GIMP_OPENAI_HOST_TIMINGS): what the shown dialog holds, read from its widgets: each
+    mnemonic label's text and whether it sits in the Advanced expander, the expander's state, the focus."""
+    fields, expanders = [], []
+
+    def walk(widget, inside):
+        if isinstance(widget, Gtk.Label) and widget.get_use_underline():
+            fields.append({"label": widget.get_label(), "advanced": inside,
+                           "key": _keyval_name(widget.get_mnemonic_keyval())})
+        children = widget.get_children() if isinstance(widget, Gtk.Container) else []
+        if isinstance(widget, Gtk.Expander):
+            expanders.append(widget.get_expanded())
+            title = widget.get_label_widget()
+            if title is not None:
+                walk(title, inside)  # the expander's own title is outside what it folds away
+            children = [c for c in children + [widget.get_child()] if c is not None and c is not title]
+            inside = True
+        for child in dict.fromkeys(children):
+            walk(child, inside)
+
+    walk(dialog.get_content_area(), False)
+    focus = dialog.get_focus()
+    _record_timing("dialog-layout", 0.0, {"fields": fields, "expanders": expanders,
+                                          "focus": type(focus).__name__ if focus is not None else None})
+    return False
+
+
+def _keyval_name(keyval):
+    gi.require_version("Gdk", "3.0")
+    from gi.repository import Gdk
+
+    return Gdk.keyval_name(keyval) if keyval else None
 
 
 def _text_field(GimpUi, Gtk, config, p):
@@ -319,11 +362,13 @@ def _model_field(dialog, GimpUi, Gtk, models):
     cell = Gtk.CellRendererText()
     completion.pack_start(cell, True)
     completion.add_attribute(cell, "text", 1)
-    completion.set_minimum_key_length(0)
+    completion.set_minimum_key_length(1)  # an emptied field (automatic) opens no list over the dialog
     completion.set_popup_single_match(True)
 
+    state = {"open": True, "all": False}
+
     def matches(_completion, key, tree_iter):
-        return key.strip().lower() in store[tree_iter][0].lower()
+        return state["all"] or key.strip().lower() in store[tree_iter][0].lower()
 
     def selected(_completion, model, tree_iter):
         entry.set_text(model[tree_iter][0])  # the id, not the words shown beside it
@@ -337,11 +382,23 @@ def _model_field(dialog, GimpUi, Gtk, models):
     entry.set_icon_tooltip_text(Gtk.EntryIconPosition.SECONDARY, "Models this server offers")
 
     def popup(_entry, _position, _event):
+        """The whole list, whatever the field holds: GTK opens it when the text changes and is long enough,
+        so for a moment any length is, and the field's text is offered again unchanged."""
         entry.grab_focus()
-        completion.complete()
+        state["all"] = True
+        completion.set_minimum_key_length(0)
+        text = entry.get_text()
+        entry.set_text("")
+        entry.set_text(text)
+
+        def settle():
+            state["all"] = False
+            completion.set_minimum_key_length(1)
+            return False
+
+        GLib.timeout_add(1000, settle)
 
     entry.connect("icon-press", popup)
-    state = {"open": True}
     entry.connect("destroy", lambda _w: state.update(open=False))
 
     def fill(rows):
