@@ -233,9 +233,7 @@ def show_dialog(procedure, config, proc):
         if box_id == "advanced-box":
             box.set_margin_start(18)  # under the expander's arrow: what it folds away reads as its content
             box.set_margin_top(6)
-        # the prompt on top, where the eye starts; in the Advanced section text stays where the manifest has it
-        top = box_id == "basic-box"
-        for position, p in enumerate([p for p in params if p["type"] == "text"] if top else params):
+        for position, p in enumerate(params):  # the manifest's order, as in GIMP 2.10 and the PDB
             if p["type"] == "text":
                 holder, view = _text_field(GimpUi, Gtk, config, p)
                 box.pack_start(holder, True, True, 0)
