@@ -433,6 +433,8 @@ def test_dialog_layout_mnemonics_model_list_and_menu(gimp, start_local_server):
             ui.key("Return")
             wid = ui.wait_window("^(" + "|".join(titles) + ")$", timeout=60)
             seen.append(ui.x("xdotool", "getwindowname", wid).stdout.strip())
+            time.sleep(0.5)  # the model list may arrive and set the field's hint
+            ui.screenshot(f"0-{k + 1}-{seen[-1].split()[0].lower()}", window=wid)
             ui.focus(wid)
             ui.key("Escape")  # Cancel: nothing runs
             ui.wait_window_gone(wid)
