@@ -240,8 +240,13 @@ def show_dialog(procedure, config, proc):
                 box.reorder_child(holder, position)
                 texts[p["name"]] = view
         boxes.append(box_id)
-    if "model" in [p["name"] for p in shown]:
-        _model_field(dialog, GimpUi, Gtk, _cached_models())
+    for p in shown:
+        if p["name"] in ("model", "default_model"):
+            _model_field(dialog, GimpUi, Gtk, _cached_models(), pdb_name(p["name"]))
+        elif p["type"] in ("string", "dirname"):  # room for a whole URL or folder
+            field = _entry_of(dialog.get_widget(pdb_name(p["name"]), GimpUi.LabelEntry), Gtk)
+            if field is not None:
+                field.set_width_chars(36)
     if "advanced-box" in boxes:
         dialog.get_label("advanced-title", "_Advanced", False, True)
         expander = dialog.fill_expander("advanced", "advanced-title", False, "advanced-box")
@@ -342,7 +347,7 @@ def model_rows(models):
     return rows
 
 
-def _model_field(dialog, GimpUi, Gtk, models):
+def _model_field(dialog, GimpUi, Gtk, models, name="model"):
     """The model field: empty means automatic (said in the field); offers the models the server lists, with
     the date each retiring one shuts down, in a list under the field (typing filters it; the arrow at the
     field's end opens it). A text field rather than a Gimp.Choice: GIMP caches registrations (pluginrc), so a
@@ -350,10 +355,10 @@ def _model_field(dialog, GimpUi, Gtk, models):
     The list shown at once is the one remembered from the last dialog or connection test; the engine's own
     list (its cache while fresh, else the server's answer) replaces it as soon as it arrives."""
     # GimpUi.LabelEntry keeps the field's label (asking for a Gtk.Entry gives a bare entry without it)
-    entry = _entry_of(dialog.get_widget("model", GimpUi.LabelEntry), Gtk)
+    entry = _entry_of(dialog.get_widget(name, GimpUi.LabelEntry), Gtk)
     if entry is None:  # pragma: no cover - an unexpected widget: the plain field still works
         return
-    entry.set_width_chars(28)
+    entry.set_width_chars(28 if name == "model" else 36)
     store = Gtk.ListStore(str, str)
     completion = Gtk.EntryCompletion()
     completion.set_model(store)
@@ -406,7 +411,8 @@ def _model_field(dialog, GimpUi, Gtk, models):
         for row in rows:
             store.append(list(row))
         ids = [r[0] for r in rows]
-        entry.set_placeholder_text(("automatic: " + ids[0]) if ids else "automatic")
+        if name == "model":  # Settings' default model: empty means the newest, said by its label
+            entry.set_placeholder_text(("automatic: " + ids[0]) if ids else "automatic")
         entry.set_tooltip_text(("Models this server offers: " + ", ".join(r[1] for r in rows) + ". " if rows else "")
                                + "Empty: automatic. Any model id can be typed.")
         _record_timing("model-field", 0.0, {"rows": [r[1] for r in rows]})
