@@ -55,6 +55,19 @@ PF_FOR_TYPE = {"string": gimpfu.PF_STRING, "text": gimpfu.PF_TEXT, "int": gimpfu
 
 # ---------------------------------------------------------------------------------------- registration
 
+#: gimpfu builds its dialog as one flat table in the PDB order and has no expander, frame or separator to
+#: offer, so the manifest's Advanced parameters (listed after the others) carry this prefix in 2.10: the
+#: artist reads the basic fields first and sees where the advanced ones begin. Hiding them is not an option,
+#: since gimpfu's table and the PDB arguments scripts pass are the same list.
+ADVANCED_PREFIX = u"Advanced: "
+
+
+def dialog_label(p):
+    """The 2.10 label of one parameter: the manifest's (with its mnemonic: gimpfu sets use_underline and the
+    mnemonic widget on every label), prefixed when it belongs to the Advanced section."""
+    return (ADVANCED_PREFIX if p.get("advanced") else u"") + host.to_text(p["label"])
+
+
 def pf_params(proc):
     """gimpfu parameter tuples for one manifest procedure (image and drawable first when it takes them)."""
     params = []
@@ -63,11 +76,11 @@ def pf_params(proc):
         params.append((gimpfu.PF_DRAWABLE, "drawable", "Input drawable", None))
     for p in host.public_params(proc):
         pf = PF_FOR_TYPE[p["type"]]
-        entry = [pf, str(p["name"]), _native(p["label"]), p["default"]]
+        entry = [pf, str(p["name"]), _native(dialog_label(p)), p["default"]]
         if p["type"] in ("int", "float"):
             entry.append((p["min"], p["max"], p["step"]))
         elif p["type"] == "choice":
-            entry.append(tuple((_native(v), _native(v)) for v in p["values"]))
+            entry.append(tuple((_native(host.value_label(p, v)), _native(v)) for v in p["values"]))
         if p["type"] in ("string", "text", "dirname", "choice"):
             entry[3] = _native(p["default"])
         params.append(tuple(entry))

@@ -334,9 +334,12 @@ def explain_model_not_found(
     message = f"The model `{model_id}` {why}."
     if replacement:
         message += f" Use `{replacement}` instead."
-        hint = f"Choose {replacement} in the model list (it will be remembered)."
+        # the artist's field is a text field that offers the listed models, not a fixed list to choose from
+        hint = (f"Type {replacement} in the Model field (it offers the models this server lists), or leave "
+                f"the field empty for the newest live model; on the command line: --model {replacement}.")
     else:
-        hint = "Refresh the model list (`gimp-openai models --refresh`) and choose another model."
+        hint = ("Run Settings with 'Test connection' on (or `gimp-openai models --refresh`) to refresh the models "
+                "the Model field offers, then pick one of them.")
     new = E.ModelNotFoundError(
         message, model=model_id, replacement=replacement, hint=hint, status=error.status,
         request_id=error.request_id, param=error.param, server_code=error.server_code, saved=error.saved,

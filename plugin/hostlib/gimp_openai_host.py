@@ -178,6 +178,27 @@ def public_params(proc):
     return [p for p in proc["params"] if not p.get("secret")]
 
 
+def advanced_params(proc):
+    """The public parameters a dialog shows in its Advanced section (``"advanced": true`` in the manifest);
+    the manifest lists them after the others, so the PDB order and both dialogs agree."""
+    return [p for p in public_params(proc) if p.get("advanced")]
+
+
+def basic_params(proc):
+    """The public parameters a dialog shows first, above the Advanced section."""
+    return [p for p in public_params(proc) if not p.get("advanced")]
+
+
+def value_label(param, value):
+    """The words a dialog shows for one value of a choice (the PDB argument stays the value itself)."""
+    return to_text((param.get("value_labels") or {}).get(value, value))
+
+
+def plain_label(label):
+    """A label without its mnemonic underscore, for titles, tooltips and messages."""
+    return to_text(label).replace(u"__", u"\0").replace(u"_", u"").replace(u"\0", u"_")
+
+
 def defaults(proc):
     """{param name: default} for the public parameters."""
     return dict((p["name"], p["default"]) for p in public_params(proc))

@@ -114,6 +114,9 @@ def test_model_the_server_never_had():
     err = D.explain_model_not_found(E.ModelNotFoundError("nope", model="gpt-image-9"), models, today=TODAY)
     # same created date: the alias wins over its dated snapshot
     assert err.message == "The model `gpt-image-9` is not available on this server. Use `gpt-image-2` instead."
+    # the hint names the field the artist has (a text field offering the listed models), and the CLI flag
+    assert err.hint.startswith("Type gpt-image-2 in the Model field") and "--model gpt-image-2" in err.hint
+    assert "model list" not in err.hint
 
 
 @pytest.mark.parametrize(

@@ -41,11 +41,13 @@ def test_registrations_equal_the_manifest(g2):
         lead = 2 if proc["image_params"] else 0
         assert [p[1] for p in params[lead:]] == [p["name"] for p in public]
         for entry, p in zip(params[lead:], public):
-            assert entry[0] == getattr(gf, PF[p["type"]]) and entry[2] == p["label"] and entry[3] == p["default"]
+            label = ("Advanced: " if p.get("advanced") else "") + p["label"]
+            assert entry[0] == getattr(gf, PF[p["type"]]) and entry[2] == label and entry[3] == p["default"]
             if p["type"] in ("int", "float"):
                 assert entry[4] == (p["min"], p["max"], p["step"])
             if p["type"] == "choice":
                 assert [v for _l, v in entry[4]] == p["values"]
+                assert [w for w, _v in entry[4]] == [p.get("value_labels", {}).get(v, v) for v in p["values"]]
         installed = g2.gimp.state.procedures[proc["name"]]
         assert installed["menus"] == ["<Image>/Filters/OpenAI"]
         assert [p[1] for p in installed["params"]][0] == "run-mode"

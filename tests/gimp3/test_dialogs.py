@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -381,3 +382,105 @@ def test_batch_shut_down_model_asks_once(gimp, start_local_server):
     shown = gimp.run([*engine, "config", "show", "--json"], env=env).check()
     used = json.loads(shown.stdout)["settings"]["default_model"]
     assert used and used != "gpt-image-1.5", shown.stdout
+
+
+MENU_ORDER = ["Edit Selection", "Variations", "Generate", "Batch over Open Images", "Settings"]
+LAYOUT_CODE = IMAGE + r'''
+img, lay = make_image()
+mark("menu", {"image": img.get_id()})
+wait_flag("menu-done", timeout=300)
+res = call(img, lay, Gimp.RunMode.INTERACTIVE)
+mark("done", res)
+'''
+
+
+def _timings(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
+def _open_openai_menu(ui: GuiGimp, image_window: str, down: int) -> None:
+    """Filters (Alt+R) > the last entry, OpenAI (End), opened (Right), then ``down`` entries further."""
+    ui.focus(image_window)
+    ui.key("Escape", "alt+r")
+    ui.key("End", "Right")
+    for _ in range(down):
+        ui.key("Down")
+
+
+def test_dialog_layout_mnemonics_model_list_and_menu(gimp, start_local_server):
+    """What an artist sees, read from the real GUI: Filters > OpenAI lists the actions in order, then
+    Settings; Edit Selection opens with the prompt focused, four basic fields and the rest inside a collapsed
+    Advanced expander; GIMP reports no field without a mnemonic; the model field offers the server's models
+    with the retiring one's date. Screenshots of the menu and the dialog (collapsed, expanded, the model list)
+    are kept in /tmp/gimp-openai-dialogs for people to look at."""
+    require_gui(gimp)
+    server = start_local_server("--shutdown", "gpt-image-1.5=2026-12-31")
+    timings = gimp.work / f"layout-timings-{gimp.version}.jsonl"
+    timings.unlink(missing_ok=True)
+    env = {"OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": FAKE_KEY,
+           "GIMP_OPENAI_CONFIG_DIR": f"/gimp-openai-work/config-layout-{gimp.version}",
+           "GIMP_OPENAI_CACHE_DIR": f"/gimp-openai-work/cache-layout-{gimp.version}",
+           "GIMP_OPENAI_HOST_TIMINGS": gimp.inside(timings)}
+    titles = {re.escape(t): t for t in MENU_ORDER}
+    seen = []
+    with GuiGimp(gimp, LAYOUT_CODE, env=env, timeout=420, name="layout") as ui:
+        ui.wait_mark("menu", timeout=90)
+        image_window = ui.wait_window(r"\[Untitled\].*GIMP", timeout=60)
+        for k in range(len(MENU_ORDER)):
+            _open_openai_menu(ui, image_window, k)
+            if k == 0:
+                ui.screenshot("1-menu")
+            ui.key("Return")
+            wid = ui.wait_window("^(" + "|".join(titles) + ")$", timeout=60)
+            seen.append(ui.x("xdotool", "getwindowname", wid).stdout.strip())
+            time.sleep(0.5)  # the model list may arrive and set the field's hint
+            ui.screenshot(f"0-{k + 1}-{seen[-1].split()[0].lower()}", window=wid)
+            ui.focus(wid)
+            ui.key("Escape")  # Cancel: nothing runs
+            ui.wait_window_gone(wid)
+        ui.flag("menu-done")
+        wid = ui.wait_window(DIALOG, timeout=60)
+        collapsed = ui.geometry(wid)
+        ui.screenshot("2-dialog-collapsed", window=wid)
+        ui.focus(wid)
+        ui.key("ctrl+a")  # the prompt has the focus: typing replaces the last values there
+        ui.type("a red kite")
+        ui.key("alt+m", "ctrl+a")
+        ui.type("gpt")
+        time.sleep(1.0)  # the engine's list arrives in the background; the popup follows the typing
+        ui.key("BackSpace")
+        ui.type("t")
+        ui.screenshot("3-model-list")
+        ui.key("Escape")  # closes the list, not the dialog
+        ui.key("ctrl+a", "BackSpace")  # empty: automatic
+        ui.key("alt+a")  # the Advanced expander
+        time.sleep(0.5)
+        expanded = ui.geometry(wid)
+        ui.screenshot("4-dialog-advanced", window=wid)
+        ui.key("alt+o")
+        ui.wait_window_gone(wid)
+        res = _json(ui.wait_mark("done", timeout=120))
+        run = ui.wait(60)
+    everything = run.stdout + run.stderr
+    assert FAKE_KEY not in everything and "Traceback" not in everything, everything[-4000:]
+    assert "no mnemonic" not in everything and "duplicate mnemonic" not in everything, [
+        line for line in everything.splitlines() if "mnemonic" in line]
+    assert seen == MENU_ORDER, seen
+    assert res["status"] == "success", res
+    assert res["layers"][0]["parasite"]["prompt"] == "a red kite", res  # typed at once: the prompt had focus
+    assert expanded["HEIGHT"] > collapsed["HEIGHT"] + 150, (collapsed, expanded)
+    entries = _timings(timings)
+    layout = next(e for e in entries if e["what"] == "dialog-layout")
+    buttons = {"_Load Saved Settings", "_Save Settings"}  # GIMP's own, in the content area too
+    basic = [f["label"] for f in layout["fields"] if not f["advanced"] and f["label"] not in buttons]
+    advanced = [f["label"] for f in layout["fields"] if f["advanced"]]
+    assert basic[:4] == ["_Prompt", "_Model (empty = automatic)", "_Number of results", "_Quality"], layout
+    assert "_Advanced" in basic, layout
+    assert {"_Working size", "_Blend", "Conte_xt around the selection (× its size)",
+            "_Feather the mask edge (px)"} <= set(advanced), layout
+    assert not any("kground" in f["label"] for f in layout["fields"]), layout  # no Background for a retouch
+    assert layout["expanders"] == [False] and layout["focus"] == "TextView", layout
+    keys = [f["key"] for f in layout["fields"]]
+    assert None not in keys and len(set(keys)) == len(keys), layout
+    rows = [e["rows"] for e in entries if e["what"] == "model-field"]
+    assert any("gpt-image-2" in r and "gpt-image-1.5 \u2014 retires 2026-12-31" in r for r in rows), rows

@@ -96,7 +96,7 @@ for name in %r:
         expected += [q["name"].replace("_", "-") for q in p["params"] if not q.get("secret")]
         assert d["args"] == expected
         assert d["label"] == p["label"]
-        assert d["menus"] == [MANIFEST["menu"]["gimp3"]]
+        assert d["menus"] == [f"{MANIFEST['menu']['gimp3']}/[{p['menu_section']}]"]  # sections order the menu
         assert "api-key" not in d["args"]  # the key is never a PDB argument
 
 

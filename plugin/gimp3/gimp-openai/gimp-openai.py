@@ -62,11 +62,23 @@ def _record_timing(what, seconds, extra=None):
 
 # ----------------------------------------------------------------------------------------------- registration
 
-def _choice(values):
+def _choice(param):
+    """The PDB argument is the value (what scripts pass); the dialog's menu shows the manifest's words."""
     choice = Gimp.Choice.new()
-    for i, value in enumerate(values):
-        choice.add(value, i, value, "")
+    for i, value in enumerate(param["values"]):
+        choice.add(value, i, hl.value_label(param, value), "")
     return choice
+
+
+def menu_path(manifest, proc):
+    """Where the procedure sits: the manifest's menu plus its section in brackets. GIMP 3 sorts a plug-in's
+    menu entries by their full path before it adds them, and a bracketed section it does not know adds no
+    submenu (gimp_procedure_add_menu_path, app/menus/plug-in-menus.c), so the sections put the actions in
+    the manifest's order (Edit Selection, Variations, Generate, Batch) and Settings last, instead of the
+    labels' alphabetical order."""
+    base = manifest.get("menu", {}).get("gimp3", "<Image>/Filters/OpenAI")
+    section = proc.get("menu_section")
+    return f"{base}/[{section}]" if section else base
 
 
 def add_params(procedure, proc):
@@ -82,7 +94,7 @@ def add_params(procedure, proc):
         elif kind == "bool":
             procedure.add_boolean_argument(name, label, blurb, p["default"], _RW)
         elif kind == "choice":
-            procedure.add_choice_argument(name, label, blurb, _choice(p["values"]), p["default"], _RW)
+            procedure.add_choice_argument(name, label, blurb, _choice(p), p["default"], _RW)
         else:
             raise ValueError("manifest parameter {} has unknown type {}".format(p["name"], kind))
 
@@ -115,7 +127,7 @@ class OpenAIPlugIn(Gimp.PlugIn):
             procedure.add_enum_argument("run-mode", "Run mode", "The run mode", Gimp.RunMode,
                                         Gimp.RunMode.NONINTERACTIVE, _RW)
         procedure.set_menu_label(proc["label"])
-        procedure.add_menu_path(manifest.get("menu", {}).get("gimp3", "<Image>/Filters/OpenAI"))
+        procedure.add_menu_path(menu_path(manifest, proc))
         procedure.set_documentation(proc["blurb"], proc["help"], name)
         procedure.set_attribution(manifest.get("author", ""), manifest.get("copyright", ""), manifest.get("date", ""))
         add_params(procedure, proc)
@@ -244,39 +256,130 @@ def _secrets():
 # ------------------------------------------------------------------------------------------------------ dialog
 
 def show_dialog(procedure, config, proc):
-    """GimpUi.ProcedureDialog over the procedure's arguments: prompts as multi-line text with a label above
-    them (GIMP draws a text view without one) and the keyboard focus in the first, so an artist can type
-    at once; choices as menus; the model as a text field completing the models the server offered."""
+    """GimpUi.ProcedureDialog over the procedure's arguments, laid out for an artist: the manifest's basic
+    fields first (the prompt on top, focused, so typing starts at once), then the Advanced ones inside a
+    collapsed expander. Every field has a mnemonic (GIMP checks them and names any that lacks one).
+    Choices are menus of the manifest's words; the model is a text field that offers the server's models.
+    Arguments the manifest keeps for scripts only ("dialog": false) get no field and their default."""
     gi.require_version("GimpUi", "3.0")
     gi.require_version("Gtk", "3.0")
     from gi.repository import GimpUi, Gtk
 
     GimpUi.init(PLUGIN_NAME)
-    dialog = GimpUi.ProcedureDialog.new(procedure, config, proc["label"].rstrip("\u2026."))
-    names, first_text = [], None
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, hl.plain_label(proc["label"]).rstrip("\u2026."))
+    shown = []
     for p in hl.public_params(proc):
-        name = pdb_name(p["name"])
-        if p["type"] == "text":
-            view = dialog.get_widget(name, Gtk.TextView)
-            view.set_wrap_mode(Gtk.WrapMode.WORD)
-            view.set_size_request(420, 90)
-            view.set_tooltip_text(p.get("help") or None)
-            label = dialog.get_label(name + "-label", "_" + p["label"], False, True)
-            label.set_xalign(0.0)
-            label.set_mnemonic_widget(view)
-            names.append(name + "-label")
-            first_text = first_text or view
-        names.append(name)
-    if any(p["name"] == "model" for p in hl.public_params(proc)):
-        _model_field(dialog, GimpUi, Gtk, _cached_models())
-    dialog.fill(names)
+        if p.get("dialog", True):
+            shown.append(p)
+        else:  # a script's value must not linger invisibly in the next interactive run
+            config.set_property(pdb_name(p["name"]), p["default"])
+    texts = {}
+    boxes = []
+    for box_id, params in (("basic-box", [p for p in shown if not p.get("advanced")]),
+                           ("advanced-box", [p for p in shown if p.get("advanced")])):
+        if not params:
+            continue
+        for p in params:
+            if p["type"] == "choice":  # a labelled menu; GIMP's radio frames for <= 3 values carry no mnemonic
+                dialog.get_widget(pdb_name(p["name"]), Gtk.ComboBox)
+            elif p["type"] == "float":  # as many decimals as the step has (0.25, not 0.250)
+                spin = dialog.get_widget(pdb_name(p["name"]), GimpUi.LabelSpin)
+                if hasattr(spin, "set_digits"):
+                    spin.set_digits(len(repr(float(p["step"])).rstrip("0").split(".")[1]) or 1)
+        box = dialog.fill_box(box_id, [pdb_name(p["name"]) for p in params if p["type"] != "text"])
+        box.set_spacing(6)
+        if box_id == "advanced-box":
+            box.set_margin_start(18)  # under the expander's arrow: what it folds away reads as its content
+            box.set_margin_top(6)
+        for position, p in enumerate(params):  # the manifest's order, as in GIMP 2.10 and the PDB
+            if p["type"] == "text":
+                holder, view = _text_field(GimpUi, Gtk, config, p)
+                box.pack_start(holder, True, True, 0)
+                box.reorder_child(holder, position)
+                texts[p["name"]] = view
+        boxes.append(box_id)
+    for p in shown:
+        if p["name"] in ("model", "default_model"):
+            _model_field(dialog, GimpUi, Gtk, _cached_models(), pdb_name(p["name"]))
+        elif p["type"] in ("string", "dirname"):  # room for a whole URL or folder
+            field = _entry_of(dialog.get_widget(pdb_name(p["name"]), GimpUi.LabelEntry), Gtk)
+            if field is not None:
+                field.set_width_chars(36)
+    if "advanced-box" in boxes:
+        dialog.get_label("advanced-title", "_Advanced", False, True)
+        expander = dialog.fill_expander("advanced", "advanced-title", False, "advanced-box")
+        expander.set_expanded(False)
+        expander.set_spacing(6)
+        boxes[-1] = "advanced"
+    dialog.fill(boxes)
     if proc["operation"] == "settings":
-        dialog.set_ok_label("Save")
-    if first_text is not None:
-        first_text.grab_focus()
+        dialog.set_ok_label("Sa_ve")  # "_Save" is GIMP's "Save Settings" button
+    first = next((texts[p["name"]] for p in shown if p["name"] in texts and not p.get("advanced")), None)
+    if first is not None:
+        first.grab_focus()
+    if _timings_file():
+        dialog.connect("map-event", lambda d, _e: GLib.idle_add(_record_layout, d, Gtk) and False)
     ok = dialog.run()
     dialog.destroy()
     return ok
+
+
+def _record_layout(dialog, Gtk):
+    """For tests (GIMP_OPENAI_HOST_TIMINGS): what the shown dialog holds, read from its widgets: each
+    mnemonic label's text and whether it sits in the Advanced expander, the expander's state, the focus."""
+    fields, expanders = [], []
+
+    def walk(widget, inside):
+        if isinstance(widget, Gtk.Label) and widget.get_use_underline():
+            fields.append({"label": widget.get_label(), "advanced": inside,
+                           "key": _keyval_name(widget.get_mnemonic_keyval())})
+        children = widget.get_children() if isinstance(widget, Gtk.Container) else []
+        if isinstance(widget, Gtk.Expander):
+            expanders.append(widget.get_expanded())
+            title = widget.get_label_widget()
+            if title is not None:
+                walk(title, inside)  # the expander's own title is outside what it folds away
+            children = [c for c in children + [widget.get_child()] if c is not None and c is not title]
+            inside = True
+        for child in dict.fromkeys(children):
+            walk(child, inside)
+
+    walk(dialog.get_content_area(), False)
+    focus = dialog.get_focus()
+    _record_timing("dialog-layout", 0.0, {"fields": fields, "expanders": expanders,
+                                          "focus": type(focus).__name__ if focus is not None else None})
+    return False
+
+
+def _keyval_name(keyval):
+    gi.require_version("Gdk", "3.0")
+    from gi.repository import Gdk
+
+    return Gdk.keyval_name(keyval) if keyval else None
+
+
+def _text_field(GimpUi, Gtk, config, p):
+    """A multi-line field bound to the argument, under a label with its mnemonic. Built here rather than by
+    ProcedureDialog.get_widget, whose text view has no label (so GIMP reports it as lacking a mnemonic)."""
+    view = Gtk.TextView.new_with_buffer(GimpUi.prop_text_buffer_new(config, pdb_name(p["name"]), -1))
+    view.set_wrap_mode(Gtk.WrapMode.WORD)
+    view.set_accepts_tab(False)  # Tab moves on to the next field, as everywhere else in the dialog
+    for side in ("top", "bottom", "left", "right"):
+        getattr(view, f"set_{side}_margin")(4)
+    view.set_tooltip_text(p.get("help") or None)
+    scrolled = Gtk.ScrolledWindow()
+    scrolled.set_policy(Gtk.PolicyType.NEVER, Gtk.PolicyType.AUTOMATIC)
+    scrolled.set_shadow_type(Gtk.ShadowType.IN)
+    scrolled.set_size_request(440, 84 if not p.get("advanced") else 56)
+    scrolled.add(view)
+    label = Gtk.Label.new_with_mnemonic(p["label"])
+    label.set_xalign(0.0)
+    label.set_mnemonic_widget(view)
+    holder = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=3)
+    holder.pack_start(label, False, False, 0)
+    holder.pack_start(scrolled, True, True, 0)
+    holder.show_all()
+    return holder, view
 
 
 def _entry_of(widget, Gtk):
@@ -287,39 +390,139 @@ def _entry_of(widget, Gtk):
     return get_entry() if get_entry is not None else None
 
 
-def _model_field(dialog, GimpUi, Gtk, models):
-    """The model field: empty means automatic (said in the field); completes the models listed last time.
-    A free-text field rather than a Gimp.Choice: GIMP caches registrations (pluginrc), so a choice built
-    from the server's list at registration would go stale, and a model id typed by hand must stay possible."""
+def model_rows(models):
+    """(id, what the list shows) for each model a server offers: its id, and when it is retiring, the date.
+    ``models``: the engine's entries ({"id", "shutdown_date", "offered"}) or bare ids; shut-down ones left out
+    (nothing can be made with them)."""
+    rows = []
+    for m in models:
+        entry = m if isinstance(m, dict) else {"id": m}
+        model_id = hl.clean_line(entry.get("id") or "")
+        if not model_id or entry.get("offered") is False or model_id in [r[0] for r in rows]:
+            continue
+        date = hl.clean_line(entry.get("shutdown_date") or "")
+        rows.append((model_id, f"{model_id} \u2014 retires {date}" if date else model_id))
+    return rows
+
+
+def _model_field(dialog, GimpUi, Gtk, models, name="model"):
+    """The model field: empty means automatic (said in the field); offers the models the server lists, with
+    the date each retiring one shuts down, in a list under the field (typing filters it; the arrow at the
+    field's end opens it). A text field rather than a Gimp.Choice: GIMP caches registrations (pluginrc), so a
+    choice built from the server's list would go stale, and a model id typed by hand must stay possible.
+    The list shown at once is the one remembered from the last dialog or connection test; the engine's own
+    list (its cache while fresh, else the server's answer) replaces it as soon as it arrives."""
     # GimpUi.LabelEntry keeps the field's label (asking for a Gtk.Entry gives a bare entry without it)
-    entry = _entry_of(dialog.get_widget("model", GimpUi.LabelEntry), Gtk)
+    entry = _entry_of(dialog.get_widget(name, GimpUi.LabelEntry), Gtk)
     if entry is None:  # pragma: no cover - an unexpected widget: the plain field still works
         return
-    entry.set_placeholder_text(("automatic: " + models[0]) if models else "automatic")
-    entry.set_width_chars(24)
-    if not models:
-        return
-    store = Gtk.ListStore(str)
-    for m in models:
-        store.append([m])
+    entry.set_width_chars(28 if name == "model" else 36)
+    store = Gtk.ListStore(str, str)
     completion = Gtk.EntryCompletion()
     completion.set_model(store)
-    completion.set_text_column(0)
-    completion.set_minimum_key_length(0)
-    completion.set_inline_completion(True)
+    cell = Gtk.CellRendererText()
+    completion.pack_start(cell, True)
+    completion.add_attribute(cell, "text", 1)
+    completion.set_minimum_key_length(1)  # an emptied field (automatic) opens no list over the dialog
+    completion.set_popup_single_match(True)
+
+    state = {"open": True, "all": False}
+
+    def matches(_completion, key, tree_iter):
+        return state["all"] or key.strip().lower() in store[tree_iter][0].lower()
+
+    def selected(_completion, model, tree_iter):
+        entry.set_text(model[tree_iter][0])  # the id, not the words shown beside it
+        entry.set_position(-1)
+        return True
+
+    completion.set_match_func(matches)
+    completion.connect("match-selected", selected)
     entry.set_completion(completion)
-    entry.set_tooltip_text("Models offered last time: " + ", ".join(models) + ". Empty: automatic.")
+    entry.set_icon_from_icon_name(Gtk.EntryIconPosition.SECONDARY, "go-down")
+    entry.set_icon_tooltip_text(Gtk.EntryIconPosition.SECONDARY, "Models this server offers")
+
+    def popup(_entry, _position, _event):
+        """The whole list, whatever the field holds: GTK opens it when the text changes and is long enough,
+        so for a moment any length is, and the field's text is offered again unchanged."""
+        entry.grab_focus()
+        state["all"] = True
+        completion.set_minimum_key_length(0)
+        text = entry.get_text()
+        entry.set_text("")
+        entry.set_text(text)
+
+        def settle():
+            state["all"] = False
+            completion.set_minimum_key_length(1)
+            return False
+
+        GLib.timeout_add(1000, settle)
+
+    entry.connect("icon-press", popup)
+    entry.connect("destroy", lambda _w: state.update(open=False))
+
+    def fill(rows):
+        if not state["open"]:
+            return False
+        store.clear()
+        for row in rows:
+            store.append(list(row))
+        ids = [r[0] for r in rows]
+        if name == "model":  # Settings' default model: empty means the newest, said by its label
+            entry.set_placeholder_text(("automatic: " + ids[0]) if ids else "automatic")
+        entry.set_tooltip_text(("Models this server offers: " + ", ".join(r[1] for r in rows) + ". " if rows else "")
+                               + "Empty: automatic. Any model id can be typed.")
+        _record_timing("model-field", 0.0, {"rows": [r[1] for r in rows]})
+        return False
+
+    fill(model_rows(models))
+
+    def ask_engine():
+        listed = _engine_models()
+        if listed is not None:
+            _remember_models(listed)
+            GLib.idle_add(fill, model_rows(listed))
+
+    import threading
+    threading.Thread(target=ask_engine, name="gimp-openai-models", daemon=True).start()
+
+
+def _engine_models():
+    """The image models of the saved server as the engine lists them (its cache while fresh, else the
+    server's answer, else an older cache), or None when it cannot say."""
+    try:
+        code, objects, _stderr = hl.run_engine(["--json", "models"], python=_engine_python())
+    except Exception:  # noqa: BLE001 - an engine that cannot answer leaves the remembered list
+        return None
+    answer = objects[-1] if objects else {}
+    if code != 0 or not answer.get("ok") or not isinstance(answer.get("models"), list):
+        return None
+    return [m for m in answer["models"] if isinstance(m, dict)]
 
 
 def _models_cache_path():
     return os.path.join(Gimp.directory(), "gimp-openai-models.json")
 
 
+def _remember_models(models):
+    """Keep the engine's list (ids and dates) for the next dialog to show at once."""
+    try:
+        with open(_models_cache_path(), "w") as handle:
+            json.dump({"models": [m.get("id") for m in models], "entries": models, "time": time.time()}, handle)
+    except (OSError, TypeError, ValueError):
+        pass
+
+
 def _cached_models():
-    """The image models the engine listed last time (written after each interactive run), newest first."""
+    """The image models listed last time (by the engine for a dialog, or a connection test), newest first:
+    the engine's entries with their dates where known, else the ids."""
     try:
         with open(_models_cache_path()) as handle:
             data = json.load(handle)
+        entries = data.get("entries")
+        if isinstance(entries, list):
+            return [e for e in entries if isinstance(e, dict)]
         return [str(m) for m in data.get("models", [])]
     except (OSError, ValueError, AttributeError):
         return []
