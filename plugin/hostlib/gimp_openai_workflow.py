@@ -83,13 +83,15 @@ class Item(object):
 
 class LayerSpec(object):
     """One layer to insert: the engine's PNGs, where, its name and parasite, and which mask it gets:
-    ``mask`` is "engine" (the engine's mask PNG), "selection" (the image's selection) or None."""
+    ``mask`` is "engine" (the engine's mask PNG), "selection" (the image's selection) or None. ``visible``:
+    only the first of several results shows, so each of the others is one eye click away instead of hidden
+    under the layers above it."""
 
-    def __init__(self, output, name, parasite, mask):
+    def __init__(self, output, name, parasite, mask, visible=True):
         self.png, self.mask_png = output["layer_png"], output.get("mask_png")
         self.x, self.y = int(output.get("x", 0)), int(output.get("y", 0))
         self.width, self.height = int(output["width"]), int(output["height"])
-        self.name, self.parasite, self.mask = name, parasite, mask
+        self.name, self.parasite, self.mask, self.visible = name, parasite, mask, visible
 
 
 # ----------------------------------------------------------------------------------------------- the rules
@@ -188,7 +190,7 @@ def layer_specs(outputs, prompt, model, mask, secrets=()):
     outputs = sorted(outputs, key=lambda o: o.get("index", 0))
     count = len(outputs)
     return [LayerSpec(out, hl.layer_name(prompt, k, count, path=out.get("path"), secrets=secrets),
-                      hl.parasite_data(prompt, model, out, secrets), mask)
+                      hl.parasite_data(prompt, model, out, secrets), mask, visible=k == 1)
             for k, out in enumerate(outputs, 1)]
 
 
