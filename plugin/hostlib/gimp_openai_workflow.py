@@ -394,11 +394,13 @@ class Workflow(object):
         for spec in specs:
             spec.x, spec.y = spec.x - x0, spec.y - y0
             spec.mask = u"engine" if spec.mask else None  # the old image's selection is gone with it
+        closed = not self.adapter.alive(item.target.image, None)
         image = self.adapter.new_image(width, height)
         self.adapter.insert(image, None, specs, group)
         self.adapter.show(image)
-        self.notices.append(u"%s was closed (or its layer deleted) while the request ran; its %d result(s) "
-                            u"opened as a new image." % (item.name, len(specs)))
+        results = u"its result" if len(specs) == 1 else u"its %d results" % len(specs)
+        what = u"%s was closed" % item.name if closed else u"The layer was deleted from %s" % item.name
+        self.notices.append(u"%s while the request ran, so %s opened as a new image." % (what, results))
 
     def engine_error(self, error):
         error = error or {}

@@ -42,19 +42,20 @@ gi.require_version("Gegl", "0.4")
 from gi.repository import Gimp, Gegl, GLib
 Gegl.init(None)
 
-def make_image():
-    img = Gimp.Image.new(400, 300, Gimp.ImageBaseType.RGB)
-    lay = Gimp.Layer.new(img, "photo", 400, 300, Gimp.ImageType.RGBA_IMAGE, 100, Gimp.LayerMode.NORMAL)
+def make_image(width=400, height=300):
+    img = Gimp.Image.new(width, height, Gimp.ImageBaseType.RGB)
+    lay = Gimp.Layer.new(img, "photo", width, height, Gimp.ImageType.RGBA_IMAGE, 100, Gimp.LayerMode.NORMAL)
     img.insert_layer(lay, None, 0)
-    px = bytearray(400 * 300 * 4)
-    for y in range(300):
-        for x in range(400):
-            i = (y * 400 + x) * 4
-            px[i:i + 4] = bytes(((x * 3) % 256, (y * 2) % 256, (x + y) % 256, 255))
+    row = bytearray(width * 4)
+    px = bytearray()
+    for y in range(height):
+        for x in range(width):
+            row[x * 4:x * 4 + 4] = bytes(((x * 3) % 256, (y * 2) % 256, (x + y) % 256, 255))
+        px += row
     buf = lay.get_buffer()
-    buf.set(Gegl.Rectangle.new(0, 0, 400, 300), "R'G'B'A u8", bytes(px))
+    buf.set(Gegl.Rectangle.new(0, 0, width, height), "R'G'B'A u8", bytes(px))
     buf.flush()
-    img.select_ellipse(Gimp.ChannelOps.REPLACE, 120, 100, 160, 100)
+    img.select_ellipse(Gimp.ChannelOps.REPLACE, width * 0.3, height / 3, width * 0.4, height / 3)
     img.clean_all()
     Gimp.Display.new(img)
     Gimp.displays_flush()
@@ -90,6 +91,8 @@ while True:
     if cmd == "quit":
         mark("bye")
         break
+    if cmd == "big":
+        big = make_image(2400, 1800)
     mark("state-%d" % k, state())
 '''
 
@@ -107,10 +110,22 @@ class Artist:
         self.idle_strip = None
 
     # ------------------------------------------------------------------------------------- batch script
+    def save_dialog(self, wid: str) -> None:
+        """Press the dialog's rightmost button (OK, or Save in Settings, whose label has no mnemonic)."""
+        g = self.ui.geometry(wid)
+        self.ui.xdo("mousemove", str(g["X"] + g["WIDTH"] - 50), str(g["Y"] + g["HEIGHT"] - 16))
+        self.ui.xdo("click", "1")
+        self.ui.wait_window_gone(wid)
+
     def state(self) -> dict:
         self.k += 1
         (self.ui.flags / f"cmd-{self.k}").write_text("state")
         return json.loads(self.ui.wait_mark(f"state-{self.k}", timeout=60))
+
+    def command(self, what: str) -> dict:
+        self.k += 1
+        (self.ui.flags / f"cmd-{self.k}").write_text(what)
+        return json.loads(self.ui.wait_mark(f"state-{self.k}", timeout=120))
 
     def quit(self) -> None:
         self.k += 1
@@ -215,6 +230,7 @@ class Artist:
         wid = self.ui.wait_window(MESSAGE_TITLE, timeout=timeout)
         time.sleep(0.5)  # a second message would be added to the same window
         windows = self.message_windows()
+        self.ui.focus(wid)  # on top of the image window (no window manager stacks them)
         geo = self.ui.geometry(wid)
         self.ui.screenshot(f"{label}-message", window=wid)
         for w in windows:
@@ -240,6 +256,7 @@ class Artist:
         strip = self.status_strip(label)
         idle = self.idle_strip
         w, h = strip.size
+        w -= 258  # the docks' column on the right (its buttons change sensitivity during a run)
         columns = []
         for x in range(w):
             for y in range(h):
@@ -295,6 +312,7 @@ def _setup(gimp) -> dict[str, str]:
             "GIMP_OPENAI_HOST_TIMINGS": "/gimp-openai-work/messages.jsonl"}
 
 
+@pytest.mark.timeout(900)
 def test_edit_again_repeat_and_three_results(gimp, local_server):
     """Edit; edit again at once (the result's mask is the active drawable then); Filters > Repeat (Ctrl+F);
     each result on top, visible, above the earlier ones; then n = 3: a group of three, the first visible."""
@@ -350,3 +368,145 @@ def test_edit_again_repeat_and_three_results(gimp, local_server):
     assert _names(inside) == [f"OpenAI: a green kite ({k}/3)" for k in (1, 2, 3)], fourth
     assert [d["visible"] for d in inside] == [True, False, False], inside
     assert top[0]["visible"] and [d["name"] for d in top[1:]][-1] == "photo", top
+
+
+def _wait(what: str, check, timeout: float = 60, step: float = 0.1):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"{what}: not after {timeout} s")
+
+
+def _edits_received(server) -> int:
+    return sum(v for k, v in server.stats()["endpoints"].items() if "edit" in k)
+
+
+@pytest.mark.timeout(900)
+def test_cancel_server_down_closed_image_settings(gimp, start_local_server):
+    """Cancel while waiting and after the image arrived; the server down; the image closed while waiting;
+    Settings with the server down. Each time: what is left behind, and what the artist is told, once."""
+    require_gui(gimp)
+    env = _setup(gimp)
+    slow = start_local_server("--latency", "6")
+    gone = start_local_server()
+    dead_url = gone.url
+    gone.stop()
+    history = gimp.work / f"history-artist-{gimp.version}"
+    with GuiGimp(gimp, CODE, env=env, timeout=900, name="artist-trouble") as ui:
+        artist = Artist(ui, gimp, env)
+        artist.config(base_url=slow.url)
+        image = json.loads(ui.wait_mark("ready", timeout=90))["image"]
+        artist.idle_strip = artist.status_strip("0-idle")
+
+        # 1. Cancel while the server works: the engine stops, its folder goes, nothing was received
+        artist.edit("5-cancel-waiting", prompt="a paper boat")
+        _wait("the edit request at the server", lambda: _edits_received(slow) >= 1)
+        assert artist.engines(), "no engine runs while the request waits"
+        artist.click_cancel("5-cancel-waiting-statusbar")
+        _wait("the plug-in gone after Cancel", lambda: not artist.plugin_running(), timeout=15)
+        _wait("the engine gone after Cancel", lambda: not artist.engines(), timeout=15)
+        left_after_cancel = artist.job_folders()
+        windows_after_cancel = artist.message_windows()
+        ui.screenshot("5-after-cancel")
+        cancelled = artist.state()
+
+        # 2. Cancel after the image arrived (paid), while the engine fits it into the big picture
+        big = artist.command("big")
+        big_image = max(int(i) for i in big)
+        before = set(history.rglob("*.png")) if history.exists() else set()
+        artist.edit("6-cancel-paid", prompt="a paper plane")
+        paid = _wait("the paid image in history",
+                     lambda: [p for p in history.rglob("*.png") if p not in before] if history.exists() else [],
+                     timeout=180, step=0.05)
+        artist.click_cancel("6-cancel-paid-statusbar")
+        _wait("the engine gone after the second Cancel", lambda: not artist.engines(), timeout=15)
+        _wait("the plug-in gone after the second Cancel", lambda: not artist.plugin_running(), timeout=15)
+        left_after_paid_cancel = artist.job_folders()
+        paid_state = artist.state()
+
+        # 3. The server is down: one message, plain words, with the paid image of the cancelled run
+        artist.config(base_url=dead_url)
+        artist.edit("7-server-down", prompt="a paper boat")
+        down_windows, down_geo = artist.read_message("7-server-down")
+        artist.wait_idle()
+        down_told = artist.told()
+
+        # 4. The image closed while the request runs: no GIMP errors, one message, the result as a new image
+        artist.config(base_url=slow.url)
+        slow.reset()
+        artist.edit("8-close-image", prompt="a paper boat")
+        _wait("the edit request at the server", lambda: _edits_received(slow) >= 1)
+        artist.press_in_image("ctrl+w")
+        confirm = ui.wait_window(r"^Close ", timeout=30)
+        ui.screenshot("8-close-confirm", window=confirm)
+        ui.focus(confirm)
+        ui.key("alt+d")  # "Discard Changes"
+        closed_windows, closed_geo = artist.read_message("8-closed-image", timeout=90)
+        artist.wait_idle()
+        closed_told = artist.told()
+        closed_state = artist.state()
+        ui.screenshot("8-new-image")
+
+        # 5. Settings with the server down: saved values shown, the test names the URL and fails
+        artist.press_in_image(SETTINGS_KEY)
+        wid = ui.wait_window(r"^Settings$", timeout=60)
+        ui.screenshot("9-settings-dialog", window=wid)
+        ui.focus(wid)
+        artist.config(base_url=dead_url)  # what the dialog shows was read before; saved again as shown
+        artist.save_dialog(wid)  # Save (tests the connection: ticked by default)
+        settings_windows, _geo = artist.read_message("9-settings-saved", timeout=90)
+        artist.wait_idle()
+        settings_told = artist.told()
+        saved_after = artist.saved()
+
+        artist.press_in_image(SETTINGS_KEY)
+        wid = ui.wait_window(r"^Settings$", timeout=60)
+        ui.screenshot("10-settings-again", window=wid)
+        ui.focus(wid)
+        ui.key("ctrl+a", "BackSpace")  # the server URL (the first field) emptied: OpenAI
+        ui.screenshot("10-settings-emptied", window=wid)
+        artist.save_dialog(wid)
+        artist.read_message("10-settings-openai", timeout=90)
+        artist.wait_idle()
+        emptied_told = artist.told()
+        saved_emptied = artist.saved()
+        artist.quit()
+        run = ui.wait(60)
+
+    everything = run.stdout + run.stderr
+    assert FAKE_KEY not in everything and "Traceback" not in everything, everything[-4000:]
+    for noise in ("Calling error", "Execution error for", "invalid ID", "GIMP-Error", "-CRITICAL: gimp_image"):
+        assert noise not in run.stderr, run.stderr[-4000:]
+
+    # 1. cancelled while waiting
+    assert not left_after_cancel, left_after_cancel
+    assert not windows_after_cancel, "a message after Cancel while nothing was received"
+    assert _names(_top(cancelled, image)) == ["photo"], cancelled
+    # 2. cancelled after the image was paid for: nothing inserted, folder gone, the image kept in history
+    assert not left_after_paid_cancel, left_after_paid_cancel
+    assert _names(_top(paid_state, big_image)) == ["photo"], paid_state
+    assert all(p.exists() for p in paid)
+    # 3. server down: ONE message, plain words, naming what to do, with the paid image's path
+    assert down_windows == 1 and len(down_told) == 1, down_told
+    text = down_told[0]["text"]
+    _plain(text)
+    assert "127.0.0.1" in text and "cancelled run" in text, text
+    assert str(paid[0].name) in text, text
+    # 4. image closed while waiting
+    assert closed_windows == 1 and len(closed_told) == 1, closed_told
+    _plain(closed_told[0]["text"])
+    assert "closed" in closed_told[0]["text"] and "new image" in closed_told[0]["text"], closed_told
+    assert str(big_image) not in closed_state, closed_state  # the image in front was closed
+    new = [i for i in closed_state if int(i) != image]
+    assert len(new) == 1 and _names(_top(closed_state, int(new[0]))) == ["OpenAI: a paper boat (1/1)"], closed_state
+    # 5. settings: the URL named, the failure said, the saved URL kept; emptied: OpenAI
+    assert settings_windows == 1 and len(settings_told) == 1, settings_told
+    said = settings_told[0]["text"]
+    _plain(said)
+    assert dead_url in said or dead_url.rstrip("/v1") in said, said
+    assert "fail" in said.lower() or "not" in said.lower(), said
+    assert saved_after["base_url"].rstrip("/") == dead_url.rstrip("/"), saved_after
+    assert saved_emptied["base_url"].rstrip("/") == "https://api.openai.com/v1", (saved_emptied, emptied_told)
