@@ -322,11 +322,13 @@ class Workflow(object):
                 job["items"] = self.export(items, answer, workdir, operation)
                 self.adapter.progress(0.0, u"OpenAI: sending %d request(s)" % len(items))
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
-            self.heard(result)
-            gone = hl.model_gone(result)
-            if gone or (not result.get("items") and result.get("error")):
+                self.heard(result)
+                gone = hl.model_gone(result)
+                failed = gone or (not result.get("items") and result.get("error"))
+                if not failed:  # in the session: killed while inserting, the engine cleans up and remembers
+                    self.insert_items(items, result, job["model"], operation)
+            if failed:
                 raise self.engine_error(gone or result["error"])
-            self.insert_items(items, result, job["model"], operation)
             return result
         finally:
             if not self.adapter.keep_workdir(workdir):
@@ -464,40 +466,45 @@ class Workflow(object):
             self.adapter.progress(0.0, u"OpenAI: generating")
             with hl.EngineSession(python=self.python) as session:
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
-            self.heard(result)
-            item = (result.get("items") or [{}])[0]
-            if not item.get("ok"):
-                raise self.engine_error(item.get("error") or result.get("error"))
-            outputs = item.get("outputs") or []
-            model = item.get("model") or result.get("model") or job.get("model", u"")
-            prompt = hl.to_text(self.values.get("prompt", u""))
-            if new_image:
-                width = max(int(o["width"]) for o in outputs)
-                height = max(int(o["height"]) for o in outputs)
-                image, anchor = self.adapter.new_image(width, height), None
-                for o in outputs:
-                    o["x"], o["y"] = 0, 0
-            elif not self.adapter.alive(target.image, None):  # closed while the request ran
-                image, anchor = self.adapter.new_image(max(int(o["width"]) for o in outputs),
-                                                       max(int(o["height"]) for o in outputs)), None
-                for o in outputs:
-                    o["x"], o["y"] = 0, 0
-                new_image = True
-                self.notices.append(u"%s was closed while the request ran; the result(s) opened as a new image."
-                                    % target.name)
-            else:
-                image, anchor = target.image, None  # on top of the image, never inside a group it has
-                width, height = self.adapter.image_size(image)
-                for o in outputs:  # centred in the image
-                    o["x"] = (width - int(o["width"])) // 2
-                    o["y"] = (height - int(o["height"])) // 2
-            self.adapter.insert(image, anchor, layer_specs(outputs, prompt, model, None, self.secrets),
-                                group_name(prompt, len(outputs), self.secrets))
-            if new_image:
-                self.adapter.show(image)
-            return hl.warnings_text(result, self.secrets) or None
+                self.heard(result)
+                item = (result.get("items") or [{}])[0]
+                if item.get("ok"):  # in the session: killed while inserting, the engine cleans up and remembers
+                    return self.insert_generated(result, job, target, new_image)
+            raise self.engine_error(item.get("error") or result.get("error"))
         finally:
             hl.cleanup(workdir)
+
+    def insert_generated(self, result, job, target, new_image):
+        """The generated images as layers: a new image, or on top of the open one (centred)."""
+        item = (result.get("items") or [{}])[0]
+        outputs = item.get("outputs") or []
+        model = item.get("model") or result.get("model") or job.get("model", u"")
+        prompt = hl.to_text(self.values.get("prompt", u""))
+        if new_image:
+            width = max(int(o["width"]) for o in outputs)
+            height = max(int(o["height"]) for o in outputs)
+            image, anchor = self.adapter.new_image(width, height), None
+            for o in outputs:
+                o["x"], o["y"] = 0, 0
+        elif not self.adapter.alive(target.image, None):  # closed while the request ran
+            image, anchor = self.adapter.new_image(max(int(o["width"]) for o in outputs),
+                                                   max(int(o["height"]) for o in outputs)), None
+            for o in outputs:
+                o["x"], o["y"] = 0, 0
+            new_image = True
+            self.notices.append(u"%s was closed while the request ran; the result(s) opened as a new image."
+                                % target.name)
+        else:
+            image, anchor = target.image, None  # on top of the image, never inside a group it has
+            width, height = self.adapter.image_size(image)
+            for o in outputs:  # centred in the image
+                o["x"] = (width - int(o["width"])) // 2
+                o["y"] = (height - int(o["height"])) // 2
+        self.adapter.insert(image, anchor, layer_specs(outputs, prompt, model, None, self.secrets),
+                            group_name(prompt, len(outputs), self.secrets))
+        if new_image:
+            self.adapter.show(image)
+        return hl.warnings_text(result, self.secrets) or None
 
     # ------------------------------------------------------------------------------------------- settings
     def run_settings(self):
