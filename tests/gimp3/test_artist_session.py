@@ -113,7 +113,7 @@ class Artist:
     def save_dialog(self, wid: str) -> None:
         """Press the dialog's rightmost button (OK, or Save in Settings, whose label has no mnemonic)."""
         g = self.ui.geometry(wid)
-        self.ui.xdo("mousemove", str(g["X"] + g["WIDTH"] - 50), str(g["Y"] + g["HEIGHT"] - 16))
+        self.ui.xdo("mousemove", str(g["X"] + g["WIDTH"] - 50), str(g["Y"] + g["HEIGHT"] - 40))
         self.ui.xdo("click", "1")
         self.ui.wait_window_gone(wid)
 
