@@ -209,7 +209,7 @@ class Artist:
         return found
 
     def job_folders(self) -> list[Path]:
-        return sorted((self.gimp.work / "tmp").glob("gimp-openai-*"))
+        return sorted(p for p in (self.gimp.work / "tmp").glob("gimp-openai-*") if "-rescue-" not in p.name)
 
     # ---------------------------------------------------------------------------------------- messages
     def told(self) -> list[dict]:
@@ -451,11 +451,11 @@ def test_cancel_server_down_closed_image_settings(gimp, start_local_server):
         ui.screenshot("8-new-image")
 
         # 5. Settings with the server down: saved values shown, the test names the URL and fails
+        artist.config(base_url=dead_url)
         artist.press_in_image(SETTINGS_KEY)
         wid = ui.wait_window(r"^Settings$", timeout=60)
         ui.screenshot("9-settings-dialog", window=wid)
         ui.focus(wid)
-        artist.config(base_url=dead_url)  # what the dialog shows was read before; saved again as shown
         artist.save_dialog(wid)  # Save (tests the connection: ticked by default)
         settings_windows, _geo = artist.read_message("9-settings-saved", timeout=90)
         artist.wait_idle()
