@@ -332,6 +332,7 @@ def insert_results(image, anchor, layers, group_name=None):
             layer.name = _native(spec.name)
             image.insert_layer(layer, parent, position + k)
             layer.set_offsets(spec.x, spec.y)
+            layer.visible = bool(getattr(spec, "visible", True))
             if spec.mask == "selection":
                 layer.add_mask(layer.create_mask(ADD_SELECTION_MASK))
             elif spec.mask == "engine" and spec.mask_png:

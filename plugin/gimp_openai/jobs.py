@@ -682,18 +682,13 @@ def _load_job_modules() -> None:
 
 
 class _JobWriter(LineWriter):
-    """The job's lines; its result line first ends the job for the session, so an end of input after it
-    (the host has its answer and is done) is not taken for a cancel."""
+    """The job's lines. The job stays the session's until the host says ``{"cmd": "done"}``: a host killed
+    after the result line but before the layers were in the image (GIMP's Cancel while it inserts) has left
+    the job folder behind and shown nothing, so that end of input is a cancel too."""
 
     def __init__(self, session: _Session, stream: IO[str]) -> None:
         super().__init__(stream)
         self.session = session
-
-    def write(self, obj: dict[str, Any]) -> None:
-        if obj.get("type") == "result":
-            with self.session.lock:
-                self.session.job_folder = None
-        super().write(obj)
 
 
 class _Session:
@@ -712,6 +707,10 @@ class _Session:
     def _read(self) -> None:
         try:
             for raw in self.source:
+                if _is_done(raw):  # here, not in the request loop: the end of input may follow at once
+                    with self.lock:
+                        self.job_folder = None
+                    continue
                 self.inbox.put(raw)
         finally:  # end of input, or input that cannot be read: the host is done or gone either way
             with self.lock:
@@ -752,6 +751,15 @@ class _Session:
             if folder.name.startswith("gimp-openai-") and not holds_paid:  # the host's own temporary job folder
                 _remove_now(folder)  # (kept when the rescue chain put paid images in it: the notice names them)
             os._exit(EXIT_OK)
+
+
+def _is_done(raw: str) -> bool:
+    """``{"cmd": "done"}``: the host has put the last job's results where they belong (or given up on them
+    itself); an end of input after it is the normal end, not a cancel."""
+    try:
+        return bool(json.loads(raw).get("cmd") == "done")
+    except (ValueError, AttributeError):
+        return False
 
 
 def _remove_now(folder: Path) -> None:

@@ -549,9 +549,17 @@ class EngineSession(object):
         return self.proc.wait() if self.proc is not None else None
 
     def close(self, abort=False):
-        """End the engine: at end of input it exits by itself; ``abort`` stops it at once."""
+        """End the engine: at end of input it exits by itself; ``abort`` stops it at once. A normal end says
+        ``done`` first; without it the engine takes the end of input for a cancel (the host killed while it
+        inserted the results) and removes the job folder and notes the paid images for the next run."""
         proc, self.proc = self.proc, None
         if proc is not None:
+            try:
+                if not abort:  # the results are where they belong: the end of input is not a cancel
+                    proc.stdin.write(b'{"cmd": "done"}\n')
+                    proc.stdin.flush()
+            except (IOError, OSError):
+                pass
             try:
                 proc.stdin.close()  # end of input: the engine ends, or abandons a running job itself
             except (IOError, OSError):

@@ -83,13 +83,15 @@ class Item(object):
 
 class LayerSpec(object):
     """One layer to insert: the engine's PNGs, where, its name and parasite, and which mask it gets:
-    ``mask`` is "engine" (the engine's mask PNG), "selection" (the image's selection) or None."""
+    ``mask`` is "engine" (the engine's mask PNG), "selection" (the image's selection) or None. ``visible``:
+    only the first of several results shows, so each of the others is one eye click away instead of hidden
+    under the layers above it."""
 
-    def __init__(self, output, name, parasite, mask):
+    def __init__(self, output, name, parasite, mask, visible=True):
         self.png, self.mask_png = output["layer_png"], output.get("mask_png")
         self.x, self.y = int(output.get("x", 0)), int(output.get("y", 0))
         self.width, self.height = int(output["width"]), int(output["height"])
-        self.name, self.parasite, self.mask = name, parasite, mask
+        self.name, self.parasite, self.mask, self.visible = name, parasite, mask, visible
 
 
 # ----------------------------------------------------------------------------------------------- the rules
@@ -205,7 +207,7 @@ def layer_specs(outputs, prompt, model, mask, secrets=()):
     outputs = sorted(outputs, key=lambda o: o.get("index", 0))
     count = len(outputs)
     return [LayerSpec(out, hl.layer_name(prompt, k, count, path=out.get("path"), secrets=secrets),
-                      hl.parasite_data(prompt, model, out, secrets), mask)
+                      hl.parasite_data(prompt, model, out, secrets), mask, visible=k == 1)
             for k, out in enumerate(outputs, 1)]
 
 
@@ -337,11 +339,13 @@ class Workflow(object):
                 job["items"] = self.export(items, answer, workdir, operation)
                 self.adapter.progress(0.0, u"OpenAI: sending %d request(s)" % len(items))
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
-            self.heard(result)
-            gone = hl.model_gone(result)
-            if gone or (not result.get("items") and result.get("error")):
+                self.heard(result)
+                gone = hl.model_gone(result)
+                failed = gone or (not result.get("items") and result.get("error"))
+                if not failed:  # in the session: killed while inserting, the engine cleans up and remembers
+                    self.insert_items(items, result, job["model"], operation)
+            if failed:
                 raise self.engine_error(gone or result["error"])
-            self.insert_items(items, result, job["model"], operation)
             return result
         finally:
             if not self.adapter.keep_workdir(workdir):
@@ -409,11 +413,13 @@ class Workflow(object):
         for spec in specs:
             spec.x, spec.y = spec.x - x0, spec.y - y0
             spec.mask = u"engine" if spec.mask else None  # the old image's selection is gone with it
+        closed = not self.adapter.alive(item.target.image, None)
         image = self.adapter.new_image(width, height)
         self.adapter.insert(image, None, specs, group)
         self.adapter.show(image)
-        self.notices.append(u"%s was closed (or its layer deleted) while the request ran; its %d result(s) "
-                            u"opened as a new image." % (item.name, len(specs)))
+        results = u"its result" if len(specs) == 1 else u"its %d results" % len(specs)
+        what = u"%s was closed" % item.name if closed else u"The layer was deleted from %s" % item.name
+        self.notices.append(u"%s while the request ran, so %s opened as a new image." % (what, results))
 
     def engine_error(self, error):
         error = error or {}
@@ -480,40 +486,45 @@ class Workflow(object):
             self.adapter.progress(0.0, u"OpenAI: generating")
             with hl.EngineSession(python=self.python) as session:
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
-            self.heard(result)
-            item = (result.get("items") or [{}])[0]
-            if not item.get("ok"):
-                raise self.engine_error(item.get("error") or result.get("error"))
-            outputs = item.get("outputs") or []
-            model = item.get("model") or result.get("model") or job.get("model", u"")
-            prompt = hl.to_text(self.values.get("prompt", u""))
-            if new_image:
-                width = max(int(o["width"]) for o in outputs)
-                height = max(int(o["height"]) for o in outputs)
-                image, anchor = self.adapter.new_image(width, height), None
-                for o in outputs:
-                    o["x"], o["y"] = 0, 0
-            elif not self.adapter.alive(target.image, None):  # closed while the request ran
-                image, anchor = self.adapter.new_image(max(int(o["width"]) for o in outputs),
-                                                       max(int(o["height"]) for o in outputs)), None
-                for o in outputs:
-                    o["x"], o["y"] = 0, 0
-                new_image = True
-                self.notices.append(u"%s was closed while the request ran; the result(s) opened as a new image."
-                                    % target.name)
-            else:
-                image, anchor = target.image, None  # on top of the image, never inside a group it has
-                width, height = self.adapter.image_size(image)
-                for o in outputs:  # centred in the image
-                    o["x"] = (width - int(o["width"])) // 2
-                    o["y"] = (height - int(o["height"])) // 2
-            self.adapter.insert(image, anchor, layer_specs(outputs, prompt, model, None, self.secrets),
-                                group_name(prompt, len(outputs), self.secrets))
-            if new_image:
-                self.adapter.show(image)
-            return hl.warnings_text(result, self.secrets) or None
+                self.heard(result)
+                item = (result.get("items") or [{}])[0]
+                if item.get("ok"):  # in the session: killed while inserting, the engine cleans up and remembers
+                    return self.insert_generated(result, job, target, new_image)
+            raise self.engine_error(item.get("error") or result.get("error"))
         finally:
             hl.cleanup(workdir)
+
+    def insert_generated(self, result, job, target, new_image):
+        """The generated images as layers: a new image, or on top of the open one (centred)."""
+        item = (result.get("items") or [{}])[0]
+        outputs = item.get("outputs") or []
+        model = item.get("model") or result.get("model") or job.get("model", u"")
+        prompt = hl.to_text(self.values.get("prompt", u""))
+        if new_image:
+            width = max(int(o["width"]) for o in outputs)
+            height = max(int(o["height"]) for o in outputs)
+            image, anchor = self.adapter.new_image(width, height), None
+            for o in outputs:
+                o["x"], o["y"] = 0, 0
+        elif not self.adapter.alive(target.image, None):  # closed while the request ran
+            image, anchor = self.adapter.new_image(max(int(o["width"]) for o in outputs),
+                                                   max(int(o["height"]) for o in outputs)), None
+            for o in outputs:
+                o["x"], o["y"] = 0, 0
+            new_image = True
+            self.notices.append(u"%s was closed while the request ran; the result(s) opened as a new image."
+                                % target.name)
+        else:
+            image, anchor = target.image, None  # on top of the image, never inside a group it has
+            width, height = self.adapter.image_size(image)
+            for o in outputs:  # centred in the image
+                o["x"] = (width - int(o["width"])) // 2
+                o["y"] = (height - int(o["height"])) // 2
+        self.adapter.insert(image, anchor, layer_specs(outputs, prompt, model, None, self.secrets),
+                            group_name(prompt, len(outputs), self.secrets))
+        if new_image:
+            self.adapter.show(image)
+        return hl.warnings_text(result, self.secrets) or None
 
     # ------------------------------------------------------------------------------------------- settings
     def run_settings(self):

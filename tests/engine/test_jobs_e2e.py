@@ -319,3 +319,62 @@ def test_a_host_gone_mid_job_ends_the_engine_at_once_and_the_next_session_says_w
     assert notice["code"] == "cancelled_results" and "(paid for)" in notice["message"]
     (saved,) = [line.strip() for line in notice["message"].splitlines()[1:]]
     assert Path(saved).is_file() and Path(saved).with_suffix(".json").is_file()
+
+
+def _session_job(work: Path, env: dict[str, str], then: str) -> tuple[subprocess.Popen, dict]:
+    """One session through plan and job to its result line; ``then`` is what the host does next ("done" and
+    close, or just close: killed while it inserted the layers)."""
+    pixels, sel = layer_image()
+    layer = {"x": 0, "y": 0, "width": pixels.shape[1], "height": pixels.shape[0]}
+    plan = {"version": 1, "operation": "edit", "model": "gpt-image-2",
+            "items": [{"id": "img-1", "layer": layer, "selection_bounds": bounds(sel)}]}
+    (work / "plan.json").write_text(json.dumps(plan))
+    engine = subprocess.Popen([sys.executable, "-m", "gimp_openai", "session"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    engine.stdin.write(json.dumps({"cmd": "plan", "path": str(work / "plan.json")}) + "\n")
+    engine.stdin.flush()
+    (item,) = json.loads(engine.stdout.readline())["items"]
+    files = export(work, "img-1", pixels, sel, (0, 0), item["place"])
+    job = {"version": 1, "operation": "edit", "model": "gpt-image-2", "prompt": "remove the balloon", "n": 1,
+           "out_dir": "out", "items": [dict(item, layer=layer, **files)]}
+    (work / "job.json").write_text(json.dumps(job))
+    engine.stdin.write(json.dumps({"cmd": "job", "path": str(work / "job.json")}) + "\n")
+    engine.stdin.flush()
+    for line in engine.stdout:
+        result = json.loads(line)
+        if result.get("type") == "result":
+            break
+    if then == "done":
+        engine.stdin.write('{"cmd": "done"}\n')
+    engine.stdin.close()
+    engine.wait(timeout=30)
+    return engine, result
+
+
+@pytest.mark.slow
+def test_a_host_killed_while_inserting_is_a_cancel_and_done_is_the_normal_end(local_server, tmp_path):
+    """GIMP's Cancel can come after the result line, while the plug-in puts the layers into the image: the
+    plug-in is killed, its folder would stay and the paid image go unmentioned. Without the host's ``done``
+    the end of input is a cancel (folder removed, the image named next run); with it, the normal end."""
+    env = dict(os.environ, OPENAI_API_KEY=FAKE_KEY, OPENAI_BASE_URL=local_server.url)
+    killed = tmp_path / "gimp-openai-killed"
+    killed.mkdir()
+    engine, result = _session_job(killed, env, then="close")
+    assert engine.returncode == 0 and result["ok"], engine.stderr.read()
+    assert not killed.exists()
+    (output,) = result["items"][0]["outputs"]
+    (tmp_path / "plan.json").write_text(json.dumps({"version": 1, "operation": "edit", "model": "gpt-image-2",
+                                                    "items": []}))
+    requests = json.dumps({"cmd": "plan", "path": str(tmp_path / "plan.json")}) + "\n"
+    nxt = subprocess.run([sys.executable, "-m", "gimp_openai", "session"], input=requests, capture_output=True,
+                         text=True, timeout=120, env=env)
+    (notice,) = json.loads(nxt.stdout.splitlines()[0]).get("notices", [])
+    assert notice["code"] == "cancelled_results" and output["history_png"] in notice["message"]
+    finished = tmp_path / "gimp-openai-finished"
+    finished.mkdir()
+    engine, result = _session_job(finished, env, then="done")
+    assert engine.returncode == 0 and result["ok"]
+    assert finished.exists()  # the host removes its own folder after a normal run
+    nxt = subprocess.run([sys.executable, "-m", "gimp_openai", "session"], input=requests, capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert not json.loads(nxt.stdout.splitlines()[0]).get("notices")  # nothing was cancelled

@@ -228,8 +228,7 @@ def test_an_image_closed_while_waiting_gets_its_results_as_a_new_image(fake_engi
     adapter = FakeAdapter([a, b], closed={"a.png"})
     text = run(adapter, "batch", {"prompt": "clear sky", "n": 2})
     assert "OpenAI batch: 2 of 2 images done." in text
-    assert "a.png was closed (or its layer deleted) while the request ran; its 2 result(s) opened as a new image" \
-        in text
+    assert "a.png was closed while the request ran, so its 2 results opened as a new image." in text
     (new,) = adapter.shown
     assert [i["image"] for i in adapter.inserted] == ["new", "b.png"]
     rescued = adapter.inserted[0]

@@ -164,15 +164,16 @@ class OpenAIPlugIn(Gimp.PlugIn):
             if proc["operation"] == "settings":
                 config.set_property("change-key", False)  # a new key is asked for once, not at every Save
             if message:
-                Gimp.message(message)
+                _tell(message)
             Gimp.displays_flush()
             return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
         except flow.Stop as stop:  # the artist said no: nothing changed, nothing failed
-            Gimp.message(str(stop))
+            _tell(str(stop))
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         except hl.HostError as exc:
             # one message: GIMP shows the returned error to the artist (and hands it to a calling script)
             text = "OpenAI: " + hl.describe_error(exc, _secrets())
+            _record_timing("message", 0.0, {"kind": "error", "text": text})
             return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR,
                                                GLib.Error.new_literal(Gimp.PlugIn.error_quark(), text, 0))
         except Exception as exc:  # a bug: still a message with what to do, never a traceback dialog
@@ -235,6 +236,12 @@ class UnsavedValues:
             os.remove(self.path)
         except OSError:
             pass
+
+
+def _tell(text):
+    """The run's one message (GIMP shows it in its message dialog, or on stderr without a display)."""
+    _record_timing("message", 0.0, {"kind": "message", "text": text})
+    Gimp.message(text)
 
 
 def show_saved_settings(config):
@@ -630,6 +637,7 @@ def insert_outputs(image, above, layers, group_name=None):
             layer = _result_layer(image, spec.png, spec.name, spec.width, spec.height)
             image.insert_layer(layer, parent, position + len(inserted))
             layer.set_offsets(spec.x, spec.y)
+            layer.set_visible(getattr(spec, "visible", True))
             if spec.mask == "selection":  # variations: the selection is the mask
                 layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
             elif spec.mask == "engine" and spec.mask_png:
