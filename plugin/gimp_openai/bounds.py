@@ -56,6 +56,7 @@ BOUNDS: dict[str, Bound] = {
         Bound("coordinate", -1_000_000, 1_000_000, int, "px", "a position in the image"),
         Bound("region_side", 1, 1_000_000, int, "px", "the width or height of a region"),
         Bound("target_side", 1, 100_000, int, "px", "the width or height of the image sent to the model"),
+        Bound("max_cost", 0.0, 100_000.0, float, "dollars", "the estimated cost above which a run asks first"),
     )
 }
 

@@ -1,9 +1,12 @@
 """What each image-model family accepts: the one table the client, the CLI, the hosts and the local server read.
 
 Rules are keyed by *family*, never by an exact model id, because OpenAI keeps adding dated snapshots and new
-ids (``gpt-image-2-2026-04-21``, ``gpt-image-2.5-...``) and retiring old ones. Every limit here comes from
-``tests/fixtures/openai_images_contract.yaml`` (2026-08-21); ``tests/server/test_rules_contract.py``
-checks them against that file so the client and the server cannot drift apart silently.
+ids (``gpt-image-2-2026-04-21``, ``gpt-image-2.5-...``) and retiring old ones. Every limit of the families up
+to gpt-image-2 comes from ``tests/fixtures/openai_images_contract.yaml`` (2026-08-21);
+``tests/server/test_rules_contract.py`` checks them against that file so the client and the server cannot drift
+apart silently. The 2.5 and 2.6 families came after that spec: their rows cite the public reports they rest on
+(the fixture's ``reported`` section), and a server that refuses one of their optional parameters costs one
+dropped parameter and a notice, not a failed run (``OPTIONAL_PARAMS``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ DALL_E_2 = "dall-e-2"
 DALL_E_3 = "dall-e-3"
 GPT_IMAGE_1 = "gpt-image-1"
 GPT_IMAGE_2 = "gpt-image-2"
+GPT_IMAGE_2_5 = "gpt-image-2.5"
+GPT_IMAGE_2_6 = "gpt-image-2.6"
 
 ENDPOINT_EDITS = "edits"
 ENDPOINT_VARIATIONS = "variations"
@@ -26,6 +31,16 @@ ENDPOINT_GENERATIONS = "generations"
 #: Input MIME types the GPT image models accept; dall-e-2 takes PNG only.
 GPT_INPUT_MIMETYPES = ("image/png", "image/jpeg", "image/webp")
 PNG_ONLY = ("image/png",)
+
+#: Output formats of the GPT families up to 2.5 (the contract's ``output_format`` enum); 2.6 adds more.
+GPT_OUTPUT_FORMATS = ("png", "jpeg", "webp")
+GPT_QUALITIES = ("low", "medium", "high", "auto")
+
+#: Parameters the engine may leave out when a server refuses them as unknown (400 ``unknown_parameter``): the
+#: request means the same without them, so the run goes on with a notice instead of failing. What the artist
+#: asked for and cannot do without (the prompt, the images, the mask, ``markup``, ``quality``, ``size``) is
+#: never dropped.
+OPTIONAL_PARAMS = ("complexity", "moderation", "input_fidelity", "output_compression", "background")
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,15 @@ class Family:
     streams: bool
     #: The most ``partial_images`` (previews streamed before the result) a request may ask for; 0 without streams.
     max_partial_images: int
+    #: Qualities above ``high`` and their seconds per 1024x1024 image (2.5 and later: xhigh, max).
+    extra_quality_seconds: tuple[tuple[str, float], ...] = ()
+    #: ``output_format`` values (families with ``gpt_params``).
+    output_formats: tuple[str, ...] = GPT_OUTPUT_FORMATS
+    #: ``complexity`` values; empty when the family does not take the parameter.
+    complexities: tuple[str, ...] = ()
+    #: Does /images/edits take ``markup`` (a transparent layer painted with instructions)? It is never sent with
+    #: a mask: the painted marks say where to edit.
+    markup: bool = False
 
     def check_size(self, size: str) -> str | None:
         """None when the family takes ``size`` (``WxH`` or ``auto``), else why not."""
@@ -191,6 +215,60 @@ FAMILIES: dict[str, Family] = {
         streams=True,
         max_partial_images=3,
     ),
+    # Released 2026-09-08 (gpt-image-2.5-flare / -sunburst, snapshots -2026-09-08): gpt-image-2's request
+    # format and sizes, two more quality tiers (xhigh, max), which gpt-image-2 refuses with a 400.
+    GPT_IMAGE_2_5: Family(
+        name=GPT_IMAGE_2_5,
+        endpoints=frozenset({ENDPOINT_EDITS, ENDPOINT_GENERATIONS}),
+        sizes=("1024x1024", "1536x1024", "1024x1536"),
+        free_sizes=FreeSizeRule(),
+        allows_auto_size=True,
+        prompt_max=32000,
+        max_images=16,
+        max_upload_bytes=50 * MB,
+        input_mimetypes=GPT_INPUT_MIMETYPES,
+        square_input=False,
+        qualities=("low", "medium", "high", "xhigh", "max", "auto"),
+        n_max=10,
+        response_format=False,
+        gpt_params=True,
+        input_fidelity=False,
+        transparent_background="preview",
+        mask_from_input_alpha=False,
+        # no published timings: gpt-image-2's, and 1.5x / 2x its high for the tiers above (shown as a range)
+        seconds_by_quality=(20.0, 60.0, 180.0),
+        extra_quality_seconds=(("xhigh", 270.0), ("max", 360.0)),
+        streams=True,  # gpt-image-2's request format, streams included ("swap the model name", the reports say)
+        max_partial_images=3,
+    ),
+    # Released 2026-11-04 (gpt-image-2.6-flare / -sunburst): 2.5's rules plus ``complexity`` (low, medium,
+    # high; high when omitted), GIF and SVG output, and markup edits (never together with a mask).
+    GPT_IMAGE_2_6: Family(
+        name=GPT_IMAGE_2_6,
+        endpoints=frozenset({ENDPOINT_EDITS, ENDPOINT_GENERATIONS}),
+        sizes=("1024x1024", "1536x1024", "1024x1536"),
+        free_sizes=FreeSizeRule(),
+        allows_auto_size=True,
+        prompt_max=32000,
+        max_images=16,
+        max_upload_bytes=50 * MB,
+        input_mimetypes=GPT_INPUT_MIMETYPES,
+        square_input=False,
+        qualities=("low", "medium", "high", "xhigh", "max", "auto"),
+        n_max=10,
+        response_format=False,
+        gpt_params=True,
+        input_fidelity=False,
+        transparent_background="yes",  # the 2.6 prompting guide: both models support transparent backgrounds
+        mask_from_input_alpha=False,
+        seconds_by_quality=(20.0, 60.0, 180.0),
+        extra_quality_seconds=(("xhigh", 270.0), ("max", 360.0)),
+        output_formats=("png", "jpeg", "webp", "gif", "svg"),
+        complexities=("low", "medium", "high"),
+        markup=True,
+        streams=True,
+        max_partial_images=3,
+    ),
 }
 
 #: Which family an id belongs to, by pattern, first match wins. Dated snapshots and later point releases
@@ -200,6 +278,8 @@ _FAMILY_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^dall-e-3$"), DALL_E_3),
     (re.compile(r"^chatgpt-image-latest$"), GPT_IMAGE_1),
     (re.compile(r"^gpt-image-1(\.\d+)?(-mini)?(-\d{4}-\d{2}-\d{2})?$"), GPT_IMAGE_1),
+    (re.compile(r"^gpt-image-2\.5([.\-].*)?$"), GPT_IMAGE_2_5),
+    (re.compile(r"^gpt-image-2\.6([.\-].*)?$"), GPT_IMAGE_2_6),
     (re.compile(r"^gpt-image-2([.\-].*)?$"), GPT_IMAGE_2),
 )
 
@@ -258,7 +338,7 @@ def expected_seconds(family: Family, quality: str, width: int, height: int) -> t
     Scales with pixel count relative to 1024x1024; 'auto' is treated as medium.
     """
     low, medium, high = family.seconds_by_quality
-    base = {"low": low, "medium": medium, "high": high}.get(quality, medium)
+    base = {"low": low, "medium": medium, "high": high, **dict(family.extra_quality_seconds)}.get(quality, medium)
     scale = max(1.0, (width * height) / (1024 * 1024))
     typical = base * scale
     return typical, typical * 1.8

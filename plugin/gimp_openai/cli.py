@@ -1,8 +1,11 @@
 """`gimp-openai`: the engine from a shell (and `python -m gimp_openai`, which the GIMP hosts run).
 
-Subcommands: edit, variation, generate, batch, models, doctor, serve, session, plan, job, key, config.
+Subcommands: edit, variation, generate, batch, models, usage, doctor, serve, session, plan, job, key, config.
 Everything that can be checked is checked before a request is paid for (the input files, the selection, the
-prompt, n, the size, the output folder). Errors are one clear line plus a hint, exit code 1 (2 for usage and
+prompt, n, the size, the output folder), and each request's estimated cost is printed before it is sent: above
+the limit (``--max-cost``, setting ``max_cost``, $1 by default) a terminal asks, anything else refuses unless
+``--yes``. What each run cost (from the answer's ``usage``) is printed after it and kept in history.
+Errors are one clear line plus a hint, exit code 1 (2 for usage and
 unreadable jobs), never a traceback. The API key is never read from argv: `key set` reads it from stdin or a
 hidden prompt.
 """
@@ -24,6 +27,7 @@ import numpy as np
 
 from gimp_openai import __version__, operations
 from gimp_openai.errors import (
+    CostLimitError,
     GimpOpenAIError,
     InvalidInputError,
     ModelNotFoundError,
@@ -191,8 +195,11 @@ def selection_for(args: argparse.Namespace, shape: tuple[int, ...], mask_path: s
             )
     elif args.rect:
         selection = rect_selection(height, width, args.rect, bool(args.ellipse))
+    elif getattr(args, "markup", None):  # the marks say where to edit; the result may replace the whole image
+        selection = np.full((height, width), 255, np.uint8)
     else:
-        raise UsageError("Say what to edit: --mask SELECTION.png, or --rect X,Y,W,H (with --ellipse for an ellipse).")
+        raise UsageError("Say what to edit: --mask SELECTION.png, or --rect X,Y,W,H (with --ellipse for an ellipse); "
+                         "or paint the instructions on a layer and pass it as --markup.")
     if not selection.any():
         raise InvalidInputError("The selection is empty.", hint="Select the part of the image to change first.")
     return selection
@@ -215,6 +222,65 @@ def read_references(paths: Sequence[str]) -> list[bytes]:
         imaging.check_image_bytes(data, what=f"reference image {Path(path).name!r}")
         images.append(data)
     return images
+
+
+def read_markup(path: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The --markup layer as RGBA, the size of the image (transparent except the painted marks)."""
+    from gimp_openai import imaging
+
+    if not Path(path).is_file():
+        raise InvalidInputError(f"The markup layer {path} does not exist or is not a file.",
+                                hint="Export the layer you painted the instructions on as a PNG with transparency.")
+    markup = imaging.read_image(path)
+    if markup.shape[:2] != tuple(shape[:2]):
+        raise InvalidInputError(
+            f"The markup layer {path} is {markup.shape[1]}x{markup.shape[0]} but the image is "
+            f"{shape[1]}x{shape[0]}; they must be the same size.",
+            hint="Export the markup layer from the same image (same width and height).",
+        )
+    return markup
+
+
+# --- Cost ---------------------------------------------------------------------------------------------------
+
+
+class CostGate:
+    """Every request's estimate on stderr before it is sent, and the run's limit: while the estimates (their
+    upper bounds, summed over a batch) stay within ``limit`` dollars nothing is asked; above it a terminal asks
+    once, and anything else refuses the request unpaid unless ``--yes``."""
+
+    def __init__(self, limit: float, *, yes: bool, can_ask: bool, quiet: bool) -> None:
+        self.limit, self.yes, self.can_ask, self.quiet = limit, yes, can_ask, quiet
+        self.total = 0.0
+        self.agreed = False
+        self.lock = threading.Lock()
+
+    def __call__(self, estimate: Any, item: str) -> None:
+        from gimp_openai.pricing import dollars
+
+        with self.lock:
+            label = f"{item}: " if item else ""
+            if not self.quiet:
+                print(f"{label}estimate: {estimate.text()}", file=sys.stderr, flush=True)
+            if estimate.usd_upper is None:
+                return  # no price known: nothing to hold against the limit (the tokens were shown)
+            self.total += estimate.usd_upper
+            if self.total <= self.limit or self.agreed or self.yes:
+                return
+            what = (f"up to {dollars(self.total)}" + (" for this batch so far" if item else "")
+                    + f", above your limit of {dollars(self.limit)}")
+            if self.can_ask:
+                answer = ask(f"gimp-openai: this run is estimated at {what}. Send it? [y/N] ").strip().lower()
+                if answer in ("y", "yes"):
+                    self.agreed = True
+                    return
+            self.total -= estimate.usd_upper
+            raise CostLimitError(f"Not sent: the estimate is {what} (--max-cost, setting max_cost).")
+
+
+def cost_limit(args: argparse.Namespace, settings: Any) -> float:
+    value = getattr(args, "max_cost", None)
+    return float(value if value is not None else getattr(settings, "max_cost", 1.0))
 
 
 # --- Engine from options ------------------------------------------------------------------------------------
@@ -271,6 +337,7 @@ def options_from(args: argparse.Namespace, model: str, prompt: str = "", source:
         source_name=source,
         variation_prompt=getattr(args, "variation_prompt", None) or settings_variation,
         partial_images=int(getattr(args, "partial_images", 0) or 0),
+        complexity=getattr(args, "complexity", "") or "",
     )
 
 
@@ -301,6 +368,8 @@ class Written:
     ora: Path | None = None
     outputs: list[operations.Output] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    cost: Any = None  # pricing.Cost of the request(s), from the answer's usage
+    estimate: Any = None  # pricing.Estimate made before sending
     partials: list[Path] = field(default_factory=list)
 
 
@@ -431,9 +500,22 @@ def write_layers(out: Path, stem: str, original: np.ndarray, outputs: Sequence[o
         return pending.publish_unique(f"{stem}-openai", ".ora")
 
 
+def total_cost(written: Sequence[Written]) -> Any:
+    """The sum of the runs' costs (None when no answer carried usage)."""
+    costs = [w.cost for w in written if w.cost is not None]
+    if not costs:
+        return None
+    total = costs[0]
+    for cost in costs[1:]:
+        total = total.add(cost)
+    return total
+
+
 def report(written: list[Written], args: argparse.Namespace) -> None:
     if args.json:
-        print(json.dumps({"ok": True, "results": [_written_dict(w) for w in written]}, ensure_ascii=False))
+        total = total_cost(written)
+        print(json.dumps({"ok": True, "results": [_written_dict(w) for w in written],
+                          "cost": total.to_dict() if total is not None else None}, ensure_ascii=False))
         return
     for w in written:
         for note in w.notes:
@@ -446,6 +528,10 @@ def report(written: list[Written], args: argparse.Namespace) -> None:
                     print(f"  note: {note}")
         if w.ora:
             print(f"layers (OpenRaster, opens in GIMP and Krita): {w.ora}")
+        if w.cost is not None:
+            print(f"cost: {w.cost.text()}")
+    if len(written) > 1 and total_cost(written) is not None:
+        print(f"total cost: {total_cost(written).text()}")
 
 
 def _written_dict(w: Written) -> dict[str, Any]:
@@ -454,6 +540,8 @@ def _written_dict(w: Written) -> dict[str, Any]:
         "ora": str(w.ora) if w.ora else None,
         "notes": w.notes,
         "partials": [str(p) for p in w.partials],
+        "cost": w.cost.to_dict() if w.cost is not None else None,
+        "estimate": w.estimate.to_dict() if w.estimate is not None else None,
         "outputs": [
             {"png": str(p), "name": o.name, "x": o.x, "y": o.y, "width": o.width, "height": o.height,
              "history_png": str(o.history_png) if o.history_png is not None else None,
@@ -472,6 +560,8 @@ def _prepare(args: argparse.Namespace, operation: str) -> tuple[Any, operations.
     out = out_dir_for(args)
     engine = engine_for(args, settings)
     engine.fallback_dirs = [out]  # history full or not writable: the out folder, then the temp rescue folder
+    engine.cost_gate = CostGate(cost_limit(args, settings), yes=bool(getattr(args, "yes", False)),
+                                can_ask=interactive(), quiet=bool(getattr(args, "quiet", False)))
     model = pick_model(engine, args, operation)
     check_size_option(args, engine, model)
     return settings, engine, model, out
@@ -514,6 +604,7 @@ def run_one(
         if previews is not None:
             previews.close()
     written.notes.extend(notice.message for notice in outcome.warnings)
+    written.cost, written.estimate = outcome.cost, outcome.estimate
     source_png = Path(image_path) if imaging.is_plain_png_file(image_path) else None
     try:
         write_results(out, stem, pixels, outcome, written, source_png, ahead)
@@ -536,6 +627,10 @@ def _operate(args: argparse.Namespace, engine: operations.Engine, model: str, pi
         opts = options_from(args, model, args.prompt or "", source=str(image_path))
         if getattr(args, "reference", None):
             opts.extra_images = read_references(args.reference)
+        if getattr(args, "markup", None):
+            opts.markup = read_markup(args.markup, pixels.shape)
+            if not (args.mask or args.rect):
+                opts.padding = 0.0
         # The full-size selection is handed over, not kept here: edit() crops it and frees it (64 MB at 8000²).
         return operations.edit(engine, opts, place_pixels=pixels, selection=selection_for(args, pixels.shape,
                                mask_path), layer=layer, item=item, progress=progress, on_preview=on_preview)
@@ -619,7 +714,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if previews is not None:
             previews.close()
         progress.finish()
-    written.notes = list(outcome.notes)
+    written.notes = [*outcome.notes, *(n.message for n in outcome.warnings)]
+    written.cost, written.estimate = outcome.cost, outcome.estimate
     try:
         write_results(out, stem, None, outcome, written)
     except GimpOpenAIError as exc:
@@ -672,10 +768,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     done = [r for r in results if isinstance(r, Written)]
     failed = [(img, r) for img, r in zip(args.images, results, strict=True) if isinstance(r, GimpOpenAIError)]
     if args.json:
+        total = total_cost(done)
         print(json.dumps({
             "ok": not failed,
             "results": [_written_dict(w) for w in done],
             "failed": [{"source": img, "error": e.to_dict()} for img, e in failed],
+            "cost": total.to_dict() if total is not None else None,
         }, ensure_ascii=False))
     else:
         report(done, args)
@@ -696,6 +794,48 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(dict(discovery.models_report(models), ok=True)))
     else:
         print(discovery.format_models(models))
+    return 0
+
+
+def parse_since(text: str) -> Any:
+    """``--since``: a date (YYYY-MM-DD) or a number of days back (``7d``, ``30``); None for everything."""
+    from datetime import date, datetime, timedelta, timezone
+
+    text = (text or "").strip()
+    if not text:
+        return None
+    days = text[:-1] if text.lower().endswith("d") else text
+    if days.isdigit() and len(days) <= 5:
+        return datetime.now(timezone.utc).date() - timedelta(days=int(days))
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--since {text[:40]!r} is not a date (YYYY-MM-DD) or a number of days (7d).",
+                         hint="") from None
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    """What the paid images in history cost, by day and model (from their sidecars; no request is made)."""
+    from gimp_openai import pricing
+    from gimp_openai.settings import history_dir, load_settings
+
+    since = parse_since(args.since)
+    folder = history_dir(load_settings())
+    rows = pricing.usage_from_history(folder, since)
+    if getattr(args, "json", False):
+        print(json.dumps({
+            "ok": True, "history": str(folder), "since": since.isoformat() if since else None,
+            "rows": [r.to_dict() for r in rows],
+            "total": {"images": sum(r.images for r in rows), "usd": round(sum(r.usd for r in rows), 6),
+                      "input_tokens": round(sum(r.input_tokens for r in rows)),
+                      "output_tokens": round(sum(r.output_tokens for r in rows)),
+                      "unpriced_images": sum(r.unpriced_images for r in rows)},
+        }))
+        return 0
+    if not rows:
+        print(f"No paid images in {folder}" + (f" since {since.isoformat()}" if since else "") + ".")
+        return 0
+    print(pricing.format_usage(rows))
     return 0
 
 
@@ -816,6 +956,23 @@ def config_changes(pairs: Sequence[tuple[str, str]], current: Any) -> dict[str, 
             raise ConfigValueError(
                 f"{key} cannot be set with `config set`; store the key with `gimp-openai key set` (it reads stdin).",
                 hint="")
+        if key.startswith("prices."):
+            from gimp_openai.pricing import parse_override
+
+            model = key[len("prices."):].strip()
+            if not model:
+                raise ConfigValueError("prices needs a model id or family: prices.<id>=text_input=5,image_input=8,"
+                                       "image_output=30 (dollars per 1M tokens).", hint="")
+            prices = dict(changes.get("prices", current.prices))
+            if value.strip():
+                try:
+                    prices[model] = parse_override(value)
+                except ValueError as exc:
+                    raise ConfigValueError(f"prices.{model}: {exc}.", hint="") from None
+            else:
+                prices.pop(model, None)
+            changes["prices"] = prices
+            continue
         if key.startswith("model_rules."):
             model = key[len("model_rules."):].strip()
             family = value.strip()
@@ -832,8 +989,10 @@ def config_changes(pairs: Sequence[tuple[str, str]], current: Any) -> dict[str, 
                 rules.pop(model, None)
             changes["model_rules"] = rules
             continue
-        if key not in fields or key == "model_rules":
-            where = "model_rules.<id>=<family>" if key == "model_rules" else f"one of {', '.join(fields)}"
+        if key not in fields or key in ("model_rules", "prices"):
+            where = {"model_rules": "model_rules.<id>=<family>",
+                     "prices": "prices.<id>=text_input=5,image_input=8,image_output=30"}.get(
+                key, f"one of {', '.join(fields)}")
             raise ConfigValueError(f"There is no setting called {key!r}; use {where}.", hint="")
         text = value.strip()
         if key in bounds.BOUNDS:
@@ -940,7 +1099,7 @@ def bounded(name: str, flag: str) -> Any:
 
 #: The numeric command-line options and the bounds-table entries they are checked against.
 NUMERIC_OPTIONS = {"-n": "n", "--feather": "feather", "--padding": "context_padding", "--timeout": "read_timeout",
-                   "--concurrency": "concurrency", "--partial-images": "partial_images"}
+                   "--concurrency": "concurrency", "--partial-images": "partial_images", "--max-cost": "max_cost"}
 
 
 def _partial_images_flag(p: argparse.ArgumentParser) -> None:
@@ -954,8 +1113,14 @@ def _common(p: argparse.ArgumentParser, *, images: bool = True) -> None:
                                                "image model)")
     p.add_argument("-n", type=bounded("n", "-n"), default=1, help="how many results (1-10)")
     p.add_argument("--size", default="", help="WxH, or auto (default: planned from the selection)")
-    p.add_argument("--quality", default="auto", help="low, medium, high or auto")
+    p.add_argument("--quality", default="auto", help="low, medium, high, auto (xhigh, max: gpt-image-2.5 and later)")
+    p.add_argument("--complexity", default="", choices=("", "low", "medium", "high"),
+                   help="how much planning the model does (gpt-image-2.6; default: the model's, high)")
     p.add_argument("--background", default="auto", help="auto, opaque or transparent (GPT models)")
+    p.add_argument("--max-cost", type=bounded("max_cost", "--max-cost"), default=None,
+                   help="dollars above which the run asks first, or refuses without --yes (default: setting "
+                        "max_cost, 1)")
+    p.add_argument("--yes", "-y", action="store_true", help="send even when the estimate is above --max-cost")
     p.add_argument("--out", default="", help="output folder (default: the current folder)")
     p.add_argument("--base-url", default="", help="API base URL (default: settings, OPENAI_BASE_URL)")
     _timeout_flag(p)
@@ -1006,6 +1171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", "-p", default="", help="what the selection should become")
     p.add_argument("--reference", action="append", help="extra reference image (GPT models; repeatable)")
     _partial_images_flag(p)
+    p.add_argument("--markup", metavar="FILE",
+                   help="a transparent layer the size of the image with the instructions painted on it, sent "
+                        "instead of a mask (gpt-image-2.6); --mask/--rect then only limit what the result replaces")
     _common(p)
 
     p = sub.add_parser("variation", help="variations of an image")
@@ -1034,6 +1202,10 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(p)
     p.add_argument("--base-url", default="")
     _timeout_flag(p)
+
+    p = sub.add_parser("usage", help="what the images in history cost, by day and model")
+    p.add_argument("--since", default="", help="YYYY-MM-DD, or a number of days back (7d)")
+    _json_flag(p)
 
     p = sub.add_parser("doctor", help="check the key, the server, TLS, versions and GIMP's plug-in folders")
     p.add_argument("--base-url", default="")
@@ -1107,7 +1279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return internal_error(exc)
     as_json = bool(getattr(args, "json", False))
     commands = {"edit": cmd_edit, "variation": cmd_variation, "generate": cmd_generate, "batch": cmd_batch,
-                "models": cmd_models, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job,
+                "models": cmd_models, "usage": cmd_usage, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job,
                 "session": cmd_session, "key": cmd_key,
                 "config": cmd_config}
     if not args.command:

@@ -205,6 +205,8 @@ class ImagesResult:
     meta: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: coded notes for the artist, (code, sentence): e.g. an optional parameter the server refused was left out
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -421,6 +423,8 @@ class ImagesClient:
         on_event: EventCallback | None = None,
         partial_images: int | None = None,
         on_partial: PartialCallback | None = None,
+        markup: bytes | None = None,
+        complexity: str | None = None,
     ) -> ImagesResult:
         """``partial_images`` (0 to the family's ``max_partial_images``): stream the answer, handing each preview
         to ``on_partial`` as it arrives; ignored for a family that does not stream (see :meth:`_images_call`)."""
@@ -451,9 +455,12 @@ class ImagesClient:
                     "they must be the same size"
                 )
             fields.append(("mask", ("mask.png", mask, "image/png")))
+        if markup is not None:
+            fields.append(("markup", ("markup.png", check_markup(markup, image, mask, family, model), "image/png")))
         params = _common_params(
             model, family, n=n, size=size, quality=quality, background=background, output_format=output_format,
             output_compression=output_compression, response_format=response_format, user=user,
+            complexity=complexity,
         )
         if input_fidelity is not None:
             if not caps.supports_input_fidelity(model, family):
@@ -501,6 +508,7 @@ class ImagesClient:
         on_event: EventCallback | None = None,
         partial_images: int | None = None,
         on_partial: PartialCallback | None = None,
+        complexity: str | None = None,
     ) -> ImagesResult:
         """``partial_images``/``on_partial``: as for :meth:`edit`."""
         family = self._family(model, caps.ENDPOINT_GENERATIONS)
@@ -513,6 +521,7 @@ class ImagesClient:
             _common_params(
                 model, family, n=n, size=size, quality=quality, background=background, output_format=output_format,
                 output_compression=output_compression, response_format=response_format, user=user,
+                complexity=complexity,
             )
         )
         if moderation is not None:
@@ -539,6 +548,16 @@ class ImagesClient:
         return [entry for entry in data if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
 
     # -- plumbing ------------------------------------------------------------------------------------------
+
+    def _refused_before(self, model: str) -> set[str]:
+        from . import discovery
+
+        return discovery.refused_params(self.config.base_url, model)
+
+    def _remember_refusal(self, model: str, name: str) -> None:
+        from . import discovery
+
+        discovery.remember_refused_param(self.config.base_url, model, name)
 
     def _family(self, model: str, endpoint: str) -> caps.Family:
         if not model or not model.strip():
@@ -686,13 +705,29 @@ class ImagesClient:
                 multipart = [*multipart, ("stream", "true"), ("partial_images", str(stream.partial_images))]
             if json_body is not None:
                 json_body = {**json_body, "stream": True, "partial_images": stream.partial_images}
-        try:
-            response, attempts = self._request(
-                "POST", url, model=model, multipart=multipart, json_body=json_body, on_event=on_event,
-                limit=limit, what=f"{n} image{'s' if n != 1 else ''} of {model}", stream=stream,
-            )
-        except E.GimpOpenAIError as exc:
-            raise self._with_preview(exc, stream) from None
+        notes: list[tuple[str, str]] = []
+        for name in sorted(_sent_names(multipart, json_body) & self._refused_before(model)):
+            multipart, json_body = _without(name, multipart, json_body)
+            notes.append((PARAM_DROPPED, f"{name} was not sent: this server refused it for {model} before, as a "
+                                         "parameter it does not know."))
+        while True:
+            try:
+                response, attempts = self._request(
+                    "POST", url, model=model, multipart=multipart, json_body=json_body, on_event=on_event,
+                    limit=limit, what=f"{n} image{'s' if n != 1 else ''} of {model}", stream=stream,
+                )
+                break
+            except E.InvalidRequestError as exc:
+                refused = refused_parameter(exc, _sent_names(multipart, json_body))
+                if refused is None:
+                    raise self._with_preview(exc, stream) from None
+                # The request means the same without it: once, left out and remembered for this server.
+                multipart, json_body = _without(refused, multipart, json_body)
+                self._remember_refusal(model, refused)
+                notes.append((PARAM_DROPPED, f"The server does not know the parameter {refused} for {model}; it was "
+                                             "left out and the request sent again (remembered for this server)."))
+            except E.GimpOpenAIError as exc:
+                raise self._with_preview(exc, stream) from None
         request_id = response.headers.get("x-request-id")
         if stream is not None and stream.response is response and stream.result is not None:
             result = stream.result
@@ -701,6 +736,7 @@ class ImagesClient:
             payload = _json_or_raise(response)
             del response  # the raw answer (up to the limit) is not needed once parsed
             result = self._collect(payload, request_id, n, on_event)
+        result.notes.extend(notes)
         result.meta.update(
             endpoint=endpoint, model=model, requested=n, returned=len(result.images), attempts=attempts,
             elapsed=round(time.monotonic() - started, 3),
@@ -1339,7 +1375,9 @@ def error_from_response(
         return E.AuthenticationError(message, **kwargs)
     if status == 403:
         return E.PermissionDeniedError(message, **kwargs)
-    if code == "model_not_found" or (status == 404 and model and model in message):
+    if code == "model_not_found" or (status == 404 and model and model in message) or _no_such_model(
+        status, code, param, message
+    ):
         return E.ModelNotFoundError(message, model=model or "", **kwargs)
     if status == 404:
         return E.EndpointNotFoundError(message, **kwargs)
@@ -1361,6 +1399,74 @@ def error_from_response(
     return E.InvalidRequestError(message, hint=hint, **kwargs)
 
 
+def _no_such_model(status: int, code: str | None, param: str | None, message: str) -> bool:
+    """The real API's answer on /images/* for a model id it does not know (or no longer serves): 400
+    ``invalid_value`` on ``model``, "The model 'X' does not exist." (the 404 ``model_not_found`` is /models')."""
+    return status == 400 and code == "invalid_value" and param == "model" and "does not exist" in message.lower()
+
+
+#: Notice code: an optional parameter the server refused as unknown was left out (capabilities.OPTIONAL_PARAMS).
+PARAM_DROPPED = "param_dropped"
+
+_UNKNOWN_PARAM_CODES = frozenset({"unknown_parameter", "unsupported_parameter", "unrecognized_parameter"})
+_UNKNOWN_PARAM_TEXT = re.compile(
+    r"(?:unknown|unrecognized|unsupported|invalid)\s+(?:request\s+)?(?:parameter|param|argument|field)s?"
+    r"(?:\s+supplied)?\s*:?\s*['\"`]?([A-Za-z_][A-Za-z0-9_]*)",
+    re.IGNORECASE,
+)
+
+
+def refused_parameter(exc: E.APIError, sent: set[str]) -> str | None:
+    """The optional parameter a 400 refuses as unknown, when it is one this request sent; None otherwise (the
+    refusal is about something else, or names a parameter the request cannot do without)."""
+    if exc.status != 400:
+        return None
+    named: str | None = None
+    if exc.server_code in _UNKNOWN_PARAM_CODES:
+        named = exc.param
+    match = _UNKNOWN_PARAM_TEXT.search(exc.message or "")
+    if named is None and match:
+        named = match.group(1)
+    if named in caps.OPTIONAL_PARAMS and named in sent:
+        return named
+    return None
+
+
+def _sent_names(multipart: list[tuple[str, Any]] | None, json_body: dict[str, Any] | None) -> set[str]:
+    return {name for name, _value in multipart} if multipart is not None else set(json_body or {})
+
+
+def _without(name: str, multipart: list[tuple[str, Any]] | None,
+             json_body: dict[str, Any] | None) -> tuple[list[tuple[str, Any]] | None, dict[str, Any] | None]:
+    if multipart is not None:
+        return [(k, v) for k, v in multipart if k != name], json_body
+    return multipart, {k: v for k, v in (json_body or {}).items() if k != name}
+
+
+def check_markup(markup: bytes, image: bytes, mask: bytes | None, family: caps.Family, model: str) -> bytes:
+    """A markup edit's layer, checked before paying: a model that takes markup, no mask beside it, a PNG the
+    size of the image."""
+    if not family.markup:
+        takers = ", ".join(name for name, f in caps.FAMILIES.items() if f.markup)
+        raise E.InvalidInputError(
+            f"{model} does not take markup edits (a painted layer as instructions)",
+            hint=f"Choose a model of the {takers} family, or edit with a selection instead.",
+        )
+    if mask is not None:
+        raise E.InvalidInputError("A markup edit is sent without a mask: the painted marks say where to edit",
+                                  hint="Leave out the selection (mask), or the markup layer.")
+    if sniff_mimetype(markup) != "image/png":
+        raise E.InvalidInputError("The markup layer must be a PNG image (transparent, with the marks painted on it)")
+    check_upload_size(markup, family, "the markup layer")
+    dims, image_dims = png_size(markup), png_size(image) if sniff_mimetype(image) == "image/png" else None
+    if dims and image_dims and dims != image_dims:
+        raise E.InvalidInputError(
+            f"The markup layer is {dims[0]}x{dims[1]} but the image is {image_dims[0]}x{image_dims[1]}; "
+            "they must be the same size"
+        )
+    return markup
+
+
 def _common_params(
     model: str,
     family: caps.Family,
@@ -1373,6 +1479,7 @@ def _common_params(
     output_compression: int | None = None,
     response_format: str | None = None,
     user: str | None = None,
+    complexity: str | None = None,
 ) -> dict[str, Any]:
     """Only the parameters this family accepts; a parameter it does not accept is an error, not dropped."""
     params: dict[str, Any] = {}
@@ -1392,7 +1499,7 @@ def _common_params(
     if background is not None:
         check_choice("background", background, ("transparent", "opaque", "auto"))
     if output_format is not None:
-        check_choice("output_format", output_format, ("png", "jpeg", "webp"))
+        check_choice("output_format", output_format, family.output_formats)
     if output_compression is not None:
         if isinstance(output_compression, bool) or not isinstance(output_compression, int) or not (
             0 <= output_compression <= 100
@@ -1406,6 +1513,12 @@ def _common_params(
         params["response_format"] = response_format
     if user is not None:
         params["user"] = str(user)
+    if complexity is not None:
+        if not family.complexities:
+            raise E.InvalidInputError(f"{model} does not take complexity",
+                                      hint="complexity is a setting of the gpt-image-2.6 models; leave it out.")
+        check_choice("complexity", complexity, family.complexities)
+        params["complexity"] = complexity
     return params
 
 

@@ -183,6 +183,47 @@ def invalidate_cache(base_url: str) -> None:
             pass
 
 
+# --- parameters a server refused -----------------------------------------------------------------------------
+
+
+def _refusals_file(base_url: str) -> Path:
+    digest = hashlib.sha256(base_url.rstrip("/").encode()).hexdigest()[:16]
+    return cache_dir() / f"refused-params-{digest}.json"
+
+
+def _read_refusals(base_url: str) -> dict[str, list[str]]:
+    try:
+        data = json.loads(_refusals_file(base_url).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        return {}
+    return {str(m): [str(p) for p in v if isinstance(p, str)] for m, v in models.items() if isinstance(v, list)}
+
+
+def refused_params(base_url: str, model: str) -> set[str]:
+    """The optional parameters this server refused for ``model`` as unknown: the client leaves them out, so a
+    compatible server that never heard of ``complexity`` costs one refused request, not one per run."""
+    return {p for p in _read_refusals(base_url).get(model, []) if p in caps.OPTIONAL_PARAMS}
+
+
+def remember_refused_param(base_url: str, model: str, param: str) -> None:
+    """Note that ``base_url`` refused ``param`` for ``model`` (a cache file per base URL; losing it costs one
+    more refused request)."""
+    data = _read_refusals(base_url)
+    data[model] = sorted({*data.get(model, []), param})
+    path = _refusals_file(base_url)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".refused-", dir=str(path.parent))
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"base_url": base_url, "models": data}, handle)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("Cannot write %s: %s", path, exc)
+
+
 def describe_age(seconds: float) -> str:
     if seconds < 90:
         return "just now"

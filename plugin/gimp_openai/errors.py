@@ -105,6 +105,14 @@ class OutputNotWritableError(GimpOpenAIError):
     default_hint = "Choose a folder you can write to, or free some disk space."
 
 
+class CostLimitError(InvalidInputError):
+    """Not sent: the estimate is above the user's limit (setting ``max_cost``) and nobody agreed to pay it."""
+
+    code = "cost_limit"
+    default_hint = ("Agree to it (--yes), raise the limit (--max-cost, setting max_cost), or ask for fewer or "
+                    "smaller images.")
+
+
 class UnsupportedModelError(InvalidInputError):
     """The model does not serve this operation (e.g. variations with a GPT model on an endpoint)."""
 

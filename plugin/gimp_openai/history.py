@@ -32,7 +32,8 @@ from .atomic import write_bytes_atomic, write_json_atomic
 from .errors import OutputNotWritableError, redact
 
 _SLUG_MAX = 48
-_SECRET_FIELD = re.compile(r"(api[_-]?key|authorization|secret|password|token|^key$)", re.IGNORECASE)
+#: Fields never written to a sidecar. ``token`` but not the ``usage`` counts (``input_tokens``, ``..._details``).
+_SECRET_FIELD = re.compile(r"(api[_-]?key|authorization|secret|password|token(?!s(_details)?$)|^key$)", re.IGNORECASE)
 
 
 def default_history_dir() -> Path:

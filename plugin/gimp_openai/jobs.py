@@ -126,6 +126,7 @@ class Item:
     image: Path | None = None
     selection: Path | None = None
     references: list[Path] = field(default_factory=list)
+    markup: Path | None = None  # a markup edit's painted layer, place-sized RGBA (sent instead of a mask)
     layer: Any = None
     plan: Any = None  # geometry.RegionPlan
 
@@ -211,6 +212,7 @@ def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
         variation_prompt=variation_prompt,
         canvas=_canvas(data) if operation == "generate" else None,
         partial_images=_number(data, "partial_images", 0),
+        complexity=_field(data, "complexity", str, ""),
     )
     out_text = _field(data, "out_dir", str)
     if not out_text or "\x00" in out_text:
@@ -248,6 +250,9 @@ def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
             if operation == "edit":
                 selection = _field(raw, "selection", str, where=where)
                 item.selection = _inside(folder, selection, f"the selection of {where}")
+                markup = _field(raw, "markup", str, "", where=where)
+                if markup:
+                    item.markup = _inside(folder, markup, f"the markup layer of {where}")
             refs = _field(raw, "references", list, [], where=where)
             for r, ref in enumerate(refs, start=1):
                 if not isinstance(ref, str):
@@ -318,6 +323,25 @@ def safe_name(text: str) -> str:
     from gimp_openai.history import slugify
 
     return slugify(text, 80, lower=False, empty="item")
+
+
+def _load_markup(item: Item) -> Any:
+    """The item's markup layer (place-sized RGBA), or None."""
+    from gimp_openai import imaging
+
+    if item.markup is None:
+        return None
+    try:
+        markup = imaging.read_image(item.markup)
+    except OSError as exc:
+        raise InvalidInputError(f"The markup layer {item.markup.name} could not be read: {exc}.") from None
+    place = item.plan.place
+    if (markup.shape[1], markup.shape[0]) != (place.width, place.height):
+        raise InvalidInputError(
+            f"The markup layer {item.markup.name} is {markup.shape[1]}x{markup.shape[0]} but the planned region is "
+            f"{place.width}x{place.height}.", hint=JobError.default_hint,
+        )
+    return markup
 
 
 def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
@@ -444,10 +468,12 @@ def _run_operation(engine: operations.Engine, job: Job, item: Item,
     pixels, selection, refs = _load_item(job, item)
     if job.operation == "edit":
         assert selection is not None
-        if refs:
-            from dataclasses import replace
+        from dataclasses import replace
 
+        if refs:
             options = replace(options, extra_images=refs)
+        if item.markup is not None:
+            options = replace(options, markup=_load_markup(item))
         return operations.edit(
             engine, options, place_pixels=pixels, selection=selection, layer=item.layer,
             plan=item.plan, item=item.id, progress=progress, on_preview=on_preview,
@@ -468,7 +494,8 @@ def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable
             outputs = _write_outputs(job, item, outcome)
         warnings = [notice.to_dict() for notice in outcome.warnings]
         return {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model,
-                "warnings": warnings}
+                "warnings": warnings, "cost": outcome.cost.to_dict() if outcome.cost is not None else None,
+                "_cost": outcome.cost}
     except GimpOpenAIError as exc:
         return {"id": item.id, "ok": False, "outputs": [], "error": exc.to_dict()}
     except Exception as exc:  # noqa: BLE001 - one item's bug must not lose the others' results
@@ -542,7 +569,14 @@ def _job(path: str, writer: LineWriter, context: Session, **tags: Any) -> int:
             "saved": [p for r in failed for p in (r["error"] or {}).get("saved", [])],
         }
     warnings = [w for r in results for w in r.get("warnings") or []]
-    writer.write(_result(ok, results, error, model=job.options.model, warnings=warnings, **tags))
+    costs = [r.pop("_cost") for r in results if r.get("_cost") is not None]
+    for r in results:
+        r.pop("_cost", None)
+    total = None
+    for cost in costs:
+        total = cost if total is None else total.add(cost)
+    writer.write(_result(ok, results, error, model=job.options.model, warnings=warnings,
+                         cost=total.to_dict() if total is not None else None, **tags))
     return EXIT_OK
 
 
@@ -551,7 +585,7 @@ def _job(path: str, writer: LineWriter, context: Session, **tags: Any) -> int:
 
 def plan_answer(data: dict[str, Any], session: Session) -> dict[str, Any]:
     """The answer object for a parsed PLAN.json (model resolved, one region per item)."""
-    from gimp_openai import capabilities, geometry
+    from gimp_openai import capabilities, geometry, pricing
 
     operation = _field(data, "operation", str, "edit", where="plan")
     if operation not in OPERATIONS:
@@ -560,8 +594,14 @@ def plan_answer(data: dict[str, Any], session: Session) -> dict[str, Any]:
     size_mode = _field(data, "size_mode", str, "auto", where="plan")
     padding = _number(data, "context_padding", 0.25, where="plan")
     raw_items = _field(data, "items", list, [], where="plan")
+    n = _number(data, "n", 1, where="plan")
+    quality = _field(data, "quality", str, "auto", where="plan") or "auto"
+    prompt = _field(data, "prompt", str, "", where="plan")
     model = session.model(model, operation)
     family = capabilities.family_for(model, session.settings.model_rules or {})
+    price = pricing.price_for(model, getattr(session.settings, "prices", None) or {},
+                              session.settings.model_rules or {})
+    estimates = []
     items = []
     seen: set[str] = set()
     for number, raw in enumerate(raw_items, start=1):
@@ -585,8 +625,27 @@ def plan_answer(data: dict[str, Any], session: Session) -> dict[str, Any]:
         region = geometry.plan_region(layer, selection, family, padding=padding, size_mode=size_mode)
         answer = region.to_dict()
         answer["id"] = item_id
+        # what this item should cost (n images at the target size and quality): hosts show it before paying
+        uploads = [region.target] if operation != "generate" else []
+        estimate = pricing.estimate(model, family, n=n, size=region.target, quality=quality, prompt=prompt,
+                                    input_images=uploads, price=price)
+        estimates.append(estimate)
+        answer["estimate"] = estimate.to_dict()
         items.append(answer)
-    return {"ok": True, "model": model, "family": family.name, "items": items}
+    if operation == "generate" and not items:
+        estimates.append(pricing.estimate(model, family, n=n, size=(1024, 1024), quality=quality, prompt=prompt,
+                                          price=price))
+    total = pricing.add_estimates(estimates)
+    limit = float(getattr(session.settings, "max_cost", pricing.DEFAULT_MAX_COST))
+    if total["usd"] is None:
+        text = f"{len(estimates)} request(s): no price known for {model}"
+    else:
+        text = f"about {pricing.dollars(total['usd'])} for {total['images']} image(s)"
+        if total["usd_upper"] > total["usd"] * 1.001:
+            text += f" (up to {pricing.dollars(total['usd_upper'])} if the model picks high quality)"
+    total.update(max_cost=limit, over_limit=bool(total["usd_upper"] is not None and total["usd_upper"] > limit),
+                 text=text)
+    return {"ok": True, "model": model, "family": family.name, "items": items, "estimate": total}
 
 
 def run_plan(path: str, stream: IO[str] | None = None, *, engine: operations.Engine | None = None) -> int:

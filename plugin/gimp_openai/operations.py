@@ -38,6 +38,7 @@ from gimp_openai.errors import (
     UnsupportedSizeError,
 )
 from gimp_openai.history import Notice
+from gimp_openai.pricing import Cost, Estimate
 from gimp_openai.progress import PHASE_START, Progress, ProgressCallback, Ticker, no_progress
 from gimp_openai.request_checks import (
     check_endpoint,
@@ -96,6 +97,10 @@ class Options:
     canvas: tuple[int, int] | None = None
     #: previews to stream while the model works (0: none; families that do not stream never send any)
     partial_images: int = 0
+    complexity: str = ""  # "" = not sent (the model's default); families with ``complexities`` only
+    #: a markup edit (families with ``markup``): RGBA the size of the image/place, transparent except the painted
+    #: marks; sent instead of a mask, the selection still says which pixels the result may replace
+    markup: np.ndarray | None = None
 
 
 @dataclass
@@ -178,6 +183,10 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
     #: what the artist must be told even though the run worked (history.Notice: code and sentence)
     warnings: list[Notice] = field(default_factory=list)
+    #: what the request used and cost, from the answer's ``usage`` (None: the answer had none)
+    cost: Cost | None = None
+    #: what it was expected to cost before sending
+    estimate: Estimate | None = None
 
 
 # --- The engine context -------------------------------------------------------------------------------------
@@ -202,6 +211,9 @@ class Engine:
         self.saving = threading.Lock()
         #: Every image this engine saved (history or rescue folder), for what an abandoned run reports.
         self.saved: list[str] = []
+        #: Called with each request's estimate (and the item) after every check and before anything is sent or
+        #: encoded; raising stops the request unpaid (the CLI's cost threshold). None: nothing asked.
+        self.cost_gate: Callable[[Estimate, str], None] | None = None
 
     @property
     def history(self) -> History:
@@ -223,6 +235,30 @@ class Engine:
 
     def family(self, model: str) -> Family:
         return capabilities.family_for(model, getattr(self.settings, "model_rules", None) or {})
+
+    def price(self, model: str) -> Any:
+        from gimp_openai import pricing
+
+        return pricing.price_for(model, getattr(self.settings, "prices", None) or {},
+                                 getattr(self.settings, "model_rules", None) or {})
+
+    def estimate(self, model: str, *, n: int, size: tuple[int, int], quality: str, prompt: str = "",
+                 input_images: Sequence[tuple[int, int]] = ()) -> Estimate:
+        """What one request should cost, at this engine's prices (the table, or the user's)."""
+        from gimp_openai import pricing
+
+        return pricing.estimate(model, self.family(model), n=n, size=size, quality=quality or "auto",
+                                prompt=prompt, input_images=input_images, price=self.price(model))
+
+    def cost(self, model: str, result: Any) -> Cost | None:
+        """What a result's ``usage`` cost at this engine's prices."""
+        from gimp_openai import pricing
+
+        return pricing.cost_of((getattr(result, "meta", None) or {}).get("usage"), model, self.price(model))
+
+    def before_paying(self, estimate: Estimate, item: str) -> None:
+        if self.cost_gate is not None:
+            self.cost_gate(estimate, item)
 
     def models(self, *, refresh: bool = False) -> ModelList:
         """The image models the server lists (cached per base URL by discovery)."""
@@ -335,19 +371,25 @@ def _when_sent(action: Callable[[], None]) -> Callable[[Any], None]:
     return on_event
 
 
-def _save_all(engine: Engine, result: Any, meta: dict[str, Any]) -> Any:
+def _save_all(engine: Engine, result: Any, meta: dict[str, Any], cost: Cost | None = None) -> Any:
     """Write every returned image to history at once; the first thing done with a response.
 
     A full or unwritable history folder never loses a paid image: ``history.save_all`` goes down the rescue
     chain (the engine's fallback folders, the system temp rescue folder, memory) and returns a ``Kept`` whose
     ``note`` says where the images went; the operation goes on."""
+    from gimp_openai import pricing
     from gimp_openai.history import save_all
 
     images = list(getattr(result, "images", []) or [])
     n = len(images)
     pending: list[tuple[bytes, dict[str, Any]]] = []
+    usage = (getattr(result, "meta", None) or {}).get("usage")
     for k, image in enumerate(images, start=1):
         item_meta = dict(meta)
+        if usage is not None:
+            item_meta["usage"] = usage  # the request's, as the server said it
+        if cost is not None:  # this image's share: the shares of one request add up to its cost
+            item_meta["cost"] = pricing.share(cost, n)
         item_meta.update(
             k=k,
             n=n,
@@ -366,7 +408,8 @@ def _save_all(engine: Engine, result: Any, meta: dict[str, Any]) -> Any:
 def _notices(kept: Any, result: Any) -> list[Notice]:
     """What the artist must be told although the run worked: paid images kept elsewhere than history, and
     what the client did about an odd answer (extra images the server sent unasked, dropped unread)."""
-    return [*kept.notices, *(Notice(ANSWER_ADJUSTED, text) for text in getattr(result, "warnings", []) or [])]
+    return [*kept.notices, *(Notice(ANSWER_ADJUSTED, text) for text in getattr(result, "warnings", []) or []),
+            *(Notice(code, text) for code, text in getattr(result, "notes", []) or [])]
 
 
 def _check_problems(result: Any, saved: list[str], note: str = "") -> None:
@@ -555,16 +598,32 @@ def edit(
     check_prompt(options.prompt, family)
     check_n(options.n, family)
     quality = quality_to_send(options.quality, family)
+    check_complexity(options.complexity, family, model)
     _check_pixels(place_pixels, selection)
+    markup = check_markup_layer(options.markup, place_pixels, family, model)
     if plan is None:
         origin = (layer.x, layer.y)
         bounds = geometry.selection_bounds(selection, origin)
         if bounds is None:
             raise InvalidInputError("The selection is empty.", hint="Select the part of the image to change first.")
         plan = geometry.plan_region(layer, bounds, family, padding=options.padding, size_mode=options.size_mode)
+        if markup is not None:
+            markup = _crop_to(markup, selection, layer, plan.place)[0]
         place_pixels, selection = _crop_to(place_pixels, selection, layer, plan.place)
     if not selection.any():
         raise InvalidInputError("The selection is empty.", hint="Select the part of the image to change first.")
+    if markup is not None and bool(selection.all()):
+        # the whole region is the edit: there is no context around it to align or match tones against
+        options = replace(options, align=False, tone_match=False)
+    options = replace(options, markup=markup)
+    from gimp_openai import imaging
+
+    extra_sizes = [imaging.image_size_of(bytes(data)) for data in options.extra_images]
+    estimate = engine.estimate(model, n=options.n, size=tuple(plan.target), quality=quality or "auto",
+                               prompt=options.prompt,
+                               input_images=[tuple(plan.target), *extra_sizes,
+                                             *([tuple(plan.target)] if markup is not None else [])])
+    engine.before_paying(estimate, item)
 
     notes: list[str] = [_no_stream_note(model, family)] if options.partial_images > 0 and not family.streams else []
     ahead: list[Any] = []  # the seamless preparation, running while the server works (see _prepare_ahead)
@@ -594,6 +653,8 @@ def edit(
             f"the server refused size {plan.target[0]}x{plan.target[1]}; retried once at "
             f"{fallback.target[0]}x{fallback.target[1]} (standard size rule {remembered} for {model})"
         )
+        if options.markup is not None:
+            options = replace(options, markup=_crop_to(options.markup, selection, plan.place, fallback.place)[0])
         place_pixels, selection = _crop_to(place_pixels, selection, plan.place, fallback.place)
         result, plan, place_pixels, selection = _send_edit(
             engine, options, family, quality, fallback, place_pixels, selection, item, progress, notes, on_sent,
@@ -601,8 +662,9 @@ def edit(
         )
 
     meta = _meta(options, model, PATH_EDIT, plan, item)
+    cost = engine.cost(model, result)
     _emit(progress, item, "saving", "Saving the results to history")
-    kept = _save_all(engine, result, meta)
+    kept = _save_all(engine, result, meta, cost)
     saved = kept.saved
     if kept.note:
         notes.append(kept.note)
@@ -638,7 +700,7 @@ def edit(
         )
     _emit(progress, item, "done", f"{n} result{'s' if n != 1 else ''} ready")
     return Outcome(outputs=outputs, model=model, path=PATH_EDIT, plan=plan, notes=notes,
-                   warnings=_notices(kept, result))
+                   warnings=_notices(kept, result), cost=cost, estimate=estimate)
 
 
 def _send_edit(
@@ -657,16 +719,22 @@ def _send_edit(
 ) -> tuple[Any, Any, np.ndarray, np.ndarray]:
     from gimp_openai import composite, imaging, masks
 
-    _emit(progress, item, "upload", "Preparing the image and the mask")
+    _emit(progress, item, "upload", "Preparing the image and the " + ("marks" if options.markup is not None else
+                                                                      "mask"))
     pixels = composite.request_pixels(place_pixels, plan)
     # The selection scaled into exactly the rectangle request_pixels scaled the place into (place_in_target),
     # so the mask's edge lies on the image's selection edge (scaling the request-sized selection instead can
     # put it up to half a target pixel off when place_in_target is rounded).
     sel_target = composite.target_selection(selection, plan)
-    # The mask is built and encoded on a second thread while this one encodes the image (OpenCV releases the GIL).
-    mask_future = _side_pool().submit(
-        lambda: imaging.encode_png(masks.api_mask(sel_target, plan.target), png_filter="up")
-    )
+    # The mask (or, for a markup edit, the marks) is built and encoded on a second thread while this one encodes
+    # the image (OpenCV releases the GIL). A markup edit carries no mask: the marks say where to edit.
+    markup = options.markup
+    if markup is not None:
+        mask_future = _side_pool().submit(lambda: imaging.encode_png(markup_target(markup, plan)))
+    else:
+        mask_future = _side_pool().submit(
+            lambda: imaging.encode_png(masks.api_mask(sel_target, plan.target), png_filter="up")
+        )
     image_png = imaging.encode_upload_png(pixels, limit=family.max_upload_bytes or None)
     mask_png = mask_future.result()
     check_upload_size(image_png, family, "the image sent to the model")
@@ -675,12 +743,14 @@ def _send_edit(
         model=options.model,
         prompt=options.prompt,
         image=image_png,
-        mask=mask_png,
         n=options.n,
         size=size,
         quality=quality,
         on_event=_RETRY_REPORTER if on_sent is None else _when_sent(lambda: on_sent(place_pixels, selection)),
     )
+    kwargs["markup" if markup is not None else "mask"] = mask_png
+    if options.complexity:
+        kwargs["complexity"] = options.complexity
     if options.extra_images:
         kwargs["extra_images"] = list(options.extra_images)
     background = request_background(family, options.background)
@@ -709,6 +779,58 @@ def _send_edit(
 
     result = _call_with_ticker(engine, progress, item, options.model, family, quality or "auto", plan.target, call)
     return result, plan, place_pixels, selection
+
+
+def check_complexity(complexity: str, family: Family, model: str) -> None:
+    """``complexity`` only for the families that take it, and one of their values."""
+    if not complexity:
+        return
+    if not family.complexities:
+        raise InvalidInputError(f"{model} does not take complexity (a gpt-image-2.6 setting).",
+                                hint="Leave complexity out, or choose a gpt-image-2.6 model.")
+    if complexity not in family.complexities:
+        raise InvalidInputError(f"complexity must be one of {', '.join(family.complexities)}; got {complexity!r}.")
+
+
+def check_markup_layer(markup: np.ndarray | None, place_pixels: np.ndarray, family: Family,
+                       model: str) -> np.ndarray | None:
+    """A markup layer the size of the image, for a model that takes markup edits; refused before any pixel work
+    or payment otherwise."""
+    if markup is None:
+        return None
+    if not family.markup:
+        takers = ", ".join(name for name, f in capabilities.FAMILIES.items() if f.markup)
+        raise InvalidInputError(
+            f"{model} does not take markup edits (a painted layer as instructions).",
+            hint=f"Choose a model of the {takers} family (see `gimp-openai models`), or edit with a selection.",
+        )
+    if markup.ndim != 3 or markup.shape[2] != 4 or markup.dtype != np.uint8:
+        raise InvalidInputError("The markup layer must be an RGBA image (transparent, with the marks painted on it).")
+    if markup.shape[:2] != place_pixels.shape[:2]:
+        raise InvalidInputError(
+            f"The markup layer is {markup.shape[1]}x{markup.shape[0]} but the image is "
+            f"{place_pixels.shape[1]}x{place_pixels.shape[0]}; they must be the same size.",
+            hint="Paint the marks on a transparent layer of the same image and export that layer.",
+        )
+    if not bool((markup[..., 3] > 0).any()):
+        raise InvalidInputError("The markup layer is fully transparent: there are no marks to follow.",
+                                hint="Paint the marks (circles, arrows, notes) on the layer, then run again.")
+    if bool((markup[..., 3] == 255).all()):
+        raise InvalidInputError("The markup layer has no transparent pixels, so it cannot be told from the picture.",
+                                hint="Paint the marks on a new transparent layer and export that layer alone "
+                                     "(PNG with transparency).")
+    return markup
+
+
+def markup_target(markup: np.ndarray, plan: Any) -> np.ndarray:
+    """The place-sized marks at target size, where :func:`composite.request_pixels` puts the place; transparent
+    in the padding (marks are not mirrored into it)."""
+    from gimp_openai.imaging import resize
+
+    inner = plan.place_in_target
+    out = np.zeros((plan.target[1], plan.target[0], 4), np.uint8)
+    out[inner.y : inner.bottom, inner.x : inner.right] = resize(markup, inner.size)
+    return out
 
 
 _SIDE_POOL: ThreadPoolExecutor | None = None
@@ -854,6 +976,10 @@ def _meta(options: Options, model: str, path: str, plan: Any, item: str) -> dict
         "item": item,
         "quality": options.quality,
     }
+    if options.complexity:
+        meta["complexity"] = options.complexity
+    if options.markup is not None:
+        meta["markup"] = True
     if plan is not None:
         meta.update(
             size=f"{plan.target[0]}x{plan.target[1]}",
@@ -903,6 +1029,9 @@ def variation(
         full = np.full(place_pixels.shape[:2], 255, np.uint8)
         place_pixels, _ = _crop_to(place_pixels, full, layer, plan.place)
 
+    estimate = engine.estimate(model, n=options.n, size=tuple(plan.target), quality=quality or "auto",
+                               prompt="" if via_endpoint else prompt, input_images=[tuple(plan.target)])
+    engine.before_paying(estimate, item)
     _emit(progress, item, "upload", "Preparing the image")
     pixels = composite.request_pixels(place_pixels, plan)
     image_png = imaging.encode_upload_png(pixels, limit=family.max_upload_bytes or None)
@@ -930,8 +1059,9 @@ def variation(
     result = _call_with_ticker(engine, progress, item, model, family, quality or "auto", plan.target, call)
     meta_options = replace(options, prompt=prompt if not via_endpoint else "")
     meta = _meta(meta_options, model, path, plan, item)
+    cost = engine.cost(model, result)
     _emit(progress, item, "saving", "Saving the results to history")
-    kept = _save_all(engine, result, meta)
+    kept = _save_all(engine, result, meta, cost)
     saved = kept.saved
     rescue_notes = [kept.note] if kept.note else []
     _check_problems(result, saved, kept.note)
@@ -962,7 +1092,7 @@ def variation(
         )
     _emit(progress, item, "done", f"{n} variation{'s' if n != 1 else ''} ready ({label})")
     return Outcome(outputs=outputs, model=model, path=path, plan=plan, notes=rescue_notes,
-                   warnings=_notices(kept, result))
+                   warnings=_notices(kept, result), cost=cost, estimate=estimate)
 
 
 # --- Generate -----------------------------------------------------------------------------------------------
@@ -980,6 +1110,7 @@ def generate(
     check_prompt(options.prompt, family)
     check_n(options.n, family)
     quality = quality_to_send(options.quality, family)
+    check_complexity(options.complexity, family, model)
     canvas = options.canvas if not options.size else None
     # a huge canvas keeps the generated size (centred by the host), not gigabytes of layer
     fill_canvas = canvas if canvas and canvas[0] * canvas[1] <= MAX_FILL_PIXELS else None
@@ -990,9 +1121,13 @@ def generate(
     else:
         size = options.size or ("auto" if family.allows_auto_size else family.sizes[0])
     check_size(size, family)
-    parsed = capabilities.parse_size(size) or (1024, 1024)
+    parsed = capabilities.parse_size(size) or (1024, 1024)  # 'auto': estimated as a square 1024x1024
     kwargs: dict[str, Any] = dict(model=model, prompt=options.prompt, n=options.n, size=size, quality=quality,
                                   on_event=_RETRY_REPORTER)
+    if options.complexity:
+        kwargs["complexity"] = options.complexity
+    estimate = engine.estimate(model, n=options.n, size=parsed, quality=quality or "auto", prompt=options.prompt)
+    engine.before_paying(estimate, item)
     background = request_background(family, options.background)
     if background:
         kwargs["background"] = background
@@ -1014,8 +1149,9 @@ def generate(
         return _request_call(engine, model, lambda: engine.client.generate(**kwargs), meta)
 
     result = _call_with_ticker(engine, progress, item, model, family, quality or "auto", parsed, call)
+    cost = engine.cost(model, result)
     _emit(progress, item, "saving", "Saving the results to history")
-    kept = _save_all(engine, result, meta)
+    kept = _save_all(engine, result, meta, cost)
     saved = kept.saved
     rescue_notes = [kept.note] if kept.note else []
     if options.partial_images > 0 and not family.streams:
@@ -1049,7 +1185,7 @@ def generate(
         )
     _emit(progress, item, "done", f"{n} image{'s' if n != 1 else ''} ready")
     return Outcome(outputs=outputs, model=model, path=PATH_GENERATE, notes=rescue_notes,
-                   warnings=_notices(kept, result))
+                   warnings=_notices(kept, result), cost=cost, estimate=estimate)
 
 
 def _no_stream_note(model: str, family: Family) -> str:

@@ -65,6 +65,11 @@ class Settings:
     variation_prompt: str = DEFAULT_VARIATION_PROMPT
     #: Send the key over plain http to a host that is not this computer (cleartext on the network). Off.
     allow_insecure_http: bool = False
+    #: Dollars above which the command line asks before sending (refuses without --yes when it cannot ask).
+    max_cost: float = 1.0
+    #: model id or family -> {text_input, image_input, image_output[, text_output][, as_of]} in dollars per 1M
+    #: tokens; replaces the engine's price table for that model (pricing.py)
+    prices: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Which fields came from the environment for this run (not saved, not part of the file).
     env_overridden: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
@@ -187,6 +192,10 @@ def _coerce(name: str, value: Any) -> Any:
 def _coerce_type(name: str, value: Any) -> Any:
     default = Settings()
     current = getattr(default, name)
+    if name == "prices":  # rows of numbers, checked one by one (a bad row is left out, the table's price stays)
+        from .pricing import coerce_overrides
+
+        return coerce_overrides(value)
     try:
         if isinstance(current, bool):
             return _coerce_bool(value, current)

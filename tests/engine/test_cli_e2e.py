@@ -208,7 +208,7 @@ def test_a_shut_down_model_is_not_retried_and_the_replacement_is_named(start_loc
     assert proc.returncode == 1
     (first,) = [line for line in proc.stderr.splitlines() if line.startswith("gimp-openai: error:")]
     assert first == ("gimp-openai: error: The model `gpt-image-1` was shut down on 2026-10-23. "
-                     "Use `gpt-image-2` instead.")
+                     "Use `gpt-image-2.6-sunburst` instead.")
     assert sum(v for k, v in server.stats()["endpoints"].items() if "edits" in k) == 1
 
 
@@ -281,8 +281,8 @@ def test_interactive_run_offers_the_replacement_and_remembers_it(start_local_ser
     code = cli_module.main(["generate", "--prompt", "a kite", "--model", "gpt-image-1", "--size", "1024x1024",
                             "--quiet", "--out", str(tmp_path)])
     assert code == 0
-    assert questions == ["Use gpt-image-2 now, and from now on? [Y/n] "]
-    assert load_settings(apply_env=False).default_model == "gpt-image-2"
+    assert questions == ["Use gpt-image-2.6-sunburst now, and from now on? [Y/n] "]
+    assert load_settings(apply_env=False).default_model == "gpt-image-2.6-sunburst"
     assert (tmp_path / "generated-1.png").exists()
     stats = server.stats()["endpoints"]
     assert stats.get("generations") == 2  # the refused one (never retried) and the one with the replacement

@@ -30,7 +30,7 @@ def test_models_listed_and_default_chosen(local_server):
     ids = {m.id for m in models.models}
     assert {"gpt-image-2", "gpt-image-1.5", "dall-e-2"} <= ids and "whisper-1" not in ids
     assert models.get("gpt-image-2").family == "gpt-image-2" and models.get("dall-e-2").family == "dall-e-2"
-    assert D.choose_default_model(models, None, "edit") == "gpt-image-2"
+    assert D.choose_default_model(models, None, "edit") == "gpt-image-2.6-sunburst"  # the newest alias
 
 
 def test_edit_round_trip(local_server):
@@ -107,6 +107,7 @@ def test_shut_down_model_message_and_no_retry(start_local_server):
     assert info.value.retries == 0
     explained = D.handle_model_not_found(info.value, client, S.Settings(base_url=server.url),
                                          today=dt.date(2026, 12, 2))
-    assert explained.message == "The model `gpt-image-1.5` was shut down on 2026-12-01. Use `gpt-image-2` instead."
+    assert explained.message == ("The model `gpt-image-1.5` was shut down on 2026-12-01. "
+                                 "Use `gpt-image-2.6-sunburst` instead.")
     edits = [r for r in server.stats()["requests"] if r.get("path", "").endswith("/images/edits")]
     assert len(edits) == 1

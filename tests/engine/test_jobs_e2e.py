@@ -69,7 +69,7 @@ def test_plan_then_job_returns_layers_that_sit_exactly_in_place(local_server, tm
     code, lines, err = engine("plan", str(tmp_path / "plan.json"), server=local_server)
     assert code == 0, err
     (answer,) = lines
-    assert answer["ok"] and answer["model"] == "gpt-image-2"  # "" -> the newest live GPT image model
+    assert answer["ok"] and answer["model"] == "gpt-image-2.6-sunburst"  # "" -> the newest live GPT image model
     (item,) = answer["items"]
     files = export(tmp_path, "img-1", pixels, sel, layer_xy, item["place"])
     job = {"version": 1, "operation": "edit", "model": answer["model"], "prompt": "remove the balloon", "n": 2,
@@ -85,7 +85,7 @@ def test_plan_then_job_returns_layers_that_sit_exactly_in_place(local_server, tm
         assert phase in phases
     assert all(p["type"] == "progress" and p["item"] == "img-1" for p in progress)
     waiting = [p for p in progress if p["phase"] == "waiting"]
-    assert waiting[0]["message"].startswith("Waiting for gpt-image-2 (") and len(waiting[0]["expected"]) == 2
+    assert waiting[0]["message"].startswith(f"Waiting for {answer['model']} (") and len(waiting[0]["expected"]) == 2
     overall = [p["overall"] for p in progress]
     assert overall == sorted(overall) and overall[-1] == 1.0
 
@@ -190,7 +190,7 @@ def test_a_shut_down_model_in_a_job_names_the_replacement(start_local_server, tm
     code, lines, _ = engine("job", str(tmp_path / "gen.json"), server=server)
     assert code == 0
     (item,) = lines[-1]["items"]
-    assert item["error"]["code"] == "model_not_found" and item["error"]["replacement"] == "gpt-image-2"
+    assert item["error"]["code"] == "model_not_found" and item["error"]["replacement"] == "gpt-image-2.6-sunburst"
     assert "`gpt-image-1` was shut down on 2026-10-23" in item["error"]["message"]
     assert sum(v for k, v in server.stats()["endpoints"].items() if "generations" in k) == 1
 
@@ -234,7 +234,7 @@ def test_one_session_process_answers_plan_then_job_as_a_host_drives_it(local_ser
                               str(tmp_path), session=session, on_progress=lambda f, m: seen.append(f))
         assert session.proc.pid == pid
         proc = session.proc
-    assert answer["type"] == "plan" and answer["model"] == "gpt-image-2"
+    assert answer["type"] == "plan" and answer["model"] == "gpt-image-2.6-sunburst"
     assert result["ok"] and seen and max(seen) == 1.0
     (output,) = result["items"][0]["outputs"]
     assert (output["x"], output["y"]) == (item["place"]["x"], item["place"]["y"])

@@ -91,7 +91,9 @@ def test_generate_against_the_local_server(g2, engine, local_server, monkeypatch
 TODAYS_LINEUP = ("--today", "2026-11-25", "--shutdown", "gpt-image-1=2026-10-23",
                  "--shutdown", "gpt-image-1-mini=2026-12-01", "--shutdown", "gpt-image-1.5=2026-12-01",
                  "--shutdown", "chatgpt-image-latest=2026-12-01")
-GONE_TEXT = "The model `gpt-image-1` was shut down on 2026-10-23. Use `gpt-image-2` instead."
+#: The newest live model of the line-up (test servers add the retired ones for their rules).
+NEWEST = "gpt-image-2.6-sunburst"
+GONE_TEXT = f"The model `gpt-image-1` was shut down on 2026-10-23. Use `{NEWEST}` instead."
 
 
 def _image_requests(server):
@@ -116,14 +118,14 @@ def test_dead_model_interactive_switch_is_remembered_and_runs_once(g2, engine, s
     server = start_local_server(*TODAYS_LINEUP)
     image, layer, before_layer, asked = _run_dead_model_edit(g2, server, monkeypatch, True)
     g2.pdb.python_fu_openai_edit_selection(image, layer, run_mode=g2.gimpfu.RUN_INTERACTIVE)
-    assert len(asked) == 1 and GONE_TEXT in asked[0] and "Switch to gpt-image-2" in asked[0]
+    assert len(asked) == 1 and GONE_TEXT in asked[0] and f"Switch to {NEWEST}" in asked[0]
     assert g2.gimp.state.messages == [], g2.gimp.state.messages
     # the dead model was asked once (no retry), then the replacement once
-    assert _image_requests(server) == [("edits", "gpt-image-1", 404), ("edits", "gpt-image-2", 200)]
-    assert load_settings(apply_env=False).default_model == "gpt-image-2"
+    assert _image_requests(server) == [("edits", "gpt-image-1", 404), ("edits", NEWEST, 200)]
+    assert load_settings(apply_env=False).default_model == NEWEST
     assert [layer.name for layer in image.layers] == ["OpenAI: a red kite (1/1)", "Background"]
     top = image.layers[0]
-    assert json.loads(top.parasite_find("gimp-openai").data)["model"] == "gpt-image-2"
+    assert json.loads(top.parasite_find("gimp-openai").data)["model"] == NEWEST
     np.testing.assert_array_equal(layer.pixels, before_layer)
     assert len(plugin_steps(image)) == 1 and image.undo_depth == 0
 
@@ -188,11 +190,11 @@ def test_dead_model_in_a_batch_offers_the_switch_once_and_runs_every_image(g2, e
     g2.pdb.python_fu_openai_batch(run_mode=g2.gimpfu.RUN_INTERACTIVE)
     assert len(asked) == 1 and GONE_TEXT in asked[0], asked
     requests = sorted(_image_requests(server))
-    assert requests == [("edits", "gpt-image-1", 404)] * 2 + [("edits", "gpt-image-2", 200)] * 2, requests
-    assert load_settings(apply_env=False).default_model == "gpt-image-2"
+    assert requests == [("edits", "gpt-image-1", 404)] * 2 + [("edits", NEWEST, 200)] * 2, requests
+    assert load_settings(apply_env=False).default_model == NEWEST
     for img in images:
         assert img.layers[0].name == "OpenAI: snow (1/1)"
-        assert json.loads(img.layers[0].parasite_find("gimp-openai").data)["model"] == "gpt-image-2"
+        assert json.loads(img.layers[0].parasite_find("gimp-openai").data)["model"] == NEWEST
     assert "2 of 2 images done" in g2.gimp.state.messages[-1]
 
 

@@ -89,7 +89,8 @@ def test_output_formats(local_server, fmt, magic):
     assert body["output_format"] == fmt and body["quality"] == "low" and body["background"] == "opaque"
     assert base64.b64decode(body["data"][0]["b64_json"]).startswith(magic)
     usage = body["usage"]
-    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] and usage["output_tokens"] == 272
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert abs(usage["output_tokens"] - 272) <= 272 * 0.08 + 1  # gpt-image-1's low 1024^2 figure, spread by <= 8 %
 
 
 def test_generation_is_deterministic_per_prompt(local_server):

@@ -39,9 +39,11 @@ def big_png(megabytes: float) -> bytes:
 
 # (id, data fields, files, expected (status, code, param))
 EDIT_CASES = [
-    ("unknown model", {"model": "gpt-image-9x", "prompt": "p"}, [img()], (404, "model_not_found", None)),
+    # the real API on /images/*: "The model 'X' does not exist." (contract: reported.unknown_model_on_images)
+    ("unknown model", {"model": "gpt-image-9x", "prompt": "p"}, [img()], (400, "invalid_value", "model")),
     ("non-image model", {"model": "gpt-4o", "prompt": "p"}, [img()], (400, "invalid_value", "model")),
-    ("edits with dall-e-3 (not listed)", {"model": "dall-e-3", "prompt": "p"}, [img()], (404, "model_not_found", None)),
+    ("edits with dall-e-3 (generations only)", {"model": "dall-e-3", "prompt": "p"}, [img()],
+     (400, "invalid_value", "model")),
     ("missing prompt", {"model": "gpt-image-1"}, [img()], (400, "missing_required_parameter", "prompt")),
     ("empty prompt", {"model": "gpt-image-1", "prompt": "  "}, [img()], (400, "string_below_min_length", "prompt")),
     ("prompt over 32000", {"model": "gpt-image-1", "prompt": "x" * 32001}, [img()],

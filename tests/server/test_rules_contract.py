@@ -32,8 +32,12 @@ def enum_of(prop: dict) -> set[str]:
     return values
 
 
+#: The families the spec copy covers; the later ones are held to the fixture's ``reported`` section below.
+SPEC_FAMILIES = (caps.DALL_E_2, caps.DALL_E_3, caps.GPT_IMAGE_1, caps.GPT_IMAGE_2)
+
+
 def families_at(endpoint: str) -> list[caps.Family]:
-    return [f for f in caps.FAMILIES.values() if endpoint in f.endpoints]
+    return [f for f in caps.FAMILIES.values() if endpoint in f.endpoints and f.name in SPEC_FAMILIES]
 
 
 def table_sizes(endpoint: str) -> set[str]:
@@ -166,3 +170,56 @@ def test_error_body_has_the_api_shape(schemas, local_server):
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     assert isinstance(body["error"]["type"], str)
     assert body["error"]["param"] == "n"
+
+
+@pytest.fixture(scope="module")
+def reported():
+    return yaml.safe_load(CONTRACT.read_text())["reported"]
+
+
+@pytest.mark.parametrize("name", [caps.GPT_IMAGE_2_5, caps.GPT_IMAGE_2_6])
+def test_later_families_match_the_reported_facts(reported, name):
+    facts, family = reported["families"][name], caps.FAMILIES[name]
+    assert set(family.qualities) == set(facts["quality"])
+    assert set(family.output_formats) == set(facts["output_format"])
+    assert set(family.complexities) == set(facts["complexity"])
+    assert family.markup is facts["markup"]
+    base = caps.FAMILIES[facts["request_format"]]
+    assert (family.free_sizes, family.sizes, family.endpoints, family.prompt_max, family.max_images,
+            family.n_max) == (base.free_sizes, base.sizes, base.endpoints, base.prompt_max, base.max_images,
+                              base.n_max)
+    for model in facts["models"] + facts.get("snapshots", []):
+        assert caps.family_for(model).name == name
+    for value in facts["quality"]:  # the server takes every reported quality, and the wire names them
+        assert value in rules.qualities(family)
+
+
+def test_gpt_image_2_refuses_the_new_qualities(reported):
+    refused = set(reported["quality_refused_by"]["gpt-image-2"])
+    assert not refused & set(caps.FAMILIES[caps.GPT_IMAGE_2].qualities)
+
+
+def test_usage_has_the_spec_shape(schemas, local_server):
+    """Every GPT answer's usage: the ImageGenUsage fields, integers, and the details adding up."""
+    answer = requests.post(local_server.url + "/images/generations", headers=AUTH, timeout=60,
+                           json={"model": "gpt-image-2.6-flare", "prompt": "a kite", "quality": "low"})
+    usage = answer.json()["usage"]
+    spec = schemas["ImageGenUsage"]
+    assert set(spec["required"]) <= set(usage) <= set(spec["properties"])
+    inputs = usage["input_tokens_details"]
+    assert set(inputs) == set(schemas["ImageGenInputUsageDetails"]["required"])
+    outputs = usage["output_tokens_details"]
+    assert set(outputs) == set(schemas["ImageGenOutputTokensDetails"]["required"])
+    assert usage["input_tokens"] == inputs["text_tokens"] + inputs["image_tokens"]
+    assert usage["output_tokens"] == outputs["image_tokens"] + outputs["text_tokens"]
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+
+def test_unknown_model_answer_is_the_reported_one(reported, local_server):
+    expected = reported["unknown_model_on_images"]
+    answer = requests.post(local_server.url + "/images/generations", headers=AUTH, timeout=30,
+                           json={"model": "gpt-image-7", "prompt": "p"})
+    error = answer.json()["error"]
+    assert (answer.status_code, error["code"], error["param"]) == (expected["status"], expected["code"],
+                                                                   expected["param"])
+    assert error["message"] == expected["message"].format(model="gpt-image-7")

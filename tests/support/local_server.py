@@ -2,6 +2,9 @@
 
 ``local_server`` (session-scoped server, reset before each test that uses it) and ``start_local_server``
 (a factory for servers with special flags, stopped at the end of the test) are registered in conftest.py.
+Test servers run with ``--legacy-models`` (today's line-up plus the retired models whose rules many tests
+exercise) unless they are given ``--models FILE`` or ``legacy_models=False`` (what a test of today's line-up
+itself asks for).
 
 The server requires a key unless ``--no-auth``: the handle starts it with ``GIMP_OPENAI_SERVER_KEY`` set to the
 suite's fake key (what every client in the tests sends), unless the test passes its own key or ``--no-auth``;
@@ -31,10 +34,12 @@ class LocalServerHandle:
     """A running server: ``url`` ends in /v1; ``stats()``, ``reset()``, ``stop()``."""
 
     def __init__(self, args: tuple[str, ...] = (), env: dict[str, str] | None = None, *,
-                 test_routes: bool = True) -> None:
+                 test_routes: bool = True, legacy_models: bool = True) -> None:
         from tests.conftest import FAKE_KEY  # here, not at import time: conftest imports this module
 
         command = [sys.executable, "-m", "gimp_openai.server", "--port", "0", *args]
+        if legacy_models and "--models" not in args and "--legacy-models" not in args:
+            command.append("--legacy-models")
         if test_routes:
             command.append("--test-routes")
         child_env = dict(os.environ)
@@ -134,11 +139,13 @@ def local_server(request: pytest.FixtureRequest) -> LocalServerHandle:
 
 @pytest.fixture
 def start_local_server() -> Iterator:
-    """``start_local_server("--no-auth", env={...})`` -> a new handle, stopped when the test ends."""
+    """``start_local_server("--no-auth", env={...})`` -> a new handle, stopped when the test ends
+    (``legacy_models=False``: today's line-up only)."""
     handles: list[LocalServerHandle] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, test_routes: bool = True) -> LocalServerHandle:
-        handle = LocalServerHandle(tuple(args), env, test_routes=test_routes)
+    def start(*args: str, env: dict[str, str] | None = None, test_routes: bool = True,
+              legacy_models: bool = True) -> LocalServerHandle:
+        handle = LocalServerHandle(tuple(args), env, test_routes=test_routes, legacy_models=legacy_models)
         handles.append(handle)
         return handle
 

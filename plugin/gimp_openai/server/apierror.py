@@ -144,6 +144,12 @@ def model_not_found(model: str) -> ApiError:
     )
 
 
+def model_does_not_exist(model: str) -> ApiError:
+    """What the real API answers on /images/* for a model id it does not know (or no longer serves): 400
+    ``invalid_value`` on ``model``, not the 404 ``model_not_found`` of /models/{id}."""
+    return ApiError(400, f"The model '{clip(model, MAX_ECHO)}' does not exist.", param="model", code="invalid_value")
+
+
 def model_shut_down(model: str) -> ApiError:
     """Issue 9: what OpenAI answers for a model past its shutdown date."""
     return ApiError(

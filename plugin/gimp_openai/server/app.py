@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-routes", action="store_true",
                         help="serve GET /_stats and POST /_reset (behind the key) for tests")
     parser.add_argument("--models", metavar="FILE", help="JSON list of model objects (id, created, shutdown_date)")
+    parser.add_argument("--legacy-models", action="store_true",
+                        help="also serve the models OpenAI retired in 2026 (dall-e-2/3, the gpt-image-1 family, "
+                             "chatgpt-image-latest), for tests of their rules")
     parser.add_argument("--shutdown", action="append", default=[], metavar="MODEL=YYYY-MM-DD",
                         help="give a model a shutdown date (repeatable); past dates make it answer model_not_found")
     parser.add_argument("--today", metavar="YYYY-MM-DD", help="the date the server assumes (lifecycle tests)")
@@ -165,7 +168,7 @@ def _positive(value: float, flag: str) -> float:
 
 def make_server(args: argparse.Namespace, key: str | None) -> LocalServer:
     """Bind the server (``key``: what requests must carry; None only with ``--no-auth``)."""
-    served = models.load_models_file(args.models) if args.models else models.default_models()
+    served = models.load_models_file(args.models) if args.models else models.default_models(legacy=args.legacy_models)
     served = models.apply_shutdowns(served, args.shutdown)
     today = date.fromisoformat(args.today) if args.today else None
     check_port(args.port)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,10 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gimp_openai import capabilities as caps
+from gimp_openai import pricing
 from gimp_openai.server import images, offline, render, rules
-
-#: Output tokens for a 1024x1024 image at low / medium / high (gpt-image-1's published figures).
-OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
 
 
 @dataclass
@@ -60,8 +58,24 @@ def _fingerprint(request: rules.ImageRequest) -> str:
 
 
 def _hole(request: rules.ImageRequest, size: tuple[int, int]) -> np.ndarray | None:
-    """Where to edit (bool HxW at ``size``): the mask's alpha 0, else the input's alpha 0 for families reading it."""
-    if request.mask is not None:
+    """Where to edit (bool HxW at ``size``): the mask's alpha 0; for a markup edit, around the painted marks;
+    else the input's alpha 0 for families reading it."""
+    if request.markup is not None:
+        import cv2
+
+        marks = (request.markup.pixels[..., 3] > 0).astype(np.uint8) * 255
+        if not marks.any():
+            return None
+        grow = max(3, round(max(marks.shape) / 64)) * 2 + 1
+        grown = cv2.dilate(marks, np.ones((grow, grow), np.uint8))
+        # what the marks enclose (a circled object) is the edit too, not only the strokes: everything the
+        # outside cannot reach without crossing a mark
+        free = np.pad(np.where(grown > 0, 0, 255).astype(np.uint8), 1, constant_values=255)
+        outside = np.zeros((free.shape[0] + 2, free.shape[1] + 2), np.uint8)
+        cv2.floodFill(free, outside, (0, 0), 128)
+        enclosed_or_marked = free[1:-1, 1:-1] != 128
+        return np.asarray(cv2.resize(enclosed_or_marked.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0)
+    elif request.mask is not None:
         alpha = request.mask.pixels[..., 3]
     elif request.family.mask_from_input_alpha and request.images and request.images[0].has_alpha:
         alpha = request.images[0].pixels[..., 3]
@@ -105,15 +119,30 @@ def paint(request: rules.ImageRequest, spec: render.RenderSpec | None, size: tup
     return pixels, record
 
 
-def _usage(request: rules.ImageRequest, size: tuple[int, int], quality: str) -> dict:
-    text_tokens = max(1, len(request.prompt) // 4)
-    image_tokens = sum(65 + 129 * math.ceil(i.width / 512) * math.ceil(i.height / 512) for i in request.images)
-    output = int(OUTPUT_TOKENS[quality] * request.n * size[0] * size[1] / (1024 * 1024))
+#: How much one image's output tokens vary around the rule (a model spends more on a busy picture), and the
+#: text tokenizer: words and punctuation marks, not the estimate's four characters a token.
+OUTPUT_SPREAD = 0.08
+_TEXT_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def _usage(request: rules.ImageRequest, rule: pricing.TokenRule, shapes: list[tuple[int, int]],
+           quality: str, seed: int) -> dict:
+    """The contract's ImageGenUsage, counted on what this request really carried (the prompt's words, every
+    input image and the markup at their decoded sizes) and returned (each image's size, its tokens spread by up
+    to 8 % as a real model's are), with the engine's token rules as the base: a client's estimate is held
+    against a count it does not make itself."""
+    text_tokens = max(1, len(_TEXT_TOKEN.findall(request.prompt)))
+    uploads = [*request.images, *([request.markup] if request.markup is not None else [])]
+    image_tokens = sum(rule.image_tokens(i.width, i.height) for i in uploads)
+    spread = np.random.default_rng(seed).uniform(-OUTPUT_SPREAD, OUTPUT_SPREAD, len(shapes))
+    output = sum(int(round(rule.output_tokens(quality, width, height) * (1 + float(jitter))))
+                 for (height, width), jitter in zip(shapes, spread, strict=True))
     return {
         "total_tokens": text_tokens + image_tokens + output,
         "input_tokens": text_tokens + image_tokens,
         "output_tokens": output,
         "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
+        "output_tokens_details": {"image_tokens": output, "text_tokens": 0},
     }
 
 
@@ -139,6 +168,7 @@ def respond(
     data = []
     partials: list[list[np.ndarray]] = []
     shape = (0, 0)
+    shapes: list[tuple[int, int]] = []
     for index in range(request.n):
         pixels, record = paint(request, spec, size, seed, index)
         if record is not None:
@@ -147,6 +177,7 @@ def respond(
             pixels = images.resize(pixels, wrong_size)
             notes["wrong_size"] = list(wrong_size)
         shape = pixels.shape[:2]
+        shapes.append((int(shape[0]), int(shape[1])))
         level = compression if isinstance(compression, int) else None
         encoded = images.encode(pixels, output_format, level)
         if request.stream:
@@ -165,14 +196,15 @@ def respond(
     body: dict[str, object] = {"created": int(time.time()), "data": data}
     if gpt:
         height, width = shape
+        rule = pricing.token_rule(family) or pricing.TOKEN_RULES[caps.GPT_IMAGE_2]
         quality = str(request.get("quality", "auto"))
-        quality = "medium" if quality not in OUTPUT_TOKENS else quality
+        quality = rule.auto_quality if quality not in dict(rule.output_1024) else quality
         body.update(
             background="transparent" if request.get("background") == "transparent" else "opaque",
             output_format=output_format,
             size=f"{width}x{height}",
             quality=quality,
-            usage=_usage(request, size, quality),
+            usage=_usage(request, rule, shapes, quality, seed),
         )
     return Outcome(body=body, notes=notes, partials=partials, output_format=output_format,
                    compression=level if request.stream else None)

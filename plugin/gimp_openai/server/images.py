@@ -9,6 +9,7 @@ whole request from the headers; :func:`decode` repeats the per-image limit as it
 
 from __future__ import annotations
 
+import base64
 import io
 import warnings
 from dataclasses import dataclass
@@ -95,6 +96,15 @@ def encode(pixels: np.ndarray, output_format: str = "png", compression: int | No
         image.convert("RGB").save(buffer, format="JPEG", quality=max(1, min(95, quality)))
     elif output_format == "webp":
         image.save(buffer, format="WEBP", quality=quality, lossless=quality == 100)
+    elif output_format == "gif":  # gpt-image-2.6: a one-frame GIF here (the real model may animate)
+        image.convert("RGB").quantize(256).save(buffer, format="GIF")
+    elif output_format == "svg":  # gpt-image-2.6: an SVG document; here the picture embedded as a PNG
+        image.save(buffer, format="PNG", compress_level=1)
+        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+        width, height = image.size
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+                f'viewBox="0 0 {width} {height}"><image width="{width}" height="{height}" '
+                f'href="data:image/png;base64,{data}"/></svg>').encode("ascii")
     else:
         image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

@@ -1,9 +1,13 @@
-"""The models the local server lists and serves, with their lifecycle (issue 9 part 6).
+"""The models the local server lists and serves, with their lifecycle.
 
-The default list has every image model of the current line-up, all live, with ``created`` increasing in
-release order (so "newest" is the gpt-image-2 family), plus a few non-image models so clients must filter.
-``--models FILE`` replaces the list; ``--shutdown MODEL=YYYY-MM-DD`` sets (or adds) a shutdown date. A model
-whose date has passed is still listed, with its date, and any request naming it gets the real API's answer.
+The default list plays OpenAI's line-up as of 2026-11-04: gpt-image-2 (and its snapshot), gpt-image-2.5-flare /
+-sunburst and gpt-image-2.6-flare / -sunburst (with their dated snapshots), all live, ``created`` in release
+order, plus a few non-image models so clients must filter. The models OpenAI no longer serves (dall-e-2/3, the
+gpt-image-1 family, chatgpt-image-latest) are not listed, and a request naming one gets the real API's answer for
+an id it does not know (400 ``invalid_value``: "The model 'X' does not exist."); ``--legacy-models`` adds them
+back, live, for tests of their rules. ``--models FILE`` replaces the list; ``--shutdown MODEL=YYYY-MM-DD`` sets
+(or adds) a shutdown date. A model whose date has passed is still listed, with its date, and any request naming
+it gets the real API's answer.
 """
 
 from __future__ import annotations
@@ -39,20 +43,37 @@ class ServedModel:
         }
 
 
-def default_models() -> list[ServedModel]:
-    """Release order matters: clients pick the newest live GPT image model by ``created``."""
+def legacy_models() -> list[ServedModel]:
+    """The image models OpenAI served before the 2026 shutdowns (``--legacy-models``), live here."""
     return [
-        ServedModel("whisper-1", _ts("2023-02-27"), "openai-internal"),
         ServedModel("dall-e-2", _ts("2023-11-01")),
-        ServedModel("gpt-4o", _ts("2024-05-10")),
-        ServedModel("text-embedding-3-small", _ts("2024-01-22")),
+        ServedModel("dall-e-3", _ts("2023-11-02")),
         ServedModel("gpt-image-1", _ts("2025-04-23")),
         ServedModel("gpt-image-1-mini", _ts("2025-10-06")),
         ServedModel("gpt-image-1.5", _ts("2025-12-16")),
         ServedModel("chatgpt-image-latest", _ts("2025-12-17")),
+    ]
+
+
+def default_models(*, legacy: bool = False) -> list[ServedModel]:
+    """Release order matters: clients pick the newest live GPT image model by ``created`` (an alias is listed a
+    minute after its dated snapshot, as OpenAI's list has it)."""
+    models = [
+        ServedModel("whisper-1", _ts("2023-02-27"), "openai-internal"),
+        ServedModel("gpt-4o", _ts("2024-05-10")),
+        ServedModel("text-embedding-3-small", _ts("2024-01-22")),
         ServedModel("gpt-image-2-2026-04-21", _ts("2026-04-21")),
         ServedModel("gpt-image-2", _ts("2026-04-21") + 60),
+        ServedModel("gpt-image-2.5-flare-2026-09-08", _ts("2026-09-08")),
+        ServedModel("gpt-image-2.5-sunburst-2026-09-08", _ts("2026-09-08")),
+        ServedModel("gpt-image-2.5-flare", _ts("2026-09-08") + 60),
+        ServedModel("gpt-image-2.5-sunburst", _ts("2026-09-08") + 60),
+        ServedModel("gpt-image-2.6-flare-2026-11-04", _ts("2026-11-04")),
+        ServedModel("gpt-image-2.6-sunburst-2026-11-04", _ts("2026-11-04")),
+        ServedModel("gpt-image-2.6-flare", _ts("2026-11-04") + 60),
+        ServedModel("gpt-image-2.6-sunburst", _ts("2026-11-04") + 60),
     ]
+    return (legacy_models() + models) if legacy else models
 
 
 def _parse_date(text: str | None, what: str) -> date | None:
@@ -131,7 +152,7 @@ class ModelRegistry:
         """The family serving ``model_id`` at ``endpoint``, or the ApiError the real API would answer."""
         model = self.get(model_id)
         if model is None:
-            raise apierror.model_not_found(model_id)
+            raise apierror.model_does_not_exist(model_id)
         if self.is_shut_down(model):
             raise apierror.model_shut_down(model_id)
         if not capabilities.is_image_model_id(model_id):

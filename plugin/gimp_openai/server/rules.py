@@ -78,6 +78,10 @@ def _dalle3(model: str, family: Family) -> bool:
     return family.name == caps.DALL_E_3
 
 
+def _complexity(model: str, family: Family) -> bool:
+    return bool(family.complexities)
+
+
 def qualities(family: Family) -> tuple[str, ...]:
     """The family's qualities plus ``auto`` (every family takes the default value)."""
     return family.qualities + (() if "auto" in family.qualities else ("auto",))
@@ -101,18 +105,19 @@ PARAMS: tuple[ParamRule, ...] = (
     ParamRule("size", ALL, "size"),
     ParamRule("quality", PROMPTED, "enum", values=qualities),
     ParamRule("response_format", ALL, "enum", allowed=_response_format, values=lambda f: RESPONSE_FORMATS),
-    ParamRule("output_format", PROMPTED, "enum", allowed=_gpt, values=lambda f: OUTPUT_FORMATS),
+    ParamRule("output_format", PROMPTED, "enum", allowed=_gpt, values=lambda f: f.output_formats),
     ParamRule("output_compression", PROMPTED, "int", allowed=_gpt, minimum=0, maximum=lambda f: 100),
     ParamRule("background", PROMPTED, "enum", allowed=_gpt, values=lambda f: BACKGROUNDS),
     ParamRule("moderation", PROMPTED, "enum", allowed=_gpt, values=lambda f: MODERATIONS),
     ParamRule("input_fidelity", frozenset({EDITS}), "enum", allowed=_fidelity, values=lambda f: INPUT_FIDELITIES),
     ParamRule("style", frozenset({GENERATIONS}), "enum", allowed=_dalle3, values=lambda f: STYLES),
+    ParamRule("complexity", PROMPTED, "enum", allowed=_complexity, values=lambda f: f.complexities),
     ParamRule("stream", PROMPTED, "bool", allowed=_streams),
     ParamRule("partial_images", PROMPTED, "int", allowed=_streams, minimum=0, maximum=lambda f: f.max_partial_images),
     ParamRule("user", ALL, "text"),
 )
 
-FILE_FIELDS = {EDITS: ("image", "image[]", "mask"), VARIATIONS: ("image",), GENERATIONS: ()}
+FILE_FIELDS = {EDITS: ("image", "image[]", "mask", "markup"), VARIATIONS: ("image",), GENERATIONS: ()}
 
 
 @dataclass
@@ -125,6 +130,7 @@ class ImageRequest:
     params: dict[str, object] = field(default_factory=dict)
     images: list[Decoded] = field(default_factory=list)
     mask: Decoded | None = None
+    markup: Decoded | None = None  # 2.6: marks painted on a transparent layer say what to change, and where
 
     @property
     def n(self) -> int:
@@ -299,7 +305,7 @@ def check_images(endpoint: str, family: Family, files: list[FilePart]) -> tuple[
     """The image rules: which fields, how many, mimetype, bytes, decodable, square, mask alpha and size."""
     allowed_fields = FILE_FIELDS[endpoint]
     for part in files:
-        if part.field not in allowed_fields:
+        if part.field not in allowed_fields or part.field == "markup":  # markup: see validate
             raise apierror.unknown_parameter(part.field)
     image_parts = [p for p in files if p.field in ("image", "image[]")]
     mask_parts = [p for p in files if p.field == "mask"]
@@ -365,6 +371,31 @@ def check_images(endpoint: str, family: Family, files: list[FilePart]) -> tuple[
     return images, mask
 
 
+def check_markup(parts: list[FilePart], first: Decoded) -> Decoded:
+    """One transparent PNG the size of the first image: its painted (non-transparent) pixels are the marks."""
+    if len(parts) > 1:
+        raise apierror.invalid_value("markup", f"{len(parts)} files", detail="Send one markup image.")
+    part = parts[0]
+    if part.content_type != "image/png":
+        raise _mimetype_error("markup", part, caps.PNG_ONLY)
+    if len(part.data) > MASK_MAX_BYTES:
+        raise _too_large("markup", len(part.data), MASK_MAX_BYTES)
+    markup = _decode("markup", 0, part)
+    if not markup.has_alpha:
+        raise apierror.ApiError(
+            400, f"Invalid markup image - format must have an alpha channel (RGBA or LA), got {markup.mode}.",
+            param="markup", code="invalid_image_format",
+        )
+    if (markup.width, markup.height) != (first.width, first.height):
+        raise apierror.ApiError(
+            400,
+            f"Invalid markup image - markup size ({markup.width}x{markup.height}) does not match image size "
+            f"({first.width}x{first.height}).",
+            param="markup", code="invalid_value",
+        )
+    return markup
+
+
 def validate(
     endpoint: str,
     model: str,
@@ -378,7 +409,19 @@ def validate(
     params = check_params(endpoint, model, family, fields, multipart)
     request = ImageRequest(endpoint=endpoint, model=model, family=family, params=params)
     if endpoint in (EDITS, VARIATIONS):
-        request.images, request.mask = check_images(endpoint, family, files)
+        markup = [p for p in files if p.field == "markup"] if endpoint == EDITS else []
+        if markup:
+            if not family.markup:
+                raise apierror.unknown_parameter("markup", f"This parameter is not supported for {model}.")
+            if any(p.field == "mask" for p in files):
+                raise apierror.ApiError(
+                    400, "Invalid request: 'markup' cannot be combined with 'mask'. Send the marks without a mask.",
+                    param="markup", code="invalid_value",
+                )
+            check_pixel_budget([p for p in files if p.field in ("image", "image[]", "markup")])
+        request.images, request.mask = check_images(endpoint, family, [p for p in files if p.field != "markup"])
+        if markup:
+            request.markup = check_markup(markup, request.images[0])
     elif files:
         raise apierror.unknown_parameter(files[0].field)
     return request
