@@ -1,6 +1,6 @@
 """`gimp-openai`: the engine from a shell (and `python -m gimp_openai`, which the GIMP hosts run).
 
-Subcommands: edit, variation, generate, batch, models, usage, doctor, serve, session, plan, job, key, config.
+Subcommands: edit, variation, generate, batch, models, usage, doctor, serve, session, warm, plan, job, key, config.
 Everything that can be checked is checked before a request is paid for (the input files, the selection, the
 prompt, n, the size, the output folder), and each request's estimated cost is printed before it is sent: above
 the limit (``--max-cost``, setting ``max_cost``, $1 by default) a terminal asks, anything else refuses unless
@@ -877,9 +877,18 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_session(args: argparse.Namespace) -> int:
-    from gimp_openai import jobs
+    from gimp_openai import jobs, warm
 
-    return jobs.run_session()
+    code = jobs.run_session()
+    if args.warm and code == jobs.EXIT_OK:  # the next run of this host finds an engine ready
+        warm.start(Path(args.warm), args.warm_seconds)
+    return code
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    from gimp_openai import warm
+
+    return warm.serve(Path(args.socket), args.idle)
 
 
 def cmd_key(args: argparse.Namespace) -> int:
@@ -1220,7 +1229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p = sub.add_parser("job", help="host protocol: run JOB.json, progress as JSON lines")
     p.add_argument("file")
-    sub.add_parser("session", help="host protocol: plan and job requests as JSON lines on stdin, one process")
+    p = sub.add_parser("session", help="host protocol: plan and job requests as JSON lines on stdin, one process")
+    p.add_argument("--warm", metavar="SOCKET", help="afterwards, keep an engine ready for the next run on SOCKET")
+    p.add_argument("--warm-seconds", type=float, default=900.0, metavar="SECONDS",
+                   help="how long that engine waits for the next run (default 900)")
+    p = sub.add_parser("warm", help="host protocol: an engine waiting on SOCKET for the next run's session")
+    p.add_argument("--socket", required=True)
+    p.add_argument("--idle", type=float, default=900.0, metavar="SECONDS")
 
     p = sub.add_parser("key", help="store the API key (read from stdin or a hidden prompt) or show its status")
     p.add_argument("action", choices=("set", "status"))
@@ -1280,7 +1295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = bool(getattr(args, "json", False))
     commands = {"edit": cmd_edit, "variation": cmd_variation, "generate": cmd_generate, "batch": cmd_batch,
                 "models": cmd_models, "usage": cmd_usage, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job,
-                "session": cmd_session, "key": cmd_key,
+                "session": cmd_session, "warm": cmd_warm, "key": cmd_key,
                 "config": cmd_config}
     if not args.command:
         parser.print_help(sys.stderr)

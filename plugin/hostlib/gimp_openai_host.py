@@ -509,11 +509,9 @@ class EngineSession(object):
 
     def _start(self):
         started = _take_prestarted(self.python) if self.api_key is None else None
-        if started is not None:
-            self.proc, self.errfile = started
-            return
-        self.errfile = tempfile.TemporaryFile()
-        self.proc = _start_engine(self.python, ["session"], engine_env(self.api_key), self.errfile)
+        if started is None:
+            started = _open_engine(self.python, self.api_key)
+        self.proc, self.errfile = started
 
     def request(self, command, path, is_answer, on_line=None):
         """Send one request; call ``on_line(obj)`` for each JSON line until ``is_answer(obj)``; return that
@@ -586,8 +584,7 @@ def prestart_engine(python_dirs=None):
     Never raises: a missing engine is reported by the run that needs it, with what to do."""
     try:
         python = find_engine_python(python_dirs or ())
-        errfile = tempfile.TemporaryFile()
-        proc = _start_engine(python, ["session"], engine_env(None), errfile)
+        proc, errfile = _open_engine(python, None)
     except Exception:  # noqa: BLE001 - said later, by the run that needs the engine
         return
     _PRESTARTED.append((python, proc, errfile))
@@ -598,8 +595,154 @@ def _take_prestarted(python):
         started_python, proc, errfile = _PRESTARTED.pop()
         if started_python == python and proc.poll() is None:
             return proc, errfile
-        errfile.close()
+        if errfile is not None:
+            errfile.close()
     return None
+
+
+def _open_engine(python, api_key):
+    """(process, stderr file) of an engine session: the warm engine an earlier run left, when one waits for
+    this environment; else a new process that leaves one behind when its session ends."""
+    socket_path = warm_socket(python) if api_key is None else None
+    if socket_path is not None:
+        connection = _WarmConnection.open(socket_path)
+        if connection is not None:
+            return connection, None
+    args = ["session"]
+    if socket_path is not None:
+        args += ["--warm", socket_path, "--warm-seconds", str(warm_seconds())]
+    errfile = tempfile.TemporaryFile()
+    return _start_engine(python, args, engine_env(api_key), errfile), errfile
+
+
+# ------------------------------------------------------------------------------------------ warm engine
+
+#: Seconds a warm engine waits for the next run (0: none is kept). An engine kept warm holds ~150 MB.
+WARM_SECONDS_ENV = "GIMP_OPENAI_WARM_SECONDS"
+DEFAULT_WARM_SECONDS = 900
+#: What the engine's behaviour depends on besides its code: a warm engine serves only runs that agree.
+_WARM_ENV_PREFIXES = ("OPENAI_", "GIMP_OPENAI_", "AZURE_OPENAI_")
+_WARM_ENV_NAMES = ("HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "REQUESTS_CA_BUNDLE",
+                   "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
+                   "https_proxy", "no_proxy", "PYTHON_KEYRING_BACKEND", "LANG", "LC_ALL")
+
+
+def warm_seconds():
+    try:
+        return max(0, int(float(os.environ.get(WARM_SECONDS_ENV, DEFAULT_WARM_SECONDS))))
+    except ValueError:
+        return DEFAULT_WARM_SECONDS
+
+
+def warm_socket(python):
+    """The socket of the warm engine for this Python, installation and environment, in a folder only this
+    user can open; None where there are no Unix sockets or no such folder can be had (then every run starts
+    its own engine, as before)."""
+    import hashlib
+    import socket
+
+    if not hasattr(socket, "AF_UNIX") or not hasattr(os, "getuid") or warm_seconds() <= 0:
+        return None
+    facts = [to_text(python)]
+    record = os.path.join(_HERE, ENGINE_RECORD)  # rewritten by every installation
+    if os.path.isfile(record):
+        facts.append(u"%r" % os.stat(record).st_mtime)
+    for name in sorted(os.environ):
+        if name.startswith(_WARM_ENV_PREFIXES) or name in _WARM_ENV_NAMES:
+            facts.append(u"%s=%s" % (to_text(name), to_text(os.environ[name])))
+    digest = hashlib.sha256(u"\n".join(facts).encode("utf-8")).hexdigest()[:20]
+    folder = os.path.join(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir(), "gimp-openai-%d" % os.getuid())
+    try:
+        if not os.path.isdir(folder):
+            os.mkdir(folder, 0o700)
+        info = os.lstat(folder)
+        if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(folder):
+            return None
+    except OSError:
+        return None
+    return os.path.join(folder, "engine-%s.sock" % digest)
+
+
+class _SocketInput(object):
+    """The engine's input over the socket: closing it ends the input (the socket stays open for answers)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.handle = sock.makefile("wb")
+
+    def write(self, data):
+        self.handle.write(data)
+
+    def flush(self):
+        self.handle.flush()
+
+    def close(self):
+        import socket
+
+        try:
+            self.handle.close()
+            self.sock.shutdown(socket.SHUT_WR)
+        except (IOError, OSError):
+            pass
+
+
+class _WarmConnection(object):
+    """A warm engine's session over its socket, used exactly as an engine process (stdin, stdout, poll,
+    wait, terminate): EngineSession does not know the difference."""
+
+    def __init__(self, sock, stdout):
+        self.sock, self.stdout = sock, stdout
+        self.stdin = _SocketInput(sock)
+        self.returncode = None
+
+    @classmethod
+    def open(cls, path):
+        """The connection, once the engine said hello (it serves one run at a time: a busy one is not waited
+        for), or None."""
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(0.5)
+            sock.connect(path)
+            stdout = sock.makefile("rb")
+            hello = json.loads(stdout.readline().decode("utf-8") or "{}")
+            if hello.get("type") != "hello":
+                raise ValueError(hello)
+            sock.settimeout(None)
+            return cls(sock, stdout)
+        except (IOError, OSError, ValueError):
+            sock.close()
+            return None
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self, timeout=None):
+        """The engine ends the connection when its session is over."""
+        try:
+            while self.stdout.read(65536):
+                pass
+        except (IOError, OSError):
+            pass
+        self._closed(0)
+        return 0
+
+    def terminate(self):
+        import socket
+
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except (IOError, OSError):
+            pass
+        self._closed(-15)
+
+    kill = terminate
+
+    def _closed(self, code):
+        if self.returncode is None:
+            self.returncode = code
+        self.sock.close()
 
 
 def _in_session(session, python, api_key, work):

@@ -55,7 +55,7 @@ for size in SIZES:
 
 
 def measure(version: str = "3.0", server_url: str | None = None, sizes=(1024, 4096, 8000),
-            latency: float = 1.0) -> dict | str:
+            latency: float = 1.0, warm_seconds: float = 60.0) -> dict | str:
     """{"version", "rows": [{size, export_s, insert_s, procedure_s, server_s, overhead_s}]} or the reason it could
     not run. ``overhead_s``: the whole procedure less the server's time (its own handling plus ``latency``)."""
     problem = G.chroot_problem(version)
@@ -78,8 +78,10 @@ def measure(version: str = "3.0", server_url: str | None = None, sizes=(1024, 40
         if install.returncode != 0:
             return f"installer failed in the chroot: {install.stderr[-500:]}"
         timings = work / "timings.jsonl"
+        # the first run starts the engine; later ones find it kept warm (as in GIMP, until warm_seconds pass)
         env = {"OPENAI_BASE_URL": server_url or srv.url, "OPENAI_API_KEY": FAKE_KEY,
-               "GIMP_OPENAI_HOST_TIMINGS": "/gimp-openai-work/timings.jsonl"}
+               "GIMP_OPENAI_HOST_TIMINGS": "/gimp-openai-work/timings.jsonl",
+               "GIMP_OPENAI_WARM_SECONDS": str(int(warm_seconds))}
         run = chroot.python(SCRIPT.replace("SIZES", repr(tuple(sizes))), env=env, timeout=900)
         results = [json.loads(line[4:]) for line in run.stdout.splitlines() if line.startswith("RES ")]
         if len(results) != len(sizes):
@@ -98,10 +100,34 @@ def measure(version: str = "3.0", server_url: str | None = None, sizes=(1024, 40
         return {"version": version, "rows": rows}
 
 
+def overhead(version: str = "3.0", repeats: int = 3) -> dict | str:
+    """The issue's figure: a 1024² selection in a 4096² layer, align/tone off, the whole procedure less the
+    server's time: the first run (the engine starts) and the median of ``repeats`` runs after it (kept warm)."""
+    import statistics
+
+    result = measure(version, sizes=(4096,) * (repeats + 1), latency=0.0)
+    if isinstance(result, str):
+        return result
+    rows = [r["overhead_s"] for r in result["rows"] if r["status"] == "success" and r["overhead_s"] is not None]
+    if len(rows) != repeats + 1:
+        return f"runs failed: {result['rows']}"
+    return {"version": version, "first_s": rows[0], "warm_median_s": statistics.median(rows[1:]), "warm_s": rows[1:]}
+
+
+def overhead_line(result: dict | str) -> str:
+    if isinstance(result, str):
+        return f"GIMP 3 overhead: not measured ({result})"
+    runs = ", ".join(f"{x:.2f}" for x in result["warm_s"])
+    return (f"GIMP {result['version']}: 1024² selection in a 4096² layer, procedure less the server: first run "
+            f"{result['first_s']:.2f} s (engine started), then median {result['warm_median_s']:.2f} s ({runs}; "
+            f"engine kept warm) [target <= 0.8 s]")
+
+
 def table(result: dict | str) -> str:
     if isinstance(result, str):
         return f"GIMP 3 host-side time: not measured ({result})"
-    lines = [f"GIMP {result['version']} host side (1024² selection, n=1, align/tone off; server latency 1 s):"]
+    lines = [f"GIMP {result['version']} host side (1024² selection, n=1, align/tone off; server latency 1 s; the "
+             f"first row starts the engine, later rows find it kept warm):"]
     for r in result["rows"]:
         ex = f"{r['export_s'] * 1000:.0f} ms" if r["export_s"] is not None else "-"
         ins = f"{r['insert_s'] * 1000:.0f} ms" if r["insert_s"] is not None else "-"
@@ -112,4 +138,6 @@ def table(result: dict | str) -> str:
 
 
 if __name__ == "__main__":
-    print(table(measure(sys.argv[1] if len(sys.argv) > 1 else "3.0")))
+    version = sys.argv[1] if len(sys.argv) > 1 else "3.0"
+    print(overhead_line(overhead(version)))
+    print(table(measure(version)))

@@ -494,6 +494,7 @@ def run_all(*, quick: bool = False, faults: bool = True, gimp3: bool = True) -> 
             from tests.bench import gimp3_host
 
             figures["gimp3"] = [gimp3_host.measure(v) for v in ("3.0", "3.2")]
+            figures["gimp3_overhead"] = [gimp3_host.overhead(v) for v in ("3.0", "3.2")]
         figures["load_avg_at_end"] = os.getloadavg()
     if faults:
         from tests.reliability import faults as F
@@ -560,6 +561,7 @@ def table(fig: dict) -> str:
         from tests.bench import gimp3_host
 
         lines += [gimp3_host.table(g) for g in fig["gimp3"]]
+        lines += [gimp3_host.overhead_line(g) for g in fig.get("gimp3_overhead", [])]
     else:
         lines.append("Host-side time in real GIMP 3: not measured (--no-gimp3)")
     if "fault_table" in fig:
