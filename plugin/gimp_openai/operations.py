@@ -103,22 +103,11 @@ class Options:
     markup: np.ndarray | None = None
 
 
-@dataclass
-class Output:
-    """One returned image, ready for a host: crop-sized RGBA, its layer mask and where it goes."""
+class Placed:
+    """Pixels placed in the image with their layer mask: what a host inserts (a result or a preview)."""
 
-    index: int  # 1-based k of n
-    count: int
-    name: str
-    pixels: np.ndarray  # (H, W, 4) u8, place-sized (edit/variation) or as returned (generate)
+    pixels: np.ndarray  # (H, W, 4) u8
     mask: np.ndarray  # (H, W) u8, the layer mask
-    x: int
-    y: int
-    history_png: Path | None  # None: history and every rescue folder failed; the bytes live only in memory
-    request_id: str | None
-    path: str
-    notes: list[str] = field(default_factory=list)
-    report: str = ""
 
     @property
     def width(self) -> int:
@@ -138,7 +127,26 @@ class Output:
 
 
 @dataclass
-class Preview:
+class Output(Placed):
+    """One returned image, ready for a host: crop-sized RGBA, its layer mask and where it goes."""
+
+    index: int  # 1-based k of n
+    count: int
+    name: str
+    pixels: np.ndarray  # (H, W, 4) u8, place-sized (edit/variation) or as returned (generate)
+    mask: np.ndarray  # (H, W) u8, the layer mask
+    x: int
+    y: int
+    history_png: Path | None  # None: history and every rescue folder failed; the bytes live only in memory
+    request_id: str | None
+    path: str
+    notes: list[str] = field(default_factory=list)
+    report: str = ""
+
+
+
+@dataclass
+class Preview(Placed):
     """A streamed preview placed like the result will be (same place, same layer mask), without the alignment and
     tone match the result gets: shown while the model works, replaced by the result, never a paid image."""
 
@@ -152,21 +160,6 @@ class Preview:
     y: int
     path: str
 
-    @property
-    def width(self) -> int:
-        return int(self.pixels.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.pixels.shape[0])
-
-    def layer_pixels(self, add_mask: bool = True) -> np.ndarray:
-        """As :meth:`Output.layer_pixels`: without a separate layer mask, the alpha carries the mask."""
-        if add_mask:
-            return self.pixels
-        out = self.pixels.copy()
-        out[..., 3] = (out[..., 3].astype(np.uint16) * self.mask.astype(np.uint16) + 127) // 255
-        return out
 
 
 PreviewCallback = Callable[[Preview], None]
