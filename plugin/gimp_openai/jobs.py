@@ -331,17 +331,21 @@ def _load_markup(item: Item) -> Any:
 
     if item.markup is None:
         return None
+    return _read_planned(imaging.read_image, item.markup, item.plan.place, "markup layer")
+
+
+def _read_planned(read: Callable[[Path], Any], path: Path, place: Any, what: str) -> Any:
+    """A PNG the host wrote for the planned region, refused in plain words when unreadable or of another size."""
     try:
-        markup = imaging.read_image(item.markup)
+        pixels = read(path)
     except OSError as exc:
-        raise InvalidInputError(f"The markup layer {item.markup.name} could not be read: {exc}.") from None
-    place = item.plan.place
-    if (markup.shape[1], markup.shape[0]) != (place.width, place.height):
+        raise InvalidInputError(f"The {what} {path.name} could not be read: {exc}.") from None
+    if (pixels.shape[1], pixels.shape[0]) != (place.width, place.height):
         raise InvalidInputError(
-            f"The markup layer {item.markup.name} is {markup.shape[1]}x{markup.shape[0]} but the planned region is "
+            f"The {what} {path.name} is {pixels.shape[1]}x{pixels.shape[0]} but the planned region is "
             f"{place.width}x{place.height}.", hint=JobError.default_hint,
         )
-    return markup
+    return pixels
 
 
 def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
@@ -353,20 +357,12 @@ def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
         operations._side_pool().submit(imaging.read_selection, item.selection) if item.selection is not None else None
     )
     try:
-        pixels = imaging.read_image(item.image)
+        pixels = _read_planned(imaging.read_image, item.image, item.plan.place, "exported image")
     except GimpOpenAIError:
         if selection_future is not None:
             selection_future.cancel()
         raise
-    except OSError as exc:
-        raise InvalidInputError(f"The exported image {item.image.name} could not be read: {exc}.") from None
     place = item.plan.place
-    if (pixels.shape[1], pixels.shape[0]) != (place.width, place.height):
-        raise InvalidInputError(
-            f"The exported image {item.image.name} is {pixels.shape[1]}x{pixels.shape[0]} but the planned region "
-            f"is {place.width}x{place.height}.",
-            hint=JobError.default_hint,
-        )
     selection = None
     if item.selection is not None and selection_future is not None:
         selection = selection_future.result()
