@@ -350,6 +350,94 @@ def _is_result(item):
     return item.parasite_find(host.PARASITE_NAME) is not None
 
 
+# ----------------------------------------------------------------------------------------------- preview
+
+def _is_preview(item):
+    return item.parasite_find(host.PREVIEW_PARASITE) is not None
+
+
+def _all_layers(layers):
+    found = []
+    for layer in layers:
+        found.append(layer)
+        if pdb.gimp_item_is_group(layer):
+            found.extend(_all_layers(layer.children))
+    return found
+
+
+class _Unrecorded(object):
+    """Changes to an image that are not the artist's: undo frozen (gimp-image-undo-freeze is meant for in-situ
+    previews; undo-disable would throw the artist's whole history away), the dirty state as it was (a clean
+    image stays clean) and the active layer as it was (inserting a layer activates it)."""
+
+    def __init__(self, image):
+        self.image = image
+
+    def __enter__(self):
+        self.dirty = bool(pdb.gimp_image_is_dirty(self.image))
+        self.active = self.image.active_layer
+        pdb.gimp_image_undo_freeze(self.image)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.active is not None and pdb.gimp_item_is_valid(self.active):
+                pdb.gimp_image_set_active_layer(self.image, self.active)
+            if not self.dirty:
+                pdb.gimp_image_clean_all(self.image)
+        finally:
+            pdb.gimp_image_undo_thaw(self.image)
+        return False
+
+
+def show_preview(image, above, spec, layer=None):
+    """The preview's pixels in ``layer`` (the one shown so far, when still there and of the same size: only its
+    pixels change) or in a new layer above ``above`` (where the result will go; on top when None), with the
+    engine's layer mask. GIMP loads the PNG (any image type); returns the preview layer."""
+    with _Unrecorded(image):
+        loaded = pdb.gimp_file_load_layer(image, spec.png)
+        same = (layer is not None and pdb.gimp_item_is_valid(layer) and
+                (layer.width, layer.height) == (loaded.width, loaded.height) and layer.bpp == loaded.bpp)
+        if same:  # the newer preview's pixels into the layer shown, in place
+            w, h = loaded.width, loaded.height
+            data = loaded.get_pixel_rgn(0, 0, w, h, False, False)[0:w, 0:h]
+            rgn = layer.get_pixel_rgn(0, 0, w, h, True, False)
+            rgn[0:w, 0:h] = data
+            layer.flush()
+            pdb.gimp_item_delete(loaded)
+            if tuple(layer.offsets) != (spec.x, spec.y):
+                layer.set_offsets(spec.x, spec.y)
+            layer.update(0, 0, w, h)
+            return layer
+        if layer is not None and pdb.gimp_item_is_valid(layer):
+            image.remove_layer(layer)
+        layer = loaded
+        layer.name = _native(spec.name)
+        parent, position = None, 0
+        if above is not None:
+            parent = pdb.gimp_item_get_parent(above)
+            position = _above_earlier_results(image, above)
+        image.insert_layer(layer, parent, position)
+        layer.set_offsets(spec.x, spec.y)
+        if spec.mask == "engine" and spec.mask_png:
+            mask = layer.create_mask(ADD_WHITE_MASK)
+            layer.add_mask(mask)
+            _fill_mask(image, mask, spec.mask_png)
+        layer.attach_new_parasite(host.PREVIEW_PARASITE, PARASITE_PERSISTENT, _native(spec.parasite))
+        return layer
+
+
+def remove_previews(image):
+    """Every preview layer in the image (this run's, or one a killed run left), removed unrecorded."""
+    found = [layer for layer in _all_layers(image.layers) if _is_preview(layer)]
+    if found:
+        with _Unrecorded(image):
+            for layer in found:
+                if pdb.gimp_item_is_valid(layer):
+                    image.remove_layer(layer)
+    return len(found)
+
+
 def _siblings(image, item):
     parent = pdb.gimp_item_get_parent(item)
     return list(parent.children) if parent is not None else list(image.layers)
@@ -371,6 +459,9 @@ class Gimp2(object):
     #: the Settings dialog opens with what the engine has on file (seeded by _run before gimpfu's dialog)
     shows_saved_settings = True
 
+    def __init__(self):
+        self.previews = {}  # image ID -> the preview layer shown
+
     @property
     def interactive(self):
         return _interactive()
@@ -382,6 +473,9 @@ class Gimp2(object):
             drawable = pdb.gimp_layer_from_mask(drawable)
         if pdb.gimp_item_is_layer(drawable) and pdb.gimp_item_is_group(drawable) and _is_result(drawable):
             drawable = _layer_of_results(image, drawable) or drawable  # results of n > 1: their layer
+        elif pdb.gimp_item_is_layer(drawable) and _is_preview(drawable):  # a killed run's preview, clicked
+            drawable = flow.layer_of_results(_siblings(image, drawable), drawable,
+                                             lambda la: _is_result(la) or _is_preview(la)) or drawable
         if drawable is None or not pdb.gimp_item_is_layer(drawable):
             kind = "channel"
         elif pdb.gimp_item_is_group(drawable):
@@ -410,6 +504,16 @@ class Gimp2(object):
 
     def alive(self, image, layer):
         return bool(pdb.gimp_image_is_valid(image)) and (layer is None or bool(pdb.gimp_item_is_valid(layer)))
+
+    def preview(self, target, spec):
+        image = target.image
+        self.previews[image.ID] = show_preview(image, target.layer, spec, self.previews.get(image.ID))
+        gimp.displays_flush()
+
+    def end_preview(self, target):
+        self.previews.pop(target.image.ID, None)
+        if remove_previews(target.image):
+            gimp.displays_flush()
 
     def new_image(self, width, height):
         return gimp.Image(width, height, RGB)

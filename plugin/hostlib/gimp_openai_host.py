@@ -30,6 +30,11 @@ MANIFEST_ENV = "GIMP_OPENAI_MANIFEST"
 KEY_ENV = "OPENAI_API_KEY"
 NAME_PREFIX = "OpenAI: "
 PARASITE_NAME = "gimp-openai"
+#: The preview layer's parasite (persistent: a run killed by Cancel cannot remove its preview, and the next run
+#: finds it by this, even in an image saved and opened again) and its name, which says what it is to an artist
+#: who finds it left behind.
+PREVIEW_PARASITE = "gimp-openai-preview"
+PREVIEW_NAME = u"OpenAI preview (not a result)"
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -774,8 +779,9 @@ def plan(plan_dict, workdir, python=None, api_key=None, session=None):
     return answer
 
 
-def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None, session=None):
-    """Step 2: write JOB.json, run the job, feed progress to ``on_progress(fraction, message)``.
+def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None, session=None, on_partial=None):
+    """Step 2: write JOB.json, run the job, feed progress to ``on_progress(fraction, message)`` and each
+    streamed preview line (``{"type": "partial", ...}``) to ``on_partial(line)``.
 
     Returns the result line (``{"type": "result", "ok", "items", "error"}``); per-item failures stay in it
     for the host to report, only a job with no result at all raises.
@@ -786,6 +792,8 @@ def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None, sess
     def on_line(obj):
         if obj.get("type") == "progress" and on_progress is not None:
             on_progress(*tracker.update(obj))
+        elif obj.get("type") == "partial" and on_partial is not None:
+            on_partial(obj)
 
     def work(engine):
         result = engine.request("job", path, lambda obj: obj.get("type") in ("result", "session"), on_line)

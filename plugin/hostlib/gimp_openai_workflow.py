@@ -18,6 +18,11 @@ The adapter (duck-typed; see tests/gimp2/test_workflow.py for a complete fake):
   :class:`LayerSpec`, placed above ``anchor_layer`` (a group of them when ``group_name``)
 - ``new_image(width, height)`` -> image; ``image_size(image)`` -> (width, height); ``show(image)``
 - ``alive(image, layer)`` -> False when the image was closed or the layer deleted while the request ran
+- ``preview(target, spec)``: show a streamed preview (a :class:`LayerSpec` named ``PREVIEW_NAME``, with the
+  ``PREVIEW_PARASITE``) above ``target.layer`` (on top of the image when it is None), where the result will go;
+  a second call replaces the first one's pixels in place. Never an undo step, never leaves the image dirty.
+- ``end_preview(target)``: remove every preview layer of ``target.image`` (this run's, and any a killed run left),
+  again without an undo step; nothing when there is none or the image is gone
 - ``shows_saved_settings``: True when the Settings dialog opens with the saved settings (then an empty field
   there means the default; elsewhere it keeps what is saved)
 - ``ask(question, title, yes)`` -> bool (``yes``: the label of the button that says yes);
@@ -28,6 +33,7 @@ The adapter (duck-typed; see tests/gimp2/test_workflow.py for a complete fake):
 
 from __future__ import absolute_import, division, print_function
 
+import json
 import os
 
 import gimp_openai_host as hl
@@ -92,6 +98,71 @@ class LayerSpec(object):
         self.x, self.y = int(output.get("x", 0)), int(output.get("y", 0))
         self.width, self.height = int(output["width"]), int(output["height"])
         self.name, self.parasite, self.mask, self.visible = name, parasite, mask, visible
+
+
+class Previews(object):
+    """The live preview of one run: each streamed preview shown where its item's result will go, composited
+    like it (the engine's layer mask, the same place), each newer one replacing the one before; removed
+    before the results go in, and when the run fails.
+
+    A preview is a courtesy, never a reason for a run to fail and never an undo step: the adapter changes the
+    image with its undo frozen, and any trouble showing one (the image closed, the layer deleted, a file that
+    cannot be read) skips that preview while the request goes on. A run GIMP kills (Cancel) cannot remove its
+    preview; the layer's name says what it is, and the next run on that image removes it (``clear_stale``)."""
+
+    def __init__(self, adapter, mask=None):
+        self.adapter, self.mask = adapter, mask
+        self.targets = {}  # item id -> (Target, place(line) -> (x, y) or None)
+        self.shown = {}  # item id -> Target showing a preview now
+        self.count = 0
+
+    def watch(self, item_id, target, place=None):
+        self.targets[item_id] = (target, place)
+
+    def clear_stale(self):
+        """Remove preview layers a killed run left in this run's images (before anything else happens)."""
+        seen = []
+        for target, _place in self.targets.values():
+            if target.image is None or any(target.image is image for image in seen):
+                continue
+            seen.append(target.image)
+            self._end(target)
+
+    def show(self, line):
+        entry = self.targets.get(line.get("id"))
+        if entry is None and len(self.targets) == 1:
+            entry = list(self.targets.values())[0]
+        if entry is None or not line.get("layer_png"):
+            return
+        target, place = entry
+        try:
+            if target.image is None or not self.adapter.alive(target.image, target.layer):
+                return  # closed or deleted while the request runs: the results open elsewhere later
+            output = dict(line)
+            if place is not None:
+                output["x"], output["y"] = place(line)
+            mask = self.mask if line.get("mask_png") else None
+            parasite = json.dumps({"preview": True, "item": hl.to_text(line.get("id") or u""),
+                                   "index": line.get("index")}, sort_keys=True)
+            spec = LayerSpec(output, hl.PREVIEW_NAME, parasite, mask)
+            self.adapter.preview(target, spec)
+        except Exception:  # noqa: BLE001 - a preview that cannot be shown is skipped; the result still comes
+            return
+        self.shown[line.get("id")] = target
+        self.count += 1
+
+    def end(self):
+        """Remove the previews shown (idempotent; never raises: it runs on every way out of a run)."""
+        shown, self.shown = list(self.shown.values()), {}
+        for target in shown:
+            self._end(target)
+
+    def _end(self, target):
+        try:
+            if target.image is not None and self.adapter.alive(target.image, None):
+                self.adapter.end_preview(target)
+        except Exception:  # noqa: BLE001 - an image closed meanwhile: nothing left to remove
+            pass
 
 
 # ----------------------------------------------------------------------------------------------- the rules
@@ -322,6 +393,10 @@ class Workflow(object):
     def run_items(self, items):
         """Plan, export and the job in one engine session; then each image's results inserted."""
         operation = self.operation_of_items()
+        previews = Previews(self.adapter, u"engine" if bool(self.values.get("add_mask", True)) else None)
+        for it in items:
+            previews.watch(it.id, it.target)
+        previews.clear_stale()
         workdir = hl.make_workdir()
         try:
             with hl.EngineSession(python=self.python) as session:
@@ -338,8 +413,10 @@ class Workflow(object):
                 job["source_name"] = items[0].name if len(items) == 1 else u""
                 job["items"] = self.export(items, answer, workdir, operation)
                 self.adapter.progress(0.0, u"OpenAI: sending %d request(s)" % len(items))
-                result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
+                result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session,
+                                    on_partial=previews.show)
                 self.heard(result)
+                previews.end()  # the results take its place (or the run failed): gone before they go in
                 gone = hl.model_gone(result)
                 failed = gone or (not result.get("items") and result.get("error"))
                 if not failed:  # in the session: killed while inserting, the engine cleans up and remembers
@@ -348,6 +425,7 @@ class Workflow(object):
                 raise self.engine_error(gone or result["error"])
             return result
         finally:
+            previews.end()
             if not self.adapter.keep_workdir(workdir):
                 hl.cleanup(workdir)
 
@@ -476,6 +554,17 @@ class Workflow(object):
         check_prompt("generate", self.values)
         target = self.adapter.target(image, drawables) if image is not None else None
         new_image = target is None or target.indexed or self.values.get("target") == "new image"
+        previews = Previews(self.adapter)
+        if target is not None and target.image is not None:
+            on_top = Target(target.image, None, target.name)  # over the image's top, centred like the result
+
+            def centred(line):
+                width, height = self.adapter.image_size(on_top.image)
+                return (width - int(line["width"])) // 2, (height - int(line["height"])) // 2
+            previews.watch(u"generate", on_top, centred)
+            previews.clear_stale()
+            if new_image:  # a new image has no canvas yet to show a preview on
+                previews.targets.clear()
         workdir = hl.make_workdir()
         try:
             job = job_options(self.proc, "generate", self.values)
@@ -485,13 +574,16 @@ class Workflow(object):
                 job["canvas"] = {"width": int(width), "height": int(height)}
             self.adapter.progress(0.0, u"OpenAI: generating")
             with hl.EngineSession(python=self.python) as session:
-                result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
+                result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session,
+                                    on_partial=previews.show)
                 self.heard(result)
+                previews.end()
                 item = (result.get("items") or [{}])[0]
                 if item.get("ok"):  # in the session: killed while inserting, the engine cleans up and remembers
                     return self.insert_generated(result, job, target, new_image)
             raise self.engine_error(item.get("error") or result.get("error"))
         finally:
+            previews.end()
             hl.cleanup(workdir)
 
     def insert_generated(self, result, job, target, new_image):

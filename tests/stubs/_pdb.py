@@ -111,6 +111,20 @@ class PDB(object):
         image.undo_enabled = True
         image.undo_steps = []
 
+    def gimp_image_undo_freeze(self, image):
+        image.undo_frozen += 1
+
+    def gimp_image_undo_thaw(self, image):
+        if image.undo_frozen == 0:
+            raise RuntimeError("gimp-image-undo-thaw: the image's undo is not frozen")
+        image.undo_frozen -= 1
+
+    def gimp_image_is_dirty(self, image):
+        return int(bool(image.dirty))
+
+    def gimp_image_clean_all(self, image):
+        image.dirty = False
+
     def gimp_context_push(self):
         self._gimp.state.context_depth += 1
 

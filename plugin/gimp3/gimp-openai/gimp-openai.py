@@ -553,6 +553,12 @@ def read_selection(image, place):
     return image.get_selection().get_buffer().get(_rect(place), 1.0, MASK_FORMAT, Gegl.AbyssPolicy.NONE)
 
 
+def pixels_of(layer):
+    """A layer's RGBA u8 bytes as GIMP holds them (tests compare them with the engine's PNG)."""
+    return layer.get_buffer().get(Gegl.Rectangle.new(0, 0, layer.get_width(), layer.get_height()), 1.0, FORMAT,
+                                  Gegl.AbyssPolicy.NONE)
+
+
 def layer_rect(layer):
     ok, ox, oy = layer.get_offsets()
     return {"x": ox, "y": oy, "width": layer.get_width(), "height": layer.get_height()}
@@ -669,6 +675,95 @@ def apply_mask(image, layer, mask_png):
     mask.update(0, 0, w, h)
 
 
+# ------------------------------------------------------------------------------------------------- preview
+
+def _is_preview(item):
+    return item.get_parasite(hl.PREVIEW_PARASITE) is not None
+
+
+def _all_layers(items):
+    for item in items:
+        yield item
+        if item.is_group():
+            for child in _all_layers(item.get_children()):
+                yield child
+
+
+class _Unrecorded:
+    """Changes to an image that are not the artist's: with its undo frozen (gimp_image_undo_freeze is meant for
+    in-situ previews; undo_disable would throw the artist's whole history away), its dirty state as it was (a
+    clean image stays clean: closing it does not ask to save a preview) and its selected layers as they were
+    (inserting a layer selects it). The preview layer is added and removed in the same state, so what undo
+    replays never meets it."""
+
+    def __init__(self, image):
+        self.image = image
+
+    def __enter__(self):
+        self.dirty = self.image.is_dirty()
+        self.selected = list(self.image.get_selected_layers())
+        self.image.undo_freeze()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            selected = [la for la in self.selected if la.is_valid()]
+            if selected and [la.get_id() for la in self.image.get_selected_layers()] != [la.get_id() for la
+                                                                                        in selected]:
+                self.image.set_selected_layers(selected)
+            if not self.dirty:
+                self.image.clean_all()
+        finally:
+            self.image.undo_thaw()
+        return False
+
+
+def show_preview(image, above, spec, layer=None):
+    """The preview's pixels in ``layer`` (the one shown so far, when it is still there and of the same size:
+    only its pixels change) or in a new layer above ``above`` (where the result will go: above the layer and
+    its earlier results; on top of the image when None), with the engine's layer mask. Returns the layer."""
+    png = hl.read_png(spec.png)
+    if png is None:  # pragma: no cover - not the engine's PNG: no preview rather than a slow path
+        return layer
+    w, h, channels, data = png
+    fmt = {1: "Y' u8", 2: "Y'A u8", 3: "R'G'B' u8", 4: FORMAT}[channels]
+    with _Unrecorded(image):
+        fresh = layer is None or not layer.is_valid() or (layer.get_width(), layer.get_height()) != (w, h)
+        if fresh:
+            if layer is not None and layer.is_valid():
+                image.remove_layer(layer)
+            gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
+            kind = Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
+            layer = Gimp.Layer.new(image, spec.name, w, h, kind, 100.0, Gimp.LayerMode.NORMAL)
+            layer.attach_parasite(Gimp.Parasite.new(hl.PREVIEW_PARASITE, Gimp.PARASITE_PERSISTENT,
+                                                    list(spec.parasite.encode("utf-8"))))
+            parent = above.get_parent() if above is not None else None
+            position = _above_earlier_results(image, above) if above is not None else 0
+            image.insert_layer(layer, parent, position)
+        buf = layer.get_buffer()
+        buf.set(Gegl.Rectangle.new(0, 0, w, h), fmt, data)
+        buf.flush()
+        if fresh:
+            layer.set_offsets(spec.x, spec.y)
+            if spec.mask == "engine" and spec.mask_png:  # the same mask for every preview of the item
+                apply_mask(image, layer, spec.mask_png)
+        elif layer.get_offsets()[1:] != (spec.x, spec.y):
+            layer.set_offsets(spec.x, spec.y)
+        layer.update(0, 0, w, h)
+    return layer
+
+
+def remove_previews(image):
+    """Every preview layer in the image (this run's, or one a killed run left), removed unrecorded."""
+    found = [la for la in _all_layers(image.get_layers()) if _is_preview(la)]
+    if found:
+        with _Unrecorded(image):
+            for layer in found:
+                if layer.is_valid():
+                    image.remove_layer(layer)
+    return len(found)
+
+
 # ------------------------------------------------------------------------------------------------- adapter
 
 class Gimp3:
@@ -679,6 +774,7 @@ class Gimp3:
 
     def __init__(self, interactive):
         self.interactive = interactive
+        self.previews = {}  # image id -> the preview layer shown
 
     def target(self, image, drawables):
         if image is None:
@@ -696,6 +792,9 @@ class Gimp3:
             return flow.Target(image, None, name, kind="channel", indexed=indexed)
         if drawable.is_group() and _is_result(drawable):  # results of n > 1: the layer they were made for
             drawable = _layer_of_results(image, drawable) or drawable
+        elif _is_preview(drawable):  # a killed run's preview, clicked: the layer it previewed on
+            drawable = flow.layer_of_results(_siblings(image, drawable), drawable,
+                                             lambda la: _is_result(la) or _is_preview(la)) or drawable
         kind = "group" if drawable.is_group() else "layer"
         res = Gimp.Selection.bounds(image)
         non_empty, x1, y1, x2, y2 = res[1], res[2], res[3], res[4], res[5]
@@ -720,6 +819,36 @@ class Gimp3:
 
     def alive(self, image, layer):
         return image.is_valid() and (layer is None or layer.is_valid())
+
+    def preview(self, target, spec):
+        image = target.image
+        t0 = time.time()
+        layer = self.previews.get(image.get_id())
+        self.previews[image.get_id()] = shown = show_preview(image, target.layer, spec, layer)
+        Gimp.displays_flush()
+        seconds = time.time() - t0
+        if not _timings_file():
+            return
+        entry = {"at": t0 + seconds, "image": image.get_id(), "fresh": layer is None}
+        if os.environ.get("GIMP_OPENAI_HOST_KEEP_WORKDIR") == "1":  # tests: what GIMP holds now, read back
+            ok, x, y = shown.get_offsets()
+            entry.update({"x": x, "y": y, "width": shown.get_width(), "height": shown.get_height(), "png": spec.png,
+                          "pixels_equal": pixels_of(shown) == (hl.read_png(spec.png) or (0, 0, 0, b""))[3],
+                          "mask": shown.get_mask() is not None, "dirty": image.is_dirty(),
+                          "undo_enabled": image.undo_is_enabled(),
+                          "layers": [la.get_name() for la in image.get_layers()],
+                          "selected": [la.get_name() for la in image.get_selected_layers()]})
+        _record_timing("preview", seconds, entry)
+
+    def end_preview(self, target):
+        image = target.image
+        self.previews.pop(image.get_id(), None)
+        t0 = time.time()
+        removed = remove_previews(image)
+        if removed:
+            Gimp.displays_flush()
+            _record_timing("end-preview", time.time() - t0, {"image": image.get_id(), "removed": removed,
+                                                             "dirty": image.is_dirty()})
 
     def new_image(self, width, height):
         return Gimp.Image.new(width, height, Gimp.ImageBaseType.RGB)
