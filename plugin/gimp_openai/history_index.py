@@ -170,8 +170,8 @@ def _text(value: Any, limit: int = 4000) -> str:
 def _cost(data: dict[str, Any]) -> float | None:
     """A cost the sidecar states (``cost``, or ``usage.cost``/``usage.total_cost``), as a number; else None.
     Nothing is estimated: prices change, and a guessed figure next to a real one misleads."""
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
+    for value in (data.get("cost"), usage.get("cost"), usage.get("total_cost")):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
             return float(value)
     return None
