@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-
 from gimp_openai.history import History
 from gimp_openai.imaging import encode_png
+
 from tests.gimp2.test_workflow import ROOT, FakeAdapter, FakeImage, hl, proc, run
 
 sys.path.insert(0, os.path.join(ROOT, "plugin", "hostlib"))
@@ -34,8 +34,8 @@ class ResultsAdapter(FakeAdapter):
 
     def __init__(self, n=3, choice=None, **kw):
         FakeAdapter.__init__(self, **kw)
-        self.group = Group("OpenAI: a red kite (%d results)" % n,
-                           [Layer("OpenAI: a red kite (%d/%d)" % (k, n), visible=k == 1) for k in range(1, n + 1)])
+        self.group = Group(f"OpenAI: a red kite ({n} results)",
+                           [Layer(f"OpenAI: a red kite ({k}/{n})", visible=k == 1) for k in range(1, n + 1)])
         self.tree = [self.group, Layer("photo", mask=None, parasite=None)]
         self.choice, self.offered, self.undo_steps = choice, [], 0
 
@@ -83,12 +83,12 @@ def test_pick_keeps_one_result_in_the_group_s_place_in_one_undo_step(index, inte
     image = FakeImage(50, 40)
     assert run(adapter, "pick-result", {"index": index}, image) is None
     layer = adapter.tree[0]
-    assert layer.name == "OpenAI: a red kite (%d/3)" % kept and layer.visible and layer.mask == "engine"
+    assert layer.name == f"OpenAI: a red kite ({kept}/3)" and layer.visible and layer.mask == "engine"
     assert json.loads(layer.parasite)["prompt"] == "a red kite"  # its description goes with it
     assert [la.name for la in adapter.tree] == [layer.name, "photo"] and adapter.undo_steps == 1
-    assert adapter.statuses[-1].startswith("Kept %s; 2 other result(s) removed" % layer.name)
+    assert adapter.statuses[-1].startswith(f"Kept {layer.name}; 2 other result(s) removed")
     if chooser and interactive and not index:
-        assert adapter.offered == [(["OpenAI: a red kite (%d/3)" % k for k in (1, 2, 3)], 0)]
+        assert adapter.offered == [([f"OpenAI: a red kite ({k}/3)" for k in (1, 2, 3)], 0)]
 
 
 def test_pick_starts_the_chooser_on_the_result_showing_and_cancel_changes_nothing():
