@@ -840,6 +840,8 @@ def _gui():
 
 #: Longest side of a result's picture in the picker: two or three side by side fill a laptop screen's width.
 PICK_THUMB = 256
+#: A small retouch (a 100 px region) is enlarged to this, so the differences between results can be seen.
+PICK_MIN = 192
 
 
 def choose_result(group, layers, current):
@@ -918,7 +920,7 @@ def _result_picture(layer):
     from gi.repository import GdkPixbuf
 
     w, h = layer.get_width(), layer.get_height()
-    scale = min(1.0, PICK_THUMB / max(w, h))
+    scale = min(PICK_THUMB / max(w, h), max(1.0, PICK_MIN / max(w, h)))  # a small region is shown larger
     tw, th = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
     rect = Gegl.Rectangle.new(0, 0, w, h)
     pixels = bytearray(layer.get_buffer().get(rect, 1.0, FORMAT, Gegl.AbyssPolicy.NONE))
