@@ -930,7 +930,7 @@ def _history_folder(args: argparse.Namespace) -> Path:
 def _entry_line(entry: Any) -> str:
     when = entry.time[:16].replace("T", " ") if entry.time else "?"
     what = entry.what
-    cost = f", cost {entry.cost:g}" if entry.cost is not None else ""
+    cost = f", cost ${entry.cost:.3f}" if entry.cost is not None else ""
     tag = " [preview kept after a failure]" if entry.partial else ""
     tag += " [no description]" if not entry.described else ""
     prompt = " ".join(entry.prompt.split())

@@ -168,10 +168,13 @@ def _text(value: Any, limit: int = 4000) -> str:
 
 
 def _cost(data: dict[str, Any]) -> float | None:
-    """A cost the sidecar states (``cost``, or ``usage.cost``/``usage.total_cost``), as a number; else None.
-    Nothing is estimated: prices change, and a guessed figure next to a real one misleads."""
+    """The cost in US dollars the sidecar states: this image's share (``cost.usd``, written by the engine from
+    the answer's usage at its prices), or a plain number (``cost``, ``usage.cost``) a compatible server gave;
+    else None. Nothing is estimated here: an entry without a stated cost shows none."""
     usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
-    for value in (data.get("cost"), usage.get("cost"), usage.get("total_cost")):
+    cost = data.get("cost")
+    shared = cost.get("usd") if isinstance(cost, dict) else None
+    for value in (shared, cost, usage.get("cost"), usage.get("total_cost")):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
             return float(value)
     return None

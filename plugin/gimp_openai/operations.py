@@ -382,10 +382,6 @@ def _save_all(engine: Engine, result: Any, meta: dict[str, Any], cost: Cost | No
 
     images = list(getattr(result, "images", []) or [])
     n = len(images)
-    answer = getattr(result, "meta", None)
-    usage = answer.get("usage") if isinstance(answer, dict) and isinstance(answer.get("usage"), dict) else None
-    if usage:  # the tokens the answer says it used: what the history browser shows as its cost
-        meta = dict(meta, usage=usage)
     pending: list[tuple[bytes, dict[str, Any]]] = []
     usage = (getattr(result, "meta", None) or {}).get("usage")
     for k, image in enumerate(images, start=1):

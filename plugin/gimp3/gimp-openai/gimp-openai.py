@@ -946,7 +946,7 @@ def _history_text(entry):
     when = (entry.get("time") or "")[:16].replace("T", " ")
     facts = [hl.clean_line(entry.get("model") or "") or "unknown model", when + " UTC" if when else ""]
     if entry.get("cost") is not None:
-        facts.append("cost %s" % entry["cost"])
+        facts.append("cost $%.3f" % entry["cost"] if entry["cost"] >= 0.001 else "cost under $0.001")
     elif isinstance(entry.get("usage"), dict) and entry["usage"].get("total_tokens"):
         facts.append("{:,} tokens for the request".format(int(entry["usage"]["total_tokens"])))
     if entry.get("k") and entry.get("n") and entry["n"] > 1:
