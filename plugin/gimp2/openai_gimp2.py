@@ -98,7 +98,8 @@ def register_all(manifest=None):
         _PROCS[str(proc["name"])] = proc
         gimpfu.register(str(proc["name"]), _native(proc["blurb"]), _native(proc["help"]),
                         _native(manifest["author"]), _native(manifest["copyright"]), str(manifest["date"]),
-                        _native(proc["label"]), str(proc["image_types"]), pf_params(proc), [],
+                        _native(proc.get("gimp2_label") or proc["label"]), str(proc["image_types"]),
+                        pf_params(proc), [],
                         _runner(proc), menu=str(manifest["menu"]["gimp2"]))
     return manifest
 
@@ -134,7 +135,16 @@ def _run(proc_name, params):
         if checked is None:  # refused or declined: said already, no dialog
             return None
         _seed_dialog(proc_name, proc, checked[0])
+        if not any(p.get("dialog", True) for p in host.public_params(proc)) and host.public_params(proc):
+            # every argument is for scripts only (Keep Visible Result): no dialog of one hidden field; the
+            # run is still interactive (_RUN), with the manifest's defaults
+            lead = list(params[1:3]) if proc.get("image_params") else []
+            return _registered_function(proc_name)(*(lead + [p["default"] for p in host.public_params(proc)]))
     return gimpfu._run(proc_name, params)
+
+
+def _registered_function(proc_name):
+    return gimpfu._registered_plugins_[proc_name][10]
 
 
 def _before_dialog(proc, image, drawable):
@@ -451,6 +461,45 @@ def _layer_of_results(image, group):
     return flow.layer_of_results(_siblings(image, group), group, _is_result)
 
 
+def result_group(image, drawable):
+    """(group, its layers top first) when ``drawable`` is a group of results, or a layer (or mask) in one."""
+    if drawable is None:
+        return None
+    if pdb.gimp_item_is_layer_mask(drawable):
+        drawable = pdb.gimp_layer_from_mask(drawable)
+    if not pdb.gimp_item_is_layer(drawable):
+        return None
+    group = drawable if pdb.gimp_item_is_group(drawable) else pdb.gimp_item_get_parent(drawable)
+    if group is None or not _is_result(group):
+        return None
+    return group, list(group.children)
+
+
+def show_only(image, layers, index):
+    pdb.gimp_image_undo_group_start(image)
+    try:
+        for k, layer in enumerate(layers):
+            pdb.gimp_item_set_visible(layer, k == index)
+        pdb.gimp_image_set_active_layer(image, layers[index])
+    finally:
+        pdb.gimp_image_undo_group_end(image)
+
+
+def keep_result(image, group, layer):
+    """``layer`` takes the group's place (its mask and parasite go with it) and the group, with the other
+    results, is removed: one undo step."""
+    pdb.gimp_image_undo_group_start(image)
+    try:
+        parent = pdb.gimp_item_get_parent(group)
+        position = pdb.gimp_image_get_item_position(image, group)
+        pdb.gimp_image_reorder_item(image, layer, parent, position)
+        pdb.gimp_item_set_visible(layer, True)
+        pdb.gimp_image_remove_layer(image, group)
+        pdb.gimp_image_set_active_layer(image, layer)
+    finally:
+        pdb.gimp_image_undo_group_end(image)
+
+
 # ---------------------------------------------------------------------------------------------- adapter
 
 class Gimp2(object):
@@ -543,6 +592,22 @@ class Gimp2(object):
 
     def keep_workdir(self, path):
         return False
+
+    # picking among results (gimpfu has no custom dialogs: Show Next Result steps, Keep Visible Result keeps)
+    def result_group(self, image, drawable):
+        return result_group(image, drawable)
+
+    def is_visible(self, layer):
+        return bool(pdb.gimp_item_get_visible(layer))
+
+    def layer_label(self, layer):
+        return host.to_text(pdb.gimp_item_get_name(layer))
+
+    def show_only(self, image, layers, index):
+        show_only(image, layers, index)
+
+    def keep_result(self, image, group, layer):
+        keep_result(image, group, layer)
 
 
 def _handler(proc):

@@ -1,6 +1,7 @@
 """`gimp-openai`: the engine from a shell (and `python -m gimp_openai`, which the GIMP hosts run).
 
-Subcommands: edit, variation, generate, batch, models, usage, doctor, serve, session, warm, plan, job, key, config.
+Subcommands: edit, variation, generate, batch, models, usage, history, doctor, serve, session, warm, plan, job, key,
+config.
 Everything that can be checked is checked before a request is paid for (the input files, the selection, the
 prompt, n, the size, the output folder), and each request's estimated cost is printed before it is sent: above
 the limit (``--max-cost``, setting ``max_cost``, $1 by default) a terminal asks, anything else refuses unless
@@ -930,6 +931,100 @@ class ConfigValueError(InvalidInputError):
     code = "settings_error"
 
 
+def _history_folder(args: argparse.Namespace) -> Path:
+    from gimp_openai.history import default_history_dir
+
+    return Path(args.folder).expanduser() if getattr(args, "folder", "") else default_history_dir()
+
+
+def _entry_line(entry: Any) -> str:
+    when = entry.time[:16].replace("T", " ") if entry.time else "?"
+    what = entry.what
+    cost = f", cost ${entry.cost:.3f}" if entry.cost is not None else ""
+    tag = " [preview kept after a failure]" if entry.partial else ""
+    tag += " [no description]" if not entry.described else ""
+    prompt = " ".join(entry.prompt.split())
+    prompt = (prompt[:57] + "…") if len(prompt) > 58 else prompt
+    return f"{entry.id}\n  {when}  {entry.model or '?'}  {entry.operation or '?'}{cost}{tag}\n  " + \
+        (f"{prompt!r}" if prompt else "(no prompt)") + (f"  — {what}" if what else "")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Past results, read back from the history folder: nothing here sends a request or costs anything."""
+    from gimp_openai import history_index as hx
+
+    as_json = bool(getattr(args, "json", False))
+    folder = _history_folder(args)
+    action = args.history_command
+    if action == "list":
+        since = hx.parse_since(args.since) if args.since else None
+        listing = hx.list_entries(folder, since=since, limit=int(args.limit) if args.limit else None)
+        if args.thumbnails:
+            hx.add_thumbnails(listing.entries, listing.notes)
+        if as_json:
+            print(json.dumps(listing.to_dict()))
+        else:
+            for entry in listing.entries:
+                print(_entry_line(entry))
+            if listing.more:
+                print(f"({listing.more} older result(s) not shown; --limit shows more)")
+            if not listing.entries:
+                print(f"No results in {folder}.")
+        for note in listing.notes:
+            print(f"gimp-openai: note: {note}", file=sys.stderr)
+        return 0
+    entry = hx.get_entry(args.id, folder)
+    if action == "show":
+        if as_json:
+            print(json.dumps({"ok": True, "entry": entry.to_dict()}))
+        else:
+            print(_entry_line(entry))
+            for name, value in entry.to_dict().items():
+                if value not in (None, "", False) and name not in ("id", "prompt"):
+                    print(f"  {name}: {value}")
+            print(f"  prompt: {entry.prompt}")
+        return 0
+    placed = hx.placed_layer(entry)
+    out = Path(args.out)
+    from gimp_openai import imaging
+    from gimp_openai.atomic import write_bytes_atomic
+
+    if action == "layer":  # for the hosts: the exact pixels, as fast to read back as their own PNGs
+        write_bytes_atomic(out, imaging.encode_host_png(placed.pixels), durable=False)
+        answer = {"ok": True, "layer_png": str(out), "x": placed.x, "y": placed.y, "width": placed.width,
+                  "height": placed.height, "placed": placed.placed, "name": hx.layer_name(entry),
+                  "entry": entry.to_dict()}
+        print(json.dumps(answer) if as_json else f"{out}: {placed.width}x{placed.height} at {placed.x},{placed.y}")
+        return 0
+    original, _notes = load_image(args.image)
+    height, width = original.shape[:2]
+    fits = placed.fits(width, height)
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".ora"):
+        raise UsageError(f"{out.name}: the output must be a .png or an .ora file.")
+    if suffix == ".ora":
+        from gimp_openai import ora
+
+        if fits:
+            ora.write_ora(out, width, height, [ora.Layer(Path(args.image).name, original),
+                                               ora.Layer(hx.layer_name(entry), placed.pixels, placed.x, placed.y)])
+        else:
+            ora.write_ora(out, placed.width, placed.height, [ora.Layer(hx.layer_name(entry), placed.pixels)])
+    else:
+        pixels = hx.over(original, placed.pixels, placed.x, placed.y) if fits else placed.pixels
+        write_bytes_atomic(out, imaging.encode_png(pixels))
+    where = (f"at {placed.x},{placed.y} in a copy of {Path(args.image).name}" if fits else
+             f"on its own: {'it has no place' if not placed.placed else 'its place is outside'} "
+             f"{Path(args.image).name} ({width}x{height})")
+    if as_json:
+        print(json.dumps({"ok": True, "out": str(out), "placed": fits, "x": placed.x if fits else 0,
+                          "y": placed.y if fits else 0, "width": placed.width, "height": placed.height,
+                          "entry": entry.to_dict()}))
+    else:
+        print(f"{out}: {entry.id}, {placed.width}x{placed.height}, {where}")
+    return 0
+
+
 def _config_fields() -> list[str]:
     from gimp_openai.settings import Settings
 
@@ -1108,7 +1203,8 @@ def bounded(name: str, flag: str) -> Any:
 
 #: The numeric command-line options and the bounds-table entries they are checked against.
 NUMERIC_OPTIONS = {"-n": "n", "--feather": "feather", "--padding": "context_padding", "--timeout": "read_timeout",
-                   "--concurrency": "concurrency", "--partial-images": "partial_images", "--max-cost": "max_cost"}
+                   "--concurrency": "concurrency", "--partial-images": "partial_images", "--max-cost": "max_cost",
+                   "--limit": "history_limit"}
 
 
 def _partial_images_flag(p: argparse.ArgumentParser) -> None:
@@ -1241,6 +1337,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("set", "status"))
     _json_flag(p)
 
+    p = sub.add_parser("history", help="past results: list, show one, or put one back into an image (no new request)")
+    _json_flag(p)
+    hist = p.add_subparsers(dest="history_command", metavar="ACTION", required=True)
+    h = hist.add_parser("list", help="the results in the history folder, newest first")
+    h.add_argument("--since", default="",
+                   help="only results from then on: a date (2026-03-01), a time, or 7d, 12h, 30m")
+    h.add_argument("--limit", type=bounded("history_limit", "--limit"), default=None, help="at most N results")
+    h.add_argument("--thumbnails", action="store_true", help="make (or reuse) a thumbnail for each listed result")
+    h.add_argument("--folder", default="", help="another history folder (default: settings)")
+    _json_flag(h)
+    h = hist.add_parser("show", help="one result's description")
+    h.add_argument("id")
+    h.add_argument("--folder", default="")
+    _json_flag(h)
+    h = hist.add_parser("insert", help="a result at its place in a copy of IMAGE (.png: composited; .ora: layers)")
+    h.add_argument("id")
+    h.add_argument("image")
+    h.add_argument("-o", "--out", required=True, help="the file to write (.png or .ora)")
+    h.add_argument("--folder", default="")
+    _json_flag(h)
+    h = hist.add_parser("layer", help="host protocol: a result as the layer it was (PNG) and where it goes")
+    h.add_argument("id")
+    h.add_argument("-o", "--out", required=True, help="the PNG to write")
+    h.add_argument("--folder", default="")
+    _json_flag(h)
+
     p = sub.add_parser("config", help="show the settings (never the key) or set some: config set KEY=VALUE ...")
     p.add_argument("action", choices=("show", "set"))
     p.add_argument("pairs", nargs="*", metavar="KEY=VALUE")
@@ -1296,7 +1418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"edit": cmd_edit, "variation": cmd_variation, "generate": cmd_generate, "batch": cmd_batch,
                 "models": cmd_models, "usage": cmd_usage, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job,
                 "session": cmd_session, "warm": cmd_warm, "key": cmd_key,
-                "config": cmd_config}
+                "config": cmd_config, "history": cmd_history}
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

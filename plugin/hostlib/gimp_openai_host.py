@@ -877,6 +877,37 @@ def reports_text(outputs, secrets=()):
     return u"OpenAI: " + u" | ".join(u"%d/%d: %s" % (k, len(outputs), r) for k, r in reports)
 
 
+def history_list(python=None, limit=None, thumbnails=False):
+    """The newest results in the history folder (``gimp-openai history list --json``): ``{"entries": [...],
+    "notes": [...], "folder", "more"}``; a HostError when the engine cannot say."""
+    args = ["--json", "history", "list"] + (["--limit", str(int(limit))] if limit else []) + \
+        (["--thumbnails"] if thumbnails else [])
+    code, objects, stderr_text = run_engine(args, python=python, env=engine_env(None))
+    answer = objects[-1] if objects else {}
+    if code != 0 or not answer.get("ok"):
+        raise _engine_said(answer, stderr_text, u"The history could not be read.")
+    return answer
+
+
+def history_layer(entry_id, path, python=None):
+    """One history result as the layer it was (``gimp-openai history layer ID -o PATH --json``): its PNG (one
+    of the engine's, readable by read_png), where it goes, its name and description."""
+    code, objects, stderr_text = run_engine(["--json", "history", "layer", to_text(entry_id), "-o", path],
+                                            python=python, env=engine_env(None))
+    answer = objects[-1] if objects else {}
+    if code != 0 or not answer.get("ok"):
+        raise _engine_said(answer, stderr_text, u"The result could not be read from the history folder.")
+    return answer
+
+
+def _engine_said(answer, stderr_text, fallback):
+    error = answer.get("error") if isinstance(answer.get("error"), dict) else None
+    if error:
+        return HostError.from_engine(error, "history_error")
+    return HostError(fallback + (u"\n" + _tail(stderr_text, 3) if _tail(stderr_text, 3) else u""),
+                     u"Run 'gimp-openai history list' in a terminal to see what is wrong.", "history_error")
+
+
 def store_key(key, python=None):
     """Store the API key through the engine (``key set`` reads it from stdin): keyring, else a 0600 file.
     Returns where it went, in words for the artist."""

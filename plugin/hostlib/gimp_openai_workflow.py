@@ -29,6 +29,19 @@ The adapter (duck-typed; see tests/gimp2/test_workflow.py for a complete fake):
   ``ask_secret(question)`` -> text or None; ``progress(fraction, text)``; ``status(text)``
 - ``models_listed(ids)``: the models a connection test found (for the model field's completion)
 - ``keep_workdir(path)`` -> True to keep the job folder (tests compare the engine's PNGs with the layers)
+
+For picking among n results and for the history (no request, nothing paid):
+
+- ``result_group(image, drawables)`` -> (group, [its layers, top first]) when the active item is a group of
+  results or a layer (or mask) inside one, else None
+- ``is_visible(layer)``; ``layer_label(layer)`` -> its name
+- ``show_only(image, layers, k)``: layer ``k`` (0-based) visible, the others hidden, in one undo group
+- ``keep_result(image, group, layer)``: ``layer`` takes the group's place (same parent and position, with its
+  mask and parasite, visible) and the group goes with the other results, in ONE undo group
+- optional ``choose_result(image, group, layers, current)`` -> 0-based index or None (cancelled): a host that
+  can show the results side by side; without it an interactive run keeps the one showing
+- optional ``choose_history(listing, image)`` -> an entry id or None (cancelled): a host that can show the
+  history with thumbnails; without it the run uses the ``entry`` argument (empty: the newest result)
 """
 
 from __future__ import absolute_import, division, print_function
@@ -340,6 +353,12 @@ class Workflow(object):
             return self.with_model_switch(self.run_batch)
         if self.operation == "generate":
             return self.with_model_switch(lambda: self.run_generate(image, drawables))
+        if self.operation == "pick":
+            return self.run_pick(image, drawables)
+        if self.operation == "next":
+            return self.run_next(image, drawables)
+        if self.operation == "history":
+            return self.run_history(image, drawables)
         return self.run_settings()
 
     def heard(self, answer):
@@ -659,3 +678,125 @@ class Workflow(object):
                 self.adapter.models_listed(models)
             lines.append(hl.redact(text, self.secrets))
         return u"OpenAI settings:\n" + u"\n".join(lines) if lines else u"Nothing was changed."
+
+    # ------------------------------------------------------------------------------- pick, next result
+    def results(self, image, drawables):
+        """(group, layers) of the result group the artist is on, or a Refusal that says where to click."""
+        found = self.adapter.result_group(image, drawables) if image is not None else None
+        if not found or not found[1]:
+            raise Refusal(u"The active layer is not a group of OpenAI results.",
+                          u"Click a group named \u201cOpenAI: \u2026 (N results)\u201d, or a layer inside it, "
+                          u"in the Layers dialog, then run again.", "not_results")
+        return found
+
+    def showing(self, layers):
+        """The 0-based index of the result on show: the first visible one (results of a run show only one)."""
+        for k, layer in enumerate(layers):
+            if self.adapter.is_visible(layer):
+                return k
+        return 0
+
+    def run_pick(self, image, drawables):
+        """Keep one result of a group and remove the others, in one undo step: the one chosen in the host's
+        side-by-side view (interactive), the ``index``-th (1 = top; scripts), or the one showing (0)."""
+        group, layers = self.results(image, drawables)
+        current = self.showing(layers)
+        index = int(self.values.get("index") or 0)
+        if index > len(layers):
+            raise Refusal(u"This group holds %d results; there is no result %d." % (len(layers), index),
+                          u"Pass an index from 1 to %d, or 0 for the one showing." % len(layers), "no_such_result")
+        chosen = index - 1 if index else current
+        if self.adapter.interactive and not index and hasattr(self.adapter, "choose_result"):
+            chosen = self.adapter.choose_result(image, group, layers, current)
+            if chosen is None:
+                raise Stop()
+        kept = layers[chosen]
+        self.adapter.keep_result(image, group, kept)
+        others = len(layers) - 1
+        self.adapter.status(u"Kept %s%s" % (hl.clean_line(self.adapter.layer_label(kept), self.secrets),
+                                             u"; %d other result(s) removed (Edit > Undo brings them back)" % others
+                                             if others else u""))
+        return None
+
+    def run_next(self, image, drawables):
+        """Show the next result of the group and hide the one showing (after the last: the first again), so
+        an artist without a side-by-side view compares them in place, one key press each."""
+        group, layers = self.results(image, drawables)
+        k = (self.showing(layers) + 1) % len(layers)
+        self.adapter.show_only(image, layers, k)
+        self.adapter.status(u"Showing %d of %d: %s" % (k + 1, len(layers),
+                                                       hl.clean_line(self.adapter.layer_label(layers[k]),
+                                                                     self.secrets)))
+        return None
+
+    # --------------------------------------------------------------------------------------------- history
+    def run_history(self, image, drawables):
+        """Bring back a past result from the history folder, without a new request: at its original place in
+        this image when it fits there, else as a new image; one undo step."""
+        alive = image is not None and self.adapter.alive(image, None)
+        entry_id = hl.clean_line(self.values.get("entry") or u"")
+        if not entry_id:
+            chooser = getattr(self.adapter, "choose_history", None)
+            interactive = self.adapter.interactive and chooser is not None
+            listing = hl.history_list(python=self.python, limit=HISTORY_SHOWN if interactive else 1,
+                                      thumbnails=interactive)
+            entries = listing.get("entries") or []
+            if not entries:
+                raise Refusal(u"The history folder holds no results yet%s." % (
+                    u" (%s)" % hl.to_text(listing["folder"]) if listing.get("folder") else u""),
+                    u"Results are kept there from the first run on; Settings shows where it is.", "empty_history")
+            if interactive:
+                entry_id = chooser(listing, image if alive else None)
+                if not entry_id:
+                    raise Stop()
+            else:
+                entry_id = entries[0]["id"]
+        workdir = hl.make_workdir()
+        try:
+            layer = hl.history_layer(entry_id, os.path.join(workdir, "history-layer.png"), python=self.python)
+            return self.insert_history(image if alive else None, drawables, layer)
+        finally:
+            hl.cleanup(workdir)
+
+    def insert_history(self, image, drawables, layer):
+        entry = layer.get("entry") or {}
+        width, height = int(layer["width"]), int(layer["height"])
+        output = {"layer_png": layer["layer_png"], "x": int(layer.get("x", 0)), "y": int(layer.get("y", 0)),
+                  "width": width, "height": height, "history_png": entry.get("image"),
+                  "request_id": entry.get("request_id"), "path": entry.get("operation"),
+                  "notes": u"from history"}
+        prompt = hl.to_text(entry.get("prompt") or (u"variation" if hl.to_text(entry.get("operation")).startswith(
+            u"variation") else u""))
+        k, n = entry.get("k") or 1, entry.get("n") or 1
+        name = hl.layer_name(prompt, k, n, path=entry.get("operation"), secrets=self.secrets)
+        spec = LayerSpec(output, name, hl.parasite_data(prompt, entry.get("model") or u"", output, self.secrets),
+                         None)
+        fits = False
+        if image is not None:
+            canvas_w, canvas_h = self.adapter.image_size(image)
+            if layer.get("placed"):
+                fits = (spec.x >= 0 and spec.y >= 0 and spec.x + width <= canvas_w and spec.y + height <= canvas_h)
+            elif width <= canvas_w and height <= canvas_h:  # a generation: centred, as Generate puts it
+                spec.x, spec.y = (canvas_w - width) // 2, (canvas_h - height) // 2
+                fits = True
+        if fits:
+            target = self.adapter.target(image, drawables)
+            anchor = target.layer if target.kind == "layer" else None
+            self.adapter.insert(image, anchor, [spec], None)
+            where = u"at its place (%d, %d)" % (spec.x, spec.y) if layer.get("placed") else u"centred"
+            self.adapter.status(u"%s inserted %s, from history (no new request)" % (name, where))
+            return None
+        spec.x, spec.y = 0, 0
+        new = self.adapter.new_image(width, height)
+        self.adapter.insert(new, None, [spec], None)
+        self.adapter.show(new)
+        if image is None:
+            return None
+        why = (u"its place (%d\u00d7%d at %d, %d) is outside this image" % (width, height, int(layer.get("x", 0)),
+                                                                          int(layer.get("y", 0)))
+               if layer.get("placed") else u"it is larger than this image")
+        return u"%s opened as a new image: %s." % (name, why)
+
+
+#: How many of the newest results a history chooser shows (each with a thumbnail made once and cached).
+HISTORY_SHOWN = 200

@@ -16,7 +16,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "plugin" / "hostlib"))
 import gimp_openai_host as host  # noqa: E402
-
 from gimp_openai import warm  # noqa: E402
 
 PLAN = {"operation": "edit", "model": "gpt-image-2", "items": [

@@ -35,7 +35,8 @@ def test_registrations_equal_the_manifest(g2):
     for proc in MANIFEST["procedures"]:
         reg = gf._registered_plugins_[proc["name"]]
         blurb, help_, label, types, params, menu = reg[0], reg[1], reg[5], reg[6], reg[8], reg[11]
-        assert (blurb, help_, label, types, menu) == (proc["blurb"], proc["help"], proc["label"],
+        label_2 = proc.get("gimp2_label", proc["label"])  # where 2.10 runs it differently (no chooser)
+        assert (blurb, help_, label, types, menu) == (proc["blurb"], proc["help"], label_2,
                                                       proc["image_types"], MANIFEST["menu"]["gimp2"])
         public = [p for p in proc["params"] if not p.get("secret")]
         lead = 2 if proc["image_params"] else 0

@@ -115,7 +115,7 @@ class OpenAIPlugIn(Gimp.PlugIn):
             procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, self.run_image, proc)
             types = proc.get("image_types") or "*"
             procedure.set_image_types(types)
-            if proc["operation"] == "generate":
+            if proc["operation"] in ("generate", "history"):  # no image needed: they can open a new one
                 procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE |
                                                Gimp.ProcedureSensitivityMask.DRAWABLES |
                                                Gimp.ProcedureSensitivityMask.NO_DRAWABLES |
@@ -149,11 +149,17 @@ class OpenAIPlugIn(Gimp.PlugIn):
                 show_saved_settings(config)
             elif run_mode != Gimp.RunMode.NONINTERACTIVE:
                 unsaved.restore(config)
+            if interactive and proc.get("chooser"):  # the artist chooses now: a script's last argument must not
+                for p in hl.public_params(proc):       # skip the chooser
+                    config.set_property(pdb_name(p["name"]), p["default"])
             if interactive:
                 adapter = Gimp3(True)
                 for name, value in flow.before_dialog(adapter, proc, image, drawables, _values(config, proc)).items():
                     config.set_property(pdb_name(name), value)
-                if not show_dialog(procedure, config, proc):
+                # a chooser procedure asks in the workflow (results side by side, the history), and one with
+                # no field to show asks nothing
+                if not proc.get("chooser") and any(p.get("dialog", True) for p in hl.public_params(proc)) \
+                        and not show_dialog(procedure, config, proc):
                     return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
             values = _values(config, proc)
             if interactive:
@@ -168,7 +174,8 @@ class OpenAIPlugIn(Gimp.PlugIn):
             Gimp.displays_flush()
             return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
         except flow.Stop as stop:  # the artist said no: nothing changed, nothing failed
-            _tell(str(stop))
+            if str(stop):
+                _tell(str(stop))
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         except hl.HostError as exc:
             # one message: GIMP shows the returned error to the artist (and hands it to a calling script)
@@ -891,6 +898,298 @@ class Gimp3:
                 json.dump({"models": list(models), "time": time.time()}, handle)
         except OSError:
             pass
+
+
+    # ------------------------------------------------------------------------------ results and history
+    def result_group(self, image, drawables):
+        drawables = list(drawables or []) or list(image.get_selected_layers())
+        if len(drawables) != 1:
+            return None
+        drawable = drawables[0]
+        if isinstance(drawable, Gimp.LayerMask):
+            drawable = Gimp.Layer.from_mask(drawable)
+        if not isinstance(drawable, Gimp.Layer):
+            return None
+        group = drawable if drawable.is_group() else drawable.get_parent()
+        if group is None or not _is_result(group):
+            return None
+        return group, list(group.get_children())
+
+    def is_visible(self, layer):
+        return bool(layer.get_visible())
+
+    def layer_label(self, layer):
+        return layer.get_name()
+
+    def show_only(self, image, layers, index):
+        image.undo_group_start()
+        try:
+            for k, layer in enumerate(layers):
+                layer.set_visible(k == index)
+            image.set_selected_layers([layers[index]])
+        finally:
+            image.undo_group_end()
+        Gimp.displays_flush()
+
+    def keep_result(self, image, group, layer):
+        keep_result(image, group, layer)
+
+    def choose_result(self, image, group, layers, current):
+        return choose_result(group, layers, current)
+
+    def choose_history(self, listing, image):
+        return choose_history(listing, image)
+
+
+def keep_result(image, group, layer):
+    """``layer`` takes the group's place (same parent and position; its mask and parasite go with it) and the
+    group goes, with the other results: ONE undo step."""
+    t0 = time.time()
+    image.undo_group_start()
+    try:
+        parent = group.get_parent()
+        position = image.get_item_position(group)
+        image.reorder_item(layer, parent, position)
+        layer.set_visible(True)
+        image.remove_layer(group)
+        image.set_selected_layers([layer])
+    finally:
+        image.undo_group_end()
+    _record_timing("pick", time.time() - t0, {"kept": layer.get_name(), "undo_groups": 1})
+
+
+def _gui():
+    gi.require_version("GimpUi", "3.0")
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import GimpUi, Gtk
+
+    GimpUi.init(PLUGIN_NAME)
+    return GimpUi, Gtk
+
+
+#: Longest side of a result's picture in the picker: two or three side by side fill a laptop screen's width.
+PICK_THUMB = 256
+#: A small retouch (a 100 px region) is enlarged to this, so the differences between results can be seen.
+PICK_MIN = 192
+
+
+def choose_result(group, layers, current):
+    """The results side by side, each as it would look in the image (its layer mask applied), the one showing
+    chosen; a click chooses, a double-click (or Enter) keeps. Returns the 0-based index, or None."""
+    GimpUi, Gtk = _gui()
+    gi.require_version("GdkPixbuf", "2.0")
+    dialog = GimpUi.Dialog(title="Pick Result", role=PLUGIN_NAME)
+    dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+    dialog.add_button("_Keep This One", Gtk.ResponseType.OK)
+    dialog.set_default_response(Gtk.ResponseType.OK)
+    box = dialog.get_content_area()
+    box.set_border_width(12)
+    box.set_spacing(8)
+    head = Gtk.Label(xalign=0.0)
+    head.set_markup("<b>%s</b>" % GLib.markup_escape_text(group.get_name()))
+    box.pack_start(head, False, False, 0)
+    hint = Gtk.Label(label="Choose the result to keep; the others and the group are removed (Edit \u203a Undo "
+                           "brings them back).", xalign=0.0)
+    hint.set_line_wrap(True)
+    hint.get_style_context().add_class("dim-label")
+    box.pack_start(hint, False, False, 0)
+    flow_box = Gtk.FlowBox()
+    flow_box.set_selection_mode(Gtk.SelectionMode.NONE)
+    flow_box.set_max_children_per_line(min(len(layers), 4))
+    flow_box.set_min_children_per_line(min(len(layers), 4))
+    flow_box.set_column_spacing(10)
+    flow_box.set_row_spacing(10)
+    flow_box.set_homogeneous(True)
+    buttons = []
+    first = None
+    for k, layer in enumerate(layers):
+        button = Gtk.RadioButton.new_from_widget(first)
+        first = first or button
+        button.set_mode(False)  # a toggle tile, not a round indicator
+        button.set_relief(Gtk.ReliefStyle.NONE)
+        tile = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
+        tile.set_border_width(4)
+        tile.pack_start(Gtk.Image.new_from_pixbuf(_result_picture(layer)), False, False, 0)
+        label = Gtk.Label.new_with_mnemonic("Result _%d" % (k + 1) if k < 9 else "Result %d" % (k + 1))
+        label.set_mnemonic_widget(button)
+        tile.pack_start(label, False, False, 0)
+        button.add(tile)
+        button.set_tooltip_text(layer.get_name())
+        button.connect("button-press-event", _double_click_keeps(dialog, Gtk))
+        buttons.append(button)
+        flow_box.add(button)
+    buttons[current].set_active(True)
+    box.pack_start(flow_box, True, True, 0)
+    dialog.show_all()
+    buttons[current].grab_focus()
+    if _timings_file():
+        dialog.connect("map-event", lambda d, _e: GLib.idle_add(_record_layout, d, Gtk) and False)
+    answer = dialog.run()
+    chosen = next((k for k, b in enumerate(buttons) if b.get_active()), current)
+    dialog.destroy()
+    return chosen if answer == Gtk.ResponseType.OK else None
+
+
+def _double_click_keeps(dialog, Gtk):
+    gi.require_version("Gdk", "3.0")
+    from gi.repository import Gdk
+
+    def on_press(button, event):
+        if event.type == Gdk.EventType._2BUTTON_PRESS:
+            button.set_active(True)
+            dialog.response(Gtk.ResponseType.OK)
+            return True
+        return False
+    return on_press
+
+
+def _result_picture(layer):
+    """The layer as the image shows it: its pixels through its layer mask, over GIMP's checks where it is
+    transparent, at most PICK_THUMB on the longer side."""
+    from gi.repository import GdkPixbuf
+
+    w, h = layer.get_width(), layer.get_height()
+    scale = min(PICK_THUMB / max(w, h), max(1.0, PICK_MIN / max(w, h)))  # a small region is shown larger
+    tw, th = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    rect = Gegl.Rectangle.new(0, 0, w, h)
+    pixels = bytearray(layer.get_buffer().get(rect, 1.0, FORMAT, Gegl.AbyssPolicy.NONE))
+    mask = layer.get_mask()
+    if mask is not None:
+        coverage = mask.get_buffer().get(rect, 1.0, "Y' u8", Gegl.AbyssPolicy.NONE)
+        alpha = bytes(pixels[3::4])
+        pixels[3::4] = bytes((a * m + 127) // 255 for a, m in zip(alpha, coverage))
+    full = GdkPixbuf.Pixbuf.new_from_bytes(GLib.Bytes.new(bytes(pixels)), GdkPixbuf.Colorspace.RGB, True, 8,
+                                           w, h, w * 4)
+    return full.composite_color_simple(tw, th, GdkPixbuf.InterpType.BILINEAR, 255, 8, 0x999999, 0x666666)
+
+
+def _history_text(entry):
+    """Pango markup for one history row: the prompt first (what the artist remembers), then model, date and
+    cost, then where it was made."""
+    esc = GLib.markup_escape_text
+    prompt = hl.clean_line(entry.get("prompt") or "", _secrets())
+    if len(prompt) > 90:
+        prompt = prompt[:89].rstrip() + "\u2026"
+    if not prompt:
+        prompt = "variation" if (entry.get("operation") or "").startswith("variation") else "(no prompt)"
+    when = (entry.get("time") or "")[:16].replace("T", " ")
+    facts = [hl.clean_line(entry.get("model") or "") or "unknown model", when + " UTC" if when else ""]
+    if entry.get("cost") is not None:
+        facts.append("cost $%.3f" % entry["cost"] if entry["cost"] >= 0.001 else "cost under $0.001")
+    elif isinstance(entry.get("usage"), dict) and entry["usage"].get("total_tokens"):
+        facts.append("{:,} tokens for the request".format(int(entry["usage"]["total_tokens"])))
+    if entry.get("k") and entry.get("n") and entry["n"] > 1:
+        facts.append("result %d of %d" % (entry["k"], entry["n"]))
+    place = entry.get("place")
+    source = hl.clean_line(entry.get("source") or "")
+    if place:
+        where = "%s, %d\u00d7%d at %d, %d" % (source or "an image", place["width"], place["height"], place["x"],
+                                              place["y"])
+    elif entry.get("operation") == "generate":
+        where = "generated" + (", %s" % entry["size"] if entry.get("size") else "")
+    else:
+        where = source or "no description (its sidecar is missing)"
+    tags = []
+    if entry.get("partial"):
+        tags.append("preview kept after a failure")
+    if entry.get("rescued_from"):
+        tags.append("rescued from a full history folder")
+    line3 = esc(where) + ("  <i>%s</i>" % esc(", ".join(tags)) if tags else "")
+    return "<b>%s</b>\n<small>%s</small>\n<small>%s</small>" % (
+        esc(prompt), esc(" \u00b7 ".join(f for f in facts if f)), line3)
+
+
+def choose_history(listing, image):
+    """The history, newest first, with thumbnails, prompt, model, date, cost and where each was made; a search
+    field filters by prompt, model or image name. Returns the chosen entry's id, or None."""
+    GimpUi, Gtk = _gui()
+    gi.require_version("GdkPixbuf", "2.0")
+    from gi.repository import GdkPixbuf
+
+    entries = listing.get("entries") or []
+    dialog = GimpUi.Dialog(title="OpenAI History", role=PLUGIN_NAME)
+    dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+    dialog.add_button("_Insert", Gtk.ResponseType.OK)
+    dialog.set_default_response(Gtk.ResponseType.OK)
+    dialog.set_default_size(720, 560)
+    box = dialog.get_content_area()
+    box.set_border_width(12)
+    box.set_spacing(8)
+    where = "at its place in %s when it fits there, else as a new image" % _image_name(image) if image is not None \
+        else "as a new image"
+    intro = Gtk.Label(label="Results kept in %s. The one you choose goes back %s; nothing is sent or paid again."
+                      % (hl.to_text(listing.get("folder") or "the history folder"), where), xalign=0.0)
+    intro.set_line_wrap(True)
+    intro.set_max_width_chars(90)
+    box.pack_start(intro, False, False, 0)
+    search_row = Gtk.Box(spacing=6)
+    search_label = Gtk.Label.new_with_mnemonic("_Search")
+    search = Gtk.SearchEntry()
+    search.set_placeholder_text("prompt, model or image name")
+    search_label.set_mnemonic_widget(search)
+    search_row.pack_start(search_label, False, False, 0)
+    search_row.pack_start(search, True, True, 0)
+    box.pack_start(search_row, False, False, 0)
+    store = Gtk.ListStore(GdkPixbuf.Pixbuf, str, str, str)  # thumbnail, markup, id, what the search reads
+    for entry in entries:
+        picture = None
+        if entry.get("thumbnail"):
+            try:
+                picture = GdkPixbuf.Pixbuf.new_from_file(entry["thumbnail"])
+                picture = picture.composite_color_simple(picture.get_width(), picture.get_height(),
+                                                         GdkPixbuf.InterpType.NEAREST, 255, 8, 0x999999, 0x666666)
+            except GLib.Error:
+                picture = None
+        haystack = " ".join(hl.to_text(entry.get(k) or "") for k in ("prompt", "model", "source", "id")).lower()
+        store.append([picture, _history_text(entry), entry["id"], haystack])
+    filtered = store.filter_new()
+    filtered.set_visible_func(lambda model, it, _d: all(w in model[it][3] for w in
+                                                         search.get_text().lower().split()))
+    search.connect("search-changed", lambda _s: filtered.refilter())
+    view = Gtk.TreeView(model=filtered)
+    view.set_headers_visible(False)
+    view.set_enable_search(False)
+    thumb = Gtk.CellRendererPixbuf()
+    thumb.set_fixed_size(176, 176)
+    view.append_column(Gtk.TreeViewColumn("", thumb, pixbuf=0))
+    text = Gtk.CellRendererText()
+    text.set_property("wrap-width", 460)
+    text.set_property("ypad", 6)
+    view.append_column(Gtk.TreeViewColumn("", text, markup=1))
+    view.connect("row-activated", lambda *_a: dialog.response(Gtk.ResponseType.OK))
+    scrolled = Gtk.ScrolledWindow()
+    scrolled.set_shadow_type(Gtk.ShadowType.IN)
+    scrolled.set_policy(Gtk.PolicyType.NEVER, Gtk.PolicyType.AUTOMATIC)
+    scrolled.add(view)
+    list_label = Gtk.Label.new_with_mnemonic("_Results (newest first)")
+    list_label.set_xalign(0.0)
+    list_label.set_mnemonic_widget(view)
+    box.pack_start(list_label, False, False, 0)
+    box.pack_start(scrolled, True, True, 0)
+    notes = list(listing.get("notes") or [])
+    footer = []
+    if listing.get("more"):
+        footer.append("%d older result(s) are not listed (gimp-openai history list shows them all)."
+                      % listing["more"])
+    if notes:
+        footer.append("%d file(s) could not be read and are left out: %s" % (
+            len(notes), hl.clean_line(notes[0], _secrets()) + (" \u2026" if len(notes) > 1 else "")))
+    if footer:
+        note = Gtk.Label(label="\n".join(footer), xalign=0.0)
+        note.set_line_wrap(True)
+        note.get_style_context().add_class("dim-label")
+        box.pack_start(note, False, False, 0)
+    if len(filtered):
+        view.get_selection().select_path(Gtk.TreePath.new_first())
+    dialog.show_all()
+    view.grab_focus()
+    if _timings_file():
+        dialog.connect("map-event", lambda d, _e: GLib.idle_add(_record_layout, d, Gtk) and False)
+    answer = dialog.run()
+    model, it = view.get_selection().get_selected()
+    chosen = model[it][2] if it is not None else None
+    dialog.destroy()
+    return chosen if answer == Gtk.ResponseType.OK else None
 
 
 def _engine_python():
