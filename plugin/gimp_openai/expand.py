@@ -163,13 +163,16 @@ def _pieces(length: int, limit: int, overlap: int) -> list[tuple[int, int]]:
 def plan_tiles(canvas: Rect, old: Rect, limit: int, *, overlap: int = 32) -> list[Tile]:
     """The tiles that fill ``canvas`` outside ``old``, in the order they must run.
 
-    Left and right strips first (the old picture's rows), then top and bottom across the whole width, so the
-    corners are painted with both neighbours known. Across a strip, columns of new pixels step outward from the
+    A canvas that fits in one tile is one edit of the whole canvas. Otherwise left and right strips first (the
+    old picture's rows), then top and bottom across the whole width, so the corners are painted with both
+    neighbours known. Across a strip, columns of new pixels step outward from the
     old edge, each showing at least :data:`MIN_CONTEXT` px of known pixels; along it, pieces overlap by
     ``overlap`` px. Every tile's request is at most ``limit`` px a side.
     """
     if limit < 2 * MIN_CONTEXT:
         raise InvalidInputError(f"A tile of {limit} px cannot hold a hole and its context.")
+    if canvas.width <= limit and canvas.height <= limit:  # one edit sees the whole picture and fills every side
+        return [Tile(canvas, canvas, "all")]
     tiles: list[Tile] = []
     for side in ("left", "right", "top", "bottom"):
         across_axis = side in ("left", "right")
