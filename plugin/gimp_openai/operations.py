@@ -626,8 +626,12 @@ def edit(
         # the whole region is the edit: there is no context around it to align or match tones against
         options = replace(options, align=False, tone_match=False)
     options = replace(options, markup=markup)
-    from gimp_openai import imaging
+    from gimp_openai import imaging, references
 
+    reference_notes: list[str] = []
+    if options.extra_images:
+        fitted, reference_notes = references.fit(options.extra_images, family, tuple(plan.target))
+        options = replace(options, extra_images=fitted)
     extra_sizes = [imaging.image_size_of(bytes(data)) for data in options.extra_images]
     estimate = engine.estimate(model, n=options.n, size=tuple(plan.target), quality=quality or "auto",
                                prompt=options.prompt,
@@ -636,6 +640,7 @@ def edit(
     engine.before_paying(estimate, item)
 
     notes: list[str] = [_no_stream_note(model, family)] if options.partial_images > 0 and not family.streams else []
+    notes.extend(reference_notes)
     ahead: list[Any] = []  # the seamless preparation, running while the server works (see _prepare_ahead)
 
     def on_sent(pixels: np.ndarray, sel: np.ndarray) -> None:
@@ -991,6 +996,8 @@ def _meta(options: Options, model: str, path: str, plan: Any, item: str) -> dict
         meta["complexity"] = options.complexity
     if options.markup is not None:
         meta["markup"] = True
+    if options.extra_images:
+        meta["references"] = len(options.extra_images)
     if plan is not None:
         meta.update(
             size=f"{plan.target[0]}x{plan.target[1]}",

@@ -165,3 +165,21 @@ def test_an_edit_past_the_layer_fills_the_whole_selection(local_server, tmp_path
     assert outside_selected.sum() == 100 * 200
     assert (o.mask[outside_selected] == 255).all() and (o.pixels[outside_selected][:, 3] == 255).all()
     assert (o.mask[sel == 0] == 0).all(), "the layer mask still follows the selection"
+
+
+# --- references ------------------------------------------------------------------------------------------
+
+
+def test_references_are_scaled_to_the_target_and_limited_by_the_family(photo):
+    from gimp_openai import imaging, references
+
+    big = imaging.encode_png(photo)
+    sent, notes = references.fit([big, big], FAMILIES["gpt-image-2"], (512, 384), names=["ref:sky", "ref:lake"])
+    assert [imaging.image_size_of(d) for d in sent] == [(512, 384), (512, 384)]
+    small_png = imaging.encode_png(imaging.resize(photo, (512, 384)))
+    assert sum(map(len, sent)) <= 1.1 * 2 * len(small_png), "never more bytes than the model's size needs"
+    assert notes == ["references sent: ref:sky, ref:lake"]
+    sent, notes = references.fit([big] * 20, FAMILIES["gpt-image-2"], (512, 384))
+    assert len(sent) == 15 and "left out" in notes[1] and "16 input image(s)" in notes[1]
+    sent, notes = references.fit([big], FAMILIES["dall-e-2"], (512, 512))
+    assert sent == [] and "takes 1 input image(s)" in notes[0]
