@@ -1,7 +1,7 @@
 """`gimp-openai`: the engine from a shell (and `python -m gimp_openai`, which the GIMP hosts run).
 
-Subcommands: edit, variation, generate, batch, models, usage, history, doctor, serve, session, warm, plan, job, key,
-config.
+Subcommands: edit, variation, generate, expand, batch, models, usage, history, doctor, serve, session, warm, plan, job,
+key, config.
 Everything that can be checked is checked before a request is paid for (the input files, the selection, the
 prompt, n, the size, the output folder), and each request's estimated cost is printed before it is sent: above
 the limit (``--max-cost``, setting ``max_cost``, $1 by default) a terminal asks, anything else refuses unless
@@ -690,6 +690,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_expand(args: argparse.Namespace) -> int:
+    from gimp_openai import expand_cli
+
+    return expand_cli.run(args, _prepare, options_from, load_image, StderrProgress)
+
+
 def cmd_variation(args: argparse.Namespace) -> int:
     _settings, engine, model, out = _prepare(args, "variation")
     progress = StderrProgress(enabled=not args.quiet)
@@ -1281,6 +1287,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of a mask (gpt-image-2.6); --mask/--rect then only limit what the result replaces")
     _common(p)
 
+    from gimp_openai import expand_cli
+
+    expand_cli.add_parser(sub, _common, bounded)
+
     p = sub.add_parser("variation", help="variations of an image")
     p.add_argument("image")
     p.add_argument("--variation-prompt", default="", help="prompt when the model makes variations by editing")
@@ -1370,7 +1380,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PAID_COMMANDS = ("edit", "variation", "generate", "batch")
+PAID_COMMANDS = ("edit", "variation", "generate", "batch", "expand")
 
 
 def interactive() -> bool:
@@ -1417,7 +1427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = bool(getattr(args, "json", False))
     commands = {"edit": cmd_edit, "variation": cmd_variation, "generate": cmd_generate, "batch": cmd_batch,
                 "models": cmd_models, "usage": cmd_usage, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job,
-                "session": cmd_session, "warm": cmd_warm, "key": cmd_key,
+                "session": cmd_session, "warm": cmd_warm, "key": cmd_key, "expand": cmd_expand,
                 "config": cmd_config, "history": cmd_history}
     if not args.command:
         parser.print_help(sys.stderr)

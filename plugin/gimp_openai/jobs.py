@@ -242,7 +242,9 @@ def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
             item.layer = _rect(raw, "layer", where)
             place = _rect(raw, "place", where)
             request = _rect(raw, "request", where)
-            if not item.layer.contains(place):
+            # an edit's selection may reach past its layer (the result layer grows past it; the host exports
+            # transparent pixels there), but it must overlap the layer: there is nothing to continue from
+            if not (item.layer.contains(place) or (operation == "edit" and not place.intersect(item.layer).is_empty)):
                 raise JobError(f"'place' of {where} is not inside its layer.")
             if not request.contains(place):
                 raise JobError(f"'request' of {where} does not contain 'place'.")

@@ -576,14 +576,18 @@ def edit(
     item: str = "",
     progress: ProgressCallback = no_progress,
     on_preview: PreviewCallback | None = None,
+    known: np.ndarray | None = None,
 ) -> Outcome:
     """Edit the selected part of ``place_pixels`` (the exported region at ``layer``/``plan.place``).
 
     ``selection`` is place-sized u8 (255 = selected). Without ``plan`` the region is planned here from the
     selection (the CLI passes the whole image as ``place_pixels`` with ``layer`` = the image rectangle).
     ``on_preview``: each streamed preview (``options.partial_images``), placed like the result, as it arrives.
+    ``known``: place-sized bool, False where there are no pixels (an expanded canvas's new area); by default
+    every pixel of ``place`` outside ``layer`` (a selection reaching past the layer). Those pixels are filled
+    for the model and always repainted (see :mod:`beyond`); the layer mask still follows ``selection``.
     """
-    from gimp_openai import geometry, masks
+    from gimp_openai import beyond, geometry, masks
 
     model = options.model
     family = engine.family(model)
@@ -605,12 +609,22 @@ def edit(
         place_pixels, selection = _crop_to(place_pixels, selection, layer, plan.place)
     if not selection.any():
         raise InvalidInputError("The selection is empty.", hint="Select the part of the image to change first.")
+    if known is None and isinstance(layer, geometry.Rect):
+        known = beyond.known_mask(plan.place, layer)
+    layer_selection = selection  # what the result layer shows; `selection` becomes what the model repaints
+    if known is not None:
+        place_pixels = beyond.fill_unknown(place_pixels, known)
+        selection = beyond.edit_selection(selection, known)
     if markup is not None and bool(selection.all()):
         # the whole region is the edit: there is no context around it to align or match tones against
         options = replace(options, align=False, tone_match=False)
     options = replace(options, markup=markup)
-    from gimp_openai import imaging
+    from gimp_openai import imaging, references
 
+    reference_notes: list[str] = []
+    if options.extra_images:
+        fitted, reference_notes = references.fit(options.extra_images, family, tuple(plan.target))
+        options = replace(options, extra_images=fitted)
     extra_sizes = [imaging.image_size_of(bytes(data)) for data in options.extra_images]
     estimate = engine.estimate(model, n=options.n, size=tuple(plan.target), quality=quality or "auto",
                                prompt=options.prompt,
@@ -619,6 +633,7 @@ def edit(
     engine.before_paying(estimate, item)
 
     notes: list[str] = [_no_stream_note(model, family)] if options.partial_images > 0 and not family.streams else []
+    notes.extend(reference_notes)
     ahead: list[Any] = []  # the seamless preparation, running while the server works (see _prepare_ahead)
 
     def on_sent(pixels: np.ndarray, sel: np.ndarray) -> None:
@@ -648,6 +663,7 @@ def edit(
         )
         if options.markup is not None:
             options = replace(options, markup=_crop_to(options.markup, selection, plan.place, fallback.place)[0])
+        layer_selection = _crop_to(place_pixels, layer_selection, plan.place, fallback.place)[1]
         place_pixels, selection = _crop_to(place_pixels, selection, plan.place, fallback.place)
         result, plan, place_pixels, selection = _send_edit(
             engine, options, family, quality, fallback, place_pixels, selection, item, progress, notes, on_sent,
@@ -664,7 +680,7 @@ def edit(
     _check_problems(result, saved, kept.note)
 
     _emit(progress, item, "compositing", "Fitting the results into the picture")
-    layer_mask = masks.layer_mask(selection, options.feather)
+    layer_mask = masks.layer_mask(layer_selection, options.feather)
     outputs: list[Output] = []
     n = len(result.images)
     for k, (image, path) in enumerate(zip(result.images, kept.paths, strict=True), start=1):
@@ -973,6 +989,8 @@ def _meta(options: Options, model: str, path: str, plan: Any, item: str) -> dict
         meta["complexity"] = options.complexity
     if options.markup is not None:
         meta["markup"] = True
+    if options.extra_images:
+        meta["references"] = len(options.extra_images)
     if plan is not None:
         meta.update(
             size=f"{plan.target[0]}x{plan.target[1]}",

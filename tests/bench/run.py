@@ -581,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the seamless share (2048² place, gpt-like server, with vs without align+tone)")
     parser.add_argument("--cli-memory-only", action="store_true",
                         help="only the CLI big-image rows (8000² opaque and transparent edit: peak RSS, seconds)")
+    parser.add_argument("--expand-only", action="store_true",
+                        help="Expand Canvas figures only (old pixels kept, the step at the old edge)")
     parser.add_argument("--stream-only", action="store_true",
                         help="only the streaming figures (first preview, cost of streaming; 15 s latency)")
     parser.add_argument("--size", type=int, default=8000, help="with --cli-memory-only: the picture's side")
@@ -592,6 +594,10 @@ def main(argv: list[str] | None = None) -> int:
         print(seamless_line(s) + f"; runs with {s['overhead_with_runs_s']}, without {s['overhead_without_runs_s']}, "
               f"after-response deltas {s['after_delta_runs_s']}")
         return 0
+    if args.expand_only:
+        from tests.bench import expand_bench
+
+        return expand_bench.main()
     if args.stream_only:
         with tempfile.TemporaryDirectory(prefix="gimp-openai-bench-") as tmp:
             Env(Path(tmp) / "home")
