@@ -541,9 +541,12 @@ def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable
         with engine.saving:  # an abandoned job (run_session) removes the folder these go to, holding this lock
             outputs = _write_outputs(job, item, outcome)
         warnings = [notice.to_dict() for notice in outcome.warnings]
-        return {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model,
-                "warnings": warnings, "cost": outcome.cost.to_dict() if outcome.cost is not None else None,
-                "_cost": outcome.cost}
+        answer = {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model,
+                  "warnings": warnings, "cost": outcome.cost.to_dict() if outcome.cost is not None else None,
+                  "_cost": outcome.cost}
+        if outcome.references is not None:  # which references the model saw, for the host's message
+            answer["references"] = outcome.references
+        return answer
     except GimpOpenAIError as exc:
         return {"id": item.id, "ok": False, "outputs": [], "error": exc.to_dict()}
     except Exception as exc:  # noqa: BLE001 - one item's bug must not lose the others' results

@@ -183,6 +183,8 @@ class Outcome:
     cost: Cost | None = None
     #: what it was expected to cost before sending
     estimate: Estimate | None = None
+    #: the references asked for: {"sent": [names], "left_out": ["name (why)"]}; None when there were none
+    references: dict[str, list[str]] | None = None
 
 
 # --- The engine context -------------------------------------------------------------------------------------
@@ -625,10 +627,12 @@ def edit(
     from gimp_openai import imaging, references
 
     reference_notes: list[str] = []
+    reference_report = None
     if options.extra_images:
-        fitted, sent_names, reference_notes = references.fit_named(options.extra_images, family,
-                                                                   tuple(plan.target), names=options.reference_names)
+        fitted, sent_names, left_out, reference_notes = references.fit_named(
+            options.extra_images, family, tuple(plan.target), names=options.reference_names)
         options = replace(options, extra_images=fitted, reference_names=sent_names)
+        reference_report = {"sent": sent_names, "left_out": left_out}
     extra_sizes = [imaging.image_size_of(bytes(data)) for data in options.extra_images]
     estimate = engine.estimate(model, n=options.n, size=tuple(plan.target), quality=quality or "auto",
                                prompt=options.prompt,
@@ -713,7 +717,7 @@ def edit(
         )
     _emit(progress, item, "done", f"{n} result{'s' if n != 1 else ''} ready")
     return Outcome(outputs=outputs, model=model, path=PATH_EDIT, plan=plan, notes=notes,
-                   warnings=_notices(kept, result), cost=cost, estimate=estimate)
+                   warnings=_notices(kept, result), cost=cost, estimate=estimate, references=reference_report)
 
 
 def _send_edit(
@@ -1146,9 +1150,11 @@ def generate(
     check_size(size, family)
     parsed = capabilities.parse_size(size) or (1024, 1024)  # 'auto': estimated as a square 1024x1024
     reference_notes: list[str] = []
+    reference_report = None
     if options.extra_images:
-        fitted, sent_names, reference_notes = references.fit_named(options.extra_images, family, parsed, used=0,
-                                                                   names=options.reference_names)
+        fitted, sent_names, left_out, reference_notes = references.fit_named(
+            options.extra_images, family, parsed, used=0, names=options.reference_names)
+        reference_report = {"sent": sent_names, "left_out": left_out}
         if not fitted:
             raise InvalidInputError("None of the reference images could be sent: " + "; ".join(reference_notes),
                                     hint="Use smaller references, or fewer of them.")
@@ -1224,7 +1230,7 @@ def generate(
         )
     _emit(progress, item, "done", f"{n} image{'s' if n != 1 else ''} ready")
     return Outcome(outputs=outputs, model=model, path=PATH_GENERATE, notes=rescue_notes,
-                   warnings=_notices(kept, result), cost=cost, estimate=estimate)
+                   warnings=_notices(kept, result), cost=cost, estimate=estimate, references=reference_report)
 
 
 def _no_stream_note(model: str, family: Family) -> str:
