@@ -608,12 +608,15 @@ def export_visible(image, path):
 def expand_canvas(image, width, height, dx, dy, spec):
     """The canvas resized (layers moved with the picture, their size kept, so the new area is transparent)
     and the painted layer on top with its mask, in ONE undo group (insert_outputs' group nests in it)."""
+    t0 = time.time()
     image.undo_group_start()
     try:
         image.resize(width, height, dx, dy)
         inserted = insert_outputs(image, None, [spec])
     finally:
         image.undo_group_end()
+    _record_timing("expand", time.time() - t0, {"image": image.get_id(), "undo_groups": 1,
+                                               "canvas": [image.get_width(), image.get_height()]})
     return inserted[0]
 
 
