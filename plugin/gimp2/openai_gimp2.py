@@ -280,11 +280,85 @@ def _image_label(image):
 # ------------------------------------------------------------------------------------------------ export
 
 def export_region(layer, place, path):
-    """Write ``place`` (image coordinates, inside the layer) of the layer as an 8-bit RGBA PNG."""
+    """Write ``place`` (image coordinates) of the layer as an 8-bit RGBA PNG, transparent where it runs past
+    the layer (an edit's selection may; pixel regions only read inside the layer, so the rest is padded)."""
     ox, oy = layer.offsets
-    lx, ly, w, h = place["x"] - ox, place["y"] - oy, place["width"], place["height"]
-    rgn = layer.get_pixel_rgn(lx, ly, w, h, False, False)
-    host.write_png(path, w, h, host.to_rgba(rgn[lx:lx + w, ly:ly + h], layer.bpp), 4)
+    w, h = place["width"], place["height"]
+    inside = flow.intersect(place, _rect(ox, oy, layer.width, layer.height))
+    lx, ly, iw, ih = inside["x"] - ox, inside["y"] - oy, inside["width"], inside["height"]
+    if inside == place:
+        rgn = layer.get_pixel_rgn(lx, ly, w, h, False, False)
+        host.write_png(path, w, h, host.to_rgba(rgn[lx:lx + w, ly:ly + h], layer.bpp), 4)
+        return
+    out = bytearray(w * h * 4)
+    if iw and ih:
+        rgn = layer.get_pixel_rgn(lx, ly, iw, ih, False, False)
+        data = host.to_rgba(rgn[lx:lx + iw, ly:ly + ih], layer.bpp)
+        for row in range(ih):
+            start = ((inside["y"] - place["y"] + row) * w + (inside["x"] - place["x"])) * 4
+            out[start:start + iw * 4] = data[row * iw * 4:(row + 1) * iw * 4]
+    host.write_png(path, w, h, out, 4)
+
+
+def _read_rgba(drawable):
+    rgn = drawable.get_pixel_rgn(0, 0, drawable.width, drawable.height, False, False)
+    return host.to_rgba(rgn[0:drawable.width, 0:drawable.height], drawable.bpp)
+
+
+def reference_layers(image, exclude):
+    """[(name, layer)]: the layers named ``ref:...`` in ``image`` first, then in the other open images (groups
+    searched, not taken); hidden ones count."""
+    found = []
+    images = [image] + [im for im in gimp.image_list() if im.ID != image.ID]
+    for im in images:
+        for layer in _all_layers(im.layers):
+            if pdb.gimp_item_is_group(layer) or (exclude is not None and layer.ID == exclude.ID):
+                continue
+            name = host.to_text(pdb.gimp_item_get_name(layer))
+            if name.strip().lower().startswith(flow.REFERENCE_PREFIX):
+                found.append((name if im.ID == image.ID else u"%s (%s)" % (name, _image_label(im)), layer))
+    return found
+
+
+def export_reference(layer, max_width, max_height, path):
+    """The layer scaled down (never up) to fit the size, in a temporary image (GIMP 2.10 reads no scaled
+    pixels): a copy is scaled there, read and the image deleted; nothing of the artist's image changes."""
+    w, h = layer.width, layer.height
+    scale = min(1.0, float(max_width) / w, float(max_height) / h)
+    if scale >= 1.0:
+        host.write_png(path, w, h, _read_rgba(layer), 4)
+        return
+    sw, sh = max(1, int(w * scale)), max(1, int(h * scale))
+    base = pdb.gimp_image_base_type(layer.image)
+    tmp = pdb.gimp_image_new(w, h, base if base != INDEXED else RGB)
+    try:
+        pdb.gimp_image_undo_disable(tmp)
+        copy = pdb.gimp_layer_new_from_drawable(layer, tmp)
+        tmp.insert_layer(copy, None, 0)
+        pdb.gimp_layer_scale(copy, sw, sh, False)
+        host.write_png(path, copy.width, copy.height, _read_rgba(copy), 4)
+    finally:
+        pdb.gimp_image_delete(tmp)
+
+
+def export_visible(image, path):
+    """The canvas as it shows (every visible layer) as an RGBA PNG; the layer made from it is never inserted."""
+    visible = pdb.gimp_layer_new_from_visible(image, image, "gimp-openai visible")
+    try:
+        host.write_png(path, visible.width, visible.height, _read_rgba(visible), 4)
+    finally:
+        pdb.gimp_item_delete(visible)
+
+
+def expand_canvas(image, width, height, dx, dy, spec):
+    """The canvas resized (layers move with the picture and keep their size: the new area is transparent) and
+    the painted layer on top with its mask, in ONE undo group (insert_results' group nests in it)."""
+    pdb.gimp_image_undo_group_start(image)
+    try:
+        pdb.gimp_image_resize(image, width, height, dx, dy)
+        return insert_results(image, None, [spec])[0]
+    finally:
+        pdb.gimp_image_undo_group_end(image)
 
 
 def export_selection(image, place, path):
@@ -547,6 +621,18 @@ class Gimp2(object):
 
     def export_selection(self, target, place, path):
         export_selection(target.image, place, path)
+
+    def reference_layers(self, image, exclude):
+        return reference_layers(image, exclude)
+
+    def export_reference(self, layer, max_width, max_height, path):
+        export_reference(layer, max_width, max_height, path)
+
+    def export_visible(self, image, path):
+        export_visible(image, path)
+
+    def expand_canvas(self, image, width, height, dx, dy, spec):
+        return expand_canvas(image, width, height, dx, dy, spec)
 
     def insert(self, image, anchor, layers, group_name):
         return insert_results(image, anchor, layers, group_name)

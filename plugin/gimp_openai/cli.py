@@ -628,6 +628,7 @@ def _operate(args: argparse.Namespace, engine: operations.Engine, model: str, pi
         opts = options_from(args, model, args.prompt or "", source=str(image_path))
         if getattr(args, "reference", None):
             opts.extra_images = read_references(args.reference)
+            opts.reference_names = [Path(path).name for path in args.reference]
         if getattr(args, "markup", None):
             opts.markup = read_markup(args.markup, pixels.shape)
             if not (args.mask or args.rect):
@@ -710,6 +711,9 @@ def cmd_variation(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     settings, engine, model, out = _prepare(args, "generate")
     opts = options_from(args, model, args.prompt or "")
+    if getattr(args, "reference", None):
+        opts.extra_images = read_references(args.reference)
+        opts.reference_names = [Path(path).name for path in args.reference]
     progress = StderrProgress(enabled=not args.quiet)
     stem = output_stem(args.name, "generated") if args.name else "generated"
     written = Written(source="")
@@ -1298,6 +1302,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="new images from a prompt")
     p.add_argument("--prompt", "-p", default="")
+    p.add_argument("--reference", action="append",
+                   help="an image the result should follow (GPT models, sent to the edits endpoint without a mask; "
+                        "repeatable)")
     p.add_argument("--name", default="", help="file name stem (default: generated)")
     _partial_images_flag(p)
     _common(p, images=False)

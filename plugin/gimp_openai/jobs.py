@@ -30,7 +30,7 @@ from gimp_openai.progress import Progress
 from gimp_openai.session import Session
 
 PROTOCOL_VERSION = 1
-OPERATIONS = ("edit", "variation", "generate")
+OPERATIONS = ("edit", "variation", "generate", "expand")
 BLENDS = ("feather", "poisson")
 MAX_CONCURRENCY = int(bounds.BOUNDS["concurrency"].maximum)
 EXIT_OK = 0
@@ -126,6 +126,7 @@ class Item:
     image: Path | None = None
     selection: Path | None = None
     references: list[Path] = field(default_factory=list)
+    reference_names: list[str] = field(default_factory=list)  # as the artist knows them (a layer's name)
     markup: Path | None = None  # a markup edit's painted layer, place-sized RGBA (sent instead of a mask)
     layer: Any = None
     plan: Any = None  # geometry.RegionPlan
@@ -140,6 +141,7 @@ class Job:
     add_mask: bool
     concurrency: int
     items: list[Item]
+    expand: dict[str, Any] = field(default_factory=dict)  # margins or aspect and sides, band (operation expand)
 
 
 def read_json_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
@@ -237,7 +239,9 @@ def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
         seen.add(item_id)
         where = f"item {item_id!r}"
         item = Item(id=item_id)
-        if operation != "generate":
+        if operation == "expand":  # the old canvas as it shows (every visible layer), grown by the engine
+            item.image = _inside(folder, _field(raw, "image", str, where=where), f"the image of {where}")
+        elif operation != "generate":
             item.image = _inside(folder, _field(raw, "image", str, where=where), f"the image of {where}")
             item.layer = _rect(raw, "layer", where)
             place = _rect(raw, "place", where)
@@ -255,14 +259,12 @@ def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
                 markup = _field(raw, "markup", str, "", where=where)
                 if markup:
                     item.markup = _inside(folder, markup, f"the markup layer of {where}")
-            refs = _field(raw, "references", list, [], where=where)
-            for r, ref in enumerate(refs, start=1):
-                if not isinstance(ref, str):
-                    raise JobError(f"Reference {r} of {where} must be a path.")
-                item.references.append(_inside(folder, ref, f"reference {r} of {where}"))
+        _references(raw, item, folder, where)
         items.append(item)
     if operation == "generate" and not items:
         items.append(Item(id="generate"))
+    if operation == "expand" and len(items) != 1:
+        raise JobError("An expand job has exactly one item: the picture whose canvas grows.")
     return Job(
         folder=folder,
         operation=operation,
@@ -271,7 +273,46 @@ def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
         add_mask=_field(data, "add_mask", bool, True),
         concurrency=concurrency,
         items=items,
+        expand=_expand_fields(data) if operation == "expand" else {},
     )
+
+
+def _references(raw: dict[str, Any], item: Item, folder: Path, where: str) -> None:
+    """An item's ``references``: paths in the job folder, or ``{"path", "name"}`` objects whose name (a GIMP
+    layer's) the notes and the history sidecar use instead of the file's."""
+    refs = _field(raw, "references", list, [], where=where)
+    if len(refs) > 64:
+        raise JobError(f"{where} has more than 64 references.")
+    for r, ref in enumerate(refs, start=1):
+        name = ""
+        if isinstance(ref, dict):
+            name = _field(ref, "name", str, "", where=f"reference {r} of {where}")[:200]
+            ref = _field(ref, "path", str, where=f"reference {r} of {where}")
+        if not isinstance(ref, str):
+            raise JobError(f"Reference {r} of {where} must be a path.")
+        path = _inside(folder, ref, f"reference {r} of {where}")
+        item.references.append(path)
+        item.reference_names.append(name or path.name)
+
+
+def _expand_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Expand Canvas: ``margins`` ({left, top, right, bottom} px), or ``aspect`` ("16:9") with the ``sides``
+    that may grow; ``band`` px of the old picture repainted along its edge. Checked here, before anything is
+    paid; the margins of an aspect need the picture's size and are computed when it is read."""
+    from gimp_openai import expand
+
+    band = _field(data, "band", int, 16)
+    if not 0 <= band <= 256:
+        raise JobError(f"'band' must be 0 to 256 px, not {band}.")
+    aspect = _field(data, "aspect", str, "")
+    sides = _field(data, "sides", list, [])
+    if any(side not in expand.SIDES for side in sides):
+        raise JobError(f"'sides' must name left, top, right or bottom; got {sides!r}.")
+    if aspect:
+        if data.get("margins") is not None:
+            raise JobError("Give either 'margins' or 'aspect', not both.")
+        return {"aspect": expand.parse_aspect(aspect), "sides": list(sides), "band": band}
+    return {"margins": expand.Margins.from_dict(_field(data, "margins", dict)), "band": band}
 
 
 # --- Running ------------------------------------------------------------------------------------------------
@@ -374,13 +415,17 @@ def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
                 f"region is {place.width}x{place.height}.",
                 hint=JobError.default_hint,
             )
+    return pixels, selection, _read_references(item)
+
+
+def _read_references(item: Item) -> list[bytes]:
     refs = []
-    for ref in item.references:
+    for ref, name in zip(item.references, item.reference_names, strict=True):
         try:
             refs.append(ref.read_bytes())
         except OSError as exc:
-            raise InvalidInputError(f"The reference image {ref.name} could not be read: {exc}.") from None
-    return pixels, selection, refs
+            raise InvalidInputError(f"The reference image {name} could not be read: {exc}.") from None
+    return refs
 
 
 def _write_outputs(job: Job, item: Item, outcome: operations.Outcome) -> list[dict[str, Any]]:
@@ -460,16 +505,19 @@ def _run_operation(engine: operations.Engine, job: Job, item: Item,
                    on_preview: operations.PreviewCallback | None = None) -> operations.Outcome:
     """The item's operation on its exported pixels. Its own function so that the exported crop and selection are
     freed when it returns, before the outputs are encoded (they would otherwise add to the job's peak memory)."""
+    from dataclasses import replace
+
     options = job.options
     if job.operation == "generate":
+        refs = _read_references(item)
+        if refs:
+            options = replace(options, extra_images=refs, reference_names=item.reference_names)
         return operations.generate(engine, options, item=item.id, progress=progress, on_preview=on_preview)
     pixels, selection, refs = _load_item(job, item)
     if job.operation == "edit":
         assert selection is not None
-        from dataclasses import replace
-
         if refs:
-            options = replace(options, extra_images=refs)
+            options = replace(options, extra_images=refs, reference_names=item.reference_names)
         if item.markup is not None:
             options = replace(options, markup=_load_markup(item))
         return operations.edit(
@@ -486,14 +534,19 @@ def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable
     """One item, start to end; every failure becomes this item's error (with what was already saved).
     ``write_line``: where the item's ``partial`` lines go (previews are streamed only when the job asks)."""
     try:
+        if job.operation == "expand":
+            return _run_expand(engine, job, item, progress)
         previews = PreviewLines(engine, job, item, write_line) if write_line and job.options.partial_images else None
         outcome = _run_operation(engine, job, item, progress, previews)
         with engine.saving:  # an abandoned job (run_session) removes the folder these go to, holding this lock
             outputs = _write_outputs(job, item, outcome)
         warnings = [notice.to_dict() for notice in outcome.warnings]
-        return {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model,
-                "warnings": warnings, "cost": outcome.cost.to_dict() if outcome.cost is not None else None,
-                "_cost": outcome.cost}
+        answer = {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model,
+                  "warnings": warnings, "cost": outcome.cost.to_dict() if outcome.cost is not None else None,
+                  "_cost": outcome.cost}
+        if outcome.references is not None:  # which references the model saw, for the host's message
+            answer["references"] = outcome.references
+        return answer
     except GimpOpenAIError as exc:
         return {"id": item.id, "ok": False, "outputs": [], "error": exc.to_dict()}
     except Exception as exc:  # noqa: BLE001 - one item's bug must not lose the others' results
@@ -504,6 +557,43 @@ def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable
             "error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}",
                       "hint": "This is a bug in gimp-openai; please report it.", "saved": []},
         }
+
+
+def _run_expand(engine: operations.Engine, job: Job, item: Item,
+                progress: Callable[[Progress], None]) -> dict[str, Any]:
+    """Expand Canvas: the old canvas grown by the margins and the new area filled (:mod:`expand`), answered like
+    an edit's item plus where the canvas goes: ``canvas`` (the new size) and ``old`` (where the old canvas sits
+    in it). The output's ``x``, ``y`` are in the new canvas; its mask is 255 on the new area only."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from gimp_openai import expand, imaging
+
+    assert item.image is not None
+    try:
+        pixels = imaging.read_image(item.image)
+    except OSError as exc:
+        raise InvalidInputError(f"The exported picture {item.image.name} could not be read: {exc}.") from None
+    height, width = pixels.shape[:2]
+    fields = job.expand
+    margins = fields.get("margins") or expand.margins_for_aspect(width, height, fields["aspect"], fields["sides"])
+
+    def tile_progress(event: Progress) -> None:  # tiles report as the one item the host asked for
+        progress(replace(event, item=item.id))
+
+    outcome = expand.expand(engine, job.options, pixels, margins, band=fields["band"], item=item.id,
+                            progress=tile_progress)
+    with engine.saving:
+        outputs = _write_outputs(job, item, SimpleNamespace(outputs=[outcome.output]))  # type: ignore[arg-type]
+    for out in outputs:
+        out["history_png"] = outcome.history[-1] if outcome.history else None
+        out["notes"] = "; ".join(n for n in [out["notes"], *outcome.notes] if n)
+    cost = outcome.cost
+    return {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model,
+            "canvas": {"width": outcome.canvas.width, "height": outcome.canvas.height},
+            "old": outcome.old.to_dict(), "margins": margins.to_dict(),
+            "warnings": [notice.to_dict() for notice in outcome.warnings],
+            "cost": cost.to_dict() if cost is not None else None, "_cost": cost}
 
 
 def _result(ok: bool, items: list[dict[str, Any]], error: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
@@ -544,7 +634,7 @@ def _job(path: str, writer: LineWriter, context: Session, **tags: Any) -> int:
         engine.fallback_dirs = [rescue_dir(), job.out_dir]
         with engine.saving:
             engine.saved.clear()  # what this job saves (an abandoned job reports only its own)
-        job.options.model = context.model(job.options.model, job.operation)
+        job.options.model = context.model(job.options.model, "edit" if job.operation == "expand" else job.operation)
     except GimpOpenAIError as exc:
         writer.write(_result(False, [], exc.to_dict(), **tags))
         return EXIT_OK

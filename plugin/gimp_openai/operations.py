@@ -92,6 +92,9 @@ class Options:
     source_name: str = ""
     variation_prompt: str = ""
     extra_images: Sequence[bytes] = ()
+    #: the references' names (a GIMP layer's, a file's), in the order of ``extra_images``: for the notes that
+    #: say which were sent and for the history sidecar
+    reference_names: Sequence[str] = ()
     #: generate into an image: its (width, height). Without an explicit size the request takes the canvas's
     #: aspect and each result is scaled to cover the canvas exactly.
     canvas: tuple[int, int] | None = None
@@ -180,6 +183,8 @@ class Outcome:
     cost: Cost | None = None
     #: what it was expected to cost before sending
     estimate: Estimate | None = None
+    #: the references asked for: {"sent": [names], "left_out": ["name (why)"]}; None when there were none
+    references: dict[str, list[str]] | None = None
 
 
 # --- The engine context -------------------------------------------------------------------------------------
@@ -622,9 +627,12 @@ def edit(
     from gimp_openai import imaging, references
 
     reference_notes: list[str] = []
+    reference_report = None
     if options.extra_images:
-        fitted, reference_notes = references.fit(options.extra_images, family, tuple(plan.target))
-        options = replace(options, extra_images=fitted)
+        fitted, sent_names, left_out, reference_notes = references.fit_named(
+            options.extra_images, family, tuple(plan.target), names=options.reference_names)
+        options = replace(options, extra_images=fitted, reference_names=sent_names)
+        reference_report = {"sent": sent_names, "left_out": left_out}
     extra_sizes = [imaging.image_size_of(bytes(data)) for data in options.extra_images]
     estimate = engine.estimate(model, n=options.n, size=tuple(plan.target), quality=quality or "auto",
                                prompt=options.prompt,
@@ -709,7 +717,7 @@ def edit(
         )
     _emit(progress, item, "done", f"{n} result{'s' if n != 1 else ''} ready")
     return Outcome(outputs=outputs, model=model, path=PATH_EDIT, plan=plan, notes=notes,
-                   warnings=_notices(kept, result), cost=cost, estimate=estimate)
+                   warnings=_notices(kept, result), cost=cost, estimate=estimate, references=reference_report)
 
 
 def _send_edit(
@@ -989,8 +997,8 @@ def _meta(options: Options, model: str, path: str, plan: Any, item: str) -> dict
         meta["complexity"] = options.complexity
     if options.markup is not None:
         meta["markup"] = True
-    if options.extra_images:
-        meta["references"] = len(options.extra_images)
+    if options.extra_images:  # the names of what was sent (see references.fit_named)
+        meta["references"] = list(options.reference_names) or len(options.extra_images)
     if plan is not None:
         meta.update(
             size=f"{plan.target[0]}x{plan.target[1]}",
@@ -1113,11 +1121,19 @@ def generate(
     engine: Engine, options: Options, *, item: str = "", progress: ProgressCallback = no_progress,
     on_preview: PreviewCallback | None = None,
 ) -> Outcome:
-    """New images from the prompt alone, full size as returned (a host opens them as new layers or images).
-    ``on_preview``: each streamed preview (``options.partial_images``) as it arrives."""
+    """New images from the prompt (and ``options.extra_images``, references), full size as returned (a host
+    opens them as new layers or images). ``on_preview``: each streamed preview (``options.partial_images``) as
+    it arrives.
+
+    With references the request goes to the edits endpoint without a mask: that is how the Images API
+    generates from input images (``image[]``, no ``mask``: nothing is kept, everything is new). The references
+    are fitted to the family first (:func:`references.fit_named`: scaled to the output size, within its input
+    count), and the notes say which were sent."""
+    from gimp_openai import references
+
     model = options.model
     family = engine.family(model)
-    check_endpoint(model, family, ENDPOINT_GENERATIONS)
+    check_endpoint(model, family, ENDPOINT_EDITS if options.extra_images else ENDPOINT_GENERATIONS)
     check_prompt(options.prompt, family)
     check_n(options.n, family)
     quality = quality_to_send(options.quality, family)
@@ -1133,11 +1149,24 @@ def generate(
         size = options.size or ("auto" if family.allows_auto_size else family.sizes[0])
     check_size(size, family)
     parsed = capabilities.parse_size(size) or (1024, 1024)  # 'auto': estimated as a square 1024x1024
+    reference_notes: list[str] = []
+    reference_report = None
+    if options.extra_images:
+        fitted, sent_names, left_out, reference_notes = references.fit_named(
+            options.extra_images, family, parsed, used=0, names=options.reference_names)
+        reference_report = {"sent": sent_names, "left_out": left_out}
+        if not fitted:
+            raise InvalidInputError("None of the reference images could be sent: " + "; ".join(reference_notes),
+                                    hint="Use smaller references, or fewer of them.")
+        options = replace(options, extra_images=fitted, reference_names=sent_names)
     kwargs: dict[str, Any] = dict(model=model, prompt=options.prompt, n=options.n, size=size, quality=quality,
                                   on_event=_RETRY_REPORTER)
     if options.complexity:
         kwargs["complexity"] = options.complexity
-    estimate = engine.estimate(model, n=options.n, size=parsed, quality=quality or "auto", prompt=options.prompt)
+    from gimp_openai import imaging
+
+    estimate = engine.estimate(model, n=options.n, size=parsed, quality=quality or "auto", prompt=options.prompt,
+                               input_images=[imaging.image_size_of(bytes(d)) for d in options.extra_images])
     engine.before_paying(estimate, item)
     background = request_background(family, options.background)
     if background:
@@ -1157,6 +1186,10 @@ def generate(
     _emit(progress, item, "upload", "Sending the prompt")
 
     def call() -> Any:
+        if options.extra_images:  # generation from references: the edits endpoint, no mask
+            refs = list(options.extra_images)
+            return _request_call(engine, model, lambda: engine.client.edit(image=refs[0], extra_images=refs[1:],
+                                                                           **kwargs), meta)
         return _request_call(engine, model, lambda: engine.client.generate(**kwargs), meta)
 
     result = _call_with_ticker(engine, progress, item, model, family, quality or "auto", parsed, call)
@@ -1165,6 +1198,7 @@ def generate(
     kept = _save_all(engine, result, meta, cost)
     saved = kept.saved
     rescue_notes = [kept.note] if kept.note else []
+    rescue_notes.extend(reference_notes)
     if options.partial_images > 0 and not family.streams:
         rescue_notes.append(_no_stream_note(model, family))
     _check_problems(result, saved, kept.note)
@@ -1196,7 +1230,7 @@ def generate(
         )
     _emit(progress, item, "done", f"{n} image{'s' if n != 1 else ''} ready")
     return Outcome(outputs=outputs, model=model, path=PATH_GENERATE, notes=rescue_notes,
-                   warnings=_notices(kept, result), cost=cost, estimate=estimate)
+                   warnings=_notices(kept, result), cost=cost, estimate=estimate, references=reference_report)
 
 
 def _no_stream_note(model: str, family: Family) -> str:

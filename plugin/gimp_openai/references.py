@@ -18,6 +18,15 @@ from .request_checks import sniff_mimetype
 def fit(references: Sequence[bytes], family: Family, target: tuple[int, int], *, used: int = 1,
         names: Sequence[str] = ()) -> tuple[list[bytes], list[str]]:
     """(the references to send, notes saying which were sent and which left out and why)."""
+    sent, _labels, _left_out, summary = fit_named(references, family, target, used=used, names=names)
+    return sent, summary
+
+
+def fit_named(references: Sequence[bytes], family: Family, target: tuple[int, int], *, used: int = 1,
+              names: Sequence[str] = ()) -> tuple[list[bytes], list[str], list[str], list[str]]:
+    """(the references to send, their names, those left out with why, notes saying both): the names go into
+    each result's history sidecar, so a kept image says what it was conditioned on, and to the host, which
+    tells the artist."""
     from . import imaging
 
     labels = [names[i] if i < len(names) and names[i] else f"reference {i + 1}" for i in range(len(references))]
@@ -46,4 +55,4 @@ def fit(references: Sequence[bytes], family: Family, target: tuple[int, int], *,
         summary.append("references sent: " + ", ".join(notes))
     if left_out:
         summary.append("references left out: " + "; ".join(left_out))
-    return sent, summary
+    return sent, notes, left_out, summary

@@ -30,6 +30,19 @@ The adapter (duck-typed; see tests/gimp2/test_workflow.py for a complete fake):
 - ``models_listed(ids)``: the models a connection test found (for the model field's completion)
 - ``keep_workdir(path)`` -> True to keep the job folder (tests compare the engine's PNGs with the layers)
 
+Past the edge, references and Expand Canvas:
+
+- ``export_region`` exports transparent pixels where ``place`` runs past the layer (an edit's selection may)
+- optional ``reference_layers(image, exclude)`` -> [(name, layer)]: every layer whose name starts with
+  ``ref:`` (:data:`REFERENCE_PREFIX`), in ``image`` first, then in the other open images; ``exclude`` (the layer
+  being edited) is never one of them. Without it no reference is sent.
+- ``export_reference(layer, max_width, max_height, path)``: the layer as an RGBA PNG scaled down (never up)
+  to fit within that size
+- ``export_visible(image, path)``: the canvas as it shows (every visible layer) as an RGBA PNG
+- ``expand_canvas(image, width, height, dx, dy, spec)`` -> the inserted layer: in ONE undo group, the canvas
+  resized to ``width`` x ``height`` with the old canvas at (``dx``, ``dy``) (layers move with it and keep their
+  size: the new area is transparent), and ``spec`` (a :class:`LayerSpec`, mask "engine") on top of the image
+
 For picking among n results and for the history (no request, nothing paid):
 
 - ``result_group(image, drawables)`` -> (group, [its layers, top first]) when the active item is a group of
@@ -50,6 +63,17 @@ import json
 import os
 
 import gimp_openai_host as hl
+
+#: A layer whose name starts with this (in any open image) is sent as a reference by Edit Selection and
+#: Generate: a convention the Layers dialog shows the same way in GIMP 2.10 and 3, needs no dialog field,
+#: survives in the XCF, and a hidden reference still counts (artists hide them so the picture stays clean).
+REFERENCE_PREFIX = u"ref:"
+#: Expand Canvas: the dialog's "Sides" -> the sides that grow.
+EXPAND_SIDES = {"all": ("left", "top", "right", "bottom"), "left-right": ("left", "right"),
+                "top-bottom": ("top", "bottom"), "left": ("left",), "right": ("right",), "top": ("top",),
+                "bottom": ("bottom",)}
+#: Expand Canvas values that become the job's margins (or aspect and sides), not fields of their own.
+EXPAND_ONLY = ("sides", "amount", "aspect")
 
 #: Host-only values of the manifest: they steer the workflow, the engine never needs them.
 HOST_ONLY = ("whole_layer", "no_selection", "batch_operation", "target", "base_url", "default_model",
@@ -209,11 +233,16 @@ def check_target(target):
 
 
 def region(target, operation, whole_layer, interactive, ask):
-    """(bounds, whole): the selection's box inside the layer, or the whole layer.
+    """(bounds, whole): the selection's box, or the whole layer.
+
+    An edit's selection that reaches past the layer is sent whole: the artist selected where the picture
+    should go on (past a pasted photo's edge, into an empty corner), and the result layer grows to fill it
+    while the layer itself is never resized. Variations have nothing to invent past the layer, so their box is
+    the part inside it. A selection that misses the layer altogether is refused, not painted from nothing: it
+    almost always means another layer is active than the one the artist looks at, and the hint says so.
 
     Nothing selected: variations take the whole layer; an edit does when asked to (``whole_layer``), or when
-    the artist says yes to the question in an interactive run; otherwise it stops with what to do. A
-    selection that misses the layer is refused, not sent empty.
+    the artist says yes to the question in an interactive run; otherwise it stops with what to do.
     """
     layer_box = target.layer_rect
     if target.selection is None:
@@ -230,8 +259,10 @@ def region(target, operation, whole_layer, interactive, ask):
     bounds = intersect(target.selection, layer_box)
     if not bounds["width"] or not bounds["height"]:
         raise Refusal(u"The selection does not touch the active layer.",
-                      u"Select inside the layer, or click the layer under the selection, then run again.",
-                      "selection_outside_layer")
+                      u"Click the layer under the selection in the Layers dialog, or select an area that "
+                      u"overlaps the layer, then run again.", "selection_outside_layer")
+    if operation == "edit":
+        return dict(target.selection), False
     return bounds, False
 
 
@@ -284,6 +315,19 @@ def job_options(proc, operation, values):
     if operation == "generate" and job.get("size") == "auto":
         job.pop("size")
     return job
+
+
+def generated_size(job):
+    """The size a generation asks for, as (width, height): references need be no larger. "auto" and a
+    canvas's shape are at most 1536 px a side for the models that take references."""
+    size = hl.to_text(job.get("size") or u"")
+    if u"x" in size:
+        try:
+            width, height = (int(v) for v in size.split(u"x", 1))
+            return width, height
+        except ValueError:
+            pass
+    return 1536, 1536
 
 
 def layer_specs(outputs, prompt, model, mask, secrets=()):
@@ -353,6 +397,8 @@ class Workflow(object):
             return self.with_model_switch(self.run_batch)
         if self.operation == "generate":
             return self.with_model_switch(lambda: self.run_generate(image, drawables))
+        if self.operation == "expand":
+            return self.with_model_switch(lambda: self.run_expand(image, drawables))
         if self.operation == "pick":
             return self.run_pick(image, drawables)
         if self.operation == "next":
@@ -406,8 +452,8 @@ class Workflow(object):
         failures = hl.failed_items(result)
         if failures:
             raise self.engine_error(failures[0][1])
-        warnings = hl.warnings_text(result, self.secrets)
-        return warnings or None
+        text = u"\n".join(t for t in [hl.warnings_text(result, self.secrets), self.references_text(result)] if t)
+        return text or None
 
     def run_items(self, items):
         """Plan, export and the job in one engine session; then each image's results inserted."""
@@ -431,6 +477,8 @@ class Workflow(object):
                 job["model"] = answer.get("model") or job.get("model", u"")
                 job["source_name"] = items[0].name if len(items) == 1 else u""
                 job["items"] = self.export(items, answer, workdir, operation)
+                if operation == "edit" and self.operation == "edit":
+                    self.add_references(job["items"], items[0].target, workdir)
                 self.adapter.progress(0.0, u"OpenAI: sending %d request(s)" % len(items))
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session,
                                     on_partial=previews.show)
@@ -518,6 +566,112 @@ class Workflow(object):
         what = u"%s was closed" % item.name if closed else u"The layer was deleted from %s" % item.name
         self.notices.append(u"%s while the request ran, so %s opened as a new image." % (what, results))
 
+    # ------------------------------------------------------------------------------------------ references
+    def add_references(self, job_items, target, workdir):
+        """The ``ref:`` layers, each scaled down to the item's request size (the engine sends no more), as the
+        job items' ``references``; the names are kept for the run's message."""
+        self.references_asked = []
+        finder = getattr(self.adapter, "reference_layers", None)
+        if finder is None or target is None or target.image is None:
+            return
+        found = finder(target.image, target.layer)
+        if not found:
+            return
+        for entry in job_items:
+            width, height = entry.get("target") or (1024, 1024)
+            refs = []
+            for k, (name, layer) in enumerate(found, 1):
+                path = u"%s-ref-%d.png" % (entry["id"], k)
+                self.adapter.export_reference(layer, int(width), int(height), os.path.join(workdir, path))
+                refs.append({"path": path, "name": hl.clean_line(name, self.secrets)})
+            entry["references"] = refs
+        self.references_asked = [hl.clean_line(name, self.secrets) for name, _layer in found]
+
+    def references_text(self, result):
+        """Which ``ref:`` layers the model saw and which were left out (and why), from the engine's answer."""
+        asked = getattr(self, "references_asked", None)
+        if not asked:
+            return u""
+        sent, left_out = [], []
+        for item in result.get("items") or []:
+            report = item.get("references") or {}
+            sent.extend(n for n in report.get("sent") or [] if n not in sent)
+            left_out.extend(n for n in report.get("left_out") or [] if n not in left_out)
+        lines = []
+        if sent:
+            lines.append(u"References sent: %s." % u", ".join(hl.clean_line(n, self.secrets) for n in sent))
+        if left_out:
+            lines.append(u"References left out: %s." % u"; ".join(hl.clean_line(n, self.secrets)
+                                                                  for n in left_out))
+        return u"\n".join(lines)
+
+    # --------------------------------------------------------------------------------------- expand canvas
+    def expand_job(self):
+        """The job's margins (or aspect and the sides that may grow) from the dialog's Sides, Amount and
+        Aspect ratio, refused before anything is exported when they grow nothing."""
+        job = job_options(self.proc, "expand", self.values)
+        for name in EXPAND_ONLY:
+            job.pop(name, None)
+        sides = EXPAND_SIDES.get(self.values.get("sides") or "all")
+        if sides is None:
+            raise Refusal(u"Unknown sides %r." % self.values.get("sides"), u"Choose the sides to grow.", "bad_sides")
+        aspect = hl.clean_line(self.values.get("aspect") or u"")
+        if aspect and aspect != "amount":
+            job["aspect"] = aspect
+            job["sides"] = [] if len(sides) == 4 else list(sides)
+            return job
+        amount = int(self.values.get("amount") or 0)
+        if amount <= 0:
+            raise Refusal(u"The amount is 0 px, so the canvas would not grow.",
+                          u"Give the pixels to add on each chosen side, or choose an aspect ratio.", "nothing_to_expand")
+        job["margins"] = dict((side, amount if side in sides else 0) for side in ("left", "top", "right", "bottom"))
+        return job
+
+    def run_expand(self, image, drawables):
+        """Expand Canvas: the canvas grows and the model paints the new area from the picture as it shows; the
+        old layers keep their pixels and size, the new area is one layer with an editable mask (255 on the new
+        area), and the resize and that layer are ONE undo step."""
+        if image is None or not self.adapter.alive(image, None):
+            raise Refusal(u"There is no image to expand.", u"Open an image, then run again.", "no_image")
+        target = self.adapter.target(image, drawables)
+        if target.indexed:
+            check_target(target)
+        job = self.expand_job()
+        workdir = hl.make_workdir()
+        try:
+            width, height = self.adapter.image_size(image)
+            self.adapter.export_visible(image, os.path.join(workdir, "img-1.png"))
+            job["items"] = [{"id": u"img-1", "image": u"img-1.png"}]
+            job["source_name"] = target.name
+            job["add_mask"] = True
+            self.adapter.progress(0.0, u"OpenAI: expanding the canvas")
+            with hl.EngineSession(python=self.python) as session:
+                result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
+                self.heard(result)
+                gone = hl.model_gone(result)
+                item = (result.get("items") or [{}])[0]
+                if gone or not item.get("ok"):
+                    raise self.engine_error(gone or item.get("error") or result.get("error"))
+                if not self.adapter.alive(image, None):
+                    raise hl.HostError(u"The image was closed while the request ran.",
+                                       u"The painted area is kept in the history folder.", "image_closed",
+                                       [o.get("history_png") for o in item.get("outputs") or []
+                                        if o.get("history_png")])
+                output = item["outputs"][0]
+                prompt = hl.to_text(self.values.get("prompt") or u"") or u"expanded canvas"
+                model = item.get("model") or result.get("model") or job.get("model", u"")
+                spec = LayerSpec(output, hl.layer_name(prompt, 1, 1, secrets=self.secrets).rsplit(u" (", 1)[0],
+                                 hl.parasite_data(prompt, model, output, self.secrets), u"engine")
+                canvas, old = item["canvas"], item["old"]
+                self.adapter.expand_canvas(image, int(canvas["width"]), int(canvas["height"]), int(old["x"]),
+                                           int(old["y"]), spec)
+            self.adapter.status(u"OpenAI: canvas %dx%d \u2192 %dx%d" % (width, height, int(canvas["width"]),
+                                                                      int(canvas["height"])))
+            return hl.warnings_text(result, self.secrets) or None
+        finally:
+            if not self.adapter.keep_workdir(workdir):
+                hl.cleanup(workdir)
+
     def engine_error(self, error):
         error = error or {}
         if error.get("code") == "model_not_found" and error.get("replacement"):
@@ -588,6 +742,11 @@ class Workflow(object):
         try:
             job = job_options(self.proc, "generate", self.values)
             job["items"] = []
+            if target is not None and target.image is not None:  # ref: layers, at most the size generated
+                job_item = {"id": u"generate", "target": list(generated_size(job))}
+                self.add_references([job_item], target, workdir)
+                if job_item.get("references"):
+                    job["items"] = [{"id": u"generate", "references": job_item["references"]}]
             if not new_image and "size" not in job:  # the canvas's shape, filled (the engine scales to cover)
                 width, height = self.adapter.image_size(target.image)
                 job["canvas"] = {"width": int(width), "height": int(height)}
@@ -599,7 +758,8 @@ class Workflow(object):
                 previews.end()
                 item = (result.get("items") or [{}])[0]
                 if item.get("ok"):  # in the session: killed while inserting, the engine cleans up and remembers
-                    return self.insert_generated(result, job, target, new_image)
+                    text = self.insert_generated(result, job, target, new_image)
+                    return u"\n".join(t for t in [text, self.references_text(result)] if t) or None
             raise self.engine_error(item.get("error") or result.get("error"))
         finally:
             previews.end()

@@ -549,7 +549,9 @@ def _rect(d):
 
 
 def read_region(drawable, place):
-    """RGBA u8 (non-linear) bytes of ``place`` (image coordinates) from a layer, whatever its precision."""
+    """RGBA u8 (non-linear) bytes of ``place`` (image coordinates) from a layer, whatever its precision;
+    transparent where ``place`` runs past the layer (GEGL's abyss, AbyssPolicy.NONE: an edit's selection may
+    reach past its layer, and the engine fills those pixels for the model)."""
     ok, ox, oy = drawable.get_offsets()
     local = {"x": place["x"] - ox, "y": place["y"] - oy, "width": place["width"], "height": place["height"]}
     return drawable.get_buffer().get(_rect(local), 1.0, FORMAT, Gegl.AbyssPolicy.NONE)
@@ -564,6 +566,58 @@ def pixels_of(layer):
     """A layer's RGBA u8 bytes as GIMP holds them (tests compare them with the engine's PNG)."""
     return layer.get_buffer().get(Gegl.Rectangle.new(0, 0, layer.get_width(), layer.get_height()), 1.0, FORMAT,
                                   Gegl.AbyssPolicy.NONE)
+
+
+def reference_layers(image, exclude):
+    """[(name, layer)]: the layers named ``ref:...`` in ``image`` first, then in the other open images (groups
+    searched, not taken: their pixels belong to the layers inside); hidden ones count."""
+    found = []
+    images = [image] + [im for im in sorted(Gimp.get_images(), key=lambda i: i.get_id())
+                        if im.get_id() != image.get_id()]
+    for im in images:
+        for layer in _all_layers(im.get_layers()):
+            if layer.is_group() or (exclude is not None and layer.get_id() == exclude.get_id()):
+                continue
+            name = layer.get_name()
+            if name.strip().lower().startswith(flow.REFERENCE_PREFIX):
+                label = name if im.get_id() == image.get_id() else "%s (%s)" % (name, _image_name(im))
+                found.append((label, layer))
+    return found
+
+
+def export_reference(layer, max_width, max_height, path):
+    """The layer scaled down (never up) to fit ``max_width`` x ``max_height``, read through GEGL at that scale:
+    no full-size copy and no bigger upload than the request needs."""
+    w, h = layer.get_width(), layer.get_height()
+    scale = min(1.0, float(max_width) / w, float(max_height) / h)
+    sw, sh = max(1, int(w * scale)), max(1, int(h * scale))
+    data = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, sw, sh), scale, FORMAT, Gegl.AbyssPolicy.CLAMP)
+    hl.write_png(path, sw, sh, data, 4)
+
+
+def export_visible(image, path):
+    """The canvas as it shows (every visible layer, the projection) as an RGBA PNG; nothing is added to the
+    image (the layer made from it is never inserted)."""
+    visible = Gimp.Layer.new_from_visible(image, image, "gimp-openai visible")
+    try:
+        hl.write_png(path, visible.get_width(), visible.get_height(), pixels_of(visible), 4)
+    finally:
+        visible.delete()
+
+
+def expand_canvas(image, width, height, dx, dy, spec):
+    """The canvas resized (layers moved with the picture, their size kept, so the new area is transparent)
+    and the painted layer on top with its mask, in ONE undo group (insert_outputs' group nests in it)."""
+    t0 = time.time()
+    image.undo_group_start()
+    try:
+        image.resize(width, height, dx, dy)
+        inserted = insert_outputs(image, None, [spec])
+    finally:
+        image.undo_group_end()
+    _record_timing("expand", time.time() - t0, {"image": image.get_id(), "undo_groups": 1,
+                                               "canvas": [image.get_width(), image.get_height()]})
+    return inserted[0]
 
 
 def layer_rect(layer):
@@ -820,6 +874,20 @@ class Gimp3:
 
     def export_selection(self, target, place, path):
         hl.write_png(path, place["width"], place["height"], read_selection(target.image, place), 1)
+
+    def reference_layers(self, image, exclude):
+        return reference_layers(image, exclude)
+
+    def export_reference(self, layer, max_width, max_height, path):
+        export_reference(layer, max_width, max_height, path)
+
+    def export_visible(self, image, path):
+        export_visible(image, path)
+
+    def expand_canvas(self, image, width, height, dx, dy, spec):
+        layer = expand_canvas(image, width, height, dx, dy, spec)
+        Gimp.displays_flush()
+        return layer
 
     def insert(self, image, anchor, layers, group_name):
         return insert_outputs(image, anchor, layers, group_name)
