@@ -113,6 +113,9 @@ class FakeAdapter:
     def status(self, text):
         self.statuses.append(text)
 
+    def end_progress(self):
+        self.progress_seen.append("end")
+
     def models_listed(self, models):
         pass
 

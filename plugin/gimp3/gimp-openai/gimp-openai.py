@@ -747,6 +747,13 @@ class Gimp3:
     def status(self, text):
         Gimp.progress_set_text(text)
 
+    def end_progress(self):
+        """GIMP disconnects its Cancel from the plug-in when the progress ends (gimp_plug_in_progress_end)."""
+        try:
+            Gimp.progress_end()
+        except Exception:  # noqa: S110 - no progress bar to end
+            pass
+
     def keep_workdir(self, path):
         """Tests (GIMP_OPENAI_HOST_KEEP_WORKDIR=1) keep the job folder to compare the inserted pixels with the
         engine's PNGs."""
