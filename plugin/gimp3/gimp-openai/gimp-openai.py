@@ -826,8 +826,11 @@ def _ask_key(question):
     entry = Gtk.Entry()
     entry.set_visibility(False)
     entry.set_activates_default(True)
-    dialog.get_content_area().add(Gtk.Label(label=question))
-    dialog.get_content_area().add(entry)
+    box = dialog.get_content_area()
+    box.set_border_width(12)  # the question did touch the window's edge
+    box.set_spacing(6)
+    box.add(Gtk.Label(label=question))
+    box.add(entry)
     dialog.set_default_response(Gtk.ResponseType.OK)
     dialog.show_all()
     ok = dialog.run() == Gtk.ResponseType.OK
