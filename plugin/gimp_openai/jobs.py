@@ -851,6 +851,7 @@ def take_cancelled_notices() -> list[dict[str, str]]:
     if not saved:
         return []
     count = f"{len(saved)} image{'s' if len(saved) != 1 else ''}"
-    message = (f"A cancelled run had already received {count} (paid for); they are saved here:\n"
+    where = "it is" if len(saved) == 1 else "they are"
+    message = (f"A cancelled run had already received {count} (paid for); {where} saved here:\n"
                + "\n".join(f"  {p}" for p in saved))
     return [Notice(CANCELLED_RESULTS, message).to_dict()]
