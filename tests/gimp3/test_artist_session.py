@@ -274,9 +274,11 @@ class Artist:
     def click_cancel(self, label: str) -> None:
         """Click the Cancel button GIMP shows in the status bar while a plug-in's progress runs: found as the
         rightmost bright text that was not there before the run (the button's label), then at once where it
-        was found before (the button sits at the status bar's end; a cancel racing the engine must be quick)."""
-        if self.cancel_at is not None:
-            self._click(*self.cancel_at)
+        was found before, from the window's bottom right (the button sits at the status bar's end; a cancel
+        racing the engine must be quick)."""
+        if self.cancel_at is not None:  # from the window's bottom right: GIMP 3.0 resizes it for a big image
+            g = self.ui.geometry(self.image_window())
+            self._click(g["X"] + g["WIDTH"] - self.cancel_at[0], g["Y"] + g["HEIGHT"] - self.cancel_at[1])
             self.ui.screenshot(label)
             return
         strip = self.status_strip(label)
@@ -300,8 +302,8 @@ class Artist:
         # the dock's icons never change; the Cancel label is the last new bright cluster left of them
         button = clusters[-1]
         g = self.ui.geometry(self.window)
-        self.cancel_at = (g["X"] + (button[0] + button[-1]) // 2, g["Y"] + g["HEIGHT"] - 14)
-        self._click(*self.cancel_at)
+        self.cancel_at = (g["WIDTH"] - (button[0] + button[-1]) // 2, 14)
+        self._click(g["X"] + g["WIDTH"] - self.cancel_at[0], g["Y"] + g["HEIGHT"] - self.cancel_at[1])
 
     def _click(self, x: int, y: int) -> None:
         # GTK activates a button only when the pointer entered it: a pointer left on that spot by an earlier
