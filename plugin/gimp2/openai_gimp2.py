@@ -673,6 +673,13 @@ class Gimp2(object):
     def status(self, text):
         pdb.gimp_progress_set_text(_native(text))
 
+    def end_progress(self):
+        """GIMP disconnects its Cancel from the plug-in when the progress ends."""
+        try:
+            pdb.gimp_progress_end()
+        except Exception:  # noqa: S110 - no progress to end (no display)
+            pass
+
     def models_listed(self, models):
         pass
 

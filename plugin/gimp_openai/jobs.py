@@ -629,9 +629,9 @@ def _job(path: str, writer: LineWriter, context: Session, **tags: Any) -> int:
         engine = context.engine()
         # History full or not writable: the system temp rescue folder first, then the job's out folder (a
         # host's out folder lives in its temporary work folder, which it deletes after inserting the layers).
-        from gimp_openai.history import rescue_dir
+        from gimp_openai.history import RescueHistory
 
-        engine.fallback_dirs = [rescue_dir(), job.out_dir]
+        engine.fallback_dirs = [RescueHistory(), job.out_dir]
         with engine.saving:
             engine.saved.clear()  # what this job saves (an abandoned job reports only its own)
         job.options.model = context.model(job.options.model, "edit" if job.operation == "expand" else job.operation)
@@ -777,10 +777,12 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
     client and model list are built once. The first answer carries ``notices`` about an earlier run that was
     cancelled after it had been paid for.
 
-    End of input ends the session. When it comes while a job runs, the host is gone (the artist pressed
-    Cancel and GIMP stopped the plug-in): the request is dropped at once by ending the process, after any image
-    being saved is whole, and the host's job folder is removed; images already received stay in history,
-    and the next session says where.
+    End of input ends the session. The folder of a plan or job request is the host's job folder until the host
+    says ``{"cmd": "done"}``; an end of input before that means the host is gone (the artist pressed Cancel and
+    GIMP stopped the plug-in, while it planned, exported, waited or inserted) and the folder is removed. When
+    a job had started, that happens at once: the request is dropped by ending the process, after any image
+    being saved is whole; images already received stay in history, and the next session says where. Before a
+    job, the requests already read are answered first (nothing is paid then), and the folder goes at the end.
     """
     writer = LineWriter(stream or sys.stdout)
     try:
@@ -792,25 +794,28 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
     if session.idle():  # nothing asked yet: load the job's modules while the host is busy
         _load_job_modules()
     notices: list[dict[str, str]] | None = None  # taken at the first request: a session never asked keeps them
-    for raw in session.requests():
-        if notices is None:
-            notices = take_cancelled_notices()
-        try:
-            request = json.loads(raw)
-            command, path = request["cmd"], request["path"]
-            if command not in ("plan", "job") or not isinstance(path, str):
-                raise ValueError(command)
-        except (ValueError, TypeError, KeyError):
-            error = JobError('A session request must be {"cmd": "plan" or "job", "path": FILE}.').to_dict()
-            writer.write({"type": "session", "ok": False, "error": error})
-            continue
-        tags: dict[str, Any] = {"notices": notices} if notices else {}
-        notices = []
-        if command == "plan":
-            _plan(path, writer, context, type="plan", **tags)
-            _load_job_modules()  # at once when loaded; otherwise while the host exports
-        elif session.start_job(Path(path).resolve().parent):
-            _job(path, _JobWriter(session, writer.stream), context, **tags)
+    try:
+        for raw in session.requests():
+            if notices is None:
+                notices = take_cancelled_notices()
+            try:
+                request = json.loads(raw)
+                command, path = request["cmd"], request["path"]
+                if command not in ("plan", "job") or not isinstance(path, str):
+                    raise ValueError(command)
+            except (ValueError, TypeError, KeyError):
+                error = JobError('A session request must be {"cmd": "plan" or "job", "path": FILE}.').to_dict()
+                writer.write({"type": "session", "ok": False, "error": error})
+                continue
+            tags: dict[str, Any] = {"notices": notices} if notices else {}
+            notices = []
+            if command == "plan":
+                _plan(path, writer, context, type="plan", **tags)
+                _load_job_modules()  # at once when loaded; otherwise while the host exports
+            elif session.start_job():
+                _job(path, _JobWriter(session, writer.stream), context, **tags)
+    finally:  # also when the answers cannot be written: the host is gone
+        session.finish()
     return EXIT_OK
 
 
@@ -839,14 +844,19 @@ class _JobWriter(LineWriter):
 
 
 class _Session:
-    """The session's input, read on its own thread so that its end is seen while a job runs."""
+    """The session's input, read on its own thread so that its end is seen while a job runs.
+
+    The reader also keeps the host's job folder: the folder of the last plan or job request, until ``done``.
+    Requests are noted as they are read, not as they are served, so a host killed right after sending one
+    (GIMP's Cancel while it exports) still has its folder removed."""
 
     def __init__(self, context: Session, source: IO[str]) -> None:
         import queue
 
         self.context, self.source = context, source
         self.inbox: queue.Queue[str | None] = queue.Queue()
-        self.job_folder: Path | None = None
+        self.host_folder: Path | None = None
+        self.job_started = False  # a job in the host folder has begun: paid work may be under way
         self.closed = False
         self.lock = threading.Lock()
         threading.Thread(target=self._read, name="session-input", daemon=True).start()
@@ -854,25 +864,36 @@ class _Session:
     def _read(self) -> None:
         try:
             for raw in self.source:
-                if _is_done(raw):  # here, not in the request loop: the end of input may follow at once
+                command, path = _command(raw)
+                if command == "done":  # here, not in the request loop: the end of input may follow at once
                     with self.lock:
-                        self.job_folder = None
+                        self.host_folder, self.job_started = None, False
                     continue
+                if command in ("plan", "job") and path:
+                    with self.lock:
+                        self.host_folder = _folder_of(path) or self.host_folder
                 self.inbox.put(raw)
         finally:  # end of input, or input that cannot be read: the host is done or gone either way
             with self.lock:
                 self.closed = True
-                if self.job_folder is not None:
-                    self._abandon(self.job_folder)
+                if self.job_started and self.host_folder is not None:
+                    self._abandon(self.host_folder)
             self.inbox.put(None)
 
-    def start_job(self, folder: Path) -> bool:
+    def start_job(self) -> bool:
         """Mark a job as running; False when the input has ended already (the host is gone: do not pay)."""
         with self.lock:
             if self.closed:
                 return False
-            self.job_folder = folder
+            self.job_started = True
             return True
+
+    def finish(self) -> None:
+        """The end of the requests: a host gone before its job began leaves its folder, which goes now."""
+        with self.lock:
+            folder = self.host_folder
+        if folder is not None:
+            _remove_host_folder(folder)
 
     def idle(self) -> bool:
         """No request waiting."""
@@ -895,18 +916,35 @@ class _Session:
             if saved:
                 remember_cancelled(saved)
             holds_paid = any(Path(p).resolve().is_relative_to(folder) for p in saved)
-            if folder.name.startswith("gimp-openai-") and not holds_paid:  # the host's own temporary job folder
-                _remove_now(folder)  # (kept when the rescue chain put paid images in it: the notice names them)
+            if not holds_paid:  # (kept when the rescue chain put paid images in it: the notice names them)
+                _remove_host_folder(folder)
             os._exit(EXIT_OK)
 
 
-def _is_done(raw: str) -> bool:
-    """``{"cmd": "done"}``: the host has put the last job's results where they belong (or given up on them
-    itself); an end of input after it is the normal end, not a cancel."""
+def _command(raw: str) -> tuple[str | None, str | None]:
+    """(cmd, path) of a request line; None for what a line does not have (the request loop answers it)."""
     try:
-        return bool(json.loads(raw).get("cmd") == "done")
-    except (ValueError, AttributeError):
-        return False
+        request = json.loads(raw)
+    except ValueError:
+        return None, None
+    if not isinstance(request, dict):
+        return None, None
+    command, path = request.get("cmd"), request.get("path")
+    return (command if isinstance(command, str) else None), (path if isinstance(path, str) else None)
+
+
+def _folder_of(path: str) -> Path | None:
+    try:
+        return Path(path).resolve().parent
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def _remove_host_folder(folder: Path) -> None:
+    """Remove the host's own temporary job folder. Hosts name it ``gimp-openai-*``; a folder a script keeps its
+    requests in is the script's own, and stays."""
+    if folder.name.startswith("gimp-openai-") and not folder.name.startswith("gimp-openai-rescue"):
+        _remove_now(folder)
 
 
 def _remove_now(folder: Path) -> None:
@@ -960,6 +998,7 @@ def take_cancelled_notices() -> list[dict[str, str]]:
     if not saved:
         return []
     count = f"{len(saved)} image{'s' if len(saved) != 1 else ''}"
-    message = (f"A cancelled run had already received {count} (paid for); they are saved here:\n"
+    where = "it is" if len(saved) == 1 else "they are"
+    message = (f"A cancelled run had already received {count} (paid for); {where} saved here:\n"
                + "\n".join(f"  {p}" for p in saved))
     return [Notice(CANCELLED_RESULTS, message).to_dict()]

@@ -202,8 +202,9 @@ class Engine:
         #: How often a waiting ticker fires (seconds); tests may lower it.
         self.tick_interval = 1.0
         #: Where returned images go when the history folder is full or not writable, before the system temp
-        #: rescue folder (history.save_all): the CLI's out folder, a job's out folder.
-        self.fallback_dirs: list[Path] = []
+        #: rescue folder (history.save_all): the CLI's out folder, a job's out folder (or a
+        #: history.RescueHistory, to try the rescue folder first).
+        self.fallback_dirs: list[Any] = []
         #: Held while paid images are written: a run abandoned by its host (jobs.run_session) waits for it, so
         #: an image that was being saved is on disk whole before the process ends.
         self.saving = threading.Lock()

@@ -518,10 +518,14 @@ class EngineSession(object):
             started = _open_engine(self.python, self.api_key)
         self.proc, self.errfile = started
 
-    def request(self, command, path, is_answer, on_line=None):
-        """Send one request; call ``on_line(obj)`` for each JSON line until ``is_answer(obj)``; return that
-        answer, or None when the engine ended first. If ``on_line`` raises (a cancel), the engine is stopped
-        and the exception propagates."""
+    def request(self, command, path, is_answer, on_line=None, on_sent=None):
+        """Send one request; call ``on_sent()`` once it is on its way and ``on_line(obj)`` for each JSON line
+        until ``is_answer(obj)``; return that answer, or None when the engine ended first. If a callback raises
+        (a cancel), the engine is stopped and the exception propagates.
+
+        The engine takes the request's folder for the host's job folder and removes it if the host is killed
+        before it says done; ``on_sent`` is where a host may start its progress (GIMP's Cancel button), so
+        that no Cancel can come while the folder exists unknown to the engine."""
         if self.proc is None:
             self._start()
         line = json.dumps({"cmd": command, "path": to_text(path)}) + "\n"
@@ -531,6 +535,8 @@ class EngineSession(object):
         except (IOError, OSError):  # the engine is gone already: its stderr says why
             return None
         try:
+            if on_sent is not None:
+                on_sent()
             for obj in json_lines(self.proc.stdout):
                 if is_answer(obj):
                     return obj
@@ -764,12 +770,13 @@ def _with_notices(error, answer):
     return error
 
 
-def plan(plan_dict, workdir, python=None, api_key=None, session=None):
-    """Step 1 of the protocol: ask the engine which region of each item to export. Returns its answer."""
+def plan(plan_dict, workdir, python=None, api_key=None, session=None, on_sent=None):
+    """Step 1 of the protocol: ask the engine which region of each item to export. Returns its answer.
+    ``on_sent()`` is called once the request is on its way (EngineSession.request)."""
     path = write_json(os.path.join(workdir, "plan.json"), dict(plan_dict, version=PROTOCOL_VERSION))
 
     def work(engine):
-        answer = engine.request("plan", path, lambda obj: obj.get("type") in ("plan", "session"))
+        answer = engine.request("plan", path, lambda obj: obj.get("type") in ("plan", "session"), on_sent=on_sent)
         if answer is None:
             raise _no_answer(u"plan", engine.exit_code(), engine.stderr_text())
         return answer
@@ -779,9 +786,11 @@ def plan(plan_dict, workdir, python=None, api_key=None, session=None):
     return answer
 
 
-def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None, session=None, on_partial=None):
+def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None, session=None, on_partial=None,
+            on_sent=None):
     """Step 2: write JOB.json, run the job, feed progress to ``on_progress(fraction, message)`` and each
-    streamed preview line (``{"type": "partial", ...}``) to ``on_partial(line)``.
+    streamed preview line (``{"type": "partial", ...}``) to ``on_partial(line)``; ``on_sent()`` once the
+    request is on its way.
 
     Returns the result line (``{"type": "result", "ok", "items", "error"}``); per-item failures stay in it
     for the host to report, only a job with no result at all raises.
@@ -796,7 +805,8 @@ def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None, sess
             on_partial(obj)
 
     def work(engine):
-        result = engine.request("job", path, lambda obj: obj.get("type") in ("result", "session"), on_line)
+        result = engine.request("job", path, lambda obj: obj.get("type") in ("result", "session"), on_line,
+                                on_sent)
         if result is None:
             raise _no_answer(u"job", engine.exit_code(), engine.stderr_text())
         if result.get("type") == "session":

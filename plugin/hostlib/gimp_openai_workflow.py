@@ -25,6 +25,7 @@ The adapter (duck-typed; see tests/gimp2/test_workflow.py for a complete fake):
   again without an undo step; nothing when there is none or the image is gone
 - ``shows_saved_settings``: True when the Settings dialog opens with the saved settings (then an empty field
   there means the default; elsewhere it keeps what is saved)
+- ``end_progress()``: the progress bar (and GIMP's Cancel button with it) ends: the results are about to go in
 - ``ask(question, title, yes)`` -> bool (``yes``: the label of the button that says yes);
   ``ask_secret(question)`` -> text or None; ``progress(fraction, text)``; ``status(text)``
 - ``models_listed(ids)``: the models a connection test found (for the model field's completion)
@@ -462,16 +463,17 @@ class Workflow(object):
         for it in items:
             previews.watch(it.id, it.target)
         previews.clear_stale()
-        workdir = hl.make_workdir()
+        workdir, report = hl.make_workdir(), u""
         try:
             with hl.EngineSession(python=self.python) as session:
-                self.adapter.progress(0.0, u"OpenAI: planning")
+                # the progress (and GIMP's Cancel with it) shows once the engine knows the job folder
                 answer = hl.plan({"operation": operation, "model": hl.to_text(self.values.get("model") or u""),
                                   "size_mode": self.values.get("size_mode") or "auto",
                                   "context_padding": float(self.values.get("context_padding", 0.25) or 0.0),
                                   "items": [{"id": it.id, "layer": it.target.layer_rect,
                                              "selection_bounds": it.bounds} for it in items]},
-                                 workdir, session=session)
+                                 workdir, session=session,
+                                 on_sent=lambda: self.adapter.progress(0.0, u"OpenAI: planning"))
                 self.heard(answer)
                 job = job_options(self.proc, operation, self.values)
                 job["model"] = answer.get("model") or job.get("model", u"")
@@ -487,7 +489,9 @@ class Workflow(object):
                 gone = hl.model_gone(result)
                 failed = gone or (not result.get("items") and result.get("error"))
                 if not failed:  # in the session: killed while inserting, the engine cleans up and remembers
-                    self.insert_items(items, result, job["model"], operation)
+                    report = self.insert_items(items, result, job["model"], operation)
+            if not failed and report:  # after done: a Cancel now would cost nothing
+                self.adapter.status(report)
             if failed:
                 raise self.engine_error(gone or result["error"])
             return result
@@ -518,7 +522,15 @@ class Workflow(object):
 
     def insert_items(self, items, result, model, operation):
         """Each image's results above its layer, in one undo group per image; an image that cannot take them
-        (closed, layer deleted) turns into that item's error, with its results kept in the history folder."""
+        (closed, layer deleted) turns into that item's error, with its results kept in the history folder.
+        Returns what alignment and tone match corrected, for the status bar.
+
+        The progress ends first. GIMP's Cancel kills the plug-in wherever it is, and killed inside an undo
+        group it leaves the image's undo "in inconsistent state" and says so; once the results have arrived
+        (paid for, in history) inserting them takes a moment, and ending the progress takes the Cancel button
+        away for that moment. A Cancel that GIMP handled before this point stops the run before any undo
+        group opened: the engine then keeps the images and names them in the next run's message."""
+        self.adapter.end_progress()  # no Cancel while the layers go in: GIMP would kill the plug-in mid-undo-group
         by_id = dict((it.id, it) for it in items)
         prompt = hl.to_text(self.values.get("prompt", u"")) if operation == "edit" else u"variation"
         reports = []
@@ -545,9 +557,9 @@ class Workflow(object):
                                   "saved": [o.get("history_png") for o in outputs if o.get("history_png")]}
                 continue
             reports.append(hl.reports_text(outputs, self.secrets))
-        report = u"; ".join(r for r in reports if r)
-        if report:  # what alignment and tone match corrected: shown while the run ends, and in each parasite
-            self.adapter.status(report)
+        # what alignment and tone match corrected: shown while the run ends (once the engine is told done: a
+        # status text brings GIMP's progress, and its Cancel, back), and in each parasite
+        return u"; ".join(r for r in reports if r)
 
     def open_as_new_image(self, item, specs, group):
         """The image (or its layer) was closed while the request ran: the results open as a new image of their
@@ -750,14 +762,15 @@ class Workflow(object):
             if not new_image and "size" not in job:  # the canvas's shape, filled (the engine scales to cover)
                 width, height = self.adapter.image_size(target.image)
                 job["canvas"] = {"width": int(width), "height": int(height)}
-            self.adapter.progress(0.0, u"OpenAI: generating")
             with hl.EngineSession(python=self.python) as session:
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session,
-                                    on_partial=previews.show)
+                                    on_partial=previews.show,
+                                    on_sent=lambda: self.adapter.progress(0.0, u"OpenAI: generating"))
                 self.heard(result)
                 previews.end()
                 item = (result.get("items") or [{}])[0]
                 if item.get("ok"):  # in the session: killed while inserting, the engine cleans up and remembers
+                    self.adapter.end_progress()  # no Cancel while the layers go in (see insert_items)
                     text = self.insert_generated(result, job, target, new_image)
                     return u"\n".join(t for t in [text, self.references_text(result)] if t) or None
             raise self.engine_error(item.get("error") or result.get("error"))

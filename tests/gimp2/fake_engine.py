@@ -41,7 +41,7 @@ def plan(path, tag=None):
     answer = {"ok": True, "model": data.get("model") or "gpt-image-2", "items": items}
     if os.environ.get("FAKE_ENGINE_NOTICE"):  # an earlier cancelled run's paid image, as the engine says it
         answer["notices"] = [{"code": "cancelled_results", "message": "A cancelled run had already received 1 "
-                              "image (paid for); they are saved here:\n  " + os.environ["FAKE_ENGINE_NOTICE"]}]
+                              "image (paid for); it is saved here:\n  " + os.environ["FAKE_ENGINE_NOTICE"]}]
     if tag:
         answer["type"] = tag
     emit(answer)

@@ -146,6 +146,9 @@ class FakeAdapter:
     def status(self, text):
         self.statuses.append(text)
 
+    def end_progress(self):
+        self.progress_seen.append("end")
+
     def models_listed(self, models):
         pass
 
@@ -290,7 +293,7 @@ def test_notices_of_a_cancelled_run_reach_the_artist_with_this_run_s_message(fak
     monkeypatch.setenv("FAKE_ENGINE_NOTICE", "/history/kite.png")
     image = FakeImage(80, 60, selection=(10, 10, 20, 20))
     text = run(FakeAdapter([image]), "edit-selection", {"prompt": "x"}, image)
-    assert text == "A cancelled run had already received 1 image (paid for); they are saved here:\n  /history/kite.png"
+    assert text == "A cancelled run had already received 1 image (paid for); it is saved here:\n  /history/kite.png"
 
 
 def _jobs(log):

@@ -166,12 +166,18 @@ class OpenAIPlugIn(Gimp.PlugIn):
                 unsaved.keep(values)
             workflow = flow.Workflow(Gimp3(interactive), proc, values, python=_engine_python(), secrets=_secrets())
             message = workflow.run(image, drawables)
-            unsaved.clear()  # GIMP saves the values of a successful run itself
             if proc["operation"] == "settings":
                 config.set_property("change-key", False)  # a new key is asked for once, not at every Save
             if message:
                 _tell(message)
             Gimp.displays_flush()
+            if image is not None and not image.is_valid() and run_mode != Gimp.RunMode.NONINTERACTIVE:
+                # The image was closed while the request ran (the results opened as a new image, and the
+                # message says so). On SUCCESS libgimp keeps the run's values as a parasite of the image it ran
+                # on, and GIMP would show its "Calling error ... invalid ID" beside our message. So no SUCCESS:
+                # the values stay in the plug-in's own file for the next dialog and Repeat.
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+            unsaved.clear()  # GIMP saves the values of a successful run itself
             return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
         except flow.Stop as stop:  # the artist said no: nothing changed, nothing failed
             if str(stop):
@@ -340,13 +346,25 @@ def show_dialog(procedure, config, proc):
 
 def _record_layout(dialog, Gtk):
     """For tests (GIMP_OPENAI_HOST_TIMINGS): what the shown dialog holds, read from its widgets: each
-    mnemonic label's text and whether it sits in the Advanced expander, the expander's state, the focus."""
+    mnemonic label's text, its field's value as shown (text, or ticked or not) and whether it sits in the
+    Advanced expander, the expander's state, the focus."""
     fields, expanders = [], []
+
+    def shown_value(label):
+        field = label.get_mnemonic_widget() or label.get_parent()
+        if isinstance(field, Gtk.ToggleButton):
+            return field.get_active()
+        if isinstance(field, Gtk.Entry):
+            return field.get_text()
+        if isinstance(field, Gtk.TextView):
+            buf = field.get_buffer()
+            return buf.get_text(buf.get_start_iter(), buf.get_end_iter(), False)
+        return None
 
     def walk(widget, inside):
         if isinstance(widget, Gtk.Label) and widget.get_use_underline():
             fields.append({"label": widget.get_label(), "advanced": inside,
-                           "key": _keyval_name(widget.get_mnemonic_keyval())})
+                           "key": _keyval_name(widget.get_mnemonic_keyval()), "value": shown_value(widget)})
         children = widget.get_children() if isinstance(widget, Gtk.Container) else []
         if isinstance(widget, Gtk.Expander):
             expanders.append(widget.get_expanded())
@@ -951,6 +969,13 @@ class Gimp3:
     def status(self, text):
         Gimp.progress_set_text(text)
 
+    def end_progress(self):
+        """GIMP disconnects its Cancel from the plug-in when the progress ends (gimp_plug_in_progress_end)."""
+        try:
+            Gimp.progress_end()
+        except Exception:  # noqa: S110 - no progress bar to end
+            pass
+
     def keep_workdir(self, path):
         """Tests (GIMP_OPENAI_HOST_KEEP_WORKDIR=1) keep the job folder to compare the inserted pixels with the
         engine's PNGs."""
@@ -1297,8 +1322,11 @@ def _ask_key(question):
     entry = Gtk.Entry()
     entry.set_visibility(False)
     entry.set_activates_default(True)
-    dialog.get_content_area().add(Gtk.Label(label=question))
-    dialog.get_content_area().add(entry)
+    box = dialog.get_content_area()
+    box.set_border_width(12)  # the question did touch the window's edge
+    box.set_spacing(6)
+    box.add(Gtk.Label(label=question))
+    box.add(entry)
     dialog.set_default_response(Gtk.ResponseType.OK)
     dialog.show_all()
     ok = dialog.run() == Gtk.ResponseType.OK
