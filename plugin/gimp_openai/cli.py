@@ -750,6 +750,10 @@ def item_labels(images: Sequence[str]) -> list[str]:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    if args.async_:
+        from gimp_openai import batchcli
+
+        return batchcli.submit(args)
     if args.operation == "edit":
         if not (args.prompt or "").strip():
             raise InvalidInputError("The prompt is empty.", hint="Pass --prompt 'what the selections should become'.")
@@ -1317,6 +1321,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variation-prompt", default="")
     p.add_argument("--concurrency", type=bounded("concurrency", "--concurrency"), default=None,
                    help="requests at once, 1-16 (default: settings, 4)")
+    p.add_argument("--async", dest="async_", action="store_true",
+                   help="send through the Batch API (half the price, results within 24 h); then "
+                        "`batch status|collect|cancel ID`, `batch list`")
+    p.add_argument("--wait", action="store_true", help="with --async: wait for the results and collect them")
+    p.add_argument("--poll", type=float, default=10.0, help="with --wait: seconds between status checks")
     _common(p)
 
     p = sub.add_parser("models", help="image models the server offers, with their sizes and shutdown dates")
@@ -1420,6 +1429,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     return_freed_buffers()  # before the first image buffer: peaks stay near the live data (see memory.py)
     parser = build_parser()
+    # `batch status|collect|list|cancel` are actions, not image names (unless such a file exists).
+    if "batch" in argv:
+        at = argv.index("batch")
+        rest = argv[at + 1 :]
+        if rest and rest[0] in ("status", "collect", "list", "cancel") and not Path(rest[0]).exists() and all(
+                a.startswith("-") for a in argv[:at]):
+            from gimp_openai import batchcli
+
+            try:
+                return batchcli.action(argv[:at], rest)
+            except KeyboardInterrupt:
+                print("gimp-openai: interrupted; `gimp-openai batch collect` resumes", file=sys.stderr)
+                return 130
+            except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback
+                return internal_error(exc)
     # `serve` passes everything after it to the server's own parser.
     if "serve" in argv:
         at = argv.index("serve")

@@ -332,12 +332,12 @@ def _call_with_ticker(
 
 
 class _RetryReporter(threading.local):
-    """The client's retry events, shown in the progress of the item whose request is being retried."""
+    """The client's retry and rate-limit waits, shown in the progress of the item whose request waits."""
 
     current: tuple[Ticker, ProgressCallback] | None = None
 
     def __call__(self, event: Any) -> None:
-        if self.current is None or getattr(event, "kind", "") != "retry":
+        if self.current is None or getattr(event, "kind", "") not in ("retry", "pacing"):
             return
         ticker, progress = self.current
         waiting = ticker.event()
