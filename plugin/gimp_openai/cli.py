@@ -882,11 +882,6 @@ def bounded(name: str, flag: str) -> Any:
     return convert
 
 
-#: The numeric command-line options and the bounds-table entries they are checked against.
-NUMERIC_OPTIONS = {"-n": "n", "--feather": "feather", "--padding": "context_padding", "--timeout": "read_timeout",
-                   "--concurrency": "concurrency"}
-
-
 def _common(p: argparse.ArgumentParser, *, images: bool = True) -> None:
     p.add_argument("--model", default="", help="model id (default: your saved choice, else the newest live GPT "
                                                "image model)")

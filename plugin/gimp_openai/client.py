@@ -33,7 +33,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -1075,7 +1075,3 @@ def _common_params(
         params["user"] = str(user)
     return params
 
-
-def iter_event_messages(events: Sequence[ClientEvent]) -> Iterator[str]:
-    """Messages of recorded events (for logs and tests)."""
-    return (event.message for event in events)

@@ -192,14 +192,6 @@ class Engine:
             return self._models
 
 
-def _model_entries(models: Any) -> list[Any]:
-    """discovery's ModelList may be a list or carry ``.models``; accept both."""
-    if models is None:
-        return []
-    entries = getattr(models, "models", models)
-    return list(entries)
-
-
 # --- Checks before paying -----------------------------------------------------------------------------------
 
 
@@ -906,15 +898,3 @@ def request_background(family: Family, chosen: str | None) -> str | None:
     if chosen and chosen != "auto":
         return chosen
     return "opaque" if family.transparent_background == "preview" else None
-
-
-def full_composite(original: np.ndarray, output: Output) -> np.ndarray:
-    """The whole image with ``output`` composited through its mask; outside the mask, the original bytes."""
-    from gimp_openai import composite
-
-    out = original.copy()
-    y, x = output.y, output.x
-    h, w = output.height, output.width
-    region = original[y : y + h, x : x + w]
-    out[y : y + h, x : x + w] = composite.composite(region, output.pixels, output.mask)
-    return out

@@ -353,13 +353,6 @@ class ToneFit:
         }
 
 
-@dataclass
-class ToneMatch(ToneFit):
-    """`match_tone`'s answer: the fit and `image`, the result with it applied (the result itself when not)."""
-
-    image: np.ndarray | None = None
-
-
 def _result_samples(result: np.ndarray, idx: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
     """The result's RGBA at the original's flat pixel indices `idx`: where the forward map `matrix` (original ->
     result) puts them, sampled bicubic as the selection's box of the aligned image is (OpenCV warps and remaps with
@@ -416,15 +409,3 @@ def fit_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray, ma
     if before - after < MIN_GAIN or after > before * (1 - MIN_RATIO):
         return ToneFit(False, before, after, m, int(sample.size), note="a colour fit would not help enough")
     return ToneFit(True, before, after, m, int(sample.size))
-
-
-def match_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray,
-               window: Window | None = None, prepared: ToneContext | None = None) -> ToneMatch:
-    """`fit_tone` on an aligned (or unwarped) result, applied when it visibly helps: in `window` = (y0, y1, x0, x1)
-    only (None: the whole crop). `image` is the result itself (same object, untouched) when nothing is applied.
-    make_seamless fits with `fit_tone` and applies the fit in the same pass as the alignment's warp instead."""
-    fit = fit_tone(original, result, selection, None, prepared)
-    image = result
-    if fit.applied and fit.m is not None:
-        image = apply_lab_transform(result, fit.m, window=window)
-    return ToneMatch(fit.applied, fit.delta_e_before, fit.delta_e_after, fit.m, fit.samples, fit.note, image)
