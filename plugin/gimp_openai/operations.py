@@ -7,7 +7,8 @@ exactly the same request, the same history and the same pixels. The order inside
 2. send the request while a :class:`progress.Ticker` says how long it has been;
 3. save EVERY returned image to history the moment the response is parsed, before decoding or compositing,
    so nothing paid for is lost even when a later step fails;
-4. decode, map back to the exported region, make it seamless (issue 10), and build the layer mask.
+4. decode, map back to the exported region, make it seamless (GPT models shift and re-tone the whole crop),
+   and build the layer mask.
 
 Two recoveries live here because they need both the planner and the client: a free-size family answering
 400 on ``size`` is retried ONCE at a standard size (and the rule remembered), and ``model_not_found`` is
@@ -656,7 +657,7 @@ def _prepare_ahead(original: np.ndarray, selection: np.ndarray, options: Options
 def _seamless(
     original: np.ndarray, placed: np.ndarray, selection: np.ndarray, options: Options, ahead: Sequence[Any] = ()
 ) -> tuple[np.ndarray, str, dict[str, Any], list[str]]:
-    """Issue 10's alignment/tone/blend; when it is missing or fails, the result is used as returned, and said so.
+    """Alignment, tone match and blend; when it is missing or fails, the result is used as returned, and said so.
     `ahead`: the future of `_prepare_ahead` (its answer is used only when it was made from these arrays)."""
     prepared = None
     for future in ahead:

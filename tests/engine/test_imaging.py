@@ -227,7 +227,7 @@ def test_bench_encode_png(level):
           f"pillow {pillow * 1000:.0f} ms {len(pil) / 1e6:.2f} MB")
 
 
-# --- the PNG settings per destination (issue 7's per-pixel overhead) -------------------------------------------------
+# --- the PNG settings per destination (their per-pixel cost) ---------------------------------------------------------
 
 
 def _photo(h: int = 256, w: int = 320, seed: int = 3) -> np.ndarray:

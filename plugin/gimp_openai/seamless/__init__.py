@@ -1,4 +1,4 @@
-"""Make a model result sit seamlessly in the original: alignment, tone match, gradient-domain blend (issue 10).
+"""Make a model result sit seamlessly in the original: alignment, tone match, gradient-domain blend.
 
 `make_seamless` is the one entry point (operations.py calls it for every returned image, after scaling it
 back to the crop and before compositing through the layer mask). It never modifies its inputs; when nothing

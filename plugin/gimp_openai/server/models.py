@@ -1,4 +1,4 @@
-"""The models the local server lists and serves, with their lifecycle (issue 9 part 6).
+"""The models the local server lists and serves, with their lifecycle.
 
 The default list has every image model of the current line-up, all live, with ``created`` increasing in
 release order (so "newest" is the gpt-image-2 family), plus a few non-image models so clients must filter.
