@@ -312,16 +312,8 @@ def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
     from gimp_openai import imaging
 
     assert item.image is not None and item.plan is not None
-    # The selection is decoded on a second thread while this one decodes the image (Pillow releases the GIL).
-    selection_future = (
-        operations._side_pool().submit(imaging.read_selection, item.selection) if item.selection is not None else None
-    )
     try:
         pixels = imaging.read_image(item.image)
-    except GimpOpenAIError:
-        if selection_future is not None:
-            selection_future.cancel()
-        raise
     except OSError as exc:
         raise InvalidInputError(f"The exported image {item.image.name} could not be read: {exc}.") from None
     place = item.plan.place
@@ -332,8 +324,8 @@ def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
             hint=JobError.default_hint,
         )
     selection = None
-    if item.selection is not None and selection_future is not None:
-        selection = selection_future.result()
+    if item.selection is not None:
+        selection = imaging.read_selection(item.selection)
         if (selection.shape[1], selection.shape[0]) != (place.width, place.height):
             raise InvalidInputError(
                 f"The selection {item.selection.name} is {selection.shape[1]}x{selection.shape[0]} but the planned "
@@ -603,11 +595,6 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
         notices = []
         if command == "plan":
             _plan(path, writer, context, type="plan", **tags)
-            # the job comes next, once the host has exported its pixels: load what it needs meanwhile
-            import gimp_openai.composite  # noqa: F401
-            import gimp_openai.imaging  # noqa: F401
-            import gimp_openai.masks  # noqa: F401
-            import gimp_openai.seamless  # noqa: F401
         elif session.start_job(Path(path).resolve().parent):
             _job(path, _JobWriter(session, writer.stream), context, **tags)
     return EXIT_OK

@@ -543,12 +543,8 @@ def _send_edit(
     # so the mask's edge lies on the image's selection edge (scaling the request-sized selection instead can
     # put it up to half a target pixel off when place_in_target is rounded).
     sel_target = composite.target_selection(selection, plan)
-    # The mask is built and encoded on a second thread while this one encodes the image (OpenCV releases the GIL).
-    mask_future = _side_pool().submit(
-        lambda: imaging.encode_png(masks.api_mask(sel_target, plan.target), png_filter="up")
-    )
     image_png = imaging.encode_upload_png(pixels, limit=family.max_upload_bytes or None)
-    mask_png = mask_future.result()
+    mask_png = imaging.encode_png(masks.api_mask(sel_target, plan.target), png_filter="up")
     check_upload_size(image_png, family, "the image sent to the model")
     size = f"{plan.target[0]}x{plan.target[1]}"
     kwargs: dict[str, Any] = dict(
@@ -580,8 +576,8 @@ _SIDE_POOL: ThreadPoolExecutor | None = None
 
 
 def _side_pool() -> ThreadPoolExecutor:
-    """Two threads for work that runs beside the main line of one item (encode the mask while the image is
-    encoded): bounded, shared by a batch's items, started on first use."""
+    """Two threads for work that runs beside the main line of an item (the seamless preparation while the server
+    works): bounded, shared by a batch's items, started on first use."""
     global _SIDE_POOL
     with _SIDE_LOCK:
         if _SIDE_POOL is None:
