@@ -1549,7 +1549,3 @@ def _common_params(
         params["complexity"] = complexity
     return params
 
-
-def iter_event_messages(events: Sequence[ClientEvent]) -> Iterator[str]:
-    """Messages of recorded events (for logs and tests)."""
-    return (event.message for event in events)

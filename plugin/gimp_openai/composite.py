@@ -38,14 +38,6 @@ def request_pixels(place_pixels: np.ndarray, plan: RegionPlan) -> np.ndarray:
     return np.pad(scaled, pads, mode="symmetric")
 
 
-def request_selection(place_selection: np.ndarray, plan: RegionPlan) -> np.ndarray:
-    """The selection over the request image at request scale (0 in the padding), for :func:`masks.api_mask`."""
-    local = plan.place_in_request
-    out = np.zeros((plan.request.height, plan.request.width), np.uint8)
-    out[local.y : local.bottom, local.x : local.right] = place_selection
-    return out
-
-
 def target_selection(place_selection: np.ndarray, plan: RegionPlan) -> np.ndarray:
     """The selection at target size, aligned with :func:`request_pixels` (0 in the padding)."""
     inner = plan.place_in_target

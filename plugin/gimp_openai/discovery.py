@@ -330,12 +330,6 @@ def choose_default_model(models: ModelList | Sequence[ModelInfo], saved: str | N
     return best.id
 
 
-def variation_path(model_id: str, model_rules: dict[str, str] | None = None) -> str:
-    """"variation-endpoint" when the model serves /images/variations, else "variation-edit" (issue 9 part 4)."""
-    family = caps.family_for(model_id, model_rules)
-    return "variation-endpoint" if caps.ENDPOINT_VARIATIONS in family.endpoints else "variation-edit"
-
-
 def replacement_for(model_id: str, models: ModelList | Sequence[ModelInfo]) -> str | None:
     """The newest live model of the same family, else the newest live GPT image model, else None.
 

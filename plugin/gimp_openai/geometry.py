@@ -145,11 +145,6 @@ class RegionPlan:
         y1 = min(max(y0 + 1, round(local.bottom * sy)), th)
         return Rect.from_edges(x0, y0, x1, y1)
 
-    @property
-    def target_size(self) -> str:
-        """``"WxH"`` as the API's ``size`` field wants it."""
-        return f"{self.target[0]}x{self.target[1]}"
-
     def to_dict(self) -> dict[str, Any]:
         return {"place": self.place.to_dict(), "request": self.request.to_dict(), "target": list(self.target)}
 
@@ -219,13 +214,6 @@ def grow_to_aspect(
             return (w, h) if w * h < exact_size[0] * exact_size[1] else exact_size
         w += 1
     return exact_size
-
-
-def aspect_error_px(request: tuple[int, int], target: tuple[int, int]) -> float:
-    """How many request pixels the request's height is off from the target's exact aspect."""
-    rw, rh = request
-    tw, th = target
-    return abs(rw * th / tw - rh)
 
 
 def _log_aspect_distance(w1: float, h1: float, w2: float, h2: float) -> float:

@@ -40,8 +40,8 @@ _PNG_FILTERS: dict[str, int] = {
 
 #: The upload keeps libpng's adaptive row filters. A single fixed filter is faster (Sub: 110 ms instead of 176 ms
 #: on a 1536^2 photo-like crop) but content-dependent: x1.035 the bytes there, x1.08 on a smooth upscaled photo
-#: (Up: x0.96 there, x0.99 on the sample), over issue 7's x1.05 budget; zlib's RLE strategy is 18 % smaller on
-#: photos but 2.6x larger on flat graphics with text. Speed comes from using every core instead (pngstrips).
+#: (Up: x0.96 there, x0.99 on the sample), over the x1.05 upload-size budget; zlib's RLE strategy is 18 % smaller on
+#: photos but 2.6x larger on flat graphics with text.
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -303,12 +303,12 @@ def encode_png(pixels: np.ndarray, *, compress_level: int = PNG_COMPRESS_LEVEL, 
 
 
 def encode_upload_png(pixels: np.ndarray, *, limit: int | None = None) -> bytes:
-    """The PNG sent to the model: libpng's adaptive row filters, deflated fast (ISA-L, else zlib level 1), in
-    strips on every core (``pngstrips``). Over ``limit`` bytes, the smallest encoding libpng makes (level 9) is
-    tried before the caller refuses the upload."""
-    from gimp_openai import pngstrips
+    """The PNG sent to the model: libpng's adaptive row filters at zlib level 1, in one thread. Over ``limit``
+    bytes, the smallest encoding libpng makes (level 9) is tried before the caller refuses the upload.
 
-    data = pngstrips.encode_png(pixels)
+    Encoding it in strips on every core with ISA-L deflate was 0.1-0.2 s faster on a 1536² crop and 6 % smaller,
+    under 2 % of an edit with a 10 s server (docs/performance.md, 2026-12-06), so it went."""
+    data = encode_png(pixels)
     if limit is not None and len(data) > limit:
         smaller = encode_png(pixels, compress_level=9)
         if len(smaller) < len(data):

@@ -395,20 +395,11 @@ def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
     from gimp_openai import imaging
 
     assert item.image is not None and item.plan is not None
-    # The selection is decoded on a second thread while this one decodes the image (Pillow releases the GIL).
-    selection_future = (
-        operations._side_pool().submit(imaging.read_selection, item.selection) if item.selection is not None else None
-    )
-    try:
-        pixels = _read_planned(imaging.read_image, item.image, item.plan.place, "exported image")
-    except GimpOpenAIError:
-        if selection_future is not None:
-            selection_future.cancel()
-        raise
+    pixels = _read_planned(imaging.read_image, item.image, item.plan.place, "exported image")
     place = item.plan.place
     selection = None
-    if item.selection is not None and selection_future is not None:
-        selection = selection_future.result()
+    if item.selection is not None:
+        selection = imaging.read_selection(item.selection)
         if (selection.shape[1], selection.shape[0]) != (place.width, place.height):
             raise InvalidInputError(
                 f"The selection {item.selection.name} is {selection.shape[1]}x{selection.shape[0]} but the planned "

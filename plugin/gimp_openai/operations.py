@@ -7,7 +7,8 @@ exactly the same request, the same history and the same pixels. The order inside
 2. send the request while a :class:`progress.Ticker` says how long it has been;
 3. save EVERY returned image to history the moment the response is parsed, before decoding or compositing,
    so nothing paid for is lost even when a later step fails;
-4. decode, map back to the exported region, make it seamless (issue 10), and build the layer mask.
+4. decode, map back to the exported region, make it seamless (GPT models shift and re-tone the whole crop),
+   and build the layer mask.
 
 Two recoveries live here because they need both the planner and the client: a free-size family answering
 400 on ``size`` is retried ONCE at a standard size (and the rule remembered), and ``model_not_found`` is
@@ -267,14 +268,6 @@ class Engine:
             if self._models is None or refresh:
                 self._models = discovery.list_image_models(self.client, self.settings, refresh=refresh)
             return self._models
-
-
-def _model_entries(models: Any) -> list[Any]:
-    """discovery's ModelList may be a list or carry ``.models``; accept both."""
-    if models is None:
-        return []
-    entries = getattr(models, "models", models)
-    return list(entries)
 
 
 # --- Checks before paying -----------------------------------------------------------------------------------
@@ -744,17 +737,13 @@ def _send_edit(
     # so the mask's edge lies on the image's selection edge (scaling the request-sized selection instead can
     # put it up to half a target pixel off when place_in_target is rounded).
     sel_target = composite.target_selection(selection, plan)
-    # The mask (or, for a markup edit, the marks) is built and encoded on a second thread while this one encodes
-    # the image (OpenCV releases the GIL). A markup edit carries no mask: the marks say where to edit.
+    # A markup edit carries no mask: the marks say where to edit.
     markup = options.markup
-    if markup is not None:
-        mask_future = _side_pool().submit(lambda: imaging.encode_png(markup_target(markup, plan)))
-    else:
-        mask_future = _side_pool().submit(
-            lambda: imaging.encode_png(masks.api_mask(sel_target, plan.target), png_filter="up")
-        )
     image_png = imaging.encode_upload_png(pixels, limit=family.max_upload_bytes or None)
-    mask_png = mask_future.result()
+    if markup is not None:
+        mask_png = imaging.encode_png(markup_target(markup, plan))
+    else:
+        mask_png = imaging.encode_png(masks.api_mask(sel_target, plan.target), png_filter="up")
     check_upload_size(image_png, family, "the image sent to the model")
     size = f"{plan.target[0]}x{plan.target[1]}"
     kwargs: dict[str, Any] = dict(
@@ -855,8 +844,8 @@ _SIDE_POOL: ThreadPoolExecutor | None = None
 
 
 def _side_pool() -> ThreadPoolExecutor:
-    """Two threads for work that runs beside the main line of one item (encode the mask while the image is
-    encoded): bounded, shared by a batch's items, started on first use."""
+    """Two threads for work that runs beside the main line of an item (the seamless preparation while the server
+    works): bounded, shared by a batch's items, started on first use."""
     global _SIDE_POOL
     with _SIDE_LOCK:
         if _SIDE_POOL is None:
@@ -932,7 +921,7 @@ def _prepare_ahead(original: np.ndarray, selection: np.ndarray, options: Options
 def _seamless(
     original: np.ndarray, placed: np.ndarray, selection: np.ndarray, options: Options, ahead: Sequence[Any] = ()
 ) -> tuple[np.ndarray, str, dict[str, Any], list[str]]:
-    """Issue 10's alignment/tone/blend; when it is missing or fails, the result is used as returned, and said so.
+    """Alignment, tone match and blend; when it is missing or fails, the result is used as returned, and said so.
     `ahead`: the future of `_prepare_ahead` (its answer is used only when it was made from these arrays)."""
     prepared = None
     for future in ahead:
@@ -1248,15 +1237,3 @@ def request_background(family: Family, chosen: str | None) -> str | None:
     if chosen and chosen != "auto":
         return chosen
     return "opaque" if family.transparent_background == "preview" else None
-
-
-def full_composite(original: np.ndarray, output: Output) -> np.ndarray:
-    """The whole image with ``output`` composited through its mask; outside the mask, the original bytes."""
-    from gimp_openai import composite
-
-    out = original.copy()
-    y, x = output.y, output.x
-    h, w = output.height, output.width
-    region = original[y : y + h, x : x + w]
-    out[y : y + h, x : x + w] = composite.composite(region, output.pixels, output.mask)
-    return out

@@ -14,20 +14,18 @@ crop-sized at their offsets (stack.xml's x/y), never padded to the canvas.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import cv2
 import numpy as np
 
-from .atomic import pending_file
 from .composite import composite
 from .errors import redact
 from .imaging import encode_png, resize
@@ -92,16 +90,6 @@ def pasted_rows(base: np.ndarray, patches: Sequence[Patch]) -> RowSource:
         return band
 
     return rows
-
-
-def _normalise(layer: Any) -> Layer:
-    if isinstance(layer, Layer):
-        return layer
-    if isinstance(layer, Mapping):
-        return Layer(str(layer.get("name", "")), layer["pixels"], int(layer.get("x", 0)), int(layer.get("y", 0)),
-                     bool(layer.get("visible", True)))
-    name, pixels, x, y, *rest = layer
-    return Layer(str(name), pixels, int(x), int(y), bool(rest[0]) if rest else True)
 
 
 def _composite_over(region: np.ndarray, src: np.ndarray) -> None:
@@ -209,11 +197,11 @@ def _put_png(archive: zipfile.ZipFile, name: str, width: int, height: int, rows:
             write_png(entry, width, height, 4, rows)
 
 
-def write_archive(out: IO[bytes], width: int, height: int, layers: Sequence[Any],
+def write_archive(out: IO[bytes], width: int, height: int, layers: Sequence[Layer],
                   merged: Merged | None = None) -> None:
     """The .ora archive, streamed into the seekable binary file ``out``; layers bottom first. Without
     ``merged`` the flattened picture is computed from the layers band by band."""
-    items = [_normalise(layer) for layer in layers]
+    items = list(layers)
     for layer in items:
         _check_layer(layer)
     merged = merged or Merged(flatten_rows(width, items))
@@ -232,28 +220,10 @@ def _slicer(pixels: np.ndarray) -> RowSource:
     return lambda row0, row1: pixels[row0:row1]
 
 
-def write_ora(
-    path: str | os.PathLike[str],
-    width: int | tuple[int, int],
-    height: int | Sequence[Any] | None = None,
-    layers: Sequence[Any] | None = None,
-) -> None:
-    """Write a layered .ora atomically (streamed to a temp file beside it, then renamed over ``path``).
+def write_ora(path: Path, width: int, height: int, layers: Sequence[Layer]) -> None:
+    """A layered .ora (layers bottom first) written whole and renamed over ``path``."""
+    from .atomic import pending_file
 
-    Called as ``write_ora(path, width, height, layers)`` or ``write_ora(path, (width, height), layers)``.
-    Each layer, **bottom first**, is a :class:`Layer`, ``(name, rgba, x, y, visible)`` or a mapping with
-    ``name``, ``pixels``, ``x``, ``y`` and optional ``visible``.
-    """
-    stack: Any
-    w: Any
-    h: Any
-    if isinstance(width, tuple):
-        (w, h), stack = width, height
-    else:
-        w, h, stack = width, height, layers
-    if not isinstance(w, int) or not isinstance(h, int) or stack is None or isinstance(stack, int):
-        raise TypeError("write_ora(path, width, height, layers) or write_ora(path, (width, height), layers)")
-    target = Path(path)
-    with pending_file(target.parent, target.name) as pending:
-        write_archive(pending.file, w, h, list(stack))
-        pending.publish(target)
+    with pending_file(path.parent, path.name) as pending:
+        write_archive(pending.file, width, height, list(layers))
+        pending.publish(path)

@@ -1,19 +1,11 @@
-"""PNG encoding spread over the machine's cores: one valid PNG, one zlib stream, made in horizontal strips.
+"""PNGs too big to hold whole, written band by band: one valid PNG, one zlib stream, made in horizontal bands.
 
-Why: the PNG sent to the model is the largest per-pixel cost of an edit that the engine controls (libpng's
-adaptive row filters, then deflate, in one thread: 0.25-0.33 s for a 1536x1536 crop on a 2-core machine).
-Here libpng still chooses every row's filter (each strip is encoded stored, in its own thread: OpenCV releases
-the GIL), and each strip's filtered rows are then deflated in their own thread as one part of a single zlib
-stream, as pigz does: raw deflate primed with the previous strip's last 32 KiB and ended by a sync flush (so
-the parts join on byte boundaries), then one Adler-32 over the whole. A decoder sees one ordinary PNG.
-
-The first row of every strip but the first was filtered by libpng as if it were the image's first row (no row
-above). When that filter uses the row above (Up, Average, Paeth), the row is re-filtered here as Up against its
-real neighbour, so the pixels decode exactly.
-
-Deflate comes from ISA-L (the ``isal`` package) where it is installed: on a 1536x1536 photo-like crop its level 2
-took 36 ms and made 4.24 MB where zlib's level 1 took 137 ms for 4.53 MB (and zlib's level 6, 1.6 s for 4.04 MB).
-Without it, zlib level 1: the same PNG format either way, only speed and size differ.
+Why: a full-size result of an 8000² picture is 256 MB of pixels; encoding it in one piece (libpng through
+OpenCV) takes a BGRA copy, libpng's output buffer and a bytes copy of that (~0.8 GB at once). Here each band is
+filtered (Up) and deflated on its own as one part of a single zlib stream, as pigz does: raw deflate primed with
+the previous band's last 32 KiB and ended by a sync flush (so the parts join on byte boundaries), Adler-32s
+combined. A decoder sees one ordinary PNG. Because the parts are independent, the unchanged bands of an edit's
+result can be deflated before the result exists (:class:`BandsAhead`, while the server works).
 """
 
 from __future__ import annotations
@@ -24,56 +16,21 @@ import threading
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
-from .imaging import check_png_pixels, libpng_order, png_file
-
-#: below this many bytes of pixels one thread does it all (thread hand-offs cost more than they save).
-MIN_PARALLEL_BYTES = 1 << 20
-#: the deflate window: each strip is primed with this much of the stream before it.
+#: the deflate window: each band is primed with this much of the stream before it.
 WINDOW = 32 * 1024
-_FILTERS_USING_ROW_ABOVE = (2, 3, 4)  # Up, Average, Paeth
-
-
-@dataclass(frozen=True)
-class Deflate:
-    """A deflate implementation and the level used with it (``compressobj`` has zlib's signature)."""
-
-    name: str
-    level: int
-    compressobj: Callable[..., Any]
-    header_hint: int  # the zlib header's FLEVEL: 0 fastest .. 3 best (informational for decoders)
-
-
-ZLIB = Deflate("zlib", 1, zlib.compressobj, 0)
-
-
-def _isal() -> Deflate | None:
-    try:
-        from isal import isal_zlib
-    except ImportError:
-        return None
-    return Deflate("isal", 2, isal_zlib.compressobj, 1)
-
-
-ISAL = _isal()
-
-
-def best_deflate() -> Deflate:
-    """ISA-L where installed (4x faster, 6 % smaller on photos), else zlib."""
-    return ISAL or ZLIB
-
+#: zlib level of the streamed PNGs: level 1 (the engine's PNG level, see imaging.PNG_COMPRESS_LEVEL).
+LEVEL = 1
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
 def workers() -> int:
-    """Threads for one encode: the cores this process may use, at most 8."""
+    """Threads for one PNG: the cores this process may use, at most 8."""
     try:
         cores = len(os.sched_getaffinity(0))  # not on macOS or Windows: AttributeError
     except (AttributeError, OSError):
@@ -89,82 +46,17 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def _idat_stream(png: bytes | memoryview) -> bytes:
-    """The zlib stream of a PNG libpng just wrote (its IDAT chunks, joined)."""
-    parts = []
-    pos = 8
-    while pos + 8 <= len(png):
-        (length,) = struct.unpack(">I", png[pos : pos + 4])
-        kind = png[pos + 4 : pos + 8]
-        if kind == b"IDAT":
-            parts.append(png[pos + 8 : pos + 8 + length])
-        pos += 12 + length
-    return b"".join(parts)
-
-
-def _filtered_rows(pixels: np.ndarray, row0: int, row1: int) -> bytes:
-    """Rows row0:row1 with libpng's own per-row filter choice (filter byte + filtered bytes per row)."""
-    strip = np.ascontiguousarray(pixels[row0:row1])
-    ok, png = cv2.imencode(".png", libpng_order(strip), [cv2.IMWRITE_PNG_COMPRESSION, 0])
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    rows = zlib.decompress(_idat_stream(png.data.cast("B")))  # no copy of the stored PNG
-    if row0 == 0 or rows[0] not in _FILTERS_USING_ROW_ABOVE:
-        return rows
-    above = pixels[row0 - 1].reshape(-1)
-    first = pixels[row0].reshape(-1)
-    up = np.subtract(first, above, dtype=np.uint8)  # modulo 256, as the Up filter defines it
-    stride = first.size
-    return b"\x02" + up.tobytes() + rows[1 + stride :]
-
-
-def _deflate(rows: bytes, primer: bytes, deflate: Deflate, last: bool) -> bytes:
-    compressor = deflate.compressobj(deflate.level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY,
-                                     *([primer] if primer else []))
+def _deflate(rows: bytes | memoryview, primer: bytes, last: bool) -> bytes:
+    compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, *([primer] if primer else []))
     return bytes(compressor.compress(rows) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
 
 
-def _zlib_header(hint: int) -> bytes:
-    """CMF/FLG for a 32 KiB window and the level hint (FCHECK makes the pair divisible by 31)."""
-    cmf = 0x78
-    flg = hint << 6
+def _zlib_header() -> bytes:
+    """CMF/FLG for a 32 KiB window and the fastest-level hint (FCHECK makes the pair divisible by 31)."""
+    cmf, flg = 0x78, 0
     flg += 31 - ((cmf << 8) + flg) % 31
     return bytes([cmf, flg])
 
-
-def encode_png(pixels: np.ndarray, *, deflate: Deflate | None = None, strips: int | None = None) -> bytes:
-    """RGBA (H, W, 4), RGB (H, W, 3) or gray (H, W) u8 -> PNG bytes, in ``strips`` horizontal strips (default:
-    one per core, one in all for images under ``MIN_PARALLEL_BYTES``), deflated by ``deflate`` (default: the
-    best installed)."""
-    deflate = deflate or best_deflate()
-    check_png_pixels(pixels, "encode_png")
-    height, width = pixels.shape[:2]
-    if height == 0 or width == 0:
-        raise ValueError(f"cannot encode an empty image ({width}x{height})")
-    if strips is None:
-        strips = workers() if pixels.nbytes >= MIN_PARALLEL_BYTES else 1
-    strips = max(1, min(int(strips), height))
-    bounds = [height * i // strips for i in range(strips + 1)]
-    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
-    pool = _executor() if strips > 1 else None
-
-    def run(fn: Any, *columns: Any) -> list[Any]:
-        return list(pool.map(fn, *columns)) if pool is not None else list(map(fn, *columns))
-
-    rows = run(lambda span: _filtered_rows(pixels, *span), spans)
-    primers = [b""] + [r[-WINDOW:] for r in rows[:-1]]
-    lasts = [False] * (strips - 1) + [True]
-    parts = run(lambda r, p, last: _deflate(r, p, deflate, last), rows, primers, lasts)
-    adler = 1
-    for r in rows:
-        adler = zlib.adler32(r, adler)
-    del rows, primers
-    stream = b"".join([_zlib_header(deflate.header_hint), *parts, struct.pack(">I", adler & 0xFFFFFFFF)])
-    del parts
-    return png_file(width, height, 1 if pixels.ndim == 2 else pixels.shape[2], stream)
-
-
-# --- Streaming: a PNG written band by band, never whole in memory ----------------------------------------------
 
 #: A band of a streamed PNG holds about this many bytes of pixels (an 8000-px-wide RGBA band: 131 rows).
 STREAM_BAND_BYTES = 4 << 20
@@ -235,12 +127,10 @@ class BandsAhead:
 
     ``start()`` works on a thread until done or ``stop()``; :func:`write_png` takes the parts that were made."""
 
-    def __init__(self, width: int, height: int, channels: int, rows: RowSource, *,
-                 deflate: Deflate | None = None) -> None:
+    def __init__(self, width: int, height: int, channels: int, rows: RowSource) -> None:
         import tempfile
 
         self.width, self.height, self.channels, self.rows = width, height, channels, rows
-        self.deflate = deflate or best_deflate()
         self.spans = _band_spans(width, height, channels)
         self.file = tempfile.TemporaryFile(prefix="gimp-openai-bands-")
         self.parts: dict[int, tuple[int, int, int, int]] = {}  # band -> (offset, size, adler, filtered bytes)
@@ -281,7 +171,7 @@ class BandsAhead:
                 return
             filtered = _up_filtered(self.rows, span, self.width, self.channels, buffer)
             primer = _tail(self.rows, self.spans[index - 1], self.width, self.channels) if index else b""
-            part = _deflate(filtered, primer, self.deflate, index == len(self.spans) - 1)  # type: ignore[arg-type]
+            part = _deflate(filtered, primer, index == len(self.spans) - 1)
             self.file.write(part)
             self.parts[index] = (offset, len(part), zlib.adler32(filtered), len(filtered))
             offset += len(part)
@@ -300,28 +190,22 @@ class BandsAhead:
 
 
 def write_png(out: Any, width: int, height: int, channels: int, rows: RowSource, *,
-              deflate: Deflate | None = None, ahead: BandsAhead | None = None,
-              changed: Sequence[tuple[int, int]] = ()) -> int:
+              ahead: BandsAhead | None = None, changed: Sequence[tuple[int, int]] = ()) -> int:
     """Write a PNG to the binary file ``out`` from ``rows(row0, row1)`` (u8 (rows, width[, channels]) arrays),
     band by band, deflated on every core; return the bytes written.
 
-    Why: a full-size result of an 8000² picture is 256 MB of pixels; encoding it in one piece took a BGRA copy,
-    libpng's output buffer and a bytes copy of that (~0.8 GB at once). Here only a few bands are alive at a time
-    (``workers()`` bands of ``STREAM_BAND_BYTES``), and the source may build each band on demand (the original's
-    rows with a result pasted in), so no full-size copy exists at all. The bands' deflate parts join into one
-    zlib stream as in :func:`encode_png` (one IDAT per group of bands).
+    Only a few bands are alive at a time (``workers()`` bands of ``STREAM_BAND_BYTES``), and the source may build
+    each band on demand (the original's rows with a result pasted in), so no full-size copy exists at all. The
+    bands' deflate parts join into one zlib stream (one IDAT per group of bands).
 
     ``ahead``: parts made earlier from the same picture before ``changed`` (row ranges) were changed; a band whose
     rows (and primer) no change touches is copied from there instead of being deflated again."""
     if width <= 0 or height <= 0 or channels not in (1, 3, 4):
         raise ValueError(f"cannot write a {width}x{height} PNG with {channels} channels")
-    deflate = deflate or best_deflate()
     if ahead is not None:
         ahead.stop()
         if (ahead.width, ahead.height, ahead.channels) != (width, height, channels):
             ahead = None
-        else:
-            deflate = ahead.deflate
     spans = _band_spans(width, height, channels)
     group = workers()
     pool = _executor() if group > 1 and len(spans) > 1 else None
@@ -338,7 +222,7 @@ def write_png(out: Any, width: int, height: int, channels: int, rows: RowSource,
         span = spans[index]
         filtered = _up_filtered(rows, span, width, channels, buffer)
         primer = _tail(rows, spans[index - 1], width, channels) if index else b""
-        part = _deflate(filtered, primer, deflate, index == len(spans) - 1)  # type: ignore[arg-type]
+        part = _deflate(filtered, primer, index == len(spans) - 1)
         return part, zlib.adler32(filtered), len(filtered)
 
     lock = threading.Lock()  # the file of parts made ahead is read by one band at a time
@@ -353,7 +237,7 @@ def write_png(out: Any, width: int, height: int, channels: int, rows: RowSource,
 
     color_type = {1: 0, 3: 2, 4: 6}[channels]
     put(b"\x89PNG\r\n\x1a\n", *_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)))
-    adler, head = 1, _zlib_header(deflate.header_hint)
+    adler, head = 1, _zlib_header()
     band_rows = spans[0][1] - spans[0][0]
     buffers = [np.empty((band_rows, width * channels + 1), np.uint8) for _ in range(min(group, len(spans)))]
     for start in range(0, len(spans), group):

@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-PHASES = ("upload", "waiting", "saving", "compositing", "done")
-
 #: Where each phase sits on one item's 0..1 scale. Waiting fills the span between upload and saving.
 PHASE_START = {"upload": 0.0, "waiting": 0.05, "saving": 0.85, "compositing": 0.9, "done": 1.0}
 
@@ -101,7 +99,6 @@ class Ticker:
         self.item = item
         self.interval = interval
         self.clock = clock
-        self.ticks = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start = 0.0
@@ -119,7 +116,6 @@ class Ticker:
 
     def _run(self) -> None:
         while True:
-            self.ticks += 1
             try:
                 self.callback(self.event())
             except Exception:  # noqa: S110 - a broken progress consumer must never stop the request

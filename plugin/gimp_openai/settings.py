@@ -405,13 +405,3 @@ def store_api_key(key: str) -> str:
     return str(_write_config_file(raw))
 
 
-def delete_api_key() -> None:
-    """Forget a stored key (keyring and file); the environment is not ours to change."""
-    backend = _usable_keyring()
-    if backend is not None:
-        with contextlib.suppress(Exception):
-            backend.delete_password(KEYRING_SERVICE, KEYRING_USER)
-    raw = _read_config_file()
-    if "api_key" in raw:
-        raw.pop("api_key")
-        _write_config_file(raw)

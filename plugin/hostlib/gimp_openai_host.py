@@ -876,7 +876,7 @@ def parasite_data(prompt, model, output, secrets=()):
 
 
 def reports_text(outputs, secrets=()):
-    """What alignment and tone match found and corrected (issue 10), one line for a status bar or message:
+    """What alignment and tone match found and corrected, one line for a status bar or message:
     ``OpenAI: shifted 5.8, -3.9 px; scale 1.012; tone dE 7.4 -> 1.1`` (``k/n: ...`` per result when they differ)."""
     reports = [(i + 1, clean_line(o.get("report") or u"", secrets)) for i, o in enumerate(outputs)]
     reports = [(k, r) for k, r in reports if r]

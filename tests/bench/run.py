@@ -1,4 +1,4 @@
-"""Benchmarks (issue 7): ``scripts/bench`` or ``python -m tests.bench.run [--out FILE] [--quick] [--no-faults]``.
+"""Benchmarks: ``scripts/bench`` or ``python -m tests.bench.run [--out FILE] [--quick] [--no-faults]``.
 
 Everything is measured in one run, against the REAL local server (a subprocess) with a fixed simulated
 latency, through the REAL engine subprocess, exactly as a host drives it:
@@ -263,7 +263,7 @@ def big_cli_picture(size: int, work: Path, *, transparent: bool) -> Path:
 
 
 def bench_cli_memory(server: LocalServerHandle, work: Path, size: int = 8000, repeats: int = 1) -> list[dict]:
-    """The CLI's big-image path (issue: 7.7 GB for a transparent 8000² edit): a 1024² --rect edit of a
+    """The CLI's big-image path (it once took 7.7 GB for a transparent 8000² edit): a 1024² --rect edit of a
     ``size``² opaque and transparent picture, n=1; peak RSS of the CLI process and its seconds beyond the
     server's (wall - server handling - latency)."""
     rows = []

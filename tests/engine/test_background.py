@@ -1,4 +1,4 @@
-"""The `background` parameter each family is sent (issue 9: gpt-image-2's transparency is only a preview, so
+"""The `background` parameter each family is sent (gpt-image-2's transparency is only a preview, so
 'auto' means opaque there unless the artist asks for transparency)."""
 
 import pytest

@@ -26,7 +26,7 @@ SAMPLE = DATA / "lake-balloon.png"
 SAMPLE_SEL = DATA / "lake-balloon-selection.png"
 
 
-#: The line-up as of 2026-11-25 (issue 9): gpt-image-1 gone, the rest of its family retiring on 2026-12-01.
+#: The line-up as of 2026-11-25: gpt-image-1 gone, the rest of its family retiring on 2026-12-01.
 TODAYS_LINEUP = ("--today", "2026-11-25", "--shutdown", "gpt-image-1=2026-10-23",
                  "--shutdown", "gpt-image-1-mini=2026-12-01",
                  "--shutdown", "gpt-image-1.5=2026-12-01", "--shutdown", "chatgpt-image-latest=2026-12-01")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gimp_openai.capabilities import FAMILIES
-from gimp_openai.composite import composite, request_pixels, request_selection, result_to_place, target_selection
+from gimp_openai.composite import composite, request_pixels, result_to_place, target_selection
 from gimp_openai.geometry import Rect, RegionPlan, plan_region
 from gimp_openai.imaging import resize
 
@@ -65,11 +65,9 @@ def test_result_of_wrong_size_is_scaled_to_target_first():
     assert out.shape == (32, 32, 4) and (out == 200).all()
 
 
-def test_selection_helpers_align_with_request():
+def test_target_selection_aligns_with_request_pixels():
     plan = RegionPlan(Rect(5, 0, 20, 16), Rect(3, -4, 24, 24), (48, 48))
     sel = np.full((16, 20), 255, np.uint8)
-    rs = request_selection(sel, plan)
-    assert rs.shape == (24, 24) and rs[4:20, 2:22].all() and not rs[:4].any() and not rs[:, :2].any()
     ts = target_selection(sel, plan)
     inner = plan.place_in_target
     assert ts.shape == (48, 48) and ts[inner.y : inner.bottom, inner.x : inner.right].all()

@@ -141,8 +141,6 @@ def test_variation_keeps_a_live_saved_dall_e_2_and_its_endpoint():
                            S.Settings(), TODAY)
     assert D.choose_default_model(models, "dall-e-2", "variation") == "dall-e-2"
     assert D.choose_default_model(models, None, "variation") == "gpt-image-2"
-    assert D.variation_path("dall-e-2") == "variation-endpoint"
-    assert D.variation_path("gpt-image-2") == "variation-edit"
     assert D.choose_default_model(models, "dall-e-2", "edit") == "dall-e-2"
 
 

@@ -9,7 +9,6 @@ from gimp_openai.errors import InvalidInputError
 from gimp_openai.geometry import (
     Rect,
     RegionPlan,
-    aspect_error_px,
     choose_standard_size,
     context_rect,
     extent,
@@ -29,7 +28,7 @@ def assert_invariants(plan: RegionPlan, layer: Rect, selection: Rect | None, fam
     assert plan.request.intersect(area) == plan.place, "every pixel the edit may change must be exported"
     selected = layer if selection is None else selection
     assert plan.place.contains(selected), "a selection reaching past the layer is planned whole"
-    assert family.check_size(plan.target_size) is None, plan.target_size
+    assert family.check_size(size_text(plan)) is None, size_text(plan)
     assert aspect_error_px(plan.request.size, plan.target) <= 0.5
     if family.square_input:
         assert plan.request.width == plan.request.height
@@ -44,20 +43,19 @@ def assert_invariants(plan: RegionPlan, layer: Rect, selection: Rect | None, fam
 
 
 @pytest.mark.parametrize(
-    "a, b, inter, union",
+    "a, b, inter",
     [
-        (Rect(0, 0, 10, 10), Rect(5, 5, 10, 10), Rect(5, 5, 5, 5), Rect(0, 0, 15, 15)),
-        (Rect(-5, -5, 10, 10), Rect(0, 0, 3, 3), Rect(0, 0, 3, 3), Rect(-5, -5, 10, 10)),
-        (Rect(0, 0, 10, 10), Rect(20, 20, 5, 5), Rect(20, 20, 0, 0), Rect(0, 0, 25, 25)),
-        (Rect(0, 0, 10, 10), Rect(10, 0, 5, 5), Rect(10, 0, 0, 5), Rect(0, 0, 15, 10)),  # touching edges
-        (Rect(0, 0, 0, 0), Rect(3, 3, 2, 2), Rect(3, 3, 0, 0), Rect(3, 3, 2, 2)),
+        (Rect(0, 0, 10, 10), Rect(5, 5, 10, 10), Rect(5, 5, 5, 5)),
+        (Rect(-5, -5, 10, 10), Rect(0, 0, 3, 3), Rect(0, 0, 3, 3)),
+        (Rect(0, 0, 10, 10), Rect(20, 20, 5, 5), Rect(20, 20, 0, 0)),
+        (Rect(0, 0, 10, 10), Rect(10, 0, 5, 5), Rect(10, 0, 0, 5)),  # touching edges
+        (Rect(0, 0, 0, 0), Rect(3, 3, 2, 2), Rect(3, 3, 0, 0)),
     ],
 )
-def test_rect_intersect_union(a, b, inter, union):
+def test_rect_intersect(a, b, inter):
     assert a.intersect(b).is_empty == inter.is_empty
     if not inter.is_empty:
         assert a.intersect(b) == inter
-    assert a.union(b) == union
 
 
 @pytest.mark.parametrize(
@@ -269,7 +267,7 @@ def test_plan_invariants_sweep(family, layer, fallback):
         plan = plan_region(layer, selection, family, fallback_standard_size=fallback)
         assert_invariants(plan, layer, selection, family)
         if fallback:
-            assert plan.target_size in family.sizes
+            assert size_text(plan) in family.sizes
 
 
 @pytest.mark.parametrize("padding", [0.0, 0.1, 0.5, 2.0])
@@ -306,7 +304,7 @@ def test_selection_outside_message_is_clear():
 def test_unknown_model_uses_free_sizes():
     family = family_for("some-compatible-model")
     plan = plan_region(Rect(0, 0, 4000, 4000), Rect(0, 0, 1000, 1000), family)
-    assert family.check_size(plan.target_size) is None
+    assert family.check_size(size_text(plan)) is None
 
 
 def test_fallback_keeps_explicit_standard_size():
@@ -341,6 +339,18 @@ def test_plan_from_dict_rejects(data):
 )
 def test_place_in_target(plan, expected):
     assert plan.place_in_target == expected
+
+
+def aspect_error_px(request: tuple[int, int], target: tuple[int, int]) -> float:
+    """How many request pixels the request's height is off from the target's exact aspect."""
+    rw, rh = request
+    tw, th = target
+    return abs(rw * th / tw - rh)
+
+
+def size_text(plan: RegionPlan) -> str:
+    """The plan's target as the API's ``size`` field wants it: "WxH"."""
+    return f"{plan.target[0]}x{plan.target[1]}"
 
 
 # --- generating for a canvas ---------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def test_edit_outside_selection_is_bit_identical_and_inside_is_the_result(engine
     for out, colour in zip(outcome.outputs, [(0, 0, 255, 255), (255, 255, 0, 255)], strict=True):
         assert (out.x, out.y) == (outcome.plan.place.x, outcome.plan.place.y)
         assert out.pixels.shape[:2] == out.mask.shape == (outcome.plan.place.height, outcome.plan.place.width)
-        full = operations.full_composite(pixels, out)
+        full = full_composite(pixels, out)
         assert np.array_equal(full[sel == 0], pixels[sel == 0])
         # deep inside the selection the fake model's colour is there
         assert tuple(full[120, 180]) == colour
@@ -206,7 +206,7 @@ def test_free_size_refused_is_retried_once_at_a_standard_size_and_remembered(eng
     assert sizes[0] not in ("1024x1024", "1536x1024", "1024x1536") and sizes[1] in ("1536x1024", "1024x1024")
     out = outcome.outputs[0]
     assert any("retried once" in n for n in out.notes)
-    full = operations.full_composite(pixels, out)
+    full = full_composite(pixels, out)
     sel = rect_selection(900, 700, 300, 200, 300, 200)
     assert np.array_equal(full[sel == 0], pixels[sel == 0])
     # the next plan for this model uses standard sizes at once
@@ -370,6 +370,15 @@ def test_extra_images_the_server_sent_unasked_are_said_as_a_warning(tmp_path):
     (warning,) = outcome.warnings
     assert warning.code == operations.ANSWER_ADJUSTED
     assert warning.message == "The server sent 3 images for the 1 requested; the 2 extra were dropped unread."
+
+
+def full_composite(original: np.ndarray, output: operations.Output) -> np.ndarray:
+    """The whole picture with ``output`` pasted in as the CLI writes it (cli.result_patch)."""
+    from gimp_openai.cli import result_patch
+
+    full = original.copy()
+    full[output.y : output.y + output.height, output.x : output.x + output.width] = result_patch(original, output)
+    return full
 
 
 def test_generate_for_a_canvas_asks_its_aspect_and_covers_it(engine):

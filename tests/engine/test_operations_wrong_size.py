@@ -53,7 +53,7 @@ def test_same_aspect_is_scaled_back_with_a_note_and_composites_cleanly(start_loc
     assert any(note in n for n in out.notes), out.notes
     (saved,) = history_pngs(tmp_path)
     assert saved == out.history_png and Image.open(saved).size == (tw // 2, th // 2)  # the raw answer, kept
-    full = operations.full_composite(pixels, out)
+    full = full_composite(pixels, out)
     np.testing.assert_array_equal(full[sel == 0], pixels[sel == 0])
     assert server.stats()["endpoints"].get("edits") == 1
 
@@ -82,3 +82,11 @@ def test_aspect_tolerance_is_one_percent(tmp_path):
     same = np.zeros((200, 400, 4), np.uint8)
     assert operations._fit_returned(same, (400, 200), saved[0], saved, None) == (same, [])
 
+
+def full_composite(original: np.ndarray, output: operations.Output) -> np.ndarray:
+    """The whole picture with ``output`` pasted in as the CLI writes it (cli.result_patch)."""
+    from gimp_openai.cli import result_patch
+
+    full = original.copy()
+    full[output.y : output.y + output.height, output.x : output.x + output.width] = result_patch(original, output)
+    return full

@@ -8,7 +8,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from gimp_openai.ora import clean_name, write_ora
+from gimp_openai.atomic import pending_file
+from gimp_openai.ora import Layer, clean_name, write_archive
 from PIL import Image
 
 from tests.conftest import FAKE_KEY
@@ -18,6 +19,14 @@ def _rgba(h, w, colour):
     a = np.zeros((h, w, 4), np.uint8)
     a[...] = colour
     return a
+
+
+def write_ora(path, width, height, layers):
+    """The archive as the CLI writes it (cli.write_layers): streamed into a pending file, then published;
+    ``layers`` as (name, pixels, x, y, visible), bottom first."""
+    with pending_file(path.parent, path.name) as pending:
+        write_archive(pending.file, width, height, [Layer(*layer) for layer in layers])
+        pending.publish(path)
 
 
 def _png(archive, name):
@@ -57,13 +66,6 @@ def test_structure_and_pixels(tmp_path, layers):
         assert merged[10, 10].tolist() == [200, 0, 0, 255]
         assert merged[38, 2].tolist() == [10, 20, 30, 255]  # hidden layer not merged
         assert max(_png(archive, "Thumbnails/thumbnail.png").shape[:2]) <= 256
-
-
-def test_dict_layers_and_size_tuple(tmp_path):
-    path = tmp_path / "d.ora"
-    write_ora(path, (8, 8), [{"name": "a", "pixels": _rgba(8, 8, (1, 2, 3, 255)), "x": 0, "y": 0}])
-    with zipfile.ZipFile(path) as archive:
-        assert ET.fromstring(archive.read("stack.xml")).find("stack/layer").get("name") == "a"
 
 
 def test_names_are_clean(tmp_path):

@@ -154,6 +154,6 @@ def test_bench_plan_request_encode(layer_side, family):
     crop_png = len(encode_png(place))
     print(
         f"\n{family} layer {layer_side}^2 (made in {make:.2f}s): place {plan.place.width}x{plan.place.height} "
-        f"target {plan.target_size}; plan {t_plan * 1e3:.2f} ms, request_pixels {t_req * 1e3:.0f} ms, "
+        f"target {plan.target[0]}x{plan.target[1]}; plan {t_plan * 1e3:.2f} ms, request_pixels {t_req * 1e3:.0f} ms, "
         f"encode {t_enc * 1e3:.0f} ms, upload {len(data) / 1e6:.2f} MB (crop PNG {crop_png / 1e6:.2f} MB)"
     )

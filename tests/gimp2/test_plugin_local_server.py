@@ -87,7 +87,7 @@ def test_generate_against_the_local_server(g2, engine, local_server, monkeypatch
     assert new is not image and new.layers[0].name == "OpenAI: a lighthouse (1/1)"
 
 
-# Issue 9 part 3: a model that is gone. The server runs "today's line-up" (gpt-image-1 shut down 2026-10-23).
+# A model that is gone. The server runs "today's line-up" (gpt-image-1 shut down 2026-10-23).
 TODAYS_LINEUP = ("--today", "2026-11-25", "--shutdown", "gpt-image-1=2026-10-23",
                  "--shutdown", "gpt-image-1-mini=2026-12-01", "--shutdown", "gpt-image-1.5=2026-12-01",
                  "--shutdown", "chatgpt-image-latest=2026-12-01")

@@ -1,4 +1,4 @@
-"""Issue 10 end to end through the GIMP 2.10 host: the local server re-renders like a GPT model
+"""Alignment and tone match end to end through the GIMP 2.10 host: the local server re-renders like a GPT model
 (``--render gpt-like``: shift 5.8,-3.9 px, scale 1.012, rotation, tone change), the engine aligns and
 tone-matches, and the host inserts a layer that sits in place; the report reaches the artist."""
 

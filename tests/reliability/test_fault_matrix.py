@@ -1,4 +1,4 @@
-"""Fault matrix (issue 7): every fault mode of the local server, through the engine's job protocol AND the
+"""Fault matrix: every fault mode of the local server, through the engine's job protocol AND the
 GIMP 2.10 host, with the reaction asserted and "data lost = 0" checked after each. Run with ``-s`` to see the
 table (``python -m tests.reliability.faults`` prints it too)."""
 

@@ -1,4 +1,4 @@
-"""Hypothesis fuzzing (issue 7): mutated job files through the job protocol, and random or mutated server
+"""Hypothesis fuzzing: mutated job files through the job protocol, and random or mutated server
 answers (JSON bodies, headers, base64, status codes) through the real client over a loopback socket.
 Never an unhandled exception: a clean result line, or an ``errors.GimpOpenAIError`` with a message."""
 

@@ -1,4 +1,4 @@
-"""Security end to end (issue 7): the key never in argv of the engine subprocess (sampled from /proc DURING a
+"""Security end to end: the key never in argv of the engine subprocess (sampled from /proc DURING a
 run), never in any output, file, layer name or parasite; config 0600; TLS verification cannot be switched off
 by any option or variable; returned URLs fetched only over https or loopback and size-limited; history and
 output paths cannot escape their folders. Client-level TLS/url tests live in tests/engine/test_client_*.py;

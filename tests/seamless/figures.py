@@ -1,4 +1,4 @@
-"""The issue-10 figures, computed over random cases; shared by the asserting tests and the benchmark."""
+"""The seamless figures (alignment residual, tone ΔE) over random cases; shared by the tests and the benchmark."""
 
 from __future__ import annotations
 

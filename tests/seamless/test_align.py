@@ -6,7 +6,6 @@ import pytest
 from gimp_openai.seamless.align import (
     context_mask,
     describe,
-    displacement,
     estimate_alignment,
     to_similarity,
     valid_area,
@@ -113,7 +112,6 @@ def test_helpers():
     dx, dy, s, a = describe(m, 100, 100)
     assert (dx, dy) == pytest.approx((2.0, -1.0)) and s == pytest.approx(1.01) and a == pytest.approx(0.5)
     assert np.allclose(to_similarity(m), m)
-    assert displacement(np.array([[1.0, 0, 3], [0, 1, 4]]), np.zeros((1, 2)))[0] == pytest.approx(5.0)
     img = np.zeros((50, 60, 4), np.uint8)
     img[..., 0] = np.arange(60, dtype=np.uint8)[None]
     shift = np.array([[1.0, 0, 10], [0, 1, 0]])

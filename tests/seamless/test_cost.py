@@ -1,4 +1,4 @@
-"""Issue 10's cost figure: alignment + tone match + blend <= 15 % of the engine's own time for a 2048x2048 crop.
+"""The seamless cost figure: alignment + tone match + blend <= 15 % of the engine's own time for a 2048x2048 crop.
 
 The benchmark prints, for a 2048² crop, `make_seamless` (feather and Poisson; aligned or shifted/scaled; with
 and without a tone shift) beside the engine's own time for the same crop: the real `gimp-openai job`

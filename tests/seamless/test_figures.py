@@ -1,4 +1,4 @@
-"""Issue 10's figures over 100 random cases each (asserted); the benchmark prints them with the baseline."""
+"""The seamless figures over 100 random cases each (asserted); the benchmark prints them with the baseline."""
 
 import io
 import time

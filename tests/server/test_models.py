@@ -1,4 +1,4 @@
-"""GET /models and /models/{id}, and what a shut-down model answers (issue 9 part 6)."""
+"""GET /models and /models/{id}, and what a shut-down model answers."""
 
 from __future__ import annotations
 

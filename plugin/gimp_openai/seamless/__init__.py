@@ -1,4 +1,4 @@
-"""Make a model result sit seamlessly in the original: alignment, tone match, gradient-domain blend (issue 10).
+"""Make a model result sit seamlessly in the original: alignment, tone match, gradient-domain blend.
 
 `make_seamless` is the one entry point (operations.py calls it for every returned image, after scaling it
 back to the crop and before compositing through the layer mask). It never modifies its inputs; when nothing
@@ -21,13 +21,9 @@ from .tone import (
     Window,
     apply_lab_transform,
     bounding_box,
-    fit_lab_transform,
     fit_tone,
-    lab_ready,
     prepare_tone,
-    rgb_to_lab,
     ring_window,
-    warm_up_lab,
 )
 
 __all__ = ["BLEND_MODES", "Prepared", "SeamlessResult", "make_seamless", "prepare_seamless"]
@@ -94,38 +90,14 @@ def prepare_seamless(original: np.ndarray, selection: np.ndarray, *, align: bool
                      tone_match: bool = True) -> Prepared:
     """The result-independent part of make_seamless: the sharp window, the alignment's work level and context
     of the original, the tone ring and the original's Lab over it; OpenCV's Lab tables are set up on the way
-    (its one-time ~90 ms). Returns with no thread left running."""
+    (its one-time ~90 ms)."""
     if original.dtype != np.uint8 or original.ndim != 3 or original.shape[2] != 4:
         raise ValueError(f"original must be RGBA uint8 (H, W, 4), got {original.dtype} {original.shape}")
     if selection.dtype != np.uint8 or selection.shape != original.shape[:2]:
         raise ValueError(f"selection must be uint8 {original.shape[:2]}, got {selection.dtype} {selection.shape}")
-    with_context = not selection.all()
-    if tone_match and with_context:
-        warm_up_lab()  # on its own thread while the alignment's share is computed here
-    try:
-        align_ctx = prepare_alignment(original, selection) if align else None
-        tone_ctx = prepare_tone(original, selection) if tone_match and with_context and selection.any() else None
-    finally:
-        lab_ready()
-    _warm_up(align_ctx is not None, tone_ctx is not None)
+    align_ctx = prepare_alignment(original, selection) if align else None
+    tone_ctx = prepare_tone(original, selection) if tone_match and not selection.all() and selection.any() else None
     return Prepared(original, selection, *corrected_windows(selection), align_ctx, tone_ctx)
-
-
-def _warm_up(warp: bool, tone_map: bool) -> None:
-    """Pay the first-call costs of what runs after the result arrives, on a few pixels, now: numpy's lazily
-    imported median helpers (~20-50 ms on the first np.median of a process: the tone fit's first call),
-    OpenCV's bicubic tables and the band threads. Measured in a fresh engine process: the tone fit took 54-69 ms
-    on its first call and 20-25 ms after."""
-    if not (warp or tone_map):
-        return
-    tiny = np.zeros((8, 8, 4), np.uint8)
-    tiny[..., 1] = np.arange(64, dtype=np.uint8).reshape(8, 8)
-    lab = None
-    if tone_map:
-        samples = rgb_to_lab(tiny.reshape(-1, 4))
-        lab = fit_lab_transform(samples, samples + 1.0)
-    matrix = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]]) if warp else None
-    apply_corrections(tiny, matrix, lab, (2, 6, 2, 6), sharp=(3, 5, 3, 5))
 
 
 def make_seamless(original: np.ndarray, result: np.ndarray, selection: np.ndarray, *, align: bool = True,
@@ -139,12 +111,7 @@ def make_seamless(original: np.ndarray, result: np.ndarray, selection: np.ndarra
     _check(original, result, selection, blend)
     if prepared is not None and not prepared.fits(original, selection):
         prepared = None
-    if tone_match and not selection.all() and (prepared is None or prepared.tone is None):
-        warm_up_lab()   # OpenCV's Lab tables, set up on another core while the alignment runs
-    try:
-        return _corrected(original, result, selection, align, tone_match, blend, prepared)
-    finally:
-        lab_ready()  # never leave the warm-up running: an engine exiting under it aborts (see lab_ready)
+    return _corrected(original, result, selection, align, tone_match, blend, prepared)
 
 
 def _fit_beside_warp(original: np.ndarray, result: np.ndarray, selection: np.ndarray, matrix: np.ndarray | None,

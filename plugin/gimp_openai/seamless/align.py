@@ -112,12 +112,6 @@ def describe(m: np.ndarray, width: int, height: int) -> tuple[float, float, floa
     return float(dx), float(dy), scale, angle
 
 
-def displacement(m: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """|m @ p - p| for points (N, 2): how far the map moves each point."""
-    moved = points @ m[:, :2].T + m[:, 2]
-    return np.linalg.norm(moved - points, axis=1)
-
-
 def context_mask(selection: np.ndarray, margin: int) -> np.ndarray:
     """uint8 255 where the pixel is context: not selected, and more than `margin` px from the selection."""
     selected = (selection > 0).astype(np.uint8)

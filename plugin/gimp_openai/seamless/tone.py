@@ -43,38 +43,27 @@ def _rows(arr: np.ndarray) -> np.ndarray:
     return arr.reshape(1, -1, arr.shape[-1])
 
 
-_warm_lock = threading.Lock()
-_warm_thread: threading.Thread | None = None
+_lab_lock = threading.Lock()
+_lab_tables: list[bool] = []
 
 
-def _init_lab_tables() -> None:
-    cv2.cvtColor(np.zeros((1, 1, 3), np.float32), cv2.COLOR_RGB2Lab)
-
-
-def warm_up_lab() -> None:
-    """Start OpenCV's one-time CIELAB table set-up (~90 ms on the first Lab conversion of a process, float or
-    8-bit alike) on a background thread, so it overlaps the alignment estimate instead of adding to it. Every
-    engine job is a fresh process: without this, each one pays it in full. Idempotent."""
-    global _warm_thread
-    with _warm_lock:
-        if _warm_thread is None:
-            _warm_thread = threading.Thread(target=_init_lab_tables, name="seamless-lab-init", daemon=True)
-            _warm_thread.start()
-
-
-def lab_ready() -> None:
-    """Wait for the warm-up (if one was started): OpenCV's table set-up is not safe to race, and a process must
-    not exit while it runs (the C++ runtime aborts with "terminate called without an active exception")."""
-    thread = _warm_thread
-    if thread is not None and thread.is_alive():
-        thread.join()
+def _lab_tables_ready() -> None:
+    """Set up OpenCV's CIELAB tables once per process (~90 ms on the first Lab conversion, float or 8-bit alike),
+    under a lock: their set-up is not safe to race (a batch's items and the Lab map's band threads convert
+    concurrently)."""
+    if _lab_tables:
+        return
+    with _lab_lock:
+        if not _lab_tables:
+            cv2.cvtColor(np.zeros((1, 1, 3), np.float32), cv2.COLOR_RGB2Lab)
+            _lab_tables.append(True)
 
 
 def rgb_to_lab(rgb: np.ndarray, *, out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
     """uint8 RGB(A) (..., 3|4) -> float32 CIELAB (D65, sRGB gamma), L 0..100. ``out`` (float32 (..., 3)) and
     ``scratch`` (float32, the shape of ``rgb``): buffers to reuse instead of allocating (see LabBands). An
     (H, W, C) ``rgb`` may be a strided view (a window of a bigger image): it is read in place, not copied."""
-    lab_ready()
+    _lab_tables_ready()
     # one pass to float32 in [0, 1], reading strided views as they are; OpenCV's float conversion reads 3 or 4
     # channels (alpha ignored)
     src = rgb if rgb.ndim == 3 else _rows(rgb)
@@ -86,7 +75,7 @@ def rgb_to_lab(rgb: np.ndarray, *, out: np.ndarray | None = None, scratch: np.nd
 def lab_to_rgb(lab: np.ndarray, *, out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
     """float32 CIELAB (..., 3) -> uint8 RGB, clipped to the gamut, rounded. ``out`` (uint8 (..., 3)) and
     ``scratch`` (float32 (..., 3)): buffers to reuse instead of allocating."""
-    lab_ready()
+    _lab_tables_ready()
     rgb = cv2.cvtColor(_rows(lab.astype(np.float32, copy=False)), cv2.COLOR_Lab2RGB, dst=scratch)
     # scale, round and saturate to uint8 in one OpenCV pass (numpy takes four, each a full-size temporary)
     out = cv2.multiply(rgb, (255.0, 255.0, 255.0, 0.0), dst=out, dtype=cv2.CV_8U)
@@ -353,13 +342,6 @@ class ToneFit:
         }
 
 
-@dataclass
-class ToneMatch(ToneFit):
-    """`match_tone`'s answer: the fit and `image`, the result with it applied (the result itself when not)."""
-
-    image: np.ndarray | None = None
-
-
 def _result_samples(result: np.ndarray, idx: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
     """The result's RGBA at the original's flat pixel indices `idx`: where the forward map `matrix` (original ->
     result) puts them, sampled bicubic as the selection's box of the aligned image is (OpenCV warps and remaps with
@@ -416,15 +398,3 @@ def fit_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray, ma
     if before - after < MIN_GAIN or after > before * (1 - MIN_RATIO):
         return ToneFit(False, before, after, m, int(sample.size), note="a colour fit would not help enough")
     return ToneFit(True, before, after, m, int(sample.size))
-
-
-def match_tone(original: np.ndarray, result: np.ndarray, selection: np.ndarray,
-               window: Window | None = None, prepared: ToneContext | None = None) -> ToneMatch:
-    """`fit_tone` on an aligned (or unwarped) result, applied when it visibly helps: in `window` = (y0, y1, x0, x1)
-    only (None: the whole crop). `image` is the result itself (same object, untouched) when nothing is applied.
-    make_seamless fits with `fit_tone` and applies the fit in the same pass as the alignment's warp instead."""
-    fit = fit_tone(original, result, selection, None, prepared)
-    image = result
-    if fit.applied and fit.m is not None:
-        image = apply_lab_transform(result, fit.m, window=window)
-    return ToneMatch(fit.applied, fit.delta_e_before, fit.delta_e_after, fit.m, fit.samples, fit.note, image)

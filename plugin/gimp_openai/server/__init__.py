@@ -1,4 +1,4 @@
-"""The local OpenAI-compatible images server (issue 4): offline engine, strict validation, faults, models.
+"""The local OpenAI-compatible images server: offline engine, strict validation, faults, models.
 
 ``gimp-openai serve`` and ``python -m gimp_openai.server`` call :func:`main`. Modules: ``app`` (options,
 startup), ``handler`` (HTTP), ``multipart`` (form parser), ``rules`` (the validation table), ``models``

@@ -151,7 +151,7 @@ def model_does_not_exist(model: str) -> ApiError:
 
 
 def model_shut_down(model: str) -> ApiError:
-    """Issue 9: what OpenAI answers for a model past its shutdown date."""
+    """What OpenAI answers for a model past its shutdown date, so the engine's handling of it is tested offline."""
     return ApiError(
         404,
         f"The model `{model}` has been deprecated, learn more here: https://platform.openai.com/docs/deprecations",

@@ -23,7 +23,6 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 #: All images and the mask of one request together: one image and its mask at the largest size.
 MAX_REQUEST_PIXELS = 2 * MAX_IMAGE_PIXELS
 FORMATS = ("PNG", "JPEG", "WEBP")
-FORMAT_MIMETYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
 class UndecodableImage(ValueError):

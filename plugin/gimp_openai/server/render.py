@@ -1,4 +1,4 @@
-"""GPT-like re-rendering (issue 10 part 5): the edit result is the WHOLE input re-drawn with a small shift,
+"""GPT-like re-rendering: the edit result is the WHOLE input re-drawn with a small shift,
 scale and rotation and a tone change, plus a visible edit inside the mask, as GPT image models return it.
 This lets alignment and tone matching be tested end to end offline.
 
