@@ -563,7 +563,8 @@ def _run_expand(engine: operations.Engine, job: Job, item: Item,
                 progress: Callable[[Progress], None]) -> dict[str, Any]:
     """Expand Canvas: the old canvas grown by the margins and the new area filled (:mod:`expand`), answered like
     an edit's item plus where the canvas goes: ``canvas`` (the new size) and ``old`` (where the old canvas sits
-    in it). The output's ``x``, ``y`` are in the new canvas; its mask is 255 on the new area only."""
+    in it). The output's ``x``, ``y`` are in the new canvas; its mask is 255 on what was painted (the new area
+    and the old canvas's fully transparent pixels), 0 on every pixel that showed something."""
     from dataclasses import replace
     from types import SimpleNamespace
 

@@ -155,6 +155,19 @@ def test_expand_canvas_in_gimp2(g2, engine, sides, amount, canvas, moved):
     assert json.loads(top.parasite_find("gimp-openai").data)["model"] == "gpt-image-2"
 
 
+@pytest.mark.slow
+def test_expand_canvas_fills_the_transparent_canvas_around_a_small_layer(g2, engine):
+    """A layer smaller than the canvas: the transparent canvas around it is unknown and painted too, and the
+    layer's own pixels still show unchanged."""
+    image, layer = make_image(g2, 160, 120, layer_box=(20, 0, 140, 120))
+    before = layer.pixels.copy()
+    g2.pdb.python_fu_openai_expand_canvas(image, layer, *_expand_args("right", 32))
+    assert (image.width, image.height) == (192, 120) and layer.offsets == (20, 0)
+    shown = image.composite()
+    assert (shown[..., 3] == 255).all(), "no transparent ring is left inside the old canvas"
+    assert np.array_equal(shown[:, 20:160, :3], before)
+
+
 def _spy_job(monkeypatch, g2):
     """The job the workflow sends, with the reference PNGs read before the job folder goes."""
     host = sys.modules["gimp_openai_host"]
