@@ -9,8 +9,14 @@ tile already filled as its context, repaints ``band`` px of them along its hole,
 that width, so neighbouring tiles agree at their seams. Downscaling a 4000 px strip into one 1536 px request
 would blur it; tiles keep the model's native scale.
 
-The result is one layer over the new area (plus the band, hidden by its mask) whose mask is 255 on the new
-area and 0 over the old canvas: no pixel of the old canvas changes unless the artist paints the mask.
+Fully transparent pixels of the old canvas (a layer smaller than the canvas, holes in the picture) show the
+artist nothing, so they are unknown like the new area: the model never sees them as context, they are filled
+with it, and the band runs along them over the known pixels only. An artist who grows the canvas expects the
+whole visible canvas painted, not a transparent ring left around the old layer.
+
+The result is one layer over what was filled (plus the band, hidden by its mask) whose mask is 255 on the new
+area and on the old canvas's transparent pixels, 0 on every pixel that showed something: no visible pixel of
+the old canvas changes unless the artist paints the mask.
 """
 
 from __future__ import annotations
@@ -221,6 +227,25 @@ def layer_rect(canvas: Rect, old: Rect, band: int) -> Rect:
     return box.union(inner).intersect(canvas)
 
 
+def hole_tiles(canvas: Rect, unknown: np.ndarray, limit: int, *, overlap: int = 32) -> list[Tile]:
+    """Tiles for the unknown pixels the strips left (``unknown``: canvas-sized bool; the old canvas's
+    transparent pixels beyond every strip's reach): their bounding box in pieces of at most ``limit`` px with
+    :data:`MIN_CONTEXT` px of context around each, only pieces with something to fill."""
+    ys, xs = np.nonzero(unknown)
+    if len(xs) == 0:
+        return []
+    area = Rect.from_edges(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    inner = max(1, limit - 2 * MIN_CONTEXT)
+    tiles = []
+    for y0, y1 in _pieces(area.height, inner, overlap):
+        for x0, x1 in _pieces(area.width, inner, overlap):
+            fill = Rect.from_edges(area.x + x0, area.y + y0, area.x + x1, area.y + y1)
+            if unknown[fill.y : fill.bottom, fill.x : fill.right].any():
+                request = fill.grow(MIN_CONTEXT, MIN_CONTEXT, MIN_CONTEXT, MIN_CONTEXT).intersect(canvas)
+                tiles.append(Tile(request, fill, "inside"))
+    return tiles
+
+
 def _side_strip(canvas: Rect, old: Rect, side: str) -> Rect:
     if side == "left":
         return Rect.from_edges(canvas.x, canvas.y, old.x, canvas.bottom)
@@ -298,6 +323,10 @@ def expand(
                                                                              "aspect ratio the canvas does not have.")
     if not 0 <= band <= 256:
         raise InvalidInputError(f"The blend band must be 0 to 256 px; got {band}.")
+    shown = pixels[..., 3] > 0  # a fully transparent pixel shows nothing: it is filled, never kept
+    if not shown.any():
+        raise InvalidInputError("The picture is fully transparent: there is nothing to continue.",
+                                hint="Show a layer with pixels, then expand the canvas.")
     height, width = pixels.shape[:2]
     canvas, old = expanded(width, height, margins)
     model = options.model
@@ -310,13 +339,27 @@ def expand(
     work = np.zeros((canvas.height, canvas.width, 4), np.uint8)  # the context every next tile sees
     work[old.y : old.bottom, old.x : old.right] = pixels
     filled = np.zeros((canvas.height, canvas.width), bool)
-    filled[old.y : old.bottom, old.x : old.right] = True
-    is_old = filled.copy()
+    filled[old.y : old.bottom, old.x : old.right] = shown
+    is_old = filled.copy()  # the pixels that are kept: the old canvas's visible ones
     box = layer_rect(canvas, old, band)
+    holes = ~shown
+    if holes.any():  # the layer covers the transparent pixels of the old canvas too, with the band around them
+        ys, xs = np.nonzero(holes)
+        inside = Rect.from_edges(old.x + int(xs.min()), old.y + int(ys.min()), old.x + int(xs.max()) + 1,
+                                 old.y + int(ys.max()) + 1)
+        box = box.union(inside.grow(band, band, band, band).intersect(canvas))
     layer = work[box.y : box.bottom, box.x : box.right].copy()  # the result layer: band pixels replaced below
 
     outcome = ExpandOutcome(canvas=canvas, old=old, output=None, tiles=tiles, model=model)
-    for k, tile in enumerate(tiles, start=1):
+    pending, k, strips_done = list(tiles), 0, False
+    while pending or not strips_done:
+        if not pending:  # the strips are done: what is still unknown inside the old canvas gets its tiles
+            strips_done = True
+            pending = hole_tiles(canvas, ~filled, side_limit, overlap=overlap)
+            tiles.extend(pending)
+            continue
+        tile = pending.pop(0)
+        k += 1
         q = tile.request
         known = filled[q.y : q.bottom, q.x : q.right].copy()
         hole = ~known
@@ -356,9 +399,11 @@ def expand(
             target = layer[in_box.y - box.y : in_box.bottom - box.y, in_box.x - box.x : in_box.right - box.x]
             target[band_here] = tile_pixels[sub][band_here]
 
-    new_area = ~is_old[box.y : box.bottom, box.x : box.right]
+    new_area = ~is_old[box.y : box.bottom, box.x : box.right]  # the new area and the old transparent pixels
     layer[new_area] = work[box.y : box.bottom, box.x : box.right][new_area]
     mask = np.where(new_area, 255, 0).astype(np.uint8)
+    if holes.any():
+        outcome.notes.append(f"{int(holes.sum())} transparent px of the old canvas filled too")
     name = operations.layer_name(options.prompt if options.prompt != DEFAULT_PROMPT else "expanded canvas", 1, 1)
     outcome.output = operations.Output(index=1, count=1, name=name, pixels=layer, mask=mask, x=box.x, y=box.y,
                                        history_png=None, request_id=None, path="expand",

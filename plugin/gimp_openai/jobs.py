@@ -308,11 +308,19 @@ def _expand_fields(data: dict[str, Any]) -> dict[str, Any]:
     sides = _field(data, "sides", list, [])
     if any(side not in expand.SIDES for side in sides):
         raise JobError(f"'sides' must name left, top, right or bottom; got {sides!r}.")
-    if aspect:
-        if data.get("margins") is not None:
-            raise JobError("Give either 'margins' or 'aspect', not both.")
-        return {"aspect": expand.parse_aspect(aspect), "sides": list(sides), "band": band}
-    return {"margins": expand.Margins.from_dict(_field(data, "margins", dict)), "band": band}
+    try:  # the engine's own wording, as a job error: a host wrote this file
+        if aspect:
+            if data.get("margins") is not None:
+                raise JobError("Give either 'margins' or 'aspect', not both.")
+            return {"aspect": expand.parse_aspect(aspect), "sides": list(sides), "band": band}
+        margins = expand.Margins.from_dict(_field(data, "margins", dict))
+    except JobError:
+        raise
+    except InvalidInputError as exc:
+        raise JobError(exc.message) from None
+    if margins.is_empty:
+        raise JobError("Nothing to expand: every margin is 0.")
+    return {"margins": margins, "band": band}
 
 
 # --- Running ------------------------------------------------------------------------------------------------
@@ -554,7 +562,8 @@ def _run_expand(engine: operations.Engine, job: Job, item: Item,
                 progress: Callable[[Progress], None]) -> dict[str, Any]:
     """Expand Canvas: the old canvas grown by the margins and the new area filled (:mod:`expand`), answered like
     an edit's item plus where the canvas goes: ``canvas`` (the new size) and ``old`` (where the old canvas sits
-    in it). The output's ``x``, ``y`` are in the new canvas; its mask is 255 on the new area only."""
+    in it). The output's ``x``, ``y`` are in the new canvas; its mask is 255 on what was painted (the new area
+    and the old canvas's fully transparent pixels), 0 on every pixel that showed something."""
     from dataclasses import replace
     from types import SimpleNamespace
 
@@ -568,6 +577,10 @@ def _run_expand(engine: operations.Engine, job: Job, item: Item,
     height, width = pixels.shape[:2]
     fields = job.expand
     margins = fields.get("margins") or expand.margins_for_aspect(width, height, fields["aspect"], fields["sides"])
+    if margins.is_empty:  # only an aspect the picture already has grows nothing; refused before any request
+        aw, ah = fields["aspect"]
+        raise InvalidInputError(f"The picture ({width}x{height} px) is already {aw}:{ah}: nothing to expand.",
+                                hint="Choose another aspect ratio, or give pixels to add per side.")
 
     def tile_progress(event: Progress) -> None:  # tiles report as the one item the host asked for
         progress(replace(event, item=item.id))

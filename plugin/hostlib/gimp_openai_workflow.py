@@ -641,8 +641,8 @@ class Workflow(object):
 
     def run_expand(self, image, drawables):
         """Expand Canvas: the canvas grows and the model paints the new area from the picture as it shows; the
-        old layers keep their pixels and size, the new area is one layer with an editable mask (255 on the new
-        area), and the resize and that layer are ONE undo step."""
+        old layers keep their pixels and size, the new area (and canvas left transparent) is one layer with an
+        editable mask (255 on what was painted), and the resize and that layer are ONE undo step."""
         if image is None or not self.adapter.alive(image, None):
             raise Refusal(u"There is no image to expand.", u"Open an image, then run again.", "no_image")
         target = self.adapter.target(image, drawables)

@@ -3,7 +3,9 @@
 * old pixels changed: pixels of the old canvas that differ in the expanded picture (must be 0);
 * edge step: per row, the mean colour of the 4 px columns on either side of the old edge, compared in CIE
   ΔE2000, averaged over the rows (must be <= 3; the same figure between two neighbouring 4 px columns inside
-  the old picture is printed beside it as what the texture itself gives).
+  the old picture is printed beside it as what the texture itself gives);
+* a layer smaller than the canvas (64 px of transparent canvas on its left): visible old pixels changed (must
+  be 0) and transparent pixels left in the grown canvas (must be 0: the ring is painted, not kept).
 """
 
 from __future__ import annotations
@@ -52,6 +54,17 @@ def run(image: Path | None = None) -> dict:
                     "old_pixels_changed": int((full[:, :width] != photo).any(axis=2).sum()),
                     "edge_step_de2000": round(edge_step(full, width), 3),
                 }
+            ringed = photo.copy()
+            ringed[:, :64, 3] = 0
+            out = expand.expand(engine, operations.Options(model="gpt-image-2"), ringed,
+                                expand.Margins(right=margin))
+            full = out.composite(ringed)
+            shown = ringed[..., 3] > 0
+            figures["smaller layer"] = {
+                "tiles": len(out.tiles),
+                "old_pixels_changed": int((full[:, :width][shown] != ringed[shown]).any(axis=1).sum()),
+                "transparent_left": int((full[..., 3] == 0).sum()),
+            }
             figures["texture_step_inside_de2000"] = round(edge_step(photo, width - 4), 3)
     finally:
         server.stop()
@@ -66,9 +79,14 @@ def main() -> int:
         f = figures[label]
         print(f"  {label}: {f['tiles']} request(s), old pixels changed {f['old_pixels_changed']}, "
               f"edge step ΔE2000 {f['edge_step_de2000']} (limit 3)")
+    f = figures["smaller layer"]
+    print(f"  layer 64 px narrower than the canvas: {f['tiles']} request(s), visible old pixels changed "
+          f"{f['old_pixels_changed']}, transparent pixels left {f['transparent_left']}")
     print(f"  the texture's own step between neighbouring 4 px columns: ΔE2000 {figures['texture_step_inside_de2000']}")
     ok = all(figures[k]["old_pixels_changed"] == 0 and figures[k]["edge_step_de2000"] <= 3
              for k in ("one edit", "tiled (512 px tiles)"))
+    ring = figures["smaller layer"]
+    ok = ok and ring["old_pixels_changed"] == 0 and ring["transparent_left"] == 0
     return 0 if ok else 1
 
 

@@ -183,3 +183,86 @@ def test_references_are_scaled_to_the_target_and_limited_by_the_family(photo):
     assert len(sent) == 15 and "left out" in notes[1] and "16 input image(s)" in notes[1]
     sent, notes = references.fit([big], FAMILIES["dall-e-2"], (512, 512))
     assert sent == [] and "takes 1 input image(s)" in notes[0]
+
+
+# --- transparent pixels of the old canvas ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unknown, limit, count", [
+    ([], 512, 0),                                                  # nothing left: no tile
+    ([(10, 10, 20, 20)], 512, 1),                                  # one small hole: one tile around it
+    ([(0, 0, 5, 5), (900, 700, 10, 10)], 512, 2),  # far apart: of the box's 6 pieces only the 2 with holes
+    ([(0, 0, 1000, 3)], 512, 3),                                   # a thin ring side: pieces along it
+])
+def test_hole_tiles_cover_every_unknown_pixel_with_context_within_the_limit(unknown, limit, count):
+    canvas = Rect(0, 0, 1000, 800)
+    mask = np.zeros((800, 1000), bool)
+    for x, y, w, h in unknown:
+        mask[y:y + h, x:x + w] = True
+    tiles = expand.hole_tiles(canvas, mask, limit)
+    assert len(tiles) == count
+    covered = np.zeros_like(mask)
+    for tile in tiles:
+        assert max(tile.request.size) <= limit and canvas.contains(tile.request) and tile.request.contains(tile.fill)
+        covered[tile.fill.y:tile.fill.bottom, tile.fill.x:tile.fill.right] = True
+    assert covered[mask].all()
+
+
+def _transparent_left_and_top(photo):
+    out = photo.copy()
+    out[:, :96, 3] = 0  # a layer smaller than the canvas: a transparent margin on the left and the top
+    out[:48, :, 3] = 0
+    return out
+
+
+def _transparent_hole(photo):
+    out = photo.copy()
+    out[300:400, 400:560, 3] = 0  # a hole in the middle, out of a strip tile's reach
+    return out
+
+
+def _half_transparent_column(photo):
+    out = _transparent_left_and_top(photo)
+    out[48:, 96:100, 3] = 128  # a soft edge: it shows something, so it is kept as it is
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make, margins, limit", [
+    (_transparent_left_and_top, Margins(right=128), None),
+    (_transparent_left_and_top, Margins(right=128), 512),
+    (_transparent_hole, Margins(right=64), 512),
+    (_half_transparent_column, Margins(left=64, bottom=64), None),
+    (lambda photo: photo, Margins(top=64), None),
+])
+def test_expand_fills_the_old_canvas_transparent_pixels_and_keeps_every_visible_one(
+        local_server, tmp_path, photo, make, margins, limit):
+    """What an artist expects: everything transparent in the grown canvas is painted; every pixel that showed
+    something before shows exactly the same; the layer's mask is white on exactly what was painted."""
+    pixels = make(photo)
+    engine = _engine(local_server, tmp_path)
+    out = expand.expand(engine, operations.Options(model="gpt-image-2"), pixels, margins, limit=limit)
+    canvas, old = out.canvas, out.old
+    full = out.composite(pixels)
+    before = np.zeros((canvas.height, canvas.width, 4), np.uint8)
+    before[old.y:old.bottom, old.x:old.right] = pixels
+    shown = before[..., 3] > 0
+    assert np.array_equal(full[shown], before[shown]), "a visible pixel of the old canvas changed"
+    assert (full[~shown][:, 3] == 255).all(), "a transparent pixel was left unpainted"
+    o = out.output
+    mask = np.zeros(shown.shape, np.uint8)
+    mask[o.y:o.y + o.height, o.x:o.x + o.width] = o.mask
+    assert (mask[~shown] == 255).all() and (mask[shown] == 0).all()
+    assert (o.pixels[o.mask == 255][:, 3] == 255).all()
+    holes = int((pixels[..., 3] == 0).sum())
+    assert any(f"{holes} transparent px" in n for n in out.notes) == (holes > 0)
+
+
+def test_a_fully_transparent_picture_is_refused_before_any_request(local_server, tmp_path, photo):
+    empty = photo.copy()
+    empty[..., 3] = 0
+    with pytest.raises(InvalidInputError) as info:
+        expand.expand(_engine(local_server, tmp_path), operations.Options(model="gpt-image-2"), empty,
+                      Margins(right=64))
+    assert info.value.message == "The picture is fully transparent: there is nothing to continue."
+    assert not any("edits" in k for k in local_server.stats()["endpoints"])

@@ -1,7 +1,7 @@
 """Past-the-edge edits, ``ref:`` references and Expand Canvas through the GIMP 3 host inside real headless GIMP
 3.0 and 3.2, against the local server: the result layer covers a selection that runs past its layer (which
 stays as it was), references named ``ref:`` reach the engine, and Expand Canvas grows the canvas with one
-masked layer, in one undo group."""
+masked layer, in one undo group, painting the transparent canvas around a narrower layer too."""
 
 from __future__ import annotations
 
@@ -99,6 +99,20 @@ out("EXPAND", {"status": status.value_nick, "error": err, "canvas": [img3.get_wi
                "dirty": img3.is_dirty(), "undo": img3.undo_is_enabled(),
                "expands": [t for t in timings() if t["what"] == "expand"],
                "parasite": json.loads(bytes(top3.get_parasite("gimp-openai").get_data()).decode("utf-8"))})
+
+# 4. expand canvas around a layer narrower than the canvas: the transparent ring is painted too
+img4 = Gimp.Image.new(120, 90, Gimp.ImageBaseType.RGB)
+lay4 = textured(img4, "photo", 80, 90, x=20, seed=2)
+before4 = pixels(lay4, 0, 0, 80, 90)
+status, err, _ = run_proc("python-fu-openai-expand-canvas", img4, [lay4], sides="right", amount=32,
+                          model="gpt-image-2")
+vis4 = Gimp.Layer.new_from_visible(img4, img4, "vis")
+view4 = pixels(vis4, 0, 0, 152, 90)
+vis4.delete()
+old4 = b"".join(view4[(y * 152 + 20) * 4:(y * 152 + 100) * 4] for y in range(90))
+out("RING", {"status": status.value_nick, "error": err, "canvas": [img4.get_width(), img4.get_height()],
+             "photo": info(lay4), "photo_same": pixels(lay4, 0, 0, 80, 90) == before4,
+             "old_view_same": old4 == before4, "min_alpha": min(view4[3::4]), "layers": len(img4.get_layers())})
 '''
 
 
@@ -136,3 +150,9 @@ def test_past_the_edge_references_and_expand_canvas(gimp, local_server):
     assert exp["top"]["x"] == 0 and exp["top"]["x"] + exp["top"]["w"] == 184
     assert exp["dirty"] and exp["undo"] and len(exp["expands"]) == 1 and exp["expands"][0]["undo_groups"] == 1
     assert exp["parasite"]["model"] == "gpt-image-2"
+
+    ring = json.loads(run.lines_with("RING ")[0])
+    assert ring["status"] == "success" and ring["canvas"] == [152, 90], ring
+    assert ring["photo"] == {"name": "photo", "x": 20, "y": 0, "w": 80, "h": 90, "mask": False}, ring
+    assert ring["photo_same"] and ring["old_view_same"]  # the layer's pixels show unchanged
+    assert ring["min_alpha"] == 255 and ring["layers"] == 2, ring  # no transparent ring left in the canvas

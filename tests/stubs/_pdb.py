@@ -254,6 +254,132 @@ class PDB(object):
     def gimp_layer_new(self, image, width, height, type_, name, opacity, mode):
         return self._gimp.Layer(image, name, width, height, type_, opacity, mode)
 
+    def gimp_layer_new_from_visible(self, image, dest_image, name):
+        """What GIMP 2.10 makes from the projection: canvas-sized, at (0, 0), always with alpha (the
+        projection's transparency is kept), in ``dest_image``'s base type, named ``name``; not inserted."""
+        np = _np()
+        rgba = image.composite()
+        base = dest_image.base_type
+        if base == GRAY:
+            rgb = rgba[..., :3].astype(np.float64)
+            gray = np.clip(np.round(rgb[..., 0] * 0.2126 + rgb[..., 1] * 0.7152 + rgb[..., 2] * 0.0722), 0, 255)
+            pixels, type_ = np.stack([gray.astype(np.uint8), rgba[..., 3]], axis=2), GRAYA_IMAGE
+        elif base == RGB:
+            pixels, type_ = rgba, RGBA_IMAGE
+        else:
+            raise RuntimeError("gimp-layer-new-from-visible: an indexed destination is not supported here")
+        layer = self._gimp.Layer(dest_image, name, image.width, image.height, type_)
+        layer.pixels[...] = pixels
+        return layer
+
+    def gimp_layer_new_from_drawable(self, drawable, dest_image):
+        """A copy of the drawable for ``dest_image`` (not inserted), as GIMP 2.10's duplicate and convert: the
+        name gets " copy", the offsets, opacity, visibility and mask are kept, and the pixels are converted to
+        the destination's base type when it differs (alpha kept or not as it was)."""
+        np = _np()
+        if isinstance(drawable, self._gimp.GroupLayer):
+            raise RuntimeError("gimp-layer-new-from-drawable: copying a group is not supported here")
+        source_image = drawable.image
+        rgba = self._gimp._as_rgba(drawable, source_image)
+        base = dest_image.base_type
+        alpha = drawable.has_alpha
+        if base == BASE_OF[drawable.type] and not drawable.is_indexed:
+            pixels, type_ = drawable.pixels.copy(), drawable.type
+        elif base == RGB:
+            pixels = rgba if alpha else rgba[..., :3]
+            type_ = RGBA_IMAGE if alpha else RGB_IMAGE
+        elif base == GRAY:
+            rgb = rgba[..., :3]
+            gray = np.round(rgb[..., 0] * 0.2126 + rgb[..., 1] * 0.7152 + rgb[..., 2] * 0.0722)[..., None]
+            pixels = np.concatenate([gray, rgba[..., 3:]], axis=2) if alpha else gray
+            type_ = GRAYA_IMAGE if alpha else GRAY_IMAGE
+        else:
+            raise RuntimeError("gimp-layer-new-from-drawable: an indexed destination is not supported here")
+        name = drawable.name if drawable.name.endswith("copy") else drawable.name + " copy"
+        layer = self._gimp.Layer(dest_image, name, drawable.width, drawable.height, type_,
+                                 getattr(drawable, "opacity", 100.0))
+        layer.pixels[...] = np.clip(pixels, 0, 255).astype(np.uint8).reshape(layer.pixels.shape)
+        layer.offsets = tuple(drawable.offsets)
+        layer.visible = drawable.visible
+        mask = getattr(drawable, "mask", None)
+        if mask is not None:
+            copy = self._gimp.Channel(dest_image, mask.name, mask.width, mask.height)
+            copy.pixels[...] = mask.pixels
+            copy.layer, layer.mask = layer, copy
+        return layer
+
+    def gimp_layer_scale(self, layer, new_width, new_height, local_origin):
+        """Scale the layer (and its mask) to the size with the context's interpolation, GIMP 2.10's default
+        cubic, on premultiplied alpha as GEGL does (no colour bleeds in from transparent pixels). Only for a
+        layer in an image; the offsets scale about the image origin, or about the layer's centre with
+        ``local_origin``."""
+        np = _np()
+        from PIL import Image as PILImage
+        if not layer._attached():
+            raise RuntimeError("Item '%s' (%d) cannot be used because it has not been added to an image"
+                               % (layer.name, layer.ID))
+        if layer.is_group:
+            raise RuntimeError("gimp-layer-scale: scaling a group is not supported here")
+        new_width, new_height = int(new_width), int(new_height)
+        if new_width <= 0 or new_height <= 0:
+            raise RuntimeError("Procedure 'gimp-layer-scale' has been called with value '%d' for argument "
+                               "'new-width' (#2), which is out of range." % min(new_width, new_height))
+        ox, oy = layer.offsets
+        if local_origin:
+            nx = ox + (layer.width - new_width) // 2
+            ny = oy + (layer.height - new_height) // 2
+        else:
+            nx = int(float(ox) * new_width / layer.width)
+            ny = int(float(oy) * new_height / layer.height)
+
+        def scaled(pixels, has_alpha):
+            data = pixels.astype(np.float32)
+            channels = data.shape[2]
+            if has_alpha:
+                data[..., :-1] *= data[..., -1:] / 255.0
+            planes = [np.asarray(PILImage.fromarray(np.ascontiguousarray(data[..., c]), "F")
+                                 .resize((new_width, new_height), PILImage.BICUBIC))
+                      for c in range(channels)]
+            out = np.stack(planes, axis=2)
+            if has_alpha:
+                alpha = np.clip(out[..., -1:], 0, 255)
+                safe = np.where(alpha > 0, alpha, 1.0)
+                out[..., :-1] = np.where(alpha > 0, out[..., :-1] * 255.0 / safe, 0)
+                out[..., -1:] = alpha
+            return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+        if layer.is_indexed:
+            raise RuntimeError("gimp-layer-scale: indexed layers are not supported here")
+        layer.pixels = scaled(layer.pixels, layer.has_alpha)
+        layer.width, layer.height = new_width, new_height
+        if layer.mask is not None:
+            layer.mask.pixels = scaled(layer.mask.pixels, False)
+            layer.mask.width, layer.mask.height = new_width, new_height
+        layer.offsets = (nx, ny)
+        layer.image._record("scale %s" % layer.name)
+
+    def gimp_image_resize(self, image, new_width, new_height, offx, offy):
+        """Resize the canvas as GIMP 2.10 does: every layer keeps its size and pixels and moves by (offx, offy)
+        (new - old); the selection (a channel) is resized with the offsets, unselected in the new area; ONE
+        undo step."""
+        np = _np()
+        new_width, new_height, offx, offy = int(new_width), int(new_height), int(offx), int(offy)
+        if not (0 < new_width <= 524288 and 0 < new_height <= 524288):
+            raise RuntimeError("Procedure 'gimp-image-resize' has been called with an image size %dx%d out of "
+                               "range." % (new_width, new_height))
+        for layer in image.layers:  # top-level items move; a group's children move with it
+            _translate_tree(layer, offx, offy)
+        old = image.selection.pixels
+        sel = np.zeros((new_height, new_width, 1), np.uint8)
+        x1, y1 = max(0, offx), max(0, offy)
+        x2, y2 = min(new_width, offx + image.width), min(new_height, offy + image.height)
+        if x2 > x1 and y2 > y1:
+            sel[y1:y2, x1:x2] = old[y1 - offy:y2 - offy, x1 - offx:x2 - offx]
+        image.selection.pixels = sel
+        image.selection.width, image.selection.height = new_width, new_height
+        image.width, image.height = new_width, new_height
+        image._record("resize image")
+
     def gimp_layer_group_new(self, image):
         return self._gimp.GroupLayer(image)
 
@@ -386,6 +512,12 @@ def _combine(image, shape, operation):
 
 
 _unused = (BASE_OF, INDEXED, INDEXED_IMAGE, INDEXEDA_IMAGE)
+
+
+def _translate_tree(item, dx, dy):
+    item.offsets = (item.offsets[0] + dx, item.offsets[1] + dy)
+    for child in getattr(item, "layers", []):
+        _translate_tree(child, dx, dy)
 
 
 def _descendants(group):
