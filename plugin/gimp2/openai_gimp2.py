@@ -141,8 +141,11 @@ def _before_dialog(proc, image, drawable):
     """{name: value} to show in the dialog, or None when the run cannot happen (the workflow says why)."""
     if proc["operation"] == "settings":
         saved = host.saved_settings(python=host.find_engine_python(SUPPORT_DIRS)) or {}
-        return {"base_url": saved.get("base_url") or u"", "default_model": saved.get("default_model") or u"",
-                "history_folder": saved.get("history_dir") or u"", "change_key": False}
+        values = {"base_url": saved.get("base_url") or u"", "default_model": saved.get("default_model") or u"",
+                  "history_folder": saved.get("history_dir") or u"", "change_key": False}
+        if isinstance(saved.get("max_cost"), (int, float)):
+            values["max_cost"] = min(1000.0, max(0.0, float(saved["max_cost"])))
+        return values
     return flow.before_dialog(Gimp2(), proc, image, drawable, _remembered(proc))
 
 

@@ -34,7 +34,7 @@ import gimp_openai_host as hl
 
 #: Host-only values of the manifest: they steer the workflow, the engine never needs them.
 HOST_ONLY = ("whole_layer", "no_selection", "batch_operation", "target", "base_url", "default_model",
-             "history_folder", "change_key", "test_connection")
+             "history_folder", "change_key", "test_connection", "max_cost")
 
 
 class Refusal(hl.HostError):
@@ -168,6 +168,59 @@ def before_dialog(adapter, proc, image, drawables, values):
     return {}
 
 
+class DialogEstimate(object):
+    """What a dialog needs to show the estimate of the run it sets up, so the artist sees the price of n,
+    quality, model and size while choosing them. The regions are read from GIMP once, when the dialog opens
+    (GIMP's calls belong to the GUI's thread); ``plan(values)`` is pure, for a worker thread, and gives the
+    plan to ask the engine about (None when the run could not happen: its refusal comes with the run)."""
+
+    #: the dialog's values the estimate depends on: a change of any of them asks the engine again
+    VALUES = ("n", "quality", "model", "size_mode", "size", "prompt", "variation_prompt", "batch_operation",
+              "no_selection", "context_padding", "whole_layer", "target")
+
+    def __init__(self, adapter, proc, image=None, drawables=None):
+        self.proc, self.operation = proc, proc["operation"]
+        self.targets, self.canvas = [], None
+        if self.operation in ("edit", "variation"):
+            self.targets = [adapter.target(image, drawables)]
+        elif self.operation == "batch":
+            self.targets = adapter.open_targets()
+        elif self.operation == "generate" and image is not None:
+            width, height = adapter.image_size(image)
+            self.canvas = {"width": int(width), "height": int(height)}
+        self.targets = [t for t in self.targets if self._usable(t)]
+
+    @staticmethod
+    def _usable(target):
+        try:
+            check_target(target)
+        except Refusal:
+            return False
+        return True
+
+    def plan(self, values):
+        workflow = Workflow(None, self.proc, values)
+        operation = workflow.operation_of_items()
+        if self.operation == "generate":
+            plan = dict(workflow.plan_dict("generate", []), size=hl.to_text(values.get("size") or u"auto"))
+            if self.canvas and plan["size"] == u"auto" and values.get("target") != "new image":
+                plan["canvas"] = self.canvas
+            return plan
+        if self.operation not in ("edit", "variation", "batch"):
+            return None
+        items = []
+        for number, target in enumerate(self.targets, 1):
+            if target.selection is None and self.operation == "batch" and operation == "edit" and \
+                    values.get("no_selection") != "whole layer":
+                continue  # skipped, or asked about when the run starts (and then asked about the price again)
+            try:  # nothing selected: the dialog opened after the artist chose the whole layer
+                bounds, _whole = region(target, operation, True, False, None)
+            except Refusal:
+                continue
+            items.append(Item(u"img-%d" % number, target, bounds, _whole))
+        return workflow.plan_dict(operation, items) if items else None
+
+
 def check_prompt(operation, values):
     if operation in ("edit", "generate") and not hl.clean_line(values.get("prompt", u"")):
         what = u"the image to generate" if operation == "generate" else u"what the selection should become"
@@ -202,12 +255,14 @@ def job_options(proc, operation, values):
     return job
 
 
-def layer_specs(outputs, prompt, model, mask, secrets=()):
-    """Names (``OpenAI: <prompt> (k/n)``), parasites and masks of the layers to insert, in the engine's order."""
+def layer_specs(outputs, prompt, model, mask, secrets=(), cost=None, quality=u""):
+    """Names (``OpenAI: <prompt> (k/n)``), parasites and masks of the layers to insert, in the engine's order.
+    ``cost``: what the request that made them cost (the engine's item ``cost``); each parasite keeps its share."""
     outputs = sorted(outputs, key=lambda o: o.get("index", 0))
     count = len(outputs)
+    share = hl.cost_share(cost, count, model, quality)
     return [LayerSpec(out, hl.layer_name(prompt, k, count, path=out.get("path"), secrets=secrets),
-                      hl.parasite_data(prompt, model, out, secrets), mask, visible=k == 1)
+                      hl.parasite_data(prompt, model, out, secrets, cost=share), mask, visible=k == 1)
             for k, out in enumerate(outputs, 1)]
 
 
@@ -316,8 +371,61 @@ class Workflow(object):
         failures = hl.failed_items(result)
         if failures:
             raise self.engine_error(failures[0][1])
-        warnings = hl.warnings_text(result, self.secrets)
-        return warnings or None
+        return u"\n".join(t for t in [self.cost_text(result), hl.warnings_text(result, self.secrets)] if t)
+
+    # ----------------------------------------------------------------------------------------------- cost
+    def quality(self):
+        return hl.to_text(self.values.get("quality") or u"auto")
+
+    def plan_dict(self, operation, items):
+        """The plan: the regions, and what the estimate needs so it is the job's (n, quality, the prompt)."""
+        prompt = self.values.get("prompt" if operation != "variation" else "variation_prompt") or u""
+        return {"operation": operation, "model": hl.to_text(self.values.get("model") or u""),
+                "size_mode": self.values.get("size_mode") or "auto",
+                "context_padding": float(self.values.get("context_padding", 0.25) or 0.0),
+                "n": int(self.values.get("n") or 1), "quality": self.quality(), "prompt": hl.to_text(prompt),
+                "items": [{"id": it.id, "layer": it.target.layer_rect, "selection_bounds": it.bounds}
+                          for it in items]}
+
+    def confirm_cost(self, answer, batch=False):
+        """The estimate in words, once the run may go ahead. Above the artist's limit (Settings) an interactive
+        run asks first and a script's run is refused unpaid; a batch is always asked in an interactive run,
+        since it pays once per open image. Raises Stop when the artist says no."""
+        estimate = (answer or {}).get("estimate") or {}
+        words = hl.estimate_words(estimate)
+        over = bool(estimate.get("over_limit"))
+        if not over and not (batch and self.adapter.interactive):
+            return words
+        images = int(estimate.get("images") or 0)
+        what = u"%d image%s" % (images, u"" if images == 1 else u"s")
+        limit = hl.dollars(estimate.get("max_cost") or 0.0)
+        if not self.adapter.interactive:
+            raise Refusal(u"Not sent: this run (%s) is estimated at %s, above your cost limit of %s." %
+                          (what, words, limit),
+                          u"Raise the limit (Filters > OpenAI > Settings, or the settings procedure's max_cost), or "
+                          u"ask for fewer, smaller or lower-quality images.", "cost_limit")
+        if over:
+            question = (u"This run (%s) is estimated at %s.\n\nThat is above your limit of %s (Filters > OpenAI > "
+                        u"Settings). Send it anyway?" % (what, words, limit))
+            title = u"OpenAI: above your cost limit"
+        else:
+            question = u"Send this batch (%s) now? It is estimated at %s." % (what, words)
+            title = u"OpenAI: batch cost"
+        if not self.adapter.ask(question, title, u"_Send"):
+            raise Stop(u"Nothing was sent, nothing was paid.")
+        return words
+
+    def cost_text(self, result):
+        """The run's cost in one line (``OpenAI cost: $0.0532 (2 images, gpt-image-2, medium)``), for its
+        message; the status text says it too."""
+        images = sum(len(i.get("outputs") or []) for i in result.get("items") or [])
+        model = result.get("model") or next((i.get("model") for i in result.get("items") or [] if i.get("model")),
+                                            u"")
+        line = hl.cost_line(result.get("cost") or hl.add_costs([i.get("cost") for i in result.get("items") or []]),
+                            images, model, self.quality())
+        if line is None:
+            return u"OpenAI cost: unknown (the server did not say what it used)" if images else u""
+        return u"OpenAI cost: " + line
 
     def run_items(self, items):
         """Plan, export and the job in one engine session; then each image's results inserted."""
@@ -326,18 +434,14 @@ class Workflow(object):
         try:
             with hl.EngineSession(python=self.python) as session:
                 self.adapter.progress(0.0, u"OpenAI: planning")
-                answer = hl.plan({"operation": operation, "model": hl.to_text(self.values.get("model") or u""),
-                                  "size_mode": self.values.get("size_mode") or "auto",
-                                  "context_padding": float(self.values.get("context_padding", 0.25) or 0.0),
-                                  "items": [{"id": it.id, "layer": it.target.layer_rect,
-                                             "selection_bounds": it.bounds} for it in items]},
-                                 workdir, session=session)
+                answer = hl.plan(self.plan_dict(operation, items), workdir, session=session)
                 self.heard(answer)
+                price = self.confirm_cost(answer, batch=self.operation == "batch")
                 job = job_options(self.proc, operation, self.values)
                 job["model"] = answer.get("model") or job.get("model", u"")
                 job["source_name"] = items[0].name if len(items) == 1 else u""
                 job["items"] = self.export(items, answer, workdir, operation)
-                self.adapter.progress(0.0, u"OpenAI: sending %d request(s)" % len(items))
+                self.adapter.progress(0.0, u"OpenAI: sending %d request(s), %s" % (len(items), price))
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
                 self.heard(result)
                 gone = hl.model_gone(result)
@@ -384,7 +488,8 @@ class Workflow(object):
             outputs = entry.get("outputs") or []
             add_mask = bool(self.values.get("add_mask", True)) and (operation == "edit" or not it.whole)
             mask = (u"engine" if operation == "edit" else u"selection") if add_mask else None
-            specs = layer_specs(outputs, prompt, entry.get("model") or model, mask, self.secrets)
+            specs = layer_specs(outputs, prompt, entry.get("model") or model, mask, self.secrets,
+                                cost=entry.get("cost"), quality=self.quality())
             try:
                 if not self.adapter.alive(it.target.image, it.target.layer):
                     self.open_as_new_image(it, specs, group_name(prompt, len(outputs), self.secrets))
@@ -400,9 +505,10 @@ class Workflow(object):
                                   "saved": [o.get("history_png") for o in outputs if o.get("history_png")]}
                 continue
             reports.append(hl.reports_text(outputs, self.secrets))
-        report = u"; ".join(r for r in reports if r)
-        if report:  # what alignment and tone match corrected: shown while the run ends, and in each parasite
-            self.adapter.status(report)
+        # what alignment and tone match corrected (in each parasite too) and what the run cost: shown as it ends
+        status = u"; ".join(r for r in reports + [self.cost_text(result)] if r)
+        if status:
+            self.adapter.status(status)
 
     def open_as_new_image(self, item, specs, group):
         """The image (or its layer) was closed while the request ran: the results open as a new image of their
@@ -451,7 +557,7 @@ class Workflow(object):
             raise Refusal(u"No open image can be processed.\n" + u"\n".join(skipped),
                           u"Open an RGB or grayscale image and select an area, then run again.", "nothing_to_do")
         result = self.run_items(items)
-        text = hl.summary(result, names, self.secrets)
+        text = hl.summary(result, names, self.secrets, self.quality())
         if skipped:
             text += u"\n" + u"\n".join(skipped)
         if all(not i.get("ok") for i in result.get("items") or []):
@@ -483,8 +589,13 @@ class Workflow(object):
             if not new_image and "size" not in job:  # the canvas's shape, filled (the engine scales to cover)
                 width, height = self.adapter.image_size(target.image)
                 job["canvas"] = {"width": int(width), "height": int(height)}
-            self.adapter.progress(0.0, u"OpenAI: generating")
             with hl.EngineSession(python=self.python) as session:
+                plan = dict(self.plan_dict("generate", []), size=job.get("size") or u"auto")
+                if "canvas" in job:
+                    plan["canvas"] = job["canvas"]
+                answer = hl.plan(plan, workdir, session=session)
+                self.heard(answer)
+                self.adapter.progress(0.0, u"OpenAI: generating, %s" % self.confirm_cost(answer))
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
                 self.heard(result)
                 item = (result.get("items") or [{}])[0]
@@ -520,11 +631,15 @@ class Workflow(object):
             for o in outputs:  # centred in the image
                 o["x"] = (width - int(o["width"])) // 2
                 o["y"] = (height - int(o["height"])) // 2
-        self.adapter.insert(image, anchor, layer_specs(outputs, prompt, model, None, self.secrets),
+        self.adapter.insert(image, anchor, layer_specs(outputs, prompt, model, None, self.secrets,
+                                                       cost=item.get("cost"), quality=self.quality()),
                             group_name(prompt, len(outputs), self.secrets))
         if new_image:
             self.adapter.show(image)
-        return hl.warnings_text(result, self.secrets) or None
+        cost = self.cost_text(result)
+        if cost:
+            self.adapter.status(cost)
+        return u"\n".join(t for t in [cost, hl.warnings_text(result, self.secrets)] if t) or None
 
     # ------------------------------------------------------------------------------------------- settings
     def run_settings(self):
@@ -541,14 +656,20 @@ class Workflow(object):
             value = hl.clean_line(self.values.get(name) or u"")
             if value or (as_shown and name in self.values):
                 changes[setting] = value
+        # the cost limit: as shown in the dialog; a script's default (the manifest's) keeps what is saved
+        limit = self.values.get("max_cost")
+        default = dict((p["name"], p.get("default")) for p in self.proc["params"]).get("max_cost")
+        if limit is not None and (as_shown or float(limit) != float(default if default is not None else -1)):
+            changes["max_cost"] = float(limit)
         lines = []
         if changes:
             hl.save_settings(changes, python=self.python)
             shown = {"base_url": (u"server", u"OpenAI"), "default_model": (u"model", u"automatic"),
                      "history_dir": (u"history folder", u"the default")}
             lines.append(u"Settings saved: %s." % u"; ".join(
+                (u"ask first above %s" % hl.dollars(changes[k])) if k == "max_cost" else
                 u"%s %s" % (shown[k][0], changes[k] or shown[k][1])
-                for k in ("base_url", "default_model", "history_dir") if k in changes))
+                for k in ("base_url", "default_model", "history_dir", "max_cost") if k in changes))
         if self.values.get("change_key"):
             if not self.adapter.interactive:
                 raise Refusal(u"The API key can only be entered interactively.",

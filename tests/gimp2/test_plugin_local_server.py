@@ -202,7 +202,7 @@ def test_settings_saves_through_the_engine_and_tests_the_real_connection(g2, eng
     from gimp_openai.settings import load_settings
 
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
-    g2.pdb.python_fu_openai_settings(local_server.url, "gpt-image-2", "", False, True)
+    g2.pdb.python_fu_openai_settings(local_server.url, "gpt-image-2", "", False, True, 1.0)
     saved = load_settings(apply_env=False)
     assert saved.base_url == local_server.url and saved.default_model == "gpt-image-2"
     (message,) = [str(m) for m in g2.gimp.state.messages]
@@ -216,7 +216,7 @@ def test_settings_saves_through_the_engine_and_tests_the_real_connection(g2, eng
 
 def test_settings_connection_failure_is_a_plain_message(g2, engine, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
-    g2.pdb.python_fu_openai_settings("http://127.0.0.1:9/v1", "", "", False, True)  # nothing listens on port 9
+    g2.pdb.python_fu_openai_settings("http://127.0.0.1:9/v1", "", "", False, True, 1.0)  # nothing listens on port 9
     (message,) = [str(m) for m in g2.gimp.state.messages]
     assert "Settings saved: server http://127.0.0.1:9/v1." in message, message
     assert "Connected" not in message and "the connection was refused (is the server running?)" in message

@@ -127,7 +127,8 @@ def run(adapter, name, values, image=None):
 def test_edit_exports_the_planned_region_and_inserts_masked_layers_in_one_undo_group(fake_engine):
     image = FakeImage(200, 150, selection=(60, 40, 50, 30))
     adapter = FakeAdapter([image])
-    assert run(adapter, "edit-selection", {"prompt": "a red kite", "n": 2}, image) is None
+    text = run(adapter, "edit-selection", {"prompt": "a red kite", "n": 2}, image)
+    assert text == "OpenAI cost: $0.100 (2 images, gpt-image-2, auto quality)"  # the run's one message
     region, selection = adapter.exports
     # the fake engine plans the selection plus 25 % of its larger side, clipped to the layer
     assert region[2] == selection[2] == {"x": 48, "y": 28, "width": 74, "height": 54}
@@ -138,6 +139,11 @@ def test_edit_exports_the_planned_region_and_inserts_masked_layers_in_one_undo_g
     for _name, x, y, w, h, mask, parasite in insert["layers"]:
         assert (x, y, w, h) == (48, 28, 74, 54) and mask == "engine"
         assert parasite["prompt"] == "a red kite" and parasite["model"] == "gpt-image-2"
+        # each layer's share of its request, and the whole, so the layer says what it cost
+        assert parasite["cost"]["usd"] == 0.05 and parasite["cost"]["request_usd"] == 0.1
+        assert parasite["cost"]["images_in_request"] == 2 and parasite["cost"]["price_as_of"] == "2026-04-21"
+    assert adapter.statuses[-1] == text
+    assert "about $0.100 (up to $0.400 if the model picks high quality)" in adapter.progress_seen[1][1]
     assert image.undo_groups == 1
     call_argvs = [c["argv"][3] for c in fake_engine()]
     assert call_argvs == ["plan", "job"] and len({c["argv"][2] for c in fake_engine()}) == 1  # one session
@@ -257,7 +263,8 @@ def test_notices_of_a_cancelled_run_reach_the_artist_with_this_run_s_message(fak
     monkeypatch.setenv("FAKE_ENGINE_NOTICE", "/history/kite.png")
     image = FakeImage(80, 60, selection=(10, 10, 20, 20))
     text = run(FakeAdapter([image]), "edit-selection", {"prompt": "x"}, image)
-    assert text == "A cancelled run had already received 1 image (paid for); they are saved here:\n  /history/kite.png"
+    assert text == ("OpenAI cost: $0.0500 (1 image, gpt-image-2, auto quality)\n\nA cancelled run had already "
+                    "received 1 image (paid for); they are saved here:\n  /history/kite.png")
 
 
 def _jobs(log):
@@ -307,7 +314,7 @@ def test_a_shut_down_model_is_offered_once_and_the_run_repeated_with_its_replace
 
 
 @pytest.mark.parametrize("shows_saved, interactive, expected", [
-    (True, True, {"base_url": "", "default_model": "gpt-image-2", "history_dir": ""}),  # as shown: empty = default
+    (True, True, {"base_url": "", "default_model": "gpt-image-2", "history_dir": "", "max_cost": 1.0}),  # as shown
     (False, True, {"default_model": "gpt-image-2"}),    # last values, not the saved ones: empty keeps
     (True, False, {"default_model": "gpt-image-2"}),    # a script: empty keeps
 ])
@@ -349,12 +356,13 @@ def test_an_empty_prompt_is_said_before_any_question(fake_engine):
 def test_batch_asks_once_about_images_without_a_selection(fake_engine, interactive, answer, edited):
     a = FakeImage(80, 60, selection=(10, 10, 20, 20), name="a.png")
     c = FakeImage(80, 60, name="c.png")
-    adapter = FakeAdapter([a, c], interactive=interactive, answers=[answer] if answer is not None else [])
+    adapter = FakeAdapter([a, c], interactive=interactive, answers=[answer, True] if answer is not None else [])
     text = run(adapter, "batch", {"prompt": "clear sky"})
     assert [i["image"] for i in adapter.inserted] == edited
-    assert len(adapter.asked) == (1 if interactive else 0)
+    assert len(adapter.asked) == (2 if interactive else 0)  # then the batch's price, for what is sent
     if interactive:
         assert "1 open image(s) have nothing selected (c.png)" in adapter.asked[0][0]
+        assert "Send this batch (%d image%s)" % (len(edited), "s" * (len(edited) > 1)) in adapter.asked[1][0]
     if "c.png" not in edited:
         assert "c.png: skipped (nothing selected)" in text
 
