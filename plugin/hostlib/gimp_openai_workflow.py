@@ -596,6 +596,7 @@ class Workflow(object):
                 answer = hl.plan(plan, workdir, session=session)
                 self.heard(answer)
                 self.adapter.progress(0.0, u"OpenAI: generating, %s" % self.confirm_cost(answer))
+                job["model"] = answer.get("model") or job.get("model", u"")  # the model estimated is the one used
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
                 self.heard(result)
                 item = (result.get("items") or [{}])[0]

@@ -48,7 +48,8 @@ def test_estimates_leave_the_cancelled_run_notice_for_the_run(monkeypatch, tmp_p
     monkeypatch.setenv("GIMP_OPENAI_CACHE_DIR", str(tmp_path))
     jobs.remember_cancelled(["/history/kite.png"])
     (tmp_path / "plan.json").write_text(json.dumps(plan()))
-    estimate, answer = session({"cmd": "estimate", "plan": plan()}, {"cmd": "plan", "path": str(tmp_path / "plan.json")})
+    estimate, answer = session({"cmd": "estimate", "plan": plan()},
+                               {"cmd": "plan", "path": str(tmp_path / "plan.json")})
     assert "notices" not in estimate
     assert answer["type"] == "plan" and "/history/kite.png" in answer["notices"][0]["message"]
 

@@ -179,11 +179,12 @@ def session():
         if request.get("cmd") == "done":  # the host put the results in the image: nothing to answer
             continue
         if request.get("cmd") == "estimate":  # a dialog's figure: logged apart, answered like a plan
-            log({"argv": sys.argv[:3] + ["estimate", ""], "estimate": request["plan"], "session": True})
+            log({"argv": sys.argv[:3] + ["estimate", ""], "estimate": request["plan"], "session": True,
+                 "pid": os.getpid()})
             plan(None, tag="estimate", data=request["plan"])
             continue
         log({"argv": sys.argv[:3] + [request["cmd"], request["path"]], "key": os.environ.get("OPENAI_API_KEY"),
-             "stdin": None, "session": True})
+             "stdin": None, "session": True, "pid": os.getpid()})
         if request["cmd"] == "plan":
             plan(request["path"], tag="plan")
         else:

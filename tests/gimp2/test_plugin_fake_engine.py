@@ -77,7 +77,8 @@ def test_edit_selection_inserts_masked_layer_at_exact_offsets(g2, fake_engine):
     assert len(plugin_steps(image)) == 1 and image.undo_depth == 0 and g2.gimp.state.context_depth == 0
     parasite = json.loads(top.parasite_find("gimp-openai").data)
     assert parasite["model"] == "gpt-image-2" and parasite["request_id"] == "req-img-1-0"
-    assert parasite["cost"]["usd"] == 0.05 and parasite["cost"]["text"] == "$0.0500 (1 image, gpt-image-2, auto quality)"
+    assert parasite["cost"]["usd"] == 0.05
+    assert parasite["cost"]["text"] == "$0.0500 (1 image, gpt-image-2, auto quality)"
     # the run's one message is its cost (GIMP 2.10 shows it where the artist set messages to go)
     assert FAKE_KEY not in json.dumps(parasite)
     assert g2.gimp.state.messages == ["OpenAI cost: $0.0500 (1 image, gpt-image-2, auto quality)"]

@@ -362,7 +362,8 @@ def test_batch_asks_once_about_images_without_a_selection(fake_engine, interacti
     assert len(adapter.asked) == (2 if interactive else 0)  # then the batch's price, for what is sent
     if interactive:
         assert "1 open image(s) have nothing selected (c.png)" in adapter.asked[0][0]
-        assert "Send this batch (%d image%s)" % (len(edited), "s" * (len(edited) > 1)) in adapter.asked[1][0]
+        images = f"{len(edited)} image{'s' * (len(edited) > 1)}"
+        assert f"Send this batch ({images})" in adapter.asked[1][0]
     if "c.png" not in edited:
         assert "c.png: skipped (nothing selected)" in text
 
@@ -386,3 +387,124 @@ def test_the_checks_that_need_no_server_run_before_the_dialog(name, image_kw, an
         with pytest.raises(expected):
             flow.before_dialog(adapter, proc(name), image, None, hl.defaults(proc(name)))
     assert len(adapter.asked) == len(answers)
+
+
+# ------------------------------------------------------------------------------------------------------ cost
+
+def _sent(calls):
+    return [c for c in calls if c["argv"][3] == "job"]
+
+
+def test_a_run_above_the_limit_asks_with_the_amount_and_no_sends_nothing(fake_engine):
+    """n=6 at auto quality: about $0.30, up to $1.20 if the model picks high, above the default $1 limit."""
+    image = FakeImage(80, 60, selection=(10, 10, 20, 20))
+    adapter = FakeAdapter([image], interactive=True, answers=[False])
+    with pytest.raises(flow.Stop) as info:
+        run(adapter, "edit-selection", {"prompt": "x", "n": 6}, image)
+    assert "Nothing was sent" in str(info.value) and not _sent(fake_engine()) and not adapter.inserted
+    (question, title, yes), = adapter.asked
+    assert title == "OpenAI: above your cost limit" and yes == "_Send"
+    assert "This run (6 images) is estimated at about $0.300 (up to $1.20 if the model picks high quality)" in question
+    assert "above your limit of $1.00" in question
+    adapter = FakeAdapter([image], interactive=True, answers=[True])
+    text = run(adapter, "edit-selection", {"prompt": "x", "n": 6}, image)
+    assert len(_sent(fake_engine())) == 1 and text == "OpenAI cost: $0.300 (6 images, gpt-image-2, auto quality)"
+
+
+def test_a_script_above_the_limit_is_refused_unpaid_until_the_limit_is_raised(fake_engine, monkeypatch):
+    image = FakeImage(80, 60, selection=(10, 10, 20, 20))
+    adapter = FakeAdapter([image], interactive=False)
+    with pytest.raises(flow.Refusal) as info:  # 6 x high: $1.20
+        run(adapter, "edit-selection", {"prompt": "x", "n": 6, "quality": "high"}, image)
+    refusal = info.value
+    assert refusal.code == "cost_limit" and adapter.asked == [] and not _sent(fake_engine())
+    assert refusal.message == ("Not sent: this run (6 images) is estimated at about $1.20, above your cost limit of "
+                               "$1.00.")
+    assert "Settings" in refusal.hint and "max_cost" in refusal.hint
+    monkeypatch.setenv("FAKE_ENGINE_MAX_COST", "0.3")  # a lower limit refuses a smaller run
+    with pytest.raises(flow.Refusal) as info:
+        run(adapter, "edit-selection", {"prompt": "x", "n": 2, "quality": "high"}, image)
+    assert "above your cost limit of $0.300" in info.value.message and not _sent(fake_engine())
+    monkeypatch.setenv("FAKE_ENGINE_MAX_COST", "5")  # raised: sent
+    assert run(adapter, "edit-selection", {"prompt": "x", "n": 6, "quality": "high"}, image) == \
+        "OpenAI cost: $1.20 (6 images, gpt-image-2, high)"
+    assert len(_sent(fake_engine())) == 1
+
+
+def test_a_batch_asks_with_its_total_and_sums_up_what_each_image_cost(fake_engine):
+    a = FakeImage(80, 60, selection=(10, 10, 20, 20), name="a.png")
+    b = FakeImage(80, 60, selection=(10, 10, 20, 20), name="b.png")
+    adapter = FakeAdapter([a, b], interactive=True, answers=[False])
+    with pytest.raises(flow.Stop):
+        run(adapter, "batch", {"prompt": "clear sky", "quality": "low"})
+    (question, title, _yes), = adapter.asked
+    assert title == "OpenAI: batch cost" and "Send this batch (2 images) now? It is estimated at about $0.0200" \
+        in question
+    assert not _sent(fake_engine())
+    adapter = FakeAdapter([a, b], interactive=True, answers=[True])
+    text = run(adapter, "batch", {"prompt": "clear sky", "quality": "low", "n": 2})
+    head, first, second = text.splitlines()[:3]
+    assert head == "OpenAI batch: 2 of 2 images done. Cost: $0.0400 (4 images, gpt-image-2, low)."
+    assert first == "\u2713 a.png: 2 layer(s) added, $0.0200 (2 images, gpt-image-2, low)"
+    assert second == "\u2713 b.png: 2 layer(s) added, $0.0200 (2 images, gpt-image-2, low)"
+    # a script's batch within the limit is not asked
+    adapter = FakeAdapter([a, b], interactive=False)
+    assert run(adapter, "batch", {"prompt": "clear sky"}).startswith("OpenAI batch: 2 of 2 images done. Cost: $0.100")
+    assert adapter.asked == []
+
+
+def test_a_model_without_a_price_shows_its_tokens(fake_engine):
+    image = FakeImage(80, 60, selection=(10, 10, 20, 20))
+    adapter = FakeAdapter([image])
+    text = run(adapter, "edit-selection", {"prompt": "x", "n": 10, "model": "local-model", "quality": "high"}, image)
+    # never over a dollar limit without dollars: sent, and the tokens said
+    assert text == "OpenAI cost: 41,700 tokens (10 images, local-model, high; no price known for this model)"
+    parasite = adapter.inserted[0]["layers"][0][6]
+    assert parasite["cost"]["usd"] is None and parasite["cost"]["output_tokens"] == 4160
+
+
+def test_generate_is_estimated_at_its_size_and_says_its_cost(fake_engine, tmp_path, monkeypatch):
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_ENGINE_LOG", str(log))
+    monkeypatch.setattr(hl, "cleanup", lambda path: None)
+    image = FakeImage(200, 150)
+    adapter = FakeAdapter([image])
+    text = run(adapter, "generate", {"prompt": "a lighthouse", "n": 2, "quality": "medium",
+                                     "target": "layers in this image"}, image)
+    assert text == "OpenAI cost: $0.100 (2 images, gpt-image-2, medium)"
+    assert adapter.progress_seen[0][1] == "OpenAI: generating, about $0.100"
+    calls = [json.loads(line) for line in open(log)]
+    plan = json.load(open(next(c["argv"][-1] for c in calls if c["argv"][-2] == "plan")))
+    assert plan["canvas"] == {"width": 200, "height": 150} and plan["n"] == 2 and plan["quality"] == "medium"
+    layers = adapter.inserted[0]["layers"]
+    assert [la[6]["cost"]["usd"] for la in layers] == [0.05, 0.05]
+    adapter = FakeAdapter(interactive=False)
+    with pytest.raises(flow.Refusal):  # 10 at auto: up to $2
+        run(adapter, "generate", {"prompt": "a lighthouse", "n": 10, "target": "new image"})
+    assert adapter.inserted == []
+
+
+def test_the_dialog_estimate_follows_n_quality_and_model(fake_engine):
+    """What the GIMP 3 dialog shows: the regions read once, a plan per set of values, the engine's answer."""
+    image = FakeImage(200, 150, selection=(60, 40, 50, 30))
+    adapter = FakeAdapter([image], interactive=True)
+    estimator = flow.DialogEstimate(adapter, proc("edit-selection"), image, None)
+    values = dict(hl.defaults(proc("edit-selection")), prompt="a kite")
+    labels = []
+    for change in ({}, {"n": 3}, {"n": 3, "quality": "low"}, {"n": 10}, {"model": "local-model"}):
+        plan = estimator.plan(dict(values, **change))
+        assert plan["items"][0]["selection_bounds"] == {"x": 60, "y": 40, "width": 50, "height": 30}
+        labels.append(hl.estimate_label(hl.estimate(plan)))
+    one, three, low, ten, unpriced = labels
+    assert one == ("Estimated cost: about $0.0500 (up to $0.200 if the model picks high quality) \u2014 1 image of "
+                   "74x54 (gpt-image-2, quality auto)")
+    assert three.startswith("Estimated cost: about $0.150 (up to $0.600") and "3 images of 74x54" in three
+    assert low.startswith("Estimated cost: about $0.0300 \u2014 3 images") and "quality low" in low
+    assert ten.endswith("\nAbove your limit of $1.00: you will be asked before it is sent.")
+    assert unpriced.startswith("Estimated cost: about 1,156 tokens (no price known for this model)")
+    assert not _sent(fake_engine())  # nothing paid while choosing
+    # the estimates went to one engine session, and the run then takes that one: no second engine start
+    run(adapter, "edit-selection", {"prompt": "a kite"}, image)
+    calls = fake_engine()
+    assert [c["argv"][3] for c in calls] == ["estimate"] * 5 + ["plan", "job"]
+    assert len({c["pid"] for c in calls}) == 1
