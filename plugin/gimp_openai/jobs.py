@@ -730,17 +730,18 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
         try:
             request = json.loads(raw)
             command = request["cmd"]
-            path = request["plan"] if command == "estimate" else request["path"]
-            if command not in ("plan", "job", "estimate") or not isinstance(path, dict if command == "estimate"
-                                                                          else str):
+            inline = request["plan"] if command == "estimate" else None
+            path = request["path"] if command != "estimate" else ""
+            if command not in ("plan", "job", "estimate") or not isinstance(path, str) or (
+                    command == "estimate" and not isinstance(inline, dict)):
                 raise ValueError(command)
         except (ValueError, TypeError, KeyError):
             error = JobError('A session request must be {"cmd": "plan" or "job", "path": FILE} or '
                              '{"cmd": "estimate", "plan": {...}}.').to_dict()
             writer.write({"type": "session", "ok": False, "error": error})
             continue
-        if command == "estimate":  # a dialog's figure while the artist types: cheap, and it keeps the notices
-            _plan(path, writer, context, type="estimate")  # for the run's first real answer
+        if inline is not None:  # a dialog's figure while the artist types: cheap, and it keeps the notices
+            _plan(inline, writer, context, type="estimate")  # for the run's first real answer
             continue
         if notices is None:
             notices = take_cancelled_notices()
