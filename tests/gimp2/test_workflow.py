@@ -496,12 +496,13 @@ def test_the_dialog_estimate_follows_n_quality_and_model(fake_engine):
         assert plan["items"][0]["selection_bounds"] == {"x": 60, "y": 40, "width": 50, "height": 30}
         labels.append(hl.estimate_label(hl.estimate(plan)))
     one, three, low, ten, unpriced = labels
-    assert one == ("Estimated cost: about $0.0500 (up to $0.200 if the model picks high quality) \u2014 1 image of "
-                   "74x54 (gpt-image-2, quality auto)")
-    assert three.startswith("Estimated cost: about $0.150 (up to $0.600") and "3 images of 74x54" in three
-    assert low.startswith("Estimated cost: about $0.0300 \u2014 3 images") and "quality low" in low
+    assert one == ("Estimated cost: about $0.0500 for 1 image of 74x54 (gpt-image-2, automatic quality)\n"
+                   "Up to $0.200 if the model picks high quality.")
+    assert three.startswith("Estimated cost: about $0.150 for 3 images of 74x54") and "Up to $0.600" in three
+    assert low == "Estimated cost: about $0.0300 for 3 images of 74x54 (gpt-image-2, low quality)"
     assert ten.endswith("\nAbove your limit of $1.00: you will be asked before it is sent.")
-    assert unpriced.startswith("Estimated cost: about 1,156 tokens (no price known for this model)")
+    assert unpriced == ("Estimated: about 1,156 tokens for 1 image of 74x54 (local-model, automatic quality)\n"
+                        "No price is known for this model, so no dollar figure.")
     assert not _sent(fake_engine())  # nothing paid while choosing
     # the estimates went to one engine session, and the run then takes that one: no second engine start
     run(adapter, "edit-selection", {"prompt": "a kite"}, image)

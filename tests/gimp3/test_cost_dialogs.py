@@ -66,6 +66,7 @@ mark("interactive", res)
     everything = run.stdout + run.stderr
     assert FAKE_KEY not in everything and "Traceback" not in everything, everything[-4000:]
     assert "1 image of " in first and "gpt-image-2" in first, first
+    assert "\nUp to $" in first and "automatic quality" in first, first  # auto: what high would cost
     price = [float(t.split("about $", 1)[1].split()[0]) for t in (first, three)]
     assert 2.5 * price[0] < price[1] <= 3 * price[0], (first, three)  # three images; the upload counted once
     assert res["status"] == "success", res
@@ -83,9 +84,20 @@ def test_parasites_carry_the_cost_headless(gimp, local_server):
     env = {"OPENAI_BASE_URL": local_server.url, "OPENAI_API_KEY": FAKE_KEY,
            "GIMP_OPENAI_CONFIG_DIR": f"/gimp-openai-work/config-cost-headless-{gimp.version}"}
     code = "import json\n" + IMAGE.replace("    Gimp.Display.new(img)\n", "") + r'''
+def parasites(items):
+    """Every result layer's parasite, inside groups too."""
+    found = []
+    for item in items:
+        if item.is_group():
+            found += parasites(item.get_children())
+        elif item.get_parasite("gimp-openai") is not None:
+            found.append(json.loads(bytes(item.get_parasite("gimp-openai").get_data()).decode("utf-8")))
+    return found
+
 img, lay = make_image()
 res = call(img, lay, Gimp.RunMode.NONINTERACTIVE, prompt="a red kite", n=2, quality="low", model="gpt-image-2")
 res["error"] = str(res["error"])
+res["parasites"] = parasites(img.get_layers())
 print("RESULT " + json.dumps(res), flush=True)
 img2, lay2 = make_image()
 over = call(img2, lay2, Gimp.RunMode.NONINTERACTIVE, prompt="a red kite", n=10, quality="high", model="gpt-image-2")
@@ -98,9 +110,10 @@ print("OVER " + json.dumps(over), flush=True)
     res = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
     over = json.loads(out.split("OVER ", 1)[1].splitlines()[0])
     assert res["status"] == "success", res
-    shares = [d["parasite"]["cost"] for d in res["layers"] if "parasite" in d and d["parasite"].get("cost")]
+    shares = [p["cost"] for p in res["parasites"]]
     assert len(shares) == 2 and all(s["images_in_request"] == 2 and s["usd"] > 0 for s in shares), res
     assert sum(s["usd"] for s in shares) == pytest.approx(shares[0]["request_usd"])
     assert shares[0]["text"].endswith("(2 images, gpt-image-2, low)"), shares
+    assert "OpenAI cost: $" in out + run.stderr and "(2 images, gpt-image-2, low)" in out + run.stderr
     assert over["status"] == "execution-error" and "Not sent" in str(over["error"]), over
     assert "above your cost limit of $1.00" in str(over["error"]), over

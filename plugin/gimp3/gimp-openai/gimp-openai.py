@@ -360,6 +360,7 @@ def _estimate_label(Gtk, config, proc, estimate):
     label.set_line_wrap(True)
     label.set_max_width_chars(64)
     label.set_margin_top(4)
+    label.set_margin_bottom(6)  # apart from the Advanced expander below it
     label.set_tooltip_text("What the server should charge for this run, from its price list; a run above the "
                            "limit in Filters > OpenAI > Settings asks before anything is sent.")
     label.show()
