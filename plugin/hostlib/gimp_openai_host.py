@@ -848,9 +848,10 @@ def estimate_words(estimate):
 
 
 def estimate_label(answer):
-    """What a dialog shows before sending, a line each: what is asked (images x size, the model, the quality)
-    and about what it costs; what ``auto`` quality may cost at most; a warning when that is above the
-    artist's limit. ``answer``: the engine's plan (or estimate) answer."""
+    """What a dialog shows before sending, in short lines (a dialog is narrow, and a line broken inside a model
+    id reads badly): about what it costs for how many images of which size; the model and quality; what
+    ``auto`` quality may cost at most; a warning when that is above the artist's limit. ``answer``: the
+    engine's plan (or estimate) answer."""
     estimate = (answer or {}).get("estimate") or {}
     images = int(_number(estimate.get("images")) or 0)
     what = u"%d image%s" % (images, u"" if images == 1 else u"s")
@@ -859,19 +860,18 @@ def estimate_label(answer):
     quality = clean_line(estimate.get("quality") or u"")
     details = [clean_line(answer.get("model") or estimate.get("model") or u""),
                (u"automatic" if quality == u"auto" else quality) + u" quality" if quality else u""]
-    what += u" (%s)" % u", ".join(d for d in details if d)
     usd, upper = _number(estimate.get("usd")), _number(estimate.get("usd_upper"))
     if usd is None:
         tokens = int((_number(estimate.get("input_tokens")) or 0) + (_number(estimate.get("output_tokens")) or 0))
-        lines = [u"Estimated: about {:,} tokens for {}".format(tokens, what),
+        lines = [u"Estimated: about {:,} tokens for {}".format(tokens, what), u", ".join(d for d in details if d),
                  u"No price is known for this model, so no dollar figure."]
     else:
-        lines = [u"Estimated cost: about %s for %s" % (dollars(usd), what)]
+        lines = [u"Estimated cost: about %s for %s" % (dollars(usd), what), u", ".join(d for d in details if d)]
         if upper is not None and upper > usd * 1.001:
             lines.append(u"Up to %s if the model picks high quality." % dollars(upper))
     if estimate.get("over_limit") and _number(estimate.get("max_cost")) is not None:
         lines.append(u"Above your limit of %s: you will be asked before it is sent." % dollars(estimate["max_cost"]))
-    return u"\n".join(lines)
+    return u"\n".join(line for line in lines if line)
 
 
 def reports_text(outputs, secrets=()):

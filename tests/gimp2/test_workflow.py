@@ -496,12 +496,12 @@ def test_the_dialog_estimate_follows_n_quality_and_model(fake_engine):
         assert plan["items"][0]["selection_bounds"] == {"x": 60, "y": 40, "width": 50, "height": 30}
         labels.append(hl.estimate_label(hl.estimate(plan)))
     one, three, low, ten, unpriced = labels
-    assert one == ("Estimated cost: about $0.0500 for 1 image of 74x54 (gpt-image-2, automatic quality)\n"
+    assert one == ("Estimated cost: about $0.0500 for 1 image of 74x54\ngpt-image-2, automatic quality\n"
                    "Up to $0.200 if the model picks high quality.")
-    assert three.startswith("Estimated cost: about $0.150 for 3 images of 74x54") and "Up to $0.600" in three
-    assert low == "Estimated cost: about $0.0300 for 3 images of 74x54 (gpt-image-2, low quality)"
+    assert three.startswith("Estimated cost: about $0.150 for 3 images of 74x54\n") and "Up to $0.600" in three
+    assert low == "Estimated cost: about $0.0300 for 3 images of 74x54\ngpt-image-2, low quality"
     assert ten.endswith("\nAbove your limit of $1.00: you will be asked before it is sent.")
-    assert unpriced == ("Estimated: about 1,156 tokens for 1 image of 74x54 (local-model, automatic quality)\n"
+    assert unpriced == ("Estimated: about 1,156 tokens for 1 image of 74x54\nlocal-model, automatic quality\n"
                         "No price is known for this model, so no dollar figure.")
     assert not _sent(fake_engine())  # nothing paid while choosing
     # the estimates went to one engine session, and the run then takes that one: no second engine start
