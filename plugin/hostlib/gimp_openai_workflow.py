@@ -308,6 +308,7 @@ class Workflow(object):
         """The run's one message (or None); notices from the engine (paid results of a cancelled run) are
         part of it, whether the run worked or not."""
         self.notices = []
+        self.agreed = None  # the most the artist agreed to pay in this run (a repeat within it is not asked again)
         try:
             text = self.dispatch(image, drawables)
         except hl.HostError as exc:
@@ -396,6 +397,9 @@ class Workflow(object):
         over = bool(estimate.get("over_limit"))
         if not over and not (batch and self.adapter.interactive):
             return words
+        upper = estimate.get("usd_upper")
+        if getattr(self, "agreed", None) is not None and upper is not None and upper <= self.agreed * 1.001:
+            return words  # the same run again (its model was replaced), at no more than the artist agreed to
         images = int(estimate.get("images") or 0)
         what = u"%d image%s" % (images, u"" if images == 1 else u"s")
         limit = hl.dollars(estimate.get("max_cost") or 0.0)
@@ -413,6 +417,7 @@ class Workflow(object):
             title = u"OpenAI: batch cost"
         if not self.adapter.ask(question, title, u"_Send"):
             raise Stop(u"Nothing was sent, nothing was paid.")
+        self.agreed = upper
         return words
 
     def cost_text(self, result):
