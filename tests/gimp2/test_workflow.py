@@ -509,3 +509,29 @@ def test_the_dialog_estimate_follows_n_quality_and_model(fake_engine):
     calls = fake_engine()
     assert [c["argv"][3] for c in calls] == ["estimate"] * 5 + ["plan", "job"]
     assert len({c["pid"] for c in calls}) == 1
+
+
+def test_the_dialog_estimate_of_a_batch_and_of_a_generation(fake_engine):
+    a = FakeImage(80, 60, selection=(10, 10, 20, 20), name="a.png")
+    b = FakeImage(80, 60, name="b.png")  # nothing selected: counted only when whole layers are chosen
+    c = FakeImage(80, 60, selection=(1, 1, 5, 5), name="c.png", indexed=True)  # refused: not counted
+    adapter = FakeAdapter([a, b, c], interactive=True)
+    batch = flow.DialogEstimate(adapter, proc("batch"), None, None)
+    values = dict(hl.defaults(proc("batch")), prompt="clear sky", n=2)
+    assert [i["id"] for i in batch.plan(values)["items"]] == ["img-1"]
+    assert [i["id"] for i in batch.plan(dict(values, no_selection="whole layer"))["items"]] == ["img-1", "img-2"]
+    label = hl.estimate_label(hl.estimate(batch.plan(dict(values, no_selection="whole layer"))))
+    assert label.startswith("Estimated cost: about $0.200 for 4 images\n"), label  # two sizes: none named
+    generate = flow.DialogEstimate(adapter, proc("generate"), a, None)
+    values = dict(hl.defaults(proc("generate")), prompt="a lighthouse", quality="low")
+    assert generate.plan(values)["canvas"] == {"width": 80, "height": 60}
+    assert "canvas" not in generate.plan(dict(values, target="new image"))
+    sized = generate.plan(dict(values, size="1536x1024"))
+    assert sized["size"] == "1536x1024" and "canvas" not in sized
+    assert hl.estimate_label(hl.estimate(sized)) == ("Estimated cost: about $0.0100 for 1 image of 1536x1024\n"
+                                                     "gpt-image-2, low quality")
+    started = hl._take_prestarted(os.environ["GIMP_OPENAI_PYTHON"])  # the session the estimates started
+    assert started is not None
+    started[0].stdin.close()  # end of input: it ends
+    assert started[0].wait(10) == 0
+    started[1].close()
