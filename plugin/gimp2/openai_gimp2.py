@@ -449,7 +449,9 @@ def _handler(proc):
         workflow = flow.Workflow(Gimp2(), proc, args, python=host.find_engine_python(SUPPORT_DIRS),
                                  secrets=_secrets())
         text = workflow.run(image, drawable)
-        if text:
+        if text and workflow.only_cost:  # nothing to read but the cost: the status text, not a message box
+            pdb.gimp_progress_set_text(_native(text))
+        elif text:
             gimp.message(_native(text))
         return text
     return handle

@@ -306,9 +306,13 @@ class Workflow(object):
     # ------------------------------------------------------------------------------------------ dispatch
     def run(self, image=None, drawables=None):
         """The run's one message (or None); notices from the engine (paid results of a cancelled run) are
-        part of it, whether the run worked or not."""
+        part of it, whether the run worked or not. ``only_cost`` is True afterwards when the message says
+        nothing but what the run cost: hosts then show it as status text, not in a message box (a box after
+        every edit that worked interrupts the artist, and GIMP gives up on them after a few)."""
         self.notices = []
         self.agreed = None  # the most the artist agreed to pay in this run (a repeat within it is not asked again)
+        self.last_cost = None
+        self.only_cost = False
         try:
             text = self.dispatch(image, drawables)
         except hl.HostError as exc:
@@ -316,7 +320,9 @@ class Workflow(object):
             if self.notices:
                 exc.message = u"\n\n".join([exc.message] + self.notices)
             raise
-        return u"\n\n".join([t for t in [text] if t] + self.notices) or None
+        text = u"\n\n".join([t for t in [text] if t] + self.notices) or None
+        self.only_cost = bool(text) and text == self.last_cost
+        return text
 
     def dispatch(self, image, drawables):
         if self.operation in ("edit", "variation"):
@@ -429,8 +435,9 @@ class Workflow(object):
         line = hl.cost_line(result.get("cost") or hl.add_costs([i.get("cost") for i in result.get("items") or []]),
                             images, model, self.quality())
         if line is None:
-            return u"OpenAI cost: unknown (the server did not say what it used)" if images else u""
-        return u"OpenAI cost: " + line
+            line = u"unknown (the server did not say what it used)" if images else u""
+        self.last_cost = u"OpenAI cost: " + line if line else u""
+        return self.last_cost
 
     def run_items(self, items):
         """Plan, export and the job in one engine session; then each image's results inserted."""

@@ -79,9 +79,11 @@ def test_edit_selection_inserts_masked_layer_at_exact_offsets(g2, fake_engine):
     assert parasite["model"] == "gpt-image-2" and parasite["request_id"] == "req-img-1-0"
     assert parasite["cost"]["usd"] == 0.05
     assert parasite["cost"]["text"] == "$0.0500 (1 image, gpt-image-2, auto quality)"
-    # the run's one message is its cost (GIMP 2.10 shows it where the artist set messages to go)
-    assert FAKE_KEY not in json.dumps(parasite)
-    assert g2.gimp.state.messages == ["OpenAI cost: $0.0500 (1 image, gpt-image-2, auto quality)"]
+    # a run that worked says its cost in the status text, not in a message box that interrupts the artist
+    assert FAKE_KEY not in json.dumps(parasite) and g2.gimp.state.messages == []
+    texts = [text for kind, text in g2.gimp.state.progress if kind == "text"]
+    assert texts[-1] == "OpenAI cost: $0.0500 (1 image, gpt-image-2, auto quality)"
+    assert any(t.startswith("OpenAI: sending 1 request(s), about $0.0500") for t in texts)  # the estimate first
     assert g2.gimp.state.flushes >= 1 and ("update", 0.5) in g2.gimp.state.progress
 
 

@@ -24,6 +24,11 @@ def _point(monkeypatch, server):
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
 
 
+def _status(g2):
+    """The last status text the run set (the progress bar's text)."""
+    return [text for kind, text in g2.gimp.state.progress if kind == "text"][-1]
+
+
 def test_edit_selection_against_the_local_server(g2, engine, local_server, monkeypatch):
     _point(monkeypatch, local_server)
     image, layer = make_image(g2, 160, 120, layer_box=(-16, 8, 192, 104))
@@ -31,7 +36,8 @@ def test_edit_selection_against_the_local_server(g2, engine, local_server, monke
     g2.pdb.gimp_image_select_ellipse(image, 2, 40, 30, 48, 40)
     sel = image.selection.pixels[..., 0].copy()
     g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args("a red kite", n=2))
-    (msg,) = g2.gimp.state.messages  # the run's one message: what it cost
+    assert g2.gimp.state.messages == []  # a run that worked: its cost in the status text, no message box
+    msg = _status(g2)
     assert msg.startswith("OpenAI cost: $0.") and msg.endswith("(2 images, gpt-image-2.6-sunburst, auto quality)")
     group = image.layers[0]
     shares = [json.loads(la.parasite_find("gimp-openai").data)["cost"] for la in group.layers]
@@ -77,8 +83,9 @@ def test_variations_both_paths(g2, engine, local_server, monkeypatch, model, tag
     image, layer = make_image(g2, 96, 96)
     g2.pdb.gimp_image_select_rectangle(image, 2, 16, 16, 48, 48)
     g2.pdb.python_fu_openai_variations(image, layer, model, 1, "vary it", "auto", "auto", False, True)
-    # the run's one message is its cost: dall-e-2 is billed per image and its answer carries no usage
-    (message,) = g2.gimp.state.messages
+    # a run that worked: its cost in the status text (dall-e-2 is billed per image, its answer has no usage)
+    assert g2.gimp.state.messages == []
+    message = _status(g2)
     if model:
         assert message == "OpenAI cost: unknown (the server did not say what it used)", message
     else:
@@ -93,7 +100,8 @@ def test_generate_against_the_local_server(g2, engine, local_server, monkeypatch
     _point(monkeypatch, local_server)
     image, layer = make_image(g2, 64, 64)
     g2.pdb.python_fu_openai_generate(image, layer, "a lighthouse", "", 1, "1024x1024", "low", "auto", 0, "new image")
-    (message,) = g2.gimp.state.messages
+    assert g2.gimp.state.messages == []
+    message = _status(g2)
     assert message.startswith("OpenAI cost: $0.0") and message.endswith("(1 image, gpt-image-2.6-sunburst, low)")
     new = g2.gimp.image_list()[-1]
     assert new is not image and new.layers[0].name == "OpenAI: a lighthouse (1/1)"
@@ -131,7 +139,7 @@ def test_dead_model_interactive_switch_is_remembered_and_runs_once(g2, engine, s
     image, layer, before_layer, asked = _run_dead_model_edit(g2, server, monkeypatch, True)
     g2.pdb.python_fu_openai_edit_selection(image, layer, run_mode=g2.gimpfu.RUN_INTERACTIVE)
     assert len(asked) == 1 and GONE_TEXT in asked[0] and f"Switch to {NEWEST}" in asked[0]
-    assert [m.split(" (")[0][:15] for m in g2.gimp.state.messages] == ["OpenAI cost: $0"], g2.gimp.state.messages
+    assert g2.gimp.state.messages == [], g2.gimp.state.messages
     # the dead model was asked once (no retry), then the replacement once
     assert _image_requests(server) == [("edits", "gpt-image-1", 404), ("edits", NEWEST, 200)]
     assert load_settings(apply_env=False).default_model == NEWEST

@@ -127,8 +127,11 @@ def run(adapter, name, values, image=None):
 def test_edit_exports_the_planned_region_and_inserts_masked_layers_in_one_undo_group(fake_engine):
     image = FakeImage(200, 150, selection=(60, 40, 50, 30))
     adapter = FakeAdapter([image])
-    text = run(adapter, "edit-selection", {"prompt": "a red kite", "n": 2}, image)
+    workflow = flow.Workflow(adapter, proc("edit-selection"), dict(hl.defaults(proc("edit-selection")),
+                                                                    prompt="a red kite", n=2))
+    text = workflow.run(image, None)
     assert text == "OpenAI cost: $0.100 (2 images, gpt-image-2, auto quality)"  # the run's one message
+    assert workflow.only_cost  # nothing else to read: hosts show it as status text, not in a message box
     region, selection = adapter.exports
     # the fake engine plans the selection plus 25 % of its larger side, clipped to the layer
     assert region[2] == selection[2] == {"x": 48, "y": 28, "width": 74, "height": 54}
@@ -264,7 +267,7 @@ def test_notices_of_a_cancelled_run_reach_the_artist_with_this_run_s_message(fak
     image = FakeImage(80, 60, selection=(10, 10, 20, 20))
     text = run(FakeAdapter([image]), "edit-selection", {"prompt": "x"}, image)
     assert text == ("OpenAI cost: $0.0500 (1 image, gpt-image-2, auto quality)\n\nA cancelled run had already "
-                    "received 1 image (paid for); they are saved here:\n  /history/kite.png")
+                    "received 1 image (paid for); they are saved here:\n  /history/kite.png")  # a message box
 
 
 def _jobs(log):

@@ -163,7 +163,9 @@ class OpenAIPlugIn(Gimp.PlugIn):
             unsaved.clear()  # GIMP saves the values of a successful run itself
             if proc["operation"] == "settings":
                 config.set_property("change-key", False)  # a new key is asked for once, not at every Save
-            if message:
+            if message and workflow.only_cost:  # nothing to read but the cost: the status text says it
+                _status(message)
+            elif message:
                 _tell(message)
             Gimp.displays_flush()
             return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
@@ -242,6 +244,15 @@ def _tell(text):
     """The run's one message (GIMP shows it in its message dialog, or on stderr without a display)."""
     _record_timing("message", 0.0, {"kind": "message", "text": text})
     Gimp.message(text)
+
+
+def _status(text):
+    """A line for the status bar (a run that worked, and what it cost), not a message box."""
+    _record_timing("status", 0.0, {"text": text})
+    try:
+        Gimp.progress_set_text(text)
+    except Exception:  # noqa: BLE001 - no progress to show it in (a script without a display)
+        pass
 
 
 def show_saved_settings(config):
