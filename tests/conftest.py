@@ -18,6 +18,8 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GIMP_OPENAI_CACHE_DIR", str(home / "cache"))
     monkeypatch.setenv("GIMP_OPENAI_HISTORY_DIR", str(home / "history"))
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
+    # no engine kept warm after a test's run (tests of the warm engine set their own short wait)
+    monkeypatch.setenv("GIMP_OPENAI_WARM_SECONDS", "0")
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID"):
         monkeypatch.delenv(var, raising=False)
     yield

@@ -98,7 +98,8 @@ def register_all(manifest=None):
         _PROCS[str(proc["name"])] = proc
         gimpfu.register(str(proc["name"]), _native(proc["blurb"]), _native(proc["help"]),
                         _native(manifest["author"]), _native(manifest["copyright"]), str(manifest["date"]),
-                        _native(proc["label"]), str(proc["image_types"]), pf_params(proc), [],
+                        _native(proc.get("gimp2_label") or proc["label"]), str(proc["image_types"]),
+                        pf_params(proc), [],
                         _runner(proc), menu=str(manifest["menu"]["gimp2"]))
     return manifest
 
@@ -134,7 +135,16 @@ def _run(proc_name, params):
         if checked is None:  # refused or declined: said already, no dialog
             return None
         _seed_dialog(proc_name, proc, checked[0])
+        if not any(p.get("dialog", True) for p in host.public_params(proc)) and host.public_params(proc):
+            # every argument is for scripts only (Keep Visible Result): no dialog of one hidden field; the
+            # run is still interactive (_RUN), with the manifest's defaults
+            lead = list(params[1:3]) if proc.get("image_params") else []
+            return _registered_function(proc_name)(*(lead + [p["default"] for p in host.public_params(proc)]))
     return gimpfu._run(proc_name, params)
+
+
+def _registered_function(proc_name):
+    return gimpfu._registered_plugins_[proc_name][10]
 
 
 def _before_dialog(proc, image, drawable):
@@ -273,11 +283,85 @@ def _image_label(image):
 # ------------------------------------------------------------------------------------------------ export
 
 def export_region(layer, place, path):
-    """Write ``place`` (image coordinates, inside the layer) of the layer as an 8-bit RGBA PNG."""
+    """Write ``place`` (image coordinates) of the layer as an 8-bit RGBA PNG, transparent where it runs past
+    the layer (an edit's selection may; pixel regions only read inside the layer, so the rest is padded)."""
     ox, oy = layer.offsets
-    lx, ly, w, h = place["x"] - ox, place["y"] - oy, place["width"], place["height"]
-    rgn = layer.get_pixel_rgn(lx, ly, w, h, False, False)
-    host.write_png(path, w, h, host.to_rgba(rgn[lx:lx + w, ly:ly + h], layer.bpp), 4)
+    w, h = place["width"], place["height"]
+    inside = flow.intersect(place, _rect(ox, oy, layer.width, layer.height))
+    lx, ly, iw, ih = inside["x"] - ox, inside["y"] - oy, inside["width"], inside["height"]
+    if inside == place:
+        rgn = layer.get_pixel_rgn(lx, ly, w, h, False, False)
+        host.write_png(path, w, h, host.to_rgba(rgn[lx:lx + w, ly:ly + h], layer.bpp), 4)
+        return
+    out = bytearray(w * h * 4)
+    if iw and ih:
+        rgn = layer.get_pixel_rgn(lx, ly, iw, ih, False, False)
+        data = host.to_rgba(rgn[lx:lx + iw, ly:ly + ih], layer.bpp)
+        for row in range(ih):
+            start = ((inside["y"] - place["y"] + row) * w + (inside["x"] - place["x"])) * 4
+            out[start:start + iw * 4] = data[row * iw * 4:(row + 1) * iw * 4]
+    host.write_png(path, w, h, out, 4)
+
+
+def _read_rgba(drawable):
+    rgn = drawable.get_pixel_rgn(0, 0, drawable.width, drawable.height, False, False)
+    return host.to_rgba(rgn[0:drawable.width, 0:drawable.height], drawable.bpp)
+
+
+def reference_layers(image, exclude):
+    """[(name, layer)]: the layers named ``ref:...`` in ``image`` first, then in the other open images (groups
+    searched, not taken); hidden ones count."""
+    found = []
+    images = [image] + [im for im in gimp.image_list() if im.ID != image.ID]
+    for im in images:
+        for layer in _all_layers(im.layers):
+            if pdb.gimp_item_is_group(layer) or (exclude is not None and layer.ID == exclude.ID):
+                continue
+            name = host.to_text(pdb.gimp_item_get_name(layer))
+            if name.strip().lower().startswith(flow.REFERENCE_PREFIX):
+                found.append((name if im.ID == image.ID else u"%s (%s)" % (name, _image_label(im)), layer))
+    return found
+
+
+def export_reference(layer, max_width, max_height, path):
+    """The layer scaled down (never up) to fit the size, in a temporary image (GIMP 2.10 reads no scaled
+    pixels): a copy is scaled there, read and the image deleted; nothing of the artist's image changes."""
+    w, h = layer.width, layer.height
+    scale = min(1.0, float(max_width) / w, float(max_height) / h)
+    if scale >= 1.0:
+        host.write_png(path, w, h, _read_rgba(layer), 4)
+        return
+    sw, sh = max(1, int(w * scale)), max(1, int(h * scale))
+    base = pdb.gimp_image_base_type(layer.image)
+    tmp = pdb.gimp_image_new(w, h, base if base != INDEXED else RGB)
+    try:
+        pdb.gimp_image_undo_disable(tmp)
+        copy = pdb.gimp_layer_new_from_drawable(layer, tmp)
+        tmp.insert_layer(copy, None, 0)
+        pdb.gimp_layer_scale(copy, sw, sh, False)
+        host.write_png(path, copy.width, copy.height, _read_rgba(copy), 4)
+    finally:
+        pdb.gimp_image_delete(tmp)
+
+
+def export_visible(image, path):
+    """The canvas as it shows (every visible layer) as an RGBA PNG; the layer made from it is never inserted."""
+    visible = pdb.gimp_layer_new_from_visible(image, image, "gimp-openai visible")
+    try:
+        host.write_png(path, visible.width, visible.height, _read_rgba(visible), 4)
+    finally:
+        pdb.gimp_item_delete(visible)
+
+
+def expand_canvas(image, width, height, dx, dy, spec):
+    """The canvas resized (layers move with the picture and keep their size: the new area is transparent) and
+    the painted layer on top with its mask, in ONE undo group (insert_results' group nests in it)."""
+    pdb.gimp_image_undo_group_start(image)
+    try:
+        pdb.gimp_image_resize(image, width, height, dx, dy)
+        return insert_results(image, None, [spec])[0]
+    finally:
+        pdb.gimp_image_undo_group_end(image)
 
 
 def export_selection(image, place, path):
@@ -353,6 +437,94 @@ def _is_result(item):
     return item.parasite_find(host.PARASITE_NAME) is not None
 
 
+# ----------------------------------------------------------------------------------------------- preview
+
+def _is_preview(item):
+    return item.parasite_find(host.PREVIEW_PARASITE) is not None
+
+
+def _all_layers(layers):
+    found = []
+    for layer in layers:
+        found.append(layer)
+        if pdb.gimp_item_is_group(layer):
+            found.extend(_all_layers(layer.children))
+    return found
+
+
+class _Unrecorded(object):
+    """Changes to an image that are not the artist's: undo frozen (gimp-image-undo-freeze is meant for in-situ
+    previews; undo-disable would throw the artist's whole history away), the dirty state as it was (a clean
+    image stays clean) and the active layer as it was (inserting a layer activates it)."""
+
+    def __init__(self, image):
+        self.image = image
+
+    def __enter__(self):
+        self.dirty = bool(pdb.gimp_image_is_dirty(self.image))
+        self.active = self.image.active_layer
+        pdb.gimp_image_undo_freeze(self.image)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.active is not None and pdb.gimp_item_is_valid(self.active):
+                pdb.gimp_image_set_active_layer(self.image, self.active)
+            if not self.dirty:
+                pdb.gimp_image_clean_all(self.image)
+        finally:
+            pdb.gimp_image_undo_thaw(self.image)
+        return False
+
+
+def show_preview(image, above, spec, layer=None):
+    """The preview's pixels in ``layer`` (the one shown so far, when still there and of the same size: only its
+    pixels change) or in a new layer above ``above`` (where the result will go; on top when None), with the
+    engine's layer mask. GIMP loads the PNG (any image type); returns the preview layer."""
+    with _Unrecorded(image):
+        loaded = pdb.gimp_file_load_layer(image, spec.png)
+        same = (layer is not None and pdb.gimp_item_is_valid(layer) and
+                (layer.width, layer.height) == (loaded.width, loaded.height) and layer.bpp == loaded.bpp)
+        if same:  # the newer preview's pixels into the layer shown, in place
+            w, h = loaded.width, loaded.height
+            data = loaded.get_pixel_rgn(0, 0, w, h, False, False)[0:w, 0:h]
+            rgn = layer.get_pixel_rgn(0, 0, w, h, True, False)
+            rgn[0:w, 0:h] = data
+            layer.flush()
+            pdb.gimp_item_delete(loaded)
+            if tuple(layer.offsets) != (spec.x, spec.y):
+                layer.set_offsets(spec.x, spec.y)
+            layer.update(0, 0, w, h)
+            return layer
+        if layer is not None and pdb.gimp_item_is_valid(layer):
+            image.remove_layer(layer)
+        layer = loaded
+        layer.name = _native(spec.name)
+        parent, position = None, 0
+        if above is not None:
+            parent = pdb.gimp_item_get_parent(above)
+            position = _above_earlier_results(image, above)
+        image.insert_layer(layer, parent, position)
+        layer.set_offsets(spec.x, spec.y)
+        if spec.mask == "engine" and spec.mask_png:
+            mask = layer.create_mask(ADD_WHITE_MASK)
+            layer.add_mask(mask)
+            _fill_mask(image, mask, spec.mask_png)
+        layer.attach_new_parasite(host.PREVIEW_PARASITE, PARASITE_PERSISTENT, _native(spec.parasite))
+        return layer
+
+
+def remove_previews(image):
+    """Every preview layer in the image (this run's, or one a killed run left), removed unrecorded."""
+    found = [layer for layer in _all_layers(image.layers) if _is_preview(layer)]
+    if found:
+        with _Unrecorded(image):
+            for layer in found:
+                if pdb.gimp_item_is_valid(layer):
+                    image.remove_layer(layer)
+    return len(found)
+
+
 def _siblings(image, item):
     parent = pdb.gimp_item_get_parent(item)
     return list(parent.children) if parent is not None else list(image.layers)
@@ -366,6 +538,45 @@ def _layer_of_results(image, group):
     return flow.layer_of_results(_siblings(image, group), group, _is_result)
 
 
+def result_group(image, drawable):
+    """(group, its layers top first) when ``drawable`` is a group of results, or a layer (or mask) in one."""
+    if drawable is None:
+        return None
+    if pdb.gimp_item_is_layer_mask(drawable):
+        drawable = pdb.gimp_layer_from_mask(drawable)
+    if not pdb.gimp_item_is_layer(drawable):
+        return None
+    group = drawable if pdb.gimp_item_is_group(drawable) else pdb.gimp_item_get_parent(drawable)
+    if group is None or not _is_result(group):
+        return None
+    return group, list(group.children)
+
+
+def show_only(image, layers, index):
+    pdb.gimp_image_undo_group_start(image)
+    try:
+        for k, layer in enumerate(layers):
+            pdb.gimp_item_set_visible(layer, k == index)
+        pdb.gimp_image_set_active_layer(image, layers[index])
+    finally:
+        pdb.gimp_image_undo_group_end(image)
+
+
+def keep_result(image, group, layer):
+    """``layer`` takes the group's place (its mask and parasite go with it) and the group, with the other
+    results, is removed: one undo step."""
+    pdb.gimp_image_undo_group_start(image)
+    try:
+        parent = pdb.gimp_item_get_parent(group)
+        position = pdb.gimp_image_get_item_position(image, group)
+        pdb.gimp_image_reorder_item(image, layer, parent, position)
+        pdb.gimp_item_set_visible(layer, True)
+        pdb.gimp_image_remove_layer(image, group)
+        pdb.gimp_image_set_active_layer(image, layer)
+    finally:
+        pdb.gimp_image_undo_group_end(image)
+
+
 # ---------------------------------------------------------------------------------------------- adapter
 
 class Gimp2(object):
@@ -373,6 +584,9 @@ class Gimp2(object):
 
     #: the Settings dialog opens with what the engine has on file (seeded by _run before gimpfu's dialog)
     shows_saved_settings = True
+
+    def __init__(self):
+        self.previews = {}  # image ID -> the preview layer shown
 
     @property
     def interactive(self):
@@ -385,6 +599,9 @@ class Gimp2(object):
             drawable = pdb.gimp_layer_from_mask(drawable)
         if pdb.gimp_item_is_layer(drawable) and pdb.gimp_item_is_group(drawable) and _is_result(drawable):
             drawable = _layer_of_results(image, drawable) or drawable  # results of n > 1: their layer
+        elif pdb.gimp_item_is_layer(drawable) and _is_preview(drawable):  # a killed run's preview, clicked
+            drawable = flow.layer_of_results(_siblings(image, drawable), drawable,
+                                             lambda la: _is_result(la) or _is_preview(la)) or drawable
         if drawable is None or not pdb.gimp_item_is_layer(drawable):
             kind = "channel"
         elif pdb.gimp_item_is_group(drawable):
@@ -408,11 +625,33 @@ class Gimp2(object):
     def export_selection(self, target, place, path):
         export_selection(target.image, place, path)
 
+    def reference_layers(self, image, exclude):
+        return reference_layers(image, exclude)
+
+    def export_reference(self, layer, max_width, max_height, path):
+        export_reference(layer, max_width, max_height, path)
+
+    def export_visible(self, image, path):
+        export_visible(image, path)
+
+    def expand_canvas(self, image, width, height, dx, dy, spec):
+        return expand_canvas(image, width, height, dx, dy, spec)
+
     def insert(self, image, anchor, layers, group_name):
         return insert_results(image, anchor, layers, group_name)
 
     def alive(self, image, layer):
         return bool(pdb.gimp_image_is_valid(image)) and (layer is None or bool(pdb.gimp_item_is_valid(layer)))
+
+    def preview(self, target, spec):
+        image = target.image
+        self.previews[image.ID] = show_preview(image, target.layer, spec, self.previews.get(image.ID))
+        gimp.displays_flush()
+
+    def end_preview(self, target):
+        self.previews.pop(target.image.ID, None)
+        if remove_previews(target.image):
+            gimp.displays_flush()
 
     def new_image(self, width, height):
         return gimp.Image(width, height, RGB)
@@ -437,11 +676,34 @@ class Gimp2(object):
     def status(self, text):
         pdb.gimp_progress_set_text(_native(text))
 
+    def end_progress(self):
+        """GIMP disconnects its Cancel from the plug-in when the progress ends."""
+        try:
+            pdb.gimp_progress_end()
+        except Exception:  # noqa: S110 - no progress to end (no display)
+            pass
+
     def models_listed(self, models):
         pass
 
     def keep_workdir(self, path):
         return False
+
+    # picking among results (gimpfu has no custom dialogs: Show Next Result steps, Keep Visible Result keeps)
+    def result_group(self, image, drawable):
+        return result_group(image, drawable)
+
+    def is_visible(self, layer):
+        return bool(pdb.gimp_item_get_visible(layer))
+
+    def layer_label(self, layer):
+        return host.to_text(pdb.gimp_item_get_name(layer))
+
+    def show_only(self, image, layers, index):
+        show_only(image, layers, index)
+
+    def keep_result(self, image, group, layer):
+        keep_result(image, group, layer)
 
 
 def _handler(proc):

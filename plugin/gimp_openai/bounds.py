@@ -57,6 +57,8 @@ BOUNDS: dict[str, Bound] = {
         Bound("region_side", 1, 1_000_000, int, "px", "the width or height of a region"),
         Bound("target_side", 1, 100_000, int, "px", "the width or height of the image sent to the model"),
         Bound("max_cost", 0.0, 100_000.0, float, "dollars", "the estimated cost above which a run asks first"),
+        Bound("history_limit", 1, 1_000_000, int, "results", "how many history results to list"),
+        Bound("index", 0, 10, int, "", "which result of a group to keep (0: the one showing)"),
     )
 }
 

@@ -1,6 +1,7 @@
 """`gimp-openai`: the engine from a shell (and `python -m gimp_openai`, which the GIMP hosts run).
 
-Subcommands: edit, variation, generate, batch, models, usage, doctor, serve, session, plan, job, key, config.
+Subcommands: edit, variation, generate, expand, batch, models, usage, history, doctor, serve, session, warm, plan, job,
+key, config.
 Everything that can be checked is checked before a request is paid for (the input files, the selection, the
 prompt, n, the size, the output folder), and each request's estimated cost is printed before it is sent: above
 the limit (``--max-cost``, setting ``max_cost``, $1 by default) a terminal asks, anything else refuses unless
@@ -627,6 +628,7 @@ def _operate(args: argparse.Namespace, engine: operations.Engine, model: str, pi
         opts = options_from(args, model, args.prompt or "", source=str(image_path))
         if getattr(args, "reference", None):
             opts.extra_images = read_references(args.reference)
+            opts.reference_names = [Path(path).name for path in args.reference]
         if getattr(args, "markup", None):
             opts.markup = read_markup(args.markup, pixels.shape)
             if not (args.mask or args.rect):
@@ -689,6 +691,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_expand(args: argparse.Namespace) -> int:
+    from gimp_openai import expand_cli
+
+    return expand_cli.run(args, _prepare, options_from, load_image, StderrProgress)
+
+
 def cmd_variation(args: argparse.Namespace) -> int:
     _settings, engine, model, out = _prepare(args, "variation")
     progress = StderrProgress(enabled=not args.quiet)
@@ -703,6 +711,9 @@ def cmd_variation(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     settings, engine, model, out = _prepare(args, "generate")
     opts = options_from(args, model, args.prompt or "")
+    if getattr(args, "reference", None):
+        opts.extra_images = read_references(args.reference)
+        opts.reference_names = [Path(path).name for path in args.reference]
     progress = StderrProgress(enabled=not args.quiet)
     stem = output_stem(args.name, "generated") if args.name else "generated"
     written = Written(source="")
@@ -739,6 +750,10 @@ def item_labels(images: Sequence[str]) -> list[str]:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    if args.async_:
+        from gimp_openai import batchcli
+
+        return batchcli.submit(args)
     if args.operation == "edit":
         if not (args.prompt or "").strip():
             raise InvalidInputError("The prompt is empty.", hint="Pass --prompt 'what the selections should become'.")
@@ -877,9 +892,18 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_session(args: argparse.Namespace) -> int:
-    from gimp_openai import jobs
+    from gimp_openai import jobs, warm
 
-    return jobs.run_session()
+    code = jobs.run_session()
+    if args.warm and code == jobs.EXIT_OK:  # the next run of this host finds an engine ready
+        warm.start(Path(args.warm), args.warm_seconds)
+    return code
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    from gimp_openai import warm
+
+    return warm.serve(Path(args.socket), args.idle)
 
 
 def cmd_key(args: argparse.Namespace) -> int:
@@ -919,6 +943,100 @@ CONFIG_REFUSED = ("api_key",)
 
 class ConfigValueError(InvalidInputError):
     code = "settings_error"
+
+
+def _history_folder(args: argparse.Namespace) -> Path:
+    from gimp_openai.history import default_history_dir
+
+    return Path(args.folder).expanduser() if getattr(args, "folder", "") else default_history_dir()
+
+
+def _entry_line(entry: Any) -> str:
+    when = entry.time[:16].replace("T", " ") if entry.time else "?"
+    what = entry.what
+    cost = f", cost ${entry.cost:.3f}" if entry.cost is not None else ""
+    tag = " [preview kept after a failure]" if entry.partial else ""
+    tag += " [no description]" if not entry.described else ""
+    prompt = " ".join(entry.prompt.split())
+    prompt = (prompt[:57] + "…") if len(prompt) > 58 else prompt
+    return f"{entry.id}\n  {when}  {entry.model or '?'}  {entry.operation or '?'}{cost}{tag}\n  " + \
+        (f"{prompt!r}" if prompt else "(no prompt)") + (f"  — {what}" if what else "")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Past results, read back from the history folder: nothing here sends a request or costs anything."""
+    from gimp_openai import history_index as hx
+
+    as_json = bool(getattr(args, "json", False))
+    folder = _history_folder(args)
+    action = args.history_command
+    if action == "list":
+        since = hx.parse_since(args.since) if args.since else None
+        listing = hx.list_entries(folder, since=since, limit=int(args.limit) if args.limit else None)
+        if args.thumbnails:
+            hx.add_thumbnails(listing.entries, listing.notes)
+        if as_json:
+            print(json.dumps(listing.to_dict()))
+        else:
+            for entry in listing.entries:
+                print(_entry_line(entry))
+            if listing.more:
+                print(f"({listing.more} older result(s) not shown; --limit shows more)")
+            if not listing.entries:
+                print(f"No results in {folder}.")
+        for note in listing.notes:
+            print(f"gimp-openai: note: {note}", file=sys.stderr)
+        return 0
+    entry = hx.get_entry(args.id, folder)
+    if action == "show":
+        if as_json:
+            print(json.dumps({"ok": True, "entry": entry.to_dict()}))
+        else:
+            print(_entry_line(entry))
+            for name, value in entry.to_dict().items():
+                if value not in (None, "", False) and name not in ("id", "prompt"):
+                    print(f"  {name}: {value}")
+            print(f"  prompt: {entry.prompt}")
+        return 0
+    placed = hx.placed_layer(entry)
+    out = Path(args.out)
+    from gimp_openai import imaging
+    from gimp_openai.atomic import write_bytes_atomic
+
+    if action == "layer":  # for the hosts: the exact pixels, as fast to read back as their own PNGs
+        write_bytes_atomic(out, imaging.encode_host_png(placed.pixels), durable=False)
+        answer = {"ok": True, "layer_png": str(out), "x": placed.x, "y": placed.y, "width": placed.width,
+                  "height": placed.height, "placed": placed.placed, "name": hx.layer_name(entry),
+                  "entry": entry.to_dict()}
+        print(json.dumps(answer) if as_json else f"{out}: {placed.width}x{placed.height} at {placed.x},{placed.y}")
+        return 0
+    original, _notes = load_image(args.image)
+    height, width = original.shape[:2]
+    fits = placed.fits(width, height)
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".ora"):
+        raise UsageError(f"{out.name}: the output must be a .png or an .ora file.")
+    if suffix == ".ora":
+        from gimp_openai import ora
+
+        if fits:
+            ora.write_ora(out, width, height, [ora.Layer(Path(args.image).name, original),
+                                               ora.Layer(hx.layer_name(entry), placed.pixels, placed.x, placed.y)])
+        else:
+            ora.write_ora(out, placed.width, placed.height, [ora.Layer(hx.layer_name(entry), placed.pixels)])
+    else:
+        pixels = hx.over(original, placed.pixels, placed.x, placed.y) if fits else placed.pixels
+        write_bytes_atomic(out, imaging.encode_png(pixels))
+    where = (f"at {placed.x},{placed.y} in a copy of {Path(args.image).name}" if fits else
+             f"on its own: {'it has no place' if not placed.placed else 'its place is outside'} "
+             f"{Path(args.image).name} ({width}x{height})")
+    if as_json:
+        print(json.dumps({"ok": True, "out": str(out), "placed": fits, "x": placed.x if fits else 0,
+                          "y": placed.y if fits else 0, "width": placed.width, "height": placed.height,
+                          "entry": entry.to_dict()}))
+    else:
+        print(f"{out}: {entry.id}, {placed.width}x{placed.height}, {where}")
+    return 0
 
 
 def _config_fields() -> list[str]:
@@ -1099,7 +1217,8 @@ def bounded(name: str, flag: str) -> Any:
 
 #: The numeric command-line options and the bounds-table entries they are checked against.
 NUMERIC_OPTIONS = {"-n": "n", "--feather": "feather", "--padding": "context_padding", "--timeout": "read_timeout",
-                   "--concurrency": "concurrency", "--partial-images": "partial_images", "--max-cost": "max_cost"}
+                   "--concurrency": "concurrency", "--partial-images": "partial_images", "--max-cost": "max_cost",
+                   "--limit": "history_limit"}
 
 
 def _partial_images_flag(p: argparse.ArgumentParser) -> None:
@@ -1176,6 +1295,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of a mask (gpt-image-2.6); --mask/--rect then only limit what the result replaces")
     _common(p)
 
+    from gimp_openai import expand_cli
+
+    expand_cli.add_parser(sub, _common, bounded)
+
     p = sub.add_parser("variation", help="variations of an image")
     p.add_argument("image")
     p.add_argument("--variation-prompt", default="", help="prompt when the model makes variations by editing")
@@ -1183,6 +1306,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="new images from a prompt")
     p.add_argument("--prompt", "-p", default="")
+    p.add_argument("--reference", action="append",
+                   help="an image the result should follow (GPT models, sent to the edits endpoint without a mask; "
+                        "repeatable)")
     p.add_argument("--name", default="", help="file name stem (default: generated)")
     _partial_images_flag(p)
     _common(p, images=False)
@@ -1195,6 +1321,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variation-prompt", default="")
     p.add_argument("--concurrency", type=bounded("concurrency", "--concurrency"), default=None,
                    help="requests at once, 1-16 (default: settings, 4)")
+    p.add_argument("--async", dest="async_", action="store_true",
+                   help="send through the Batch API (half the price, results within 24 h); then "
+                        "`batch status|collect|cancel ID`, `batch list`")
+    p.add_argument("--wait", action="store_true", help="with --async: wait for the results and collect them")
+    p.add_argument("--poll", type=float, default=10.0, help="with --wait: seconds between status checks")
     _common(p)
 
     p = sub.add_parser("models", help="image models the server offers, with their sizes and shutdown dates")
@@ -1220,11 +1351,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p = sub.add_parser("job", help="host protocol: run JOB.json, progress as JSON lines")
     p.add_argument("file")
-    sub.add_parser("session", help="host protocol: plan and job requests as JSON lines on stdin, one process")
+    p = sub.add_parser("session", help="host protocol: plan and job requests as JSON lines on stdin, one process")
+    p.add_argument("--warm", metavar="SOCKET", help="afterwards, keep an engine ready for the next run on SOCKET")
+    p.add_argument("--warm-seconds", type=float, default=900.0, metavar="SECONDS",
+                   help="how long that engine waits for the next run (default 900)")
+    p = sub.add_parser("warm", help="host protocol: an engine waiting on SOCKET for the next run's session")
+    p.add_argument("--socket", required=True)
+    p.add_argument("--idle", type=float, default=900.0, metavar="SECONDS")
 
     p = sub.add_parser("key", help="store the API key (read from stdin or a hidden prompt) or show its status")
     p.add_argument("action", choices=("set", "status"))
     _json_flag(p)
+
+    p = sub.add_parser("history", help="past results: list, show one, or put one back into an image (no new request)")
+    _json_flag(p)
+    hist = p.add_subparsers(dest="history_command", metavar="ACTION", required=True)
+    h = hist.add_parser("list", help="the results in the history folder, newest first")
+    h.add_argument("--since", default="",
+                   help="only results from then on: a date (2026-03-01), a time, or 7d, 12h, 30m")
+    h.add_argument("--limit", type=bounded("history_limit", "--limit"), default=None, help="at most N results")
+    h.add_argument("--thumbnails", action="store_true", help="make (or reuse) a thumbnail for each listed result")
+    h.add_argument("--folder", default="", help="another history folder (default: settings)")
+    _json_flag(h)
+    h = hist.add_parser("show", help="one result's description")
+    h.add_argument("id")
+    h.add_argument("--folder", default="")
+    _json_flag(h)
+    h = hist.add_parser("insert", help="a result at its place in a copy of IMAGE (.png: composited; .ora: layers)")
+    h.add_argument("id")
+    h.add_argument("image")
+    h.add_argument("-o", "--out", required=True, help="the file to write (.png or .ora)")
+    h.add_argument("--folder", default="")
+    _json_flag(h)
+    h = hist.add_parser("layer", help="host protocol: a result as the layer it was (PNG) and where it goes")
+    h.add_argument("id")
+    h.add_argument("-o", "--out", required=True, help="the PNG to write")
+    h.add_argument("--folder", default="")
+    _json_flag(h)
 
     p = sub.add_parser("config", help="show the settings (never the key) or set some: config set KEY=VALUE ...")
     p.add_argument("action", choices=("show", "set"))
@@ -1233,7 +1396,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PAID_COMMANDS = ("edit", "variation", "generate", "batch")
+PAID_COMMANDS = ("edit", "variation", "generate", "batch", "expand")
 
 
 def interactive() -> bool:
@@ -1266,6 +1429,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     return_freed_buffers()  # before the first image buffer: peaks stay near the live data (see memory.py)
     parser = build_parser()
+    # `batch status|collect|list|cancel` are actions, not image names (unless such a file exists).
+    if "batch" in argv:
+        at = argv.index("batch")
+        rest = argv[at + 1 :]
+        if rest and rest[0] in ("status", "collect", "list", "cancel") and not Path(rest[0]).exists() and all(
+                a.startswith("-") for a in argv[:at]):
+            from gimp_openai import batchcli
+
+            try:
+                return batchcli.action(argv[:at], rest)
+            except KeyboardInterrupt:
+                print("gimp-openai: interrupted; `gimp-openai batch collect` resumes", file=sys.stderr)
+                return 130
+            except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback
+                return internal_error(exc)
     # `serve` passes everything after it to the server's own parser.
     if "serve" in argv:
         at = argv.index("serve")
@@ -1280,8 +1458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = bool(getattr(args, "json", False))
     commands = {"edit": cmd_edit, "variation": cmd_variation, "generate": cmd_generate, "batch": cmd_batch,
                 "models": cmd_models, "usage": cmd_usage, "doctor": cmd_doctor, "plan": cmd_plan, "job": cmd_job,
-                "session": cmd_session, "key": cmd_key,
-                "config": cmd_config}
+                "session": cmd_session, "warm": cmd_warm, "key": cmd_key, "expand": cmd_expand,
+                "config": cmd_config, "history": cmd_history}
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

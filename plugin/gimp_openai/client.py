@@ -43,7 +43,7 @@ import urllib3
 
 from . import capabilities as caps
 from . import errors as E
-from . import sse, transport, urlpolicy
+from . import ratelimit, sse, transport, urlpolicy
 from .request_checks import (
     check_choice,
     check_endpoint,
@@ -101,7 +101,8 @@ COMPLETED_EVENTS = frozenset({"image_edit.completed", "image_generation.complete
 
 @dataclass(frozen=True)
 class ClientEvent:
-    """Progress for honest UIs. ``kind``: sending | waiting | receiving | retry | downloading | done."""
+    """Progress for honest UIs. ``kind``: pacing (waiting for the rate limit, before sending) | sending | waiting
+    | receiving | retry | downloading | done."""
 
     kind: str
     message: str
@@ -397,6 +398,9 @@ class ImagesClient:
         self._local = threading.local()
         self.on_event = on_event
         self._no_streaming: bool | None = None  # this base URL refused ``stream`` (read from discovery once)
+        #: The process's one pacer for this base URL: every images request waits for room in the budgets the
+        #: server announces (ratelimit.py); tests may give a client its own.
+        self.pacer = ratelimit.pacer_for(config.base_url)
 
     def __repr__(self) -> str:
         return f"ImagesClient(base_url={self.config.base_url!r})"
@@ -715,6 +719,7 @@ class ImagesClient:
                 response, attempts = self._request(
                     "POST", url, model=model, multipart=multipart, json_body=json_body, on_event=on_event,
                     limit=limit, what=f"{n} image{'s' if n != 1 else ''} of {model}", stream=stream,
+                    pace={"requests": 1, "images": n, "tokens": 1},
                 )
                 break
             except E.InvalidRequestError as exc:
@@ -857,6 +862,7 @@ class ImagesClient:
         what: str | None = None,
         address: str | None = None,
         stream: _StreamReader | None = None,
+        pace: Mapping[str, int] | None = None,
     ) -> tuple[requests.Response, int]:
         """Send with retries. Returns a response whose body is fully read (``_content`` set), and attempts.
 
@@ -865,6 +871,8 @@ class ImagesClient:
         checked by the URL policy), naming the host for TLS and in ``Host``; ``stream``: a 200 answer of type
         ``text/event-stream`` is read by it, event by event, under the same deadline and byte limits (its body
         is not kept); a stream cut before its first completed image fails the attempt like any cut answer.
+        ``pace``: the units each attempt takes from the server's rate-limit budgets (:mod:`ratelimit`): the
+        attempt waits for room first, and its answer's headers update the budgets, whatever its status.
         """
         cfg = self.config
         headers = self._headers() if authenticated else {"User-Agent": cfg.user_agent}
@@ -884,6 +892,7 @@ class ImagesClient:
             attempt += 1
             retries_done = attempt - 1
             headers["X-Stainless-Retry-Count"] = str(retries_done)
+            sent = self._pace(pace, on_event, attempt)
             deadline = transport.Deadline(_first_deadline(cfg, len(body or b"")))
             data: Any = None
             if body is not None:
@@ -911,6 +920,9 @@ class ImagesClient:
                     )
                     answered = not deadline.expired  # a cut head ends like an empty line: headers "done"
                     response.headers = self._untrusted_headers(response.headers)
+                    if sent is not None:
+                        self.pacer.observe(sent, response.headers, response.status_code)
+                        sent = None
                     if stream is not None and response.status_code == 200 and _is_event_stream(response):
                         stream.read(response, deadline, attempt)
                     else:
@@ -919,6 +931,9 @@ class ImagesClient:
                 raise
             except OSError as exc:
                 error = self._failure(exc, url, deadline, answered=answered)
+            finally:
+                if sent is not None:  # no answer came: the send is no longer outstanding
+                    self.pacer.release(sent)
             if error is None and deadline.expired:  # the answer ended early because the deadline shut it
                 error = self._deadline_error(url, answered=answered)
             if error is not None and response is not None:
@@ -953,6 +968,19 @@ class ImagesClient:
                             f"of {cfg.max_retries + 1})", attempt + 1, delay=delay, status=error.status),
             )
             cfg.sleep(delay)
+
+    def _pace(self, pace: Mapping[str, int] | None, on_event: EventCallback | None, attempt: int) -> int | None:
+        """Wait for room in the rate-limit budgets (saying so in the progress), then count the attempt as sent."""
+        if pace is None:
+            return None
+
+        def waiting(seconds: float, kind: str) -> None:
+            log.info("rate limit (%s) spent; waiting %.1f s", ratelimit.describe(kind), seconds)
+            self._emit(on_event, ClientEvent(
+                "pacing", f"Waiting {math.ceil(seconds):.0f} s for the server's rate limit "
+                          f"({ratelimit.describe(kind)})", attempt, delay=seconds))
+
+        return self.pacer.acquire(pace, waiting)
 
     def _failure(self, exc: OSError, url: str, deadline: transport.Deadline, *, answered: bool) -> E.APIError:
         """The error for an attempt that raised: the deadline's timeout when it fired (its shut socket is the

@@ -5,8 +5,11 @@ Pure integer geometry, no pixels (those live in :mod:`composite`). The plan has 
 * ``request`` (image coordinates) is what the model sees. It is the selection plus context (``padding`` x the
   selection's larger side on every side), grown to an aspect the model accepts. It grows *inside the layer
   first* (more real context); only where the layer runs out does it extend past it.
-* ``place`` = ``request`` ∩ layer: the pixels the host exports and the region the result is put back into.
-  Everything of ``request`` outside ``place`` is padding the engine invents (see ``composite.request_pixels``).
+* ``place`` = ``request`` ∩ (layer ∪ selection): the pixels the host exports and the region the result is put
+  back into. A selection reaching past the layer is filled whole, so ``place`` may extend past the layer too:
+  the host exports transparent pixels there and the engine fills them for the model (:mod:`beyond`); the
+  result layer then grows past the old layer (the layer itself is never resized). Everything of ``request``
+  outside ``place`` is padding the engine invents (see ``composite.request_pixels``).
 * ``target`` is the pixel size sent to the model: ``request`` scaled uniformly (exactly, or within half a
   pixel for gpt-image-2's free sizes) to a size the family takes.
 
@@ -382,17 +385,24 @@ def plan_region(
     size_mode: str = "auto",
     fallback_standard_size: bool = False,
     min_context: int = MIN_CONTEXT,
+    beyond_layer: bool = True,
 ) -> RegionPlan:
     """Plan one edit. ``selection`` None means the whole layer (variations, whole-layer edits).
 
-    Raises :class:`InvalidInputError` for an empty layer, a selection that misses the layer, a bad size.
+    ``beyond_layer``: a selection reaching past the layer is planned whole (see :func:`extent`); False clips it
+    to the layer. Raises :class:`InvalidInputError` for an empty layer, a selection that misses the layer, a
+    bad size.
     """
     if layer.is_empty:
         raise InvalidInputError(f"The layer is empty ({layer.width}x{layer.height} px); choose a layer with pixels.")
+    area = layer
     if selection is None:
         selected = layer
     else:
         selected = selection.intersect(layer)
+        if not selected.is_empty and beyond_layer:
+            area = extent(layer, selection)
+            selected = selection
         if selected.is_empty:
             where = "is empty" if selection.is_empty else "does not touch the active layer"
             raise InvalidInputError(
@@ -401,7 +411,7 @@ def plan_region(
             )
     if not math.isfinite(padding) or padding < 0:
         raise InvalidInputError(f"Context padding must be a number >= 0; got {padding!r}")
-    context = context_rect(selected, layer, padding, min_context)
+    context = context_rect(selected, area, padding, min_context)
     cw, ch = context.size
     explicit = _parse_size_mode(size_mode, family)
 
@@ -416,6 +426,16 @@ def plan_region(
         target = choose_standard_size(cw, ch, family.sizes)
         request_size = grow_to_aspect(cw, ch, *target)
 
-    request = position_request(context, layer, request_size)
-    place = request.intersect(layer)
+    request = position_request(context, area, request_size)
+    place = request.intersect(area)
     return RegionPlan(place=place, request=request, target=target)
+
+
+def extent(layer: Rect, selection: Rect | None) -> Rect:
+    """Where an edit may put pixels: the layer, grown to hold a selection that touches it and reaches past it.
+
+    A selection beside the layer (not touching it) gives just the layer: there is nothing to continue from.
+    """
+    if selection is None or selection.intersect(layer).is_empty:
+        return layer
+    return layer.union(selection)

@@ -9,7 +9,7 @@ string is passed through :func:`errors.redact`.
 When the history folder is full or not writable, :func:`save_all` keeps the images anyway, down a rescue chain:
 the fallback folders the caller names (the CLI's out folder, the job's rescue folder), then this user's private
 ``<system temp>/gimp-openai-rescue-<uid>`` (checked not to be another user's folder or symlink;
-``GIMP_OPENAI_RESCUE_DIR`` overrides it), and as a last resort in memory
+``GIMP_OPENAI_RESCUE_DIR`` overrides it; created only when an image goes there), and as a last resort in memory
 only (the operation still completes and the host still inserts the layers). Its note says plainly where the
 images went and why ("History folder X is full; the 2 images were saved to Y instead.").
 """
@@ -158,11 +158,26 @@ _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def rescue_dir() -> Path:
+def rescue_dir(*, create: bool = True) -> Path:
     """The last folder tried: ``GIMP_OPENAI_RESCUE_DIR`` when set, else this user's private folder in the system
-    temp folder (:func:`private_temp_folder`)."""
+    temp folder (:func:`private_temp_folder`). ``create=False`` only names it: a folder made before anything
+    needs rescuing would be left empty in the temp folder by every run."""
     env = os.environ.get("GIMP_OPENAI_RESCUE_DIR", "").strip()
-    return Path(env).expanduser() if env else private_temp_folder()
+    if env:
+        return Path(env).expanduser()
+    return private_temp_folder() if create else _private_temp_path()
+
+
+class RescueHistory(History):
+    """The rescue folder as a link of the chain: named at once, created (and checked to be this user's own)
+    only when an image has to go there."""
+
+    def __init__(self) -> None:
+        super().__init__(rescue_dir(create=False))
+
+    def save(self, image_bytes: bytes, *, meta: dict[str, Any], ext: str = "png") -> Path:
+        self.folder = rescue_dir()
+        return super().save(image_bytes, meta=meta, ext=ext)
 
 
 #: The fresh folder used when the usual private one is not safe, once per process (one run's images together).
@@ -177,8 +192,8 @@ def private_temp_folder() -> Path:
     they read or as their own folder, and receive the images (prompts and pictures). When the check fails, a
     fresh folder from ``tempfile.mkdtemp`` (0700, a name nobody could predict) is used instead."""
     uid = os.getuid() if hasattr(os, "getuid") else None
-    name = RESCUE_FOLDER_NAME if uid is None else f"{RESCUE_FOLDER_NAME}-{uid}"
-    path = Path(tempfile.gettempdir()) / name
+    path = _private_temp_path()
+    name = path.name
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -186,6 +201,12 @@ def private_temp_folder() -> Path:
     except OSError:
         return _fresh_rescue_folder(name)
     return path if _is_private(path, uid) else _fresh_rescue_folder(name)
+
+
+def _private_temp_path() -> Path:
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    name = RESCUE_FOLDER_NAME if uid is None else f"{RESCUE_FOLDER_NAME}-{uid}"
+    return Path(tempfile.gettempdir()) / name
 
 
 def _is_private(path: Path, uid: int | None) -> bool:
@@ -315,32 +336,33 @@ def _count(n: int) -> str:
 
 
 def save_all(
-    history: Any, images: Sequence[tuple[bytes, dict[str, Any]]], fallbacks: Sequence[Path | str] = ()
+    history: Any, images: Sequence[tuple[bytes, dict[str, Any]]], fallbacks: Sequence[Path | str | History] = ()
 ) -> Kept:
     """Save every image down the chain history -> ``fallbacks`` -> :func:`rescue_dir` -> memory; never raises
     for a folder that cannot be written. A folder that failed once is not tried again for the next images, so
-    one response's images stay together. Each write is atomic (no partial file anywhere)."""
+    one response's images stay together. Each write is atomic (no partial file anywhere). A fallback may be a
+    :class:`RescueHistory`, to try the rescue folder earlier; no folder of the chain is created before an
+    image goes into it."""
     home = Path(getattr(history, "folder", "") or ".")
     chain: list[Any] = [history]
     seen = {_key(home)}
-    for folder in [*fallbacks, rescue_dir()]:
-        folder = Path(folder)
-        if _key(folder) not in seen:
-            seen.add(_key(folder))
-            chain.append(History(folder))
+    for entry in [*fallbacks, RescueHistory()]:
+        target = entry if isinstance(entry, History) else History(Path(entry))
+        if _key(target.folder) not in seen:
+            seen.add(_key(target.folder))
+            chain.append(target)
     kept = Kept(paths=[], history=home)
     start = 0
     for data, meta in images:
         path: Path | None = None
         for index in range(start, len(chain)):
             target = chain[index]
-            folder = Path(getattr(target, "folder", home))
             item_meta = meta if index == 0 else dict(meta, rescued_from=str(home),
                                                      rescue_reason=f"history folder {kept.failed.get(home, '')}")
             try:
                 path = Path(target.save(data, meta=item_meta))
             except OutputNotWritableError as exc:
-                kept.failed.setdefault(folder, why_not_written(exc))
+                kept.failed.setdefault(Path(getattr(target, "folder", home)), why_not_written(exc))
                 start = index + 1
                 if exc.saved:  # the image is whole; only its sidecar failed
                     path = Path(exc.saved[0])

@@ -30,7 +30,7 @@ from gimp_openai.progress import Progress
 from gimp_openai.session import Session
 
 PROTOCOL_VERSION = 1
-OPERATIONS = ("edit", "variation", "generate")
+OPERATIONS = ("edit", "variation", "generate", "expand")
 BLENDS = ("feather", "poisson")
 MAX_CONCURRENCY = int(bounds.BOUNDS["concurrency"].maximum)
 EXIT_OK = 0
@@ -126,6 +126,7 @@ class Item:
     image: Path | None = None
     selection: Path | None = None
     references: list[Path] = field(default_factory=list)
+    reference_names: list[str] = field(default_factory=list)  # as the artist knows them (a layer's name)
     markup: Path | None = None  # a markup edit's painted layer, place-sized RGBA (sent instead of a mask)
     layer: Any = None
     plan: Any = None  # geometry.RegionPlan
@@ -140,6 +141,7 @@ class Job:
     add_mask: bool
     concurrency: int
     items: list[Item]
+    expand: dict[str, Any] = field(default_factory=dict)  # margins or aspect and sides, band (operation expand)
 
 
 def read_json_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
@@ -237,12 +239,16 @@ def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
         seen.add(item_id)
         where = f"item {item_id!r}"
         item = Item(id=item_id)
-        if operation != "generate":
+        if operation == "expand":  # the old canvas as it shows (every visible layer), grown by the engine
+            item.image = _inside(folder, _field(raw, "image", str, where=where), f"the image of {where}")
+        elif operation != "generate":
             item.image = _inside(folder, _field(raw, "image", str, where=where), f"the image of {where}")
             item.layer = _rect(raw, "layer", where)
             place = _rect(raw, "place", where)
             request = _rect(raw, "request", where)
-            if not item.layer.contains(place):
+            # an edit's selection may reach past its layer (the result layer grows past it; the host exports
+            # transparent pixels there), but it must overlap the layer: there is nothing to continue from
+            if not (item.layer.contains(place) or (operation == "edit" and not place.intersect(item.layer).is_empty)):
                 raise JobError(f"'place' of {where} is not inside its layer.")
             if not request.contains(place):
                 raise JobError(f"'request' of {where} does not contain 'place'.")
@@ -253,14 +259,12 @@ def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
                 markup = _field(raw, "markup", str, "", where=where)
                 if markup:
                     item.markup = _inside(folder, markup, f"the markup layer of {where}")
-            refs = _field(raw, "references", list, [], where=where)
-            for r, ref in enumerate(refs, start=1):
-                if not isinstance(ref, str):
-                    raise JobError(f"Reference {r} of {where} must be a path.")
-                item.references.append(_inside(folder, ref, f"reference {r} of {where}"))
+        _references(raw, item, folder, where)
         items.append(item)
     if operation == "generate" and not items:
         items.append(Item(id="generate"))
+    if operation == "expand" and len(items) != 1:
+        raise JobError("An expand job has exactly one item: the picture whose canvas grows.")
     return Job(
         folder=folder,
         operation=operation,
@@ -269,7 +273,46 @@ def parse_job(data: dict[str, Any], folder: Path, settings: Any = None) -> Job:
         add_mask=_field(data, "add_mask", bool, True),
         concurrency=concurrency,
         items=items,
+        expand=_expand_fields(data) if operation == "expand" else {},
     )
+
+
+def _references(raw: dict[str, Any], item: Item, folder: Path, where: str) -> None:
+    """An item's ``references``: paths in the job folder, or ``{"path", "name"}`` objects whose name (a GIMP
+    layer's) the notes and the history sidecar use instead of the file's."""
+    refs = _field(raw, "references", list, [], where=where)
+    if len(refs) > 64:
+        raise JobError(f"{where} has more than 64 references.")
+    for r, ref in enumerate(refs, start=1):
+        name = ""
+        if isinstance(ref, dict):
+            name = _field(ref, "name", str, "", where=f"reference {r} of {where}")[:200]
+            ref = _field(ref, "path", str, where=f"reference {r} of {where}")
+        if not isinstance(ref, str):
+            raise JobError(f"Reference {r} of {where} must be a path.")
+        path = _inside(folder, ref, f"reference {r} of {where}")
+        item.references.append(path)
+        item.reference_names.append(name or path.name)
+
+
+def _expand_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Expand Canvas: ``margins`` ({left, top, right, bottom} px), or ``aspect`` ("16:9") with the ``sides``
+    that may grow; ``band`` px of the old picture repainted along its edge. Checked here, before anything is
+    paid; the margins of an aspect need the picture's size and are computed when it is read."""
+    from gimp_openai import expand
+
+    band = _field(data, "band", int, 16)
+    if not 0 <= band <= 256:
+        raise JobError(f"'band' must be 0 to 256 px, not {band}.")
+    aspect = _field(data, "aspect", str, "")
+    sides = _field(data, "sides", list, [])
+    if any(side not in expand.SIDES for side in sides):
+        raise JobError(f"'sides' must name left, top, right or bottom; got {sides!r}.")
+    if aspect:
+        if data.get("margins") is not None:
+            raise JobError("Give either 'margins' or 'aspect', not both.")
+        return {"aspect": expand.parse_aspect(aspect), "sides": list(sides), "band": band}
+    return {"margins": expand.Margins.from_dict(_field(data, "margins", dict)), "band": band}
 
 
 # --- Running ------------------------------------------------------------------------------------------------
@@ -331,17 +374,21 @@ def _load_markup(item: Item) -> Any:
 
     if item.markup is None:
         return None
+    return _read_planned(imaging.read_image, item.markup, item.plan.place, "markup layer")
+
+
+def _read_planned(read: Callable[[Path], Any], path: Path, place: Any, what: str) -> Any:
+    """A PNG the host wrote for the planned region, refused in plain words when unreadable or of another size."""
     try:
-        markup = imaging.read_image(item.markup)
+        pixels = read(path)
     except OSError as exc:
-        raise InvalidInputError(f"The markup layer {item.markup.name} could not be read: {exc}.") from None
-    place = item.plan.place
-    if (markup.shape[1], markup.shape[0]) != (place.width, place.height):
+        raise InvalidInputError(f"The {what} {path.name} could not be read: {exc}.") from None
+    if (pixels.shape[1], pixels.shape[0]) != (place.width, place.height):
         raise InvalidInputError(
-            f"The markup layer {item.markup.name} is {markup.shape[1]}x{markup.shape[0]} but the planned region is "
+            f"The {what} {path.name} is {pixels.shape[1]}x{pixels.shape[0]} but the planned region is "
             f"{place.width}x{place.height}.", hint=JobError.default_hint,
         )
-    return markup
+    return pixels
 
 
 def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
@@ -353,20 +400,12 @@ def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
         operations._side_pool().submit(imaging.read_selection, item.selection) if item.selection is not None else None
     )
     try:
-        pixels = imaging.read_image(item.image)
+        pixels = _read_planned(imaging.read_image, item.image, item.plan.place, "exported image")
     except GimpOpenAIError:
         if selection_future is not None:
             selection_future.cancel()
         raise
-    except OSError as exc:
-        raise InvalidInputError(f"The exported image {item.image.name} could not be read: {exc}.") from None
     place = item.plan.place
-    if (pixels.shape[1], pixels.shape[0]) != (place.width, place.height):
-        raise InvalidInputError(
-            f"The exported image {item.image.name} is {pixels.shape[1]}x{pixels.shape[0]} but the planned region "
-            f"is {place.width}x{place.height}.",
-            hint=JobError.default_hint,
-        )
     selection = None
     if item.selection is not None and selection_future is not None:
         selection = selection_future.result()
@@ -376,13 +415,17 @@ def _load_item(job: Job, item: Item) -> tuple[Any, Any, list[bytes]]:
                 f"region is {place.width}x{place.height}.",
                 hint=JobError.default_hint,
             )
+    return pixels, selection, _read_references(item)
+
+
+def _read_references(item: Item) -> list[bytes]:
     refs = []
-    for ref in item.references:
+    for ref, name in zip(item.references, item.reference_names, strict=True):
         try:
             refs.append(ref.read_bytes())
         except OSError as exc:
-            raise InvalidInputError(f"The reference image {ref.name} could not be read: {exc}.") from None
-    return pixels, selection, refs
+            raise InvalidInputError(f"The reference image {name} could not be read: {exc}.") from None
+    return refs
 
 
 def _write_outputs(job: Job, item: Item, outcome: operations.Outcome) -> list[dict[str, Any]]:
@@ -462,16 +505,19 @@ def _run_operation(engine: operations.Engine, job: Job, item: Item,
                    on_preview: operations.PreviewCallback | None = None) -> operations.Outcome:
     """The item's operation on its exported pixels. Its own function so that the exported crop and selection are
     freed when it returns, before the outputs are encoded (they would otherwise add to the job's peak memory)."""
+    from dataclasses import replace
+
     options = job.options
     if job.operation == "generate":
+        refs = _read_references(item)
+        if refs:
+            options = replace(options, extra_images=refs, reference_names=item.reference_names)
         return operations.generate(engine, options, item=item.id, progress=progress, on_preview=on_preview)
     pixels, selection, refs = _load_item(job, item)
     if job.operation == "edit":
         assert selection is not None
-        from dataclasses import replace
-
         if refs:
-            options = replace(options, extra_images=refs)
+            options = replace(options, extra_images=refs, reference_names=item.reference_names)
         if item.markup is not None:
             options = replace(options, markup=_load_markup(item))
         return operations.edit(
@@ -488,14 +534,19 @@ def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable
     """One item, start to end; every failure becomes this item's error (with what was already saved).
     ``write_line``: where the item's ``partial`` lines go (previews are streamed only when the job asks)."""
     try:
+        if job.operation == "expand":
+            return _run_expand(engine, job, item, progress)
         previews = PreviewLines(engine, job, item, write_line) if write_line and job.options.partial_images else None
         outcome = _run_operation(engine, job, item, progress, previews)
         with engine.saving:  # an abandoned job (run_session) removes the folder these go to, holding this lock
             outputs = _write_outputs(job, item, outcome)
         warnings = [notice.to_dict() for notice in outcome.warnings]
-        return {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model,
-                "warnings": warnings, "cost": outcome.cost.to_dict() if outcome.cost is not None else None,
-                "_cost": outcome.cost}
+        answer = {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model,
+                  "warnings": warnings, "cost": outcome.cost.to_dict() if outcome.cost is not None else None,
+                  "_cost": outcome.cost}
+        if outcome.references is not None:  # which references the model saw, for the host's message
+            answer["references"] = outcome.references
+        return answer
     except GimpOpenAIError as exc:
         return {"id": item.id, "ok": False, "outputs": [], "error": exc.to_dict()}
     except Exception as exc:  # noqa: BLE001 - one item's bug must not lose the others' results
@@ -506,6 +557,43 @@ def run_item(engine: operations.Engine, job: Job, item: Item, progress: Callable
             "error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}",
                       "hint": "This is a bug in gimp-openai; please report it.", "saved": []},
         }
+
+
+def _run_expand(engine: operations.Engine, job: Job, item: Item,
+                progress: Callable[[Progress], None]) -> dict[str, Any]:
+    """Expand Canvas: the old canvas grown by the margins and the new area filled (:mod:`expand`), answered like
+    an edit's item plus where the canvas goes: ``canvas`` (the new size) and ``old`` (where the old canvas sits
+    in it). The output's ``x``, ``y`` are in the new canvas; its mask is 255 on the new area only."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from gimp_openai import expand, imaging
+
+    assert item.image is not None
+    try:
+        pixels = imaging.read_image(item.image)
+    except OSError as exc:
+        raise InvalidInputError(f"The exported picture {item.image.name} could not be read: {exc}.") from None
+    height, width = pixels.shape[:2]
+    fields = job.expand
+    margins = fields.get("margins") or expand.margins_for_aspect(width, height, fields["aspect"], fields["sides"])
+
+    def tile_progress(event: Progress) -> None:  # tiles report as the one item the host asked for
+        progress(replace(event, item=item.id))
+
+    outcome = expand.expand(engine, job.options, pixels, margins, band=fields["band"], item=item.id,
+                            progress=tile_progress)
+    with engine.saving:
+        outputs = _write_outputs(job, item, SimpleNamespace(outputs=[outcome.output]))  # type: ignore[arg-type]
+    for out in outputs:
+        out["history_png"] = outcome.history[-1] if outcome.history else None
+        out["notes"] = "; ".join(n for n in [out["notes"], *outcome.notes] if n)
+    cost = outcome.cost
+    return {"id": item.id, "ok": True, "outputs": outputs, "error": None, "model": outcome.model,
+            "canvas": {"width": outcome.canvas.width, "height": outcome.canvas.height},
+            "old": outcome.old.to_dict(), "margins": margins.to_dict(),
+            "warnings": [notice.to_dict() for notice in outcome.warnings],
+            "cost": cost.to_dict() if cost is not None else None, "_cost": cost}
 
 
 def _result(ok: bool, items: list[dict[str, Any]], error: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
@@ -541,12 +629,12 @@ def _job(path: str, writer: LineWriter, context: Session, **tags: Any) -> int:
         engine = context.engine()
         # History full or not writable: the system temp rescue folder first, then the job's out folder (a
         # host's out folder lives in its temporary work folder, which it deletes after inserting the layers).
-        from gimp_openai.history import rescue_dir
+        from gimp_openai.history import RescueHistory
 
-        engine.fallback_dirs = [rescue_dir(), job.out_dir]
+        engine.fallback_dirs = [RescueHistory(), job.out_dir]
         with engine.saving:
             engine.saved.clear()  # what this job saves (an abandoned job reports only its own)
-        job.options.model = context.model(job.options.model, job.operation)
+        job.options.model = context.model(job.options.model, "edit" if job.operation == "expand" else job.operation)
     except GimpOpenAIError as exc:
         writer.write(_result(False, [], exc.to_dict(), **tags))
         return EXIT_OK
@@ -711,10 +799,12 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
     client and model list are built once. The first answer carries ``notices`` about an earlier run that was
     cancelled after it had been paid for.
 
-    End of input ends the session. When it comes while a job runs, the host is gone (the artist pressed
-    Cancel and GIMP stopped the plug-in): the request is dropped at once by ending the process, after any image
-    being saved is whole, and the host's job folder is removed; images already received stay in history,
-    and the next session says where.
+    End of input ends the session. The folder of a plan or job request is the host's job folder until the host
+    says ``{"cmd": "done"}``; an end of input before that means the host is gone (the artist pressed Cancel and
+    GIMP stopped the plug-in, while it planned, exported, waited or inserted) and the folder is removed. When
+    a job had started, that happens at once: the request is dropped by ending the process, after any image
+    being saved is whole; images already received stay in history, and the next session says where. Before a
+    job, the requests already read are answered first (nothing is paid then), and the folder goes at the end.
     """
     writer = LineWriter(stream or sys.stdout)
     try:
@@ -726,32 +816,35 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
     if session.idle():  # nothing asked yet: load the job's modules while the host is busy
         _load_job_modules()
     notices: list[dict[str, str]] | None = None  # taken at the first request: a session never asked keeps them
-    for raw in session.requests():
-        try:
-            request = json.loads(raw)
-            command = request["cmd"]
-            inline = request["plan"] if command == "estimate" else None
-            path = request["path"] if command != "estimate" else ""
-            if command not in ("plan", "job", "estimate") or not isinstance(path, str) or (
-                    command == "estimate" and not isinstance(inline, dict)):
-                raise ValueError(command)
-        except (ValueError, TypeError, KeyError):
-            error = JobError('A session request must be {"cmd": "plan" or "job", "path": FILE} or '
-                             '{"cmd": "estimate", "plan": {...}}.').to_dict()
-            writer.write({"type": "session", "ok": False, "error": error})
-            continue
-        if inline is not None:  # a dialog's figure while the artist types: cheap, and it keeps the notices
-            _plan(inline, writer, context, type="estimate")  # for the run's first real answer
-            continue
-        if notices is None:
-            notices = take_cancelled_notices()
-        tags: dict[str, Any] = {"notices": notices} if notices else {}
-        notices = []
-        if command == "plan":
-            _plan(path, writer, context, type="plan", **tags)
-            _load_job_modules()  # at once when loaded; otherwise while the host exports
-        elif session.start_job(Path(path).resolve().parent):
-            _job(path, _JobWriter(session, writer.stream), context, **tags)
+    try:
+        for raw in session.requests():
+            try:
+                request = json.loads(raw)
+                command = request["cmd"]
+                inline = request["plan"] if command == "estimate" else None
+                path = request["path"] if command != "estimate" else ""
+                if command not in ("plan", "job", "estimate") or not isinstance(path, str) or (
+                        command == "estimate" and not isinstance(inline, dict)):
+                    raise ValueError(command)
+            except (ValueError, TypeError, KeyError):
+                error = JobError('A session request must be {"cmd": "plan" or "job", "path": FILE} or '
+                                 '{"cmd": "estimate", "plan": {...}}.').to_dict()
+                writer.write({"type": "session", "ok": False, "error": error})
+                continue
+            if inline is not None:  # a dialog's figure while the artist types: cheap, and it keeps the notices
+                _plan(inline, writer, context, type="estimate")  # for the run's first real answer
+                continue
+            if notices is None:
+                notices = take_cancelled_notices()
+            tags: dict[str, Any] = {"notices": notices} if notices else {}
+            notices = []
+            if command == "plan":
+                _plan(path, writer, context, type="plan", **tags)
+                _load_job_modules()  # at once when loaded; otherwise while the host exports
+            elif session.start_job():
+                _job(path, _JobWriter(session, writer.stream), context, **tags)
+    finally:  # also when the answers cannot be written: the host is gone
+        session.finish()
     return EXIT_OK
 
 
@@ -780,14 +873,19 @@ class _JobWriter(LineWriter):
 
 
 class _Session:
-    """The session's input, read on its own thread so that its end is seen while a job runs."""
+    """The session's input, read on its own thread so that its end is seen while a job runs.
+
+    The reader also keeps the host's job folder: the folder of the last plan or job request, until ``done``.
+    Requests are noted as they are read, not as they are served, so a host killed right after sending one
+    (GIMP's Cancel while it exports) still has its folder removed."""
 
     def __init__(self, context: Session, source: IO[str]) -> None:
         import queue
 
         self.context, self.source = context, source
         self.inbox: queue.Queue[str | None] = queue.Queue()
-        self.job_folder: Path | None = None
+        self.host_folder: Path | None = None
+        self.job_started = False  # a job in the host folder has begun: paid work may be under way
         self.closed = False
         self.lock = threading.Lock()
         threading.Thread(target=self._read, name="session-input", daemon=True).start()
@@ -795,25 +893,36 @@ class _Session:
     def _read(self) -> None:
         try:
             for raw in self.source:
-                if _is_done(raw):  # here, not in the request loop: the end of input may follow at once
+                command, path = _command(raw)
+                if command == "done":  # here, not in the request loop: the end of input may follow at once
                     with self.lock:
-                        self.job_folder = None
+                        self.host_folder, self.job_started = None, False
                     continue
+                if command in ("plan", "job") and path:
+                    with self.lock:
+                        self.host_folder = _folder_of(path) or self.host_folder
                 self.inbox.put(raw)
         finally:  # end of input, or input that cannot be read: the host is done or gone either way
             with self.lock:
                 self.closed = True
-                if self.job_folder is not None:
-                    self._abandon(self.job_folder)
+                if self.job_started and self.host_folder is not None:
+                    self._abandon(self.host_folder)
             self.inbox.put(None)
 
-    def start_job(self, folder: Path) -> bool:
+    def start_job(self) -> bool:
         """Mark a job as running; False when the input has ended already (the host is gone: do not pay)."""
         with self.lock:
             if self.closed:
                 return False
-            self.job_folder = folder
+            self.job_started = True
             return True
+
+    def finish(self) -> None:
+        """The end of the requests: a host gone before its job began leaves its folder, which goes now."""
+        with self.lock:
+            folder = self.host_folder
+        if folder is not None:
+            _remove_host_folder(folder)
 
     def idle(self) -> bool:
         """No request waiting."""
@@ -836,18 +945,35 @@ class _Session:
             if saved:
                 remember_cancelled(saved)
             holds_paid = any(Path(p).resolve().is_relative_to(folder) for p in saved)
-            if folder.name.startswith("gimp-openai-") and not holds_paid:  # the host's own temporary job folder
-                _remove_now(folder)  # (kept when the rescue chain put paid images in it: the notice names them)
+            if not holds_paid:  # (kept when the rescue chain put paid images in it: the notice names them)
+                _remove_host_folder(folder)
             os._exit(EXIT_OK)
 
 
-def _is_done(raw: str) -> bool:
-    """``{"cmd": "done"}``: the host has put the last job's results where they belong (or given up on them
-    itself); an end of input after it is the normal end, not a cancel."""
+def _command(raw: str) -> tuple[str | None, str | None]:
+    """(cmd, path) of a request line; None for what a line does not have (the request loop answers it)."""
     try:
-        return bool(json.loads(raw).get("cmd") == "done")
-    except (ValueError, AttributeError):
-        return False
+        request = json.loads(raw)
+    except ValueError:
+        return None, None
+    if not isinstance(request, dict):
+        return None, None
+    command, path = request.get("cmd"), request.get("path")
+    return (command if isinstance(command, str) else None), (path if isinstance(path, str) else None)
+
+
+def _folder_of(path: str) -> Path | None:
+    try:
+        return Path(path).resolve().parent
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def _remove_host_folder(folder: Path) -> None:
+    """Remove the host's own temporary job folder. Hosts name it ``gimp-openai-*``; a folder a script keeps its
+    requests in is the script's own, and stays."""
+    if folder.name.startswith("gimp-openai-") and not folder.name.startswith("gimp-openai-rescue"):
+        _remove_now(folder)
 
 
 def _remove_now(folder: Path) -> None:
@@ -901,6 +1027,7 @@ def take_cancelled_notices() -> list[dict[str, str]]:
     if not saved:
         return []
     count = f"{len(saved)} image{'s' if len(saved) != 1 else ''}"
-    message = (f"A cancelled run had already received {count} (paid for); they are saved here:\n"
+    where = "it is" if len(saved) == 1 else "they are"
+    message = (f"A cancelled run had already received {count} (paid for); {where} saved here:\n"
                + "\n".join(f"  {p}" for p in saved))
     return [Notice(CANCELLED_RESULTS, message).to_dict()]

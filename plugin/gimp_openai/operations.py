@@ -92,6 +92,9 @@ class Options:
     source_name: str = ""
     variation_prompt: str = ""
     extra_images: Sequence[bytes] = ()
+    #: the references' names (a GIMP layer's, a file's), in the order of ``extra_images``: for the notes that
+    #: say which were sent and for the history sidecar
+    reference_names: Sequence[str] = ()
     #: generate into an image: its (width, height). Without an explicit size the request takes the canvas's
     #: aspect and each result is scaled to cover the canvas exactly.
     canvas: tuple[int, int] | None = None
@@ -103,22 +106,11 @@ class Options:
     markup: np.ndarray | None = None
 
 
-@dataclass
-class Output:
-    """One returned image, ready for a host: crop-sized RGBA, its layer mask and where it goes."""
+class Placed:
+    """Pixels placed in the image with their layer mask: what a host inserts (a result or a preview)."""
 
-    index: int  # 1-based k of n
-    count: int
-    name: str
-    pixels: np.ndarray  # (H, W, 4) u8, place-sized (edit/variation) or as returned (generate)
+    pixels: np.ndarray  # (H, W, 4) u8
     mask: np.ndarray  # (H, W) u8, the layer mask
-    x: int
-    y: int
-    history_png: Path | None  # None: history and every rescue folder failed; the bytes live only in memory
-    request_id: str | None
-    path: str
-    notes: list[str] = field(default_factory=list)
-    report: str = ""
 
     @property
     def width(self) -> int:
@@ -138,7 +130,26 @@ class Output:
 
 
 @dataclass
-class Preview:
+class Output(Placed):
+    """One returned image, ready for a host: crop-sized RGBA, its layer mask and where it goes."""
+
+    index: int  # 1-based k of n
+    count: int
+    name: str
+    pixels: np.ndarray  # (H, W, 4) u8, place-sized (edit/variation) or as returned (generate)
+    mask: np.ndarray  # (H, W) u8, the layer mask
+    x: int
+    y: int
+    history_png: Path | None  # None: history and every rescue folder failed; the bytes live only in memory
+    request_id: str | None
+    path: str
+    notes: list[str] = field(default_factory=list)
+    report: str = ""
+
+
+
+@dataclass
+class Preview(Placed):
     """A streamed preview placed like the result will be (same place, same layer mask), without the alignment and
     tone match the result gets: shown while the model works, replaced by the result, never a paid image."""
 
@@ -152,21 +163,6 @@ class Preview:
     y: int
     path: str
 
-    @property
-    def width(self) -> int:
-        return int(self.pixels.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.pixels.shape[0])
-
-    def layer_pixels(self, add_mask: bool = True) -> np.ndarray:
-        """As :meth:`Output.layer_pixels`: without a separate layer mask, the alpha carries the mask."""
-        if add_mask:
-            return self.pixels
-        out = self.pixels.copy()
-        out[..., 3] = (out[..., 3].astype(np.uint16) * self.mask.astype(np.uint16) + 127) // 255
-        return out
 
 
 PreviewCallback = Callable[[Preview], None]
@@ -187,6 +183,8 @@ class Outcome:
     cost: Cost | None = None
     #: what it was expected to cost before sending
     estimate: Estimate | None = None
+    #: the references asked for: {"sent": [names], "left_out": ["name (why)"]}; None when there were none
+    references: dict[str, list[str]] | None = None
 
 
 # --- The engine context -------------------------------------------------------------------------------------
@@ -204,8 +202,9 @@ class Engine:
         #: How often a waiting ticker fires (seconds); tests may lower it.
         self.tick_interval = 1.0
         #: Where returned images go when the history folder is full or not writable, before the system temp
-        #: rescue folder (history.save_all): the CLI's out folder, a job's out folder.
-        self.fallback_dirs: list[Path] = []
+        #: rescue folder (history.save_all): the CLI's out folder, a job's out folder (or a
+        #: history.RescueHistory, to try the rescue folder first).
+        self.fallback_dirs: list[Any] = []
         #: Held while paid images are written: a run abandoned by its host (jobs.run_session) waits for it, so
         #: an image that was being saved is on disk whole before the process ends.
         self.saving = threading.Lock()
@@ -333,12 +332,12 @@ def _call_with_ticker(
 
 
 class _RetryReporter(threading.local):
-    """The client's retry events, shown in the progress of the item whose request is being retried."""
+    """The client's retry and rate-limit waits, shown in the progress of the item whose request waits."""
 
     current: tuple[Ticker, ProgressCallback] | None = None
 
     def __call__(self, event: Any) -> None:
-        if self.current is None or getattr(event, "kind", "") != "retry":
+        if self.current is None or getattr(event, "kind", "") not in ("retry", "pacing"):
             return
         ticker, progress = self.current
         waiting = ticker.event()
@@ -583,14 +582,18 @@ def edit(
     item: str = "",
     progress: ProgressCallback = no_progress,
     on_preview: PreviewCallback | None = None,
+    known: np.ndarray | None = None,
 ) -> Outcome:
     """Edit the selected part of ``place_pixels`` (the exported region at ``layer``/``plan.place``).
 
     ``selection`` is place-sized u8 (255 = selected). Without ``plan`` the region is planned here from the
     selection (the CLI passes the whole image as ``place_pixels`` with ``layer`` = the image rectangle).
     ``on_preview``: each streamed preview (``options.partial_images``), placed like the result, as it arrives.
+    ``known``: place-sized bool, False where there are no pixels (an expanded canvas's new area); by default
+    every pixel of ``place`` outside ``layer`` (a selection reaching past the layer). Those pixels are filled
+    for the model and always repainted (see :mod:`beyond`); the layer mask still follows ``selection``.
     """
-    from gimp_openai import geometry, masks
+    from gimp_openai import beyond, geometry, masks
 
     model = options.model
     family = engine.family(model)
@@ -612,12 +615,25 @@ def edit(
         place_pixels, selection = _crop_to(place_pixels, selection, layer, plan.place)
     if not selection.any():
         raise InvalidInputError("The selection is empty.", hint="Select the part of the image to change first.")
+    if known is None and isinstance(layer, geometry.Rect):
+        known = beyond.known_mask(plan.place, layer)
+    layer_selection = selection  # what the result layer shows; `selection` becomes what the model repaints
+    if known is not None:
+        place_pixels = beyond.fill_unknown(place_pixels, known)
+        selection = beyond.edit_selection(selection, known)
     if markup is not None and bool(selection.all()):
         # the whole region is the edit: there is no context around it to align or match tones against
         options = replace(options, align=False, tone_match=False)
     options = replace(options, markup=markup)
-    from gimp_openai import imaging
+    from gimp_openai import imaging, references
 
+    reference_notes: list[str] = []
+    reference_report = None
+    if options.extra_images:
+        fitted, sent_names, left_out, reference_notes = references.fit_named(
+            options.extra_images, family, tuple(plan.target), names=options.reference_names)
+        options = replace(options, extra_images=fitted, reference_names=sent_names)
+        reference_report = {"sent": sent_names, "left_out": left_out}
     extra_sizes = [imaging.image_size_of(bytes(data)) for data in options.extra_images]
     estimate = engine.estimate(model, n=options.n, size=tuple(plan.target), quality=quality or "auto",
                                prompt=options.prompt,
@@ -626,6 +642,7 @@ def edit(
     engine.before_paying(estimate, item)
 
     notes: list[str] = [_no_stream_note(model, family)] if options.partial_images > 0 and not family.streams else []
+    notes.extend(reference_notes)
     ahead: list[Any] = []  # the seamless preparation, running while the server works (see _prepare_ahead)
 
     def on_sent(pixels: np.ndarray, sel: np.ndarray) -> None:
@@ -655,6 +672,7 @@ def edit(
         )
         if options.markup is not None:
             options = replace(options, markup=_crop_to(options.markup, selection, plan.place, fallback.place)[0])
+        layer_selection = _crop_to(place_pixels, layer_selection, plan.place, fallback.place)[1]
         place_pixels, selection = _crop_to(place_pixels, selection, plan.place, fallback.place)
         result, plan, place_pixels, selection = _send_edit(
             engine, options, family, quality, fallback, place_pixels, selection, item, progress, notes, on_sent,
@@ -671,7 +689,7 @@ def edit(
     _check_problems(result, saved, kept.note)
 
     _emit(progress, item, "compositing", "Fitting the results into the picture")
-    layer_mask = masks.layer_mask(selection, options.feather)
+    layer_mask = masks.layer_mask(layer_selection, options.feather)
     outputs: list[Output] = []
     n = len(result.images)
     for k, (image, path) in enumerate(zip(result.images, kept.paths, strict=True), start=1):
@@ -700,7 +718,7 @@ def edit(
         )
     _emit(progress, item, "done", f"{n} result{'s' if n != 1 else ''} ready")
     return Outcome(outputs=outputs, model=model, path=PATH_EDIT, plan=plan, notes=notes,
-                   warnings=_notices(kept, result), cost=cost, estimate=estimate)
+                   warnings=_notices(kept, result), cost=cost, estimate=estimate, references=reference_report)
 
 
 def _send_edit(
@@ -980,6 +998,8 @@ def _meta(options: Options, model: str, path: str, plan: Any, item: str) -> dict
         meta["complexity"] = options.complexity
     if options.markup is not None:
         meta["markup"] = True
+    if options.extra_images:  # the names of what was sent (see references.fit_named)
+        meta["references"] = list(options.reference_names) or len(options.extra_images)
     if plan is not None:
         meta.update(
             size=f"{plan.target[0]}x{plan.target[1]}",
@@ -1102,11 +1122,19 @@ def generate(
     engine: Engine, options: Options, *, item: str = "", progress: ProgressCallback = no_progress,
     on_preview: PreviewCallback | None = None,
 ) -> Outcome:
-    """New images from the prompt alone, full size as returned (a host opens them as new layers or images).
-    ``on_preview``: each streamed preview (``options.partial_images``) as it arrives."""
+    """New images from the prompt (and ``options.extra_images``, references), full size as returned (a host
+    opens them as new layers or images). ``on_preview``: each streamed preview (``options.partial_images``) as
+    it arrives.
+
+    With references the request goes to the edits endpoint without a mask: that is how the Images API
+    generates from input images (``image[]``, no ``mask``: nothing is kept, everything is new). The references
+    are fitted to the family first (:func:`references.fit_named`: scaled to the output size, within its input
+    count), and the notes say which were sent."""
+    from gimp_openai import references
+
     model = options.model
     family = engine.family(model)
-    check_endpoint(model, family, ENDPOINT_GENERATIONS)
+    check_endpoint(model, family, ENDPOINT_EDITS if options.extra_images else ENDPOINT_GENERATIONS)
     check_prompt(options.prompt, family)
     check_n(options.n, family)
     quality = quality_to_send(options.quality, family)
@@ -1122,11 +1150,24 @@ def generate(
         size = options.size or ("auto" if family.allows_auto_size else family.sizes[0])
     check_size(size, family)
     parsed = capabilities.parse_size(size) or (1024, 1024)  # 'auto': estimated as a square 1024x1024
+    reference_notes: list[str] = []
+    reference_report = None
+    if options.extra_images:
+        fitted, sent_names, left_out, reference_notes = references.fit_named(
+            options.extra_images, family, parsed, used=0, names=options.reference_names)
+        reference_report = {"sent": sent_names, "left_out": left_out}
+        if not fitted:
+            raise InvalidInputError("None of the reference images could be sent: " + "; ".join(reference_notes),
+                                    hint="Use smaller references, or fewer of them.")
+        options = replace(options, extra_images=fitted, reference_names=sent_names)
     kwargs: dict[str, Any] = dict(model=model, prompt=options.prompt, n=options.n, size=size, quality=quality,
                                   on_event=_RETRY_REPORTER)
     if options.complexity:
         kwargs["complexity"] = options.complexity
-    estimate = engine.estimate(model, n=options.n, size=parsed, quality=quality or "auto", prompt=options.prompt)
+    from gimp_openai import imaging
+
+    estimate = engine.estimate(model, n=options.n, size=parsed, quality=quality or "auto", prompt=options.prompt,
+                               input_images=[imaging.image_size_of(bytes(d)) for d in options.extra_images])
     engine.before_paying(estimate, item)
     background = request_background(family, options.background)
     if background:
@@ -1146,6 +1187,10 @@ def generate(
     _emit(progress, item, "upload", "Sending the prompt")
 
     def call() -> Any:
+        if options.extra_images:  # generation from references: the edits endpoint, no mask
+            refs = list(options.extra_images)
+            return _request_call(engine, model, lambda: engine.client.edit(image=refs[0], extra_images=refs[1:],
+                                                                           **kwargs), meta)
         return _request_call(engine, model, lambda: engine.client.generate(**kwargs), meta)
 
     result = _call_with_ticker(engine, progress, item, model, family, quality or "auto", parsed, call)
@@ -1154,6 +1199,7 @@ def generate(
     kept = _save_all(engine, result, meta, cost)
     saved = kept.saved
     rescue_notes = [kept.note] if kept.note else []
+    rescue_notes.extend(reference_notes)
     if options.partial_images > 0 and not family.streams:
         rescue_notes.append(_no_stream_note(model, family))
     _check_problems(result, saved, kept.note)
@@ -1185,7 +1231,7 @@ def generate(
         )
     _emit(progress, item, "done", f"{n} image{'s' if n != 1 else ''} ready")
     return Outcome(outputs=outputs, model=model, path=PATH_GENERATE, notes=rescue_notes,
-                   warnings=_notices(kept, result), cost=cost, estimate=estimate)
+                   warnings=_notices(kept, result), cost=cost, estimate=estimate, references=reference_report)
 
 
 def _no_stream_note(model: str, family: Family) -> str:

@@ -196,6 +196,22 @@ def price_for(model: str, overrides: Mapping[str, Mapping[str, Any]] | None = No
     return None
 
 
+#: The Batch API's price: half of every token price (https://platform.openai.com/docs/guides/batch, "50% cost
+#: discount compared to synchronous APIs").
+BATCH_DISCOUNT = 0.5
+BATCH_SOURCE = "https://platform.openai.com/docs/guides/batch (Batch API: 50% of the synchronous price)"
+
+
+def batch_price(price: Price | None) -> Price | None:
+    """``price`` as the Batch API charges it (None stays None: tokens only)."""
+    if price is None:
+        return None
+    half = BATCH_DISCOUNT
+    return Price(f"{price.label} (Batch API)", price.text_input * half, price.image_input * half,
+                 price.image_output * half, price.text_output * half if price.text_output is not None else None,
+                 price.as_of, f"{price.source}; {BATCH_SOURCE}")
+
+
 # --- usage -> cost -------------------------------------------------------------------------------------------
 
 

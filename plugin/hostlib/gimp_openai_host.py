@@ -31,6 +31,11 @@ MANIFEST_ENV = "GIMP_OPENAI_MANIFEST"
 KEY_ENV = "OPENAI_API_KEY"
 NAME_PREFIX = "OpenAI: "
 PARASITE_NAME = "gimp-openai"
+#: The preview layer's parasite (persistent: a run killed by Cancel cannot remove its preview, and the next run
+#: finds it by this, even in an image saved and opened again) and its name, which says what it is to an artist
+#: who finds it left behind.
+PREVIEW_PARASITE = "gimp-openai-preview"
+PREVIEW_NAME = u"OpenAI preview (not a result)"
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -510,16 +515,18 @@ class EngineSession(object):
 
     def _start(self):
         started = _take_prestarted(self.python) if self.api_key is None else None
-        if started is not None:
-            self.proc, self.errfile = started
-            return
-        self.errfile = tempfile.TemporaryFile()
-        self.proc = _start_engine(self.python, ["session"], engine_env(self.api_key), self.errfile)
+        if started is None:
+            started = _open_engine(self.python, self.api_key)
+        self.proc, self.errfile = started
 
-    def request(self, command, path, is_answer, on_line=None):
-        """Send one request; call ``on_line(obj)`` for each JSON line until ``is_answer(obj)``; return that
-        answer, or None when the engine ended first. If ``on_line`` raises (a cancel), the engine is stopped
-        and the exception propagates."""
+    def request(self, command, path, is_answer, on_line=None, on_sent=None):
+        """Send one request; call ``on_sent()`` once it is on its way and ``on_line(obj)`` for each JSON line
+        until ``is_answer(obj)``; return that answer, or None when the engine ended first. If a callback raises
+        (a cancel), the engine is stopped and the exception propagates.
+
+        The engine takes the request's folder for the host's job folder and removes it if the host is killed
+        before it says done; ``on_sent`` is where a host may start its progress (GIMP's Cancel button), so
+        that no Cancel can come while the folder exists unknown to the engine."""
         if self.proc is None:
             self._start()
         line = json.dumps({"cmd": command, "path": to_text(path)}) + "\n"
@@ -529,6 +536,8 @@ class EngineSession(object):
         except (IOError, OSError):  # the engine is gone already: its stderr says why
             return None
         try:
+            if on_sent is not None:
+                on_sent()
             for obj in json_lines(self.proc.stdout):
                 if is_answer(obj):
                     return obj
@@ -587,8 +596,7 @@ def prestart_engine(python_dirs=None):
     Never raises: a missing engine is reported by the run that needs it, with what to do."""
     try:
         python = find_engine_python(python_dirs or ())
-        errfile = tempfile.TemporaryFile()
-        proc = _start_engine(python, ["session"], engine_env(None), errfile)
+        proc, errfile = _open_engine(python, None)
     except Exception:  # noqa: BLE001 - said later, by the run that needs the engine
         return
     _PRESTARTED.append((python, proc, errfile))
@@ -605,13 +613,14 @@ def _take_prestarted(python):
             started_python, proc, errfile = _PRESTARTED.pop()
             if started_python == python and proc.poll() is None:
                 return proc, errfile
-            errfile.close()
+            if errfile is not None:
+                errfile.close()
     return None
 
 
 def estimate(plan_dict, python=None):
-    """The engine's estimate for a plan (``{"cmd": "estimate", "plan": ...}``), asked of the session prestarted
-    with the plug-in (started here if there is none, and left for the run to take): what a dialog shows while
+    """The engine's estimate for a plan (``{"cmd": "estimate", "plan": ...}``), asked of the engine prestarted
+    with the plug-in (opened here if there is none, and left for the run to take): what a dialog shows while
     the artist changes n, quality, model or size. Blocks until the answer: call it off the GUI's thread. None
     when the engine cannot say (not installed, ended, a malformed answer): a dialog then shows no figure and
     the run itself still asks before paying."""
@@ -623,10 +632,10 @@ def estimate(plan_dict, python=None):
         started = _PRESTARTED[-1] if _PRESTARTED else None
         if started is None or started[0] != python or started[1].poll() is not None:
             try:
-                errfile = tempfile.TemporaryFile()
-                started = (python, _start_engine(python, ["session"], engine_env(None), errfile), errfile)
+                proc, errfile = _open_engine(python, None)
             except (HostError, IOError, OSError):
                 return None
+            started = (python, proc, errfile)
             _PRESTARTED.append(started)
         proc = started[1]
         line = json.dumps({"cmd": "estimate", "plan": dict(plan_dict, version=PROTOCOL_VERSION)}) + "\n"
@@ -639,6 +648,151 @@ def estimate(plan_dict, python=None):
         except (IOError, OSError, ValueError):
             pass
     return None
+
+
+def _open_engine(python, api_key):
+    """(process, stderr file) of an engine session: the warm engine an earlier run left, when one waits for
+    this environment; else a new process that leaves one behind when its session ends."""
+    socket_path = warm_socket(python) if api_key is None else None
+    if socket_path is not None:
+        connection = _WarmConnection.open(socket_path)
+        if connection is not None:
+            return connection, None
+    args = ["session"]
+    if socket_path is not None:
+        args += ["--warm", socket_path, "--warm-seconds", str(warm_seconds())]
+    errfile = tempfile.TemporaryFile()
+    return _start_engine(python, args, engine_env(api_key), errfile), errfile
+
+
+# ------------------------------------------------------------------------------------------ warm engine
+
+#: Seconds a warm engine waits for the next run (0: none is kept). An engine kept warm holds ~150 MB.
+WARM_SECONDS_ENV = "GIMP_OPENAI_WARM_SECONDS"
+DEFAULT_WARM_SECONDS = 900
+#: What the engine's behaviour depends on besides its code: a warm engine serves only runs that agree.
+_WARM_ENV_PREFIXES = ("OPENAI_", "GIMP_OPENAI_", "AZURE_OPENAI_")
+_WARM_ENV_NAMES = ("HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "REQUESTS_CA_BUNDLE",
+                   "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
+                   "https_proxy", "no_proxy", "PYTHON_KEYRING_BACKEND", "LANG", "LC_ALL")
+
+
+def warm_seconds():
+    try:
+        return max(0, int(float(os.environ.get(WARM_SECONDS_ENV, DEFAULT_WARM_SECONDS))))
+    except ValueError:
+        return DEFAULT_WARM_SECONDS
+
+
+def warm_socket(python):
+    """The socket of the warm engine for this Python, installation and environment, in a folder only this
+    user can open; None where there are no Unix sockets or no such folder can be had (then every run starts
+    its own engine, as before)."""
+    import hashlib
+    import socket
+
+    if not hasattr(socket, "AF_UNIX") or not hasattr(os, "getuid") or warm_seconds() <= 0:
+        return None
+    facts = [to_text(python)]
+    record = os.path.join(_HERE, ENGINE_RECORD)  # rewritten by every installation
+    if os.path.isfile(record):
+        facts.append(u"%r" % os.stat(record).st_mtime)
+    for name in sorted(os.environ):
+        if name.startswith(_WARM_ENV_PREFIXES) or name in _WARM_ENV_NAMES:
+            facts.append(u"%s=%s" % (to_text(name), to_text(os.environ[name])))
+    digest = hashlib.sha256(u"\n".join(facts).encode("utf-8")).hexdigest()[:20]
+    folder = os.path.join(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir(), "gimp-openai-%d" % os.getuid())
+    try:
+        if not os.path.isdir(folder):
+            os.mkdir(folder, 0o700)
+        info = os.lstat(folder)
+        if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(folder):
+            return None
+    except OSError:
+        return None
+    return os.path.join(folder, "engine-%s.sock" % digest)
+
+
+class _SocketInput(object):
+    """The engine's input over the socket: closing it ends the input (the socket stays open for answers)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.handle = sock.makefile("wb")
+
+    def write(self, data):
+        self.handle.write(data)
+
+    def flush(self):
+        self.handle.flush()
+
+    def close(self):
+        import socket
+
+        try:
+            self.handle.close()
+            self.sock.shutdown(socket.SHUT_WR)
+        except (IOError, OSError):
+            pass
+
+
+class _WarmConnection(object):
+    """A warm engine's session over its socket, used exactly as an engine process (stdin, stdout, poll,
+    wait, terminate): EngineSession does not know the difference."""
+
+    def __init__(self, sock, stdout):
+        self.sock, self.stdout = sock, stdout
+        self.stdin = _SocketInput(sock)
+        self.returncode = None
+
+    @classmethod
+    def open(cls, path):
+        """The connection, once the engine said hello (it serves one run at a time: a busy one is not waited
+        for), or None."""
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(0.5)
+            sock.connect(path)
+            stdout = sock.makefile("rb")
+            hello = json.loads(stdout.readline().decode("utf-8") or "{}")
+            if hello.get("type") != "hello":
+                raise ValueError(hello)
+            sock.settimeout(None)
+            return cls(sock, stdout)
+        except (IOError, OSError, ValueError):
+            sock.close()
+            return None
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self, timeout=None):
+        """The engine ends the connection when its session is over."""
+        try:
+            while self.stdout.read(65536):
+                pass
+        except (IOError, OSError):
+            pass
+        self._closed(0)
+        return 0
+
+    def terminate(self):
+        import socket
+
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except (IOError, OSError):
+            pass
+        self._closed(-15)
+
+    kill = terminate
+
+    def _closed(self, code):
+        if self.returncode is None:
+            self.returncode = code
+        self.sock.close()
 
 
 def _in_session(session, python, api_key, work):
@@ -655,12 +809,13 @@ def _with_notices(error, answer):
     return error
 
 
-def plan(plan_dict, workdir, python=None, api_key=None, session=None):
-    """Step 1 of the protocol: ask the engine which region of each item to export. Returns its answer."""
+def plan(plan_dict, workdir, python=None, api_key=None, session=None, on_sent=None):
+    """Step 1 of the protocol: ask the engine which region of each item to export. Returns its answer.
+    ``on_sent()`` is called once the request is on its way (EngineSession.request)."""
     path = write_json(os.path.join(workdir, "plan.json"), dict(plan_dict, version=PROTOCOL_VERSION))
 
     def work(engine):
-        answer = engine.request("plan", path, lambda obj: obj.get("type") in ("plan", "session"))
+        answer = engine.request("plan", path, lambda obj: obj.get("type") in ("plan", "session"), on_sent=on_sent)
         if answer is None:
             raise _no_answer(u"plan", engine.exit_code(), engine.stderr_text())
         return answer
@@ -670,8 +825,11 @@ def plan(plan_dict, workdir, python=None, api_key=None, session=None):
     return answer
 
 
-def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None, session=None):
-    """Step 2: write JOB.json, run the job, feed progress to ``on_progress(fraction, message)``.
+def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None, session=None, on_partial=None,
+            on_sent=None):
+    """Step 2: write JOB.json, run the job, feed progress to ``on_progress(fraction, message)`` and each
+    streamed preview line (``{"type": "partial", ...}``) to ``on_partial(line)``; ``on_sent()`` once the
+    request is on its way.
 
     Returns the result line (``{"type": "result", "ok", "items", "error"}``); per-item failures stay in it
     for the host to report, only a job with no result at all raises.
@@ -682,9 +840,12 @@ def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None, sess
     def on_line(obj):
         if obj.get("type") == "progress" and on_progress is not None:
             on_progress(*tracker.update(obj))
+        elif obj.get("type") == "partial" and on_partial is not None:
+            on_partial(obj)
 
     def work(engine):
-        result = engine.request("job", path, lambda obj: obj.get("type") in ("result", "session"), on_line)
+        result = engine.request("job", path, lambda obj: obj.get("type") in ("result", "session"), on_line,
+                                on_sent)
         if result is None:
             raise _no_answer(u"job", engine.exit_code(), engine.stderr_text())
         if result.get("type") == "session":
@@ -884,6 +1045,37 @@ def reports_text(outputs, secrets=()):
     if len(set(r for _k, r in reports)) == 1:
         return u"OpenAI: " + reports[0][1]
     return u"OpenAI: " + u" | ".join(u"%d/%d: %s" % (k, len(outputs), r) for k, r in reports)
+
+
+def history_list(python=None, limit=None, thumbnails=False):
+    """The newest results in the history folder (``gimp-openai history list --json``): ``{"entries": [...],
+    "notes": [...], "folder", "more"}``; a HostError when the engine cannot say."""
+    args = ["--json", "history", "list"] + (["--limit", str(int(limit))] if limit else []) + \
+        (["--thumbnails"] if thumbnails else [])
+    code, objects, stderr_text = run_engine(args, python=python, env=engine_env(None))
+    answer = objects[-1] if objects else {}
+    if code != 0 or not answer.get("ok"):
+        raise _engine_said(answer, stderr_text, u"The history could not be read.")
+    return answer
+
+
+def history_layer(entry_id, path, python=None):
+    """One history result as the layer it was (``gimp-openai history layer ID -o PATH --json``): its PNG (one
+    of the engine's, readable by read_png), where it goes, its name and description."""
+    code, objects, stderr_text = run_engine(["--json", "history", "layer", to_text(entry_id), "-o", path],
+                                            python=python, env=engine_env(None))
+    answer = objects[-1] if objects else {}
+    if code != 0 or not answer.get("ok"):
+        raise _engine_said(answer, stderr_text, u"The result could not be read from the history folder.")
+    return answer
+
+
+def _engine_said(answer, stderr_text, fallback):
+    error = answer.get("error") if isinstance(answer.get("error"), dict) else None
+    if error:
+        return HostError.from_engine(error, "history_error")
+    return HostError(fallback + (u"\n" + _tail(stderr_text, 3) if _tail(stderr_text, 3) else u""),
+                     u"Run 'gimp-openai history list' in a terminal to see what is wrong.", "history_error")
 
 
 def store_key(key, python=None):

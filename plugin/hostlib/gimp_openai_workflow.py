@@ -18,19 +18,63 @@ The adapter (duck-typed; see tests/gimp2/test_workflow.py for a complete fake):
   :class:`LayerSpec`, placed above ``anchor_layer`` (a group of them when ``group_name``)
 - ``new_image(width, height)`` -> image; ``image_size(image)`` -> (width, height); ``show(image)``
 - ``alive(image, layer)`` -> False when the image was closed or the layer deleted while the request ran
+- ``preview(target, spec)``: show a streamed preview (a :class:`LayerSpec` named ``PREVIEW_NAME``, with the
+  ``PREVIEW_PARASITE``) above ``target.layer`` (on top of the image when it is None), where the result will go;
+  a second call replaces the first one's pixels in place. Never an undo step, never leaves the image dirty.
+- ``end_preview(target)``: remove every preview layer of ``target.image`` (this run's, and any a killed run left),
+  again without an undo step; nothing when there is none or the image is gone
 - ``shows_saved_settings``: True when the Settings dialog opens with the saved settings (then an empty field
   there means the default; elsewhere it keeps what is saved)
+- ``end_progress()``: the progress bar (and GIMP's Cancel button with it) ends: the results are about to go in
 - ``ask(question, title, yes)`` -> bool (``yes``: the label of the button that says yes);
   ``ask_secret(question)`` -> text or None; ``progress(fraction, text)``; ``status(text)``
 - ``models_listed(ids)``: the models a connection test found (for the model field's completion)
 - ``keep_workdir(path)`` -> True to keep the job folder (tests compare the engine's PNGs with the layers)
+
+Past the edge, references and Expand Canvas:
+
+- ``export_region`` exports transparent pixels where ``place`` runs past the layer (an edit's selection may)
+- optional ``reference_layers(image, exclude)`` -> [(name, layer)]: every layer whose name starts with
+  ``ref:`` (:data:`REFERENCE_PREFIX`), in ``image`` first, then in the other open images; ``exclude`` (the layer
+  being edited) is never one of them. Without it no reference is sent.
+- ``export_reference(layer, max_width, max_height, path)``: the layer as an RGBA PNG scaled down (never up)
+  to fit within that size
+- ``export_visible(image, path)``: the canvas as it shows (every visible layer) as an RGBA PNG
+- ``expand_canvas(image, width, height, dx, dy, spec)`` -> the inserted layer: in ONE undo group, the canvas
+  resized to ``width`` x ``height`` with the old canvas at (``dx``, ``dy``) (layers move with it and keep their
+  size: the new area is transparent), and ``spec`` (a :class:`LayerSpec`, mask "engine") on top of the image
+
+For picking among n results and for the history (no request, nothing paid):
+
+- ``result_group(image, drawables)`` -> (group, [its layers, top first]) when the active item is a group of
+  results or a layer (or mask) inside one, else None
+- ``is_visible(layer)``; ``layer_label(layer)`` -> its name
+- ``show_only(image, layers, k)``: layer ``k`` (0-based) visible, the others hidden, in one undo group
+- ``keep_result(image, group, layer)``: ``layer`` takes the group's place (same parent and position, with its
+  mask and parasite, visible) and the group goes with the other results, in ONE undo group
+- optional ``choose_result(image, group, layers, current)`` -> 0-based index or None (cancelled): a host that
+  can show the results side by side; without it an interactive run keeps the one showing
+- optional ``choose_history(listing, image)`` -> an entry id or None (cancelled): a host that can show the
+  history with thumbnails; without it the run uses the ``entry`` argument (empty: the newest result)
 """
 
 from __future__ import absolute_import, division, print_function
 
+import json
 import os
 
 import gimp_openai_host as hl
+
+#: A layer whose name starts with this (in any open image) is sent as a reference by Edit Selection and
+#: Generate: a convention the Layers dialog shows the same way in GIMP 2.10 and 3, needs no dialog field,
+#: survives in the XCF, and a hidden reference still counts (artists hide them so the picture stays clean).
+REFERENCE_PREFIX = u"ref:"
+#: Expand Canvas: the dialog's "Sides" -> the sides that grow.
+EXPAND_SIDES = {"all": ("left", "top", "right", "bottom"), "left-right": ("left", "right"),
+                "top-bottom": ("top", "bottom"), "left": ("left",), "right": ("right",), "top": ("top",),
+                "bottom": ("bottom",)}
+#: Expand Canvas values that become the job's margins (or aspect and sides), not fields of their own.
+EXPAND_ONLY = ("sides", "amount", "aspect")
 
 #: Host-only values of the manifest: they steer the workflow, the engine never needs them.
 HOST_ONLY = ("whole_layer", "no_selection", "batch_operation", "target", "base_url", "default_model",
@@ -94,6 +138,71 @@ class LayerSpec(object):
         self.name, self.parasite, self.mask, self.visible = name, parasite, mask, visible
 
 
+class Previews(object):
+    """The live preview of one run: each streamed preview shown where its item's result will go, composited
+    like it (the engine's layer mask, the same place), each newer one replacing the one before; removed
+    before the results go in, and when the run fails.
+
+    A preview is a courtesy, never a reason for a run to fail and never an undo step: the adapter changes the
+    image with its undo frozen, and any trouble showing one (the image closed, the layer deleted, a file that
+    cannot be read) skips that preview while the request goes on. A run GIMP kills (Cancel) cannot remove its
+    preview; the layer's name says what it is, and the next run on that image removes it (``clear_stale``)."""
+
+    def __init__(self, adapter, mask=None):
+        self.adapter, self.mask = adapter, mask
+        self.targets = {}  # item id -> (Target, place(line) -> (x, y) or None)
+        self.shown = {}  # item id -> Target showing a preview now
+        self.count = 0
+
+    def watch(self, item_id, target, place=None):
+        self.targets[item_id] = (target, place)
+
+    def clear_stale(self):
+        """Remove preview layers a killed run left in this run's images (before anything else happens)."""
+        seen = []
+        for target, _place in self.targets.values():
+            if target.image is None or any(target.image is image for image in seen):
+                continue
+            seen.append(target.image)
+            self._end(target)
+
+    def show(self, line):
+        entry = self.targets.get(line.get("id"))
+        if entry is None and len(self.targets) == 1:
+            entry = list(self.targets.values())[0]
+        if entry is None or not line.get("layer_png"):
+            return
+        target, place = entry
+        try:
+            if target.image is None or not self.adapter.alive(target.image, target.layer):
+                return  # closed or deleted while the request runs: the results open elsewhere later
+            output = dict(line)
+            if place is not None:
+                output["x"], output["y"] = place(line)
+            mask = self.mask if line.get("mask_png") else None
+            parasite = json.dumps({"preview": True, "item": hl.to_text(line.get("id") or u""),
+                                   "index": line.get("index")}, sort_keys=True)
+            spec = LayerSpec(output, hl.PREVIEW_NAME, parasite, mask)
+            self.adapter.preview(target, spec)
+        except Exception:  # noqa: BLE001 - a preview that cannot be shown is skipped; the result still comes
+            return
+        self.shown[line.get("id")] = target
+        self.count += 1
+
+    def end(self):
+        """Remove the previews shown (idempotent; never raises: it runs on every way out of a run)."""
+        shown, self.shown = list(self.shown.values()), {}
+        for target in shown:
+            self._end(target)
+
+    def _end(self, target):
+        try:
+            if target.image is not None and self.adapter.alive(target.image, None):
+                self.adapter.end_preview(target)
+        except Exception:  # noqa: BLE001 - an image closed meanwhile: nothing left to remove
+            pass
+
+
 # ----------------------------------------------------------------------------------------------- the rules
 
 def intersect(a, b):
@@ -125,11 +234,16 @@ def check_target(target):
 
 
 def region(target, operation, whole_layer, interactive, ask):
-    """(bounds, whole): the selection's box inside the layer, or the whole layer.
+    """(bounds, whole): the selection's box, or the whole layer.
+
+    An edit's selection that reaches past the layer is sent whole: the artist selected where the picture
+    should go on (past a pasted photo's edge, into an empty corner), and the result layer grows to fill it
+    while the layer itself is never resized. Variations have nothing to invent past the layer, so their box is
+    the part inside it. A selection that misses the layer altogether is refused, not painted from nothing: it
+    almost always means another layer is active than the one the artist looks at, and the hint says so.
 
     Nothing selected: variations take the whole layer; an edit does when asked to (``whole_layer``), or when
-    the artist says yes to the question in an interactive run; otherwise it stops with what to do. A
-    selection that misses the layer is refused, not sent empty.
+    the artist says yes to the question in an interactive run; otherwise it stops with what to do.
     """
     layer_box = target.layer_rect
     if target.selection is None:
@@ -146,8 +260,10 @@ def region(target, operation, whole_layer, interactive, ask):
     bounds = intersect(target.selection, layer_box)
     if not bounds["width"] or not bounds["height"]:
         raise Refusal(u"The selection does not touch the active layer.",
-                      u"Select inside the layer, or click the layer under the selection, then run again.",
-                      "selection_outside_layer")
+                      u"Click the layer under the selection in the Layers dialog, or select an area that "
+                      u"overlaps the layer, then run again.", "selection_outside_layer")
+    if operation == "edit":
+        return dict(target.selection), False
     return bounds, False
 
 
@@ -255,9 +371,23 @@ def job_options(proc, operation, values):
     return job
 
 
+def generated_size(job):
+    """The size a generation asks for, as (width, height): references need be no larger. "auto" and a
+    canvas's shape are at most 1536 px a side for the models that take references."""
+    size = hl.to_text(job.get("size") or u"")
+    if u"x" in size:
+        try:
+            width, height = (int(v) for v in size.split(u"x", 1))
+            return width, height
+        except ValueError:
+            pass
+    return 1536, 1536
+
+
 def layer_specs(outputs, prompt, model, mask, secrets=(), cost=None, quality=u""):
     """Names (``OpenAI: <prompt> (k/n)``), parasites and masks of the layers to insert, in the engine's order.
     ``cost``: what the request that made them cost (the engine's item ``cost``); each parasite keeps its share."""
+
     outputs = sorted(outputs, key=lambda o: o.get("index", 0))
     count = len(outputs)
     share = hl.cost_share(cost, count, model, quality)
@@ -331,6 +461,14 @@ class Workflow(object):
             return self.with_model_switch(self.run_batch)
         if self.operation == "generate":
             return self.with_model_switch(lambda: self.run_generate(image, drawables))
+        if self.operation == "expand":
+            return self.with_model_switch(lambda: self.run_expand(image, drawables))
+        if self.operation == "pick":
+            return self.run_pick(image, drawables)
+        if self.operation == "next":
+            return self.run_next(image, drawables)
+        if self.operation == "history":
+            return self.run_history(image, drawables)
         return self.run_settings()
 
     def heard(self, answer):
@@ -378,7 +516,8 @@ class Workflow(object):
         failures = hl.failed_items(result)
         if failures:
             raise self.engine_error(failures[0][1])
-        return u"\n".join(t for t in [self.cost_text(result), hl.warnings_text(result, self.secrets)] if t)
+        return u"\n".join(t for t in [self.cost_text(result), hl.warnings_text(result, self.secrets),
+                                      self.references_text(result)] if t)
 
     # ----------------------------------------------------------------------------------------------- cost
     def quality(self):
@@ -442,28 +581,43 @@ class Workflow(object):
     def run_items(self, items):
         """Plan, export and the job in one engine session; then each image's results inserted."""
         operation = self.operation_of_items()
-        workdir = hl.make_workdir()
+        previews = Previews(self.adapter, u"engine" if bool(self.values.get("add_mask", True)) else None)
+        for it in items:
+            previews.watch(it.id, it.target)
+        previews.clear_stale()
+        workdir, report = hl.make_workdir(), u""
         try:
             with hl.EngineSession(python=self.python) as session:
-                self.adapter.progress(0.0, u"OpenAI: planning")
-                answer = hl.plan(self.plan_dict(operation, items), workdir, session=session)
+                # the progress (and GIMP's Cancel with it) shows once the engine knows the job folder
+                answer = hl.plan(self.plan_dict(operation, items), workdir, session=session,
+                                 on_sent=lambda: self.adapter.progress(0.0, u"OpenAI: planning"))
                 self.heard(answer)
                 price = self.confirm_cost(answer, batch=self.operation == "batch")
                 job = job_options(self.proc, operation, self.values)
                 job["model"] = answer.get("model") or job.get("model", u"")
                 job["source_name"] = items[0].name if len(items) == 1 else u""
                 job["items"] = self.export(items, answer, workdir, operation)
+                if operation == "edit" and self.operation == "edit":
+                    self.add_references(job["items"], items[0].target, workdir)
                 self.adapter.progress(0.0, u"OpenAI: sending %d request(s), %s" % (len(items), price))
-                result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
+                result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session,
+                                    on_partial=previews.show)
                 self.heard(result)
+                previews.end()  # the results take its place (or the run failed): gone before they go in
                 gone = hl.model_gone(result)
                 failed = gone or (not result.get("items") and result.get("error"))
                 if not failed:  # in the session: killed while inserting, the engine cleans up and remembers
-                    self.insert_items(items, result, job["model"], operation)
+                    report = self.insert_items(items, result, job["model"], operation)
+            if not failed:  # after done: a Cancel now would cost nothing
+                # what alignment and tone match corrected (in each parasite too) and what the run cost
+                status = u"; ".join(r for r in [report, self.cost_text(result)] if r)
+                if status:
+                    self.adapter.status(status)
             if failed:
                 raise self.engine_error(gone or result["error"])
             return result
         finally:
+            previews.end()
             if not self.adapter.keep_workdir(workdir):
                 hl.cleanup(workdir)
 
@@ -489,7 +643,15 @@ class Workflow(object):
 
     def insert_items(self, items, result, model, operation):
         """Each image's results above its layer, in one undo group per image; an image that cannot take them
-        (closed, layer deleted) turns into that item's error, with its results kept in the history folder."""
+        (closed, layer deleted) turns into that item's error, with its results kept in the history folder.
+        Returns what alignment and tone match corrected, for the status bar.
+
+        The progress ends first. GIMP's Cancel kills the plug-in wherever it is, and killed inside an undo
+        group it leaves the image's undo "in inconsistent state" and says so; once the results have arrived
+        (paid for, in history) inserting them takes a moment, and ending the progress takes the Cancel button
+        away for that moment. A Cancel that GIMP handled before this point stops the run before any undo
+        group opened: the engine then keeps the images and names them in the next run's message."""
+        self.adapter.end_progress()  # no Cancel while the layers go in: GIMP would kill the plug-in mid-undo-group
         by_id = dict((it.id, it) for it in items)
         prompt = hl.to_text(self.values.get("prompt", u"")) if operation == "edit" else u"variation"
         reports = []
@@ -517,10 +679,9 @@ class Workflow(object):
                                   "saved": [o.get("history_png") for o in outputs if o.get("history_png")]}
                 continue
             reports.append(hl.reports_text(outputs, self.secrets))
-        # what alignment and tone match corrected (in each parasite too) and what the run cost: shown as it ends
-        status = u"; ".join(r for r in reports + [self.cost_text(result)] if r)
-        if status:
-            self.adapter.status(status)
+        # what alignment and tone match corrected: shown while the run ends (once the engine is told done: a
+        # status text brings GIMP's progress, and its Cancel, back), and in each parasite
+        return u"; ".join(r for r in reports if r)
 
     def open_as_new_image(self, item, specs, group):
         """The image (or its layer) was closed while the request ran: the results open as a new image of their
@@ -538,6 +699,114 @@ class Workflow(object):
         results = u"its result" if len(specs) == 1 else u"its %d results" % len(specs)
         what = u"%s was closed" % item.name if closed else u"The layer was deleted from %s" % item.name
         self.notices.append(u"%s while the request ran, so %s opened as a new image." % (what, results))
+
+    # ------------------------------------------------------------------------------------------ references
+    def add_references(self, job_items, target, workdir):
+        """The ``ref:`` layers, each scaled down to the item's request size (the engine sends no more), as the
+        job items' ``references``; the names are kept for the run's message."""
+        self.references_asked = []
+        finder = getattr(self.adapter, "reference_layers", None)
+        if finder is None or target is None or target.image is None:
+            return
+        found = finder(target.image, target.layer)
+        if not found:
+            return
+        for entry in job_items:
+            width, height = entry.get("target") or (1024, 1024)
+            refs = []
+            for k, (name, layer) in enumerate(found, 1):
+                path = u"%s-ref-%d.png" % (entry["id"], k)
+                self.adapter.export_reference(layer, int(width), int(height), os.path.join(workdir, path))
+                refs.append({"path": path, "name": hl.clean_line(name, self.secrets)})
+            entry["references"] = refs
+        self.references_asked = [hl.clean_line(name, self.secrets) for name, _layer in found]
+
+    def references_text(self, result):
+        """Which ``ref:`` layers the model saw and which were left out (and why), from the engine's answer."""
+        asked = getattr(self, "references_asked", None)
+        if not asked:
+            return u""
+        sent, left_out = [], []
+        for item in result.get("items") or []:
+            report = item.get("references") or {}
+            sent.extend(n for n in report.get("sent") or [] if n not in sent)
+            left_out.extend(n for n in report.get("left_out") or [] if n not in left_out)
+        lines = []
+        if sent:
+            lines.append(u"References sent: %s." % u", ".join(hl.clean_line(n, self.secrets) for n in sent))
+        if left_out:
+            lines.append(u"References left out: %s." % u"; ".join(hl.clean_line(n, self.secrets)
+                                                                  for n in left_out))
+        return u"\n".join(lines)
+
+    # --------------------------------------------------------------------------------------- expand canvas
+    def expand_job(self):
+        """The job's margins (or aspect and the sides that may grow) from the dialog's Sides, Amount and
+        Aspect ratio, refused before anything is exported when they grow nothing."""
+        job = job_options(self.proc, "expand", self.values)
+        for name in EXPAND_ONLY:
+            job.pop(name, None)
+        sides = EXPAND_SIDES.get(self.values.get("sides") or "all")
+        if sides is None:
+            raise Refusal(u"Unknown sides %r." % self.values.get("sides"), u"Choose the sides to grow.", "bad_sides")
+        aspect = hl.clean_line(self.values.get("aspect") or u"")
+        if aspect and aspect != "amount":
+            job["aspect"] = aspect
+            job["sides"] = [] if len(sides) == 4 else list(sides)
+            return job
+        amount = int(self.values.get("amount") or 0)
+        if amount <= 0:
+            raise Refusal(u"The amount is 0 px, so the canvas would not grow.",
+                          u"Give the pixels to add on each chosen side, or choose an aspect ratio.", "nothing_to_expand")
+        job["margins"] = dict((side, amount if side in sides else 0) for side in ("left", "top", "right", "bottom"))
+        return job
+
+    def run_expand(self, image, drawables):
+        """Expand Canvas: the canvas grows and the model paints the new area from the picture as it shows; the
+        old layers keep their pixels and size, the new area is one layer with an editable mask (255 on the new
+        area), and the resize and that layer are ONE undo step."""
+        if image is None or not self.adapter.alive(image, None):
+            raise Refusal(u"There is no image to expand.", u"Open an image, then run again.", "no_image")
+        target = self.adapter.target(image, drawables)
+        if target.indexed:
+            check_target(target)
+        job = self.expand_job()
+        workdir = hl.make_workdir()
+        try:
+            width, height = self.adapter.image_size(image)
+            self.adapter.export_visible(image, os.path.join(workdir, "img-1.png"))
+            job["items"] = [{"id": u"img-1", "image": u"img-1.png"}]
+            job["source_name"] = target.name
+            job["add_mask"] = True
+            self.adapter.progress(0.0, u"OpenAI: expanding the canvas")
+            with hl.EngineSession(python=self.python) as session:
+                result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
+                self.heard(result)
+                gone = hl.model_gone(result)
+                item = (result.get("items") or [{}])[0]
+                if gone or not item.get("ok"):
+                    raise self.engine_error(gone or item.get("error") or result.get("error"))
+                if not self.adapter.alive(image, None):
+                    raise hl.HostError(u"The image was closed while the request ran.",
+                                       u"The painted area is kept in the history folder.", "image_closed",
+                                       [o.get("history_png") for o in item.get("outputs") or []
+                                        if o.get("history_png")])
+                output = item["outputs"][0]
+                prompt = hl.to_text(self.values.get("prompt") or u"") or u"expanded canvas"
+                model = item.get("model") or result.get("model") or job.get("model", u"")
+                share = hl.cost_share(item.get("cost"), 1, model, self.quality())
+                spec = LayerSpec(output, hl.layer_name(prompt, 1, 1, secrets=self.secrets).rsplit(u" (", 1)[0],
+                                 hl.parasite_data(prompt, model, output, self.secrets, cost=share), u"engine")
+                canvas, old = item["canvas"], item["old"]
+                self.adapter.expand_canvas(image, int(canvas["width"]), int(canvas["height"]), int(old["x"]),
+                                           int(old["y"]), spec)
+            cost = self.cost_text(result)
+            self.adapter.status(u"; ".join(t for t in [u"OpenAI: canvas %dx%d \u2192 %dx%d" % (
+                width, height, int(canvas["width"]), int(canvas["height"])), cost] if t))
+            return u"\n".join(t for t in [cost, hl.warnings_text(result, self.secrets)] if t) or None
+        finally:
+            if not self.adapter.keep_workdir(workdir):
+                hl.cleanup(workdir)
 
     def engine_error(self, error):
         error = error or {}
@@ -594,10 +863,26 @@ class Workflow(object):
         check_prompt("generate", self.values)
         target = self.adapter.target(image, drawables) if image is not None else None
         new_image = target is None or target.indexed or self.values.get("target") == "new image"
+        previews = Previews(self.adapter)
+        if target is not None and target.image is not None:
+            on_top = Target(target.image, None, target.name)  # over the image's top, centred like the result
+
+            def centred(line):
+                width, height = self.adapter.image_size(on_top.image)
+                return (width - int(line["width"])) // 2, (height - int(line["height"])) // 2
+            previews.watch(u"generate", on_top, centred)
+            previews.clear_stale()
+            if new_image:  # a new image has no canvas yet to show a preview on
+                previews.targets.clear()
         workdir = hl.make_workdir()
         try:
             job = job_options(self.proc, "generate", self.values)
             job["items"] = []
+            if target is not None and target.image is not None:  # ref: layers, at most the size generated
+                job_item = {"id": u"generate", "target": list(generated_size(job))}
+                self.add_references([job_item], target, workdir)
+                if job_item.get("references"):
+                    job["items"] = [{"id": u"generate", "references": job_item["references"]}]
             if not new_image and "size" not in job:  # the canvas's shape, filled (the engine scales to cover)
                 width, height = self.adapter.image_size(target.image)
                 job["canvas"] = {"width": int(width), "height": int(height)}
@@ -607,15 +892,24 @@ class Workflow(object):
                     plan["canvas"] = job["canvas"]
                 answer = hl.plan(plan, workdir, session=session)
                 self.heard(answer)
-                self.adapter.progress(0.0, u"OpenAI: generating, %s" % self.confirm_cost(answer))
+                price = self.confirm_cost(answer)
                 job["model"] = answer.get("model") or job.get("model", u"")  # the model estimated is the one used
-                result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
+                result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session,
+                                    on_partial=previews.show,
+                                    on_sent=lambda: self.adapter.progress(0.0, u"OpenAI: generating, %s" % price))
                 self.heard(result)
+                previews.end()
                 item = (result.get("items") or [{}])[0]
                 if item.get("ok"):  # in the session: killed while inserting, the engine cleans up and remembers
-                    return self.insert_generated(result, job, target, new_image)
+                    self.adapter.end_progress()  # no Cancel while the layers go in (see insert_items)
+                    text = self.insert_generated(result, job, target, new_image)
+            if item.get("ok"):
+                if self.last_cost:  # after done (a status text brings GIMP's progress, and its Cancel, back)
+                    self.adapter.status(self.last_cost)
+                return u"\n".join(t for t in [text, self.references_text(result)] if t) or None
             raise self.engine_error(item.get("error") or result.get("error"))
         finally:
+            previews.end()
             hl.cleanup(workdir)
 
     def insert_generated(self, result, job, target, new_image):
@@ -649,10 +943,7 @@ class Workflow(object):
                             group_name(prompt, len(outputs), self.secrets))
         if new_image:
             self.adapter.show(image)
-        cost = self.cost_text(result)
-        if cost:
-            self.adapter.status(cost)
-        return u"\n".join(t for t in [cost, hl.warnings_text(result, self.secrets)] if t) or None
+        return u"\n".join(t for t in [self.cost_text(result), hl.warnings_text(result, self.secrets)] if t) or None
 
     # ------------------------------------------------------------------------------------------- settings
     def run_settings(self):
@@ -701,3 +992,125 @@ class Workflow(object):
                 self.adapter.models_listed(models)
             lines.append(hl.redact(text, self.secrets))
         return u"OpenAI settings:\n" + u"\n".join(lines) if lines else u"Nothing was changed."
+
+    # ------------------------------------------------------------------------------- pick, next result
+    def results(self, image, drawables):
+        """(group, layers) of the result group the artist is on, or a Refusal that says where to click."""
+        found = self.adapter.result_group(image, drawables) if image is not None else None
+        if not found or not found[1]:
+            raise Refusal(u"The active layer is not a group of OpenAI results.",
+                          u"Click a group named \u201cOpenAI: \u2026 (N results)\u201d, or a layer inside it, "
+                          u"in the Layers dialog, then run again.", "not_results")
+        return found
+
+    def showing(self, layers):
+        """The 0-based index of the result on show: the first visible one (results of a run show only one)."""
+        for k, layer in enumerate(layers):
+            if self.adapter.is_visible(layer):
+                return k
+        return 0
+
+    def run_pick(self, image, drawables):
+        """Keep one result of a group and remove the others, in one undo step: the one chosen in the host's
+        side-by-side view (interactive), the ``index``-th (1 = top; scripts), or the one showing (0)."""
+        group, layers = self.results(image, drawables)
+        current = self.showing(layers)
+        index = int(self.values.get("index") or 0)
+        if index > len(layers):
+            raise Refusal(u"This group holds %d results; there is no result %d." % (len(layers), index),
+                          u"Pass an index from 1 to %d, or 0 for the one showing." % len(layers), "no_such_result")
+        chosen = index - 1 if index else current
+        if self.adapter.interactive and not index and hasattr(self.adapter, "choose_result"):
+            chosen = self.adapter.choose_result(image, group, layers, current)
+            if chosen is None:
+                raise Stop()
+        kept = layers[chosen]
+        self.adapter.keep_result(image, group, kept)
+        others = len(layers) - 1
+        self.adapter.status(u"Kept %s%s" % (hl.clean_line(self.adapter.layer_label(kept), self.secrets),
+                                             u"; %d other result(s) removed (Edit > Undo brings them back)" % others
+                                             if others else u""))
+        return None
+
+    def run_next(self, image, drawables):
+        """Show the next result of the group and hide the one showing (after the last: the first again), so
+        an artist without a side-by-side view compares them in place, one key press each."""
+        group, layers = self.results(image, drawables)
+        k = (self.showing(layers) + 1) % len(layers)
+        self.adapter.show_only(image, layers, k)
+        self.adapter.status(u"Showing %d of %d: %s" % (k + 1, len(layers),
+                                                       hl.clean_line(self.adapter.layer_label(layers[k]),
+                                                                     self.secrets)))
+        return None
+
+    # --------------------------------------------------------------------------------------------- history
+    def run_history(self, image, drawables):
+        """Bring back a past result from the history folder, without a new request: at its original place in
+        this image when it fits there, else as a new image; one undo step."""
+        alive = image is not None and self.adapter.alive(image, None)
+        entry_id = hl.clean_line(self.values.get("entry") or u"")
+        if not entry_id:
+            chooser = getattr(self.adapter, "choose_history", None)
+            interactive = self.adapter.interactive and chooser is not None
+            listing = hl.history_list(python=self.python, limit=HISTORY_SHOWN if interactive else 1,
+                                      thumbnails=interactive)
+            entries = listing.get("entries") or []
+            if not entries:
+                raise Refusal(u"The history folder holds no results yet%s." % (
+                    u" (%s)" % hl.to_text(listing["folder"]) if listing.get("folder") else u""),
+                    u"Results are kept there from the first run on; Settings shows where it is.", "empty_history")
+            if interactive:
+                entry_id = chooser(listing, image if alive else None)
+                if not entry_id:
+                    raise Stop()
+            else:
+                entry_id = entries[0]["id"]
+        workdir = hl.make_workdir()
+        try:
+            layer = hl.history_layer(entry_id, os.path.join(workdir, "history-layer.png"), python=self.python)
+            return self.insert_history(image if alive else None, drawables, layer)
+        finally:
+            hl.cleanup(workdir)
+
+    def insert_history(self, image, drawables, layer):
+        entry = layer.get("entry") or {}
+        width, height = int(layer["width"]), int(layer["height"])
+        output = {"layer_png": layer["layer_png"], "x": int(layer.get("x", 0)), "y": int(layer.get("y", 0)),
+                  "width": width, "height": height, "history_png": entry.get("image"),
+                  "request_id": entry.get("request_id"), "path": entry.get("operation"),
+                  "notes": u"from history"}
+        prompt = hl.to_text(entry.get("prompt") or (u"variation" if hl.to_text(entry.get("operation")).startswith(
+            u"variation") else u""))
+        k, n = entry.get("k") or 1, entry.get("n") or 1
+        name = hl.layer_name(prompt, k, n, path=entry.get("operation"), secrets=self.secrets)
+        spec = LayerSpec(output, name, hl.parasite_data(prompt, entry.get("model") or u"", output, self.secrets),
+                         None)
+        fits = False
+        if image is not None:
+            canvas_w, canvas_h = self.adapter.image_size(image)
+            if layer.get("placed"):
+                fits = (spec.x >= 0 and spec.y >= 0 and spec.x + width <= canvas_w and spec.y + height <= canvas_h)
+            elif width <= canvas_w and height <= canvas_h:  # a generation: centred, as Generate puts it
+                spec.x, spec.y = (canvas_w - width) // 2, (canvas_h - height) // 2
+                fits = True
+        if fits:
+            target = self.adapter.target(image, drawables)
+            anchor = target.layer if target.kind == "layer" else None
+            self.adapter.insert(image, anchor, [spec], None)
+            where = u"at its place (%d, %d)" % (spec.x, spec.y) if layer.get("placed") else u"centred"
+            self.adapter.status(u"%s inserted %s, from history (no new request)" % (name, where))
+            return None
+        spec.x, spec.y = 0, 0
+        new = self.adapter.new_image(width, height)
+        self.adapter.insert(new, None, [spec], None)
+        self.adapter.show(new)
+        if image is None:
+            return None
+        why = (u"its place (%d\u00d7%d at %d, %d) is outside this image" % (width, height, int(layer.get("x", 0)),
+                                                                          int(layer.get("y", 0)))
+               if layer.get("placed") else u"it is larger than this image")
+        return u"%s opened as a new image: %s." % (name, why)
+
+
+#: How many of the newest results a history chooser shows (each with a thumbnail made once and cached).
+HISTORY_SHOWN = 200

@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "plugin" / "hostlib"))
 
 import gimp_openai_host as host_lib  # noqa: E402
 
+from tests.bench import batchapi as batch_api_bench  # noqa: E402
 from tests.bench.stream import bench_stream, stream_line  # noqa: E402
 from tests.reliability import harness as H  # noqa: E402
 from tests.support.local_server import LocalServerHandle  # noqa: E402
@@ -490,10 +491,13 @@ def run_all(*, quick: bool = False, faults: bool = True, gimp3: bool = True) -> 
         figures["batch"] = bench_batch(work)
         figures["seamless"] = bench_seamless(work, repeats)
         figures["stream"] = bench_stream(rounds=1 if quick else 3)
+        figures["ratelimit"] = batch_api_bench.bench_ratelimit(work)
+        figures["batch_async"] = batch_api_bench.bench_batch_async(work)
         if gimp3:
             from tests.bench import gimp3_host
 
             figures["gimp3"] = [gimp3_host.measure(v) for v in ("3.0", "3.2")]
+            figures["gimp3_overhead"] = [gimp3_host.overhead(v) for v in ("3.0", "3.2")]
         figures["load_avg_at_end"] = os.getloadavg()
     if faults:
         from tests.reliability import faults as F
@@ -556,10 +560,13 @@ def table(fig: dict) -> str:
     lines.append("")
     if "stream" in fig:
         lines += [stream_line(fig["stream"]), ""]
+    if "ratelimit" in fig or "batch_async" in fig:
+        lines += [*batch_api_bench.lines(fig.get("ratelimit"), fig.get("batch_async")), ""]
     if fig.get("gimp3"):
         from tests.bench import gimp3_host
 
         lines += [gimp3_host.table(g) for g in fig["gimp3"]]
+        lines += [gimp3_host.overhead_line(g) for g in fig.get("gimp3_overhead", [])]
     else:
         lines.append("Host-side time in real GIMP 3: not measured (--no-gimp3)")
     if "fault_table" in fig:
@@ -579,8 +586,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the seamless share (2048² place, gpt-like server, with vs without align+tone)")
     parser.add_argument("--cli-memory-only", action="store_true",
                         help="only the CLI big-image rows (8000² opaque and transparent edit: peak RSS, seconds)")
+    parser.add_argument("--expand-only", action="store_true",
+                        help="Expand Canvas figures only (old pixels kept, the step at the old edge)")
     parser.add_argument("--stream-only", action="store_true",
                         help="only the streaming figures (first preview, cost of streaming; 15 s latency)")
+    parser.add_argument("--batch-api-only", action="store_true",
+                        help="only the rate-limit pacing (40 edits at 20/min, ~1-2 min) and Batch API rows")
     parser.add_argument("--size", type=int, default=8000, help="with --cli-memory-only: the picture's side")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions of each host-path case (default 3)")
     args = parser.parse_args(argv)
@@ -590,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
         print(seamless_line(s) + f"; runs with {s['overhead_with_runs_s']}, without {s['overhead_without_runs_s']}, "
               f"after-response deltas {s['after_delta_runs_s']}")
         return 0
+    if args.expand_only:
+        from tests.bench import expand_bench
+
+        return expand_bench.main()
     if args.stream_only:
         with tempfile.TemporaryDirectory(prefix="gimp-openai-bench-") as tmp:
             Env(Path(tmp) / "home")
@@ -600,6 +615,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cli_memory_only:
         print("\n".join(cli_memory_lines(run_cli_memory_only(args.size, args.repeats or 1))))
+        return 0
+    if args.batch_api_only:
+        with tempfile.TemporaryDirectory(prefix="gimp-openai-bench-") as tmp:
+            Env(Path(tmp) / "home")
+            rate = batch_api_bench.bench_ratelimit(Path(tmp))
+            batch = batch_api_bench.bench_batch_async(Path(tmp))
+        print("\n".join(batch_api_bench.lines(rate, batch)))
+        stamp = f"bench-batchapi-{datetime.now():%Y%m%d-%H%M%S}.json"
+        out = Path(args.out) if args.out else ROOT / "bench-results" / stamp
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"ratelimit": rate, "batch_async": batch}, indent=1))
         return 0
     if args.host_only:
         figures = run_host_only(args.repeats or (1 if args.quick else 3))

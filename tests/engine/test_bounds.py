@@ -7,6 +7,7 @@ malformed IPv6 ``--base-url`` and a folder as ``--reference`` ended in "internal
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -41,7 +42,15 @@ def test_the_manifest_ranges_are_the_tables():
 def test_every_numeric_cli_option_uses_the_table():
     parser = cli.build_parser()
     seen = set()
-    for sub in parser._subparsers._group_actions[0].choices.values():  # type: ignore[union-attr]
+
+    def parsers(p):  # every command's parser, and its own commands' (history list, ...)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield child
+                    yield from parsers(child)
+
+    for sub in parsers(parser):
         for action in sub._actions:
             for flag in action.option_strings:
                 if flag in cli.NUMERIC_OPTIONS:

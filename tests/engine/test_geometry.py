@@ -12,6 +12,7 @@ from gimp_openai.geometry import (
     aspect_error_px,
     choose_standard_size,
     context_rect,
+    extent,
     grow_to_aspect,
     plan_region,
     selection_bounds,
@@ -22,11 +23,12 @@ ALL_FAMILIES = [FAMILIES[name] for name in ("dall-e-2", "gpt-image-1", "gpt-imag
 
 def assert_invariants(plan: RegionPlan, layer: Rect, selection: Rect | None, family) -> None:
     """What every caller relies on, whatever the input."""
-    assert layer.contains(plan.place), (plan, layer)
+    area = extent(layer, selection)
+    assert area.contains(plan.place), (plan, layer)
     assert plan.request.contains(plan.place)
-    assert plan.request.intersect(layer) == plan.place, "every real pixel of the request must be exported"
-    selected = layer if selection is None else selection.intersect(layer)
-    assert plan.place.contains(selected)
+    assert plan.request.intersect(area) == plan.place, "every pixel the edit may change must be exported"
+    selected = layer if selection is None else selection
+    assert plan.place.contains(selected), "a selection reaching past the layer is planned whole"
     assert family.check_size(plan.target_size) is None, plan.target_size
     assert aspect_error_px(plan.request.size, plan.target) <= 0.5
     if family.square_input:
@@ -205,9 +207,9 @@ CASES = [
     ("dall-e-2 huge selection capped at 1024",
      "dall-e-2", Rect(0, 0, 8000, 8000), None, "auto",
      Rect(0, 0, 8000, 8000), Rect(0, 0, 8000, 8000), (1024, 1024)),
-    ("negative offsets, selection partly outside the layer",
+    ("negative offsets, selection partly outside the layer: planned whole, place past the layer",
      "gpt-image-2", Rect(-500, -300, 2000, 2000), Rect(-800, -600, 600, 600), "auto",
-     Rect(-500, -300, 450, 450), Rect(-500, -300, 450, 450), (816, 816)),
+     Rect(-800, -600, 912, 912), Rect(-800, -600, 912, 912), (912, 912)),
     ("whole 8000^2 layer downscaled for gpt-image-2",
      "gpt-image-2", Rect(0, 0, 8000, 8000), None, "auto",
      Rect(0, 0, 8000, 8000), Rect(0, 0, 8000, 8000), (2880, 2880)),

@@ -265,6 +265,25 @@ def test_rescue_dir_defaults_to_system_temp(monkeypatch):
     assert os.lstat(folder).st_uid == os.getuid() and os.lstat(folder).st_mode & 0o777 == 0o700
 
 
+def test_the_rescue_folder_is_made_only_when_an_image_goes_there(tmp_path, monkeypatch):
+    """Every job names the rescue folder first in its chain; a run whose history works must not leave an empty
+    ``gimp-openai-rescue-<uid>`` in the system temp folder, and a run that needs it finds it private."""
+    import tempfile
+
+    from gimp_openai.history import RescueHistory, save_all
+
+    monkeypatch.delenv("GIMP_OPENAI_RESCUE_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    rescue = tmp_path / "tmp" / f"gimp-openai-rescue-{os.getuid()}"
+    kept = save_all(History(tmp_path / "h"), [(b"A", META)], [RescueHistory(), tmp_path / "out"])
+    assert kept.paths[0].parent == tmp_path / "h" and kept.note == ""
+    assert list((tmp_path / "tmp").iterdir()) == [] and not (tmp_path / "out").exists()
+    kept = save_all(_FullAfter(tmp_path / "h"), [(b"B", META)], [RescueHistory(), tmp_path / "out"])
+    assert kept.paths[0].parent == rescue and kept.paths[0].read_bytes() == b"B"
+    assert os.lstat(rescue).st_mode & 0o777 == 0o700 and str(rescue) in kept.note
+
+
 def test_not_durable_write_skips_fsync_but_is_still_atomic(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(atomic.os, "fsync", lambda fd: calls.append(fd))

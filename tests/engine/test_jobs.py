@@ -57,7 +57,7 @@ def test_a_good_job_parses(tmp_path):
         (dict(items=[dict(GOOD_ITEM), dict(GOOD_ITEM)]), "Two items have the id 'img-1'"),
         (dict(items=[dict(GOOD_ITEM, image="../../etc/passwd")]), "outside the job folder"),
         (dict(items=[dict(GOOD_ITEM, selection="/tmp/x.png")]), "outside the job folder"),
-        (dict(items=[dict(GOOD_ITEM, place={"x": 300, "y": 0, "width": 200, "height": 10})]), "not inside its layer"),
+        (dict(items=[dict(GOOD_ITEM, place={"x": 450, "y": 0, "width": 200, "height": 10})]), "not inside its layer"),
         (dict(items=[dict(GOOD_ITEM, target=[0, 5])]), "'target' of item 'img-1' must be [width, height]"),
         (dict(items=[dict(GOOD_ITEM, layer={"x": 0, "y": 0, "width": 0, "height": 3})]), "must have pixels"),
         (dict(blend="smudge"), "Unknown blend 'smudge'"),

@@ -378,3 +378,43 @@ def test_a_host_killed_while_inserting_is_a_cancel_and_done_is_the_normal_end(lo
     nxt = subprocess.run([sys.executable, "-m", "gimp_openai", "session"], input=requests, capture_output=True,
                          text=True, timeout=120, env=env)
     assert not json.loads(nxt.stdout.splitlines()[0]).get("notices")  # nothing was cancelled
+
+
+def test_a_host_gone_before_its_job_leaves_no_folder_and_no_process(start_local_server, tmp_path):
+    """GIMP's Cancel can stop the plug-in while it plans or exports, before any job: the host's job folder
+    (named by its plan request) must go with the engine, nothing may be sent to the server, and a folder that
+    is not a host's (a script's own) stays."""
+    server = start_local_server()
+    env = dict(os.environ, OPENAI_API_KEY=FAKE_KEY, OPENAI_BASE_URL=server.url)
+    plan = {"version": 1, "operation": "edit", "model": "gpt-image-2",
+            "items": [{"id": "img-1", "layer": {"x": 0, "y": 0, "width": 400, "height": 300},
+                       "selection_bounds": {"x": 120, "y": 100, "width": 160, "height": 100}}]}
+
+    def gone(folder: Path, when: str) -> float:
+        folder.mkdir()
+        (folder / "plan.json").write_text(json.dumps(plan))
+        engine = subprocess.Popen([sys.executable, "-m", "gimp_openai", "session"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            engine.stdin.write(json.dumps({"cmd": "plan", "path": str(folder / "plan.json")}) + "\n")
+            engine.stdin.flush()
+            if when == "exporting":  # the plan answered; the host was writing its PNGs
+                assert json.loads(engine.stdout.readline())["ok"]
+                (folder / "img-1.png").write_bytes(b"half a PNG")
+            started = time.monotonic()
+            engine.stdin.close()  # killed: its end of the pipe closes
+            engine.wait(timeout=30)
+            return time.monotonic() - started
+        finally:
+            if engine.poll() is None:
+                engine.kill()
+            assert engine.returncode == 0, engine.stderr.read()
+
+    seconds = gone(tmp_path / "gimp-openai-exporting", "exporting")
+    assert not (tmp_path / "gimp-openai-exporting").exists() and seconds < 10, seconds
+    gone(tmp_path / "gimp-openai-planning", "planning")  # the plan request sent, its answer never read
+    assert not (tmp_path / "gimp-openai-planning").exists()
+    gone(tmp_path / "scripts-own", "exporting")
+    assert (tmp_path / "scripts-own" / "plan.json").is_file()
+    assert not [r for r in server.stats()["requests"] if "/images/" in r["path"]]
+    assert [p.name for p in tmp_path.iterdir()] == ["scripts-own"]

@@ -5,7 +5,10 @@ FAKE_ENGINE_FAIL (item ids that fail, comma-separated), FAKE_ENGINE_CRASH=1 (die
 FAKE_ENGINE_GONE (a model id answered as shut down), FAKE_ENGINE_NOTICE (a path the plan's notice names),
 FAKE_ENGINE_MAX_COST (the user's limit, $1 by default). Prices are flat, as the real engine's are for one
 1024x1024 image: low $0.01, medium $0.05, high $0.20; auto is estimated as medium, up to high, and costs medium;
-the model FAKE_UNPRICED ("local-model" by default) has no price (tokens only)."""
+the model FAKE_UNPRICED ("local-model" by default) has no price (tokens only).
+A job asking for previews (``partial_images`` k) gets k ``partial`` lines per item before its result, placed
+like the result: preview j is gray j*60 inside the selection (edit) or everywhere (generate), with the
+result's mask; FAKE_ENGINE_PARTIAL_LOG: a file each partial's PNG path is appended to just before its line."""
 
 import json
 import os
@@ -94,10 +97,46 @@ def plan(path, tag=None, data=None):
     answer = {"ok": True, "model": model, "items": items, "estimate": total_estimate(model, estimates, quality)}
     if os.environ.get("FAKE_ENGINE_NOTICE"):  # an earlier cancelled run's paid image, as the engine says it
         answer["notices"] = [{"code": "cancelled_results", "message": "A cancelled run had already received 1 "
-                              "image (paid for); they are saved here:\n  " + os.environ["FAKE_ENGINE_NOTICE"]}]
+                              "image (paid for); it is saved here:\n  " + os.environ["FAKE_ENGINE_NOTICE"]}]
     if tag:
         answer["type"] = tag
     emit(answer)
+
+
+def partials(data, folder, out, it):
+    """The item's streamed previews, as the engine's ``partial`` lines (docs/architecture.md)."""
+    count = int(data.get("partial_images") or 0)
+    if not count or data["operation"] == "variation":
+        return
+    mask_path = None
+    for j in range(1, count + 1):
+        if data["operation"] == "generate":
+            canvas = data.get("canvas") or {"width": 64, "height": 48}
+            px = np.full((canvas["height"], canvas["width"], 4), j * 60, np.uint8)
+            px[..., 3] = 255
+            x = y = 0
+            mask = None
+        else:
+            px = np.asarray(Image.open(os.path.join(folder, it["image"])).convert("RGBA")).copy()
+            mask = np.asarray(Image.open(os.path.join(folder, it["selection"])).convert("L")).copy()
+            px[mask > 0] = (j * 60, j * 60, j * 60, 255)
+            x, y = it["place"]["x"], it["place"]["y"]
+            if not data.get("add_mask", True):
+                px[..., 3] = (px[..., 3].astype(int) * mask // 255).astype(np.uint8)
+                mask = None
+        layer_png = os.path.join(out, "%s-partial-%d.png" % (it["id"], j))
+        Image.fromarray(px, "RGBA").save(layer_png)
+        line = {"type": "partial", "id": it["id"], "index": j - 1, "image": 1, "layer_png": layer_png,
+                "x": x, "y": y, "width": px.shape[1], "height": px.shape[0]}
+        if mask is not None:
+            if mask_path is None:
+                mask_path = os.path.join(out, "%s-partial-mask.png" % it["id"])
+                Image.fromarray(mask, "L").save(mask_path)
+            line["mask_png"] = mask_path
+        if os.environ.get("FAKE_ENGINE_PARTIAL_LOG"):
+            with open(os.environ["FAKE_ENGINE_PARTIAL_LOG"], "a") as f:
+                f.write(layer_png + "\n")
+        emit(line)
 
 
 def job(path):
@@ -117,6 +156,7 @@ def job(path):
     for it in items:
         emit({"type": "progress", "item": it["id"], "phase": "waiting", "fraction": 0.5,
               "message": "Waiting for %s (1 s of ~60 s)" % data["model"]})
+        partials(data, folder, out, it)
         if os.environ.get("FAKE_ENGINE_CRASH"):
             sys.stderr.write("Traceback: killed mid-job\n")
             sys.exit(1)

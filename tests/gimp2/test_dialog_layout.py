@@ -74,7 +74,7 @@ def test_labels_say_what_the_numbers_are():
 
 def test_menu_sections_order_actions_then_settings():
     ordered = [p["operation"] for p in sorted(PROCS, key=lambda p: p["menu_section"])]
-    assert ordered == ["edit", "variation", "generate", "batch", "settings"]
+    assert ordered == ["edit", "variation", "generate", "expand", "batch", "pick", "next", "history", "settings"]
     setup = {p["menu_section"].split("-", 1)[1] for p in PROCS if p["operation"] == "settings"}
     actions = {p["menu_section"].split("-", 1)[1] for p in PROCS if p["operation"] != "settings"}
     assert setup.isdisjoint(actions)

@@ -35,7 +35,8 @@ def test_registrations_equal_the_manifest(g2):
     for proc in MANIFEST["procedures"]:
         reg = gf._registered_plugins_[proc["name"]]
         blurb, help_, label, types, params, menu = reg[0], reg[1], reg[5], reg[6], reg[8], reg[11]
-        assert (blurb, help_, label, types, menu) == (proc["blurb"], proc["help"], proc["label"],
+        label_2 = proc.get("gimp2_label", proc["label"])  # where 2.10 runs it differently (no chooser)
+        assert (blurb, help_, label, types, menu) == (proc["blurb"], proc["help"], label_2,
                                                       proc["image_types"], MANIFEST["menu"]["gimp2"])
         public = [p for p in proc["params"] if not p.get("secret")]
         lead = 2 if proc["image_params"] else 0
@@ -366,3 +367,59 @@ def test_settings_key_refused_non_interactively(g2, fake_engine):
     with pytest.raises(RuntimeError):
         g2.pdb.python_fu_openai_settings("", "", "", True, False, 1.0)
     assert "only be entered interactively" in g2.gimp.state.messages[-1]
+
+
+def test_live_preview_shows_each_partial_composited_like_the_result_and_never_as_an_undo_step(g2, fake_engine):
+    image, layer = make_image(g2, 200, 150, layer_box=(-20, 10, 240, 120))
+    before = image.composite()
+    g2.pdb.gimp_image_select_ellipse(image, 2, 60, 40, 50, 40)
+    sel = image.selection.pixels[..., 0]
+    image.undo_steps, image.dirty = [], False  # as opened from disk: a clean image with a selection
+    seen = []
+    real = g2.plugin.show_preview
+
+    def watched(img, above, spec, shown=None):
+        preview = real(img, above, spec, shown)
+        seen.append({"names": [la.name for la in img.layers], "layer": preview, "offsets": preview.offsets,
+                     "composite": img.composite(), "steps": len(img.undo_steps), "dirty": img.dirty,
+                     "frozen": img.undo_frozen, "active": img.active_layer, "parasite":
+                     json.loads(preview.parasite_find("gimp-openai-preview").data)})
+        return preview
+    g2.plugin.show_preview = watched
+    g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args(n=1, partial_images=3))
+    assert len(seen) == 3
+    for j, s in enumerate(seen, 1):
+        assert s["names"] == ["OpenAI preview (not a result)", "Background"]
+        assert s["layer"] is seen[0]["layer"]  # replaced in place: the same layer, newer pixels
+        assert s["parasite"]["preview"] is True and s["active"] is layer
+        # nothing recorded, nothing dirtied, undo thawed again
+        assert s["steps"] == 0 and not s["dirty"] and s["frozen"] == 0
+        np.testing.assert_array_equal(s["composite"][sel == 0], before[sel == 0])  # masked like the result
+        assert (s["composite"][sel == 255][:, :3] == j * 60).all()
+    top = image.layers[0]
+    assert top.name == "OpenAI: a red kite (1/1)" and top.offsets == seen[0]["offsets"]
+    assert [la.name for la in image.layers] == [top.name, "Background"]  # the preview is gone
+    assert len(plugin_steps(image)) == 1 and image.undo_frozen == 0 and g2.gimp.state.messages == []
+
+
+def test_a_failed_run_removes_its_preview_and_the_next_run_removes_a_killed_run_s(g2, fake_engine, monkeypatch):
+    image, layer = make_image(g2, 200, 150)
+    g2.pdb.gimp_image_select_rectangle(image, 2, 60, 40, 50, 40)
+    image.undo_steps, image.dirty = [], False
+    monkeypatch.setenv("FAKE_ENGINE_FAIL", "img-1")
+    shown = []
+    real = g2.plugin.show_preview
+    monkeypatch.setattr(g2.plugin, "show_preview", lambda *a: shown.append(real(*a)) or shown[-1])
+    with pytest.raises(RuntimeError, match="server failed"):  # a script's call fails like any PDB call
+        g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args(partial_images=2))
+    assert [la.name for la in image.layers] == ["Background"] and not image.dirty and image.undo_steps == []
+    assert len(shown) == 2 and "server failed" in g2.gimp.state.messages[-1]
+    # a run GIMP killed left its preview behind (saved with the image, even): the next run removes it
+    monkeypatch.delenv("FAKE_ENGINE_FAIL")
+    stale = g2.gimp.Layer(image, "OpenAI preview (not a result)", 20, 20, 1)
+    image.insert_layer(stale)
+    stale.attach_new_parasite("gimp-openai-preview", 1, "{}")
+    image.undo_steps = []
+    g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args(partial_images=0))
+    assert [la.name for la in image.layers] == ["OpenAI: a red kite (1/1)", "Background"]
+    assert len(plugin_steps(image)) == 1

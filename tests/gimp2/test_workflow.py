@@ -41,13 +41,16 @@ class FakeAdapter:
 
     shows_saved_settings = True
 
-    def __init__(self, images=(), interactive=False, answers=(), closed=()):
+    def __init__(self, images=(), interactive=False, answers=(), closed=(), close_after_preview=(),
+                 preview_fails=False):
         self.images = list(images)
         self.interactive = interactive
         self.answers = list(answers)
         self.closed = set(closed)
+        self.close_after_preview, self.preview_fails = set(close_after_preview), preview_fails
         self.asked, self.statuses, self.exports, self.inserted, self.shown = [], [], [], [], []
         self.progress_seen = []
+        self.events = []  # previews, their removal and inserts, in order
 
     def target(self, image, drawables):
         if image is None:
@@ -78,8 +81,38 @@ class FakeAdapter:
     def alive(self, image, layer):
         return image.name not in self.closed
 
+    def preview(self, target, spec):
+        """Like GIMP: one preview layer per image, above the layer, its pixels replaced by each newer preview;
+        never an undo group."""
+        image = target.image
+        assert image.name not in self.closed, "preview in a closed image"
+        pixels = np.asarray(Image.open(spec.png).convert("RGBA"))
+        assert pixels.shape[:2] == (spec.height, spec.width)
+        assert spec.name == hl.PREVIEW_NAME and json.loads(spec.parasite)["preview"] is True
+        if self.preview_fails:
+            raise RuntimeError("the preview layer could not be added")
+        if hl.PREVIEW_NAME not in image.layers:
+            image.layers.insert(0 if target.layer is None else image.layers.index(target.layer), hl.PREVIEW_NAME)
+        image.preview = pixels
+        self.events.append(("preview", image.name, target.layer, spec.x, spec.y, spec.width, spec.height, spec.mask,
+                            pixels))
+        if image.name in self.close_after_preview:
+            self.closed.add(image.name)
+
+    def end_preview(self, target):
+        image = target.image
+        assert image.name not in self.closed, "end_preview on a closed image"
+        removed = image.layers.count(hl.PREVIEW_NAME)
+        image.layers = [name for name in image.layers if name != hl.PREVIEW_NAME]
+        self.events.append(("end", image.name, removed))
+
+    def previews(self):
+        return [e for e in self.events if e[0] == "preview"]
+
     def insert(self, image, anchor, layers, group_name):
         assert image.name not in self.closed, "inserted into a closed image"
+        assert hl.PREVIEW_NAME not in image.layers, "the preview is still there when the results go in"
+        self.events.append(("insert", image.name))
         image.undo_groups += 1
         for spec in layers:
             pixels = np.asarray(Image.open(spec.png))
@@ -112,6 +145,9 @@ class FakeAdapter:
 
     def status(self, text):
         self.statuses.append(text)
+
+    def end_progress(self):
+        self.progress_seen.append("end")
 
     def models_listed(self, models):
         pass
@@ -267,7 +303,7 @@ def test_notices_of_a_cancelled_run_reach_the_artist_with_this_run_s_message(fak
     image = FakeImage(80, 60, selection=(10, 10, 20, 20))
     text = run(FakeAdapter([image]), "edit-selection", {"prompt": "x"}, image)
     assert text == ("OpenAI cost: $0.0500 (1 image, gpt-image-2, auto quality)\n\nA cancelled run had already "
-                    "received 1 image (paid for); they are saved here:\n  /history/kite.png")  # a message box
+                    "received 1 image (paid for); it is saved here:\n  /history/kite.png")  # a message box
 
 
 def _jobs(log):
@@ -390,6 +426,111 @@ def test_the_checks_that_need_no_server_run_before_the_dialog(name, image_kw, an
         with pytest.raises(expected):
             flow.before_dialog(adapter, proc(name), image, None, hl.defaults(proc(name)))
     assert len(adapter.asked) == len(answers)
+
+
+# ------------------------------------------------------------------------------------------- live previews
+
+def test_each_preview_shows_where_the_result_goes_and_the_result_replaces_it(fake_engine):
+    image = FakeImage(200, 150, selection=(60, 40, 50, 30))
+    adapter = FakeAdapter([image])
+    assert run(adapter, "edit-selection", {"prompt": "a red kite", "n": 1, "partial_images": 3}, image) == \
+        "OpenAI cost: $0.0500 (1 image, gpt-image-2, auto quality)"  # only the cost: the status text
+    previews = adapter.previews()
+    assert len(previews) == 3
+    for j, (_what, name, anchor, x, y, w, h, mask, pixels) in enumerate(previews, 1):
+        # placed exactly like the result (the planned place), above the artist's layer, through the engine's mask
+        assert (name, anchor, x, y, w, h, mask) == ("photo.png", "photo", 48, 28, 74, 54, "engine")
+        assert tuple(pixels[40 - 28 + 15, 60 - 48 + 25]) == (j * 60, j * 60, j * 60, 255)  # inside the selection
+    (insert,) = adapter.inserted
+    assert insert["layers"][0][1:5] == (48, 28, 74, 54)
+    kinds = [(e[0], e[2]) if e[0] == "end" else (e[0],) for e in adapter.events]
+    # a stale-preview sweep first (nothing found), three previews, the preview removed, then the result
+    assert kinds == [("end", 0), ("preview",), ("preview",), ("preview",), ("end", 1), ("insert",)]
+    assert image.layers == [insert["layers"][0][0], "photo"]
+    assert image.undo_groups == 1  # the result's one undo group; previews are none
+
+
+def test_no_previews_asked_none_shown(fake_engine):
+    image = FakeImage(200, 150, selection=(60, 40, 50, 30))
+    adapter = FakeAdapter([image])
+    run(adapter, "edit-selection", {"prompt": "a red kite", "partial_images": 0}, image)
+    assert adapter.previews() == [] and adapter.inserted
+
+
+def test_without_a_layer_mask_the_preview_carries_the_mask_in_its_alpha(fake_engine):
+    image = FakeImage(200, 150, selection=(60, 40, 50, 30))
+    adapter = FakeAdapter([image])
+    run(adapter, "edit-selection", {"prompt": "a red kite", "partial_images": 1, "add_mask": False}, image)
+    ((_what, _name, _anchor, _x, _y, _w, _h, mask, pixels),) = adapter.previews()
+    assert mask is None and pixels[0, 0, 3] == 0 and pixels[40 - 28 + 15, 60 - 48 + 25, 3] == 255
+
+
+@pytest.mark.parametrize("fault", ["FAKE_ENGINE_FAIL", "FAKE_ENGINE_CRASH"])
+def test_a_run_that_fails_after_previews_removes_them(fake_engine, monkeypatch, fault):
+    monkeypatch.setenv(fault, "img-1" if fault == "FAKE_ENGINE_FAIL" else "1")
+    image = FakeImage(200, 150, selection=(60, 40, 50, 30))
+    adapter = FakeAdapter([image])
+    with pytest.raises(hl.HostError):
+        run(adapter, "edit-selection", {"prompt": "a red kite", "partial_images": 2}, image)
+    assert len(adapter.previews()) == 2 and adapter.events[-1] == ("end", "photo.png", 1)
+    assert image.layers == ["photo"] and not adapter.inserted and image.undo_groups == 0
+
+
+def test_an_image_closed_while_previews_come_gets_no_more_and_no_error(fake_engine):
+    image = FakeImage(200, 150, selection=(60, 40, 50, 30), name="a.png")
+    adapter = FakeAdapter([image], close_after_preview={"a.png"})
+    text = run(adapter, "edit-selection", {"prompt": "a red kite", "partial_images": 3, "n": 1}, image)
+    assert len(adapter.previews()) == 1  # the fake asserts nothing touched the closed image afterwards
+    assert "a.png was closed while the request ran" in text and adapter.shown
+
+
+def test_a_preview_that_cannot_be_shown_does_not_fail_the_run(fake_engine):
+    image = FakeImage(200, 150, selection=(60, 40, 50, 30))
+    adapter = FakeAdapter([image], preview_fails=True)
+    assert run(adapter, "edit-selection", {"prompt": "a red kite", "partial_images": 3}, image) == \
+        "OpenAI cost: $0.0500 (1 image, gpt-image-2, auto quality)"  # only the cost: the status text
+    assert adapter.inserted and image.undo_groups == 1
+
+
+def test_the_next_run_removes_a_preview_a_killed_run_left(fake_engine):
+    image = FakeImage(200, 150, selection=(60, 40, 50, 30))
+    image.layers = [hl.PREVIEW_NAME, "photo"]  # GIMP killed the plug-in (Cancel) while a preview showed
+    adapter = FakeAdapter([image])
+    run(adapter, "edit-selection", {"prompt": "a red kite", "partial_images": 0}, image)
+    assert adapter.events[0] == ("end", "photo.png", 1) and hl.PREVIEW_NAME not in image.layers
+
+
+def test_batch_previews_each_image_over_its_own_selection(fake_engine):
+    a = FakeImage(200, 150, selection=(60, 40, 50, 30), name="a.png")
+    b = FakeImage(120, 100, selection=(10, 10, 20, 20), name="b.png")
+    adapter = FakeAdapter([a, b])
+    run(adapter, "batch", {"prompt": "a red kite", "partial_images": 1})
+    assert sorted((e[1], e[3], e[4]) for e in adapter.previews()) == [("a.png", 48, 28), ("b.png", 5, 5)]
+    assert hl.PREVIEW_NAME not in a.layers + b.layers and a.undo_groups == b.undo_groups == 1
+
+
+def test_generate_previews_centred_on_the_open_image_and_none_for_a_new_image(fake_engine):
+    image = FakeImage(200, 150)
+    adapter = FakeAdapter([image])
+    run(adapter, "generate", {"prompt": "a kite", "size": "1024x1024", "partial_images": 2}, image)
+    previews = adapter.previews()
+    assert [(e[2], e[3], e[4], e[5], e[6], e[7]) for e in previews] == [(None, (200 - 64) // 2, (150 - 48) // 2,
+                                                                       64, 48, None)] * 2
+    assert hl.PREVIEW_NAME not in image.layers and adapter.inserted
+    fresh = FakeAdapter([image])
+    run(fresh, "generate", {"prompt": "a kite", "target": "new image", "partial_images": 2}, image)
+    assert fresh.previews() == [] and fresh.shown
+
+
+def test_previews_are_on_by_default_within_the_engine_s_bounds_and_say_they_cost():
+    from gimp_openai.bounds import BOUNDS
+
+    for name in ("edit-selection", "generate"):
+        (param,) = [p for p in proc(name)["params"] if p["name"] == "partial_images"]
+        bound = BOUNDS["partial_images"]
+        assert (param["min"], param["max"]) == (bound.minimum, bound.maximum)
+        assert 0 < param["default"] <= param["max"]
+        assert "cost" in param["label"] and "100 more image output tokens" in param["help"]
 
 
 # ------------------------------------------------------------------------------------------------------ cost

@@ -33,6 +33,8 @@ SHORTCUTS = {"python-fu-openai-edit-selection": "<Primary><Shift><Alt>e",
 LIBRARY_TEXT = ("HTTPConnectionPool", "Errno", "Max retries", "Traceback", "requests.", "urllib3", "GLib.Error",
                 "invalid ID", "Calling error")
 MESSAGE_TITLE = r"^GIMP Message$"
+#: A key typed into the Settings' key field: it may be stored, never shown, logged or passed in argv.
+NEW_KEY = "sk-artist-typed-0123456789abcdefXYZ"
 
 # The image (400x300, one layer, an ellipse selected) in a display; then commands from the test, one file each
 # (``cmd-N``): "state" reports every image's layers and selected drawables, "quit" ends the script.
@@ -42,20 +44,23 @@ gi.require_version("Gegl", "0.4")
 from gi.repository import Gimp, Gegl, GLib
 Gegl.init(None)
 
-def make_image(width=400, height=300):
+def make_image(width=400, height=300, select_all=False):
     img = Gimp.Image.new(width, height, Gimp.ImageBaseType.RGB)
     lay = Gimp.Layer.new(img, "photo", width, height, Gimp.ImageType.RGBA_IMAGE, 100, Gimp.LayerMode.NORMAL)
     img.insert_layer(lay, None, 0)
-    row = bytearray(width * 4)
     px = bytearray()
-    for y in range(height):
-        for x in range(width):
-            row[x * 4:x * 4 + 4] = bytes(((x * 3) % 256, (y * 2) % 256, (x + y) % 256, 255))
-        px += row
+    tile = bytearray(256 * 4)
+    for y in range(height):  # every row repeats every 256 pixels: one tile per row, repeated
+        for x in range(256):
+            tile[x * 4:x * 4 + 4] = bytes(((x * 3) % 256, (y * 2) % 256, (x + y) % 256, 255))
+        px += (tile * (width // 256 + 1))[:width * 4]
     buf = lay.get_buffer()
     buf.set(Gegl.Rectangle.new(0, 0, width, height), "R'G'B'A u8", bytes(px))
     buf.flush()
-    img.select_ellipse(Gimp.ChannelOps.REPLACE, width * 0.3, height / 3, width * 0.4, height / 3)
+    if select_all:
+        Gimp.Selection.all(img)
+    else:
+        img.select_ellipse(Gimp.ChannelOps.REPLACE, width * 0.3, height / 3, width * 0.4, height / 3)
     img.clean_all()
     Gimp.Display.new(img)
     Gimp.displays_flush()
@@ -91,8 +96,8 @@ while True:
     if cmd == "quit":
         mark("bye")
         break
-    if cmd == "big":
-        big = make_image(2400, 1800)
+    if cmd == "big":  # all selected: the engine takes seconds to fit the paid image into it
+        big = make_image(4000, 3000, select_all=True)
     mark("state-%d" % k, state())
 '''
 
@@ -108,6 +113,7 @@ class Artist:
         self.messages_file.unlink(missing_ok=True)
         self.seen_messages = 0
         self.idle_strip = None
+        self.cancel_at: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------------------------- batch script
     def save_dialog(self, wid: str) -> None:
@@ -212,32 +218,47 @@ class Artist:
         return sorted(p for p in (self.gimp.work / "tmp").glob("gimp-openai-*") if "-rescue-" not in p.name)
 
     # ---------------------------------------------------------------------------------------- messages
-    def told(self) -> list[dict]:
-        """What the plug-in said since the last call (its own words, as it handed them to GIMP)."""
+    def records(self, what: str) -> list[dict]:
         if not self.messages_file.exists():
             return []
         entries = [json.loads(line) for line in self.messages_file.read_text(encoding="utf-8").splitlines()
                    if line.strip()]
-        entries = [e for e in entries if e.get("what") == "message"]
+        return [e for e in entries if e.get("what") == what]
+
+    def told(self) -> list[dict]:
+        """What the plug-in said since the last call (its own words, as it handed them to GIMP)."""
+        entries = self.records("message")
         new, self.seen_messages = entries[self.seen_messages:], len(entries)
         return new
+
+    def open_settings(self, label: str) -> tuple[str, dict[str, object]]:
+        """Settings from the image window; (its window, {field label without mnemonic: value as shown}),
+        read from the dialog's widgets once it is on screen."""
+        layouts = len(self.records("dialog-layout"))
+        self.press_in_image(SETTINGS_KEY)
+        wid = self.ui.wait_window(r"^Settings$", timeout=60)
+        layout = _wait("the Settings dialog's layout", lambda: self.records("dialog-layout")[layouts:], timeout=30)
+        self.ui.focus(wid)
+        self.ui.screenshot(label, window=wid)
+        return wid, {f["label"].replace("_", ""): f.get("value") for f in layout[0]["fields"]}
 
     def message_windows(self) -> list[str]:
         return [e.split(":", 1)[0] for e in self.ui.window_names() if re.search(MESSAGE_TITLE, e.split(":", 1)[1])]
 
-    def read_message(self, label: str, timeout: float = 60) -> tuple[int, dict]:
-        """The GIMP message window: photographed, its size kept (one message box or several), closed."""
+    def read_message(self, label: str, timeout: float = 60) -> tuple[int, int]:
+        """The GIMP message windows: photographed and closed. Returns (windows, message boxes): GIMP adds a
+        second message to the window already open, as one more box with its own icon."""
         wid = self.ui.wait_window(MESSAGE_TITLE, timeout=timeout)
-        time.sleep(0.5)  # a second message would be added to the same window
+        time.sleep(1.0)  # a second message would be added to the same window
         windows = self.message_windows()
         self.ui.focus(wid)  # on top of the image window (no window manager stacks them)
-        geo = self.ui.geometry(wid)
-        self.ui.screenshot(f"{label}-message", window=wid)
+        shot = self.ui.screenshot(f"{label}-message", window=wid)
+        boxes = _message_boxes(shot)
         for w in windows:
             self.ui.focus(w)
             self.ui.key("Return")
             self.ui.wait_window_gone(w)
-        return len(windows), geo
+        return len(windows), boxes
 
     # ----------------------------------------------------------------------------------------- cancel
     def status_strip(self, label: str):
@@ -252,7 +273,14 @@ class Artist:
 
     def click_cancel(self, label: str) -> None:
         """Click the Cancel button GIMP shows in the status bar while a plug-in's progress runs: found as the
-        rightmost bright text that was not there before the run (the button's label)."""
+        rightmost bright text that was not there before the run (the button's label), then at once where it
+        was found before, from the window's bottom right (the button sits at the status bar's end; a cancel
+        racing the engine must be quick)."""
+        if self.cancel_at is not None:  # from the window's bottom right: GIMP 3.0 resizes it for a big image
+            g = self.ui.geometry(self.image_window())
+            self._click(g["X"] + g["WIDTH"] - self.cancel_at[0], g["Y"] + g["HEIGHT"] - self.cancel_at[1])
+            self.ui.screenshot(label)
+            return
         strip = self.status_strip(label)
         idle = self.idle_strip
         w, h = strip.size
@@ -274,10 +302,39 @@ class Artist:
         # the dock's icons never change; the Cancel label is the last new bright cluster left of them
         button = clusters[-1]
         g = self.ui.geometry(self.window)
-        x = g["X"] + (button[0] + button[-1]) // 2
-        y = g["Y"] + g["HEIGHT"] - 14
+        self.cancel_at = (g["WIDTH"] - (button[0] + button[-1]) // 2, 14)
+        self._click(g["X"] + g["WIDTH"] - self.cancel_at[0], g["Y"] + g["HEIGHT"] - self.cancel_at[1])
+
+    def _click(self, x: int, y: int) -> None:
+        # GTK activates a button only when the pointer entered it: a pointer left on that spot by an earlier
+        # click (the button appears under it) sends no enter event, and the click is lost. Come from outside.
+        self.ui.xdo("mousemove", str(x), str(y - 60))
+        time.sleep(0.2)
         self.ui.xdo("mousemove", str(x), str(y))
+        time.sleep(0.2)
         self.ui.xdo("click", "1")
+
+
+def _message_boxes(shot) -> int:
+    """How many messages a GIMP message window holds: each box has its icon at the left, alone in its rows,
+    so the rows of the icon column that are not background form one run per message."""
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        rgb = im.convert("RGB")
+        w, h = rgb.size
+        background = rgb.getpixel((w - 3, h // 2))
+        column = rgb.crop((8, 0, min(70, w), h - 50))  # left of the text, above the buttons
+        rows = [any(max(abs(a - b) for a, b in zip(column.getpixel((x, y)), background)) > 40
+                    for x in range(column.size[0])) for y in range(column.size[1])]
+    runs, inside, gap = 0, False, 0
+    for ink in rows:
+        if ink and not inside:
+            runs, inside = runs + 1, True
+        gap = 0 if ink else gap + 1
+        if inside and gap > 12:
+            inside = False
+    return runs
 
 
 def _top(state: dict, image: int) -> list[dict]:
@@ -395,7 +452,7 @@ def test_cancel_server_down_closed_image_settings(gimp, start_local_server):
     dead_url = gone.url
     gone.stop()
     history = gimp.work / f"history-artist-{gimp.version}"
-    with GuiGimp(gimp, CODE, env=env, timeout=900, name="artist-trouble") as ui:
+    with GuiGimp(gimp, CODE, env=env, timeout=900, name="artist-trouble", unreachable=("api.openai.com",)) as ui:
         artist = Artist(ui, gimp, env)
         artist.config(base_url=slow.url)
         image = json.loads(ui.wait_mark("ready", timeout=90))["image"]
@@ -413,7 +470,8 @@ def test_cancel_server_down_closed_image_settings(gimp, start_local_server):
         ui.screenshot("5-after-cancel")
         cancelled = artist.state()
 
-        # 2. Cancel after the image arrived (paid), while the engine fits it into the big picture
+        # 2. Cancel after the image arrived (paid), while the engine fits it into the big picture (the whole of
+        # a 4000x3000 layer: seconds; once the plug-in inserts, it shows no Cancel)
         big = artist.command("big")
         big_image = max(int(i) for i in big)
         before = set(history.rglob("*.png")) if history.exists() else set()
@@ -430,7 +488,7 @@ def test_cancel_server_down_closed_image_settings(gimp, start_local_server):
         # 3. The server is down: one message, plain words, with the paid image of the cancelled run
         artist.config(base_url=dead_url)
         artist.edit("7-server-down", prompt="a paper boat")
-        down_windows, down_geo = artist.read_message("7-server-down")
+        down_windows, down_boxes = artist.read_message("7-server-down")
         artist.wait_idle()
         down_told = artist.told()
 
@@ -440,44 +498,60 @@ def test_cancel_server_down_closed_image_settings(gimp, start_local_server):
         artist.edit("8-close-image", prompt="a paper boat")
         _wait("the edit request at the server", lambda: _edits_received(slow) >= 1)
         artist.press_in_image("ctrl+w")
-        confirm = ui.wait_window(r"^Close ", timeout=30)
-        ui.screenshot("8-close-confirm", window=confirm)
-        ui.focus(confirm)
-        ui.key("alt+d")  # "Discard Changes"
-        closed_windows, closed_geo = artist.read_message("8-closed-image", timeout=90)
+        # GIMP asks first only when the image has unsaved changes (none here, unless a Cancel came too late)
+        shown = _wait("the image closed, or GIMP asking", lambda: [
+            e for e in ui.window_names() if re.search(r":Close |" + MESSAGE_TITLE[1:], e)], timeout=60)
+        if ":Close " in shown[0]:
+            confirm = shown[0].split(":", 1)[0]
+            ui.screenshot("8-close-confirm", window=confirm)
+            ui.focus(confirm)
+            ui.key("alt+d")  # "Discard Changes"
+        closed_windows, closed_boxes = artist.read_message("8-closed-image", timeout=90)
         artist.wait_idle()
         closed_told = artist.told()
         closed_state = artist.state()
         ui.screenshot("8-new-image")
 
-        # 5. Settings with the server down: saved values shown, the test names the URL and fails
+        # 5. Settings with the server down: the dialog shows what is saved; Test connection names the URL
         artist.config(base_url=dead_url)
-        artist.press_in_image(SETTINGS_KEY)
-        wid = ui.wait_window(r"^Settings$", timeout=60)
-        ui.screenshot("9-settings-dialog", window=wid)
-        ui.focus(wid)
-        artist.save_dialog(wid)  # Save (tests the connection: ticked by default)
-        settings_windows, _geo = artist.read_message("9-settings-saved", timeout=90)
+        wid, shown_dead = artist.open_settings("9-settings-dialog")
+        artist.save_dialog(wid)  # Save; Test connection is ticked (its default)
+        settings_windows, settings_boxes = artist.read_message("9-settings-saved", timeout=90)
         artist.wait_idle()
         settings_told = artist.told()
         saved_after = artist.saved()
 
-        artist.press_in_image(SETTINGS_KEY)
-        wid = ui.wait_window(r"^Settings$", timeout=60)
-        ui.screenshot("10-settings-again", window=wid)
-        ui.focus(wid)
-        ui.key("ctrl+a", "BackSpace")  # the server URL (the first field) emptied: OpenAI
+        # 6. The URL emptied by keyboard (its mnemonic Alt+U puts the focus there), Test connection unticked
+        # (nothing may reach OpenAI; api.openai.com leads nowhere in this GIMP anyway), a new key entered
+        wid, shown_again = artist.open_settings("10-settings-again")
+        ui.key("alt+u", "ctrl+a", "BackSpace")
+        if shown_again.get("Test connection"):
+            ui.key("alt+t")
+        ui.key("alt+k")
         ui.screenshot("10-settings-emptied", window=wid)
         artist.save_dialog(wid)
+        key_window = ui.wait_window(r"^OpenAI API key$", timeout=60)
+        ui.focus(key_window)
+        ui.screenshot("10-key-field", window=key_window)
+        ui.type(NEW_KEY)
+        ui.key("Return")
+        ui.wait_window_gone(key_window)
         artist.read_message("10-settings-openai", timeout=90)
         artist.wait_idle()
         emptied_told = artist.told()
         saved_emptied = artist.saved()
+
+        # 7. Settings again: the empty URL (OpenAI) shown as saved, the key option unticked after its use
+        wid, shown_openai = artist.open_settings("11-settings-openai")
+        ui.key("Escape")
+        ui.wait_window_gone(wid)
+        artist.wait_idle()
         artist.quit()
         run = ui.wait(60)
 
-    everything = run.stdout + run.stderr
+    everything = run.stdout + run.stderr + artist.messages_file.read_text(encoding="utf-8")
     assert FAKE_KEY not in everything and "Traceback" not in everything, everything[-4000:]
+    assert NEW_KEY not in everything, "the typed key was shown or logged"
     for noise in ("Calling error", "Execution error for", "invalid ID", "GIMP-Error", "-CRITICAL: gimp_image"):
         assert noise not in run.stderr, run.stderr[-4000:]
 
@@ -489,24 +563,35 @@ def test_cancel_server_down_closed_image_settings(gimp, start_local_server):
     assert not left_after_paid_cancel, left_after_paid_cancel
     assert _names(_top(paid_state, big_image)) == ["photo"], paid_state
     assert all(p.exists() for p in paid)
-    # 3. server down: ONE message, plain words, naming what to do, with the paid image's path
-    assert down_windows == 1 and len(down_told) == 1, down_told
+    # 3. server down: ONE message (one window, one box), plain words, naming what to do, with the paid image
+    assert down_windows == 1 and down_boxes == 1 and len(down_told) == 1, (down_windows, down_boxes, down_told)
     text = down_told[0]["text"]
     _plain(text)
     assert "127.0.0.1" in text and "cancelled run" in text, text
     assert str(paid[0].name) in text, text
+    assert text.count(str(paid[0].name)) == 1 and text.count("127.0.0.1") == 1, text  # said once
     # 4. image closed while waiting
-    assert closed_windows == 1 and len(closed_told) == 1, closed_told
+    assert closed_windows == 1 and closed_boxes == 1 and len(closed_told) == 1, closed_told
     _plain(closed_told[0]["text"])
     assert "closed" in closed_told[0]["text"] and "new image" in closed_told[0]["text"], closed_told
     assert str(big_image) not in closed_state, closed_state  # the image in front was closed
     new = [i for i in closed_state if int(i) != image]
     assert len(new) == 1 and _names(_top(closed_state, int(new[0]))) == ["OpenAI: a paper boat (1/1)"], closed_state
-    # 5. settings: the URL named, the failure said, the saved URL kept; emptied: OpenAI
-    assert settings_windows == 1 and len(settings_told) == 1, settings_told
+    # 5. settings: the dialog shows what is saved; the URL named, the failure said, the saved URL kept
+    assert shown_dead["Server URL (empty = OpenAI)"] == dead_url, shown_dead
+    assert shown_dead["Enter a new API key"] is False, shown_dead
+    assert settings_windows == 1 and settings_boxes == 1 and len(settings_told) == 1, settings_told
     said = settings_told[0]["text"]
     _plain(said)
-    assert dead_url in said or dead_url.rstrip("/v1") in said, said
+    assert dead_url in said or dead_url.removesuffix("/v1") in said, said
     assert "fail" in said.lower() or "not" in said.lower(), said
     assert saved_after["base_url"].rstrip("/") == dead_url.rstrip("/"), saved_after
+    # 6. emptied by keyboard: OpenAI saved (and said), no connection tested, the key stored
+    assert shown_again["Server URL (empty = OpenAI)"] == dead_url, shown_again
     assert saved_emptied["base_url"].rstrip("/") == "https://api.openai.com/v1", (saved_emptied, emptied_told)
+    (emptied,) = emptied_told
+    assert "server OpenAI" in emptied["text"] and "API key stored" in emptied["text"], emptied
+    assert "Connected" not in emptied["text"] and "fail" not in emptied["text"].lower(), emptied
+    # 7. opened again: what is saved (empty = OpenAI), the key option unticked
+    assert shown_openai["Server URL (empty = OpenAI)"] == "", shown_openai
+    assert shown_openai["Enter a new API key"] is False, shown_openai

@@ -111,6 +111,20 @@ class PDB(object):
         image.undo_enabled = True
         image.undo_steps = []
 
+    def gimp_image_undo_freeze(self, image):
+        image.undo_frozen += 1
+
+    def gimp_image_undo_thaw(self, image):
+        if image.undo_frozen == 0:
+            raise RuntimeError("gimp-image-undo-thaw: the image's undo is not frozen")
+        image.undo_frozen -= 1
+
+    def gimp_image_is_dirty(self, image):
+        return int(bool(image.dirty))
+
+    def gimp_image_clean_all(self, image):
+        image.dirty = False
+
     def gimp_context_push(self):
         self._gimp.state.context_depth += 1
 
@@ -189,6 +203,27 @@ class PDB(object):
         if item not in siblings:
             raise RuntimeError("Item '%s' is not in image %d" % (item.name, image.ID))
         return siblings.index(item)
+
+    def gimp_image_reorder_item(self, image, item, parent, position):
+        """Move ``item`` to ``parent`` (None: the image's top level) at ``position``, as GIMP 2.10 does."""
+        if parent is not None and (not parent.is_group or parent not in image._all_items()):
+            raise RuntimeError("gimp-image-reorder-item: the parent is not a layer group of this image")
+        if parent is item or (item.is_group and parent is not None and parent in _descendants(item)):
+            raise RuntimeError("gimp-image-reorder-item: an item cannot go inside itself")
+        image._siblings(item.parent).remove(item)
+        siblings = image._siblings(parent)
+        siblings.insert(max(0, min(position, len(siblings))), item)
+        item.parent = parent
+        image._record("reorder %s" % item.name)
+
+    def gimp_item_set_visible(self, item, visible):
+        item.visible = bool(visible)
+        image = getattr(item, "image", None)
+        if image is not None and item in image._all_items():
+            image._record("visibility %s" % item.name)
+
+    def gimp_item_get_visible(self, item):
+        return int(bool(item.visible))
 
     def gimp_item_get_parent(self, item):
         return getattr(item, "parent", None)
@@ -351,3 +386,11 @@ def _combine(image, shape, operation):
 
 
 _unused = (BASE_OF, INDEXED, INDEXED_IMAGE, INDEXEDA_IMAGE)
+
+
+def _descendants(group):
+    found = []
+    for child in getattr(group, "layers", []):
+        found.append(child)
+        found.extend(_descendants(child))
+    return found

@@ -381,6 +381,7 @@ class Image(_Parasites):
         self.selection = Channel(self, "Selection Mask", width, height)
         self.undo_steps = []  # closed undo steps, each a list of what it did
         self.undo_depth = 0
+        self.undo_frozen = 0
         self._open_group = None
         self.dirty = False
         state.images.append(self)
@@ -391,6 +392,8 @@ class Image(_Parasites):
 
     def _record(self, what):
         self.dirty = True
+        if self.undo_frozen:  # GIMP still dirties a frozen image; it records no undo step
+            return
         if self.undo_depth > 0:
             self._open_group.append(what)
         else:

@@ -95,7 +95,8 @@ def _run(proc_name, params):
         if p[0] in (PF_IMAGE, PF_DRAWABLE, PF_LAYER) and i + 1 < len(params):
             values[i] = params[i + 1]
     if run_mode == RUN_INTERACTIVE:
-        if DIALOG is not None:
+        # gimpfu's _interact: "short circuit for no parameters": nothing beyond the image and drawable, no dialog
+        if DIALOG is not None and any(p[0] not in (PF_IMAGE, PF_DRAWABLE, PF_LAYER) for p in reg_params):
             try:
                 values = list(DIALOG(proc_name, values))
             except CancelError:

@@ -91,6 +91,7 @@ class GimpChroot:
         base_env = {"HOME": self.home_inside, "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
                     "LC_ALL": "C.UTF-8", "TMPDIR": f"{WORK_INSIDE}/tmp", "PYTHONDONTWRITEBYTECODE": "1",
                     "NO_AT_BRIDGE": "1", "GIMP_OPENAI_CONFIG_DIR": f"{WORK_INSIDE}/config",
+                "GIMP_OPENAI_WARM_SECONDS": "0",  # no engine left running in the chroot after GIMP
                     "GIMP_OPENAI_CACHE_DIR": f"{WORK_INSIDE}/cache",
                     "GIMP_OPENAI_HISTORY_DIR": f"{WORK_INSIDE}/history",
                     "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring"}

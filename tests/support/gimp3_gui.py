@@ -68,8 +68,12 @@ def require_gui(chroot: GimpChroot) -> None:
 
 class GuiGimp:
     def __init__(self, chroot: GimpChroot, code: str, *, env: dict[str, str] | None = None,
-                 timeout: float = 180, name: str = "gui") -> None:
+                 timeout: float = 180, name: str = "gui", unreachable: tuple[str, ...] = ()) -> None:
+        """``unreachable``: host names that resolve to a closed port on this machine inside GIMP's chroot (a
+        hosts file over /etc/hosts in GIMP's own mount namespace), so that a run that would go to a real
+        server, such as OpenAI's when the server URL is emptied, fails at once instead of using the network."""
         self.chroot, self.timeout, self.name = chroot, timeout, name
+        self.unreachable = unreachable
         self.dir = chroot.work / "gui" / f"{name}-{time.monotonic_ns()}"
         self.flags = self.dir / "flags"
         self.flags.mkdir(parents=True)
@@ -111,10 +115,18 @@ class GuiGimp:
         base = {"HOME": c.home_inside, "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
                 "LC_ALL": "C.UTF-8", "TMPDIR": f"{WORK_INSIDE}/tmp", "PYTHONDONTWRITEBYTECODE": "1",
                 "NO_AT_BRIDGE": "1", "GIMP_OPENAI_CONFIG_DIR": f"{WORK_INSIDE}/config",
+                "GIMP_OPENAI_WARM_SECONDS": "0",  # no engine left running in the chroot after GIMP
                 "GIMP_OPENAI_CACHE_DIR": f"{WORK_INSIDE}/cache", "GIMP_OPENAI_HISTORY_DIR": f"{WORK_INSIDE}/history",
                 "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring", "GTK_A11Y": "none"}
         base.update(env)
         root = str(c.root)
+        hosts = ""
+        if self.unreachable:
+            pinned = self.dir / "hosts"
+            names = " ".join(self.unreachable)
+            original = (c.root / "etc" / "hosts").read_text(encoding="utf-8")
+            pinned.write_text(f"{original}\n127.0.0.1 {names}\n::1 {names}\n", encoding="utf-8")
+            hosts = f"mount --bind '{pinned}' '{root}/etc/hosts'"
         script = textwrap.dedent(f"""\
             set -e
             mount -t proc proc '{root}/proc'
@@ -122,6 +134,7 @@ class GuiGimp:
             mount --bind '{REPO}' '{root}{REPO_INSIDE}'
             mount -o remount,bind,ro '{root}{REPO_INSIDE}'
             mount --bind '{c.work}' '{root}{WORK_INSIDE}'
+            {hosts}
             exec chroot '{root}' /usr/bin/env -i "$@"
             """)
         return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh",

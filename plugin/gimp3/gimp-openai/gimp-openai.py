@@ -115,7 +115,7 @@ class OpenAIPlugIn(Gimp.PlugIn):
             procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, self.run_image, proc)
             types = proc.get("image_types") or "*"
             procedure.set_image_types(types)
-            if proc["operation"] == "generate":
+            if proc["operation"] in ("generate", "history"):  # no image needed: they can open a new one
                 procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE |
                                                Gimp.ProcedureSensitivityMask.DRAWABLES |
                                                Gimp.ProcedureSensitivityMask.NO_DRAWABLES |
@@ -149,18 +149,24 @@ class OpenAIPlugIn(Gimp.PlugIn):
                 show_saved_settings(config)
             elif run_mode != Gimp.RunMode.NONINTERACTIVE:
                 unsaved.restore(config)
+            if interactive and proc.get("chooser"):  # the artist chooses now: a script's last argument must not
+                for p in hl.public_params(proc):       # skip the chooser
+                    config.set_property(pdb_name(p["name"]), p["default"])
             if interactive:
                 adapter = Gimp3(True)
                 for name, value in flow.before_dialog(adapter, proc, image, drawables, _values(config, proc)).items():
                     config.set_property(pdb_name(name), value)
-                if not show_dialog(procedure, config, proc, _dialog_estimate(adapter, proc, image, drawables)):
+                # a chooser procedure asks in the workflow (results side by side, the history), and one with
+                # no field to show asks nothing
+                if not proc.get("chooser") and any(p.get("dialog", True) for p in hl.public_params(proc)) \
+                        and not show_dialog(procedure, config, proc,
+                                            _dialog_estimate(adapter, proc, image, drawables)):
                     return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
             values = _values(config, proc)
             if interactive:
                 unsaved.keep(values)
             workflow = flow.Workflow(Gimp3(interactive), proc, values, python=_engine_python(), secrets=_secrets())
             message = workflow.run(image, drawables)
-            unsaved.clear()  # GIMP saves the values of a successful run itself
             if proc["operation"] == "settings":
                 config.set_property("change-key", False)  # a new key is asked for once, not at every Save
             if message and workflow.only_cost:  # nothing to read but the cost: the status text says it
@@ -168,9 +174,17 @@ class OpenAIPlugIn(Gimp.PlugIn):
             elif message:
                 _tell(message)
             Gimp.displays_flush()
+            if image is not None and not image.is_valid() and run_mode != Gimp.RunMode.NONINTERACTIVE:
+                # The image was closed while the request ran (the results opened as a new image, and the
+                # message says so). On SUCCESS libgimp keeps the run's values as a parasite of the image it ran
+                # on, and GIMP would show its "Calling error ... invalid ID" beside our message. So no SUCCESS:
+                # the values stay in the plug-in's own file for the next dialog and Repeat.
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+            unsaved.clear()  # GIMP saves the values of a successful run itself
             return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
         except flow.Stop as stop:  # the artist said no: nothing changed, nothing failed
-            _tell(str(stop))
+            if str(stop):
+                _tell(str(stop))
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         except hl.HostError as exc:
             # one message: GIMP shows the returned error to the artist (and hands it to a calling script)
@@ -442,13 +456,25 @@ def _estimate_label(Gtk, config, proc, estimate):
 
 def _record_layout(dialog, Gtk):
     """For tests (GIMP_OPENAI_HOST_TIMINGS): what the shown dialog holds, read from its widgets: each
-    mnemonic label's text and whether it sits in the Advanced expander, the expander's state, the focus."""
+    mnemonic label's text, its field's value as shown (text, or ticked or not) and whether it sits in the
+    Advanced expander, the expander's state, the focus."""
     fields, expanders = [], []
+
+    def shown_value(label):
+        field = label.get_mnemonic_widget() or label.get_parent()
+        if isinstance(field, Gtk.ToggleButton):
+            return field.get_active()
+        if isinstance(field, Gtk.Entry):
+            return field.get_text()
+        if isinstance(field, Gtk.TextView):
+            buf = field.get_buffer()
+            return buf.get_text(buf.get_start_iter(), buf.get_end_iter(), False)
+        return None
 
     def walk(widget, inside):
         if isinstance(widget, Gtk.Label) and widget.get_use_underline():
             fields.append({"label": widget.get_label(), "advanced": inside,
-                           "key": _keyval_name(widget.get_mnemonic_keyval())})
+                           "key": _keyval_name(widget.get_mnemonic_keyval()), "value": shown_value(widget)})
         children = widget.get_children() if isinstance(widget, Gtk.Container) else []
         if isinstance(widget, Gtk.Expander):
             expanders.append(widget.get_expanded())
@@ -651,7 +677,9 @@ def _rect(d):
 
 
 def read_region(drawable, place):
-    """RGBA u8 (non-linear) bytes of ``place`` (image coordinates) from a layer, whatever its precision."""
+    """RGBA u8 (non-linear) bytes of ``place`` (image coordinates) from a layer, whatever its precision;
+    transparent where ``place`` runs past the layer (GEGL's abyss, AbyssPolicy.NONE: an edit's selection may
+    reach past its layer, and the engine fills those pixels for the model)."""
     ok, ox, oy = drawable.get_offsets()
     local = {"x": place["x"] - ox, "y": place["y"] - oy, "width": place["width"], "height": place["height"]}
     return drawable.get_buffer().get(_rect(local), 1.0, FORMAT, Gegl.AbyssPolicy.NONE)
@@ -660,6 +688,64 @@ def read_region(drawable, place):
 def read_selection(image, place):
     """The selection inside ``place`` as 8-bit coverage (0 = not selected, 255 = selected)."""
     return image.get_selection().get_buffer().get(_rect(place), 1.0, MASK_FORMAT, Gegl.AbyssPolicy.NONE)
+
+
+def pixels_of(layer):
+    """A layer's RGBA u8 bytes as GIMP holds them (tests compare them with the engine's PNG)."""
+    return layer.get_buffer().get(Gegl.Rectangle.new(0, 0, layer.get_width(), layer.get_height()), 1.0, FORMAT,
+                                  Gegl.AbyssPolicy.NONE)
+
+
+def reference_layers(image, exclude):
+    """[(name, layer)]: the layers named ``ref:...`` in ``image`` first, then in the other open images (groups
+    searched, not taken: their pixels belong to the layers inside); hidden ones count."""
+    found = []
+    images = [image] + [im for im in sorted(Gimp.get_images(), key=lambda i: i.get_id())
+                        if im.get_id() != image.get_id()]
+    for im in images:
+        for layer in _all_layers(im.get_layers()):
+            if layer.is_group() or (exclude is not None and layer.get_id() == exclude.get_id()):
+                continue
+            name = layer.get_name()
+            if name.strip().lower().startswith(flow.REFERENCE_PREFIX):
+                label = name if im.get_id() == image.get_id() else "%s (%s)" % (name, _image_name(im))
+                found.append((label, layer))
+    return found
+
+
+def export_reference(layer, max_width, max_height, path):
+    """The layer scaled down (never up) to fit ``max_width`` x ``max_height``, read through GEGL at that scale:
+    no full-size copy and no bigger upload than the request needs."""
+    w, h = layer.get_width(), layer.get_height()
+    scale = min(1.0, float(max_width) / w, float(max_height) / h)
+    sw, sh = max(1, int(w * scale)), max(1, int(h * scale))
+    data = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, sw, sh), scale, FORMAT, Gegl.AbyssPolicy.CLAMP)
+    hl.write_png(path, sw, sh, data, 4)
+
+
+def export_visible(image, path):
+    """The canvas as it shows (every visible layer, the projection) as an RGBA PNG; nothing is added to the
+    image (the layer made from it is never inserted)."""
+    visible = Gimp.Layer.new_from_visible(image, image, "gimp-openai visible")
+    try:
+        hl.write_png(path, visible.get_width(), visible.get_height(), pixels_of(visible), 4)
+    finally:
+        visible.delete()
+
+
+def expand_canvas(image, width, height, dx, dy, spec):
+    """The canvas resized (layers moved with the picture, their size kept, so the new area is transparent)
+    and the painted layer on top with its mask, in ONE undo group (insert_outputs' group nests in it)."""
+    t0 = time.time()
+    image.undo_group_start()
+    try:
+        image.resize(width, height, dx, dy)
+        inserted = insert_outputs(image, None, [spec])
+    finally:
+        image.undo_group_end()
+    _record_timing("expand", time.time() - t0, {"image": image.get_id(), "undo_groups": 1,
+                                               "canvas": [image.get_width(), image.get_height()]})
+    return inserted[0]
 
 
 def layer_rect(layer):
@@ -778,6 +864,95 @@ def apply_mask(image, layer, mask_png):
     mask.update(0, 0, w, h)
 
 
+# ------------------------------------------------------------------------------------------------- preview
+
+def _is_preview(item):
+    return item.get_parasite(hl.PREVIEW_PARASITE) is not None
+
+
+def _all_layers(items):
+    for item in items:
+        yield item
+        if item.is_group():
+            for child in _all_layers(item.get_children()):
+                yield child
+
+
+class _Unrecorded:
+    """Changes to an image that are not the artist's: with its undo frozen (gimp_image_undo_freeze is meant for
+    in-situ previews; undo_disable would throw the artist's whole history away), its dirty state as it was (a
+    clean image stays clean: closing it does not ask to save a preview) and its selected layers as they were
+    (inserting a layer selects it). The preview layer is added and removed in the same state, so what undo
+    replays never meets it."""
+
+    def __init__(self, image):
+        self.image = image
+
+    def __enter__(self):
+        self.dirty = self.image.is_dirty()
+        self.selected = list(self.image.get_selected_layers())
+        self.image.undo_freeze()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            selected = [la for la in self.selected if la.is_valid()]
+            if selected and [la.get_id() for la in self.image.get_selected_layers()] != [la.get_id() for la
+                                                                                        in selected]:
+                self.image.set_selected_layers(selected)
+            if not self.dirty:
+                self.image.clean_all()
+        finally:
+            self.image.undo_thaw()
+        return False
+
+
+def show_preview(image, above, spec, layer=None):
+    """The preview's pixels in ``layer`` (the one shown so far, when it is still there and of the same size:
+    only its pixels change) or in a new layer above ``above`` (where the result will go: above the layer and
+    its earlier results; on top of the image when None), with the engine's layer mask. Returns the layer."""
+    png = hl.read_png(spec.png)
+    if png is None:  # pragma: no cover - not the engine's PNG: no preview rather than a slow path
+        return layer
+    w, h, channels, data = png
+    fmt = {1: "Y' u8", 2: "Y'A u8", 3: "R'G'B' u8", 4: FORMAT}[channels]
+    with _Unrecorded(image):
+        fresh = layer is None or not layer.is_valid() or (layer.get_width(), layer.get_height()) != (w, h)
+        if fresh:
+            if layer is not None and layer.is_valid():
+                image.remove_layer(layer)
+            gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
+            kind = Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
+            layer = Gimp.Layer.new(image, spec.name, w, h, kind, 100.0, Gimp.LayerMode.NORMAL)
+            layer.attach_parasite(Gimp.Parasite.new(hl.PREVIEW_PARASITE, Gimp.PARASITE_PERSISTENT,
+                                                    list(spec.parasite.encode("utf-8"))))
+            parent = above.get_parent() if above is not None else None
+            position = _above_earlier_results(image, above) if above is not None else 0
+            image.insert_layer(layer, parent, position)
+        buf = layer.get_buffer()
+        buf.set(Gegl.Rectangle.new(0, 0, w, h), fmt, data)
+        buf.flush()
+        if fresh:
+            layer.set_offsets(spec.x, spec.y)
+            if spec.mask == "engine" and spec.mask_png:  # the same mask for every preview of the item
+                apply_mask(image, layer, spec.mask_png)
+        elif layer.get_offsets()[1:] != (spec.x, spec.y):
+            layer.set_offsets(spec.x, spec.y)
+        layer.update(0, 0, w, h)
+    return layer
+
+
+def remove_previews(image):
+    """Every preview layer in the image (this run's, or one a killed run left), removed unrecorded."""
+    found = [la for la in _all_layers(image.get_layers()) if _is_preview(la)]
+    if found:
+        with _Unrecorded(image):
+            for layer in found:
+                if layer.is_valid():
+                    image.remove_layer(layer)
+    return len(found)
+
+
 # ------------------------------------------------------------------------------------------------- adapter
 
 class Gimp3:
@@ -788,6 +963,7 @@ class Gimp3:
 
     def __init__(self, interactive):
         self.interactive = interactive
+        self.previews = {}  # image id -> the preview layer shown
 
     def target(self, image, drawables):
         if image is None:
@@ -805,6 +981,9 @@ class Gimp3:
             return flow.Target(image, None, name, kind="channel", indexed=indexed)
         if drawable.is_group() and _is_result(drawable):  # results of n > 1: the layer they were made for
             drawable = _layer_of_results(image, drawable) or drawable
+        elif _is_preview(drawable):  # a killed run's preview, clicked: the layer it previewed on
+            drawable = flow.layer_of_results(_siblings(image, drawable), drawable,
+                                             lambda la: _is_result(la) or _is_preview(la)) or drawable
         kind = "group" if drawable.is_group() else "layer"
         res = Gimp.Selection.bounds(image)
         non_empty, x1, y1, x2, y2 = res[1], res[2], res[3], res[4], res[5]
@@ -824,11 +1003,55 @@ class Gimp3:
     def export_selection(self, target, place, path):
         hl.write_png(path, place["width"], place["height"], read_selection(target.image, place), 1)
 
+    def reference_layers(self, image, exclude):
+        return reference_layers(image, exclude)
+
+    def export_reference(self, layer, max_width, max_height, path):
+        export_reference(layer, max_width, max_height, path)
+
+    def export_visible(self, image, path):
+        export_visible(image, path)
+
+    def expand_canvas(self, image, width, height, dx, dy, spec):
+        layer = expand_canvas(image, width, height, dx, dy, spec)
+        Gimp.displays_flush()
+        return layer
+
     def insert(self, image, anchor, layers, group_name):
         return insert_outputs(image, anchor, layers, group_name)
 
     def alive(self, image, layer):
         return image.is_valid() and (layer is None or layer.is_valid())
+
+    def preview(self, target, spec):
+        image = target.image
+        t0 = time.time()
+        layer = self.previews.get(image.get_id())
+        self.previews[image.get_id()] = shown = show_preview(image, target.layer, spec, layer)
+        Gimp.displays_flush()
+        seconds = time.time() - t0
+        if not _timings_file():
+            return
+        entry = {"at": t0 + seconds, "image": image.get_id(), "fresh": layer is None}
+        if os.environ.get("GIMP_OPENAI_HOST_KEEP_WORKDIR") == "1":  # tests: what GIMP holds now, read back
+            ok, x, y = shown.get_offsets()
+            entry.update({"x": x, "y": y, "width": shown.get_width(), "height": shown.get_height(), "png": spec.png,
+                          "pixels_equal": pixels_of(shown) == (hl.read_png(spec.png) or (0, 0, 0, b""))[3],
+                          "mask": shown.get_mask() is not None, "dirty": image.is_dirty(),
+                          "undo_enabled": image.undo_is_enabled(),
+                          "layers": [la.get_name() for la in image.get_layers()],
+                          "selected": [la.get_name() for la in image.get_selected_layers()]})
+        _record_timing("preview", seconds, entry)
+
+    def end_preview(self, target):
+        image = target.image
+        self.previews.pop(image.get_id(), None)
+        t0 = time.time()
+        removed = remove_previews(image)
+        if removed:
+            Gimp.displays_flush()
+            _record_timing("end-preview", time.time() - t0, {"image": image.get_id(), "removed": removed,
+                                                             "dirty": image.is_dirty()})
 
     def new_image(self, width, height):
         return Gimp.Image.new(width, height, Gimp.ImageBaseType.RGB)
@@ -856,6 +1079,13 @@ class Gimp3:
     def status(self, text):
         Gimp.progress_set_text(text)
 
+    def end_progress(self):
+        """GIMP disconnects its Cancel from the plug-in when the progress ends (gimp_plug_in_progress_end)."""
+        try:
+            Gimp.progress_end()
+        except Exception:  # noqa: S110 - no progress bar to end
+            pass
+
     def keep_workdir(self, path):
         """Tests (GIMP_OPENAI_HOST_KEEP_WORKDIR=1) keep the job folder to compare the inserted pixels with the
         engine's PNGs."""
@@ -871,6 +1101,298 @@ class Gimp3:
                 json.dump({"models": list(models), "time": time.time()}, handle)
         except OSError:
             pass
+
+
+    # ------------------------------------------------------------------------------ results and history
+    def result_group(self, image, drawables):
+        drawables = list(drawables or []) or list(image.get_selected_layers())
+        if len(drawables) != 1:
+            return None
+        drawable = drawables[0]
+        if isinstance(drawable, Gimp.LayerMask):
+            drawable = Gimp.Layer.from_mask(drawable)
+        if not isinstance(drawable, Gimp.Layer):
+            return None
+        group = drawable if drawable.is_group() else drawable.get_parent()
+        if group is None or not _is_result(group):
+            return None
+        return group, list(group.get_children())
+
+    def is_visible(self, layer):
+        return bool(layer.get_visible())
+
+    def layer_label(self, layer):
+        return layer.get_name()
+
+    def show_only(self, image, layers, index):
+        image.undo_group_start()
+        try:
+            for k, layer in enumerate(layers):
+                layer.set_visible(k == index)
+            image.set_selected_layers([layers[index]])
+        finally:
+            image.undo_group_end()
+        Gimp.displays_flush()
+
+    def keep_result(self, image, group, layer):
+        keep_result(image, group, layer)
+
+    def choose_result(self, image, group, layers, current):
+        return choose_result(group, layers, current)
+
+    def choose_history(self, listing, image):
+        return choose_history(listing, image)
+
+
+def keep_result(image, group, layer):
+    """``layer`` takes the group's place (same parent and position; its mask and parasite go with it) and the
+    group goes, with the other results: ONE undo step."""
+    t0 = time.time()
+    image.undo_group_start()
+    try:
+        parent = group.get_parent()
+        position = image.get_item_position(group)
+        image.reorder_item(layer, parent, position)
+        layer.set_visible(True)
+        image.remove_layer(group)
+        image.set_selected_layers([layer])
+    finally:
+        image.undo_group_end()
+    _record_timing("pick", time.time() - t0, {"kept": layer.get_name(), "undo_groups": 1})
+
+
+def _gui():
+    gi.require_version("GimpUi", "3.0")
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import GimpUi, Gtk
+
+    GimpUi.init(PLUGIN_NAME)
+    return GimpUi, Gtk
+
+
+#: Longest side of a result's picture in the picker: two or three side by side fill a laptop screen's width.
+PICK_THUMB = 256
+#: A small retouch (a 100 px region) is enlarged to this, so the differences between results can be seen.
+PICK_MIN = 192
+
+
+def choose_result(group, layers, current):
+    """The results side by side, each as it would look in the image (its layer mask applied), the one showing
+    chosen; a click chooses, a double-click (or Enter) keeps. Returns the 0-based index, or None."""
+    GimpUi, Gtk = _gui()
+    gi.require_version("GdkPixbuf", "2.0")
+    dialog = GimpUi.Dialog(title="Pick Result", role=PLUGIN_NAME)
+    dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+    dialog.add_button("_Keep This One", Gtk.ResponseType.OK)
+    dialog.set_default_response(Gtk.ResponseType.OK)
+    box = dialog.get_content_area()
+    box.set_border_width(12)
+    box.set_spacing(8)
+    head = Gtk.Label(xalign=0.0)
+    head.set_markup("<b>%s</b>" % GLib.markup_escape_text(group.get_name()))
+    box.pack_start(head, False, False, 0)
+    hint = Gtk.Label(label="Choose the result to keep; the others and the group are removed (Edit \u203a Undo "
+                           "brings them back).", xalign=0.0)
+    hint.set_line_wrap(True)
+    hint.get_style_context().add_class("dim-label")
+    box.pack_start(hint, False, False, 0)
+    flow_box = Gtk.FlowBox()
+    flow_box.set_selection_mode(Gtk.SelectionMode.NONE)
+    flow_box.set_max_children_per_line(min(len(layers), 4))
+    flow_box.set_min_children_per_line(min(len(layers), 4))
+    flow_box.set_column_spacing(10)
+    flow_box.set_row_spacing(10)
+    flow_box.set_homogeneous(True)
+    buttons = []
+    first = None
+    for k, layer in enumerate(layers):
+        button = Gtk.RadioButton.new_from_widget(first)
+        first = first or button
+        button.set_mode(False)  # a toggle tile, not a round indicator
+        button.set_relief(Gtk.ReliefStyle.NONE)
+        tile = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
+        tile.set_border_width(4)
+        tile.pack_start(Gtk.Image.new_from_pixbuf(_result_picture(layer)), False, False, 0)
+        label = Gtk.Label.new_with_mnemonic("Result _%d" % (k + 1) if k < 9 else "Result %d" % (k + 1))
+        label.set_mnemonic_widget(button)
+        tile.pack_start(label, False, False, 0)
+        button.add(tile)
+        button.set_tooltip_text(layer.get_name())
+        button.connect("button-press-event", _double_click_keeps(dialog, Gtk))
+        buttons.append(button)
+        flow_box.add(button)
+    buttons[current].set_active(True)
+    box.pack_start(flow_box, True, True, 0)
+    dialog.show_all()
+    buttons[current].grab_focus()
+    if _timings_file():
+        dialog.connect("map-event", lambda d, _e: GLib.idle_add(_record_layout, d, Gtk) and False)
+    answer = dialog.run()
+    chosen = next((k for k, b in enumerate(buttons) if b.get_active()), current)
+    dialog.destroy()
+    return chosen if answer == Gtk.ResponseType.OK else None
+
+
+def _double_click_keeps(dialog, Gtk):
+    gi.require_version("Gdk", "3.0")
+    from gi.repository import Gdk
+
+    def on_press(button, event):
+        if event.type == Gdk.EventType._2BUTTON_PRESS:
+            button.set_active(True)
+            dialog.response(Gtk.ResponseType.OK)
+            return True
+        return False
+    return on_press
+
+
+def _result_picture(layer):
+    """The layer as the image shows it: its pixels through its layer mask, over GIMP's checks where it is
+    transparent, at most PICK_THUMB on the longer side."""
+    from gi.repository import GdkPixbuf
+
+    w, h = layer.get_width(), layer.get_height()
+    scale = min(PICK_THUMB / max(w, h), max(1.0, PICK_MIN / max(w, h)))  # a small region is shown larger
+    tw, th = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    rect = Gegl.Rectangle.new(0, 0, w, h)
+    pixels = bytearray(layer.get_buffer().get(rect, 1.0, FORMAT, Gegl.AbyssPolicy.NONE))
+    mask = layer.get_mask()
+    if mask is not None:
+        coverage = mask.get_buffer().get(rect, 1.0, "Y' u8", Gegl.AbyssPolicy.NONE)
+        alpha = bytes(pixels[3::4])
+        pixels[3::4] = bytes((a * m + 127) // 255 for a, m in zip(alpha, coverage))
+    full = GdkPixbuf.Pixbuf.new_from_bytes(GLib.Bytes.new(bytes(pixels)), GdkPixbuf.Colorspace.RGB, True, 8,
+                                           w, h, w * 4)
+    return full.composite_color_simple(tw, th, GdkPixbuf.InterpType.BILINEAR, 255, 8, 0x999999, 0x666666)
+
+
+def _history_text(entry):
+    """Pango markup for one history row: the prompt first (what the artist remembers), then model, date and
+    cost, then where it was made."""
+    esc = GLib.markup_escape_text
+    prompt = hl.clean_line(entry.get("prompt") or "", _secrets())
+    if len(prompt) > 90:
+        prompt = prompt[:89].rstrip() + "\u2026"
+    if not prompt:
+        prompt = "variation" if (entry.get("operation") or "").startswith("variation") else "(no prompt)"
+    when = (entry.get("time") or "")[:16].replace("T", " ")
+    facts = [hl.clean_line(entry.get("model") or "") or "unknown model", when + " UTC" if when else ""]
+    if entry.get("cost") is not None:
+        facts.append("cost $%.3f" % entry["cost"] if entry["cost"] >= 0.001 else "cost under $0.001")
+    elif isinstance(entry.get("usage"), dict) and entry["usage"].get("total_tokens"):
+        facts.append("{:,} tokens for the request".format(int(entry["usage"]["total_tokens"])))
+    if entry.get("k") and entry.get("n") and entry["n"] > 1:
+        facts.append("result %d of %d" % (entry["k"], entry["n"]))
+    place = entry.get("place")
+    source = hl.clean_line(entry.get("source") or "")
+    if place:
+        where = "%s, %d\u00d7%d at %d, %d" % (source or "an image", place["width"], place["height"], place["x"],
+                                              place["y"])
+    elif entry.get("operation") == "generate":
+        where = "generated" + (", %s" % entry["size"] if entry.get("size") else "")
+    else:
+        where = source or "no description (its sidecar is missing)"
+    tags = []
+    if entry.get("partial"):
+        tags.append("preview kept after a failure")
+    if entry.get("rescued_from"):
+        tags.append("rescued from a full history folder")
+    line3 = esc(where) + ("  <i>%s</i>" % esc(", ".join(tags)) if tags else "")
+    return "<b>%s</b>\n<small>%s</small>\n<small>%s</small>" % (
+        esc(prompt), esc(" \u00b7 ".join(f for f in facts if f)), line3)
+
+
+def choose_history(listing, image):
+    """The history, newest first, with thumbnails, prompt, model, date, cost and where each was made; a search
+    field filters by prompt, model or image name. Returns the chosen entry's id, or None."""
+    GimpUi, Gtk = _gui()
+    gi.require_version("GdkPixbuf", "2.0")
+    from gi.repository import GdkPixbuf
+
+    entries = listing.get("entries") or []
+    dialog = GimpUi.Dialog(title="OpenAI History", role=PLUGIN_NAME)
+    dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+    dialog.add_button("_Insert", Gtk.ResponseType.OK)
+    dialog.set_default_response(Gtk.ResponseType.OK)
+    dialog.set_default_size(720, 560)
+    box = dialog.get_content_area()
+    box.set_border_width(12)
+    box.set_spacing(8)
+    where = "at its place in %s when it fits there, else as a new image" % _image_name(image) if image is not None \
+        else "as a new image"
+    intro = Gtk.Label(label="Results kept in %s. The one you choose goes back %s; nothing is sent or paid again."
+                      % (hl.to_text(listing.get("folder") or "the history folder"), where), xalign=0.0)
+    intro.set_line_wrap(True)
+    intro.set_max_width_chars(90)
+    box.pack_start(intro, False, False, 0)
+    search_row = Gtk.Box(spacing=6)
+    search_label = Gtk.Label.new_with_mnemonic("_Search")
+    search = Gtk.SearchEntry()
+    search.set_placeholder_text("prompt, model or image name")
+    search_label.set_mnemonic_widget(search)
+    search_row.pack_start(search_label, False, False, 0)
+    search_row.pack_start(search, True, True, 0)
+    box.pack_start(search_row, False, False, 0)
+    store = Gtk.ListStore(GdkPixbuf.Pixbuf, str, str, str)  # thumbnail, markup, id, what the search reads
+    for entry in entries:
+        picture = None
+        if entry.get("thumbnail"):
+            try:
+                picture = GdkPixbuf.Pixbuf.new_from_file(entry["thumbnail"])
+                picture = picture.composite_color_simple(picture.get_width(), picture.get_height(),
+                                                         GdkPixbuf.InterpType.NEAREST, 255, 8, 0x999999, 0x666666)
+            except GLib.Error:
+                picture = None
+        haystack = " ".join(hl.to_text(entry.get(k) or "") for k in ("prompt", "model", "source", "id")).lower()
+        store.append([picture, _history_text(entry), entry["id"], haystack])
+    filtered = store.filter_new()
+    filtered.set_visible_func(lambda model, it, _d: all(w in model[it][3] for w in
+                                                         search.get_text().lower().split()))
+    search.connect("search-changed", lambda _s: filtered.refilter())
+    view = Gtk.TreeView(model=filtered)
+    view.set_headers_visible(False)
+    view.set_enable_search(False)
+    thumb = Gtk.CellRendererPixbuf()
+    thumb.set_fixed_size(176, 176)
+    view.append_column(Gtk.TreeViewColumn("", thumb, pixbuf=0))
+    text = Gtk.CellRendererText()
+    text.set_property("wrap-width", 460)
+    text.set_property("ypad", 6)
+    view.append_column(Gtk.TreeViewColumn("", text, markup=1))
+    view.connect("row-activated", lambda *_a: dialog.response(Gtk.ResponseType.OK))
+    scrolled = Gtk.ScrolledWindow()
+    scrolled.set_shadow_type(Gtk.ShadowType.IN)
+    scrolled.set_policy(Gtk.PolicyType.NEVER, Gtk.PolicyType.AUTOMATIC)
+    scrolled.add(view)
+    list_label = Gtk.Label.new_with_mnemonic("_Results (newest first)")
+    list_label.set_xalign(0.0)
+    list_label.set_mnemonic_widget(view)
+    box.pack_start(list_label, False, False, 0)
+    box.pack_start(scrolled, True, True, 0)
+    notes = list(listing.get("notes") or [])
+    footer = []
+    if listing.get("more"):
+        footer.append("%d older result(s) are not listed (gimp-openai history list shows them all)."
+                      % listing["more"])
+    if notes:
+        footer.append("%d file(s) could not be read and are left out: %s" % (
+            len(notes), hl.clean_line(notes[0], _secrets()) + (" \u2026" if len(notes) > 1 else "")))
+    if footer:
+        note = Gtk.Label(label="\n".join(footer), xalign=0.0)
+        note.set_line_wrap(True)
+        note.get_style_context().add_class("dim-label")
+        box.pack_start(note, False, False, 0)
+    if len(filtered):
+        view.get_selection().select_path(Gtk.TreePath.new_first())
+    dialog.show_all()
+    view.grab_focus()
+    if _timings_file():
+        dialog.connect("map-event", lambda d, _e: GLib.idle_add(_record_layout, d, Gtk) and False)
+    answer = dialog.run()
+    model, it = view.get_selection().get_selected()
+    chosen = model[it][2] if it is not None else None
+    dialog.destroy()
+    return chosen if answer == Gtk.ResponseType.OK else None
 
 
 def _engine_python():
@@ -910,8 +1432,11 @@ def _ask_key(question):
     entry = Gtk.Entry()
     entry.set_visibility(False)
     entry.set_activates_default(True)
-    dialog.get_content_area().add(Gtk.Label(label=question))
-    dialog.get_content_area().add(entry)
+    box = dialog.get_content_area()
+    box.set_border_width(12)  # the question did touch the window's edge
+    box.set_spacing(6)
+    box.add(Gtk.Label(label=question))
+    box.add(entry)
     dialog.set_default_response(Gtk.ResponseType.OK)
     dialog.show_all()
     ok = dialog.run() == Gtk.ResponseType.OK

@@ -28,8 +28,10 @@ from typing import Any
 
 from gimp_openai.server import faults, models, render
 from gimp_openai.server.apierror import server_busy
+from gimp_openai.server.batches import BatchService
 from gimp_openai.server.files import FileStore
 from gimp_openai.server.handler import Handler, raw_answer
+from gimp_openai.server.ratelimit import RateLimiter
 from gimp_openai.server.stats import Stats
 
 KEY_ENV = "GIMP_OPENAI_SERVER_KEY"
@@ -51,6 +53,11 @@ class ServerConfig:
     max_work: int = 2  # requests decoding / painting at once
     work_wait: float = 30.0  # how long a request waits for a worker before 429
     no_streaming: bool = False  # refuse ``stream`` like a compatible server without streams (400 unknown_parameter)
+    rate_limit_images: int = 0  # images per minute (0: no limit); answers carry x-ratelimit-* headers
+    rate_limit_requests: int = 0  # requests per minute (0: no limit)
+    rate_window: float = 60.0  # the limits' window in seconds (tests shorten it)
+    batch_delay: float = 5.0  # seconds a batch stays validating/in progress before it is worked off
+    batch_fail_every: int = 0  # every K-th line of a batch fails (500 server_error) into the error file
 
 
 class LocalServer(ThreadingHTTPServer):
@@ -68,6 +75,8 @@ class LocalServer(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self.connections = threading.BoundedSemaphore(max(1, config.max_connections))
         self.work_gate = threading.BoundedSemaphore(max(1, config.max_work))
+        self.limiter = RateLimiter(config.rate_limit_images, config.rate_limit_requests, config.rate_window)
+        self.batches = BatchService(self)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """One thread per connection, at most ``max_connections`` of them: a flood of idle connections gets
@@ -142,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests decoding and painting at once (default 2)")
     parser.add_argument("--work-wait", type=float, default=30.0, metavar="SECONDS",
                         help="how long a request waits for a worker before 429 (default 30)")
+    parser.add_argument("--rate-limit", type=int, default=0, metavar="IMAGES_PER_MIN",
+                        help="images per minute, like OpenAI's IPM limit: answers carry x-ratelimit-* headers and "
+                             "a request over it gets 429 rate_limit_exceeded (default 0: no limit)")
+    parser.add_argument("--rate-limit-requests", type=int, default=0, metavar="REQUESTS_PER_MIN",
+                        help="requests per minute on the images endpoints (default 0: no limit)")
+    parser.add_argument("--rate-window", type=float, default=60.0, metavar="SECONDS",
+                        help="the window of --rate-limit and --rate-limit-requests (default 60: per minute)")
+    parser.add_argument("--batch-delay", type=float, default=5.0, metavar="SECONDS",
+                        help="Batch API: how long a batch waits before it is worked off (default 5)")
+    parser.add_argument("--batch-fail-every", type=int, default=0, metavar="K",
+                        help="Batch API: every K-th request line fails into the error file (default 0: none)")
     return parser
 
 
@@ -187,6 +207,11 @@ def make_server(args: argparse.Namespace, key: str | None) -> LocalServer:
         max_work=max(1, args.max_work),
         work_wait=max(0.0, args.work_wait),
         no_streaming=args.no_streaming,
+        rate_limit_images=max(0, args.rate_limit),
+        rate_limit_requests=max(0, args.rate_limit_requests),
+        rate_window=_positive(args.rate_window, "--rate-window"),
+        batch_delay=max(0.0, args.batch_delay),
+        batch_fail_every=max(0, args.batch_fail_every),
     )
     return LocalServer((args.host, args.port), config, models.ModelRegistry(served, today))
 

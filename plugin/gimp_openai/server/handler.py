@@ -53,6 +53,10 @@ IMAGE_PATH = re.compile(r"^/v1/images/(edits|variations|generations)$")
 AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/images/(edits|variations|generations)$")
 MODEL_PATH = re.compile(r"^/v1/models/([^/]+)$")
 FILE_PATH = re.compile(r"^/v1/_files/([A-Za-z0-9_\-]+\.(?:png|jpeg|webp))$")
+API_FILE_PATH = re.compile(r"^/v1/files/(file-[A-Za-z0-9]{1,64})$")
+API_FILE_CONTENT_PATH = re.compile(r"^/v1/files/(file-[A-Za-z0-9]{1,64})/content$")
+BATCH_PATH = re.compile(r"^/v1/batches/(batch_[A-Za-z0-9]{1,64})$")
+BATCH_CANCEL_PATH = re.compile(r"^/v1/batches/(batch_[A-Za-z0-9]{1,64})/cancel$")
 DATA_URL = re.compile(r"^data:(image/[a-z+.\-]+)?(;base64)?,(.*)$", re.S)
 #: METHOD SP request-target SP HTTP/1.x: the only request lines this server parses.
 REQUEST_LINE = re.compile(rb"^[A-Z]{1,32} [\x21-\x7e]+ HTTP/1\.[0-9]\r?\n$")
@@ -331,12 +335,18 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self._send(200, found[0], found[1])
             return
+        if path.startswith(("/v1/files", "/v1/batches")):
+            self._handle(path, self._batch_api)
+            return
         self._handle(path, self._models)
 
     def do_POST(self) -> None:  # noqa: N802
         path = self._path()
         if path in TEST_ROUTES:
             self._test_route(path)
+            return
+        if path.startswith(("/v1/files", "/v1/batches")):
+            self._handle(path, self._batch_api)
             return
         self._handle(path, self._images)
 
@@ -390,6 +400,7 @@ class Handler(BaseHTTPRequestHandler):
             entry["error"] = {"code": bug.code, "param": bug.param, "type": bug.type}
             delivery = []
             _report_bug(exc)
+        headers.update(entry.pop("_ratelimit", None) or {})
         entry["status"] = status
         entry["seconds"] = round(time.monotonic() - started, 4)
         self.server.stats.record({k: v for k, v in entry.items() if not k.startswith("_")})
@@ -505,6 +516,8 @@ class Handler(BaseHTTPRequestHandler):
         if before is not None:
             raise faults.before_error(before, model)
         family = self.server.registry.require_image_model(model, endpoint)
+        entry["_ratelimit"] = {}
+        entry["_ratelimit"] = self.server.limiter.admit(model, _requested_n(fields))
         with self._heavy_work():
             encoded = self._produce(endpoint, model, family, fields, files, is_multipart, firing, spec, entry)
         entry.pop("_delivery", None)
@@ -595,15 +608,63 @@ class Handler(BaseHTTPRequestHandler):
         return {k: v[0] for k, v in form.fields.items()}, form.files, True
 
     def _json_images(self, fields: dict[str, Any]) -> list[multipart.FilePart]:
-        """JSON edits (``images: [{image_url}]``): only data URLs here; the local server fetches nothing."""
-        images = fields.pop("images", None)
-        if images is not None and not isinstance(images, list):
-            raise apierror.invalid_type("images", "an array", _json_type(images))
-        refs = [("images", ref) for ref in images or []]
-        mask = fields.pop("mask", None)
-        if mask is not None:
-            refs.append(("mask", mask))
-        return [_data_url_part(name, ref) for name, ref in refs]
+        return json_edit_images(fields)
+
+    def _batch_api(self, path: str, entry: dict) -> tuple[int, bytes, list]:
+        """``/v1/files`` and ``/v1/batches`` (server/batches.py), behind the key like every API route."""
+        entry["endpoint"] = "files" if path.startswith("/v1/files") else "batches"
+        self._auth()
+        service = self.server.batches
+        method = self.command
+        if method == "POST":
+            raw = self._read_body()
+            entry["body_bytes"] = len(raw)
+        if (method, path) == ("POST", "/v1/files"):
+            content_type = self.headers.get("Content-Type", "")
+            if not content_type.lower().startswith("multipart/form-data"):
+                raise ApiError(400, "Upload files as multipart/form-data (purpose, file).", code="invalid_request")
+            try:
+                form = multipart.parse_multipart(raw, content_type)
+            except multipart.MultipartError as exc:
+                raise ApiError(400, f"Could not parse the multipart form: {exc}.") from None
+            answer: object = service.upload(form.fields, form.files)
+        elif (method, path) == ("POST", "/v1/batches"):
+            answer = service.create(_json_object(raw))
+        elif method == "POST" and BATCH_CANCEL_PATH.match(path):
+            answer = service.cancel(BATCH_CANCEL_PATH.match(path).group(1))  # type: ignore[union-attr]
+        elif (method, path) == ("GET", "/v1/batches"):
+            answer = service.listing()
+        elif method == "GET" and BATCH_PATH.match(path):
+            answer = service.get(BATCH_PATH.match(path).group(1))  # type: ignore[union-attr]
+        elif method == "GET" and API_FILE_CONTENT_PATH.match(path):
+            data = service.content(API_FILE_CONTENT_PATH.match(path).group(1))  # type: ignore[union-attr]
+            return 200, data, []
+        elif method == "GET" and API_FILE_PATH.match(path):
+            answer = service.file(API_FILE_PATH.match(path).group(1))  # type: ignore[union-attr]
+        else:
+            raise apierror.not_found_route(method, path)
+        return 200, json.dumps(answer).encode(), []
+
+
+def json_edit_images(fields: dict[str, Any]) -> list[multipart.FilePart]:
+    """JSON edits (``images: [{image_url}]``, ``mask: {image_url}``): taken out of ``fields`` as uploaded files;
+    only data URLs here, the local server fetches nothing."""
+    images = fields.pop("images", None)
+    if images is not None and not isinstance(images, list):
+        raise apierror.invalid_type("images", "an array", _json_type(images))
+    refs = [("images", ref) for ref in images or []]
+    mask = fields.pop("mask", None)
+    if mask is not None:
+        refs.append(("mask", mask))
+    return [_data_url_part(name, ref) for name, ref in refs]
+
+
+def _requested_n(fields: dict[str, Any]) -> int:
+    """How many images a request asks for, for the rate limit (validation refuses a bad ``n`` later)."""
+    try:
+        return min(10, max(1, int(str(fields.get("n", 1)).strip())))
+    except ValueError:
+        return 1
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

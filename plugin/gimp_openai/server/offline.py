@@ -94,6 +94,43 @@ def _texture(rgb: np.ndarray, hole: np.ndarray, rng: np.random.Generator) -> np.
     return moved * (moved_known * fade)[..., None]
 
 
+def _mirrored_texture(rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Fine detail for a hole that reaches the picture's border (an outpainting): each hole pixel takes the
+    high-pass detail of the known pixel mirrored across the nearest known pixel, so texture, and every line that
+    meets the edge, continue across it instead of fading into a smear; faded in from the border like the rest."""
+    import cv2
+
+    image = rgb.astype(np.float32)
+    # the structure fill is smooth at the scale it was reduced by (see _structure): carry detail down to it
+    sigma = max(2.0, float(_distance_inside(hole).max()) / 16.0)
+    high = image - cv2.GaussianBlur(image, (0, 0), sigma)
+    known = ~hole
+    _dist, labels = cv2.distanceTransformWithLabels(hole.astype(np.uint8), cv2.DIST_L2, 5,
+                                                    labelType=cv2.DIST_LABEL_PIXEL)
+    ky, kx = np.nonzero(known)
+    hy, hx = np.nonzero(hole)
+    nearest = labels[hy, hx] - 1
+    height, width = hole.shape
+    # reflect about the nearest known pixel; deeper than the known side, fold back and forth inside the picture
+    my = _fold(2 * ky[nearest] - hy, height)
+    mx = _fold(2 * kx[nearest] - hx, width)
+    out = np.zeros_like(high)
+    usable = known[my, mx]
+    out[hy[usable], hx[usable]] = high[my[usable], mx[usable]]
+    fade = np.clip(_distance_inside(hole) / 4.0, 0.0, 1.0)
+    return out * fade[..., None]
+
+
+def _fold(index: np.ndarray, size: int) -> np.ndarray:
+    period = max(1, 2 * size - 2)
+    folded = np.abs(index) % period
+    return np.where(folded >= size, period - folded, folded).astype(np.intp)
+
+
+def _touches_border(hole: np.ndarray) -> bool:
+    return bool(hole[0].any() or hole[-1].any() or hole[:, 0].any() or hole[:, -1].any())
+
+
 def inpaint(pixels: np.ndarray, hole: np.ndarray, *, seed: int, variant: int = 0) -> np.ndarray:
     """Fill ``hole`` (bool HxW) of RGBA ``pixels``; pixels outside the hole are returned unchanged, alpha 255 inside."""
     import cv2
@@ -108,7 +145,7 @@ def inpaint(pixels: np.ndarray, hole: np.ndarray, *, seed: int, variant: int = 0
     radius = 3 + (variant * 2) % 7
     rng = np.random.default_rng(seed + variant)
     filled = _structure(rgb, hole, method, radius).astype(np.float32)
-    filled += _texture(rgb, hole, rng)
+    filled += _mirrored_texture(rgb, hole) if _touches_border(hole) else _texture(rgb, hole, rng)
     out[..., :3][hole] = np.clip(np.rint(filled), 0, 255).astype(np.uint8)[hole]
     out[..., 3][hole] = 255
     return out
