@@ -240,7 +240,8 @@ def action(global_args: list[str], rest: list[str]) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--quiet", "-q", action="store_true")
     parser.add_argument("--no-wait", action="store_true", help="collect: only if the batch has finished")
-    parser.add_argument("--poll", type=float, default=10.0, help="seconds between status checks (default 10)")
+    parser.add_argument("--poll", type=cli.bounded("poll", "--poll"), default=10.0,
+                        help="seconds between status checks (default 10)")
     as_json = "--json" in global_args or "--json" in rest
     try:
         args = parser.parse_args(rest)

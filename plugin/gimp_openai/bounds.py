@@ -59,6 +59,10 @@ BOUNDS: dict[str, Bound] = {
         Bound("max_cost", 0.0, 100_000.0, float, "dollars", "the estimated cost above which a run asks first"),
         Bound("history_limit", 1, 1_000_000, int, "results", "how many history results to list"),
         Bound("index", 0, 10, int, "", "which result of a group to keep (0: the one showing)"),
+        Bound("amount", 0, 20_000, int, "px", "the pixels Expand Canvas adds on a side"),
+        Bound("band", 0, 256, int, "px", "the band of the old picture repainted along the new area's edge"),
+        Bound("poll", 1.0, 3600.0, float, "s", "the time between two looks at a submitted batch"),
+        Bound("warm_seconds", 0.0, 86_400.0, float, "s", "how long an engine kept warm waits for the next run"),
     )
 }
 

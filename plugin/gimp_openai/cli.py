@@ -1218,7 +1218,9 @@ def bounded(name: str, flag: str) -> Any:
 #: The numeric command-line options and the bounds-table entries they are checked against.
 NUMERIC_OPTIONS = {"-n": "n", "--feather": "feather", "--padding": "context_padding", "--timeout": "read_timeout",
                    "--concurrency": "concurrency", "--partial-images": "partial_images", "--max-cost": "max_cost",
-                   "--limit": "history_limit"}
+                   "--limit": "history_limit", "--left": "amount", "--right": "amount", "--top": "amount",
+                   "--bottom": "amount", "--band": "band", "--warm-seconds": "warm_seconds", "--idle": "warm_seconds",
+                   "--poll": "poll"}
 
 
 def _partial_images_flag(p: argparse.ArgumentParser) -> None:
@@ -1325,7 +1327,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send through the Batch API (half the price, results within 24 h); then "
                         "`batch status|collect|cancel ID`, `batch list`")
     p.add_argument("--wait", action="store_true", help="with --async: wait for the results and collect them")
-    p.add_argument("--poll", type=float, default=10.0, help="with --wait: seconds between status checks")
+    p.add_argument("--poll", type=bounded("poll", "--poll"), default=10.0,
+                   help="with --wait: seconds between status checks")
     _common(p)
 
     p = sub.add_parser("models", help="image models the server offers, with their sizes and shutdown dates")
@@ -1353,11 +1356,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p = sub.add_parser("session", help="host protocol: plan and job requests as JSON lines on stdin, one process")
     p.add_argument("--warm", metavar="SOCKET", help="afterwards, keep an engine ready for the next run on SOCKET")
-    p.add_argument("--warm-seconds", type=float, default=900.0, metavar="SECONDS",
+    p.add_argument("--warm-seconds", type=bounded("warm_seconds", "--warm-seconds"), default=900.0, metavar="SECONDS",
                    help="how long that engine waits for the next run (default 900)")
     p = sub.add_parser("warm", help="host protocol: an engine waiting on SOCKET for the next run's session")
     p.add_argument("--socket", required=True)
-    p.add_argument("--idle", type=float, default=900.0, metavar="SECONDS")
+    p.add_argument("--idle", type=bounded("warm_seconds", "--idle"), default=900.0, metavar="SECONDS")
 
     p = sub.add_parser("key", help="store the API key (read from stdin or a hidden prompt) or show its status")
     p.add_argument("action", choices=("set", "status"))

@@ -19,13 +19,15 @@ def add_parser(sub: Any, common: Any, bounded: Any) -> None:
     p = sub.add_parser("expand", help="grow the canvas and let the model paint the new area")
     p.add_argument("image")
     for side in expand.SIDES:
-        p.add_argument(f"--{side}", type=int, default=0, metavar="PX", help=f"pixels to add on the {side}")
+        p.add_argument(f"--{side}", type=bounded("amount", f"--{side}"), default=0, metavar="PX",
+                       help=f"pixels to add on the {side}")
     p.add_argument("--aspect", default="", metavar="W:H",
                    help="grow to this aspect ratio instead (e.g. 16:9); --sides says which sides grow")
     p.add_argument("--sides", default="", help="with --aspect: comma-separated sides that may grow (default: "
                                                "both sides of the axis that grows)")
-    p.add_argument("--band", type=int, default=16, help="px of the old picture the model repaints along its edge "
-                                                        "to blend (0-256; hidden by the layer mask)")
+    p.add_argument("--band", type=bounded("band", "--band"), default=16,
+                   help="px of the old picture the model repaints along its edge to blend (0-256; hidden by the "
+                        "layer mask)")
     p.add_argument("--prompt", "-p", default="", help="what the new area shows (default: continue the scene)")
     common(p)
 
