@@ -154,7 +154,7 @@ def _before_dialog(proc, image, drawable):
         values = {"base_url": saved.get("base_url") or u"", "default_model": saved.get("default_model") or u"",
                   "history_folder": saved.get("history_dir") or u"", "change_key": False}
         if isinstance(saved.get("max_cost"), (int, float)):
-            values["max_cost"] = min(1000.0, max(0.0, float(saved["max_cost"])))
+            values["max_cost"] = min(100000.0, max(0.0, float(saved["max_cost"])))
         return values
     return flow.before_dialog(Gimp2(), proc, image, drawable, _remembered(proc))
 

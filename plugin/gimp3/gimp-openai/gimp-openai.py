@@ -279,7 +279,7 @@ def show_saved_settings(config):
     config.set_property("default-model", saved.get("default_model") or "")
     config.set_property("history-folder", saved.get("history_dir") or "")
     if isinstance(saved.get("max_cost"), (int, float)):
-        config.set_property("max-cost", min(1000.0, max(0.0, float(saved["max_cost"]))))
+        config.set_property("max-cost", min(100000.0, max(0.0, float(saved["max_cost"]))))
     config.set_property("change-key", False)
 
 
