@@ -151,8 +151,11 @@ def _before_dialog(proc, image, drawable):
     """{name: value} to show in the dialog, or None when the run cannot happen (the workflow says why)."""
     if proc["operation"] == "settings":
         saved = host.saved_settings(python=host.find_engine_python(SUPPORT_DIRS)) or {}
-        return {"base_url": saved.get("base_url") or u"", "default_model": saved.get("default_model") or u"",
-                "history_folder": saved.get("history_dir") or u"", "change_key": False}
+        values = {"base_url": saved.get("base_url") or u"", "default_model": saved.get("default_model") or u"",
+                  "history_folder": saved.get("history_dir") or u"", "change_key": False}
+        if isinstance(saved.get("max_cost"), (int, float)):
+            values["max_cost"] = min(100000.0, max(0.0, float(saved["max_cost"])))
+        return values
     return flow.before_dialog(Gimp2(), proc, image, drawable, _remembered(proc))
 
 
@@ -708,7 +711,9 @@ def _handler(proc):
         workflow = flow.Workflow(Gimp2(), proc, args, python=host.find_engine_python(SUPPORT_DIRS),
                                  secrets=_secrets())
         text = workflow.run(image, drawable)
-        if text:
+        if text and workflow.only_cost:  # nothing to read but the cost: the status text, not a message box
+            pdb.gimp_progress_set_text(_native(text))
+        elif text:
             gimp.message(_native(text))
         return text
     return handle

@@ -725,8 +725,8 @@ def plan_answer(data: dict[str, Any], session: Session) -> dict[str, Any]:
         answer["estimate"] = estimate.to_dict()
         items.append(answer)
     if operation == "generate" and not items:
-        estimates.append(pricing.estimate(model, family, n=n, size=(1024, 1024), quality=quality, prompt=prompt,
-                                          price=price))
+        estimates.append(pricing.estimate(model, family, n=n, size=_generate_size(data, family), quality=quality,
+                                          prompt=prompt, price=price))
     total = pricing.add_estimates(estimates)
     limit = float(getattr(session.settings, "max_cost", pricing.DEFAULT_MAX_COST))
     if total["usd"] is None:
@@ -736,8 +736,23 @@ def plan_answer(data: dict[str, Any], session: Session) -> dict[str, Any]:
         if total["usd_upper"] > total["usd"] * 1.001:
             text += f" (up to {pricing.dollars(total['usd_upper'])} if the model picks high quality)"
     total.update(max_cost=limit, over_limit=bool(total["usd_upper"] is not None and total["usd_upper"] > limit),
-                 text=text)
+                 text=text, model=model, quality=quality)
+    sizes = {e.size for e in estimates}
+    if len(sizes) == 1:  # one size for all (a generation has no item to carry it): for a dialog's figure
+        total["size"] = "{}x{}".format(*sizes.pop())
     return {"ok": True, "model": model, "family": family.name, "items": items, "estimate": total}
+
+
+def _generate_size(data: dict[str, Any], family: Any) -> tuple[int, int]:
+    """The size a generation's estimate takes: the plan's ``size`` as the job sends it, else the size the engine
+    picks for the image's ``canvas``, else a square megapixel (what ``auto`` is estimated as)."""
+    from gimp_openai import capabilities, geometry
+
+    size = capabilities.parse_size(_field(data, "size", str, "auto", where="plan") or "auto")
+    if size:
+        return size
+    canvas = _canvas(data)
+    return geometry.generation_size_for_canvas(*canvas, family) if canvas else (1024, 1024)
 
 
 def run_plan(path: str, stream: IO[str] | None = None, *, engine: operations.Engine | None = None) -> int:
@@ -751,12 +766,16 @@ def run_plan(path: str, stream: IO[str] | None = None, *, engine: operations.Eng
     return _plan(path, writer, context)
 
 
-def _plan(path: str, writer: LineWriter, context: Session, **tags: Any) -> int:
-    try:
-        data, _folder = read_json_file(path)
-    except GimpOpenAIError as exc:
-        writer.write({**tags, "ok": False, "error": exc.to_dict()})
-        return EXIT_UNREADABLE
+def _plan(path: str | dict[str, Any], writer: LineWriter, context: Session, **tags: Any) -> int:
+    """A plan from its file, or (an ``estimate`` request) from the object itself."""
+    if isinstance(path, dict):
+        data = path
+    else:
+        try:
+            data, _folder = read_json_file(path)
+        except GimpOpenAIError as exc:
+            writer.write({**tags, "ok": False, "error": exc.to_dict()})
+            return EXIT_UNREADABLE
     try:
         writer.write({**tags, **plan_answer(data, context)})
     except GimpOpenAIError as exc:
@@ -777,7 +796,10 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
     Starting Python with numpy and OpenCV costs about half a second, which a run paid twice (plan, then job).
     Requests come one JSON object per line on stdin: ``{"cmd": "plan", "path": PLAN.json}`` and
     ``{"cmd": "job", "path": JOB.json}``; each is answered with exactly what ``plan`` and ``job`` print (the
-    plan's answer tagged ``"type": "plan"``, the job's ending in its ``"type": "result"`` line). Settings,
+    plan's answer tagged ``"type": "plan"``, the job's ending in its ``"type": "result"`` line).
+    ``{"cmd": "estimate", "plan": {...PLAN...}}`` is a plan without a file, answered tagged ``"type":
+    "estimate"``: a dialog asks it each time the artist changes n, quality, model or size, so it writes no
+    file and leaves the cancelled-run notices for the run itself. Settings,
     client and model list are built once. The first answer carries ``notices`` about an earlier run that was
     cancelled after it had been paid for.
 
@@ -800,17 +822,24 @@ def run_session(requests: IO[str] | None = None, stream: IO[str] | None = None, 
     notices: list[dict[str, str]] | None = None  # taken at the first request: a session never asked keeps them
     try:
         for raw in session.requests():
-            if notices is None:
-                notices = take_cancelled_notices()
             try:
                 request = json.loads(raw)
-                command, path = request["cmd"], request["path"]
-                if command not in ("plan", "job") or not isinstance(path, str):
+                command = request["cmd"]
+                inline = request["plan"] if command == "estimate" else None
+                path = request["path"] if command != "estimate" else ""
+                if command not in ("plan", "job", "estimate") or not isinstance(path, str) or (
+                        command == "estimate" and not isinstance(inline, dict)):
                     raise ValueError(command)
             except (ValueError, TypeError, KeyError):
-                error = JobError('A session request must be {"cmd": "plan" or "job", "path": FILE}.').to_dict()
+                error = JobError('A session request must be {"cmd": "plan" or "job", "path": FILE} or '
+                                 '{"cmd": "estimate", "plan": {...}}.').to_dict()
                 writer.write({"type": "session", "ok": False, "error": error})
                 continue
+            if inline is not None:  # a dialog's figure while the artist types: cheap, and it keeps the notices
+                _plan(inline, writer, context, type="estimate")  # for the run's first real answer
+                continue
+            if notices is None:
+                notices = take_cancelled_notices()
             tags: dict[str, Any] = {"notices": notices} if notices else {}
             notices = []
             if command == "plan":

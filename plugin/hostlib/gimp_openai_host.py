@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 
@@ -601,13 +602,51 @@ def prestart_engine(python_dirs=None):
     _PRESTARTED.append((python, proc, errfile))
 
 
+#: Held while a dialog's estimate talks to the prestarted session, and by the run that takes it over: the two
+#: never write requests or read answers of the one process at the same time.
+_PRESTARTED_LOCK = threading.Lock()
+
+
 def _take_prestarted(python):
-    while _PRESTARTED:
-        started_python, proc, errfile = _PRESTARTED.pop()
-        if started_python == python and proc.poll() is None:
-            return proc, errfile
-        if errfile is not None:
-            errfile.close()
+    with _PRESTARTED_LOCK:  # an estimate in flight is answered first (its answer is not the run's)
+        while _PRESTARTED:
+            started_python, proc, errfile = _PRESTARTED.pop()
+            if started_python == python and proc.poll() is None:
+                return proc, errfile
+            if errfile is not None:
+                errfile.close()
+    return None
+
+
+def estimate(plan_dict, python=None):
+    """The engine's estimate for a plan (``{"cmd": "estimate", "plan": ...}``), asked of the engine prestarted
+    with the plug-in (opened here if there is none, and left for the run to take): what a dialog shows while
+    the artist changes n, quality, model or size. Blocks until the answer: call it off the GUI's thread. None
+    when the engine cannot say (not installed, ended, a malformed answer): a dialog then shows no figure and
+    the run itself still asks before paying."""
+    try:
+        python = python or find_engine_python()
+    except HostError:
+        return None
+    with _PRESTARTED_LOCK:
+        started = _PRESTARTED[-1] if _PRESTARTED else None
+        if started is None or started[0] != python or started[1].poll() is not None:
+            try:
+                proc, errfile = _open_engine(python, None)
+            except (HostError, IOError, OSError):
+                return None
+            started = (python, proc, errfile)
+            _PRESTARTED.append(started)
+        proc = started[1]
+        line = json.dumps({"cmd": "estimate", "plan": dict(plan_dict, version=PROTOCOL_VERSION)}) + "\n"
+        try:
+            proc.stdin.write(line.encode("utf-8"))
+            proc.stdin.flush()
+            for obj in json_lines(proc.stdout):
+                if obj.get("type") in ("estimate", "session"):
+                    return obj if obj.get("ok") else None
+        except (IOError, OSError, ValueError):
+            pass
     return None
 
 
@@ -834,17 +873,25 @@ def model_gone(result):
     return None
 
 
-def summary(result, names, secrets=()):
-    """The batch summary: one line per item, what succeeded (how many layers) and what failed and why."""
+def summary(result, names, secrets=(), quality=u""):
+    """The batch summary: one line per item, what succeeded (how many layers, what they cost) and what failed
+    and why; the head line says what the whole batch cost."""
     lines = []
     for item in result.get("items", []):
         name = to_text(names.get(item.get("id"), item.get("id")))
         if item.get("ok"):
-            lines.append(u"\u2713 %s: %d layer(s) added" % (name, len(item.get("outputs") or [])))
+            count = len(item.get("outputs") or [])
+            cost = cost_line(item.get("cost"), count, item.get("model") or u"", quality)
+            lines.append(u"\u2713 %s: %d layer(s) added%s" % (name, count, u", " + cost if cost else u""))
         else:
             lines.append(u"\u2717 %s: %s" % (name, describe_error(item.get("error") or {}, secrets)))
     done = sum(1 for i in result.get("items", []) if i.get("ok"))
     head = u"OpenAI batch: %d of %d images done." % (done, len(result.get("items", [])))
+    images = sum(len(i.get("outputs") or []) for i in result.get("items", []))  # paid, inserted or not
+    total = cost_line(result.get("cost") or add_costs([i.get("cost") for i in result.get("items", [])]),
+                      images, result.get("model") or u"", quality)
+    if total:
+        head += u" Cost: %s." % total
     if not result.get("items") and result.get("error"):
         lines.append(describe_error(result["error"], secrets))
     warnings = warnings_text(result, secrets)
@@ -866,13 +913,126 @@ def warnings_text(result, secrets=()):
     return u"\n".join(seen)
 
 
-def parasite_data(prompt, model, output, secrets=()):
-    """What the result layer's parasite records: prompt, model, request id, path, history file (no key)."""
+def parasite_data(prompt, model, output, secrets=(), cost=None):
+    """What the result layer's parasite records: prompt, model, request id, path, history file (no key), and
+    ``cost``: this layer's share of what its request cost (``cost_share``), so the layer says what it cost long
+    after the run's message is gone."""
     record = {"prompt": redact(prompt, secrets), "model": to_text(model),
               "request_id": output.get("request_id"), "path": output.get("path"),
               "history_png": output.get("history_png"), "notes": redact(output.get("notes") or u"", secrets),
               "report": redact(output.get("report") or u"", secrets)}
+    if cost is not None:
+        record["cost"] = cost
     return json.dumps(record, sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------------------------- cost
+
+def dollars(usd):
+    """``$1.25``, ``$0.211``, ``$0.0532``: the engine's way (pricing.dollars), so a one-image figure is never
+    shown as $0.00 and the dialog, the message and the CLI agree."""
+    usd = float(usd)
+    if usd >= 1:
+        return u"${:,.2f}".format(usd)
+    if usd >= 0.1:
+        return u"$%.3f" % usd
+    return u"$%.4f" % usd
+
+
+def _number(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _tokens(cost):
+    return int(round((_number(cost.get("input_tokens")) or 0) + (_number(cost.get("output_tokens")) or 0)))
+
+
+def cost_line(cost, images, model=u"", quality=u""):
+    """One short line for a status bar, a message and a summary: ``$0.0532 (2 images, gpt-image-2, medium)``;
+    tokens only when nobody knows the model's price; None when the server said nothing of its usage."""
+    if not isinstance(cost, dict):
+        return None
+    model = clean_line(cost.get("model") or model)
+    quality = clean_line(quality)
+    what = [u"%d image%s" % (images, u"" if images == 1 else u"s")]
+    what += [model] if model else []
+    what += [u"auto quality" if quality == u"auto" else quality] if quality else []
+    usd = _number(cost.get("usd"))
+    if usd is None:
+        return u"{:,} tokens ({}; no price known for this model)".format(_tokens(cost), u", ".join(what))
+    return u"%s (%s)" % (dollars(usd), u", ".join(what))
+
+
+def cost_share(cost, parts, model=u"", quality=u""):
+    """One layer's share of the cost of the request that made ``parts`` images, for its parasite: the share
+    and the whole (the shares add up to what was paid), the tokens, the price's date, the line shown."""
+    if not isinstance(cost, dict):
+        return None
+    parts = max(1, int(parts))
+    usd = _number(cost.get("usd"))
+    share = {"usd": round(usd / parts, 8) if usd is not None else None,
+             "request_usd": usd, "images_in_request": parts,
+             "input_tokens": (_number(cost.get("input_tokens")) or 0) / float(parts),
+             "output_tokens": (_number(cost.get("output_tokens")) or 0) / float(parts),
+             "model": to_text(cost.get("model") or model), "price_as_of": cost.get("price_as_of"),
+             "quality": to_text(quality)}
+    share["text"] = cost_line(cost, parts, model, quality)
+    return share
+
+
+def add_costs(costs):
+    """The sum of several items' costs (a batch): dollars only when every one is priced, else tokens."""
+    costs = [c for c in costs if isinstance(c, dict)]
+    if not costs:
+        return None
+    usds = [_number(c.get("usd")) for c in costs]
+    models = set(to_text(c.get("model") or u"") for c in costs)
+    return {"usd": sum(usds) if None not in usds else None,
+            "input_tokens": sum(_number(c.get("input_tokens")) or 0 for c in costs),
+            "output_tokens": sum(_number(c.get("output_tokens")) or 0 for c in costs),
+            "model": models.pop() if len(models) == 1 else u""}
+
+
+def estimate_words(estimate):
+    """The estimate before sending, in words: ``about $0.0532 (up to $0.211 if the model picks high quality)``,
+    or tokens when no price is known."""
+    estimate = estimate or {}
+    usd, upper = _number(estimate.get("usd")), _number(estimate.get("usd_upper"))
+    if usd is None:
+        tokens = int((_number(estimate.get("input_tokens")) or 0) + (_number(estimate.get("output_tokens")) or 0))
+        return u"about {:,} tokens (no price known for this model)".format(tokens) if tokens else \
+            u"cost unknown (no price known for this model)"
+    text = u"about %s" % dollars(usd)
+    if upper is not None and upper > usd * 1.001:
+        text += u" (up to %s if the model picks high quality)" % dollars(upper)
+    return text
+
+
+def estimate_label(answer):
+    """What a dialog shows before sending, in short lines (a dialog is narrow, and a line broken inside a model
+    id reads badly): about what it costs for how many images of which size; the model and quality; what
+    ``auto`` quality may cost at most; a warning when that is above the artist's limit. ``answer``: the
+    engine's plan (or estimate) answer."""
+    estimate = (answer or {}).get("estimate") or {}
+    images = int(_number(estimate.get("images")) or 0)
+    what = u"%d image%s" % (images, u"" if images == 1 else u"s")
+    if estimate.get("size"):
+        what += u" of %s" % clean_line(estimate["size"])
+    quality = clean_line(estimate.get("quality") or u"")
+    details = [clean_line(answer.get("model") or estimate.get("model") or u""),
+               (u"automatic" if quality == u"auto" else quality) + u" quality" if quality else u""]
+    usd, upper = _number(estimate.get("usd")), _number(estimate.get("usd_upper"))
+    if usd is None:
+        tokens = int((_number(estimate.get("input_tokens")) or 0) + (_number(estimate.get("output_tokens")) or 0))
+        lines = [u"Estimated: about {:,} tokens for {}".format(tokens, what), u", ".join(d for d in details if d),
+                 u"No price is known for this model, so no dollar figure."]
+    else:
+        lines = [u"Estimated cost: about %s for %s" % (dollars(usd), what), u", ".join(d for d in details if d)]
+        if upper is not None and upper > usd * 1.001:
+            lines.append(u"Up to %s if the model picks high quality." % dollars(upper))
+    if estimate.get("over_limit") and _number(estimate.get("max_cost")) is not None:
+        lines.append(u"Above your limit of %s: you will be asked before it is sent." % dollars(estimate["max_cost"]))
+    return u"\n".join(line for line in lines if line)
 
 
 def reports_text(outputs, secrets=()):

@@ -78,7 +78,7 @@ EXPAND_ONLY = ("sides", "amount", "aspect")
 
 #: Host-only values of the manifest: they steer the workflow, the engine never needs them.
 HOST_ONLY = ("whole_layer", "no_selection", "batch_operation", "target", "base_url", "default_model",
-             "history_folder", "change_key", "test_connection")
+             "history_folder", "change_key", "test_connection", "max_cost")
 
 
 class Refusal(hl.HostError):
@@ -284,6 +284,59 @@ def before_dialog(adapter, proc, image, drawables, values):
     return {}
 
 
+class DialogEstimate(object):
+    """What a dialog needs to show the estimate of the run it sets up, so the artist sees the price of n,
+    quality, model and size while choosing them. The regions are read from GIMP once, when the dialog opens
+    (GIMP's calls belong to the GUI's thread); ``plan(values)`` is pure, for a worker thread, and gives the
+    plan to ask the engine about (None when the run could not happen: its refusal comes with the run)."""
+
+    #: the dialog's values the estimate depends on: a change of any of them asks the engine again
+    VALUES = ("n", "quality", "model", "size_mode", "size", "prompt", "variation_prompt", "batch_operation",
+              "no_selection", "context_padding", "whole_layer", "target")
+
+    def __init__(self, adapter, proc, image=None, drawables=None):
+        self.proc, self.operation = proc, proc["operation"]
+        self.targets, self.canvas = [], None
+        if self.operation in ("edit", "variation"):
+            self.targets = [adapter.target(image, drawables)]
+        elif self.operation == "batch":
+            self.targets = adapter.open_targets()
+        elif self.operation == "generate" and image is not None:
+            width, height = adapter.image_size(image)
+            self.canvas = {"width": int(width), "height": int(height)}
+        self.targets = [t for t in self.targets if self._usable(t)]
+
+    @staticmethod
+    def _usable(target):
+        try:
+            check_target(target)
+        except Refusal:
+            return False
+        return True
+
+    def plan(self, values):
+        workflow = Workflow(None, self.proc, values)
+        operation = workflow.operation_of_items()
+        if self.operation == "generate":
+            plan = dict(workflow.plan_dict("generate", []), size=hl.to_text(values.get("size") or u"auto"))
+            if self.canvas and plan["size"] == u"auto" and values.get("target") != "new image":
+                plan["canvas"] = self.canvas
+            return plan
+        if self.operation not in ("edit", "variation", "batch"):
+            return None
+        items = []
+        for number, target in enumerate(self.targets, 1):
+            if target.selection is None and self.operation == "batch" and operation == "edit" and \
+                    values.get("no_selection") != "whole layer":
+                continue  # skipped, or asked about when the run starts (and then asked about the price again)
+            try:  # nothing selected: the dialog opened after the artist chose the whole layer
+                bounds, _whole = region(target, operation, True, False, None)
+            except Refusal:
+                continue
+            items.append(Item(u"img-%d" % number, target, bounds, _whole))
+        return workflow.plan_dict(operation, items) if items else None
+
+
 def check_prompt(operation, values):
     if operation in ("edit", "generate") and not hl.clean_line(values.get("prompt", u"")):
         what = u"the image to generate" if operation == "generate" else u"what the selection should become"
@@ -331,12 +384,15 @@ def generated_size(job):
     return 1536, 1536
 
 
-def layer_specs(outputs, prompt, model, mask, secrets=()):
-    """Names (``OpenAI: <prompt> (k/n)``), parasites and masks of the layers to insert, in the engine's order."""
+def layer_specs(outputs, prompt, model, mask, secrets=(), cost=None, quality=u""):
+    """Names (``OpenAI: <prompt> (k/n)``), parasites and masks of the layers to insert, in the engine's order.
+    ``cost``: what the request that made them cost (the engine's item ``cost``); each parasite keeps its share."""
+
     outputs = sorted(outputs, key=lambda o: o.get("index", 0))
     count = len(outputs)
+    share = hl.cost_share(cost, count, model, quality)
     return [LayerSpec(out, hl.layer_name(prompt, k, count, path=out.get("path"), secrets=secrets),
-                      hl.parasite_data(prompt, model, out, secrets), mask, visible=k == 1)
+                      hl.parasite_data(prompt, model, out, secrets, cost=share), mask, visible=k == 1)
             for k, out in enumerate(outputs, 1)]
 
 
@@ -380,8 +436,13 @@ class Workflow(object):
     # ------------------------------------------------------------------------------------------ dispatch
     def run(self, image=None, drawables=None):
         """The run's one message (or None); notices from the engine (paid results of a cancelled run) are
-        part of it, whether the run worked or not."""
+        part of it, whether the run worked or not. ``only_cost`` is True afterwards when the message says
+        nothing but what the run cost: hosts then show it as status text, not in a message box (a box after
+        every edit that worked interrupts the artist, and GIMP gives up on them after a few)."""
         self.notices = []
+        self.agreed = None  # the most the artist agreed to pay in this run (a repeat within it is not asked again)
+        self.last_cost = None
+        self.only_cost = False
         try:
             text = self.dispatch(image, drawables)
         except hl.HostError as exc:
@@ -389,7 +450,9 @@ class Workflow(object):
             if self.notices:
                 exc.message = u"\n\n".join([exc.message] + self.notices)
             raise
-        return u"\n\n".join([t for t in [text] if t] + self.notices) or None
+        text = u"\n\n".join([t for t in [text] if t] + self.notices) or None
+        self.only_cost = bool(text) and text == self.last_cost
+        return text
 
     def dispatch(self, image, drawables):
         if self.operation in ("edit", "variation"):
@@ -453,8 +516,67 @@ class Workflow(object):
         failures = hl.failed_items(result)
         if failures:
             raise self.engine_error(failures[0][1])
-        text = u"\n".join(t for t in [hl.warnings_text(result, self.secrets), self.references_text(result)] if t)
-        return text or None
+        return u"\n".join(t for t in [self.cost_text(result), hl.warnings_text(result, self.secrets),
+                                      self.references_text(result)] if t)
+
+    # ----------------------------------------------------------------------------------------------- cost
+    def quality(self):
+        return hl.to_text(self.values.get("quality") or u"auto")
+
+    def plan_dict(self, operation, items):
+        """The plan: the regions, and what the estimate needs so it is the job's (n, quality, the prompt)."""
+        prompt = self.values.get("prompt" if operation != "variation" else "variation_prompt") or u""
+        return {"operation": operation, "model": hl.to_text(self.values.get("model") or u""),
+                "size_mode": self.values.get("size_mode") or "auto",
+                "context_padding": float(self.values.get("context_padding", 0.25) or 0.0),
+                "n": int(self.values.get("n") or 1), "quality": self.quality(), "prompt": hl.to_text(prompt),
+                "items": [{"id": it.id, "layer": it.target.layer_rect, "selection_bounds": it.bounds}
+                          for it in items]}
+
+    def confirm_cost(self, answer, batch=False):
+        """The estimate in words, once the run may go ahead. Above the artist's limit (Settings) an interactive
+        run asks first and a script's run is refused unpaid; a batch is always asked in an interactive run,
+        since it pays once per open image. Raises Stop when the artist says no."""
+        estimate = (answer or {}).get("estimate") or {}
+        words = hl.estimate_words(estimate)
+        over = bool(estimate.get("over_limit"))
+        if not over and not (batch and self.adapter.interactive):
+            return words
+        upper = estimate.get("usd_upper")
+        if getattr(self, "agreed", None) is not None and upper is not None and upper <= self.agreed * 1.001:
+            return words  # the same run again (its model was replaced), at no more than the artist agreed to
+        images = int(estimate.get("images") or 0)
+        what = u"%d image%s" % (images, u"" if images == 1 else u"s")
+        limit = hl.dollars(estimate.get("max_cost") or 0.0)
+        if not self.adapter.interactive:
+            raise Refusal(u"Not sent: this run (%s) is estimated at %s, above your cost limit of %s." %
+                          (what, words, limit),
+                          u"Raise the limit (Filters > OpenAI > Settings, or the settings procedure's max_cost), or "
+                          u"ask for fewer, smaller or lower-quality images.", "cost_limit")
+        if over:
+            question = (u"This run (%s) is estimated at %s.\n\nThat is above your limit of %s (Filters > OpenAI > "
+                        u"Settings). Send it anyway?" % (what, words, limit))
+            title = u"OpenAI: above your cost limit"
+        else:
+            question = u"Send this batch (%s) now? It is estimated at %s." % (what, words)
+            title = u"OpenAI: batch cost"
+        if not self.adapter.ask(question, title, u"_Send"):
+            raise Stop(u"Nothing was sent, nothing was paid.")
+        self.agreed = upper
+        return words
+
+    def cost_text(self, result):
+        """The run's cost in one line (``OpenAI cost: $0.0532 (2 images, gpt-image-2, medium)``), for its
+        message; the status text says it too."""
+        images = sum(len(i.get("outputs") or []) for i in result.get("items") or [])
+        model = result.get("model") or next((i.get("model") for i in result.get("items") or [] if i.get("model")),
+                                            u"")
+        line = hl.cost_line(result.get("cost") or hl.add_costs([i.get("cost") for i in result.get("items") or []]),
+                            images, model, self.quality())
+        if line is None:
+            line = u"unknown (the server did not say what it used)" if images else u""
+        self.last_cost = u"OpenAI cost: " + line if line else u""
+        return self.last_cost
 
     def run_items(self, items):
         """Plan, export and the job in one engine session; then each image's results inserted."""
@@ -467,21 +589,17 @@ class Workflow(object):
         try:
             with hl.EngineSession(python=self.python) as session:
                 # the progress (and GIMP's Cancel with it) shows once the engine knows the job folder
-                answer = hl.plan({"operation": operation, "model": hl.to_text(self.values.get("model") or u""),
-                                  "size_mode": self.values.get("size_mode") or "auto",
-                                  "context_padding": float(self.values.get("context_padding", 0.25) or 0.0),
-                                  "items": [{"id": it.id, "layer": it.target.layer_rect,
-                                             "selection_bounds": it.bounds} for it in items]},
-                                 workdir, session=session,
+                answer = hl.plan(self.plan_dict(operation, items), workdir, session=session,
                                  on_sent=lambda: self.adapter.progress(0.0, u"OpenAI: planning"))
                 self.heard(answer)
+                price = self.confirm_cost(answer, batch=self.operation == "batch")
                 job = job_options(self.proc, operation, self.values)
                 job["model"] = answer.get("model") or job.get("model", u"")
                 job["source_name"] = items[0].name if len(items) == 1 else u""
                 job["items"] = self.export(items, answer, workdir, operation)
                 if operation == "edit" and self.operation == "edit":
                     self.add_references(job["items"], items[0].target, workdir)
-                self.adapter.progress(0.0, u"OpenAI: sending %d request(s)" % len(items))
+                self.adapter.progress(0.0, u"OpenAI: sending %d request(s), %s" % (len(items), price))
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session,
                                     on_partial=previews.show)
                 self.heard(result)
@@ -490,8 +608,11 @@ class Workflow(object):
                 failed = gone or (not result.get("items") and result.get("error"))
                 if not failed:  # in the session: killed while inserting, the engine cleans up and remembers
                     report = self.insert_items(items, result, job["model"], operation)
-            if not failed and report:  # after done: a Cancel now would cost nothing
-                self.adapter.status(report)
+            if not failed:  # after done: a Cancel now would cost nothing
+                # what alignment and tone match corrected (in each parasite too) and what the run cost
+                status = u"; ".join(r for r in [report, self.cost_text(result)] if r)
+                if status:
+                    self.adapter.status(status)
             if failed:
                 raise self.engine_error(gone or result["error"])
             return result
@@ -541,7 +662,8 @@ class Workflow(object):
             outputs = entry.get("outputs") or []
             add_mask = bool(self.values.get("add_mask", True)) and (operation == "edit" or not it.whole)
             mask = (u"engine" if operation == "edit" else u"selection") if add_mask else None
-            specs = layer_specs(outputs, prompt, entry.get("model") or model, mask, self.secrets)
+            specs = layer_specs(outputs, prompt, entry.get("model") or model, mask, self.secrets,
+                                cost=entry.get("cost"), quality=self.quality())
             try:
                 if not self.adapter.alive(it.target.image, it.target.layer):
                     self.open_as_new_image(it, specs, group_name(prompt, len(outputs), self.secrets))
@@ -672,14 +794,16 @@ class Workflow(object):
                 output = item["outputs"][0]
                 prompt = hl.to_text(self.values.get("prompt") or u"") or u"expanded canvas"
                 model = item.get("model") or result.get("model") or job.get("model", u"")
+                share = hl.cost_share(item.get("cost"), 1, model, self.quality())
                 spec = LayerSpec(output, hl.layer_name(prompt, 1, 1, secrets=self.secrets).rsplit(u" (", 1)[0],
-                                 hl.parasite_data(prompt, model, output, self.secrets), u"engine")
+                                 hl.parasite_data(prompt, model, output, self.secrets, cost=share), u"engine")
                 canvas, old = item["canvas"], item["old"]
                 self.adapter.expand_canvas(image, int(canvas["width"]), int(canvas["height"]), int(old["x"]),
                                            int(old["y"]), spec)
-            self.adapter.status(u"OpenAI: canvas %dx%d \u2192 %dx%d" % (width, height, int(canvas["width"]),
-                                                                      int(canvas["height"])))
-            return hl.warnings_text(result, self.secrets) or None
+            cost = self.cost_text(result)
+            self.adapter.status(u"; ".join(t for t in [u"OpenAI: canvas %dx%d \u2192 %dx%d" % (
+                width, height, int(canvas["width"]), int(canvas["height"])), cost] if t))
+            return u"\n".join(t for t in [cost, hl.warnings_text(result, self.secrets)] if t) or None
         finally:
             if not self.adapter.keep_workdir(workdir):
                 hl.cleanup(workdir)
@@ -714,7 +838,7 @@ class Workflow(object):
             raise Refusal(u"No open image can be processed.\n" + u"\n".join(skipped),
                           u"Open an RGB or grayscale image and select an area, then run again.", "nothing_to_do")
         result = self.run_items(items)
-        text = hl.summary(result, names, self.secrets)
+        text = hl.summary(result, names, self.secrets, self.quality())
         if skipped:
             text += u"\n" + u"\n".join(skipped)
         if all(not i.get("ok") for i in result.get("items") or []):
@@ -763,16 +887,26 @@ class Workflow(object):
                 width, height = self.adapter.image_size(target.image)
                 job["canvas"] = {"width": int(width), "height": int(height)}
             with hl.EngineSession(python=self.python) as session:
+                plan = dict(self.plan_dict("generate", []), size=job.get("size") or u"auto")
+                if "canvas" in job:
+                    plan["canvas"] = job["canvas"]
+                answer = hl.plan(plan, workdir, session=session)
+                self.heard(answer)
+                price = self.confirm_cost(answer)
+                job["model"] = answer.get("model") or job.get("model", u"")  # the model estimated is the one used
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session,
                                     on_partial=previews.show,
-                                    on_sent=lambda: self.adapter.progress(0.0, u"OpenAI: generating"))
+                                    on_sent=lambda: self.adapter.progress(0.0, u"OpenAI: generating, %s" % price))
                 self.heard(result)
                 previews.end()
                 item = (result.get("items") or [{}])[0]
                 if item.get("ok"):  # in the session: killed while inserting, the engine cleans up and remembers
                     self.adapter.end_progress()  # no Cancel while the layers go in (see insert_items)
                     text = self.insert_generated(result, job, target, new_image)
-                    return u"\n".join(t for t in [text, self.references_text(result)] if t) or None
+            if item.get("ok"):
+                if self.last_cost:  # after done (a status text brings GIMP's progress, and its Cancel, back)
+                    self.adapter.status(self.last_cost)
+                return u"\n".join(t for t in [text, self.references_text(result)] if t) or None
             raise self.engine_error(item.get("error") or result.get("error"))
         finally:
             previews.end()
@@ -804,11 +938,12 @@ class Workflow(object):
             for o in outputs:  # centred in the image
                 o["x"] = (width - int(o["width"])) // 2
                 o["y"] = (height - int(o["height"])) // 2
-        self.adapter.insert(image, anchor, layer_specs(outputs, prompt, model, None, self.secrets),
+        self.adapter.insert(image, anchor, layer_specs(outputs, prompt, model, None, self.secrets,
+                                                       cost=item.get("cost"), quality=self.quality()),
                             group_name(prompt, len(outputs), self.secrets))
         if new_image:
             self.adapter.show(image)
-        return hl.warnings_text(result, self.secrets) or None
+        return u"\n".join(t for t in [self.cost_text(result), hl.warnings_text(result, self.secrets)] if t) or None
 
     # ------------------------------------------------------------------------------------------- settings
     def run_settings(self):
@@ -825,14 +960,20 @@ class Workflow(object):
             value = hl.clean_line(self.values.get(name) or u"")
             if value or (as_shown and name in self.values):
                 changes[setting] = value
+        # the cost limit: as shown in the dialog; a script's default (the manifest's) keeps what is saved
+        limit = self.values.get("max_cost")
+        default = dict((p["name"], p.get("default")) for p in self.proc["params"]).get("max_cost")
+        if limit is not None and (as_shown or float(limit) != float(default if default is not None else -1)):
+            changes["max_cost"] = float(limit)
         lines = []
         if changes:
             hl.save_settings(changes, python=self.python)
             shown = {"base_url": (u"server", u"OpenAI"), "default_model": (u"model", u"automatic"),
                      "history_dir": (u"history folder", u"the default")}
             lines.append(u"Settings saved: %s." % u"; ".join(
+                (u"ask first above %s" % hl.dollars(changes[k])) if k == "max_cost" else
                 u"%s %s" % (shown[k][0], changes[k] or shown[k][1])
-                for k in ("base_url", "default_model", "history_dir") if k in changes))
+                for k in ("base_url", "default_model", "history_dir", "max_cost") if k in changes))
         if self.values.get("change_key"):
             if not self.adapter.interactive:
                 raise Refusal(u"The API key can only be entered interactively.",

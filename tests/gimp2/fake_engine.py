@@ -2,7 +2,10 @@
 depend on the network-facing engine: follows docs/architecture.md's protocol with simple deterministic
 outputs (edit: red inside the selection; variation: inverted; generate: blue). Env: FAKE_ENGINE_LOG (calls),
 FAKE_ENGINE_FAIL (item ids that fail, comma-separated), FAKE_ENGINE_CRASH=1 (die mid-job),
-FAKE_ENGINE_GONE (a model id answered as shut down), FAKE_ENGINE_NOTICE (a path the plan's notice names).
+FAKE_ENGINE_GONE (a model id answered as shut down), FAKE_ENGINE_NOTICE (a path the plan's notice names),
+FAKE_ENGINE_MAX_COST (the user's limit, $1 by default). Prices are flat, as the real engine's are for one
+1024x1024 image: low $0.01, medium $0.05, high $0.20; auto is estimated as medium, up to high, and costs medium;
+the model FAKE_UNPRICED ("local-model" by default) has no price (tokens only).
 A job asking for previews (``partial_images`` k) gets k ``partial`` lines per item before its result, placed
 like the result: preview j is gray j*60 inside the selection (edit) or everywhere (generate), with the
 result's mask; FAKE_ENGINE_PARTIAL_LOG: a file each partial's PNG path is appended to just before its line."""
@@ -27,8 +30,52 @@ def emit(obj):
     sys.stdout.flush()
 
 
-def plan(path, tag=None):
-    data = json.load(open(path))
+PER_IMAGE = {"low": 0.01, "medium": 0.05, "high": 0.20}
+TOKENS = {"low": 272, "medium": 1056, "high": 4160}
+
+
+def priced(model):
+    return model != os.environ.get("FAKE_UNPRICED", "local-model")
+
+
+def item_estimate(model, n, quality, size):
+    q = quality if quality in PER_IMAGE else "medium"
+    upper = "high" if quality == "auto" else q
+    ok = priced(model)
+    return {"model": model, "n": n, "size": "%dx%d" % tuple(size), "quality": quality, "quality_as": q,
+            "input_tokens": 100, "output_tokens": n * TOKENS[q], "output_tokens_upper": n * TOKENS[upper],
+            "usd": round(n * PER_IMAGE[q], 6) if ok else None,
+            "usd_upper": round(n * PER_IMAGE[upper], 6) if ok else None}
+
+
+def total_estimate(model, estimates, quality):
+    ok = priced(model)
+    usd = sum(e["usd"] or 0 for e in estimates) if ok else None
+    upper = sum(e["usd_upper"] or 0 for e in estimates) if ok else None
+    limit = float(os.environ.get("FAKE_ENGINE_MAX_COST", "1.0"))
+    total = {"usd": usd, "usd_upper": upper, "input_tokens": sum(e["input_tokens"] for e in estimates),
+             "output_tokens": sum(e["output_tokens"] for e in estimates),
+             "images": sum(e["n"] for e in estimates), "priced": ok, "max_cost": limit,
+             "over_limit": bool(upper is not None and upper > limit), "model": model, "quality": quality,
+             "text": "about $%.4f" % usd if ok else "no price known for %s" % model}
+    sizes = set(e["size"] for e in estimates)
+    if len(sizes) == 1:
+        total["size"] = sizes.pop()
+    return total
+
+
+def item_cost(model, n, quality):
+    q = quality if quality in PER_IMAGE else "medium"
+    return {"usd": round(n * PER_IMAGE[q], 6) if priced(model) else None, "input_tokens": 100,
+            "output_tokens": n * TOKENS[q], "model": model, "price_as_of": "2026-04-21" if priced(model) else None,
+            "requests": 1}
+
+
+def plan(path, tag=None, data=None):
+    data = data if data is not None else json.load(open(path))
+    model = data.get("model") or "gpt-image-2"
+    n, quality = int(data.get("n", 1)), data.get("quality") or "auto"
+    estimates = []
     items = []
     for it in data["items"]:
         lay, sel = it["layer"], it.get("selection_bounds") or it["layer"]
@@ -37,8 +84,17 @@ def plan(path, tag=None):
         x2 = min(lay["x"] + lay["width"], sel["x"] + sel["width"] + pad)
         y2 = min(lay["y"] + lay["height"], sel["y"] + sel["height"] + pad)
         place = {"x": x1, "y": y1, "width": x2 - x1, "height": y2 - y1}
-        items.append({"id": it["id"], "place": place, "request": place, "target": [place["width"], place["height"]]})
-    answer = {"ok": True, "model": data.get("model") or "gpt-image-2", "items": items}
+        estimate = item_estimate(model, n, quality, (place["width"], place["height"]))
+        estimates.append(estimate)
+        items.append({"id": it["id"], "place": place, "request": place, "target": [place["width"], place["height"]],
+                      "estimate": estimate})
+    if data.get("operation") == "generate" and not items:
+        size = data.get("size") if data.get("size") not in (None, "", "auto") else None
+        canvas = data.get("canvas")
+        wh = [int(v) for v in size.split("x")] if size else ([canvas["width"], canvas["height"]] if canvas else
+                                                             [1024, 1024])
+        estimates.append(item_estimate(model, n, quality, wh))
+    answer = {"ok": True, "model": model, "items": items, "estimate": total_estimate(model, estimates, quality)}
     if os.environ.get("FAKE_ENGINE_NOTICE"):  # an earlier cancelled run's paid image, as the engine says it
         answer["notices"] = [{"code": "cancelled_results", "message": "A cancelled run had already received 1 "
                               "image (paid for); it is saved here:\n  " + os.environ["FAKE_ENGINE_NOTICE"]}]
@@ -142,9 +198,18 @@ def job(path):
                                                                                         "generate"),
                             "notes": ""})
         emit({"type": "progress", "item": it["id"], "phase": "done", "fraction": 1.0, "message": "done"})
-        results.append({"id": it["id"], "ok": True, "outputs": outputs, "error": None, "model": data["model"]})
+        results.append({"id": it["id"], "ok": True, "outputs": outputs, "error": None, "model": data["model"],
+                        "cost": item_cost(data["model"], data["n"], data.get("quality") or "auto")})
     ok = all(r["ok"] for r in results)
-    emit({"type": "result", "ok": ok, "items": results, "error": None if ok else {"message": "some failed"}})
+    costs = [r["cost"] for r in results if r.get("cost")]
+    total = None
+    if costs:
+        usds = [c["usd"] for c in costs]
+        total = {"usd": None if None in usds else round(sum(usds), 6), "model": data["model"],
+                 "input_tokens": sum(c["input_tokens"] for c in costs),
+                 "output_tokens": sum(c["output_tokens"] for c in costs), "requests": len(costs)}
+    emit({"type": "result", "ok": ok, "items": results, "error": None if ok else {"message": "some failed"},
+          "model": data["model"], "cost": total})
 
 
 def session():
@@ -153,8 +218,13 @@ def session():
         request = json.loads(line)
         if request.get("cmd") == "done":  # the host put the results in the image: nothing to answer
             continue
+        if request.get("cmd") == "estimate":  # a dialog's figure: logged apart, answered like a plan
+            log({"argv": sys.argv[:3] + ["estimate", ""], "estimate": request["plan"], "session": True,
+                 "pid": os.getpid()})
+            plan(None, tag="estimate", data=request["plan"])
+            continue
         log({"argv": sys.argv[:3] + [request["cmd"], request["path"]], "key": os.environ.get("OPENAI_API_KEY"),
-             "stdin": None, "session": True})
+             "stdin": None, "session": True, "pid": os.getpid()})
         if request["cmd"] == "plan":
             plan(request["path"], tag="plan")
         else:
@@ -182,7 +252,7 @@ def main():
               "models": [{"id": "gpt-image-2"}, {"id": "dall-e-2", "shutdown_date": "2026-12-01"}]})
     elif cmd[:2] == ["config", "show"]:  # what is saved: OpenAI's server (shown as empty), a model, a folder
         emit({"ok": True, "settings": {"base_url": "https://api.openai.com/v1", "default_model": "gpt-image-2",
-                                       "history_dir": "/saved/history"}})
+                                       "history_dir": "/saved/history", "max_cost": 3.0}})
     elif cmd[0] == "key":
         emit({"ok": True, "stored_in": "keyring"})
         return 0

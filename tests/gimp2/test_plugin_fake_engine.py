@@ -78,7 +78,13 @@ def test_edit_selection_inserts_masked_layer_at_exact_offsets(g2, fake_engine):
     assert len(plugin_steps(image)) == 1 and image.undo_depth == 0 and g2.gimp.state.context_depth == 0
     parasite = json.loads(top.parasite_find("gimp-openai").data)
     assert parasite["model"] == "gpt-image-2" and parasite["request_id"] == "req-img-1-0"
+    assert parasite["cost"]["usd"] == 0.05
+    assert parasite["cost"]["text"] == "$0.0500 (1 image, gpt-image-2, auto quality)"
+    # a run that worked says its cost in the status text, not in a message box that interrupts the artist
     assert FAKE_KEY not in json.dumps(parasite) and g2.gimp.state.messages == []
+    texts = [text for kind, text in g2.gimp.state.progress if kind == "text"]
+    assert texts[-1] == "OpenAI cost: $0.0500 (1 image, gpt-image-2, auto quality)"
+    assert any(t.startswith("OpenAI: sending 1 request(s), about $0.0500") for t in texts)  # the estimate first
     assert g2.gimp.state.flushes >= 1 and ("update", 0.5) in g2.gimp.state.progress
 
 
@@ -331,14 +337,14 @@ def test_settings_key_via_hidden_field_never_in_shelf_or_argv(g2, fake_engine):
 
     def dialog(name, values):
         opened_with.append(list(values))
-        return ["http://127.0.0.1:9/v1", "gpt-image-2", "", True, True]
+        return ["http://127.0.0.1:9/v1", "gpt-image-2", "", True, True, 2.5]
 
-    g2.shelf["python-fu-save--python-fu-openai-settings"] = ["http://old.example/v1", "", "/typed", True, False]
+    g2.shelf["python-fu-save--python-fu-openai-settings"] = ["http://old.example/v1", "", "/typed", True, False, 9.0]
     g2.gimpfu.DIALOG = dialog
     g2.pdb.python_fu_openai_settings(run_mode=g2.gimpfu.RUN_INTERACTIVE)
     # the dialog opened with what is saved (OpenAI's server as an empty field), not the last typed values,
     # and with the key option off
-    assert opened_with == [["", "gpt-image-2", "/saved/history", False, False]]
+    assert opened_with == [["", "gpt-image-2", "/saved/history", False, False, 3.0]]
     text = g2.gimp.state.messages[-1]
     assert "API key stored in the system keyring." in text
     assert "Connected to http://127.0.0.1:9/v1. Image models offered: gpt-image-2, dall-e-2 (retires 2026-12-01)" \
@@ -349,7 +355,8 @@ def test_settings_key_via_hidden_field_never_in_shelf_or_argv(g2, fake_engine):
     settings_call = [c for c in calls if c["argv"][3:5] == ["config", "set"]][0]
     # every field as the dialog showed it: the emptied history folder means the default one
     assert settings_call["argv"][5:] == ["base_url=http://127.0.0.1:9/v1", "default_model=gpt-image-2",
-                                         "history_dir="]
+                                         "history_dir=", "max_cost=2.5"]
+    assert "ask first above $2.50" in text
     assert settings_call["key"] is None and not any(c["argv"][1] == "-c" for c in calls)
     assert all(FAKE_KEY not in json.dumps(c["argv"]) for c in calls)
     assert FAKE_KEY not in repr(dict(g2.shelf)) and FAKE_KEY not in text
@@ -358,7 +365,7 @@ def test_settings_key_via_hidden_field_never_in_shelf_or_argv(g2, fake_engine):
 
 def test_settings_key_refused_non_interactively(g2, fake_engine):
     with pytest.raises(RuntimeError):
-        g2.pdb.python_fu_openai_settings("", "", "", True, False)
+        g2.pdb.python_fu_openai_settings("", "", "", True, False, 1.0)
     assert "only be entered interactively" in g2.gimp.state.messages[-1]
 
 

@@ -24,6 +24,11 @@ def _point(monkeypatch, server):
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
 
 
+def _status(g2):
+    """The last status text the run set (the progress bar's text)."""
+    return [text for kind, text in g2.gimp.state.progress if kind == "text"][-1]
+
+
 def test_edit_selection_against_the_local_server(g2, engine, local_server, monkeypatch):
     _point(monkeypatch, local_server)
     image, layer = make_image(g2, 160, 120, layer_box=(-16, 8, 192, 104))
@@ -31,9 +36,15 @@ def test_edit_selection_against_the_local_server(g2, engine, local_server, monke
     g2.pdb.gimp_image_select_ellipse(image, 2, 40, 30, 48, 40)
     sel = image.selection.pixels[..., 0].copy()
     g2.pdb.python_fu_openai_edit_selection(image, layer, *edit_args("a red kite", n=2))
-    msgs = g2.gimp.state.messages
-    assert msgs == [], msgs
+    assert g2.gimp.state.messages == []  # a run that worked: its cost in the status text, no message box
+    msg = _status(g2)
+    assert msg.startswith("OpenAI cost: $0.") and msg.endswith("(2 images, gpt-image-2.6-sunburst, auto quality)")
     group = image.layers[0]
+    shares = [json.loads(la.parasite_find("gimp-openai").data)["cost"] for la in group.layers]
+    assert [s["images_in_request"] for s in shares] == [2, 2]
+    assert sum(s["usd"] for s in shares) == pytest.approx(shares[0]["request_usd"])
+    paid = shares[0]["request_usd"]
+    assert f"${paid:.4f}" in msg or f"${paid:.3f}" in msg
     assert group.is_group
     assert [layer.name for layer in group.layers] == ["OpenAI: a red kite (1/2)", "OpenAI: a red kite (2/2)"]
     for res in group.layers:
@@ -72,7 +83,14 @@ def test_variations_both_paths(g2, engine, local_server, monkeypatch, model, tag
     image, layer = make_image(g2, 96, 96)
     g2.pdb.gimp_image_select_rectangle(image, 2, 16, 16, 48, 48)
     g2.pdb.python_fu_openai_variations(image, layer, model, 1, "vary it", "auto", "auto", False, True)
-    assert g2.gimp.state.messages == [], g2.gimp.state.messages
+    # a run that worked: its cost in the status text (dall-e-2 is billed per image, its answer has no usage)
+    assert g2.gimp.state.messages == []
+    message = _status(g2)
+    if model:
+        assert message == "OpenAI cost: unknown (the server did not say what it used)", message
+    else:
+        assert message.startswith("OpenAI cost: $") and message.endswith("(1 image, gpt-image-2.6-sunburst, auto "
+                                                                         "quality)"), message
     top = image.layers[0]
     assert top.name == f"OpenAI: variation {tag} (1/1)"
     assert len(plugin_steps(image)) == 1
@@ -82,7 +100,9 @@ def test_generate_against_the_local_server(g2, engine, local_server, monkeypatch
     _point(monkeypatch, local_server)
     image, layer = make_image(g2, 64, 64)
     g2.pdb.python_fu_openai_generate(image, layer, "a lighthouse", "", 1, "1024x1024", "low", "auto", 0, "new image")
-    assert g2.gimp.state.messages == [], g2.gimp.state.messages
+    assert g2.gimp.state.messages == []
+    message = _status(g2)
+    assert message.startswith("OpenAI cost: $0.0") and message.endswith("(1 image, gpt-image-2.6-sunburst, low)")
     new = g2.gimp.image_list()[-1]
     assert new is not image and new.layers[0].name == "OpenAI: a lighthouse (1/1)"
 
@@ -188,7 +208,8 @@ def test_dead_model_in_a_batch_offers_the_switch_once_and_runs_every_image(g2, e
     g2.plugin.ASK = lambda q: asked.append(q) or True
     g2.gimpfu.DIALOG = lambda name, values: batch_args(model="gpt-image-1")
     g2.pdb.python_fu_openai_batch(run_mode=g2.gimpfu.RUN_INTERACTIVE)
-    assert len(asked) == 1 and GONE_TEXT in asked[0], asked
+    # the batch's price once (the repeat with the replacement costs no more), then the switch
+    assert len(asked) == 2 and asked[0].startswith("Send this batch (2 images)") and GONE_TEXT in asked[1], asked
     requests = sorted(_image_requests(server))
     assert requests == [("edits", "gpt-image-1", 404)] * 2 + [("edits", NEWEST, 200)] * 2, requests
     assert load_settings(apply_env=False).default_model == NEWEST
@@ -202,7 +223,7 @@ def test_settings_saves_through_the_engine_and_tests_the_real_connection(g2, eng
     from gimp_openai.settings import load_settings
 
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
-    g2.pdb.python_fu_openai_settings(local_server.url, "gpt-image-2", "", False, True)
+    g2.pdb.python_fu_openai_settings(local_server.url, "gpt-image-2", "", False, True, 1.0)
     saved = load_settings(apply_env=False)
     assert saved.base_url == local_server.url and saved.default_model == "gpt-image-2"
     (message,) = [str(m) for m in g2.gimp.state.messages]
@@ -216,7 +237,7 @@ def test_settings_saves_through_the_engine_and_tests_the_real_connection(g2, eng
 
 def test_settings_connection_failure_is_a_plain_message(g2, engine, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
-    g2.pdb.python_fu_openai_settings("http://127.0.0.1:9/v1", "", "", False, True)  # nothing listens on port 9
+    g2.pdb.python_fu_openai_settings("http://127.0.0.1:9/v1", "", "", False, True, 1.0)  # nothing listens on port 9
     (message,) = [str(m) for m in g2.gimp.state.messages]
     assert "Settings saved: server http://127.0.0.1:9/v1." in message, message
     assert "Connected" not in message and "the connection was refused (is the server running?)" in message

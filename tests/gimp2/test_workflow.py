@@ -163,7 +163,11 @@ def run(adapter, name, values, image=None):
 def test_edit_exports_the_planned_region_and_inserts_masked_layers_in_one_undo_group(fake_engine):
     image = FakeImage(200, 150, selection=(60, 40, 50, 30))
     adapter = FakeAdapter([image])
-    assert run(adapter, "edit-selection", {"prompt": "a red kite", "n": 2}, image) is None
+    workflow = flow.Workflow(adapter, proc("edit-selection"), dict(hl.defaults(proc("edit-selection")),
+                                                                    prompt="a red kite", n=2))
+    text = workflow.run(image, None)
+    assert text == "OpenAI cost: $0.100 (2 images, gpt-image-2, auto quality)"  # the run's one message
+    assert workflow.only_cost  # nothing else to read: hosts show it as status text, not in a message box
     region, selection = adapter.exports
     # the fake engine plans the selection plus 25 % of its larger side, clipped to the layer
     assert region[2] == selection[2] == {"x": 48, "y": 28, "width": 74, "height": 54}
@@ -174,6 +178,11 @@ def test_edit_exports_the_planned_region_and_inserts_masked_layers_in_one_undo_g
     for _name, x, y, w, h, mask, parasite in insert["layers"]:
         assert (x, y, w, h) == (48, 28, 74, 54) and mask == "engine"
         assert parasite["prompt"] == "a red kite" and parasite["model"] == "gpt-image-2"
+        # each layer's share of its request, and the whole, so the layer says what it cost
+        assert parasite["cost"]["usd"] == 0.05 and parasite["cost"]["request_usd"] == 0.1
+        assert parasite["cost"]["images_in_request"] == 2 and parasite["cost"]["price_as_of"] == "2026-04-21"
+    assert adapter.statuses[-1] == text
+    assert "about $0.100 (up to $0.400 if the model picks high quality)" in adapter.progress_seen[1][1]
     assert image.undo_groups == 1
     call_argvs = [c["argv"][3] for c in fake_engine()]
     assert call_argvs == ["plan", "job"] and len({c["argv"][2] for c in fake_engine()}) == 1  # one session
@@ -293,7 +302,8 @@ def test_notices_of_a_cancelled_run_reach_the_artist_with_this_run_s_message(fak
     monkeypatch.setenv("FAKE_ENGINE_NOTICE", "/history/kite.png")
     image = FakeImage(80, 60, selection=(10, 10, 20, 20))
     text = run(FakeAdapter([image]), "edit-selection", {"prompt": "x"}, image)
-    assert text == "A cancelled run had already received 1 image (paid for); it is saved here:\n  /history/kite.png"
+    assert text == ("OpenAI cost: $0.0500 (1 image, gpt-image-2, auto quality)\n\nA cancelled run had already "
+                    "received 1 image (paid for); it is saved here:\n  /history/kite.png")  # a message box
 
 
 def _jobs(log):
@@ -343,7 +353,7 @@ def test_a_shut_down_model_is_offered_once_and_the_run_repeated_with_its_replace
 
 
 @pytest.mark.parametrize("shows_saved, interactive, expected", [
-    (True, True, {"base_url": "", "default_model": "gpt-image-2", "history_dir": ""}),  # as shown: empty = default
+    (True, True, {"base_url": "", "default_model": "gpt-image-2", "history_dir": "", "max_cost": 1.0}),  # as shown
     (False, True, {"default_model": "gpt-image-2"}),    # last values, not the saved ones: empty keeps
     (True, False, {"default_model": "gpt-image-2"}),    # a script: empty keeps
 ])
@@ -385,12 +395,14 @@ def test_an_empty_prompt_is_said_before_any_question(fake_engine):
 def test_batch_asks_once_about_images_without_a_selection(fake_engine, interactive, answer, edited):
     a = FakeImage(80, 60, selection=(10, 10, 20, 20), name="a.png")
     c = FakeImage(80, 60, name="c.png")
-    adapter = FakeAdapter([a, c], interactive=interactive, answers=[answer] if answer is not None else [])
+    adapter = FakeAdapter([a, c], interactive=interactive, answers=[answer, True] if answer is not None else [])
     text = run(adapter, "batch", {"prompt": "clear sky"})
     assert [i["image"] for i in adapter.inserted] == edited
-    assert len(adapter.asked) == (1 if interactive else 0)
+    assert len(adapter.asked) == (2 if interactive else 0)  # then the batch's price, for what is sent
     if interactive:
         assert "1 open image(s) have nothing selected (c.png)" in adapter.asked[0][0]
+        images = f"{len(edited)} image{'s' * (len(edited) > 1)}"
+        assert f"Send this batch ({images})" in adapter.asked[1][0]
     if "c.png" not in edited:
         assert "c.png: skipped (nothing selected)" in text
 
@@ -421,7 +433,8 @@ def test_the_checks_that_need_no_server_run_before_the_dialog(name, image_kw, an
 def test_each_preview_shows_where_the_result_goes_and_the_result_replaces_it(fake_engine):
     image = FakeImage(200, 150, selection=(60, 40, 50, 30))
     adapter = FakeAdapter([image])
-    assert run(adapter, "edit-selection", {"prompt": "a red kite", "n": 1, "partial_images": 3}, image) is None
+    assert run(adapter, "edit-selection", {"prompt": "a red kite", "n": 1, "partial_images": 3}, image) == \
+        "OpenAI cost: $0.0500 (1 image, gpt-image-2, auto quality)"  # only the cost: the status text
     previews = adapter.previews()
     assert len(previews) == 3
     for j, (_what, name, anchor, x, y, w, h, mask, pixels) in enumerate(previews, 1):
@@ -474,7 +487,8 @@ def test_an_image_closed_while_previews_come_gets_no_more_and_no_error(fake_engi
 def test_a_preview_that_cannot_be_shown_does_not_fail_the_run(fake_engine):
     image = FakeImage(200, 150, selection=(60, 40, 50, 30))
     adapter = FakeAdapter([image], preview_fails=True)
-    assert run(adapter, "edit-selection", {"prompt": "a red kite", "partial_images": 3}, image) is None
+    assert run(adapter, "edit-selection", {"prompt": "a red kite", "partial_images": 3}, image) == \
+        "OpenAI cost: $0.0500 (1 image, gpt-image-2, auto quality)"  # only the cost: the status text
     assert adapter.inserted and image.undo_groups == 1
 
 
@@ -517,3 +531,151 @@ def test_previews_are_on_by_default_within_the_engine_s_bounds_and_say_they_cost
         assert (param["min"], param["max"]) == (bound.minimum, bound.maximum)
         assert 0 < param["default"] <= param["max"]
         assert "cost" in param["label"] and "100 more image output tokens" in param["help"]
+
+
+# ------------------------------------------------------------------------------------------------------ cost
+
+def _sent(calls):
+    return [c for c in calls if c["argv"][3] == "job"]
+
+
+def test_a_run_above_the_limit_asks_with_the_amount_and_no_sends_nothing(fake_engine):
+    """n=6 at auto quality: about $0.30, up to $1.20 if the model picks high, above the default $1 limit."""
+    image = FakeImage(80, 60, selection=(10, 10, 20, 20))
+    adapter = FakeAdapter([image], interactive=True, answers=[False])
+    with pytest.raises(flow.Stop) as info:
+        run(adapter, "edit-selection", {"prompt": "x", "n": 6}, image)
+    assert "Nothing was sent" in str(info.value) and not _sent(fake_engine()) and not adapter.inserted
+    (question, title, yes), = adapter.asked
+    assert title == "OpenAI: above your cost limit" and yes == "_Send"
+    assert "This run (6 images) is estimated at about $0.300 (up to $1.20 if the model picks high quality)" in question
+    assert "above your limit of $1.00" in question
+    adapter = FakeAdapter([image], interactive=True, answers=[True])
+    text = run(adapter, "edit-selection", {"prompt": "x", "n": 6}, image)
+    assert len(_sent(fake_engine())) == 1 and text == "OpenAI cost: $0.300 (6 images, gpt-image-2, auto quality)"
+
+
+def test_a_script_above_the_limit_is_refused_unpaid_until_the_limit_is_raised(fake_engine, monkeypatch):
+    image = FakeImage(80, 60, selection=(10, 10, 20, 20))
+    adapter = FakeAdapter([image], interactive=False)
+    with pytest.raises(flow.Refusal) as info:  # 6 x high: $1.20
+        run(adapter, "edit-selection", {"prompt": "x", "n": 6, "quality": "high"}, image)
+    refusal = info.value
+    assert refusal.code == "cost_limit" and adapter.asked == [] and not _sent(fake_engine())
+    assert refusal.message == ("Not sent: this run (6 images) is estimated at about $1.20, above your cost limit of "
+                               "$1.00.")
+    assert "Settings" in refusal.hint and "max_cost" in refusal.hint
+    monkeypatch.setenv("FAKE_ENGINE_MAX_COST", "0.3")  # a lower limit refuses a smaller run
+    with pytest.raises(flow.Refusal) as info:
+        run(adapter, "edit-selection", {"prompt": "x", "n": 2, "quality": "high"}, image)
+    assert "above your cost limit of $0.300" in info.value.message and not _sent(fake_engine())
+    monkeypatch.setenv("FAKE_ENGINE_MAX_COST", "5")  # raised: sent
+    assert run(adapter, "edit-selection", {"prompt": "x", "n": 6, "quality": "high"}, image) == \
+        "OpenAI cost: $1.20 (6 images, gpt-image-2, high)"
+    assert len(_sent(fake_engine())) == 1
+
+
+def test_a_batch_asks_with_its_total_and_sums_up_what_each_image_cost(fake_engine):
+    a = FakeImage(80, 60, selection=(10, 10, 20, 20), name="a.png")
+    b = FakeImage(80, 60, selection=(10, 10, 20, 20), name="b.png")
+    adapter = FakeAdapter([a, b], interactive=True, answers=[False])
+    with pytest.raises(flow.Stop):
+        run(adapter, "batch", {"prompt": "clear sky", "quality": "low"})
+    (question, title, _yes), = adapter.asked
+    assert title == "OpenAI: batch cost" and "Send this batch (2 images) now? It is estimated at about $0.0200" \
+        in question
+    assert not _sent(fake_engine())
+    adapter = FakeAdapter([a, b], interactive=True, answers=[True])
+    text = run(adapter, "batch", {"prompt": "clear sky", "quality": "low", "n": 2})
+    head, first, second = text.splitlines()[:3]
+    assert head == "OpenAI batch: 2 of 2 images done. Cost: $0.0400 (4 images, gpt-image-2, low)."
+    assert first == "\u2713 a.png: 2 layer(s) added, $0.0200 (2 images, gpt-image-2, low)"
+    assert second == "\u2713 b.png: 2 layer(s) added, $0.0200 (2 images, gpt-image-2, low)"
+    # a script's batch within the limit is not asked
+    adapter = FakeAdapter([a, b], interactive=False)
+    assert run(adapter, "batch", {"prompt": "clear sky"}).startswith("OpenAI batch: 2 of 2 images done. Cost: $0.100")
+    assert adapter.asked == []
+
+
+def test_a_model_without_a_price_shows_its_tokens(fake_engine):
+    image = FakeImage(80, 60, selection=(10, 10, 20, 20))
+    adapter = FakeAdapter([image])
+    text = run(adapter, "edit-selection", {"prompt": "x", "n": 10, "model": "local-model", "quality": "high"}, image)
+    # never over a dollar limit without dollars: sent, and the tokens said
+    assert text == "OpenAI cost: 41,700 tokens (10 images, local-model, high; no price known for this model)"
+    parasite = adapter.inserted[0]["layers"][0][6]
+    assert parasite["cost"]["usd"] is None and parasite["cost"]["output_tokens"] == 4160
+
+
+def test_generate_is_estimated_at_its_size_and_says_its_cost(fake_engine, tmp_path, monkeypatch):
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_ENGINE_LOG", str(log))
+    monkeypatch.setattr(hl, "cleanup", lambda path: None)
+    image = FakeImage(200, 150)
+    adapter = FakeAdapter([image])
+    text = run(adapter, "generate", {"prompt": "a lighthouse", "n": 2, "quality": "medium",
+                                     "target": "layers in this image"}, image)
+    assert text == "OpenAI cost: $0.100 (2 images, gpt-image-2, medium)"
+    assert adapter.progress_seen[0][1] == "OpenAI: generating, about $0.100"
+    calls = [json.loads(line) for line in open(log)]
+    plan = json.load(open(next(c["argv"][-1] for c in calls if c["argv"][-2] == "plan")))
+    assert plan["canvas"] == {"width": 200, "height": 150} and plan["n"] == 2 and plan["quality"] == "medium"
+    layers = adapter.inserted[0]["layers"]
+    assert [la[6]["cost"]["usd"] for la in layers] == [0.05, 0.05]
+    adapter = FakeAdapter(interactive=False)
+    with pytest.raises(flow.Refusal):  # 10 at auto: up to $2
+        run(adapter, "generate", {"prompt": "a lighthouse", "n": 10, "target": "new image"})
+    assert adapter.inserted == []
+
+
+def test_the_dialog_estimate_follows_n_quality_and_model(fake_engine):
+    """What the GIMP 3 dialog shows: the regions read once, a plan per set of values, the engine's answer."""
+    image = FakeImage(200, 150, selection=(60, 40, 50, 30))
+    adapter = FakeAdapter([image], interactive=True)
+    estimator = flow.DialogEstimate(adapter, proc("edit-selection"), image, None)
+    values = dict(hl.defaults(proc("edit-selection")), prompt="a kite")
+    labels = []
+    for change in ({}, {"n": 3}, {"n": 3, "quality": "low"}, {"n": 10}, {"model": "local-model"}):
+        plan = estimator.plan(dict(values, **change))
+        assert plan["items"][0]["selection_bounds"] == {"x": 60, "y": 40, "width": 50, "height": 30}
+        labels.append(hl.estimate_label(hl.estimate(plan)))
+    one, three, low, ten, unpriced = labels
+    assert one == ("Estimated cost: about $0.0500 for 1 image of 74x54\ngpt-image-2, automatic quality\n"
+                   "Up to $0.200 if the model picks high quality.")
+    assert three.startswith("Estimated cost: about $0.150 for 3 images of 74x54\n") and "Up to $0.600" in three
+    assert low == "Estimated cost: about $0.0300 for 3 images of 74x54\ngpt-image-2, low quality"
+    assert ten.endswith("\nAbove your limit of $1.00: you will be asked before it is sent.")
+    assert unpriced == ("Estimated: about 1,156 tokens for 1 image of 74x54\nlocal-model, automatic quality\n"
+                        "No price is known for this model, so no dollar figure.")
+    assert not _sent(fake_engine())  # nothing paid while choosing
+    # the estimates went to one engine session, and the run then takes that one: no second engine start
+    run(adapter, "edit-selection", {"prompt": "a kite"}, image)
+    calls = fake_engine()
+    assert [c["argv"][3] for c in calls] == ["estimate"] * 5 + ["plan", "job"]
+    assert len({c["pid"] for c in calls}) == 1
+
+
+def test_the_dialog_estimate_of_a_batch_and_of_a_generation(fake_engine):
+    a = FakeImage(80, 60, selection=(10, 10, 20, 20), name="a.png")
+    b = FakeImage(80, 60, name="b.png")  # nothing selected: counted only when whole layers are chosen
+    c = FakeImage(80, 60, selection=(1, 1, 5, 5), name="c.png", indexed=True)  # refused: not counted
+    adapter = FakeAdapter([a, b, c], interactive=True)
+    batch = flow.DialogEstimate(adapter, proc("batch"), None, None)
+    values = dict(hl.defaults(proc("batch")), prompt="clear sky", n=2)
+    assert [i["id"] for i in batch.plan(values)["items"]] == ["img-1"]
+    assert [i["id"] for i in batch.plan(dict(values, no_selection="whole layer"))["items"]] == ["img-1", "img-2"]
+    label = hl.estimate_label(hl.estimate(batch.plan(dict(values, no_selection="whole layer"))))
+    assert label.startswith("Estimated cost: about $0.200 for 4 images\n"), label  # two sizes: none named
+    generate = flow.DialogEstimate(adapter, proc("generate"), a, None)
+    values = dict(hl.defaults(proc("generate")), prompt="a lighthouse", quality="low")
+    assert generate.plan(values)["canvas"] == {"width": 80, "height": 60}
+    assert "canvas" not in generate.plan(dict(values, target="new image"))
+    sized = generate.plan(dict(values, size="1536x1024"))
+    assert sized["size"] == "1536x1024" and "canvas" not in sized
+    assert hl.estimate_label(hl.estimate(sized)) == ("Estimated cost: about $0.0100 for 1 image of 1536x1024\n"
+                                                     "gpt-image-2, low quality")
+    started = hl._take_prestarted(os.environ["GIMP_OPENAI_PYTHON"])  # the session the estimates started
+    assert started is not None
+    started[0].stdin.close()  # end of input: it ends
+    assert started[0].wait(10) == 0
+    started[1].close()

@@ -163,7 +163,7 @@ def test_expand_canvas_grows_the_canvas_and_adds_one_masked_layer_in_one_undo_st
     before = image.pixels.copy()
     adapter = EdgeAdapter([image])
     text = run(adapter, "expand-canvas", dict(values, model="gpt-image-2"), image)
-    assert text is None
+    assert text.startswith("OpenAI cost: $0.0") and text.endswith("(1 image, gpt-image-2, auto quality)"), text
     (width, height, dx, dy, spec), = adapter.canvas_calls
     assert (width, height) == canvas and (dx, dy) == old
     assert image.undo_groups == 1 and np.array_equal(image.pixels, before)

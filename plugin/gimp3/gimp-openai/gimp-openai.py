@@ -159,7 +159,8 @@ class OpenAIPlugIn(Gimp.PlugIn):
                 # a chooser procedure asks in the workflow (results side by side, the history), and one with
                 # no field to show asks nothing
                 if not proc.get("chooser") and any(p.get("dialog", True) for p in hl.public_params(proc)) \
-                        and not show_dialog(procedure, config, proc):
+                        and not show_dialog(procedure, config, proc,
+                                            _dialog_estimate(adapter, proc, image, drawables)):
                     return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
             values = _values(config, proc)
             if interactive:
@@ -168,7 +169,9 @@ class OpenAIPlugIn(Gimp.PlugIn):
             message = workflow.run(image, drawables)
             if proc["operation"] == "settings":
                 config.set_property("change-key", False)  # a new key is asked for once, not at every Save
-            if message:
+            if message and workflow.only_cost:  # nothing to read but the cost: the status text says it
+                _status(message)
+            elif message:
                 _tell(message)
             Gimp.displays_flush()
             if image is not None and not image.is_valid() and run_mode != Gimp.RunMode.NONINTERACTIVE:
@@ -257,6 +260,15 @@ def _tell(text):
     Gimp.message(text)
 
 
+def _status(text):
+    """A line for the status bar (a run that worked, and what it cost), not a message box."""
+    _record_timing("status", 0.0, {"text": text})
+    try:
+        Gimp.progress_set_text(text)
+    except Exception:  # noqa: BLE001 - no progress to show it in (a script without a display)
+        pass
+
+
 def show_saved_settings(config):
     """The Settings dialog opens with what the engine has on file, not with the values typed last time (an
     empty server URL is OpenAI's)."""
@@ -266,6 +278,8 @@ def show_saved_settings(config):
     config.set_property("base-url", saved.get("base_url") or "")
     config.set_property("default-model", saved.get("default_model") or "")
     config.set_property("history-folder", saved.get("history_dir") or "")
+    if isinstance(saved.get("max_cost"), (int, float)):
+        config.set_property("max-cost", min(100000.0, max(0.0, float(saved["max_cost"]))))
     config.set_property("change-key", False)
 
 
@@ -275,9 +289,21 @@ def _secrets():
 
 # ------------------------------------------------------------------------------------------------------ dialog
 
-def show_dialog(procedure, config, proc):
+def _dialog_estimate(adapter, proc, image, drawables):
+    """The regions a dialog's cost estimate is about, read now (GIMP's calls belong to this thread), or None
+    for a dialog that sends nothing (Settings) or when they cannot be read (the run says why)."""
+    if proc["operation"] not in ("edit", "variation", "generate", "batch"):
+        return None
+    try:
+        return flow.DialogEstimate(adapter, proc, image, drawables)
+    except Exception:  # noqa: BLE001 - no figure in the dialog; the run itself still asks before paying
+        return None
+
+
+def show_dialog(procedure, config, proc, estimate=None):
     """GimpUi.ProcedureDialog over the procedure's arguments, laid out for an artist: the manifest's basic
-    fields first (the prompt on top, focused, so typing starts at once), then the Advanced ones inside a
+    fields first (the prompt on top, focused, so typing starts at once), then what the run should cost
+    (``estimate``: a DialogEstimate), then the Advanced ones inside a
     collapsed expander. Every field has a mnemonic (GIMP checks them and names any that lacks one).
     Choices are menus of the manifest's words; the model is a text field that offers the server's models.
     Arguments the manifest keeps for scripts only ("dialog": false) get no field and their default."""
@@ -317,6 +343,8 @@ def show_dialog(procedure, config, proc):
                 box.pack_start(holder, True, True, 0)
                 box.reorder_child(holder, position)
                 texts[p["name"]] = view
+        if box_id == "basic-box" and estimate is not None:
+            box.pack_start(_estimate_label(Gtk, config, proc, estimate), False, False, 0)
         boxes.append(box_id)
     for p in shown:
         if p["name"] in ("model", "default_model"):
@@ -342,6 +370,88 @@ def show_dialog(procedure, config, proc):
     ok = dialog.run()
     dialog.destroy()
     return ok
+
+
+def _estimate_label(Gtk, config, proc, estimate):
+    """A label under the basic fields with what the run should cost (images x n x size x quality, the model),
+    asked again of the engine session already running (hostlib.estimate) whenever a value it depends on
+    changes. The GTK main loop never waits for the engine: changes are gathered for 300 ms (typing a prompt
+    or a model id is one question, not one per key), the question goes on a worker thread, and its answer
+    comes back through GLib.idle_add; one question at a time, the latest values asked last."""
+    import threading
+
+    label = Gtk.Label(label="Estimated cost: asking\u2026")
+    label.set_xalign(0.0)
+    label.set_line_wrap(True)
+    label.set_max_width_chars(64)
+    label.set_margin_top(4)
+    label.set_margin_bottom(6)  # apart from the Advanced expander below it
+    label.set_tooltip_text("What the server should charge for this run, from its price list; a run above the "
+                           "limit in Filters > OpenAI > Settings asks before anything is sent.")
+    label.show()
+    state = {"open": True, "timer": 0, "busy": False, "again": False, "text": None}
+    try:
+        python = _engine_python()
+    except hl.HostError:
+        python = None
+
+    def show(text):
+        if state["open"] and text != state["text"]:
+            state["text"] = text
+            label.set_text(text)
+            _record_timing("estimate-label", 0.0, {"text": text})
+
+    def work(plan):
+        answer = hl.estimate(plan, python) if plan is not None and python else None
+        if answer is not None:
+            text = hl.estimate_label(answer)
+        elif plan is None:
+            text = "Estimated cost: nothing to send yet"
+        else:
+            text = "Estimated cost: not available (the engine did not answer); the run still asks above your limit"
+        GLib.idle_add(done, text)
+
+    def done(text):
+        state["busy"] = False
+        show(text)
+        if state["again"]:
+            state["again"] = False
+            ask()
+        return False
+
+    def ask():
+        state["timer"] = 0
+        if not state["open"]:
+            return False
+        if state["busy"]:  # asked again when the answer in flight is in
+            state["again"] = True
+            return False
+        state["busy"] = True
+        try:
+            plan = estimate.plan(_values(config, proc))
+        except Exception:  # noqa: BLE001 - a value the workflow refuses: the run will say why
+            plan = None
+        threading.Thread(target=work, args=(plan,), name="gimp-openai-estimate", daemon=True).start()
+        return False
+
+    def changed(_config, pspec):
+        if pspec.name.replace("-", "_") in flow.DialogEstimate.VALUES and state["open"]:
+            if state["timer"]:
+                GLib.source_remove(state["timer"])
+            state["timer"] = GLib.timeout_add(300, ask)
+
+    handler = config.connect("notify", changed)
+
+    def closed(_widget):
+        state["open"] = False
+        if state["timer"]:
+            GLib.source_remove(state["timer"])
+            state["timer"] = 0
+        config.disconnect(handler)
+
+    label.connect("destroy", closed)
+    ask()
+    return label
 
 
 def _record_layout(dialog, Gtk):
