@@ -384,7 +384,9 @@ def test_batch_shut_down_model_asks_once(gimp, start_local_server):
     assert used and used != "gpt-image-1.5", shown.stdout
 
 
-MENU_ORDER = ["Edit Selection", "Variations", "Generate", "Batch over Open Images", "Settings"]
+#: The menu's first entries as an artist opens them from the keyboard (the result pickers that follow need
+#: results, and Settings comes last: tests/gimp2/test_dialog_layout.py checks the sections' order).
+MENU_ORDER = ["Edit Selection", "Variations", "Generate", "Expand Canvas", "Batch over Open Images"]
 LAYOUT_CODE = IMAGE + r'''
 img, lay = make_image()
 mark("menu", {"image": img.get_id()})
