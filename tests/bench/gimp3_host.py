@@ -53,6 +53,7 @@ for size in SIZES:
     err = result.index(1) if result.length() > 1 and status != "success" else None
     print("RES " + json.dumps({"size": size, "status": status, "error": err, "seconds": secs}), flush=True)
     img.delete()
+    time.sleep(2.0)  # an artist's pause: the engine a run leaves behind is ready for the next (~0.5 s)
 '''
 
 
