@@ -204,7 +204,8 @@ def exact_check(img, timings_path):
             else:
                 layers[l.get_name()] = l
     walk(img.get_layers())
-    pngs = sorted(p for p in glob.glob(os.path.join(workdir, "out", "*.png")) if not p.endswith("-mask.png"))
+    pngs = sorted(p for p in glob.glob(os.path.join(workdir, "out", "*.png"))
+                  if not p.endswith("-mask.png") and "partial" not in os.path.basename(p))  # previews: not results
     checks = []
     for png in pngs:
         want = Image.open(png).convert("RGBA")

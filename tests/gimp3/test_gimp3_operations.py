@@ -255,7 +255,7 @@ def case(name, img, lay):
         ok, x, y = r.get_offsets()
         w, h = r.get_width(), r.get_height()
         workdir = [json.loads(l)["path"] for l in open("/gimp-openai-work/types.jsonl") if '"workdir"' in l][-1]
-        png = [p for p in glob.glob(workdir + "/out/*.png") if not p.endswith("-mask.png")][0]
+        png = [p for p in glob.glob(workdir + "/out/*.png") if not p.endswith("-mask.png") and "partial" not in p][0]
         want = Image.open(png).convert("RGBA")
         if img.get_base_type() == Gimp.ImageBaseType.GRAY:
             got = pixels(r, 0, 0, w, h, "Y'A u8")

@@ -81,6 +81,10 @@ class GuiGimp:
         self.env = dict(env or {})
         self.env["GUI_FLAGS"] = chroot.inside(self.flags)
         self._write_gimprc()
+        # every dialog test starts from the manifest's defaults, not from what an earlier test typed or failed
+        for remembered in [*chroot.user_dir.glob("gimp-openai-unsaved-*.json"),
+                           *chroot.user_dir.glob("plug-in-settings/*openai*")]:
+            remembered.unlink()
         script = self.dir / "batch.py"
         script.write_text(PRELUDE + textwrap.dedent(code), encoding="utf-8")
         inner = chroot.inside(script)
