@@ -242,7 +242,7 @@ def gimp2_host():
 def edit_args(prompt: str = "a red kite", **kw) -> list:
     values = dict(prompt=prompt, model="gpt-image-2", n=N, quality="low", size_mode="auto", background="auto",
                   feather=0.0, context_padding=0.25, add_mask=True, align=False, tone_match=False, blend="feather",
-                  whole_layer=False)
+                  partial_images=0, whole_layer=False)
     values.update(kw)
     return [values[p["name"]] for p in MANIFEST["procedures"][0]["params"]]
 
