@@ -503,13 +503,9 @@ def write_layers(out: Path, stem: str, original: np.ndarray, outputs: Sequence[o
 
 def total_cost(written: Sequence[Written]) -> Any:
     """The sum of the runs' costs (None when no answer carried usage)."""
-    costs = [w.cost for w in written if w.cost is not None]
-    if not costs:
-        return None
-    total = costs[0]
-    for cost in costs[1:]:
-        total = total.add(cost)
-    return total
+    from gimp_openai.pricing import add_costs
+
+    return add_costs(w.cost for w in written)
 
 
 def report(written: list[Written], args: argparse.Namespace) -> None:

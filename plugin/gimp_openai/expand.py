@@ -276,13 +276,9 @@ class ExpandOutcome:
 
     @property
     def cost(self) -> Any:
-        costs = [c for c in self.costs if c is not None]
-        if not costs:
-            return None
-        total = costs[0]
-        for cost in costs[1:]:
-            total = total.add(cost)
-        return total
+        from gimp_openai.pricing import add_costs
+
+        return add_costs(self.costs)
 
     def composite(self, old_pixels: np.ndarray) -> np.ndarray:
         """The whole new canvas as GIMP shows it: old pixels where they were, the layer through its mask."""

@@ -664,9 +664,9 @@ def _job(path: str, writer: LineWriter, context: Session, **tags: Any) -> int:
     costs = [r.pop("_cost") for r in results if r.get("_cost") is not None]
     for r in results:
         r.pop("_cost", None)
-    total = None
-    for cost in costs:
-        total = cost if total is None else total.add(cost)
+    from gimp_openai.pricing import add_costs
+
+    total = add_costs(costs)
     writer.write(_result(ok, results, error, model=job.options.model, warnings=warnings,
                          cost=total.to_dict() if total is not None else None, **tags))
     return EXIT_OK

@@ -272,6 +272,15 @@ class Cost:
         return f"{dollars(self.usd)} ({tokens}{when})"
 
 
+def add_costs(costs: Iterable[Cost | None]) -> Cost | None:
+    """The sum of several requests' costs, None when none of them carried usage."""
+    total: Cost | None = None
+    for cost in costs:
+        if cost is not None:
+            total = cost if total is None else total.add(cost)
+    return total
+
+
 def dollars(usd: float) -> str:
     """``$0.21``, ``$0.0532``, ``$12.40``: enough digits that a one-image figure is not shown as $0.00."""
     if usd >= 1:
