@@ -741,9 +741,9 @@ def _send_edit(
     markup = options.markup
     image_png = imaging.encode_upload_png(pixels, limit=family.max_upload_bytes or None)
     if markup is not None:
-        mask_png = imaging.encode_png(markup_target(markup, plan))
+        mask_png = imaging.encode_upload_png(markup_target(markup, plan))
     else:
-        mask_png = imaging.encode_png(masks.api_mask(sel_target, plan.target), png_filter="up")
+        mask_png = imaging.encode_upload_png(masks.api_mask(sel_target, plan.target))
     check_upload_size(image_png, family, "the image sent to the model")
     size = f"{plan.target[0]}x{plan.target[1]}"
     kwargs: dict[str, Any] = dict(

@@ -530,6 +530,7 @@ class EngineSession(object):
         if self.proc is None:
             self._start()
         line = json.dumps({"cmd": command, "path": to_text(path)}) + "\n"
+        trace("send " + command)
         try:
             self.proc.stdin.write(line.encode("utf-8"))
             self.proc.stdin.flush()
@@ -539,6 +540,7 @@ class EngineSession(object):
             if on_sent is not None:
                 on_sent()
             for obj in json_lines(self.proc.stdout):
+                trace("engine %s %s" % (obj.get("phase") or "answer", obj.get("message") or ""))
                 if is_answer(obj):
                     return obj
                 if on_line is not None:
@@ -586,6 +588,15 @@ class EngineSession(object):
 
 #: (python, process, stderr file) of the engine session started with the plug-in (prestart_engine)
 _PRESTARTED = []
+
+
+def trace(event):
+    """A timestamped line in the file ``GIMP_OPENAI_HOST_TIMINGS`` names (set by the benchmarks, never by an
+    install): where a run's time goes, phase by phase, in the process that runs it."""
+    path = os.environ.get("GIMP_OPENAI_HOST_TIMINGS")
+    if path:
+        with open(path, "a") as handle:
+            handle.write(json.dumps({"what": "trace", "event": event, "t": time.time()}) + "\n")
 
 
 def prestart_engine(python_dirs=None):

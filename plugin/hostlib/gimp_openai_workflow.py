@@ -596,7 +596,9 @@ class Workflow(object):
                 job = job_options(self.proc, operation, self.values)
                 job["model"] = answer.get("model") or job.get("model", u"")
                 job["source_name"] = items[0].name if len(items) == 1 else u""
+                hl.trace("export")
                 job["items"] = self.export(items, answer, workdir, operation)
+                hl.trace("exported")
                 if operation == "edit" and self.operation == "edit":
                     self.add_references(job["items"], items[0].target, workdir)
                 self.adapter.progress(0.0, u"OpenAI: sending %d request(s), %s" % (len(items), price))
@@ -608,6 +610,8 @@ class Workflow(object):
                 failed = gone or (not result.get("items") and result.get("error"))
                 if not failed:  # in the session: killed while inserting, the engine cleans up and remembers
                     report = self.insert_items(items, result, job["model"], operation)
+                    hl.trace("inserted")
+            hl.trace("engine done")
             if not failed:  # after done: a Cancel now would cost nothing
                 # what alignment and tone match corrected (in each parasite too) and what the run cost
                 status = u"; ".join(r for r in [report, self.cost_text(result)] if r)
