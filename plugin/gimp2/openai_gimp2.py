@@ -92,7 +92,12 @@ _PROCS = {}
 
 
 def register_all(manifest=None):
-    """Register every manifest procedure with gimpfu, under the manifest's GIMP 2 menu."""
+    """Register every manifest procedure with gimpfu, under the manifest's GIMP 2 menu, flat: GIMP 2.10 lists
+    a menu's entries sorted by their label (plug_in_menus_setup and plug_in_menus_tree_insert in
+    app/menus/plug-in-menus.c, a g_utf8_collate_key of path + label) and takes a menu path literally, so the
+    manifest's sections cannot order it; a section as a submenu would sit above the entries (the only separator
+    GIMP 2.10 draws in a plug-in's menu follows its submenus, plug_in_menus_build_path), results before the
+    actions and Settings still among them."""
     manifest = manifest or host.load_manifest(host.find_manifest(SUPPORT_DIRS))
     for proc in manifest["procedures"]:
         _PROCS[str(proc["name"])] = proc

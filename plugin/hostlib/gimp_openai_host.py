@@ -179,6 +179,36 @@ def procedure(manifest, name):
     raise KeyError(name)
 
 
+def menu_order(manifest):
+    """The menu as the artist should read it: [(section, [procedure names])], the sections in the order of
+    the manifest's ``menu.sections`` (actions, results, setup) and, within one, the procedures in the
+    manifest's order. A procedure whose ``menu_section`` is not listed is a manifest error, said at once."""
+    sections = list(manifest.get("menu", {}).get("sections") or [])
+    groups = dict((s, []) for s in sections)
+    for proc in manifest["procedures"]:
+        section = proc.get("menu_section")
+        if section not in groups:
+            raise ValueError("manifest procedure %s has menu_section %r, not one of %s"
+                             % (proc["name"], section, ", ".join(sections)))
+        groups[section].append(proc["name"])
+    return [(s, groups[s]) for s in sections if groups[s]]
+
+
+def menu_place(manifest, name):
+    """Where procedure ``name`` sits in the menu as a tag that sorts the same in every locale:
+    ``<section number>-<two-digit position>-<section>``, e.g. ``1-04-actions``. GIMP 3 sorts a plug-in's
+    entries by g_utf8_collate_key of their menu path (app/menus/plug-in-menus.c), which in most locales skips
+    punctuation ("3b-x" before "3-y" in en_US, after it in C); fixed-width digits decide the order before any
+    punctuation is compared."""
+    for s, (section, names) in enumerate(menu_order(manifest), 1):
+        if name in names:
+            position = names.index(name) + 1
+            if s > 9 or position > 99:
+                raise ValueError("the menu has too many sections or entries for a fixed-width place")
+            return "%d-%02d-%s" % (s, position, section)
+    raise KeyError(name)
+
+
 def public_params(proc):
     """Parameters that are PDB arguments: everything except secrets (asked in a hidden field instead)."""
     return [p for p in proc["params"] if not p.get("secret")]

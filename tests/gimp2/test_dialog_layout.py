@@ -5,6 +5,7 @@ and the GIMP 2.10 registration following all of it (gimpfu's dialog is its param
 import json
 import os
 import re
+import sys
 
 import pytest
 
@@ -72,12 +73,49 @@ def test_labels_say_what_the_numbers_are():
                 assert p["value_labels"] == {"feather": "Soft edge", "poisson": "Seamless (gradient-domain)"}
 
 
-def test_menu_sections_order_actions_then_settings():
-    ordered = [p["operation"] for p in sorted(PROCS, key=lambda p: p["menu_section"])]
-    assert ordered == ["edit", "variation", "generate", "expand", "batch", "pick", "next", "history", "settings"]
-    setup = {p["menu_section"].split("-", 1)[1] for p in PROCS if p["operation"] == "settings"}
-    actions = {p["menu_section"].split("-", 1)[1] for p in PROCS if p["operation"] != "settings"}
-    assert setup.isdisjoint(actions)
+#: The menu an artist reads: what GIMP 3 shows (tests/gimp3/test_menu.py opens it), in three groups.
+MENU = [("actions", ["edit", "variation", "generate", "expand", "batch"]),
+        ("results", ["pick", "next", "history"]),
+        ("setup", ["settings"])]
+
+
+def test_menu_groups_actions_then_results_then_settings():
+    sys.path.insert(0, os.path.join(ROOT, "plugin", "hostlib"))
+    import gimp_openai_host as host
+
+    by_name = {p["name"]: p["operation"] for p in PROCS}
+    order = host.menu_order(MANIFEST)
+    assert [(s, [by_name[n] for n in names]) for s, names in order] == MENU
+    assert sorted(n for _, names in order for n in names) == sorted(by_name)  # each procedure once
+    broken = dict(MANIFEST, procedures=[dict(PROCS[0], menu_section="tools")] + PROCS[1:])
+    with pytest.raises(ValueError, match="menu_section 'tools', not one of actions, results, setup"):
+        host.menu_order(broken)
+
+
+def _punctuation_skipped(text):
+    """What most locales' collation compares first (glibc's iso14651: punctuation and case come later)."""
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
+def test_menu_places_sort_alike_in_every_locale():
+    """GIMP 3 orders entries by g_utf8_collate_key of the menu path: byte order in C, punctuation skipped in
+    en_US or de_DE. The places give the menu's order both ways (the old "3b-images" put Expand Canvas after
+    Generate in C and before it in en_US)."""
+    sys.path.insert(0, os.path.join(ROOT, "plugin", "hostlib"))
+    import gimp_openai_host as host
+
+    wanted = [n for _, names in host.menu_order(MANIFEST) for n in names]
+    keys = {p["name"]: f"/Filters/OpenAI/[{host.menu_place(MANIFEST, p['name'])}]/{p['label']}{p['name']}"
+            for p in PROCS}
+    assert sorted(wanted, key=lambda n: keys[n]) == wanted
+    assert sorted(wanted, key=lambda n: _punctuation_skipped(keys[n])) == wanted
+    assert host.menu_place(MANIFEST, "python-fu-openai-expand-canvas") == "1-04-actions"
+    assert host.menu_place(MANIFEST, "python-fu-openai-settings") == "3-01-setup"
+
+
+def test_gimp2_menu_is_one_flat_path():
+    """GIMP 2.10 takes a menu path literally: a bracketed section would become a submenu named "[…]"."""
+    assert "[" not in MANIFEST["menu"]["gimp2"]
 
 
 def test_gimp2_registration_follows_the_sections(g2):

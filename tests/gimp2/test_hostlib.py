@@ -125,9 +125,9 @@ def test_manifest_loads_and_secret_params_are_not_pdb_arguments():
     manifest = host.load_manifest()
     names = [p["name"] for p in manifest["procedures"]]
     assert names == ["python-fu-openai-edit-selection", "python-fu-openai-variations",
-                     "python-fu-openai-generate", "python-fu-openai-batch", "python-fu-openai-pick-result",
-                     "python-fu-openai-next-result", "python-fu-openai-history", "python-fu-openai-settings",
-                     "python-fu-openai-expand-canvas"]
+                     "python-fu-openai-generate", "python-fu-openai-expand-canvas", "python-fu-openai-batch",
+                     "python-fu-openai-pick-result", "python-fu-openai-next-result", "python-fu-openai-history",
+                     "python-fu-openai-settings"]
     settings = host.procedure(manifest, "python-fu-openai-settings")
     assert "api_key" not in [p["name"] for p in host.public_params(settings)]
     edit = host.defaults(host.procedure(manifest, "python-fu-openai-edit-selection"))

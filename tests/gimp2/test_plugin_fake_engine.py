@@ -290,7 +290,7 @@ def batch_args(**kw):
                   feather=0.0, context_padding=0.25, add_mask=True, align=True, tone_match=True, blend="feather",
                   no_selection="whole layer", variation_prompt="v", concurrency=4)
     values.update(kw)
-    return [values[p["name"]] for p in MANIFEST["procedures"][3]["params"]]
+    return [values[p["name"]] for p in next(q for q in MANIFEST["procedures"] if q["operation"] == "batch")["params"]]
 
 
 def test_batch_one_failure_leaves_the_others_done(g2, fake_engine, monkeypatch):

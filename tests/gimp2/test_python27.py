@@ -36,7 +36,9 @@ out = {"version": list(sys.version_info[:2]), "regs": regs,
        "name": host.layer_name(u"a red\nkite sk-abcdefghijkl \u00e9t\u00e9", 2, 3),
        "png": bytearray(host.png_bytes(2, 1, b"\x01\x02\x03\x04\x05\x06\x07\x08", 4)).decode("latin-1"),
        "rgba": bytearray(host.to_rgba(b"\x01\x02\x03", 3)).decode("latin-1"),
-       "error": host.describe_error({"message": "m", "hint": "h", "saved": ["/a.png"]})}
+       "error": host.describe_error({"message": "m", "hint": "h", "saved": ["/a.png"]}),
+       "places": [host.menu_place(host.load_manifest("/W/manifest/procedures.json"), n)
+                  for n in sorted(gimpfu._registered_plugins_)]}
 sys.stdout.write(json.dumps(out))
 '''
 
@@ -82,3 +84,4 @@ def test_host_registers_the_manifest_under_python27(tmp_path):
     assert out["png"].encode("latin-1") == host.png_bytes(2, 1, b"\x01\x02\x03\x04\x05\x06\x07\x08", 4)
     assert out["rgba"].encode("latin-1") == b"\x01\x02\x03\xff"
     assert out["error"] == host.describe_error({"message": "m", "hint": "h", "saved": ["/a.png"]})
+    assert out["places"] == [host.menu_place(manifest, n) for n in sorted(out["regs"])]

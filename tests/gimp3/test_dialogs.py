@@ -399,8 +399,8 @@ def test_batch_shut_down_model_asks_once(gimp, start_local_server):
     assert used and used != "gpt-image-1.5", shown.stdout
 
 
-#: The menu's first entries as an artist opens them from the keyboard (the result pickers that follow need
-#: results, and Settings comes last: tests/gimp2/test_dialog_layout.py checks the sections' order).
+#: The menu's first entries, whose dialogs this test looks at (tests/gimp3/test_menu.py runs every entry, the
+#: result pickers and Settings too, in en_US, and checks the whole order).
 MENU_ORDER = ["Edit Selection", "Variations", "Generate", "Expand Canvas", "Batch over Open Images"]
 LAYOUT_CODE = IMAGE + r'''
 img, lay = make_image()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import stat
+import sys
 
 import pytest
 
@@ -13,6 +14,9 @@ from tests.support.gimp3 import REPO
 from tests.support.wire_server import Reply, WireServer
 
 pytestmark = [pytest.mark.gimp3]
+sys.path.insert(0, str(REPO / "plugin" / "hostlib"))
+import gimp_openai_host as host  # noqa: E402
+
 MANIFEST = json.loads((REPO / "manifest" / "procedures.json").read_text(encoding="utf-8"))
 
 # Builds, inside GIMP, a 200x150 image whose one layer (160x120, a colour ramp) sits at offset (30, 20),
@@ -96,7 +100,8 @@ for name in %r:
         expected += [q["name"].replace("_", "-") for q in p["params"] if not q.get("secret")]
         assert d["args"] == expected
         assert d["label"] == p["label"]
-        assert d["menus"] == [f"{MANIFEST['menu']['gimp3']}/[{p['menu_section']}]"]  # sections order the menu
+        # the place (section number, position, section) orders the menu: tests/gimp3/test_menu.py opens it
+        assert d["menus"] == [f"{MANIFEST['menu']['gimp3']}/[{host.menu_place(MANIFEST, p['name'])}]"]
         assert "api-key" not in d["args"]  # the key is never a PDB argument
 
 

@@ -252,7 +252,7 @@ def batch_args(**kw) -> list:
                   feather=0.0, context_padding=0.25, add_mask=True, align=False, tone_match=False, blend="feather",
                   no_selection="whole layer", variation_prompt="v", concurrency=4)
     values.update(kw)
-    return [values[p["name"]] for p in MANIFEST["procedures"][3]["params"]]
+    return [values[p["name"]] for p in next(q for q in MANIFEST["procedures"] if q["operation"] == "batch")["params"]]
 
 
 def make_image(g2, width: int, height: int, name: str = "photo.xcf", seed: int = 0):

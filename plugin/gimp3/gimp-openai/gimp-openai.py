@@ -73,14 +73,14 @@ def _choice(param):
 
 
 def menu_path(manifest, proc):
-    """Where the procedure sits: the manifest's menu plus its section in brackets. GIMP 3 sorts a plug-in's
-    menu entries by their full path before it adds them, and a bracketed section it does not know adds no
-    submenu (gimp_procedure_add_menu_path, app/menus/plug-in-menus.c), so the sections put the actions in
-    the manifest's order (Edit Selection, Variations, Generate, Batch) and Settings last, instead of the
-    labels' alphabetical order."""
+    """Where the procedure sits: the manifest's menu, then its place (hl.menu_place) as a bracketed last part.
+    GIMP 3 reads a last "[name]" as a named section (gimp_utils_break_menu_path); a submenu a plug-in makes
+    has no named sections (only GIMP's menus/*.ui files declare them), so the entry goes straight into the
+    menu (gimp_menu_model_ui_added) and the name only orders it: GIMP adds a plug-in's entries sorted by the
+    collation key of path + label (plug_in_menus_setup, plug_in_menus_tree_insert), so actions, then results,
+    then Settings. Separators come only from those .ui sections: none between the groups."""
     base = manifest.get("menu", {}).get("gimp3", "<Image>/Filters/OpenAI")
-    section = proc.get("menu_section")
-    return f"{base}/[{section}]" if section else base
+    return f"{base}/[{hl.menu_place(manifest, proc['name'])}]"
 
 
 def add_params(procedure, proc):
@@ -146,6 +146,7 @@ class OpenAIPlugIn(Gimp.PlugIn):
     def _run(self, procedure, run_mode, config, proc, image, drawables):
         hl.trace("run")
         interactive = run_mode == Gimp.RunMode.INTERACTIVE
+        _record_timing("run", 0.0, {"procedure": proc["name"], "interactive": interactive})
         unsaved = UnsavedValues(proc)
         try:
             if interactive and proc["operation"] == "settings":
