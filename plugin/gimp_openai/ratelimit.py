@@ -8,9 +8,11 @@ as ``1s``, ``6m0s``, ``12ms``, ``1h2m3.5s``) and the same three for ``-tokens``;
 collects 429s, each retried after ``retry-after`` with no regard for the other items.
 
 One :class:`Pacer` per base URL in the process (:func:`pacer_for`), shared by every item of a batch: before a
-request is sent it takes its units (1 request, n images, 1 token) from what the last answer said remains, less
-what was sent since; when a budget is spent it waits until the units it needs are back (at the rate the
-answer implies, or at the reset for a server that refills all at once), then goes on. An answer read out of order
+request is sent it takes its units (1 request, n images, and its estimated tokens: pricing.request_tokens, the
+prompt, the uploads and n images at the size and quality asked) from what the last answer said remains, less
+what was sent since; when a budget has less than the request needs it waits until the units it needs are back
+(at the rate the answer implies, or at the reset for a server that refills all at once), then goes on: a
+request of 4,000 tokens does not go with 3,000 left only to be answered 429. An answer read out of order
 (an older request's) never overwrites newer knowledge. Without headers nothing is paced, and a
 429 with ``retry-after`` is still retried by the client as before: the pacer only makes it rare.
 """

@@ -180,3 +180,41 @@ def test_batch_paces_to_the_servers_rate_limit_without_429s(start_local_server, 
     assert statuses.get("200") == 12
     ideal = (12 - 4) / 2.0  # seconds the limit needs to admit 12 from a full bucket of 4
     assert wall >= ideal  # it did wait for the budget
+    print(f"\n12 edits at 4 images per 2 s: {wall:.2f} s (ideal {ideal:.1f} s + startup), 429s: "
+          f"{statuses.get('429', 0)}")
+
+
+@pytest.mark.slow
+def test_batch_paces_to_the_token_budget_before_it_is_spent(start_local_server, tmp_path):
+    """16 edits at concurrency 4 against a tokens-per-minute budget of 4 requests' worth: each request waits
+    until its own estimated tokens are back (not until the budget is spent), so none is answered 429 and the
+    requests reach the server at the budget's pace: the last arrives within 1.15 x the ideal (the tokens beyond
+    the first full budget, at its refill rate)."""
+    calibrate = start_local_server("--rate-limit-tokens", str(10**9))
+    sources = images(tmp_path / "in", 16, size=128)
+    one = cli("--json", "edit", sources[0], *EDIT, "--out", str(tmp_path / "calibrate"), server=calibrate)
+    assert one.returncode == 0, one.stderr
+    (entry,) = [r for r in calibrate.stats()["requests"] if r.get("endpoint") == "edits"]
+    per_request = entry["rate_tokens"]  # the server's count (pricing.request_tokens on what it received)
+    estimate = json.loads(one.stdout)["results"][0]["estimate"]
+    assert estimate["input_tokens"] + estimate["output_tokens"] == per_request  # the client's own estimate
+    window = 3.0
+    budget = 4 * per_request  # the first 4 fit at once, then one every per_request / rate seconds
+    server = start_local_server("--rate-limit-tokens", str(budget), "--rate-window", str(window), "--latency", "0.2")
+    started = time.monotonic()
+    proc = cli("--json", "batch", *sources, *EDIT, "--concurrency", "4", "--out", str(tmp_path / "out"),
+               server=server)
+    wall = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert len(answer["results"]) == 16 and answer["failed"] == []
+    stats = server.stats()
+    assert stats["statuses"].get("429", 0) == 0, stats["statuses"]
+    edits = sorted((r for r in stats["requests"] if r.get("endpoint") == "edits"), key=lambda r: r["time"])
+    assert len(edits) == 16 and {r["rate_tokens"] for r in edits} == {per_request}
+    rate = budget / window
+    ideal = (16 * per_request - budget) / rate  # 3 windows: 12 requests' tokens at the refill rate
+    span = edits[-1]["time"] - edits[0]["time"]
+    assert ideal * 0.98 <= span <= 1.15 * ideal, (span, ideal)
+    print(f"\n16 edits of {per_request} tokens against {budget} tokens per {window:.0f} s: requests spread over "
+          f"{span:.2f} s (ideal {ideal:.2f} s, x{span / ideal:.3f}); CLI wall {wall:.2f} s; 0 answered 429")
