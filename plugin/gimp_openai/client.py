@@ -897,9 +897,12 @@ class ImagesClient:
             data: Any = None
             if body is not None:
 
-                def report(fraction: float, attempt: int = attempt, deadline: transport.Deadline = deadline) -> None:
+                def report(fraction: float, attempt: int = attempt, deadline: transport.Deadline = deadline,
+                           number: int | None = sent) -> None:
                     self._emit(on_event, ClientEvent("sending", f"Sending {fraction:.0%}", attempt, fraction))
                     if fraction >= 1.0:
+                        if number is not None:  # the server may count it from now on (ratelimit.Pacer.observe)
+                            self.pacer.uploaded(number)
                         deadline.restart(cfg.read_timeout + DEADLINE_GRACE)
                         self._emit(on_event, ClientEvent("waiting", "Waiting for the server", attempt))
 

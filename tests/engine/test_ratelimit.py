@@ -207,11 +207,34 @@ def test_concurrent_sends_count_against_the_budget_and_old_answers_do_not_overwr
     # the third's answer (newer) arrives, then the second's (older) must not raise the budget again
     p.observe(numbers[2], {"x-ratelimit-limit-requests": "4", "x-ratelimit-remaining-requests": "1",
                            "x-ratelimit-reset-requests": "45s"})
+    # 1 left, less the fourth (sent later) and the second (sent earlier, but its body is not known to have
+    # reached the server before the third's: threads race), both still outstanding
+    assert p.snapshot()["requests"]["remaining"] == -1
     p.observe(numbers[1], {"x-ratelimit-limit-requests": "4", "x-ratelimit-remaining-requests": "2",
                            "x-ratelimit-reset-requests": "30s"})
-    assert p.snapshot()["requests"]["remaining"] == 0  # 1 left, less the fourth still outstanding
+    assert p.snapshot()["requests"]["remaining"] == -1  # an older answer: nothing adopted
     p.release(fourth)
-    assert not p.snapshot()["requests"]["remaining"]
+    assert p.snapshot()["requests"]["remaining"] == -1  # released units stay spent (the server may count them)
+
+
+@pytest.mark.parametrize("uploads, remaining", [
+    ((), 0),  # no body known sent: #1, #2 and #4 may all be uncounted
+    ((3,), 0),  # only the answered one's
+    ((1, 2, 3), 200),  # #1 and #2 were all sent before #3: the server counted them; #4 not
+    ((1, 3, 2), 100),  # #2's body went after #3's: perhaps not counted
+    ((1, 2, 4, 3), 200),  # #4 was sent after #3: never counted in #3's answer, whatever its upload
+])
+def test_an_earlier_send_counts_as_spent_unless_its_body_went_before(uploads, remaining):
+    """Four sends of 100 tokens race to a budget of 400; #3's answer says 300 left. What the server had
+    counted then depends on which bodies it had read: those all sent before #3's were counted."""
+    clock = FakeClock()
+    p = pacer(clock)
+    numbers = [p.acquire({"tokens": 100}) for _ in range(4)]
+    for k in uploads:
+        p.uploaded(numbers[k - 1])
+    p.observe(numbers[2], {"x-ratelimit-limit-tokens": "400", "x-ratelimit-remaining-tokens": "300",
+                           "x-ratelimit-reset-tokens": "15s"})
+    assert p.snapshot()["tokens"]["remaining"] == remaining
 
 
 def test_one_pacer_per_base_url_shared_by_clients():

@@ -400,18 +400,24 @@ class Handler(BaseHTTPRequestHandler):
             entry["error"] = {"code": bug.code, "param": bug.param, "type": bug.type}
             delivery = []
             _report_bug(exc)
-        headers.update(entry.pop("_ratelimit", None) or {})
+        limits = entry.pop("_ratelimit", None) or {}
+        headers.update(limits)
+        fresh = status == 200 and bool(limits)  # admitted under the limits
         entry["status"] = status
         entry["seconds"] = round(time.monotonic() - started, 4)
         self.server.stats.record({k: v for k, v in entry.items() if not k.startswith("_")})
         delay = self._latency(delivery)
         headers["openai-version"] = "2020-10-01"
         if isinstance(body, StreamAnswer):  # the latency is spread over the events, not waited up front
+            if fresh:
+                headers.update(self.server.limiter.current())
             headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
             self._send_stream(body, delay, headers, delivery)
             return
         if delay > 0:
             self.server.stopping.wait(delay)
+        if fresh:  # the budgets as they are when the answer goes, not as they were when the request came
+            headers.update(self.server.limiter.current())
         headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
         self._send(status, body, content_type, headers, delivery)
 

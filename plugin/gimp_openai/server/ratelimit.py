@@ -6,7 +6,8 @@ that start full and refill continuously (limit / 60 per second), as OpenAI's do:
 time until the bucket is full again ("the time until the rate limit resets to its initial state"), written as a
 Go duration (``1s``, ``6m0s``, ``120ms``). Every images answer carries ``x-ratelimit-limit-*``,
 ``x-ratelimit-remaining-*`` and ``x-ratelimit-reset-*`` for each configured limit; a request that does not fit is
-answered 429 ``rate_limit_exceeded`` with ``retry-after`` (seconds until it would fit) and takes nothing. A request's
+answered 429 ``rate_limit_exceeded`` with ``retry-after`` (seconds until it would fit) and takes nothing; an answer
+that was admitted carries the budgets as they stand when it is sent. A request's
 tokens are counted when it arrives (pricing.request_tokens: its prompt, uploads, and n images at the size and
 quality asked), as OpenAI counts them against TPM before the answer's ``usage`` is known.
 ``--rate-window SECONDS`` shortens the minute for tests (4 per 2 s: the rate of 120 a minute, a bucket of 4).
@@ -118,6 +119,12 @@ class RateLimiter:
             f"Used {used}, Requested {units[bucket.kind]}. Please try again in {go_duration(wait)}.",
             type="requests", code="rate_limit_exceeded", headers=headers,
         )
+
+    def current(self) -> dict[str, str]:
+        """The headers as the budgets stand now: an answer that took a while to paint says what is left when it
+        is sent (a client paces from the moment it reads them)."""
+        with self._lock:
+            return self._headers()
 
     def _headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
