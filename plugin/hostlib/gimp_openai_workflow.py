@@ -292,7 +292,7 @@ class DialogEstimate(object):
 
     #: the dialog's values the estimate depends on: a change of any of them asks the engine again
     VALUES = ("n", "quality", "model", "size_mode", "size", "prompt", "variation_prompt", "batch_operation",
-              "no_selection", "context_padding", "whole_layer", "target")
+              "no_selection", "context_padding", "whole_layer", "target", "sides", "amount", "aspect", "band")
 
     def __init__(self, adapter, proc, image=None, drawables=None):
         self.proc, self.operation = proc, proc["operation"]
@@ -301,7 +301,7 @@ class DialogEstimate(object):
             self.targets = [adapter.target(image, drawables)]
         elif self.operation == "batch":
             self.targets = adapter.open_targets()
-        elif self.operation == "generate" and image is not None:
+        elif self.operation in ("generate", "expand") and image is not None:
             width, height = adapter.image_size(image)
             self.canvas = {"width": int(width), "height": int(height)}
         self.targets = [t for t in self.targets if self._usable(t)]
@@ -322,6 +322,8 @@ class DialogEstimate(object):
             if self.canvas and plan["size"] == u"auto" and values.get("target") != "new image":
                 plan["canvas"] = self.canvas
             return plan
+        if self.operation == "expand":  # the tiles of the grown canvas (its pixels are read when it runs)
+            return workflow.expand_plan(workflow.expand_job(), self.canvas) if self.canvas else None
         if self.operation not in ("edit", "variation", "batch"):
             return None
         items = []
@@ -547,6 +549,8 @@ class Workflow(object):
             return words  # the same run again (its model was replaced), at no more than the artist agreed to
         images = int(estimate.get("images") or 0)
         what = u"%d image%s" % (images, u"" if images == 1 else u"s")
+        if estimate.get("tiles"):  # Expand Canvas: one request per tile
+            what = u"%d request%s" % (int(estimate["tiles"]), u"" if int(estimate["tiles"]) == 1 else u"s")
         limit = hl.dollars(estimate.get("max_cost") or 0.0)
         if not self.adapter.interactive:
             raise Refusal(u"Not sent: this run (%s) is estimated at %s, above your cost limit of %s." %
@@ -761,6 +765,16 @@ class Workflow(object):
         job["margins"] = dict((side, amount if side in sides else 0) for side in ("left", "top", "right", "bottom"))
         return job
 
+    def expand_plan(self, job, canvas, image=None):
+        """The plan whose estimate is the expansion's: the canvas's size, the margins (or aspect and sides) and
+        what prices a tile; ``image``: the exported picture beside the plan (its transparent pixels need tiles)."""
+        plan = dict((k, v) for k, v in job.items() if k in ("model", "quality", "prompt", "band", "margins",
+                                                              "aspect", "sides"))
+        plan.update(operation="expand", canvas=dict(canvas), n=1, size_mode="auto")
+        if image:
+            plan["image"] = image
+        return plan
+
     def run_expand(self, image, drawables):
         """Expand Canvas: the canvas grows and the model paints the new area from the picture as it shows; the
         old layers keep their pixels and size, the new area (and canvas left transparent) is one layer with an
@@ -778,8 +792,15 @@ class Workflow(object):
             job["items"] = [{"id": u"img-1", "image": u"img-1.png"}]
             job["source_name"] = target.name
             job["add_mask"] = True
-            self.adapter.progress(0.0, u"OpenAI: expanding the canvas")
             with hl.EngineSession(python=self.python) as session:
+                # what every tile of the grown canvas should cost, asked about above the limit like an edit
+                answer = hl.plan(self.expand_plan(job, {"width": int(width), "height": int(height)}, u"img-1.png"),
+                                 workdir, session=session,
+                                 on_sent=lambda: self.adapter.progress(0.0, u"OpenAI: planning"))
+                self.heard(answer)
+                price = self.confirm_cost(answer)
+                job["model"] = answer.get("model") or job.get("model", u"")  # the model estimated is the one used
+                self.adapter.progress(0.0, u"OpenAI: expanding the canvas, %s" % price)
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
                 self.heard(result)
                 gone = hl.model_gone(result)
