@@ -339,6 +339,11 @@ class DialogEstimate(object):
         return workflow.plan_dict(operation, items) if items else None
 
 
+def _plain_number(number):
+    """``100000.0`` -> ``100,000``; ``0.5`` -> ``0.5``."""
+    return u"{:,.0f}".format(number) if float(number).is_integer() else u"%g" % number
+
+
 def check_prompt(operation, values):
     if operation in ("edit", "generate") and not hl.clean_line(values.get("prompt", u"")):
         what = u"the image to generate" if operation == "generate" else u"what the selection should become"
@@ -765,6 +770,20 @@ class Workflow(object):
         job["margins"] = dict((side, amount if side in sides else 0) for side in ("left", "top", "right", "bottom"))
         return job
 
+    def checked_number(self, name, value, what):
+        """``value`` as a float inside the manifest's range of ``name`` (the engine's bounds table, by a test),
+        or one clear Refusal: a plain entry (GIMP 2.10's cost limit) or a script can hand over anything."""
+        param = dict((p["name"], p) for p in self.proc["params"])[name]
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number != number or not param["min"] <= number <= param["max"]:
+            raise Refusal(u"%s %s is not allowed: it must be a number from %s to %s." % (
+                what, hl.clean_line(hl.to_text(value))[:40], _plain_number(param["min"]), _plain_number(param["max"])),
+                u"Type a number of dollars, such as 1.50.", "out_of_range")
+        return number
+
     def expand_plan(self, job, canvas, image=None):
         """The plan whose estimate is the expansion's: the canvas's size, the margins (or aspect and sides) and
         what prices a tile; ``image``: the exported picture beside the plan (its transparent pixels need tiles)."""
@@ -984,6 +1003,8 @@ class Workflow(object):
         # the cost limit: as shown in the dialog; a script's default (the manifest's) keeps what is saved
         limit = self.values.get("max_cost")
         default = dict((p["name"], p.get("default")) for p in self.proc["params"]).get("max_cost")
+        if limit is not None:
+            limit = self.checked_number("max_cost", limit, u"The cost limit")
         if limit is not None and (as_shown or float(limit) != float(default if default is not None else -1)):
             changes["max_cost"] = float(limit)
         lines = []
