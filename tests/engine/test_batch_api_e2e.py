@@ -248,6 +248,7 @@ def test_generations_batch_survives_a_killed_process_and_is_collected_as_generat
     server = start_local_server("--batch-delay", "4")
     prompts = prompts_file(tmp_path / "prompts.txt", 20)
     out = tmp_path / "out"
+    started = time.monotonic()
     submitter = subprocess.Popen(
         [sys.executable, "-m", "gimp_openai", "generate", "--prompts", str(tmp_path / "prompts.txt"), "--async",
          "--wait", "--poll", "0.3", *GENERATE, "--out", str(out)], env=env_for(server), stdout=subprocess.PIPE,
@@ -259,6 +260,7 @@ def test_generations_batch_survives_a_killed_process_and_is_collected_as_generat
             state = json.loads(path.read_text())
         time.sleep(0.1)
     assert state.get("batch_id"), "the submission was never recorded"
+    submitted = time.monotonic() - started
     submitter.send_signal(signal.SIGKILL)  # while it waits for the batch: nothing was collected yet
     _out, err = submitter.communicate(timeout=10)
     assert err.count("estimate: 1 image of 1024x1024, gpt-image-2, quality low: about $") == 20, err
@@ -274,11 +276,15 @@ def test_generations_batch_survives_a_killed_process_and_is_collected_as_generat
         assert line["body"] == {"model": "gpt-image-2", "prompt": prompt, "size": "1024x1024", "quality": "low",
                                 "background": "opaque"}, line["body"]  # n=1 is the API's default: not sent
 
+    started = time.monotonic()
     proc = cli("batch", "collect", state["batch_id"], "--json", "--poll", "0.3", server=server)
+    collected = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout)
     assert answer["status"] == "completed" and answer["failed"] == []
     assert len(answer["results"]) == 20  # 20 results, 0 lost
+    print(f"\n20 generations: submitted in {submitted:.1f} s, killed, collected in {collected:.1f} s "
+          f"(batch delay 4 s), cost {answer['cost']['text']}")
     names = sorted(Path(r["outputs"][0]["png"]).name for r in answer["results"])
     assert names == [f"generated-{k:02d}-1.png" for k in range(1, 21)], names  # NAME-K, then the result number
     for result in answer["results"]:
