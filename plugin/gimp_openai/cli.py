@@ -711,7 +711,15 @@ MAX_PROMPTS = 50_000
 def generate_prompts(args: argparse.Namespace) -> list[str]:
     """``--prompt TEXT`` (one), or ``--prompts FILE``: one prompt a line (UTF-8; blank lines and lines starting
     with ``#`` are skipped; ``-`` reads stdin). Refused before anything is sent: an empty prompt, no prompt at
-    all, both options, an unreadable file."""
+    all, both options, an unreadable file. Read once, then kept on ``args`` (stdin cannot be read twice)."""
+    read = getattr(args, "_prompts_read", None)
+    if read is not None:
+        return list(read)
+    args._prompts_read = prompts = _read_prompts(args)
+    return list(prompts)
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
     path = getattr(args, "prompts", None)
     if path and (args.prompt or "").strip():
         raise UsageError("Give --prompt or --prompts FILE, not both.")

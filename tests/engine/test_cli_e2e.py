@@ -167,6 +167,14 @@ def test_generate_from_a_prompts_file_writes_one_set_per_prompt(local_server, tm
     assert answer["cost"]["requests"] == 2 and answer["failed"] == []
     sent = [r["fields"]["prompt"] for r in local_server.stats()["requests"] if r.get("endpoint") == "generations"]
     assert sent == ["a red kite", "two moons"]
+    piped = cli("--json", "generate", "--prompts", "-", "--model", "gpt-image-2", "--size", "1024x1024", "--quality",
+                "low", "--name", "piped", "--out", str(tmp_path), server=local_server, stdin="a kite\na moon\n")
+    assert piped.returncode == 0, piped.stderr
+    assert len(json.loads(piped.stdout)["results"]) == 2
+    batched = cli("--json", "generate", "--prompts", "-", "--async", "--model", "gpt-image-2", "--out", str(tmp_path),
+                  server=local_server, stdin="a kite\na moon\n")  # stdin is read once, for the whole submission
+    assert batched.returncode == 0, batched.stderr
+    assert json.loads(batched.stdout)["items"] == 2
 
 
 @pytest.mark.parametrize("args, text", [
