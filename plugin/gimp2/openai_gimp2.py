@@ -68,6 +68,19 @@ def dialog_label(p):
     return (ADVANCED_PREFIX if p.get("advanced") else u"") + host.to_text(p["label"])
 
 
+#: A float whose range holds more steps than this gets a plain number entry (PF_FLOAT) instead of gimpfu's
+#: slider: dragging a slider of 0 to 100,000 in steps of 0.05 moves hundreds of dollars a pixel, and its
+#: arrows take 20 clicks a dollar (the cost limit). The range is checked when the run starts (the workflow).
+SLIDER_MAX_STEPS = 10000
+
+
+def pf_type(p):
+    """The gimpfu widget of one manifest parameter."""
+    if p["type"] == "float" and (p["max"] - p["min"]) / p["step"] > SLIDER_MAX_STEPS:
+        return gimpfu.PF_FLOAT
+    return PF_FOR_TYPE[p["type"]]
+
+
 def pf_params(proc):
     """gimpfu parameter tuples for one manifest procedure (image and drawable first when it takes them)."""
     params = []
@@ -75,9 +88,9 @@ def pf_params(proc):
         params.append((gimpfu.PF_IMAGE, "image", "Input image", None))
         params.append((gimpfu.PF_DRAWABLE, "drawable", "Input drawable", None))
     for p in host.public_params(proc):
-        pf = PF_FOR_TYPE[p["type"]]
+        pf = pf_type(p)
         entry = [pf, str(p["name"]), _native(dialog_label(p)), p["default"]]
-        if p["type"] in ("int", "float"):
+        if pf in (gimpfu.PF_SPINNER, gimpfu.PF_SLIDER):
             entry.append((p["min"], p["max"], p["step"]))
         elif p["type"] == "choice":
             entry.append(tuple((_native(host.value_label(p, v)), _native(v)) for v in p["values"]))

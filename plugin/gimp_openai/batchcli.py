@@ -1,4 +1,5 @@
-"""``gimp-openai batch --async`` and ``batch status|collect|list|cancel ID``: the Batch API from the command line.
+"""``gimp-openai batch --async``, ``generate --async`` and ``batch status|collect|list|cancel ID``: the Batch API
+from the command line (edits and GPT variations of images; generations of one prompt or a file of prompts).
 
 Submitting builds each item's request with the synchronous code (batchapi.CapturingClient), shows the estimate at
 the Batch API's half price, records the submission, uploads one JSONL file and creates the batch. Collecting
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from . import errors as E
 ACTIONS = ("status", "collect", "list", "cancel")
 #: The options a collect needs to composite as the submission planned (recorded in the state file).
 RECORDED = ("operation", "prompt", "n", "quality", "size", "background", "feather", "padding", "no_align",
-            "no_tone_match", "blend", "variation_prompt", "complexity", "rect", "ellipse", "model")
+            "no_tone_match", "blend", "variation_prompt", "complexity", "rect", "ellipse", "model", "name")
 
 
 def _client_parts(settings: Any, replay: bool = False) -> tuple[batchapi.BatchEngine, batchapi.BatchApi]:
@@ -35,11 +37,51 @@ def _client_parts(settings: Any, replay: bool = False) -> tuple[batchapi.BatchEn
     return engine, batchapi.BatchApi(engine.client)
 
 
+def _requests(args: argparse.Namespace, engine: batchapi.BatchEngine,
+              model: str) -> Iterator[tuple[str, dict[str, Any], Callable[[], Any]]]:
+    """Each item of the submission: what names it in messages, its record (what a collect needs to write its
+    outputs as a synchronous run does) and the synchronous code that makes its request (captured, not sent)."""
+    from . import cli, operations
+
+    if args.operation == "generate":
+        prompts = cli.generate_prompts(args)
+        for prompt, stem in zip(prompts, cli.generation_stems(args, len(prompts)), strict=True):
+
+            def generation(prompt: str = prompt, stem: str = stem) -> Any:
+                return operations.generate(engine, cli.options_from(args, model, prompt), item=stem)
+
+            yield f"prompt {prompt[:60]!r}", {"label": stem, "prompt": prompt, "stem": stem}, generation
+        return
+    masks = list(args.mask or [None] * len(args.images))
+    for image, mask, label in zip(args.images, masks, cli.item_labels(args.images), strict=True):
+
+        def capture(image: str = image, mask: str | None = mask, label: str = label) -> Any:
+            pixels, _notes = cli.load_image(image)
+            return cli._operate(args, engine, model, pixels, image, mask, lambda event: None, label)  # noqa: SLF001
+
+        try:
+            record = {"label": label, "source": str(Path(image).resolve()),
+                      "source_sha256": batchapi.file_sha256(image), "mask": str(Path(mask).resolve()) if mask else None,
+                      "mask_sha256": batchapi.file_sha256(mask) if mask else None}
+        except OSError:
+            record = {"label": label, "source": image}  # unreadable: load_image says why, and it is not sent
+        yield image, record, capture
+
+
 def submit(args: argparse.Namespace) -> int:
-    """``batch --async``: the requests as one batch; ``--wait``: then wait and collect."""
+    """``batch --async`` and ``generate --async``: the requests as one batch; ``--wait``: then wait and collect."""
     from . import cli
 
-    if args.operation == "edit":
+    generation = args.command == "generate"
+    if generation:
+        cli.generate_prompts(args)  # refused before anything is set up
+        if getattr(args, "reference", None):
+            raise E.InvalidInputError("Generations with --reference cannot be batched (they are edits requests).",
+                                      hint="Run them without --async.")
+        if getattr(args, "partial_images", 0):
+            raise E.InvalidInputError("The Batch API does not stream: --partial-images cannot go with --async.")
+        args.operation = "generate"
+    elif args.operation == "edit":
         if not (args.prompt or "").strip():
             raise E.InvalidInputError("The prompt is empty.", hint="Pass --prompt 'what the selections should become'.")
         if args.mask and len(args.mask) != len(args.images):
@@ -56,33 +98,29 @@ def submit(args: argparse.Namespace) -> int:
     model = cli.pick_model(engine, args, args.operation)
     cli.check_size_option(args, engine, model)
     args.model = model
-    masks = list(args.mask or [None] * len(args.images))
-    labels = cli.item_labels(args.images)
     lines: list[tuple[str, str, dict[str, Any]]] = []
     items: list[dict[str, Any]] = []
     refused: list[tuple[str, E.GimpOpenAIError]] = []
-    for number, (image, mask, label) in enumerate(zip(args.images, masks, labels, strict=True), start=1):
-        custom_id = f"item-{number}-{label}"[:64]
+    endpoint = ""
+    for number, (what, item, capture) in enumerate(_requests(args, engine, model), start=1):
+        custom_id = f"item-{number}-{item['label']}"[:64]
         try:
-            pixels, _notes = cli.load_image(image)
-            cli._operate(args, engine, model, pixels, image, mask, lambda event: None, label)  # noqa: SLF001
+            capture()
             raise E.GimpOpenAIError("Internal: the operation sent nothing.")
         except batchapi.Captured as captured:
             lines.append((custom_id, captured.endpoint, captured.body))
             endpoint = captured.endpoint
         except E.GimpOpenAIError as exc:
-            refused.append((image, exc))
+            refused.append((what, exc))
             continue
-        items.append({"custom_id": custom_id, "label": label, "source": str(Path(image).resolve()),
-                      "source_sha256": batchapi.file_sha256(image),
-                      "mask": str(Path(mask).resolve()) if mask else None,
-                      "mask_sha256": batchapi.file_sha256(mask) if mask else None, "collected": None})
+        items.append({"custom_id": custom_id, **item, "collected": None})
     if not lines:
-        for image, problem in refused:
-            print(f"gimp-openai: {image}: error: {problem.message}", file=sys.stderr)
-        raise E.InvalidInputError("No image of the batch could be prepared; nothing was sent.")
+        for what, problem in refused:
+            print(f"gimp-openai: {what}: error: {problem.message}", file=sys.stderr)
+        raise E.InvalidInputError(f"No {'prompt' if generation else 'image'} of the batch could be prepared; nothing "
+                                  "was sent.")
     options = {name: getattr(args, name, None) for name in RECORDED}
-    options["rect"] = list(args.rect) if args.rect else None
+    options["rect"] = list(args.rect) if getattr(args, "rect", None) else None
     state = batchapi.BatchState.new(
         base_url=batchapi.safe_base_url(str(settings.base_url)), endpoint=batchapi.ENDPOINT_PATHS[endpoint],
         model=model, out_dir=str(out), options=options, items=items,
@@ -149,8 +187,10 @@ def collect_state(state: batchapi.BatchState, as_json: bool, *, quiet: bool, wai
         records = batchapi.read_lines(api.content(str(batch["output_file_id"]), limit))
     if batch.get("error_file_id"):
         failures = batchapi.read_lines(api.content(str(batch["error_file_id"]), limit))
-    args = argparse.Namespace(command="batch", json=as_json, quiet=True, mask=None, reference=None, markup=None,
-                              partial_images=0, **{k: v for k, v in options.items() if k not in ("rect",)})
+    generation = options.get("operation") == "generate"
+    args = argparse.Namespace(command="generate" if generation else "batch", json=as_json, quiet=True, mask=None,
+                              reference=None, markup=None, partial_images=0,
+                              **{k: v for k, v in options.items() if k not in ("rect",)})
     args.rect = tuple(options["rect"]) if options.get("rect") else None
     lock = __import__("threading").Lock()
     results: list[Any] = []
@@ -166,10 +206,14 @@ def collect_state(state: batchapi.BatchState, as_json: bool, *, quiet: bool, wai
             return ("failed", item, E.APIError(f"The batch ended ({batch.get('status')}) without answering this "
                                                "request; nothing was charged for it."))
         try:
-            _check_unchanged(item)
             engine.client.use(record)  # type: ignore[attr-defined]
-            written = cli.run_one(args, engine, model, out, item["source"], item.get("mask"), lambda event: None,
-                                  item["label"])
+            if generation:
+                written = cli.generate_one(args, engine, model, out, item["prompt"], item["stem"],
+                                           lambda event: None, item["label"])
+            else:
+                _check_unchanged(item)
+                written = cli.run_one(args, engine, model, out, item["source"], item.get("mask"),
+                                      lambda event: None, item["label"])
         except E.GimpOpenAIError as exc:
             return ("failed", item, exc)
         finally:
@@ -191,8 +235,8 @@ def collect_state(state: batchapi.BatchState, as_json: bool, *, quiet: bool, wai
         total = cli.total_cost(done)
         print(json.dumps({"ok": not failed, "batch_id": batch_id, "status": batch.get("status"),
                           "results": [cli._written_dict(w) for w in done],  # noqa: SLF001
-                          "already_collected": [{"source": i["source"], **i["collected"]} for i in already],
-                          "failed": [{"source": i["source"], "custom_id": i["custom_id"], "error": e.to_dict()}
+                          "already_collected": [{**_named(i), **i["collected"]} for i in already],
+                          "failed": [{**_named(i), "custom_id": i["custom_id"], "error": e.to_dict()}
                                      for i, e in failed],
                           "cost": total.to_dict() if total is not None else None}, ensure_ascii=False))
     else:
@@ -200,11 +244,16 @@ def collect_state(state: batchapi.BatchState, as_json: bool, *, quiet: bool, wai
         for item in already:
             print(f"{item['label']}: collected before: {', '.join(item['collected']['pngs'])}")
         for item, exc in failed:
-            print(f"gimp-openai: {item['source']}: error: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""),
-                  file=sys.stderr)
+            print(f"gimp-openai: {item.get('source') or item['label']}: error: {exc.message}"
+                  + (f" ({exc.hint})" if exc.hint else ""), file=sys.stderr)
         print(f"batch {batch_id}: {len(done)} collected now, {len(already)} before, {len(failed)} failed, of "
               f"{len(results)}", file=sys.stderr)
     return cli.EXIT_FAILED if failed else 0
+
+
+def _named(item: dict[str, Any]) -> dict[str, Any]:
+    """What names an item in the JSON answer: its source image, or its prompt (a generation)."""
+    return {"prompt": item["prompt"]} if "prompt" in item else {"source": item["source"]}
 
 
 def _check_unchanged(item: dict[str, Any]) -> None:

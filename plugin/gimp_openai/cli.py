@@ -704,32 +704,134 @@ def cmd_variation(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    settings, engine, model, out = _prepare(args, "generate")
-    opts = options_from(args, model, args.prompt or "")
+#: The most prompts one ``generate --prompts FILE`` takes (the Batch API's limit for one batch).
+MAX_PROMPTS = 50_000
+
+
+def generate_prompts(args: argparse.Namespace) -> list[str]:
+    """``--prompt TEXT`` (one), or ``--prompts FILE``: one prompt a line (UTF-8; blank lines and lines starting
+    with ``#`` are skipped; ``-`` reads stdin). Refused before anything is sent: an empty prompt, no prompt at
+    all, both options, an unreadable file. Read once, then kept on ``args`` (stdin cannot be read twice)."""
+    read = getattr(args, "_prompts_read", None)
+    if read is not None:
+        return list(read)
+    args._prompts_read = prompts = _read_prompts(args)
+    return list(prompts)
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    path = getattr(args, "prompts", None)
+    if path and (args.prompt or "").strip():
+        raise UsageError("Give --prompt or --prompts FILE, not both.")
+    if not path:
+        if not (args.prompt or "").strip():
+            raise InvalidInputError("The prompt is empty.", hint="Pass --prompt 'what the image shows', or "
+                                                                 "--prompts FILE with one prompt a line.")
+        return [args.prompt]
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))
+        raise InvalidInputError(f"The prompts file {path} cannot be read: {reason}.",
+                                hint="Give a text file with one prompt a line.") from None
+    prompts = [line.strip() for line in text.splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise InvalidInputError(f"The prompts file {path} holds no prompt.", hint="Write one prompt a line.")
+    if len(prompts) > MAX_PROMPTS:
+        raise InvalidInputError(f"The prompts file {path} holds {len(prompts):,} prompts; at most "
+                                f"{MAX_PROMPTS:,} at once.", hint="Split it into several files.")
+    return prompts
+
+
+def generation_stems(args: argparse.Namespace, count: int) -> list[str]:
+    """File-name stems: ``--name`` or ``generated``; with several prompts ``-K`` for the K-th prompt (its line
+    among the prompts, zero-padded so the files sort in the file's order)."""
+    stem = output_stem(args.name, "generated") if args.name else "generated"
+    if count == 1:
+        return [stem]
+    width = len(str(count))
+    return [f"{stem}-{k:0{width}d}" for k in range(1, count + 1)]
+
+
+def generate_one(args: argparse.Namespace, engine: operations.Engine, model: str, out: Path, prompt: str,
+                 stem: str, progress: Any, item: str = "") -> Written:
+    """One prompt through the generation and its outputs written; shared by ``generate`` and a collected Batch
+    API generation, so both write the same files and history."""
+    opts = options_from(args, model, prompt)
     if getattr(args, "reference", None):
         opts.extra_images = read_references(args.reference)
         opts.reference_names = [Path(path).name for path in args.reference]
-    progress = StderrProgress(enabled=not args.quiet)
-    stem = output_stem(args.name, "generated") if args.name else "generated"
     written = Written(source="")
     previews = PartialFiles(out, stem, None, written, quiet=bool(getattr(args, "json", False))) if (
-        args.partial_images) else None
+        getattr(args, "partial_images", 0)) else None
     try:
-        outcome = operations.generate(engine, opts, progress=progress, on_preview=previews)
+        outcome = operations.generate(engine, opts, item=item, progress=progress, on_preview=previews)
     finally:
         if previews is not None:
             previews.close()
-        progress.finish()
     written.notes = [*outcome.notes, *(n.message for n in outcome.warnings)]
     written.cost, written.estimate = outcome.cost, outcome.estimate
     try:
         write_results(out, stem, None, outcome, written)
     except GimpOpenAIError as exc:
         raise paid_images_error(exc, outcome, written.pngs) from None
-    del settings
-    report([written], args)
-    return 0
+    return written
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    prompts = generate_prompts(args)
+    if getattr(args, "async_", False):
+        from gimp_openai import batchcli
+
+        return batchcli.submit(args)
+    if getattr(args, "wait", False):
+        raise UsageError("--wait goes with --async (the Batch API).")
+    _settings, engine, model, out = _prepare(args, "generate")
+    stems = generation_stems(args, len(prompts))
+    progress = StderrProgress(enabled=not args.quiet, items=len(prompts))
+    if len(prompts) == 1:
+        try:
+            written = generate_one(args, engine, model, out, prompts[0], stems[0], progress)
+        finally:
+            progress.finish()
+        report([written], args)
+        return 0
+    results: list[Written | GimpOpenAIError] = []
+    try:
+        for prompt, stem in zip(prompts, stems, strict=True):  # one after another: each asks its price first
+            try:
+                results.append(generate_one(args, engine, model, out, prompt, stem, progress, stem))
+            except CostLimitError as exc:  # the limit is reached: this prompt and the rest are not sent
+                results.extend([exc] * (len(prompts) - len(results)))
+                break
+            except GimpOpenAIError as exc:
+                results.append(exc)
+    finally:
+        progress.finish()
+    return report_many(prompts, results, args, "prompts")
+
+
+def report_many(sources: Sequence[str], results: Sequence[Written | GimpOpenAIError], args: argparse.Namespace,
+                what: str) -> int:
+    """A run over several inputs (images, prompts): the results, each failure by its input, and the total."""
+    done = [r for r in results if isinstance(r, Written)]
+    failed = [(src, r) for src, r in zip(sources, results, strict=True) if isinstance(r, GimpOpenAIError)]
+    if args.json:
+        total = total_cost(done)
+        print(json.dumps({
+            "ok": not failed,
+            "results": [_written_dict(w) for w in done],
+            "failed": [{"source": src, "error": e.to_dict()} for src, e in failed],
+            "cost": total.to_dict() if total is not None else None,
+        }, ensure_ascii=False))
+    else:
+        report(done, args)
+        for src, exc in failed:
+            print(f"gimp-openai: {src}: error: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""),
+                  file=sys.stderr)
+        print(f"batch: {len(done)} of {len(results)} {what} done", file=sys.stderr)
+    return EXIT_FAILED if failed else 0
 
 
 def item_labels(images: Sequence[str]) -> list[str]:
@@ -776,23 +878,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(args.images)))) as pool:
         results = list(pool.map(one, zip(args.images, masks, labels, strict=True)))
     progress.finish()
-    done = [r for r in results if isinstance(r, Written)]
-    failed = [(img, r) for img, r in zip(args.images, results, strict=True) if isinstance(r, GimpOpenAIError)]
-    if args.json:
-        total = total_cost(done)
-        print(json.dumps({
-            "ok": not failed,
-            "results": [_written_dict(w) for w in done],
-            "failed": [{"source": img, "error": e.to_dict()} for img, e in failed],
-            "cost": total.to_dict() if total is not None else None,
-        }, ensure_ascii=False))
-    else:
-        report(done, args)
-        for img, exc in failed:
-            print(f"gimp-openai: {img}: error: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""),
-                  file=sys.stderr)
-        print(f"batch: {len(done)} of {len(results)} images done", file=sys.stderr)
-    return EXIT_FAILED if failed else 0
+    return report_many(args.images, results, args, "images")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -1272,6 +1358,15 @@ def _selection_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument("--ellipse", action="store_true", help="with --rect: select the ellipse inside it")
 
 
+def _async_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--async", dest="async_", action="store_true",
+                   help="send through the Batch API (half the price, results within 24 h); then "
+                        "`batch status|collect|cancel ID`, `batch list`")
+    p.add_argument("--wait", action="store_true", help="with --async: wait for the results and collect them")
+    p.add_argument("--poll", type=bounded("poll", "--poll"), default=10.0,
+                   help="with --wait: seconds between status checks")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="gimp-openai",
@@ -1302,13 +1397,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variation-prompt", default="", help="prompt when the model makes variations by editing")
     _common(p)
 
-    p = sub.add_parser("generate", help="new images from a prompt")
+    p = sub.add_parser("generate", help="new images from a prompt (or a file of prompts)")
     p.add_argument("--prompt", "-p", default="")
+    p.add_argument("--prompts", metavar="FILE", default="",
+                   help="one prompt a line (blank lines and #comments skipped; - reads stdin), instead of --prompt; "
+                        "outputs NAME-K, one after another, or all at once with --async")
     p.add_argument("--reference", action="append",
                    help="an image the result should follow (GPT models, sent to the edits endpoint without a mask; "
                         "repeatable)")
     p.add_argument("--name", default="", help="file name stem (default: generated)")
     _partial_images_flag(p)
+    _async_flags(p)
     _common(p, images=False)
 
     p = sub.add_parser("batch", help="the same edit or variation on many images, concurrently")
@@ -1319,12 +1418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variation-prompt", default="")
     p.add_argument("--concurrency", type=bounded("concurrency", "--concurrency"), default=None,
                    help="requests at once, 1-16 (default: settings, 4)")
-    p.add_argument("--async", dest="async_", action="store_true",
-                   help="send through the Batch API (half the price, results within 24 h); then "
-                        "`batch status|collect|cancel ID`, `batch list`")
-    p.add_argument("--wait", action="store_true", help="with --async: wait for the results and collect them")
-    p.add_argument("--poll", type=bounded("poll", "--poll"), default=10.0,
-                   help="with --wait: seconds between status checks")
+    _async_flags(p)
     _common(p)
 
     p = sub.add_parser("models", help="image models the server offers, with their sizes and shutdown dates")

@@ -719,7 +719,7 @@ class ImagesClient:
                 response, attempts = self._request(
                     "POST", url, model=model, multipart=multipart, json_body=json_body, on_event=on_event,
                     limit=limit, what=f"{n} image{'s' if n != 1 else ''} of {model}", stream=stream,
-                    pace={"requests": 1, "images": n, "tokens": 1},
+                    pace={"requests": 1, "images": n, "tokens": max(1, _request_tokens(family, multipart, json_body))},
                 )
                 break
             except E.InvalidRequestError as exc:
@@ -897,9 +897,12 @@ class ImagesClient:
             data: Any = None
             if body is not None:
 
-                def report(fraction: float, attempt: int = attempt, deadline: transport.Deadline = deadline) -> None:
+                def report(fraction: float, attempt: int = attempt, deadline: transport.Deadline = deadline,
+                           number: int | None = sent) -> None:
                     self._emit(on_event, ClientEvent("sending", f"Sending {fraction:.0%}", attempt, fraction))
                     if fraction >= 1.0:
+                        if number is not None:  # the server may count it from now on (ratelimit.Pacer.observe)
+                            self.pacer.uploaded(number)
                         deadline.restart(cfg.read_timeout + DEADLINE_GRACE)
                         self._emit(on_event, ClientEvent("waiting", "Waiting for the server", attempt))
 
@@ -1469,6 +1472,26 @@ def _without(name: str, multipart: list[tuple[str, Any]] | None,
     if multipart is not None:
         return [(k, v) for k, v in multipart if k != name], json_body
     return multipart, {k: v for k, v in (json_body or {}).items() if k != name}
+
+
+def _request_tokens(family: caps.Family, multipart: list[tuple[str, Any]] | None,
+                    json_body: dict[str, Any] | None) -> int:
+    """What this request takes from a tokens-per-minute budget (pricing.request_tokens, the one rule), read off
+    the fields about to be sent: the pacer then waits until that many are back, not until none are left."""
+    from . import pricing
+
+    fields: dict[str, Any] = {}
+    uploads: list[bytes] = []
+    for name, value in multipart or []:
+        if isinstance(value, tuple):
+            if name in ("image", "image[]", "markup"):
+                uploads.append(value[1])
+        else:
+            fields.setdefault(name, value)
+    for name, value in (json_body or {}).items():
+        if not isinstance(value, (dict, list)):
+            fields.setdefault(name, value)
+    return pricing.request_tokens(family, fields, uploads)
 
 
 def check_markup(markup: bytes, image: bytes, mask: bytes | None, family: caps.Family, model: str) -> bytes:

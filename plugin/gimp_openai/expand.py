@@ -256,6 +256,94 @@ def _side_strip(canvas: Rect, old: Rect, side: str) -> Rect:
     return Rect.from_edges(canvas.x, old.bottom, canvas.right, canvas.bottom)
 
 
+# --- what it will cost ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExpandEstimate:
+    """What an expansion should cost before anything is sent: one estimate per tile, in the order
+    :func:`expand` sends them (each tile is one edit of ``n`` = 1)."""
+
+    tiles: list[Tile]
+    estimates: list[Any]  # pricing.Estimate, one per tile
+
+    @property
+    def usd(self) -> float | None:
+        return self.total["usd"]
+
+    @property
+    def usd_upper(self) -> float | None:
+        return self.total["usd_upper"]
+
+    @property
+    def total(self) -> dict[str, Any]:
+        from gimp_openai.pricing import add_estimates
+
+        return add_estimates(self.estimates)
+
+    def text(self) -> str:
+        """``2 requests (tiles of 1024x1024, 1024x640), gpt-image-2, quality low: about $0.0110``."""
+        from gimp_openai.pricing import dollars
+
+        if not self.estimates:
+            return "nothing to paint: the canvas would not grow"
+        first = self.estimates[0]
+        sizes = list(dict.fromkeys(f"{e.size[0]}x{e.size[1]}" for e in self.estimates))
+        count = len(self.estimates)
+        what = (f"{count} request{'s' if count != 1 else ''} ({'tile' if count == 1 else 'tiles'} of "
+                f"{', '.join(sizes)}), {first.model}, quality {first.quality}")
+        total = self.total
+        if total["usd"] is None:
+            return f"{what}: about {total['input_tokens'] + total['output_tokens']:,} tokens (no price known)"
+        text = f"{what}: about {dollars(total['usd'])}"
+        if total["usd_upper"] > total["usd"] * 1.001:
+            text += f" (up to {dollars(total['usd_upper'])} if the model picks high)"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.total, "tiles": len(self.tiles), "text": self.text(),
+                "requests": [e.to_dict() for e in self.estimates]}
+
+
+def planned_tiles(family: Family, width: int, height: int, margins: Margins, *, band: int = 16,
+                  limit: int | None = None, shown: np.ndarray | None = None) -> list[Tile]:
+    """Every tile :func:`expand` will send for a ``width`` x ``height`` picture, in order, without sending:
+    the strips, then (when ``shown``, the picture's alpha > 0, is known) the tiles for the transparent pixels
+    the strips do not reach. Without ``shown`` the picture counts as opaque (a dialog has not read its pixels)."""
+    canvas, old = expanded(width, height, margins)
+    side_limit = limit or tile_limit(family)
+    overlap = max(band, 16)
+    tiles = plan_tiles(canvas, old, side_limit, overlap=overlap)
+    if shown is not None and not shown.all():
+        filled = np.zeros((canvas.height, canvas.width), bool)
+        filled[old.y : old.bottom, old.x : old.right] = shown
+        for tile in tiles:
+            q = tile.request
+            filled[q.y : q.bottom, q.x : q.right] = True
+        tiles.extend(hole_tiles(canvas, ~filled, side_limit, overlap=overlap))
+    return tiles
+
+
+def estimate(model: str, family: Family, price: Any, *, width: int, height: int, margins: Margins, quality: str,
+             prompt: str = "", size_mode: str = "auto", band: int = 16, limit: int | None = None,
+             shown: np.ndarray | None = None) -> ExpandEstimate:
+    """The plan's estimate: the sum of its tiles' requests, each priced as :func:`operations.edit` prices the
+    edit it sends (one image at the tile's request size, the tile itself uploaded, the prompt or the default
+    one). The CLI asks with it before the first tile is paid; GIMP's dialog shows it (jobs.plan_answer)."""
+    from gimp_openai import pricing
+
+    if margins.is_empty:
+        return ExpandEstimate([], [])
+    tiles = planned_tiles(family, width, height, margins, band=band, limit=limit, shown=shown)
+    text = (prompt or "").strip() or DEFAULT_PROMPT
+    estimates = []
+    for tile in tiles:
+        target = plan_region(tile.request, None, family, padding=0.0, size_mode=size_mode).target
+        estimates.append(pricing.estimate(model, family, n=1, size=target, quality=quality or "auto", prompt=text,
+                                          input_images=[target], price=price))
+    return ExpandEstimate(tiles, estimates)
+
+
 # --- the operation ------------------------------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 Writes NAME-expanded.png (the grown picture: the old pixels unchanged, the new area filled), and the result
 layer as GIMP gets it: NAME-expanded-layer.png at its offset (said in the report) with NAME-expanded-mask.png.
+Before the first tile is paid, the plan's estimate (the sum of its tiles' requests) is printed and held against
+``--max-cost`` like an edit's (asked on a terminal, refused unpaid otherwise unless ``--yes``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ def run(args: argparse.Namespace, prepare: Any, options_from: Any, load_image: A
     margins = margins_from(args, width, height)  # refused before anything is set up or paid
     _settings, engine, model, out = prepare(args, "edit")
     options = options_from(args, model, args.prompt or "", source=str(args.image))
+    # the whole plan's price before the first tile is paid: shown, and asked (or refused) above --max-cost once
+    planned = expand.estimate(model, engine.family(model), engine.price(model), width=width, height=height,
+                              margins=margins, quality=options.quality, prompt=options.prompt,
+                              size_mode=options.size_mode, band=args.band, shown=pixels[..., 3] > 0)
+    if engine.cost_gate is not None:
+        engine.cost_gate(planned, "")
+    engine.cost_gate = None  # agreed for the plan: its tiles are not asked about one by one
     progress = progress_factory(enabled=not args.quiet)
     try:
         outcome = expand.expand(engine, options, pixels, margins, band=args.band, progress=progress)
@@ -75,6 +84,7 @@ def run(args: argparse.Namespace, prepare: Any, options_from: Any, load_image: A
         "files": written, "history": outcome.history,
         "notes": [*notes, *outcome.notes, *(w.message for w in outcome.warnings)],
         "cost": cost.to_dict() if cost is not None else None,
+        "estimate": planned.to_dict(),
     }
     if getattr(args, "json", False):
         print(json.dumps(report))

@@ -675,8 +675,9 @@ def _job(path: str, writer: LineWriter, context: Session, **tags: Any) -> int:
 # --- Plan ---------------------------------------------------------------------------------------------------
 
 
-def plan_answer(data: dict[str, Any], session: Session) -> dict[str, Any]:
-    """The answer object for a parsed PLAN.json (model resolved, one region per item)."""
+def plan_answer(data: dict[str, Any], session: Session, folder: Path | None = None) -> dict[str, Any]:
+    """The answer object for a parsed PLAN.json (model resolved, one region per item; for ``expand``, the tiles
+    of the grown canvas). ``folder``: the plan file's, where an expand plan's exported picture may be."""
     from gimp_openai import capabilities, geometry, pricing
 
     operation = _field(data, "operation", str, "edit", where="plan")
@@ -689,10 +690,12 @@ def plan_answer(data: dict[str, Any], session: Session) -> dict[str, Any]:
     n = _number(data, "n", 1, where="plan")
     quality = _field(data, "quality", str, "auto", where="plan") or "auto"
     prompt = _field(data, "prompt", str, "", where="plan")
-    model = session.model(model, operation)
+    model = session.model(model, "edit" if operation == "expand" else operation)
     family = capabilities.family_for(model, session.settings.model_rules or {})
     price = pricing.price_for(model, getattr(session.settings, "prices", None) or {},
                               session.settings.model_rules or {})
+    if operation == "expand":
+        return _expand_plan(data, session, folder, model, family, price, quality, prompt, size_mode)
     estimates = []
     items = []
     seen: set[str] = set()
@@ -727,6 +730,14 @@ def plan_answer(data: dict[str, Any], session: Session) -> dict[str, Any]:
     if operation == "generate" and not items:
         estimates.append(pricing.estimate(model, family, n=n, size=_generate_size(data, family), quality=quality,
                                           prompt=prompt, price=price))
+    total = _plan_total(estimates, session, model, quality)
+    return {"ok": True, "model": model, "family": family.name, "items": items, "estimate": total}
+
+
+def _plan_total(estimates: list[Any], session: Session, model: str, quality: str) -> dict[str, Any]:
+    """The plan's estimate as hosts show it: the sum, the artist's limit and whether it is above it, in words."""
+    from gimp_openai import pricing
+
     total = pricing.add_estimates(estimates)
     limit = float(getattr(session.settings, "max_cost", pricing.DEFAULT_MAX_COST))
     if total["usd"] is None:
@@ -740,7 +751,40 @@ def plan_answer(data: dict[str, Any], session: Session) -> dict[str, Any]:
     sizes = {e.size for e in estimates}
     if len(sizes) == 1:  # one size for all (a generation has no item to carry it): for a dialog's figure
         total["size"] = "{}x{}".format(*sizes.pop())
-    return {"ok": True, "model": model, "family": family.name, "items": items, "estimate": total}
+    return total
+
+
+def _expand_plan(data: dict[str, Any], session: Session, folder: Path | None, model: str, family: Any,
+                 price: Any, quality: str, prompt: str, size_mode: str) -> dict[str, Any]:
+    """Expand Canvas's plan: the tiles the grown canvas needs and what they should cost (expand.estimate, the
+    CLI's figure). ``canvas`` is the picture's size; ``image`` (a file beside the plan) its exported pixels,
+    so tiles for its transparent pixels are counted too (a dialog's estimate, without pixels, counts it
+    opaque). Margins as the job takes them (``margins``, or ``aspect`` with ``sides``); ``band``."""
+    from gimp_openai import expand, imaging
+
+    canvas = _canvas(data)
+    if canvas is None:
+        raise JobError("An expand plan needs 'canvas' (the picture's width and height).")
+    width, height = canvas
+    fields = _expand_fields(data) if data.get("aspect") or data.get("margins") else None
+    if fields is None:
+        raise JobError("Nothing to expand: every margin is 0.")
+    margins = fields.get("margins") or expand.margins_for_aspect(width, height, fields["aspect"], fields["sides"])
+    shown = None
+    image = _field(data, "image", str, "", where="plan")
+    if image and folder is not None:
+        pixels = imaging.read_image(_inside(folder, image, "the plan's picture"))
+        if pixels.shape[:2] != (height, width):
+            raise JobError(f"The plan's picture is {pixels.shape[1]}x{pixels.shape[0]} px, not the canvas "
+                           f"{width}x{height}.")
+        shown = pixels[..., 3] > 0
+    planned = expand.estimate(model, family, price, width=width, height=height, margins=margins, quality=quality,
+                              prompt=prompt, size_mode=size_mode, band=fields["band"], shown=shown)
+    total = _plan_total(planned.estimates, session, model, quality)
+    total.update(tiles=len(planned.tiles), text=planned.text())
+    return {"ok": True, "model": model, "family": family.name, "items": [], "margins": margins.to_dict(),
+            "tiles": [{"request": t.request.to_dict(), "side": t.side} for t in planned.tiles],
+            "estimate": total}
 
 
 def _generate_size(data: dict[str, Any], family: Any) -> tuple[int, int]:
@@ -768,16 +812,17 @@ def run_plan(path: str, stream: IO[str] | None = None, *, engine: operations.Eng
 
 def _plan(path: str | dict[str, Any], writer: LineWriter, context: Session, **tags: Any) -> int:
     """A plan from its file, or (an ``estimate`` request) from the object itself."""
+    folder: Path | None = None
     if isinstance(path, dict):
         data = path
     else:
         try:
-            data, _folder = read_json_file(path)
+            data, folder = read_json_file(path)
         except GimpOpenAIError as exc:
             writer.write({**tags, "ok": False, "error": exc.to_dict()})
             return EXIT_UNREADABLE
     try:
-        writer.write({**tags, **plan_answer(data, context)})
+        writer.write({**tags, **plan_answer(data, context, folder)})
     except GimpOpenAIError as exc:
         writer.write({**tags, "ok": False, "error": exc.to_dict()})
     except Exception as exc:  # noqa: BLE001

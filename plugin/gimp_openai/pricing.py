@@ -381,6 +381,36 @@ class Estimate:
         return text
 
 
+def request_tokens(family: caps.Family, fields: Mapping[str, Any], uploads: Iterable[bytes] = ()) -> int:
+    """The tokens one request takes from a tokens-per-minute budget, read off what it carries: the prompt, the
+    uploaded images and markup (``uploads``, their headers only), and ``n`` images at the size and quality asked
+    (``auto`` size: the first upload's, else 1024x1024; ``auto`` quality: the rule's ``auto_quality``).
+
+    One rule for both sides of the wire: the client paces each request by it before sending, and the local
+    server's ``--rate-limit-tokens`` counts it at admission, as OpenAI counts a request's tokens when it
+    arrives. 0 for a family billed per image (no tokens to count)."""
+    rule = token_rule(family)
+    if rule is None:
+        return 0
+    from .imaging import image_size_of
+
+    sizes: list[tuple[int, int]] = []
+    for data in uploads:
+        try:
+            sizes.append(image_size_of(bytes(data)))
+        except Exception:  # noqa: BLE001 - an unreadable upload is the server's to refuse; count a megapixel
+            sizes.append((1024, 1024))
+    size = caps.parse_size(str(fields.get("size") or "auto")) or (sizes[0] if sizes else (1024, 1024))
+    try:
+        n = max(1, min(int(str(fields.get("n") or 1)), 10))
+    except ValueError:
+        n = 1
+    quality = str(fields.get("quality") or "auto")
+    quality = quality if quality in dict(rule.output_1024) else rule.auto_quality
+    return (rule.text_tokens(str(fields.get("prompt") or "")) + sum(rule.image_tokens(w, h) for w, h in sizes)
+            + n * rule.output_tokens(quality, *size))
+
+
 def add_estimates(estimates: Sequence[Estimate]) -> dict[str, Any]:
     """The total of several estimates (a batch, a plan's items) as the plan answer and the CLI show it."""
     priced = all(e.usd is not None for e in estimates)

@@ -8,9 +8,11 @@ as ``1s``, ``6m0s``, ``12ms``, ``1h2m3.5s``) and the same three for ``-tokens``;
 collects 429s, each retried after ``retry-after`` with no regard for the other items.
 
 One :class:`Pacer` per base URL in the process (:func:`pacer_for`), shared by every item of a batch: before a
-request is sent it takes its units (1 request, n images, 1 token) from what the last answer said remains, less
-what was sent since; when a budget is spent it waits until the units it needs are back (at the rate the
-answer implies, or at the reset for a server that refills all at once), then goes on. An answer read out of order
+request is sent it takes its units (1 request, n images, and its estimated tokens: pricing.request_tokens, the
+prompt, the uploads and n images at the size and quality asked) from what the last answer said remains, less
+what was sent since; when a budget has less than the request needs it waits until the units it needs are back
+(at the rate the answer implies, or at the reset for a server that refills all at once), then goes on: a
+request of 4,000 tokens does not go with 3,000 left only to be answered 429. An answer read out of order
 (an older request's) never overwrites newer knowledge. Without headers nothing is paced, and a
 429 with ``retry-after`` is still retried by the client as before: the pacer only makes it rare.
 """
@@ -121,6 +123,8 @@ class Pacer:
         self._budgets: dict[str, _Budget] = {}
         self._sent = 0
         self._outstanding: dict[int, dict[str, int]] = {}
+        self._uploaded: dict[int, int] = {}  # send number -> the order its request body was fully sent in
+        self._uploads = 0
         self.max_wait = max_wait
         self.waited = 0.0  # seconds spent waiting in total (figures, tests)
 
@@ -154,10 +158,18 @@ class Pacer:
 
     def observe(self, number: int, headers: Mapping[str, str], status: int = 200) -> None:
         """An answer to send ``number`` arrived with ``headers``: adopt what it says unless a later send's answer
-        was seen already, less the units of requests sent after it that are still outstanding."""
+        was seen already, less the units of the requests still outstanding that the server may not have counted
+        yet (sent after it, or sent before it but whose body was not all sent before its own)."""
         readings = read_headers(headers)
         with self._cond:
             self._outstanding.pop(number, None)
+            mine = self._uploaded.pop(number, None)
+            # what the server may not have counted when it answered: the sends after this one, and those before
+            # it whose body was not all sent before this one's (threads race; a server counts a request once it
+            # has read it). A body sent earlier was counted: counting it again would wait for nothing.
+            pending = {kind: sum(u.get(kind, 0) for n, u in self._outstanding.items()
+                                 if n > number or mine is None or self._uploaded.get(n, mine + 1) > mine)
+                       for kind in readings}
             now = self._clock()
             for kind, reading in readings.items():
                 budget = self._budgets.setdefault(kind, _Budget())
@@ -169,8 +181,7 @@ class Pacer:
                 if reading.limit is not None:
                     budget.limit = reading.limit
                 if reading.remaining is not None:
-                    later = sum(u.get(kind, 0) for n, u in self._outstanding.items() if n > number)
-                    budget.remaining = reading.remaining - later
+                    budget.remaining = reading.remaining - pending[kind]
                 if reading.reset is not None:
                     budget.reset_at = now + reading.reset
                 budget.rate = None
@@ -178,6 +189,13 @@ class Pacer:
                         and reading.remaining < budget.limit):
                     budget.rate = (budget.limit - reading.remaining) / reading.reset
             self._cond.notify_all()
+
+    def uploaded(self, number: int) -> None:
+        """Send ``number``'s request body is all sent: from now on the server may count it (see observe)."""
+        with self._cond:
+            if number in self._outstanding:
+                self._uploads += 1
+                self._uploaded[number] = self._uploads
 
     def delay(self, units: Mapping[str, int]) -> float:
         """Seconds a request of ``units`` would wait now (nothing is sent or counted)."""
@@ -189,6 +207,7 @@ class Pacer:
         Its units stay spent: the server may have counted it."""
         with self._cond:
             self._outstanding.pop(number, None)
+            self._uploaded.pop(number, None)
             self._cond.notify_all()
 
     def _wait_for(self, units: Mapping[str, int]) -> tuple[float, str]:

@@ -1057,6 +1057,11 @@ def estimate_label(answer):
     estimate = (answer or {}).get("estimate") or {}
     images = int(_number(estimate.get("images")) or 0)
     what = u"%d image%s" % (images, u"" if images == 1 else u"s")
+    if estimate.get("tiles") is not None:  # Expand Canvas: one request per tile of the new area
+        tiles = int(_number(estimate.get("tiles")) or 0)
+        if not tiles:
+            return u"Estimated cost: nothing to send (the canvas would not grow)"
+        what = u"%d request%s" % (tiles, u"" if tiles == 1 else u"s (tiles of the new area)")
     if estimate.get("size"):
         what += u" of %s" % clean_line(estimate["size"])
     quality = clean_line(estimate.get("quality") or u"")

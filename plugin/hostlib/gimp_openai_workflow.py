@@ -292,7 +292,7 @@ class DialogEstimate(object):
 
     #: the dialog's values the estimate depends on: a change of any of them asks the engine again
     VALUES = ("n", "quality", "model", "size_mode", "size", "prompt", "variation_prompt", "batch_operation",
-              "no_selection", "context_padding", "whole_layer", "target")
+              "no_selection", "context_padding", "whole_layer", "target", "sides", "amount", "aspect", "band")
 
     def __init__(self, adapter, proc, image=None, drawables=None):
         self.proc, self.operation = proc, proc["operation"]
@@ -301,7 +301,7 @@ class DialogEstimate(object):
             self.targets = [adapter.target(image, drawables)]
         elif self.operation == "batch":
             self.targets = adapter.open_targets()
-        elif self.operation == "generate" and image is not None:
+        elif self.operation in ("generate", "expand") and image is not None:
             width, height = adapter.image_size(image)
             self.canvas = {"width": int(width), "height": int(height)}
         self.targets = [t for t in self.targets if self._usable(t)]
@@ -322,6 +322,8 @@ class DialogEstimate(object):
             if self.canvas and plan["size"] == u"auto" and values.get("target") != "new image":
                 plan["canvas"] = self.canvas
             return plan
+        if self.operation == "expand":  # the tiles of the grown canvas (its pixels are read when it runs)
+            return workflow.expand_plan(workflow.expand_job(), self.canvas) if self.canvas else None
         if self.operation not in ("edit", "variation", "batch"):
             return None
         items = []
@@ -335,6 +337,11 @@ class DialogEstimate(object):
                 continue
             items.append(Item(u"img-%d" % number, target, bounds, _whole))
         return workflow.plan_dict(operation, items) if items else None
+
+
+def _plain_number(number):
+    """``100000.0`` -> ``100,000``; ``0.5`` -> ``0.5``."""
+    return u"{:,.0f}".format(number) if float(number).is_integer() else u"%g" % number
 
 
 def check_prompt(operation, values):
@@ -547,6 +554,8 @@ class Workflow(object):
             return words  # the same run again (its model was replaced), at no more than the artist agreed to
         images = int(estimate.get("images") or 0)
         what = u"%d image%s" % (images, u"" if images == 1 else u"s")
+        if estimate.get("tiles"):  # Expand Canvas: one request per tile
+            what = u"%d request%s" % (int(estimate["tiles"]), u"" if int(estimate["tiles"]) == 1 else u"s")
         limit = hl.dollars(estimate.get("max_cost") or 0.0)
         if not self.adapter.interactive:
             raise Refusal(u"Not sent: this run (%s) is estimated at %s, above your cost limit of %s." %
@@ -765,6 +774,30 @@ class Workflow(object):
         job["margins"] = dict((side, amount if side in sides else 0) for side in ("left", "top", "right", "bottom"))
         return job
 
+    def checked_number(self, name, value, what):
+        """``value`` as a float inside the manifest's range of ``name`` (the engine's bounds table, by a test),
+        or one clear Refusal: a plain entry (GIMP 2.10's cost limit) or a script can hand over anything."""
+        param = dict((p["name"], p) for p in self.proc["params"])[name]
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number != number or not param["min"] <= number <= param["max"]:
+            raise Refusal(u"%s %s is not allowed: it must be a number from %s to %s." % (
+                what, hl.clean_line(hl.to_text(value))[:40], _plain_number(param["min"]), _plain_number(param["max"])),
+                u"Type a number of dollars, such as 1.50.", "out_of_range")
+        return number
+
+    def expand_plan(self, job, canvas, image=None):
+        """The plan whose estimate is the expansion's: the canvas's size, the margins (or aspect and sides) and
+        what prices a tile; ``image``: the exported picture beside the plan (its transparent pixels need tiles)."""
+        plan = dict((k, v) for k, v in job.items() if k in ("model", "quality", "prompt", "band", "margins",
+                                                              "aspect", "sides"))
+        plan.update(operation="expand", canvas=dict(canvas), n=1, size_mode="auto")
+        if image:
+            plan["image"] = image
+        return plan
+
     def run_expand(self, image, drawables):
         """Expand Canvas: the canvas grows and the model paints the new area from the picture as it shows; the
         old layers keep their pixels and size, the new area (and canvas left transparent) is one layer with an
@@ -782,8 +815,15 @@ class Workflow(object):
             job["items"] = [{"id": u"img-1", "image": u"img-1.png"}]
             job["source_name"] = target.name
             job["add_mask"] = True
-            self.adapter.progress(0.0, u"OpenAI: expanding the canvas")
             with hl.EngineSession(python=self.python) as session:
+                # what every tile of the grown canvas should cost, asked about above the limit like an edit
+                answer = hl.plan(self.expand_plan(job, {"width": int(width), "height": int(height)}, u"img-1.png"),
+                                 workdir, session=session,
+                                 on_sent=lambda: self.adapter.progress(0.0, u"OpenAI: planning"))
+                self.heard(answer)
+                price = self.confirm_cost(answer)
+                job["model"] = answer.get("model") or job.get("model", u"")  # the model estimated is the one used
+                self.adapter.progress(0.0, u"OpenAI: expanding the canvas, %s" % price)
                 result = hl.run_job(job, workdir, on_progress=self.adapter.progress, session=session)
                 self.heard(result)
                 gone = hl.model_gone(result)
@@ -967,6 +1007,8 @@ class Workflow(object):
         # the cost limit: as shown in the dialog; a script's default (the manifest's) keeps what is saved
         limit = self.values.get("max_cost")
         default = dict((p["name"], p.get("default")) for p in self.proc["params"]).get("max_cost")
+        if limit is not None:
+            limit = self.checked_number("max_cost", limit, u"The cost limit")
         if limit is not None and (as_shown or float(limit) != float(default if default is not None else -1)):
             changes["max_cost"] = float(limit)
         lines = []

@@ -154,6 +154,52 @@ def test_generate_writes_full_size_images(local_server, tmp_path):
 
 
 @pytest.mark.slow
+def test_generate_from_a_prompts_file_writes_one_set_per_prompt(local_server, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# the night sky\na red kite\n\n  two moons  \n", encoding="utf-8")
+    proc = cli("--json", "generate", "--prompts", str(prompts), "--model", "gpt-image-2", "--size", "1024x1024",
+               "--quality", "low", "--name", "sky", "--out", str(tmp_path), server=local_server)
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert [Path(r["outputs"][0]["png"]).name for r in answer["results"]] == ["sky-1-1.png", "sky-2-1.png"]
+    assert [r["outputs"][0]["name"] for r in answer["results"]] == ["OpenAI: a red kite (1/1)",
+                                                                     "OpenAI: two moons (1/1)"]
+    assert answer["cost"]["requests"] == 2 and answer["failed"] == []
+    sent = [r["fields"]["prompt"] for r in local_server.stats()["requests"] if r.get("endpoint") == "generations"]
+    assert sent == ["a red kite", "two moons"]
+    piped = cli("--json", "generate", "--prompts", "-", "--model", "gpt-image-2", "--size", "1024x1024", "--quality",
+                "low", "--name", "piped", "--out", str(tmp_path), server=local_server, stdin="a kite\na moon\n")
+    assert piped.returncode == 0, piped.stderr
+    assert len(json.loads(piped.stdout)["results"]) == 2
+    batched = cli("--json", "generate", "--prompts", "-", "--async", "--model", "gpt-image-2", "--out", str(tmp_path),
+                  server=local_server, stdin="a kite\na moon\n")  # stdin is read once, for the whole submission
+    assert batched.returncode == 0, batched.stderr
+    assert json.loads(batched.stdout)["items"] == 2
+
+
+@pytest.mark.parametrize("args, text", [
+    (("--prompts", "MISSING"), "cannot be read: No such file or directory"),
+    (("--prompts", "EMPTY"), "holds no prompt"),
+    (("--prompts", "LATIN1"), "cannot be read: it is not UTF-8 text"),
+    (("--prompts", "EMPTY", "--prompt", "x"), "Give --prompt or --prompts FILE, not both."),
+    (("--prompt", "  "), "The prompt is empty."),
+    (("--prompt", "x", "--wait"), "--wait goes with --async"),
+    (("--prompt", "x", "--async", "--partial-images", "2"), "The Batch API does not stream"),
+    (("--prompt", "x", "--async", "--reference", "REF"), "cannot be batched"),
+])
+def test_bad_prompts_are_one_clear_line_before_any_request(local_server, tmp_path, args, text):
+    (tmp_path / "empty.txt").write_text("# nothing here\n\n", encoding="utf-8")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    Image.fromarray(np.zeros((60, 80, 3), np.uint8)).save(tmp_path / "ref.png")
+    subs = {"MISSING": str(tmp_path / "missing.txt"), "EMPTY": str(tmp_path / "empty.txt"),
+            "LATIN1": str(tmp_path / "latin1.txt"), "REF": str(tmp_path / "ref.png")}
+    proc = cli("generate", *(subs.get(a, a) for a in args), "--model", "gpt-image-2", "--out", str(tmp_path),
+               server=local_server)
+    assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("gimp-openai: error: ") and text in proc.stderr.splitlines()[0], proc.stderr
+    assert image_requests(local_server) == 0 and not list(tmp_path.glob("generated*"))
+
+
 def test_batch_finishes_the_good_images_when_one_is_bad(local_server, tmp_path):
     images, masks = [], []
     for i in range(3):

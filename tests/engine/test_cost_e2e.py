@@ -233,3 +233,28 @@ def test_a_batch_is_held_to_the_limit_as_a_whole(local_server, tmp_path):
     assert [f["error"]["code"] for f in failed] == ["cost_limit"] * (3 - len(done))
     assert image_requests(local_server) == len(done)  # the refused ones were never sent
     assert answer["cost"]["usd"] == pytest.approx(sum(r["cost"]["usd"] for r in done))
+
+
+def test_expand_prints_the_plan_s_estimate_and_asks_before_the_first_tile(local_server, tmp_path):
+    """The whole plan's price (every tile's request) is printed once before anything is sent; above --max-cost
+    not one tile is paid without --yes; the estimate is within 25 % of what the run then cost."""
+    args = ("expand", str(SAMPLE), "--right", "4096", "--model", "gpt-image-2", "--quality", "high", "--out",
+            str(tmp_path))
+    refused = cli("--json", *args, "--max-cost", "0.05", server=local_server)
+    assert refused.returncode == 1
+    error = json.loads(refused.stdout)["error"]
+    assert error["code"] == "cost_limit" and "above your limit of $0.0500" in error["message"], error
+    (line,) = [x for x in refused.stderr.splitlines() if "estimate:" in x]
+    tiles = int(line.split()[1])
+    assert tiles >= 2 and line.startswith(f"estimate: {tiles} requests (tiles of ") and \
+        ", gpt-image-2, quality high: about $" in line, line
+    assert image_requests(local_server) == 0  # not one tile was paid
+    sent = cli("--json", *args, "--max-cost", "0.05", "--yes", server=local_server)
+    assert sent.returncode == 0, sent.stderr
+    answer = json.loads(sent.stdout)
+    assert [x for x in sent.stderr.splitlines() if "estimate:" in x] == [line]  # once, not per tile
+    assert answer["estimate"]["tiles"] == len(answer["tiles"]) == image_requests(local_server) == tiles
+    assert 0.75 <= answer["cost"]["usd"] / answer["estimate"]["usd"] <= 1.25
+    from gimp_openai.pricing import dollars
+
+    assert line.endswith(f"about {dollars(answer['estimate']['usd'])}")

@@ -107,6 +107,62 @@ def test_known_mask_and_fill():
     assert (filled[:, :2] == [10, 20, 30, 255]).all() and (filled[:, 2:] == pixels[:, 2:]).all()
 
 
+# --- the estimate: the plan's tiles, each one edit -------------------------------------------------------
+
+GPT2 = FAMILIES["gpt-image-2"]
+
+
+def _gpt2_price():
+    from gimp_openai import pricing
+
+    return pricing.price_for("gpt-image-2")
+
+
+@pytest.mark.parametrize("width, height, margins, limit, tiles", [
+    (1024, 768, Margins(right=256), None, 1),  # the grown canvas fits one request
+    (1024, 768, Margins(right=256), 512, 2),  # a right strip in two pieces
+    (1024, 768, Margins(left=256, right=256), 512, 4),
+    (1024, 768, Margins(left=64, top=64, right=64, bottom=64), 512, 10),  # 2 + 2 beside it, 3 + 3 across
+    (1024, 768, Margins(), None, 0),  # nothing grows: nothing is sent
+])
+def test_the_estimate_is_the_sum_of_the_tiles_requests(width, height, margins, limit, tiles):
+    planned = expand.estimate("gpt-image-2", GPT2, _gpt2_price(), width=width, height=height, margins=margins,
+                              quality="low", limit=limit)
+    assert len(planned.tiles) == len(planned.estimates) == tiles
+    if margins.is_empty:
+        assert planned.usd == 0 and planned.text() == "nothing to paint: the canvas would not grow"
+        return
+    canvas, old = expand.expanded(width, height, margins)
+    assert [t.request for t in planned.tiles] == [t.request for t in plan_tiles(canvas, old, limit or 2880,
+                                                                                overlap=16)]
+    for tile, one in zip(planned.tiles, planned.estimates, strict=True):
+        target = plan_region(tile.request, None, GPT2, padding=0.0).target
+        assert one.n == 1 and one.size == tuple(target) and one.quality == "low"
+    assert planned.usd == pytest.approx(sum(e.usd for e in planned.estimates))
+    assert planned.to_dict()["tiles"] == tiles and planned.to_dict()["images"] == tiles
+    assert planned.text().startswith(f"{tiles} request{'s' if tiles > 1 else ''} (tile")
+
+
+def test_one_tile_s_estimate_in_dollars():
+    """1024x768 grown 256 px to the right: one edit of 1280x768 at low quality. Tokens: the default prompt
+    (4 characters a token), the upload (65 + 129 per started 512 tile: 3 x 2), the output (200 per 1024x1024 at
+    low, scaled by pixels); dollars at gpt-image-2's $5 text in, $8 image in, $30 out per million."""
+    planned = expand.estimate("gpt-image-2", GPT2, _gpt2_price(), width=1024, height=768,
+                              margins=Margins(right=256), quality="low")
+    text = len(expand.DEFAULT_PROMPT) // 4
+    image = 65 + 129 * 3 * 2
+    output = round(200 * 1280 * 768 / 1024**2)
+    assert planned.estimates[0].size == (1280, 768)
+    assert planned.usd == pytest.approx((text * 5 + image * 8 + output * 30) / 1e6)
+    assert planned.text() == f"1 request (tile of 1280x768), gpt-image-2, quality low: about ${planned.usd:.4f}"
+    auto = expand.estimate("gpt-image-2", GPT2, _gpt2_price(), width=1024, height=768, margins=Margins(right=256),
+                           quality="auto")
+    assert auto.usd_upper > auto.usd and "(up to $" in auto.text()  # auto may be high
+    unpriced = expand.estimate("gpt-image-2", GPT2, None, width=1024, height=768, margins=Margins(right=256),
+                               quality="low")
+    assert unpriced.usd is None and unpriced.text().endswith("tokens (no price known)")
+
+
 # --- real HTTP -------------------------------------------------------------------------------------------
 
 
@@ -256,6 +312,12 @@ def test_expand_fills_the_old_canvas_transparent_pixels_and_keeps_every_visible_
     assert (o.pixels[o.mask == 255][:, 3] == 255).all()
     holes = int((pixels[..., 3] == 0).sum())
     assert any(f"{holes} transparent px" in n for n in out.notes) == (holes > 0)
+    # the estimate made before the run planned exactly the requests the run made, priced as it priced them
+    planned = expand.estimate("gpt-image-2", engine.family("gpt-image-2"), engine.price("gpt-image-2"),
+                              width=pixels.shape[1], height=pixels.shape[0], margins=margins, quality="auto",
+                              limit=limit, shown=pixels[..., 3] > 0)
+    assert [t.request for t in planned.tiles] == [t.request for t in out.tiles]
+    assert [e.to_dict() for e in planned.estimates] == [e.to_dict() for e in out.estimates]
 
 
 def test_a_fully_transparent_picture_is_refused_before_any_request(local_server, tmp_path, photo):

@@ -140,3 +140,51 @@ def test_a_generate_job_with_named_references_reaches_the_server_as_an_edit_with
     assert request["endpoint"].endswith("edits")
     assert [f["field"] for f in request["files"]] == ["image"]  # one reference, no mask
     assert request["files"][0]["image"]["width"] == 800  # under the output size: sent as it is
+
+
+# --- the plan of an expansion: its tiles and their estimate ---------------------------------------------------
+
+def _plan(folder: Path, data: dict) -> dict:
+    path = folder / "plan.json"
+    path.write_text(json.dumps({"version": 1, "operation": "expand", "model": "gpt-image-2", "quality": "low",
+                                **data}))
+    out = io.StringIO()
+    assert jobs.run_plan(str(path), out) == 0
+    return json.loads(out.getvalue())
+
+
+def test_the_expand_plan_estimates_every_tile_including_the_pictures_transparent_pixels(tmp_path):
+    from gimp_openai import capabilities, expand, pricing
+
+    pixels = np.full((600, 3200, 4), 200, np.uint8)
+    pixels[:, 1200:1300, 3] = 0  # a transparent column: beyond the strips' reach, it needs tiles of its own
+    Image.fromarray(pixels).save(tmp_path / "img-1.png")
+    base = {"canvas": {"width": 3200, "height": 600}, "margins": {"top": 64}}
+    opaque = _plan(tmp_path, base)  # a dialog's estimate: the pixels are not read
+    seen = _plan(tmp_path, dict(base, image="img-1.png"))  # a run's: the exported picture beside the plan
+    assert opaque["ok"] and seen["ok"], (opaque, seen)
+    family = capabilities.FAMILIES["gpt-image-2"]
+    for answer, shown in ((opaque, None), (seen, pixels[..., 3] > 0)):
+        planned = expand.estimate("gpt-image-2", family, pricing.price_for("gpt-image-2"), width=3200, height=600,
+                                  margins=expand.Margins(top=64), quality="low", shown=shown)
+        assert answer["estimate"]["tiles"] == len(answer["tiles"]) == len(planned.tiles)
+        assert answer["estimate"]["usd"] == pytest.approx(planned.usd)
+        assert answer["estimate"]["text"] == planned.text() and answer["items"] == []
+    assert seen["estimate"]["tiles"] > opaque["estimate"]["tiles"] == 2  # two pieces of the top strip
+    assert seen["margins"] == {"left": 0, "top": 64, "right": 0, "bottom": 0}
+    aspect = _plan(tmp_path, {"canvas": {"width": 3200, "height": 600}, "aspect": "16:3", "sides": []})
+    assert aspect["estimate"]["tiles"] == 0 and aspect["estimate"]["usd"] == 0  # 3200x600 is already 16:3
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"margins": {"top": 64}}, "An expand plan needs 'canvas' (the picture's width and height)."),
+    ({"canvas": {"width": 100, "height": 80}}, "Nothing to expand: every margin is 0."),
+    ({"canvas": {"width": 100, "height": 80}, "margins": {"top": 0}}, "Nothing to expand: every margin is 0."),
+    ({"canvas": {"width": 100, "height": 80}, "margins": {"top": 8}, "image": "img-1.png"},
+     "The plan's picture is 40x30 px, not the canvas 100x80."),
+    ({"canvas": {"width": 40, "height": 30}, "margins": {"top": 8}, "image": "../x.png"}, "outside the job folder"),
+])
+def test_a_bad_expand_plan_is_refused_in_words(tmp_path, data, message):
+    Image.fromarray(np.full((30, 40, 4), 200, np.uint8)).save(tmp_path / "img-1.png")
+    answer = _plan(tmp_path, data)
+    assert answer["ok"] is False and message in answer["error"]["message"], answer

@@ -80,7 +80,7 @@ OK = images_answer(png(4, 4))
     ({"x-ratelimit-limit-images": "20", "x-ratelimit-remaining-images": "0",
       "x-ratelimit-reset-images": "6m0s"}, 1, 18.0),
     ({"x-ratelimit-limit-tokens": "150000", "x-ratelimit-remaining-tokens": "0",
-      "x-ratelimit-reset-tokens": "6m0s"}, 1, 360 / 150000),
+      "x-ratelimit-reset-tokens": "6m0s"}, 1, 1768 * 360 / 150000),  # the request's own tokens (prompt + medium)
     ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "120ms"}, 1, 0.12),  # no limit: reset
     ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "20"}, 1, 20.0),
     ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1h0m0s"}, 1, None),  # over max_wait
@@ -99,6 +99,66 @@ def test_second_request_waits_what_the_first_answer_implies(first_headers, n, ex
         assert clock.waits == []
     else:
         assert clock.waits == [pytest.approx(expected_wait, rel=1e-3)]
+
+
+# --- tokens: a request waits for its own estimated tokens, not until the budget is spent -----------------------
+
+@pytest.mark.parametrize("limit, remaining, reset, need, expected", [
+    (10000, 10000, "0s", 4000, 0.0),  # a full budget
+    (10000, 5000, "30s", 4000, 0.0),  # 5000 left: it fits
+    (10000, 4000, "36s", 4000, 0.0),  # exactly what it needs
+    (10000, 3000, "42s", 4000, 6.0),  # 1000 short at 10000 a minute (166.7 a second): 6 s
+    (10000, 0, "1m0s", 4000, 24.0),  # spent: 4000 back at 166.7 a second
+    (10000, 2000, "48s", 1, 0.0),  # one token's worth (before this change every request was 1)
+    (10000, 0, "1m0s", 25000, 60.0),  # larger than the whole budget: waits for a full one, then goes
+    (None, 100, "10s", 500, 10.0),  # no limit given, so no rate: the reset
+    (None, 600, "10s", 500, 0.0),
+])
+def test_a_request_waits_until_its_own_tokens_are_back(limit, remaining, reset, need, expected):
+    clock = FakeClock()
+    p = pacer(clock)
+    first = p.acquire({"requests": 1, "tokens": 1})
+    headers = {"x-ratelimit-remaining-tokens": str(remaining), "x-ratelimit-reset-tokens": reset}
+    if limit is not None:
+        headers["x-ratelimit-limit-tokens"] = str(limit)
+    p.observe(first, headers)
+    assert p.delay({"requests": 1, "tokens": need}) == pytest.approx(expected, abs=1e-3)
+    p.acquire({"requests": 1, "tokens": need})
+    assert sum(clock.waits) == pytest.approx(expected, abs=1e-3)
+
+
+#: (request, tokens as pricing.request_tokens counts them): 1 text token for the prompt "x"; output per
+#: 1024x1024 image 200 (low), 1767 (medium, also what auto is counted as), 7033 (high), scaled by pixels;
+#: an upload of 512x512 is 65 + 129 (one 512 tile).
+SPENT = {"x-ratelimit-limit-tokens": "6000", "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m0s"}
+
+
+@pytest.mark.parametrize("call, tokens", [
+    (dict(kind="generate", quality="low"), 1 + 200),
+    (dict(kind="generate", quality="low", n=3), 1 + 3 * 200),
+    (dict(kind="generate", quality="low", size="1024x1536"), 1 + 300),
+    (dict(kind="generate", quality="auto"), 1 + 1767),
+    (dict(kind="generate", quality="medium", prompt="a red kite over the sea"), 5 + 1767),
+    (dict(kind="generate", quality="high"), 1 + 7033),
+    (dict(kind="edit", quality="low"), 1 + 194 + 50),  # auto size: the upload's, 512x512
+    (dict(kind="edit", quality="low", size="1024x1024"), 1 + 194 + 200),
+])
+def test_the_client_paces_each_request_by_its_estimated_tokens(call, tokens):
+    """The server's budget is spent (6000 tokens a minute: 100 a second); the next request waits for exactly its
+    own tokens (capped at the whole budget), read off the request it is about to send."""
+    clock = FakeClock()
+    with WireServer([Reply.json(OK, headers=SPENT), Reply.json(OK)]) as server:
+        client = client_for(server.url)
+        client.pacer = pacer(clock)
+        client.generate(model="gpt-image-2", prompt="x", quality="low")
+        assert clock.waits == []
+        kind = call.pop("kind")
+        call.setdefault("prompt", "x")
+        if kind == "generate":
+            client.generate(model="gpt-image-2", **call)
+        else:
+            client.edit(model="gpt-image-2", image=png(512, 512), **call)
+    assert clock.waits == [pytest.approx(min(tokens, 6000) / 100.0, rel=1e-3)]
 
 
 def test_429_with_budget_headers_waits_for_the_reset_and_retries_once():
@@ -147,11 +207,34 @@ def test_concurrent_sends_count_against_the_budget_and_old_answers_do_not_overwr
     # the third's answer (newer) arrives, then the second's (older) must not raise the budget again
     p.observe(numbers[2], {"x-ratelimit-limit-requests": "4", "x-ratelimit-remaining-requests": "1",
                            "x-ratelimit-reset-requests": "45s"})
+    # 1 left, less the fourth (sent later) and the second (sent earlier, but its body is not known to have
+    # reached the server before the third's: threads race), both still outstanding
+    assert p.snapshot()["requests"]["remaining"] == -1
     p.observe(numbers[1], {"x-ratelimit-limit-requests": "4", "x-ratelimit-remaining-requests": "2",
                            "x-ratelimit-reset-requests": "30s"})
-    assert p.snapshot()["requests"]["remaining"] == 0  # 1 left, less the fourth still outstanding
+    assert p.snapshot()["requests"]["remaining"] == -1  # an older answer: nothing adopted
     p.release(fourth)
-    assert not p.snapshot()["requests"]["remaining"]
+    assert p.snapshot()["requests"]["remaining"] == -1  # released units stay spent (the server may count them)
+
+
+@pytest.mark.parametrize("uploads, remaining", [
+    ((), 0),  # no body known sent: #1, #2 and #4 may all be uncounted
+    ((3,), 0),  # only the answered one's
+    ((1, 2, 3), 200),  # #1 and #2 were all sent before #3: the server counted them; #4 not
+    ((1, 3, 2), 100),  # #2's body went after #3's: perhaps not counted
+    ((1, 2, 4, 3), 200),  # #4 was sent after #3: never counted in #3's answer, whatever its upload
+])
+def test_an_earlier_send_counts_as_spent_unless_its_body_went_before(uploads, remaining):
+    """Four sends of 100 tokens race to a budget of 400; #3's answer says 300 left. What the server had
+    counted then depends on which bodies it had read: those all sent before #3's were counted."""
+    clock = FakeClock()
+    p = pacer(clock)
+    numbers = [p.acquire({"tokens": 100}) for _ in range(4)]
+    for k in uploads:
+        p.uploaded(numbers[k - 1])
+    p.observe(numbers[2], {"x-ratelimit-limit-tokens": "400", "x-ratelimit-remaining-tokens": "300",
+                           "x-ratelimit-reset-tokens": "15s"})
+    assert p.snapshot()["tokens"]["remaining"] == remaining
 
 
 def test_one_pacer_per_base_url_shared_by_clients():
@@ -211,3 +294,18 @@ def test_server_bucket_refills_continuously_and_refuses_with_retry_after():
     clock.now += 10.0
     assert limiter.admit("gpt-image-2", 1)["x-ratelimit-remaining-images"] == "0"
     assert Bucket("images", 6, clock=clock).headers()["x-ratelimit-reset-images"] == "0s"
+
+
+def test_server_counts_tokens_per_request_and_refuses_tpm_with_its_own_words():
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock, tokens_per_min=6000)
+    assert limiter.counts_tokens and not RateLimiter(images_per_min=5).counts_tokens
+    headers = limiter.admit("gpt-image-2", 1, 4000)
+    assert headers["x-ratelimit-remaining-tokens"] == "2000" and headers["x-ratelimit-limit-tokens"] == "6000"
+    with pytest.raises(Exception) as refused:
+        limiter.admit("gpt-image-2", 1, 2500)  # 500 short at 100 a second
+    error = refused.value
+    assert error.status == 429 and "tokens per min (TPM): Limit 6000, Used 4000, Requested 2500" in error.message
+    assert error.headers["retry-after-ms"] == "5000"
+    clock.now += 5.0
+    assert limiter.admit("gpt-image-2", 1, 2500)["x-ratelimit-remaining-tokens"] == "0"

@@ -43,9 +43,12 @@ def test_registrations_equal_the_manifest(g2):
         assert [p[1] for p in params[lead:]] == [p["name"] for p in public]
         for entry, p in zip(params[lead:], public):
             label = ("Advanced: " if p.get("advanced") else "") + p["label"]
-            assert entry[0] == getattr(gf, PF[p["type"]]) and entry[2] == label and entry[3] == p["default"]
-            if p["type"] in ("int", "float"):
+            widget = "PF_FLOAT" if p["name"] == "max_cost" else PF[p["type"]]  # a plain entry: see below
+            assert entry[0] == getattr(gf, widget) and entry[2] == label and entry[3] == p["default"]
+            if widget in ("PF_SPINNER", "PF_SLIDER"):
                 assert entry[4] == (p["min"], p["max"], p["step"])
+            elif widget == "PF_FLOAT":
+                assert len(entry) == 4
             if p["type"] == "choice":
                 assert [v for _l, v in entry[4]] == p["values"]
                 assert [w for w, _v in entry[4]] == [p.get("value_labels", {}).get(v, v) for v in p["values"]]
@@ -361,6 +364,30 @@ def test_settings_key_via_hidden_field_never_in_shelf_or_argv(g2, fake_engine):
     assert all(FAKE_KEY not in json.dumps(c["argv"]) for c in calls)
     assert FAKE_KEY not in repr(dict(g2.shelf)) and FAKE_KEY not in text
     g2.plugin.ASK_SECRET = None
+
+
+def test_the_cost_limit_is_a_plain_number_entry_and_checked(g2, fake_engine):
+    """GIMP 2.10's cost limit: a slider from 0 to 100,000 in steps of 0.05 cannot be set to $2.50 by hand, so
+    it is a number entry (PF_FLOAT) with the manifest's label; the small float ranges stay sliders. What the
+    entry takes that is not a limit (negative, too large, not a number) is refused in one message, unsaved."""
+    gf = g2.gimpfu
+    settings = {p[1]: p for p in gf._registered_plugins_["python-fu-openai-settings"][8]}
+    assert settings["max_cost"][0] == gf.PF_FLOAT and settings["max_cost"][2] == "_Ask first above this cost (US$)"
+    edit = {p[1]: p for p in gf._registered_plugins_["python-fu-openai-edit-selection"][8]}
+    assert edit["feather"][0] == edit["context_padding"][0] == gf.PF_SLIDER
+    for typed, shown in ((-5.0, "-5.0"), (1e9, "1000000000.0"), (float("nan"), "nan"), (float("inf"), "inf")):
+        g2.gimpfu.DIALOG = lambda name, values, typed=typed: ["", "", "", False, False, typed]
+        g2.pdb.python_fu_openai_settings(run_mode=g2.gimpfu.RUN_INTERACTIVE)  # said in a message, not raised
+        assert g2.gimp.state.messages[-1] == (f"The cost limit {shown} is not allowed: it must be a number from 0 "
+                                              "to 100,000.\n\nWhat to do: Type a number of dollars, such as 1.50.")
+    assert not [c for c in fake_engine() if c["argv"][3:5] == ["config", "set"]]  # nothing was saved
+    g2.gimpfu.DIALOG = lambda name, values: ["", "", "", False, False, 2.5]
+    g2.pdb.python_fu_openai_settings(run_mode=g2.gimpfu.RUN_INTERACTIVE)
+    (saved,) = [c for c in fake_engine() if c["argv"][3:5] == ["config", "set"]]
+    assert "max_cost=2.5" in saved["argv"] and "ask first above $2.50" in g2.gimp.state.messages[-1]
+    with pytest.raises(RuntimeError):  # a script's value is checked the same way
+        g2.pdb.python_fu_openai_settings("", "", "", False, False, -1.0)
+    assert "The cost limit -1.0 is not allowed" in g2.gimp.state.messages[-1]
 
 
 def test_settings_key_refused_non_interactively(g2, fake_engine):

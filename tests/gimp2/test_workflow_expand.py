@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import FAKE_KEY
-from tests.gimp2.test_workflow import FakeAdapter, FakeImage, hl, run
+from tests.gimp2.test_workflow import FakeAdapter, FakeImage, flow, hl, proc, run
 
 
 @pytest.fixture
@@ -189,3 +189,72 @@ def test_expand_canvas_refuses_growing_nothing_before_sending(engine):
         run(adapter, "expand-canvas", {"sides": "all", "amount": 0}, image)
     assert "0 px" in caught.value.message and adapter.canvas_calls == []
     assert engine.url  # nothing was asked of the server
+
+
+# --- what an expansion costs, before it is sent -----------------------------------------------------------------
+
+def _edits(server):
+    return sum(v for k, v in server.stats()["endpoints"].items() if "edits" in k)
+
+
+def test_expand_canvas_says_its_estimate_in_the_progress_before_sending(engine):
+    image = LayerImage(120, 90, (0, 0, 120, 90))
+    adapter = EdgeAdapter([image])
+    run(adapter, "expand-canvas", {"sides": "right", "amount": 40, "model": "gpt-image-2", "quality": "low"}, image)
+    said = [t for _f, t in adapter.progress_seen if t.startswith("OpenAI: expanding the canvas")]
+    assert said and said[0].startswith("OpenAI: expanding the canvas, about $0.0"), adapter.progress_seen
+    assert adapter.asked == []  # within the limit: nothing to ask
+
+
+def test_expand_canvas_above_the_limit_is_refused_unpaid_in_a_script(engine):
+    from gimp_openai.settings import update_settings
+
+    update_settings(max_cost=0.001)
+    image = LayerImage(120, 90, (0, 0, 120, 90))
+    adapter = EdgeAdapter([image])
+    with pytest.raises(hl.HostError) as caught:
+        run(adapter, "expand-canvas", {"sides": "right", "amount": 40, "model": "gpt-image-2", "quality": "high"},
+            image)
+    assert caught.value.message.startswith("Not sent: this run (1 request) is estimated at about $0.1")
+    assert "above your cost limit of $0.0010" in caught.value.message
+    assert adapter.canvas_calls == [] and _edits(engine) == 0
+
+
+@pytest.mark.parametrize("answer, sent", [(False, 0), (True, 1)])
+def test_expand_canvas_above_the_limit_asks_the_artist_first(engine, answer, sent):
+    from gimp_openai.settings import update_settings
+
+    update_settings(max_cost=0.001)
+    image = LayerImage(120, 90, (0, 0, 120, 90))
+    adapter = EdgeAdapter([image], interactive=True, answers=[answer])
+    values = {"sides": "right", "amount": 40, "model": "gpt-image-2", "quality": "high"}
+    if answer:
+        run(adapter, "expand-canvas", values, image)
+    else:
+        with pytest.raises(flow.Stop):
+            run(adapter, "expand-canvas", values, image)
+    ((question, title, yes),) = adapter.asked
+    assert question.startswith("This run (1 request) is estimated at about $0.1") and "above your limit" in question
+    assert title == "OpenAI: above your cost limit" and yes == "_Send"
+    assert _edits(engine) == sent and len(adapter.canvas_calls) == sent
+
+
+def test_the_expand_dialog_estimate_counts_the_tiles(engine):
+    """What the Expand Canvas dialog shows: the plan built from its values, asked of the engine."""
+    image = LayerImage(3000, 200, (0, 0, 3000, 200))
+    adapter = EdgeAdapter([image])
+    estimate = flow.DialogEstimate(adapter, proc("expand-canvas"), image, None)
+    values = dict(hl.defaults(proc("expand-canvas")), sides="left-right", amount=512, model="gpt-image-2",
+                  quality="low")
+    plan = estimate.plan(values)
+    assert plan["operation"] == "expand" and plan["canvas"] == {"width": 3000, "height": 200}
+    assert plan["margins"] == {"left": 512, "top": 0, "right": 512, "bottom": 0}
+    answer = hl.estimate(plan)
+    assert answer is not None and answer["estimate"]["tiles"] == 2 == len(answer["tiles"])
+    label = hl.estimate_label(answer)
+    assert label.startswith("Estimated cost: about $0.0") and "for 2 requests (tiles of the new area)" in label
+    assert "gpt-image-2, low quality" in label
+    with pytest.raises(flow.Refusal):  # the dialog then says "nothing to send yet"
+        estimate.plan(dict(values, amount=0))
+    nothing = hl.estimate(estimate.plan(dict(values, aspect="15:1")))  # 3000x200 is already 15:1
+    assert hl.estimate_label(nothing) == "Estimated cost: nothing to send (the canvas would not grow)"

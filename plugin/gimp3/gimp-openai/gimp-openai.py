@@ -297,7 +297,7 @@ def _secrets():
 def _dialog_estimate(adapter, proc, image, drawables):
     """The regions a dialog's cost estimate is about, read now (GIMP's calls belong to this thread), or None
     for a dialog that sends nothing (Settings) or when they cannot be read (the run says why)."""
-    if proc["operation"] not in ("edit", "variation", "generate", "batch"):
+    if proc["operation"] not in ("edit", "variation", "generate", "batch", "expand"):
         return None
     try:
         return flow.DialogEstimate(adapter, proc, image, drawables)

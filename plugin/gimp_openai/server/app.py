@@ -55,6 +55,7 @@ class ServerConfig:
     no_streaming: bool = False  # refuse ``stream`` like a compatible server without streams (400 unknown_parameter)
     rate_limit_images: int = 0  # images per minute (0: no limit); answers carry x-ratelimit-* headers
     rate_limit_requests: int = 0  # requests per minute (0: no limit)
+    rate_limit_tokens: int = 0  # tokens per minute (0: no limit), counted as pricing.request_tokens
     rate_window: float = 60.0  # the limits' window in seconds (tests shorten it)
     batch_delay: float = 5.0  # seconds a batch stays validating/in progress before it is worked off
     batch_fail_every: int = 0  # every K-th line of a batch fails (500 server_error) into the error file
@@ -75,7 +76,8 @@ class LocalServer(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self.connections = threading.BoundedSemaphore(max(1, config.max_connections))
         self.work_gate = threading.BoundedSemaphore(max(1, config.max_work))
-        self.limiter = RateLimiter(config.rate_limit_images, config.rate_limit_requests, config.rate_window)
+        self.limiter = RateLimiter(config.rate_limit_images, config.rate_limit_requests, config.rate_window,
+                                   tokens_per_min=config.rate_limit_tokens)
         self.batches = BatchService(self)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -156,8 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "a request over it gets 429 rate_limit_exceeded (default 0: no limit)")
     parser.add_argument("--rate-limit-requests", type=int, default=0, metavar="REQUESTS_PER_MIN",
                         help="requests per minute on the images endpoints (default 0: no limit)")
+    parser.add_argument("--rate-limit-tokens", type=int, default=0, metavar="TOKENS_PER_MIN",
+                        help="tokens per minute, like OpenAI's TPM limit: a request counts its prompt, uploads and "
+                             "images at the size and quality asked when it arrives (default 0: no limit)")
     parser.add_argument("--rate-window", type=float, default=60.0, metavar="SECONDS",
-                        help="the window of --rate-limit and --rate-limit-requests (default 60: per minute)")
+                        help="the window of the --rate-limit options (default 60: per minute)")
     parser.add_argument("--batch-delay", type=float, default=5.0, metavar="SECONDS",
                         help="Batch API: how long a batch waits before it is worked off (default 5)")
     parser.add_argument("--batch-fail-every", type=int, default=0, metavar="K",
@@ -209,6 +214,7 @@ def make_server(args: argparse.Namespace, key: str | None) -> LocalServer:
         no_streaming=args.no_streaming,
         rate_limit_images=max(0, args.rate_limit),
         rate_limit_requests=max(0, args.rate_limit_requests),
+        rate_limit_tokens=max(0, args.rate_limit_tokens),
         rate_window=_positive(args.rate_window, "--rate-window"),
         batch_delay=max(0.0, args.batch_delay),
         batch_fail_every=max(0, args.batch_fail_every),

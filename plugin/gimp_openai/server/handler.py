@@ -400,18 +400,24 @@ class Handler(BaseHTTPRequestHandler):
             entry["error"] = {"code": bug.code, "param": bug.param, "type": bug.type}
             delivery = []
             _report_bug(exc)
-        headers.update(entry.pop("_ratelimit", None) or {})
+        limits = entry.pop("_ratelimit", None) or {}
+        headers.update(limits)
+        fresh = status == 200 and bool(limits)  # admitted under the limits
         entry["status"] = status
         entry["seconds"] = round(time.monotonic() - started, 4)
         self.server.stats.record({k: v for k, v in entry.items() if not k.startswith("_")})
         delay = self._latency(delivery)
         headers["openai-version"] = "2020-10-01"
         if isinstance(body, StreamAnswer):  # the latency is spread over the events, not waited up front
+            if fresh:
+                headers.update(self.server.limiter.current())
             headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
             self._send_stream(body, delay, headers, delivery)
             return
         if delay > 0:
             self.server.stopping.wait(delay)
+        if fresh:  # the budgets as they are when the answer goes, not as they were when the request came
+            headers.update(self.server.limiter.current())
         headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
         self._send(status, body, content_type, headers, delivery)
 
@@ -517,7 +523,10 @@ class Handler(BaseHTTPRequestHandler):
             raise faults.before_error(before, model)
         family = self.server.registry.require_image_model(model, endpoint)
         entry["_ratelimit"] = {}
-        entry["_ratelimit"] = self.server.limiter.admit(model, _requested_n(fields))
+        tokens = _request_tokens(family, fields, files) if self.server.limiter.counts_tokens else 1
+        if self.server.limiter.counts_tokens:
+            entry["rate_tokens"] = tokens  # what the request took from the budget (tests hold pacing to it)
+        entry["_ratelimit"] = self.server.limiter.admit(model, _requested_n(fields), tokens)
         with self._heavy_work():
             encoded = self._produce(endpoint, model, family, fields, files, is_multipart, firing, spec, entry)
         entry.pop("_delivery", None)
@@ -665,6 +674,15 @@ def _requested_n(fields: dict[str, Any]) -> int:
         return min(10, max(1, int(str(fields.get("n", 1)).strip())))
     except ValueError:
         return 1
+
+
+def _request_tokens(family: caps.Family, fields: dict[str, Any], files: list) -> int:
+    """The tokens a request takes from ``--rate-limit-tokens``: the engine's rule (pricing.request_tokens) on
+    the fields and the image and markup uploads as received (their headers only; nothing is decoded yet)."""
+    from gimp_openai import pricing
+
+    uploads = [part.data for part in files if part.field in ("image", "image[]", "markup")]
+    return pricing.request_tokens(family, fields, uploads)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

@@ -1,11 +1,15 @@
 """Per-minute rate limits the way OpenAI announces them, so clients can be tested against a budget offline.
 
-``--rate-limit IMAGES_PER_MIN`` (and ``--rate-limit-requests REQUESTS_PER_MIN``) give the server token buckets
+``--rate-limit IMAGES_PER_MIN`` (and ``--rate-limit-requests REQUESTS_PER_MIN``, ``--rate-limit-tokens
+TOKENS_PER_MIN``) give the server token buckets
 that start full and refill continuously (limit / 60 per second), as OpenAI's do: ``x-ratelimit-reset-*`` is the
 time until the bucket is full again ("the time until the rate limit resets to its initial state"), written as a
 Go duration (``1s``, ``6m0s``, ``120ms``). Every images answer carries ``x-ratelimit-limit-*``,
 ``x-ratelimit-remaining-*`` and ``x-ratelimit-reset-*`` for each configured limit; a request that does not fit is
-answered 429 ``rate_limit_exceeded`` with ``retry-after`` (seconds until it would fit) and takes nothing.
+answered 429 ``rate_limit_exceeded`` with ``retry-after`` (seconds until it would fit) and takes nothing; an answer
+that was admitted carries the budgets as they stand when it is sent. A request's
+tokens are counted when it arrives (pricing.request_tokens: its prompt, uploads, and n images at the size and
+quality asked), as OpenAI counts them against TPM before the answer's ``usage`` is known.
 ``--rate-window SECONDS`` shortens the minute for tests (4 per 2 s: the rate of 120 a minute, a bucket of 4).
 """
 
@@ -76,21 +80,26 @@ class RateLimiter:
     """The server's buckets (one per configured kind); thread-safe."""
 
     def __init__(self, images_per_min: int = 0, requests_per_min: int = 0, window: float = WINDOW,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, tokens_per_min: int = 0) -> None:
         self._lock = threading.Lock()
         self.buckets = [Bucket(kind, limit, window, clock)
-                        for kind, limit in (("requests", requests_per_min), ("images", images_per_min)) if limit > 0]
+                        for kind, limit in (("requests", requests_per_min), ("images", images_per_min),
+                                            ("tokens", tokens_per_min)) if limit > 0]
+
+    @property
+    def counts_tokens(self) -> bool:
+        return any(bucket.kind == "tokens" for bucket in self.buckets)
 
     @property
     def active(self) -> bool:
         return bool(self.buckets)
 
-    def admit(self, model: str, images: int) -> dict[str, str]:
-        """Take one request and ``images`` images, returning the headers to send; 429 (carrying the same
-        headers) when either does not fit, taking nothing."""
+    def admit(self, model: str, images: int, tokens: int = 1) -> dict[str, str]:
+        """Take one request, ``images`` images and ``tokens`` tokens, returning the headers to send; 429
+        (carrying the same headers) when any does not fit, taking nothing."""
         if not self.buckets:
             return {}
-        units = {"requests": 1, "images": max(1, images)}
+        units = {"requests": 1, "images": max(1, images), "tokens": max(1, tokens)}
         with self._lock:
             waits = [(bucket.short_by(units[bucket.kind]), bucket) for bucket in self.buckets]
             wait, bucket = max(waits, key=lambda pair: pair[0])
@@ -101,7 +110,8 @@ class RateLimiter:
             headers = self._headers()
         headers["retry-after"] = str(max(1, math.ceil(wait)))
         headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
-        per = "images per min (IPM)" if bucket.kind == "images" else "requests per min (RPM)"
+        per = {"images": "images per min (IPM)", "tokens": "tokens per min (TPM)"}.get(bucket.kind,
+                                                                                    "requests per min (RPM)")
         used = bucket.limit - max(0, math.floor(bucket.tokens))
         raise ApiError(
             429,
@@ -109,6 +119,12 @@ class RateLimiter:
             f"Used {used}, Requested {units[bucket.kind]}. Please try again in {go_duration(wait)}.",
             type="requests", code="rate_limit_exceeded", headers=headers,
         )
+
+    def current(self) -> dict[str, str]:
+        """The headers as the budgets stand now: an answer that took a while to paint says what is left when it
+        is sent (a client paces from the moment it reads them)."""
+        with self._lock:
+            return self._headers()
 
     def _headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
