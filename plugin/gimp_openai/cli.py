@@ -588,9 +588,13 @@ def run_one(
     # server works (from the moment the request waits), so writing the results later deflates only the crop's.
     ahead = BandsAhead(width, height, 4, lambda row0, row1: pixels[row0:row1])
 
+    last_rows: list[tuple[int, int]] = []  # the rows the result replaces: their bands are deflated last
+
     def progress_and_ahead(event: Progress) -> None:
+        if "place_rows" in event.extra:
+            last_rows[:] = [tuple(event.extra["place_rows"])]
         if event.phase == "waiting" and not ahead.started:
-            ahead.start()
+            ahead.start(last=last_rows)
         progress(event)
     try:
         outcome = _operate(args, engine, model, pixels, image_path, mask_path, progress_and_ahead, item, previews)

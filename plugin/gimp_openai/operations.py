@@ -297,10 +297,11 @@ def _rect_dict(rect: Any) -> dict[str, int] | None:
     return rect.to_dict() if rect is not None else None
 
 
-def _emit(progress: ProgressCallback, item: str, phase: str, message: str, fraction: float | None = None) -> None:
+def _emit(progress: ProgressCallback, item: str, phase: str, message: str, fraction: float | None = None,
+          **extra: Any) -> None:
     try:
         progress(Progress(phase=phase, fraction=PHASE_START[phase] if fraction is None else fraction,
-                          message=message, item=item))
+                          message=message, item=item, extra=extra))
     except Exception:  # noqa: S110 - a broken progress consumer must never lose a paid result
         pass
 
@@ -730,8 +731,10 @@ def _send_edit(
 ) -> tuple[Any, Any, np.ndarray, np.ndarray]:
     from gimp_openai import composite, imaging, masks
 
+    # place_rows: the rows the result will replace (a CLI deflates the others' PNG bands while the server works)
     _emit(progress, item, "upload", "Preparing the image and the " + ("marks" if options.markup is not None else
-                                                                      "mask"))
+                                                                      "mask"),
+          place_rows=(plan.place.y, plan.place.y + plan.place.height))
     pixels = composite.request_pixels(place_pixels, plan)
     # The selection scaled into exactly the rectangle request_pixels scaled the place into (place_in_target),
     # so the mask's edge lies on the image's selection edge (scaling the request-sized selection instead can

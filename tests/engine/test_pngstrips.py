@@ -73,7 +73,7 @@ def test_bands_made_ahead_give_the_same_png_as_writing_it_all_now(tmp_path, monk
     if stop_early:
         ahead.stop()  # the result came first: only the bands made so far are used
     else:
-        ahead._thread.join()
+        ahead.wait()
         assert len(ahead.parts) == len(ahead.spans)
     with_ahead, plain = tmp_path / "ahead.png", tmp_path / "plain.png"
     with open(with_ahead, "wb") as out:
@@ -83,6 +83,18 @@ def test_bands_made_ahead_give_the_same_png_as_writing_it_all_now(tmp_path, monk
     ahead.close()
     assert with_ahead.read_bytes() == plain.read_bytes()
     np.testing.assert_array_equal(np.asarray(Image.open(with_ahead)), changed)
+
+
+def test_bands_ahead_leave_the_rows_the_answer_changes_for_last(monkeypatch):
+    """While the server works, the bands the result will replace are likely wasted: made after all others."""
+    monkeypatch.setattr(pngstrips, "STREAM_BAND_BYTES", 40 * 4 * 10)
+    monkeypatch.setattr(pngstrips, "workers", lambda: 1)  # one thread: the order of the parts in the file is the order
+    picture = np.random.default_rng(5).integers(0, 256, (200, 40, 4), np.uint8)
+    ahead = pngstrips.BandsAhead(40, 200, 4, lambda a, b: picture[a:b]).start(last=[(95, 125)])
+    ahead.wait()
+    by_offset = sorted(ahead.parts, key=lambda band: ahead.parts[band][0])
+    assert by_offset == [0, 1, 2, 3, 4, 5, 6, 7, 8, 13, 14, 15, 16, 17, 18, 19, 9, 10, 11, 12]
+    ahead.close()
 
 
 def test_bands_ahead_that_cannot_be_stored_are_made_when_needed(tmp_path, monkeypatch):
@@ -95,6 +107,9 @@ def test_bands_ahead_that_cannot_be_stored_are_made_when_needed(tmp_path, monkey
     class Full:
         def write(self, data):
             raise OSError(28, "No space left on device")
+
+        def seek(self, offset):
+            pass
 
         def close(self):
             pass
