@@ -445,15 +445,22 @@ DERIVED_DURABLE = False
 
 
 def write_png_unique(out: Path, stem: str, width: int, height: int, rows: Any, *, ahead: Any = None,
-                     changed: Sequence[tuple[int, int]] = ()) -> Path:
-    """A full-size PNG streamed from ``rows`` into ``out`` under a name claimed atomically (never an overwrite);
-    ``ahead``/``changed``: see pngstrips.write_png."""
+                     changed: Sequence[tuple[int, int]] = (), channels: int = 4) -> Path:
+    """A full-size PNG streamed from ``rows`` (RGBA) into ``out`` under a name claimed atomically (never an
+    overwrite); ``channels`` 3 writes an opaque picture as RGB. ``ahead``/``changed``: see pngstrips.write_png."""
     from gimp_openai.atomic import pending_file
     from gimp_openai.pngstrips import write_png
 
+    source = rows if channels == 4 else lambda row0, row1: rows(row0, row1)[..., :3]
     with pending_file(out, stem + ".png", durable=DERIVED_DURABLE) as pending:
-        write_png(pending.file, width, height, 4, rows, ahead=ahead, changed=changed)
+        write_png(pending.file, width, height, channels, source, ahead=ahead, changed=changed)
         return pending.publish_unique(stem, ".png")
+
+
+def opaque(pixels: np.ndarray) -> bool:
+    """Every pixel fully opaque: such a picture, and a result that keeps it so, is written as RGB, a quarter less
+    to deflate and to store than RGBA (an 8000² photo: 192 instead of 256 MB of rows)."""
+    return bool(pixels[..., 3].min() == 255)
 
 
 def write_results(out: Path, stem: str, original: np.ndarray | None, outcome: operations.Outcome,
@@ -466,6 +473,7 @@ def write_results(out: Path, stem: str, original: np.ndarray | None, outcome: op
     from gimp_openai.imaging import encode_png
 
     patches = []
+    original_opaque = original is not None and opaque(original)
     for output in outcome.outputs:
         if original is None:  # generate: --name (or "generated") and the number
             name = f"{stem}-{output.index}"
@@ -475,8 +483,9 @@ def write_results(out: Path, stem: str, original: np.ndarray | None, outcome: op
             patch = ora.Patch(output.x, output.y, result_patch(original, output))
             patches.append(patch)
             rows_changed = [(patch.y, patch.y + patch.pixels.shape[0])]
+            channels = 3 if original_opaque and opaque(patch.pixels) else 4
             path = write_png_unique(out, name, original.shape[1], original.shape[0], ora.pasted_rows(original, [patch]),
-                                    ahead=ahead, changed=rows_changed)
+                                    ahead=ahead, changed=rows_changed, channels=channels)
         written.pngs.append(path)
         written.outputs.append(output)
     if original is not None and outcome.outputs:
@@ -586,7 +595,10 @@ def run_one(
         args, "partial_images", 0) else None
     # The full-size results are the original with a crop pasted in: its untouched bands are deflated while the
     # server works (from the moment the request waits), so writing the results later deflates only the crop's.
-    ahead = BandsAhead(width, height, 4, lambda row0, row1: pixels[row0:row1])
+    if opaque(pixels):
+        ahead = BandsAhead(width, height, 3, lambda row0, row1: pixels[row0:row1, :, :3])
+    else:
+        ahead = BandsAhead(width, height, 4, lambda row0, row1: pixels[row0:row1])
 
     last_rows: list[tuple[int, int]] = []  # the rows the result replaces: their bands are deflated last
 

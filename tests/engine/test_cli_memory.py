@@ -59,7 +59,9 @@ def test_a_big_edit_peaks_near_the_picture_not_thirty_canvases(local_server, tmp
     assert peak_mb <= bound, f"peak {peak_mb:.0f} MB > {bound:.0f} MB (canvas {canvas_mb:.0f}, crop {crop_mb:.0f})"
     # the outputs are whole: the full-size PNG, and the .ora with the crop-sized layer at its offsets
     result = json.loads(run.stdout)["results"][0]
-    full = np.asarray(Image.open(result["outputs"][0]["png"]))
+    written = Image.open(result["outputs"][0]["png"])
+    assert written.mode == ("RGBA" if transparent else "RGB")  # an opaque picture stays an RGB file
+    full = np.asarray(written.convert("RGBA"))
     original = np.asarray(Image.open(source).convert("RGBA"))
     assert full.shape == original.shape
     outside = np.ones(full.shape[:2], bool)
