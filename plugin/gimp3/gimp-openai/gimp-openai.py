@@ -907,10 +907,44 @@ class _Unrecorded:
         return False
 
 
+def _new_preview_layer(image, above, spec, width, height):
+    """A transparent preview layer above ``above`` (where the result will go: above the layer and its earlier
+    results; on top of the image when None), at the spec's offsets, with its parasite and the engine's layer
+    mask. Call inside ``_Unrecorded``."""
+    gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
+    kind = Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
+    layer = Gimp.Layer.new(image, spec.name, width, height, kind, 100.0, Gimp.LayerMode.NORMAL)
+    layer.attach_parasite(Gimp.Parasite.new(hl.PREVIEW_PARASITE, Gimp.PARASITE_PERSISTENT,
+                                            list(spec.parasite.encode("utf-8"))))
+    parent = above.get_parent() if above is not None else None
+    position = _above_earlier_results(image, above) if above is not None else 0
+    image.insert_layer(layer, parent, position)
+    layer.set_offsets(spec.x, spec.y)
+    if spec.mask == "engine" and spec.mask_png:  # the same mask for every preview of the item
+        apply_mask(image, layer, spec.mask_png)
+    return layer
+
+
+def prepare_preview(image, above, spec, layer=None):
+    """The preview layer made while the model works (the engine's ``partial_place`` line: where the previews
+    will go and their mask), transparent until the first preview, so that each preview then only changes its
+    pixels: making the layer and its 1536² mask cost 3-4 times a pixel update (docs/performance.md). Returns
+    the layer (``layer`` itself when it already has that place and size)."""
+    width, height = int(spec.width), int(spec.height)
+    with _Unrecorded(image):
+        if layer is not None and layer.is_valid():
+            if (layer.get_width(), layer.get_height()) == (width, height) and \
+                    layer.get_offsets()[1:] == (spec.x, spec.y):
+                return layer
+            image.remove_layer(layer)
+        layer = _new_preview_layer(image, above, spec, width, height)
+        layer.fill(Gimp.FillType.TRANSPARENT)
+    return layer
+
+
 def show_preview(image, above, spec, layer=None):
-    """The preview's pixels in ``layer`` (the one shown so far, when it is still there and of the same size:
-    only its pixels change) or in a new layer above ``above`` (where the result will go: above the layer and
-    its earlier results; on top of the image when None), with the engine's layer mask. Returns the layer."""
+    """The preview's pixels in ``layer`` (the one made ahead or shown so far, when it is still there and of the
+    same size: only its pixels change) or in a new layer (``_new_preview_layer``). Returns the layer."""
     png = hl.read_png(spec.png)
     if png is None:  # pragma: no cover - not the engine's PNG: no preview rather than a slow path
         return layer
@@ -921,23 +955,12 @@ def show_preview(image, above, spec, layer=None):
         if fresh:
             if layer is not None and layer.is_valid():
                 image.remove_layer(layer)
-            gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
-            kind = Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
-            layer = Gimp.Layer.new(image, spec.name, w, h, kind, 100.0, Gimp.LayerMode.NORMAL)
-            layer.attach_parasite(Gimp.Parasite.new(hl.PREVIEW_PARASITE, Gimp.PARASITE_PERSISTENT,
-                                                    list(spec.parasite.encode("utf-8"))))
-            parent = above.get_parent() if above is not None else None
-            position = _above_earlier_results(image, above) if above is not None else 0
-            image.insert_layer(layer, parent, position)
+            layer = _new_preview_layer(image, above, spec, w, h)
+        elif layer.get_offsets()[1:] != (spec.x, spec.y):
+            layer.set_offsets(spec.x, spec.y)
         buf = layer.get_buffer()
         buf.set(Gegl.Rectangle.new(0, 0, w, h), fmt, data)
         buf.flush()
-        if fresh:
-            layer.set_offsets(spec.x, spec.y)
-            if spec.mask == "engine" and spec.mask_png:  # the same mask for every preview of the item
-                apply_mask(image, layer, spec.mask_png)
-        elif layer.get_offsets()[1:] != (spec.x, spec.y):
-            layer.set_offsets(spec.x, spec.y)
         layer.update(0, 0, w, h)
     return layer
 
@@ -1023,16 +1046,35 @@ class Gimp3:
     def alive(self, image, layer):
         return image.is_valid() and (layer is None or layer.is_valid())
 
+    def prepare_preview(self, target, spec):
+        image = target.image
+        t0 = time.time()
+        self.previews[image.get_id()] = made = prepare_preview(image, target.layer, spec,
+                                                               self.previews.get(image.get_id()))
+        seconds = time.time() - t0
+        if not _timings_file():
+            return
+        entry = {"at": t0 + seconds, "image": image.get_id()}
+        if os.environ.get("GIMP_OPENAI_HOST_KEEP_WORKDIR") == "1":  # tests: what GIMP holds now, read back
+            ok, x, y = made.get_offsets()
+            entry.update({"x": x, "y": y, "width": made.get_width(), "height": made.get_height(),
+                          "mask": made.get_mask() is not None, "dirty": image.is_dirty(),
+                          "transparent": not any(bytes(pixels_of(made))[3::4]),
+                          "layers": [la.get_name() for la in image.get_layers()],
+                          "selected": [la.get_name() for la in image.get_selected_layers()]})
+        _record_timing("preview-ready", seconds, entry)
+
     def preview(self, target, spec):
         image = target.image
         t0 = time.time()
         layer = self.previews.get(image.get_id())
+        made = layer is None or not layer.is_valid()
         self.previews[image.get_id()] = shown = show_preview(image, target.layer, spec, layer)
         Gimp.displays_flush()
         seconds = time.time() - t0
         if not _timings_file():
             return
-        entry = {"at": t0 + seconds, "image": image.get_id(), "fresh": layer is None}
+        entry = {"at": t0 + seconds, "image": image.get_id(), "fresh": made}
         if os.environ.get("GIMP_OPENAI_HOST_KEEP_WORKDIR") == "1":  # tests: what GIMP holds now, read back
             ok, x, y = shown.get_offsets()
             entry.update({"x": x, "y": y, "width": shown.get_width(), "height": shown.get_height(), "png": spec.png,
