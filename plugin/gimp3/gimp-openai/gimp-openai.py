@@ -939,6 +939,11 @@ def prepare_preview(image, above, spec, layer=None):
             image.remove_layer(layer)
         layer = _new_preview_layer(image, above, spec, width, height)
         layer.fill(Gimp.FillType.TRANSPARENT)
+        # one transparent pixel through the path the previews take: GEGL and babl set up their conversion from
+        # the engine's format now, not during the first preview
+        buf = layer.get_buffer()
+        buf.set(Gegl.Rectangle.new(0, 0, 1, 1), FORMAT, bytes(4))
+        buf.flush()
     return layer
 
 
