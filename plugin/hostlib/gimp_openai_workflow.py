@@ -23,8 +23,9 @@ The adapter (duck-typed; see tests/gimp2/test_workflow.py for a complete fake):
   a second call replaces the first one's pixels in place. Never an undo step, never leaves the image dirty.
 - ``end_preview(target)``: remove every preview layer of ``target.image`` (this run's, and any a killed run left),
   again without an undo step; nothing when there is none or the image is gone
-- optional ``prepare_preview(target, spec)``: make that preview layer ahead, transparent, with its mask, at the
-  spec's place and size (``spec.png`` is None), once the request is sent, so ``preview`` only changes pixels
+- optional ``prepare_preview(target, spec)``: make that preview layer ahead, with its mask, at the spec's place
+  and size (``spec.png`` is None), once the request is sent, so ``preview`` only changes pixels; nothing may
+  show before the first preview (GIMP 3 keeps the layer out of the image until then)
 - ``shows_saved_settings``: True when the Settings dialog opens with the saved settings (then an empty field
   there means the default; elsewhere it keeps what is saved)
 - ``end_progress()``: the progress bar (and GIMP's Cancel button with it) ends: the results are about to go in

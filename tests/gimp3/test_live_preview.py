@@ -71,12 +71,13 @@ out("GEN", {"status": status.value_nick, "error": err, "layers": names(img3)})
     first_insert = kinds.index("insert")
     previews = [e for e in entries[:first_insert] if e["what"] == "preview"]
     assert len(previews) == 3, kinds  # every preview showed before the result went in
-    # the layer and its mask were made while the model worked, before the first preview, unrecorded
+    # the layer and its mask were made while the model worked, before the first preview, and kept out of the
+    # image until it came (a Cancel meanwhile leaves nothing behind)
     (ready,) = [e for e in entries[:first_insert] if e["what"] == "preview-ready"]
     assert kinds.index("preview-ready") < kinds.index("preview") and ready["at"] < previews[0]["at"] - 0.5, kinds
     assert [ready["x"], ready["y"], ready["width"], ready["height"]] == res["result"] and ready["mask"], ready
-    assert ready["layers"] == [PREVIEW, "photo"] and ready["selected"] == ["photo"] and not ready["dirty"], ready
-    assert ready["transparent"], ready  # nothing shows until the first preview
+    assert ready["layers"] == ["photo"] and not ready["in_image"] and ready["transparent"], ready
+    assert ready["selected"] == ["photo"] and not ready["dirty"], ready
     for p in previews:
         # in GIMP: the partial's pixels exactly, at the result's place, masked, over the photo, which stays
         # selected; the clean image still clean (nothing to save, no undo step), undo on; each one only changed
