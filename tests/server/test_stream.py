@@ -114,7 +114,7 @@ def test_the_latency_runs_from_the_arrival_with_the_painting_inside_it(start_loc
     for (t, _), due in zip(events, (5.0, 10.0, 15.0, 20.0), strict=True):
         assert due - 0.05 <= t <= due + 0.5, events
     seconds, status, count = timed["plain"]
-    assert status == 200 and count == 4 and 19.95 <= seconds <= 20.5, timed
+    assert status == 200 and count == 4 and 19.95 <= seconds <= 21.0, timed  # not 20 s + the painting
     painted = [r for r in server.stats()["requests"] if r["path"].endswith("/generations")][-1]["seconds"]
     assert painted > 0.5, painted  # it did paint for a while, inside the 20 s
 
