@@ -120,9 +120,9 @@ def test_the_latency_runs_from_the_arrival_with_the_painting_inside_it(start_loc
 
 
 def test_a_late_painting_leaves_previews_out_rather_than_delay_the_result(start_local_server):
-    """Four 1536x1024 images with 3 previews each cost the server more than the 1 s it may take: the previews
+    """Four 1536x1024 images with 3 previews each cost the server more than the 0.5 s it may take: the previews
     whose image is already due are left out, and the stream ends about when a plain answer would."""
-    server = start_local_server("--latency", "1")
+    server = start_local_server("--latency", "0.5")
     response, started = post_stream(server, "generations", model="gpt-image-2", prompt="p", n=4, stream=True,
                                     partial_images=3, size="1536x1024", quality="low")
     events = read_events(response, started)
