@@ -1101,12 +1101,19 @@ def cmd_history(args: argparse.Namespace) -> int:
     from gimp_openai import imaging
     from gimp_openai.atomic import write_bytes_atomic
 
-    if action == "layer":  # for the hosts: the exact pixels, as fast to read back as their own PNGs
+    notes = "; ".join(placed.notes)
+    if action == "layer":  # for the hosts: the exact pixels (and mask), as fast to read back as their own PNGs
         write_bytes_atomic(out, imaging.encode_host_png(placed.pixels), durable=False)
-        answer = {"ok": True, "layer_png": str(out), "x": placed.x, "y": placed.y, "width": placed.width,
-                  "height": placed.height, "placed": placed.placed, "name": hx.layer_name(entry),
-                  "entry": entry.to_dict()}
-        print(json.dumps(answer) if as_json else f"{out}: {placed.width}x{placed.height} at {placed.x},{placed.y}")
+        answer = {"ok": True, "layer_png": str(out), "mask_png": None, "x": placed.x, "y": placed.y,
+                  "width": placed.width, "height": placed.height, "placed": placed.placed,
+                  "name": hx.layer_name(entry), "notes": notes, "entry": entry.to_dict()}
+        if placed.mask is not None:
+            mask_out = out.with_name(out.stem + "-mask.png")
+            write_bytes_atomic(mask_out, imaging.encode_host_png(placed.mask), durable=False)
+            answer["mask_png"] = str(mask_out)
+        print(json.dumps(answer) if as_json else
+              f"{out}: {placed.width}x{placed.height} at {placed.x},{placed.y}"
+              + (f", mask {answer['mask_png']}" if answer["mask_png"] else "") + (f" ({notes})" if notes else ""))
         return 0
     original, _notes = load_image(args.image)
     height, width = original.shape[:2]
@@ -1119,11 +1126,13 @@ def cmd_history(args: argparse.Namespace) -> int:
 
         if fits:
             ora.write_ora(out, width, height, [ora.Layer(Path(args.image).name, original),
-                                               ora.Layer(hx.layer_name(entry), placed.pixels, placed.x, placed.y)])
+                                               ora.Layer(hx.layer_name(entry), placed.masked_pixels(), placed.x,
+                                                         placed.y)])
         else:
-            ora.write_ora(out, placed.width, placed.height, [ora.Layer(hx.layer_name(entry), placed.pixels)])
-    else:
-        pixels = hx.over(original, placed.pixels, placed.x, placed.y) if fits else placed.pixels
+            ora.write_ora(out, placed.width, placed.height, [ora.Layer(hx.layer_name(entry),
+                                                                       placed.masked_pixels())])
+    else:  # through its mask, as the layer shows in GIMP
+        pixels = hx.over(original, placed.masked_pixels(), placed.x, placed.y) if fits else placed.masked_pixels()
         write_bytes_atomic(out, imaging.encode_png(pixels))
     where = (f"at {placed.x},{placed.y} in a copy of {Path(args.image).name}" if fits else
              f"on its own: {'it has no place' if not placed.placed else 'its place is outside'} "
@@ -1131,9 +1140,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     if as_json:
         print(json.dumps({"ok": True, "out": str(out), "placed": fits, "x": placed.x if fits else 0,
                           "y": placed.y if fits else 0, "width": placed.width, "height": placed.height,
-                          "entry": entry.to_dict()}))
+                          "masked": placed.mask is not None, "notes": notes, "entry": entry.to_dict()}))
     else:
-        print(f"{out}: {entry.id}, {placed.width}x{placed.height}, {where}")
+        print(f"{out}: {entry.id}, {placed.width}x{placed.height}, {where}"
+              + (", through its mask" if placed.mask is not None else "") + (f" ({notes})" if notes else ""))
     return 0
 
 
@@ -1492,7 +1502,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("-o", "--out", required=True, help="the file to write (.png or .ora)")
     h.add_argument("--folder", default="")
     _json_flag(h)
-    h = hist.add_parser("layer", help="host protocol: a result as the layer it was (PNG) and where it goes")
+    h = hist.add_parser("layer", help="host protocol: a result as the layer it was (PNG; its mask beside it, "
+                                          "-mask.png) and where it goes")
     h.add_argument("id")
     h.add_argument("-o", "--out", required=True, help="the PNG to write")
     h.add_argument("--folder", default="")

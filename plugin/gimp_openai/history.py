@@ -150,6 +150,30 @@ class History:
         return path
 
 
+# --- A result's layer mask, beside it ------------------------------------------------------------------------
+
+#: ``<image stem>.mask.png``: the dot keeps it out of listings (an id has none), the stem ties it to its image.
+MASK_SUFFIX = ".mask.png"
+
+
+def mask_path(image: Path) -> Path:
+    """Where the layer mask of the history image ``image`` is kept."""
+    return image.with_name(image.stem + MASK_SUFFIX)
+
+
+def save_mask(image: Path, mask_png: bytes) -> Path | None:
+    """Write a result's layer mask (an 8-bit gray PNG the size of its place) beside its image, so that history
+    can put the result back as the layer the run inserted, mask and all. Written after the image (the paid part)
+    is safe; a mask that cannot be written costs only the mask (None): the entry then comes back without one,
+    as entries written before masks were kept do."""
+    path = mask_path(image)
+    try:
+        write_bytes_atomic(path, mask_png)
+    except (OSError, OutputNotWritableError):
+        return None
+    return path
+
+
 # --- The rescue chain ----------------------------------------------------------------------------------------
 
 RESCUE_FOLDER_NAME = "gimp-openai-rescue"

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError, UnreadableImageError, redact
+from .history import MASK_SUFFIX
 
 #: Ids the history writes: ``<YYYYmmdd-HHMMSS-mmm>-<slug>[-KofN][-partialK][-k]``; nothing else is trusted.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,199}")
@@ -66,6 +67,10 @@ class Entry:
     usage: dict[str, Any] | None = None
     described: bool = True
     thumbnail: Path | None = None
+    #: the layer mask the run gave it (``history.save_mask``), when the sidecar names one that is there
+    mask: Path | None = None
+    #: the alignment and tone corrections the run put into it (``seamless.replay``), when recorded
+    replay: dict[str, Any] | None = field(default=None, repr=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +88,8 @@ class Entry:
             out["usage"] = self.usage
         if self.thumbnail is not None:
             out["thumbnail"] = str(self.thumbnail)
+        if self.mask is not None:
+            out["mask"] = str(self.mask)
         return out
 
     @property
@@ -195,6 +202,13 @@ def entry_from_sidecar(folder: Path, stem: str, data: Any, present: set[str] | f
         raise ValueError(f"its image {name} is missing")
     time = data.get("saved_at") if isinstance(data.get("saved_at"), str) else data.get("time")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+    mask = None
+    mask_name = stem + MASK_SUFFIX  # the one name history writes: a sidecar cannot point anywhere else
+    if data.get("mask") == mask_name and (mask_name in present if present is not None else
+                                          (folder / mask_name).is_file()):
+        mask = folder / mask_name
+    seamless: dict[str, Any] = data["seamless"] if isinstance(data.get("seamless"), dict) else {}
+    replay = seamless["replay"] if isinstance(seamless.get("replay"), dict) else None
     return Entry(
         id=stem, image=image, time=_text(time, 64), prompt=_text(data.get("prompt")),
         model=_text(data.get("model"), 200), operation=_text(data.get("operation"), 64),
@@ -202,7 +216,7 @@ def entry_from_sidecar(folder: Path, stem: str, data: Any, present: set[str] | f
         item=_text(data.get("item"), 200), request_id=_text(data.get("request_id"), 200),
         k=_int_or_none(data.get("k")), n=_int_or_none(data.get("n")), place=_rect_or_none(data.get("place")),
         request=_rect_or_none(data.get("request")), partial=data.get("partial") is True,
-        rescued_from=_text(data.get("rescued_from"), 400), cost=_cost(data), usage=usage,
+        rescued_from=_text(data.get("rescued_from"), 400), cost=_cost(data), usage=usage, mask=mask, replay=replay,
         extra={k: v for k, v in data.items() if k in ("revised_prompt", "index", "bytes")},
     )
 
@@ -365,12 +379,16 @@ def add_thumbnails(entries: Sequence[Entry], notes: list[str], size: int = THUMB
 @dataclass
 class Placed:
     """The entry as a layer: RGBA pixels and where they go (image coordinates); ``placed`` False when the entry
-    has no place (a generation, an undescribed image): then x, y are 0 and the caller chooses."""
+    has no place (a generation, an undescribed image): then x, y are 0 and the caller chooses. ``mask``: the
+    layer mask the run gave it (place-sized u8), None for entries kept without one. ``notes``: what differs
+    from the layer the run inserted, in words."""
 
     pixels: np.ndarray
     x: int
     y: int
     placed: bool
+    mask: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def width(self) -> int:
@@ -385,11 +403,21 @@ class Placed:
         return (self.placed and self.x >= 0 and self.y >= 0 and self.x + self.width <= width
                 and self.y + self.height <= height)
 
+    def masked_pixels(self) -> np.ndarray:
+        """The layer as it shows: its alpha times its mask (for a file without layer masks: a PNG, an .ora)."""
+        if self.mask is None:
+            return self.pixels
+        out = self.pixels.copy()
+        out[..., 3] = (out[..., 3].astype(np.uint16) * self.mask.astype(np.uint16) + 127) // 255
+        return out
+
 
 def placed_layer(entry: Entry) -> Placed:
-    """The image as the model returned it, scaled and cut to the region it was made for (``place``), exactly as
-    the run cut it (``composite.result_to_place``). History keeps the raw answer, not the selection: the layer
-    is the whole region, without mask, alignment or tone match."""
+    """The layer the run inserted, rebuilt from what history kept: the image as the model returned it, scaled
+    and cut to the region it was made for (``place``) exactly as the run cut it, the run's alignment and tone
+    corrections put back into it (``seamless.replay``, from the sidecar), and the layer mask the run gave it
+    (``<id>.mask.png``). An entry from before masks and corrections were kept comes back without them: the
+    whole region as returned, no mask (``notes`` says so)."""
     from . import imaging
     from .composite import result_to_place
     from .geometry import RegionPlan
@@ -400,14 +428,43 @@ def placed_layer(entry: Entry) -> Placed:
         raise UnreadableImageError(
             f"The history image {entry.image.name} cannot be read: {exc.strerror or exc}.") from exc
     target = _size(entry.size)
+    plan = None
     if entry.place and entry.request and target:
         try:
             plan = RegionPlan.from_dict({"place": entry.place, "request": entry.request, "target": list(target)})
         except InvalidInputError:
             plan = None
-        if plan is not None:
-            return Placed(np.ascontiguousarray(result_to_place(pixels, plan)), plan.place.x, plan.place.y, True)
-    return Placed(pixels, 0, 0, False)
+    if plan is None:
+        return Placed(pixels, 0, 0, False)
+    if (pixels.shape[1], pixels.shape[0]) != plan.target:  # as the run did (operations._fit_returned)
+        pixels = imaging.resize(pixels, plan.target)
+    layer = np.ascontiguousarray(result_to_place(pixels, plan))
+    notes: list[str] = []
+    if entry.replay is not None:
+        from .seamless import replay
+
+        try:
+            layer = replay(layer, entry.replay)
+        except ValueError as exc:
+            notes.append(f"its alignment and tone match could not be put back ({exc})")
+        else:
+            if entry.replay.get("poisson"):
+                notes.append("aligned and tone-matched as the run did, but not Poisson-blended (that needs the "
+                             "original image)")
+    mask = None
+    if entry.mask is not None:
+        try:
+            mask = imaging.read_selection(entry.mask)
+        except Exception as exc:  # noqa: BLE001 - a damaged mask costs the mask, never the result
+            notes.append(f"its mask {entry.mask.name} could not be read ({getattr(exc, 'message', None) or exc})")
+        else:
+            if mask.shape != layer.shape[:2]:
+                notes.append(f"its mask {entry.mask.name} is {mask.shape[1]}x{mask.shape[0]}, not the layer's "
+                             f"{layer.shape[1]}x{layer.shape[0]}: left out")
+                mask = None
+    elif entry.operation == "edit":
+        notes.append("history kept no mask for it: the whole region comes back, without the selection's mask")
+    return Placed(layer, plan.place.x, plan.place.y, True, mask, notes)
 
 
 def _size(text: str) -> tuple[int, int] | None:

@@ -471,6 +471,33 @@ class PreviewLines:
         self.engine, self.job, self.item, self.write = engine, job, item, write
         self._mask: tuple[Any, str] | None = None  # the mask array written, and its file
 
+    def _mask_file(self, mask: Any) -> str:
+        """The item's preview mask as one PNG, written once (every preview of the item has the same array)."""
+        from gimp_openai import imaging
+        from gimp_openai.atomic import write_bytes_unique
+
+        if self._mask is None or self._mask[0] is not mask:
+            path = write_bytes_unique(self.job.out_dir, f"{safe_name(self.item.id)}-partial-mask", ".png",
+                                      imaging.encode_host_png(mask), durable=False)
+            self._mask = (mask, str(path))
+        return self._mask[1]
+
+    def expect(self, place: operations.PreviewPlace) -> None:
+        """Where the previews will go, once the request is sent: ``{"type": "partial_place", "id", "x", "y",
+        "width", "height", "mask_png"?}``, so the host makes the preview layer while the model works."""
+        job = self.job
+        try:
+            with self.engine.saving:
+                if not job.out_dir.is_dir():
+                    return
+                line: dict[str, Any] = {"type": "partial_place", "id": self.item.id, "x": place.x, "y": place.y,
+                                        "width": place.width, "height": place.height}
+                if job.add_mask and job.operation == "edit":
+                    line["mask_png"] = self._mask_file(place.mask)
+        except (OSError, GimpOpenAIError):
+            return
+        self.write(line)
+
     def __call__(self, preview: operations.Preview) -> None:
         from gimp_openai import imaging
         from gimp_openai.atomic import write_bytes_unique
@@ -489,11 +516,7 @@ class PreviewLines:
                     "height": preview.height,
                 }
                 if job.add_mask and job.operation == "edit":
-                    if self._mask is None or self._mask[0] is not preview.mask:
-                        path = write_bytes_unique(job.out_dir, f"{base}-partial-mask", ".png",
-                                                  imaging.encode_host_png(preview.mask), durable=False)
-                        self._mask = (preview.mask, str(path))
-                    line["mask_png"] = self._mask[1]
+                    line["mask_png"] = self._mask_file(preview.mask)
         except (OSError, GimpOpenAIError):
             return  # a preview that cannot be written is not shown; the result still comes
         self.write(line)
@@ -522,6 +545,7 @@ def _run_operation(engine: operations.Engine, job: Job, item: Item,
         return operations.edit(
             engine, options, place_pixels=pixels, selection=selection, layer=item.layer,
             plan=item.plan, item=item.id, progress=progress, on_preview=on_preview,
+            on_preview_place=on_preview.expect if isinstance(on_preview, PreviewLines) else None,
         )
     return operations.variation(
         engine, options, place_pixels=pixels, layer=item.layer, plan=item.plan, item=item.id, progress=progress,

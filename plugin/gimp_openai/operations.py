@@ -170,6 +170,29 @@ PreviewCallback = Callable[[Preview], None]
 
 
 @dataclass
+class PreviewPlace:
+    """Where an edit's previews will show, told as soon as the request is on its way (before the first preview,
+    seconds later): a host makes the preview layer and its mask while the model works, so each preview then
+    only changes pixels (docs/performance.md: the first preview cost 3-4 times an update when it made them)."""
+
+    item: str
+    mask: np.ndarray  # (H, W) u8: the layer mask every preview (and the result) of the item gets
+    x: int
+    y: int
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.mask.shape[0])
+
+
+PreviewPlaceCallback = Callable[[PreviewPlace], None]
+
+
+@dataclass
 class Outcome:
     """Everything one operation produced, with the plan it actually used (the size fallback may change it)."""
 
@@ -427,6 +450,19 @@ def _decode_saved(data: bytes, saved: list[str], request_id: str | None) -> np.n
         ) from exc
 
 
+def _keep_masks(paths: Sequence[Path | None], layer_mask: np.ndarray) -> dict[Path, Path | None]:
+    """The layer mask beside each result kept on disk (``history.save_mask``), encoded once for all of them:
+    what lets history put a result back with the mask the run gave it. {image path: mask path or None}."""
+    from gimp_openai import imaging
+    from gimp_openai.history import save_mask
+
+    on_disk = [p for p in paths if p is not None]
+    if not on_disk:
+        return {}
+    data = imaging.encode_png(layer_mask, png_filter="up")
+    return {path: save_mask(path, data) for path in on_disk}
+
+
 def update_sidecar(engine: Engine, image_path: Path | None, extra: dict[str, Any]) -> None:
     """Add the seamless details (transform, colour fit) to an image's sidecar once they are known."""
     if image_path is None:  # kept in memory only: there is no sidecar
@@ -577,12 +613,14 @@ def edit(
     progress: ProgressCallback = no_progress,
     on_preview: PreviewCallback | None = None,
     known: np.ndarray | None = None,
+    on_preview_place: PreviewPlaceCallback | None = None,
 ) -> Outcome:
     """Edit the selected part of ``place_pixels`` (the exported region at ``layer``/``plan.place``).
 
     ``selection`` is place-sized u8 (255 = selected). Without ``plan`` the region is planned here from the
     selection (the CLI passes the whole image as ``place_pixels`` with ``layer`` = the image rectangle).
-    ``on_preview``: each streamed preview (``options.partial_images``), placed like the result, as it arrives.
+    ``on_preview``: each streamed preview (``options.partial_images``), placed like the result, as it arrives;
+    ``on_preview_place``: where they will go, once the request is sent (only when previews will come).
     ``known``: place-sized bool, False where there are no pixels (an expanded canvas's new area); by default
     every pixel of ``place`` outside ``layer`` (a selection reaching past the layer). Those pixels are filled
     for the model and always repainted (see :mod:`beyond`); the layer mask still follows ``selection``.
@@ -645,7 +683,7 @@ def edit(
     try:
         result, plan, place_pixels, selection = _send_edit(
             engine, options, family, quality, plan, place_pixels, selection, item, progress, notes, on_sent,
-            on_preview,
+            on_preview, on_preview_place,
         )
     except APIError as exc:
         if not (_is_size_refusal(exc) and family.free_sizes is not None):
@@ -670,7 +708,7 @@ def edit(
         place_pixels, selection = _crop_to(place_pixels, selection, plan.place, fallback.place)
         result, plan, place_pixels, selection = _send_edit(
             engine, options, family, quality, fallback, place_pixels, selection, item, progress, notes, on_sent,
-            on_preview,
+            on_preview, on_preview_place,
         )
 
     meta = _meta(options, model, PATH_EDIT, plan, item)
@@ -684,6 +722,7 @@ def edit(
 
     _emit(progress, item, "compositing", "Fitting the results into the picture")
     layer_mask = masks.layer_mask(layer_selection, options.feather)
+    mask_files = _keep_masks(kept.paths, layer_mask)
     outputs: list[Output] = []
     n = len(result.images)
     for k, (image, path) in enumerate(zip(result.images, kept.paths, strict=True), start=1):
@@ -693,7 +732,11 @@ def edit(
         del returned  # placed may be the same buffer; otherwise it is one crop-sized buffer less at the peak
         final, report, details, seam_notes = _seamless(place_pixels, placed, selection, options, ahead)
         del placed
-        update_sidecar(engine, path, {"seamless": details, "report": report})
+        extra: dict[str, Any] = {"seamless": details, "report": report}
+        mask_file = mask_files.get(path) if path is not None else None
+        if mask_file is not None:
+            extra["mask"] = mask_file.name
+        update_sidecar(engine, path, extra)
         outputs.append(
             Output(
                 index=k,
@@ -728,6 +771,7 @@ def _send_edit(
     notes: list[str],
     on_sent: Callable[[np.ndarray, np.ndarray], None] | None = None,
     on_preview: PreviewCallback | None = None,
+    on_preview_place: PreviewPlaceCallback | None = None,
 ) -> tuple[Any, Any, np.ndarray, np.ndarray]:
     from gimp_openai import composite, imaging, masks
 
@@ -749,6 +793,26 @@ def _send_edit(
         mask_png = imaging.encode_upload_png(masks.api_mask(sel_target, plan.target))
     check_upload_size(image_png, family, "the image sent to the model")
     size = f"{plan.target[0]}x{plan.target[1]}"
+    layer_masks: list[np.ndarray] = []
+
+    def preview_mask() -> np.ndarray:
+        """The layer mask of every preview of this item, computed once (the host writes it once, too)."""
+        if not layer_masks:
+            layer_masks.append(masks.layer_mask(selection, options.feather))
+        return layer_masks[0]
+
+    previews_come = on_preview is not None and options.partial_images > 0 and family.streams
+    tell_place = on_preview_place if previews_come else None
+
+    def when_sent() -> None:
+        if tell_place is not None:  # first: the host makes the layer while the seamless work is prepared
+            try:
+                tell_place(PreviewPlace(item=item, mask=preview_mask(), x=plan.place.x, y=plan.place.y))
+            except Exception:  # noqa: BLE001, S110 - a courtesy: the previews still come, made when they do
+                pass
+        if on_sent is not None:
+            on_sent(place_pixels, selection)
+
     kwargs: dict[str, Any] = dict(
         model=options.model,
         prompt=options.prompt,
@@ -756,7 +820,7 @@ def _send_edit(
         n=options.n,
         size=size,
         quality=quality,
-        on_event=_RETRY_REPORTER if on_sent is None else _when_sent(lambda: on_sent(place_pixels, selection)),
+        on_event=_RETRY_REPORTER if on_sent is None and tell_place is None else _when_sent(when_sent),
     )
     kwargs["markup" if markup is not None else "mask"] = mask_png
     if options.complexity:
@@ -768,7 +832,6 @@ def _send_edit(
         kwargs["background"] = background
     if family.response_format:
         kwargs["response_format"] = "b64_json"
-    layer_masks: list[np.ndarray] = []
 
     def place(returned: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int] | None:
         """A preview where the result goes: scaled to the target (same aspect only) and mapped to the place;
@@ -777,9 +840,7 @@ def _send_edit(
         tw, th = plan.target
         if (w, h) != (tw, th) and abs((w / h) / (tw / th) - 1.0) > 0.01:
             return None
-        if not layer_masks:
-            layer_masks.append(masks.layer_mask(selection, options.feather))
-        return imaging_result_to_place(returned, plan), layer_masks[0], plan.place.x, plan.place.y
+        return imaging_result_to_place(returned, plan), preview_mask(), plan.place.x, plan.place.y
 
     kwargs.update(_stream_kwargs(options, family, _preview_sink(on_preview, item, PATH_EDIT, options.n, place)))
     meta = _meta(options, options.model, PATH_EDIT, plan, item)

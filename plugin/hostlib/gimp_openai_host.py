@@ -388,11 +388,12 @@ def read_png(path):
     channels = {0: 1, 4: 2, 2: 3, 6: 4}.get(color_type)
     if depth != 8 or channels is None or interlace:
         return None
-    raw = zlib.decompress(b"".join(idat))
+    raw = bytearray(zlib.decompress(idat[0] if len(idat) == 1 else b"".join(idat)))
     stride = width * channels + 1
-    if len(raw) != stride * height or any(raw[y * stride:y * stride + 1] != b"\x00" for y in range(height)):
+    if len(raw) != stride * height or raw[::stride] != bytearray(height):
         return None  # filtered rows: not one of ours
-    return width, height, channels, b"".join(raw[y * stride + 1:(y + 1) * stride] for y in range(height))
+    del raw[::stride]  # each row's filter byte, in one pass in C (half the time of slicing each row)
+    return width, height, channels, bytes(raw)
 
 
 def write_png(path, width, height, data, channels):
@@ -869,8 +870,8 @@ def plan(plan_dict, workdir, python=None, api_key=None, session=None, on_sent=No
 def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None, session=None, on_partial=None,
             on_sent=None):
     """Step 2: write JOB.json, run the job, feed progress to ``on_progress(fraction, message)`` and each
-    streamed preview line (``{"type": "partial", ...}``) to ``on_partial(line)``; ``on_sent()`` once the
-    request is on its way.
+    streamed preview line (``{"type": "partial", ...}``, and ``"partial_place"``: where they will go) to
+    ``on_partial(line)``; ``on_sent()`` once the request is on its way.
 
     Returns the result line (``{"type": "result", "ok", "items", "error"}``); per-item failures stay in it
     for the host to report, only a job with no result at all raises.
@@ -881,7 +882,7 @@ def run_job(job_dict, workdir, python=None, api_key=None, on_progress=None, sess
     def on_line(obj):
         if obj.get("type") == "progress" and on_progress is not None:
             on_progress(*tracker.update(obj))
-        elif obj.get("type") == "partial" and on_partial is not None:
+        elif obj.get("type") in ("partial", "partial_place") and on_partial is not None:
             on_partial(obj)
 
     def work(engine):

@@ -23,6 +23,9 @@ The adapter (duck-typed; see tests/gimp2/test_workflow.py for a complete fake):
   a second call replaces the first one's pixels in place. Never an undo step, never leaves the image dirty.
 - ``end_preview(target)``: remove every preview layer of ``target.image`` (this run's, and any a killed run left),
   again without an undo step; nothing when there is none or the image is gone
+- optional ``prepare_preview(target, spec)``: make that preview layer ahead, with its mask, at the spec's place
+  and size (``spec.png`` is None), once the request is sent, so ``preview`` only changes pixels; nothing may
+  show before the first preview (GIMP 3 keeps the layer out of the image until then)
 - ``shows_saved_settings``: True when the Settings dialog opens with the saved settings (then an empty field
   there means the default; elsewhere it keeps what is saved)
 - ``end_progress()``: the progress bar (and GIMP's Cancel button with it) ends: the results are about to go in
@@ -167,27 +170,37 @@ class Previews(object):
             self._end(target)
 
     def show(self, line):
+        """A ``partial`` line: show that preview. A ``partial_place`` line (the request was sent; previews will
+        come): an adapter with ``prepare_preview`` makes the preview layer and its mask now, while the model
+        works, so that each preview only changes pixels."""
+        prepare = line.get("type") == "partial_place"
         entry = self.targets.get(line.get("id"))
         if entry is None and len(self.targets) == 1:
             entry = list(self.targets.values())[0]
-        if entry is None or not line.get("layer_png"):
+        if entry is None or not (line.get("layer_png") or prepare):
+            return
+        if prepare and getattr(self.adapter, "prepare_preview", None) is None:
             return
         target, place = entry
         try:
             if target.image is None or not self.adapter.alive(target.image, target.layer):
                 return  # closed or deleted while the request runs: the results open elsewhere later
-            output = dict(line)
+            output = dict(line, layer_png=line.get("layer_png"))
             if place is not None:
                 output["x"], output["y"] = place(line)
             mask = self.mask if line.get("mask_png") else None
             parasite = json.dumps({"preview": True, "item": hl.to_text(line.get("id") or u""),
                                    "index": line.get("index")}, sort_keys=True)
             spec = LayerSpec(output, hl.PREVIEW_NAME, parasite, mask)
-            self.adapter.preview(target, spec)
+            if prepare:
+                self.adapter.prepare_preview(target, spec)
+            else:
+                self.adapter.preview(target, spec)
         except Exception:  # noqa: BLE001 - a preview that cannot be shown is skipped; the result still comes
             return
-        self.shown[line.get("id")] = target
-        self.count += 1
+        self.shown[line.get("id")] = target  # removed on every way out, shown or only made ready
+        if not prepare:
+            self.count += 1
 
     def end(self):
         """Remove the previews shown (idempotent; never raises: it runs on every way out of a run)."""
@@ -1121,16 +1134,18 @@ class Workflow(object):
     def insert_history(self, image, drawables, layer):
         entry = layer.get("entry") or {}
         width, height = int(layer["width"]), int(layer["height"])
-        output = {"layer_png": layer["layer_png"], "x": int(layer.get("x", 0)), "y": int(layer.get("y", 0)),
-                  "width": width, "height": height, "history_png": entry.get("image"),
+        output = {"layer_png": layer["layer_png"], "mask_png": layer.get("mask_png"), "x": int(layer.get("x", 0)),
+                  "y": int(layer.get("y", 0)), "width": width, "height": height, "history_png": entry.get("image"),
                   "request_id": entry.get("request_id"), "path": entry.get("operation"),
                   "notes": u"from history"}
         prompt = hl.to_text(entry.get("prompt") or (u"variation" if hl.to_text(entry.get("operation")).startswith(
             u"variation") else u""))
         k, n = entry.get("k") or 1, entry.get("n") or 1
         name = hl.layer_name(prompt, k, n, path=entry.get("operation"), secrets=self.secrets)
+        # the mask the run gave it (history keeps it beside the image); none for entries kept without one
         spec = LayerSpec(output, name, hl.parasite_data(prompt, entry.get("model") or u"", output, self.secrets),
-                         None)
+                         u"engine" if layer.get("mask_png") else None)
+        differs = hl.clean_line(layer.get("notes") or u"", self.secrets)
         fits = False
         if image is not None:
             canvas_w, canvas_h = self.adapter.image_size(image)
@@ -1144,7 +1159,8 @@ class Workflow(object):
             anchor = target.layer if target.kind == "layer" else None
             self.adapter.insert(image, anchor, [spec], None)
             where = u"at its place (%d, %d)" % (spec.x, spec.y) if layer.get("placed") else u"centred"
-            self.adapter.status(u"%s inserted %s, from history (no new request)" % (name, where))
+            self.adapter.status(u"%s inserted %s, from history (no new request)%s" % (
+                name, where, u"; " + differs if differs else u""))
             return None
         spec.x, spec.y = 0, 0
         new = self.adapter.new_image(width, height)

@@ -70,7 +70,8 @@ def bench_batch_async(work: Path, items: int = 20, delay: float = 5.0) -> dict:
     states = Path(os.environ["GIMP_OPENAI_CACHE_DIR"]) / "batches"
     history = Path(os.environ["GIMP_OPENAI_HISTORY_DIR"])
     before = set(states.glob("sub-*.json")) if states.exists() else set()
-    history_before = len(list(history.rglob("*.png"))) if history.exists() else 0
+    history_before = (len([p for p in history.rglob("*.png") if not p.name.endswith(".mask.png")])
+                      if history.exists() else 0)
     with LocalServerHandle(("--batch-delay", str(delay))) as server:
         env = _env(server)
         started = time.monotonic()
@@ -90,7 +91,7 @@ def bench_batch_async(work: Path, items: int = 20, delay: float = 5.0) -> dict:
                                "--poll", "0.5"], capture_output=True, text=True, env=env, timeout=900)
         collected = time.monotonic() - collect_started
     answer = json.loads(done.stdout) if done.stdout.strip().startswith("{") else {"results": [], "failed": []}
-    saved = len(list(history.rglob("*.png"))) - history_before
+    saved = len([p for p in history.rglob("*.png") if not p.name.endswith(".mask.png")]) - history_before
     results = len(answer.get("results", []))
     return {"items": items, "batch_delay_s": delay, "submit_s": round(submitted, 1), "collect_s": round(collected, 1),
             "results": results, "failed": len(answer.get("failed", [])), "lost": items - results,

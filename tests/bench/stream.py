@@ -1,14 +1,14 @@
 """Streamed previews against the local server: how soon the first preview comes, and what streaming costs.
 
-One server with ``--latency L`` (default 15 s: long enough that the server's own paint time, ~0.5 s for a
-1024² generation here, does not dominate, short enough for a bench). Each round sends, through the engine's
+One server with ``--latency L`` (default 15 s, short enough for a bench; the server's own paint time, ~0.5 s
+for a 1024² generation here, runs inside L as a model's does). Each round sends, through the engine's
 client in this process, one plain gpt-image-1 generation and one streamed with 3 previews (alternating which
 goes first, so a slower moment of the shared machine hits both alike), and times from the call to: the first
 preview delivered (decoded bytes handed to the callback), the result (the call's return, the completed image
 decoded and checked). Figures are medians over the rounds.
 
-Targets: first preview <= 0.3 x time to the result (the server sends it at 25 % of L, after the same paint time
-as the plain answer); the streamed result no more than 2 % later than the plain one.
+Targets: first preview <= 0.3 x time to the result (the server sends it at 25 % of L from the request's
+arrival); the streamed result no more than 2 % later than the plain one.
 """
 
 from __future__ import annotations

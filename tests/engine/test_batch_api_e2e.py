@@ -50,7 +50,8 @@ def state_files() -> list[Path]:
 
 
 def history_pngs() -> list[Path]:
-    return sorted(Path(os.environ["GIMP_OPENAI_HISTORY_DIR"]).rglob("*.png"))
+    return sorted(p for p in Path(os.environ["GIMP_OPENAI_HISTORY_DIR"]).rglob("*.png")
+                  if not p.name.endswith(".mask.png"))  # results, not the masks kept beside them
 
 
 def no_key_in(folder: Path) -> None:

@@ -127,7 +127,7 @@ def test_history_and_out_full_the_error_says_where_the_paid_image_is(local_serve
         proc, answer = _edit_into_full_out(local_server, tmp_path, out, {
             "GIMP_OPENAI_HISTORY_DIR": str(blocker / "history"), "GIMP_OPENAI_RESCUE_DIR": str(rescue)})
     assert proc.returncode == 1
-    (kept,) = list(rescue.glob("*.png"))
+    (kept,) = [p for p in rescue.glob("*.png") if not p.name.endswith(".mask.png")]
     error = answer["error"]
     assert error["saved"] == [str(kept)] and error["unsaved"] == 0
     assert f"The paid image is saved: {kept}." in error["message"]

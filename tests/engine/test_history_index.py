@@ -279,3 +279,6 @@ def test_cli_layer_for_hosts_is_one_of_their_pngs(tmp_path, capsys, monkeypatch)
     width, height, channels, data = hl.read_png(answer["layer_png"])
     placed = hx.placed_layer(hx.get_entry(stem, tmp_path / "h"))
     assert (width, height, channels) == (100, 80, 4) and data == placed.pixels.tobytes()
+    # an entry kept without a mask (as every one before masks were kept): none, and said
+    assert answer["mask_png"] is None and "history kept no mask for it" in answer["notes"]
+    assert not (tmp_path / "l-mask.png").exists()

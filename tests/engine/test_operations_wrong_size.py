@@ -41,7 +41,7 @@ def run(server, tmp_path, operation="edit", model="gpt-image-2"):
 
 
 def history_pngs(tmp_path):
-    return sorted((tmp_path / "history").rglob("*.png"))
+    return sorted(p for p in (tmp_path / "history").rglob("*.png") if not p.name.endswith(".mask.png"))
 
 
 def test_same_aspect_is_scaled_back_with_a_note_and_composites_cleanly(start_local_server, tmp_path):

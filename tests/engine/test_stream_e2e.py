@@ -30,7 +30,7 @@ def engine_for(server, tmp_path: Path, fault: str | None = None, **overrides) ->
 
 def history_files(tmp_path: Path) -> list[Path]:
     folder = tmp_path / "history"
-    return sorted(folder.glob("*.png")) if folder.exists() else []
+    return sorted(p for p in folder.glob("*.png") if not p.name.endswith(".mask.png")) if folder.exists() else []
 
 
 def test_edit_previews_sit_where_the_result_goes_and_stay_out_of_history(local_server, tmp_path):
@@ -75,7 +75,7 @@ def test_the_cli_writes_each_preview_beside_the_outputs(local_server, tmp_path):
                          f"partial 2 (preview of result 1): {out / 'generated-partial-2.png'}"]
     assert sorted(p.name for p in out.iterdir()) == ["generated-1.png", "generated-partial-1.png",
                                                      "generated-partial-2.png"]
-    assert len(list(history_dir().glob("*.png"))) == 1  # the result only
+    assert len([p for p in history_dir().glob("*.png") if not p.name.endswith(".mask.png")]) == 1  # the result only
 
     proc = cli("edit", str(SAMPLE), "--mask", str(SAMPLE_SEL), "--model", "gpt-image-1", "-p", "remove it",
                "--quality", "low", "--partial-images", "1", "--out", str(out), "--json", "-q", server=local_server)
@@ -119,6 +119,12 @@ def test_a_job_emits_one_partial_line_per_preview(local_server, tmp_path):
         assert Image.open(p["layer_png"]).size == (output["width"], output["height"])
         assert p["mask_png"] == partials[0]["mask_png"]
     assert np.array_equal(np.asarray(Image.open(partials[0]["mask_png"])), np.asarray(Image.open(output["mask_png"])))
+    # before the first preview, once the request is sent: where they will go, with their mask, for the host to
+    # make the layer ahead (one mask file for all)
+    (ahead,) = [line for line in lines if line["type"] == "partial_place"]
+    assert lines.index(ahead) < lines.index(partials[0])
+    assert ahead == {"type": "partial_place", "id": "img 1", "x": output["x"], "y": output["y"],
+                     "width": output["width"], "height": output["height"], "mask_png": partials[0]["mask_png"]}
 
 
 def test_a_job_field_out_of_range_is_refused(local_server, tmp_path):

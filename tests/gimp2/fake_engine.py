@@ -6,7 +6,8 @@ FAKE_ENGINE_GONE (a model id answered as shut down), FAKE_ENGINE_NOTICE (a path 
 FAKE_ENGINE_MAX_COST (the user's limit, $1 by default). Prices are flat, as the real engine's are for one
 1024x1024 image: low $0.01, medium $0.05, high $0.20; auto is estimated as medium, up to high, and costs medium;
 the model FAKE_UNPRICED ("local-model" by default) has no price (tokens only).
-A job asking for previews (``partial_images`` k) gets k ``partial`` lines per item before its result, placed
+A job asking for previews (``partial_images`` k) gets, for an edit, a ``partial_place`` line (where they will go),
+then k ``partial`` lines per item before its result, placed
 like the result: preview j is gray j*60 inside the selection (edit) or everywhere (generate), with the
 result's mask; FAKE_ENGINE_PARTIAL_LOG: a file each partial's PNG path is appended to just before its line."""
 
@@ -109,6 +110,15 @@ def partials(data, folder, out, it):
     if not count or data["operation"] == "variation":
         return
     mask_path = None
+    if data["operation"] == "edit":  # as the engine does once the request is sent: where the previews will go
+        sel = np.asarray(Image.open(os.path.join(folder, it["selection"])).convert("L"))
+        line = {"type": "partial_place", "id": it["id"], "x": it["place"]["x"], "y": it["place"]["y"],
+                "width": sel.shape[1], "height": sel.shape[0]}
+        if data.get("add_mask", True):
+            mask_path = os.path.join(out, "%s-partial-mask.png" % it["id"])
+            Image.fromarray(sel, "L").save(mask_path)
+            line["mask_png"] = mask_path
+        emit(line)
     for j in range(1, count + 1):
         if data["operation"] == "generate":
             canvas = data.get("canvas") or {"width": 64, "height": 48}

@@ -450,6 +450,40 @@ def test_each_preview_shows_where_the_result_goes_and_the_result_replaces_it(fak
     assert image.undo_groups == 1  # the result's one undo group; previews are none
 
 
+class PreparingAdapter(FakeAdapter):
+    """An adapter that makes the preview layer ahead (GIMP 3's does), when the engine says where it will go."""
+
+    def prepare_preview(self, target, spec):
+        image = target.image
+        assert spec.png is None and spec.name == hl.PREVIEW_NAME and json.loads(spec.parasite)["preview"] is True
+        mask = np.asarray(Image.open(spec.mask_png)) if spec.mask_png else None
+        if hl.PREVIEW_NAME not in image.layers:
+            image.layers.insert(image.layers.index(target.layer), hl.PREVIEW_NAME)
+        self.events.append(("prepare", image.name, target.layer, spec.x, spec.y, spec.width, spec.height, spec.mask,
+                            None if mask is None else mask.shape))
+
+
+def test_the_preview_layer_is_made_while_the_model_works_then_only_its_pixels_change(fake_engine):
+    image = FakeImage(200, 150, selection=(60, 40, 50, 30))
+    adapter = PreparingAdapter([image])
+    run(adapter, "edit-selection", {"prompt": "a red kite", "n": 1, "partial_images": 2}, image)
+    kinds = [(e[0], e[2]) if e[0] == "end" else (e[0],) for e in adapter.events]
+    assert kinds == [("end", 0), ("prepare",), ("preview",), ("preview",), ("end", 1), ("insert",)]
+    prepared = adapter.events[1]
+    # at the place and size every preview and the result get, with their mask
+    assert prepared[1:] == ("photo.png", "photo", 48, 28, 74, 54, "engine", (54, 74))
+    assert all(p[3:8] == prepared[3:8] for p in adapter.previews())
+    assert image.undo_groups == 1 and image.layers == [adapter.inserted[0]["layers"][0][0], "photo"]
+
+
+def test_a_layer_made_ahead_is_removed_even_when_no_preview_shows(fake_engine):
+    image = FakeImage(200, 150, selection=(60, 40, 50, 30))
+    adapter = PreparingAdapter([image], preview_fails=True)
+    run(adapter, "edit-selection", {"prompt": "a red kite", "partial_images": 2}, image)
+    kinds = [(e[0], e[2]) if e[0] == "end" else (e[0],) for e in adapter.events]
+    assert kinds == [("end", 0), ("prepare",), ("end", 1), ("insert",)] and hl.PREVIEW_NAME not in image.layers
+
+
 def test_no_previews_asked_none_shown(fake_engine):
     image = FakeImage(200, 150, selection=(60, 40, 50, 30))
     adapter = FakeAdapter([image])

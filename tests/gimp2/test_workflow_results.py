@@ -213,3 +213,62 @@ def test_an_empty_history_and_a_cancelled_chooser(real_engine):
     with pytest.raises(flow.Stop):
         run(adapter, "history", {}, FakeImage(120, 90))
     assert not adapter.inserted
+
+
+def saved_with_mask(meta, mask):
+    """An entry as an edit leaves it now: the image, its layer mask beside it, the sidecar naming the mask."""
+    from gimp_openai.history import save_mask
+
+    stem = saved(meta)
+    folder = os.environ["GIMP_OPENAI_HISTORY_DIR"]
+    image = os.path.join(folder, stem + ".png")
+    mask_file = save_mask(__import__("pathlib").Path(image), encode_png(mask))
+    sidecar = os.path.join(folder, stem + ".json")
+    with open(sidecar) as handle:
+        data = json.load(handle)
+    data["mask"] = mask_file.name
+    with open(sidecar, "w") as handle:
+        json.dump(data, handle)
+    return stem
+
+
+class MaskReadingAdapter(HistoryAdapter):
+    """Reads each layer's mask PNG while the workflow's files are still there (the run removes them after)."""
+
+    def __init__(self, **kw):
+        HistoryAdapter.__init__(self, **kw)
+        self.masks = []
+
+    def insert(self, image, anchor, layers, group_name):
+        self.masks.extend(hl.read_png(s.mask_png) if s.mask_png else None for s in layers)
+        return HistoryAdapter.insert(self, image, anchor, layers, group_name)
+
+
+def test_history_puts_a_result_back_with_the_mask_the_run_gave_it(real_engine):
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:25, 8:32] = 255
+    mask[10:20, 15:25] = 128  # soft values survive as they are
+    entry = saved_with_mask(EDIT, mask)
+    adapter = MaskReadingAdapter()
+    image = FakeImage(120, 90)
+    assert run(adapter, "history", {"entry": entry}, image) is None
+    (insert,) = adapter.inserted
+    name, x, y, w, h, kind, parasite = insert["layers"][0]
+    assert (x, y, w, h, kind, image.undo_groups) == (30, 20, 40, 30, "engine", 1)
+    (read,) = adapter.masks
+    assert read[:3] == (40, 30, 1) and read[3] == mask.tobytes()
+    assert adapter.statuses[-1].endswith("from history (no new request)")
+    # where it does not fit, the new image gets the mask too
+    adapter = MaskReadingAdapter()
+    run(adapter, "history", {"entry": entry}, FakeImage(50, 40))
+    assert adapter.inserted[0]["image"] == "new" and adapter.inserted[0]["layers"][0][5] == "engine"
+    assert adapter.masks[0][3] == mask.tobytes()
+
+
+def test_an_entry_kept_without_a_mask_comes_back_without_one_and_says_so(real_engine):
+    entry = saved(EDIT)
+    adapter = HistoryAdapter()
+    run(adapter, "history", {"entry": entry}, FakeImage(120, 90))
+    assert adapter.inserted[0]["layers"][0][5] is None
+    assert adapter.statuses[-1].endswith("from history (no new request); history kept no mask for it: the whole "
+                                         "region comes back, without the selection's mask")

@@ -1,6 +1,7 @@
 """Pick Result, Show Next Result and History inside real headless GIMP 3.0 and 3.2 (scripts' runs, through the
 PDB), against the local server: the kept result takes the group's place with its mask and parasite, the
-others and the group are gone; a history result goes back at its place, or opens as a new image."""
+others and the group are gone; a history result goes back at its place with the run's pixels and mask, or
+opens as a new image."""
 
 from __future__ import annotations
 
@@ -35,8 +36,16 @@ out("PICK", {"status": status.value_nick, "error": err, "tree": tree(img), "vali
 # History: the kept result's own history image, back at its place in this image, then in a small one
 hist = json.loads(bytes(kept.get_parasite("gimp-openai").get_data()).decode("utf-8"))["history_png"]
 entry = os.path.splitext(os.path.basename(hist))[0]
+kept_px = bytes(pixels(kept, 0, 0, kept.get_width(), kept.get_height()))
+kept_mask = bytes(pixels(kept.get_mask(), 0, 0, kept.get_width(), kept.get_height(), "Y u8"))
 status, err, _ = run_proc("python-fu-openai-history", img, [lay], entry=entry)
-out("HISTORY", {"status": status.value_nick, "error": err, "tree": tree(img)})
+back = img.get_layers()[0]
+same = {}
+if back.get_mask() is not None and (back.get_width(), back.get_height()) == (kept.get_width(), kept.get_height()):
+    same = {"pixels": bytes(pixels(back, 0, 0, back.get_width(), back.get_height())) == kept_px,
+            "mask": bytes(pixels(back.get_mask(), 0, 0, back.get_width(), back.get_height(), "Y u8")) == kept_mask,
+            "mask_soft": len(set(kept_mask)) > 2}
+out("HISTORY", {"status": status.value_nick, "error": err, "tree": tree(img), "same": same})
 small = Gimp.Image.new(40, 30, Gimp.ImageBaseType.RGB)
 bg = Gimp.Layer.new(small, "bg", 40, 30, Gimp.ImageType.RGB_IMAGE, 100, Gimp.LayerMode.NORMAL)
 small.insert_layer(bg, None, 0)
@@ -68,13 +77,16 @@ out("HISTORY_BAD", {"status": status.value_nick, "error": err})
     assert hist["status"] == "success", hist
     back = hist["tree"][0]
     assert back["name"].startswith(kept["name"]) and (back["x"], back["y"], back["w"], back["h"]) == \
-        (kept["x"], kept["y"], kept["w"], kept["h"]) and not back["mask"]
+        (kept["x"], kept["y"], kept["w"], kept["h"]) and back["mask"]
+    # the layer the run inserted, again: its pixels (aligned, tone-matched) and its mask (the ellipse's soft
+    # edge, value for value), from the history folder alone
+    assert hist["same"] == {"pixels": True, "mask": True, "mask_soft": True}, hist["same"]
     assert back["parasite"]["notes"] == "from history" and [d["name"] for d in hist["tree"][1:]] == \
         [kept["name"], "photo"]
     new = _res(run, "HISTORY_NEW")
     assert new["status"] == "success" and new["small"] == 1 and len(new["new"]) == 1, new
     (layer,) = new["new"][0]
-    assert (layer["x"], layer["y"], layer["w"], layer["h"]) == (0, 0, kept["w"], kept["h"])
+    assert (layer["x"], layer["y"], layer["w"], layer["h"]) == (0, 0, kept["w"], kept["h"]) and layer["mask"]
     bad = _res(run, "HISTORY_BAD")
     assert bad["status"] == "execution-error" and "is not a history id" in bad["error"]
     assert "Traceback" not in run.stderr and FAKE_KEY not in run.stdout + run.stderr

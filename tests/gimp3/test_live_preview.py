@@ -71,12 +71,20 @@ out("GEN", {"status": status.value_nick, "error": err, "layers": names(img3)})
     first_insert = kinds.index("insert")
     previews = [e for e in entries[:first_insert] if e["what"] == "preview"]
     assert len(previews) == 3, kinds  # every preview showed before the result went in
-    for k, p in enumerate(previews):
+    # the layer and its mask were made while the model worked, before the first preview, and kept out of the
+    # image until it came (a Cancel meanwhile leaves nothing behind)
+    (ready,) = [e for e in entries[:first_insert] if e["what"] == "preview-ready"]
+    assert kinds.index("preview-ready") < kinds.index("preview") and ready["at"] < previews[0]["at"] - 0.5, kinds
+    assert [ready["x"], ready["y"], ready["width"], ready["height"]] == res["result"] and ready["mask"], ready
+    assert ready["layers"] == ["photo"] and not ready["in_image"] and ready["transparent"], ready
+    assert ready["selected"] == ["photo"] and not ready["dirty"], ready
+    for p in previews:
         # in GIMP: the partial's pixels exactly, at the result's place, masked, over the photo, which stays
-        # selected; the clean image still clean (nothing to save, no undo step), undo on
+        # selected; the clean image still clean (nothing to save, no undo step), undo on; each one only changed
+        # the pixels of the layer made ahead
         assert p["pixels_equal"] and p["mask"] and [p["x"], p["y"], p["width"], p["height"]] == res["result"], p
         assert p["layers"] == [PREVIEW, "photo"] and p["selected"] == ["photo"], p
-        assert not p["dirty"] and p["undo_enabled"] and p["fresh"] == (k == 0), p
+        assert not p["dirty"] and p["undo_enabled"] and not p["fresh"], p
         assert res["t0"] < p["at"] < res["t1"]
         png = Image.open(gimp.outside(p["png"]))
         assert png.size == (p["width"], p["height"])
@@ -93,7 +101,7 @@ out("GEN", {"status": status.value_nick, "error": err, "layers": names(img3)})
     gen = json.loads(run.lines_with("GEN ")[0])
     assert gen["status"] == "success" and gen["layers"] == ["OpenAI: a kite (1/1)", "photo"], gen
     gen_previews = [e for e in entries[first_insert:] if e["what"] == "preview"]
-    assert len(gen_previews) == 2, gen_previews
+    assert len(gen_previews) == 2 and [p["fresh"] for p in gen_previews] == [True, False], gen_previews
     for p in gen_previews:  # the 200x150 canvas covered by the generated image, centred like the result
         assert p["pixels_equal"] and not p["mask"] and p["layers"][0] == PREVIEW, p
         assert p["x"] == (200 - p["width"]) // 2 and p["y"] == (150 - p["height"]) // 2, p

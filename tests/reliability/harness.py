@@ -159,7 +159,8 @@ def history_files(folder: Path | None = None) -> list[Path]:
     folder = folder or Path(os.environ["GIMP_OPENAI_HISTORY_DIR"])
     if not folder.exists():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
+                  and not p.name.endswith(".mask.png"))  # results, not the masks kept beside them
 
 
 def partial_files(*folders: Path) -> list[Path]:

@@ -58,7 +58,9 @@ def test_corrections_can_be_switched_off():
     case = make_case(rng, (256, 256), tone=(0.1, 5, 0.1))
     out = make_seamless(case.original, case.result, case.selection, align=False, tone_match=False)
     assert np.array_equal(out.image, case.result)
+    replay = out.details.pop("replay")
     assert out.details == {"alignment": None, "tone": None, "blend": "feather"}
+    assert (replay["matrix"], replay["lab"], replay["poisson"]) == (None, None, False)  # nothing to put back
     assert out.report == "no corrections requested"
 
 
@@ -101,3 +103,22 @@ def test_outside_the_selection_stays_bit_identical(which, blend, noise, x0, y0, 
     final = composite(original, out.image, sel)
     assert np.array_equal(final[sel == 0], case.original[sel == 0])
     assert np.array_equal(original, case.original)
+
+
+@pytest.mark.parametrize(("align", "tone"), [(True, True), (True, False), (False, True)])
+def test_replay_puts_the_same_corrections_into_the_result_bit_for_bit(align, tone):
+    """What history does: the record in the details, through JSON, applied to the result alone (no original)."""
+
+    from gimp_openai.seamless import replay
+
+    rng = np.random.default_rng(31)
+    case = make_case(rng, (256, 256), tone=(0.1, 5, 0.1))
+    out = make_seamless(case.original, case.result, case.selection, align=align, tone_match=tone)
+    record = json.loads(json.dumps(out.details["replay"]))
+    assert (record["matrix"] is not None) == align and (record["lab"] is not None) == tone, out.report
+    again = replay(case.result, record)
+    assert again.tobytes() == out.image.tobytes()
+    with pytest.raises(ValueError, match="outside"):
+        replay(case.result[:100, :100], record)
+    with pytest.raises(ValueError, match="not a record"):
+        replay(case.result, {"matrix": "x"})

@@ -912,37 +912,77 @@ class _Unrecorded:
         return False
 
 
+def _new_preview_layer(image, spec, width, height):
+    """A transparent preview layer of ``image``, not in it yet (floating), with its parasite, offsets and the
+    engine's layer mask, and one transparent pixel written the way previews are (GEGL and babl set up their
+    conversion from the engine's format now, not during the first preview)."""
+    gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
+    kind = Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
+    layer = Gimp.Layer.new(image, spec.name, width, height, kind, 100.0, Gimp.LayerMode.NORMAL)
+    layer.attach_parasite(Gimp.Parasite.new(hl.PREVIEW_PARASITE, Gimp.PARASITE_PERSISTENT,
+                                            list(spec.parasite.encode("utf-8"))))
+    layer.set_offsets(spec.x, spec.y)
+    if spec.mask == "engine" and spec.mask_png:  # the same mask for every preview of the item
+        apply_mask(image, layer, spec.mask_png)
+    buf = layer.get_buffer()
+    buf.set(Gegl.Rectangle.new(0, 0, 1, 1), FORMAT, bytes(4))
+    buf.flush()
+    return layer
+
+
+def _attached(image, layer):
+    return any(item.get_id() == layer.get_id() for item in _all_layers(image.get_layers()))
+
+
+def prepare_preview(image, spec, layer=None):
+    """The preview layer made while the model works (the engine's ``partial_place`` line: where the previews
+    will go and their mask), so that the first preview only puts it in the image and sets its pixels: making the
+    layer and its 1536² mask cost 3-4 times a pixel update (docs/performance.md). It stays out of the image
+    until then: a run cancelled while it waits (GIMP kills the plug-in) leaves nothing in the image. Returns the
+    layer (``layer`` itself when it is still there with that place and size)."""
+    width, height = int(spec.width), int(spec.height)
+    with _Unrecorded(image):
+        if layer is not None and layer.is_valid():
+            if (layer.get_width(), layer.get_height()) == (width, height) and \
+                    layer.get_offsets()[1:] == (spec.x, spec.y):
+                return layer
+            _drop(image, layer)
+        return _new_preview_layer(image, spec, width, height)
+
+
+def _drop(image, layer):
+    """Remove a preview layer from the image, or delete it when it never went in."""
+    if _attached(image, layer):
+        image.remove_layer(layer)
+    else:
+        layer.delete()
+
+
 def show_preview(image, above, spec, layer=None):
-    """The preview's pixels in ``layer`` (the one shown so far, when it is still there and of the same size:
-    only its pixels change) or in a new layer above ``above`` (where the result will go: above the layer and
-    its earlier results; on top of the image when None), with the engine's layer mask. Returns the layer."""
+    """The preview's pixels in ``layer`` (the one made ahead, put in the image now, or the one shown so far, when
+    it is still there and of the same size: only its pixels change) or in a new layer; in the image above
+    ``above`` (where the result will go: above the layer and its earlier results; on top when None). Returns the
+    layer."""
     png = hl.read_png(spec.png)
     if png is None:  # pragma: no cover - not the engine's PNG: no preview rather than a slow path
         return layer
     w, h, channels, data = png
     fmt = {1: "Y' u8", 2: "Y'A u8", 3: "R'G'B' u8", 4: FORMAT}[channels]
     with _Unrecorded(image):
-        fresh = layer is None or not layer.is_valid() or (layer.get_width(), layer.get_height()) != (w, h)
-        if fresh:
-            if layer is not None and layer.is_valid():
-                image.remove_layer(layer)
-            gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
-            kind = Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
-            layer = Gimp.Layer.new(image, spec.name, w, h, kind, 100.0, Gimp.LayerMode.NORMAL)
-            layer.attach_parasite(Gimp.Parasite.new(hl.PREVIEW_PARASITE, Gimp.PARASITE_PERSISTENT,
-                                                    list(spec.parasite.encode("utf-8"))))
+        if layer is not None and layer.is_valid() and (layer.get_width(), layer.get_height()) != (w, h):
+            _drop(image, layer)
+            layer = None
+        if layer is None or not layer.is_valid():
+            layer = _new_preview_layer(image, spec, w, h)
+        if not _attached(image, layer):
             parent = above.get_parent() if above is not None else None
             position = _above_earlier_results(image, above) if above is not None else 0
             image.insert_layer(layer, parent, position)
+        if layer.get_offsets()[1:] != (spec.x, spec.y):
+            layer.set_offsets(spec.x, spec.y)
         buf = layer.get_buffer()
         buf.set(Gegl.Rectangle.new(0, 0, w, h), fmt, data)
         buf.flush()
-        if fresh:
-            layer.set_offsets(spec.x, spec.y)
-            if spec.mask == "engine" and spec.mask_png:  # the same mask for every preview of the item
-                apply_mask(image, layer, spec.mask_png)
-        elif layer.get_offsets()[1:] != (spec.x, spec.y):
-            layer.set_offsets(spec.x, spec.y)
         layer.update(0, 0, w, h)
     return layer
 
@@ -1036,16 +1076,34 @@ class Gimp3:
     def alive(self, image, layer):
         return image.is_valid() and (layer is None or layer.is_valid())
 
+    def prepare_preview(self, target, spec):
+        image = target.image
+        t0 = time.time()
+        self.previews[image.get_id()] = made = prepare_preview(image, spec, self.previews.get(image.get_id()))
+        seconds = time.time() - t0
+        if not _timings_file():
+            return
+        entry = {"at": t0 + seconds, "image": image.get_id()}
+        if os.environ.get("GIMP_OPENAI_HOST_KEEP_WORKDIR") == "1":  # tests: what GIMP holds now, read back
+            ok, x, y = made.get_offsets()
+            entry.update({"x": x, "y": y, "width": made.get_width(), "height": made.get_height(),
+                          "mask": made.get_mask() is not None, "dirty": image.is_dirty(),
+                          "transparent": not any(bytes(pixels_of(made))[3::4]), "in_image": _attached(image, made),
+                          "layers": [la.get_name() for la in image.get_layers()],
+                          "selected": [la.get_name() for la in image.get_selected_layers()]})
+        _record_timing("preview-ready", seconds, entry)
+
     def preview(self, target, spec):
         image = target.image
         t0 = time.time()
         layer = self.previews.get(image.get_id())
+        made = layer is None or not layer.is_valid()  # the layer is made now (else: made ahead, or shown before)
         self.previews[image.get_id()] = shown = show_preview(image, target.layer, spec, layer)
         self.flush()
         seconds = time.time() - t0
         if not _timings_file():
             return
-        entry = {"at": t0 + seconds, "image": image.get_id(), "fresh": layer is None}
+        entry = {"at": t0 + seconds, "image": image.get_id(), "fresh": made}
         if os.environ.get("GIMP_OPENAI_HOST_KEEP_WORKDIR") == "1":  # tests: what GIMP holds now, read back
             ok, x, y = shown.get_offsets()
             entry.update({"x": x, "y": y, "width": shown.get_width(), "height": shown.get_height(), "png": spec.png,
@@ -1058,8 +1116,10 @@ class Gimp3:
 
     def end_preview(self, target):
         image = target.image
-        self.previews.pop(image.get_id(), None)
+        made = self.previews.pop(image.get_id(), None)
         t0 = time.time()
+        if made is not None and made.is_valid() and not _attached(image, made):
+            made.delete()  # made ahead, never shown: it never went into the image
         removed = remove_previews(image)
         if removed:
             self.flush()

@@ -26,7 +26,7 @@ from .tone import (
     ring_window,
 )
 
-__all__ = ["BLEND_MODES", "Prepared", "SeamlessResult", "make_seamless", "prepare_seamless"]
+__all__ = ["BLEND_MODES", "Prepared", "SeamlessResult", "make_seamless", "prepare_seamless", "replay"]
 
 BLEND_MODES = ("feather", "poisson")
 
@@ -151,11 +151,13 @@ def _corrected(original: np.ndarray, result: np.ndarray, selection: np.ndarray, 
             parts.append(f"not aligned: {found.note} — composited as returned")
 
     image = result
+    tone_m = None
     if tone_match:
         image, tone = _fit_beside_warp(original, result, selection, matrix, sharp,
                                        prepared.tone if prepared is not None else None)
         details["tone"] = tone.to_dict()
         if tone.applied and tone.m is not None:
+            tone_m = tone.m
             parts.append(f"tone ΔE {tone.delta_e_before:.1f} → {tone.delta_e_after:.1f}")
             if image is result:   # a new image: the frame copied, the window mapped
                 image = apply_corrections(result, None, tone.m, window)
@@ -168,6 +170,7 @@ def _corrected(original: np.ndarray, result: np.ndarray, selection: np.ndarray, 
     elif matrix is not None:
         image = warp(result, matrix, sharp)
 
+    details["replay"] = _replay_record(matrix, tone_m, sharp, window, blend)
     if blend == "poisson":
         # the corrections hand back a fresh array: blend into it in place (only `result` must stay untouched)
         image = poisson_blend(original, image, selection, in_place=image is not result)
@@ -177,3 +180,47 @@ def _corrected(original: np.ndarray, result: np.ndarray, selection: np.ndarray, 
         image = result.copy()
     report = "; ".join(parts) if parts else "no corrections requested"
     return SeamlessResult(image=image, report=report, details=details)
+
+
+# --- the corrections again, without the original -------------------------------------------------------------
+
+def _replay_record(matrix: np.ndarray | None, lab: np.ndarray | None, sharp: Window, window: Window,
+                   blend: str) -> dict:
+    """What :func:`replay` needs to put the same corrections into the same result later, in full precision (JSON
+    keeps a float's every bit): the history keeps it in the sidecar, so a result brought back from history is the
+    layer the run inserted, not the raw answer."""
+    return {
+        "matrix": None if matrix is None else np.asarray(matrix, np.float64).tolist(),
+        "lab": None if lab is None else np.asarray(lab).tolist(),
+        "lab_dtype": None if lab is None else str(np.asarray(lab).dtype),
+        "sharp": [int(v) for v in sharp], "window": [int(v) for v in window], "poisson": blend == "poisson",
+    }
+
+
+def replay(result: np.ndarray, record: dict) -> np.ndarray:
+    """``result`` (place-sized RGBA, as the model returned it and scaled to the place) with the corrections a run
+    found (``details["replay"]``), applied exactly as :func:`_corrected` applied them: the warp (bicubic in the
+    sharp window), then the Lab map in the toned window. Byte-identical to the run's layer except after a Poisson
+    blend, which needs the original (``record["poisson"]``: the caller says so). ValueError for a record that
+    does not fit this result."""
+    try:
+        matrix = None if record.get("matrix") is None else np.array(record["matrix"], np.float64)
+        lab = None if record.get("lab") is None else np.array(record["lab"], np.dtype(record.get("lab_dtype") or
+                                                                                       "float64"))
+        sharp = tuple(int(v) for v in record["sharp"])
+        window = tuple(int(v) for v in record["window"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a record of corrections ({exc})") from None
+    if matrix is not None and matrix.shape != (2, 3) or lab is not None and lab.ndim != 2 or \
+            len(sharp) != 4 or len(window) != 4:
+        raise ValueError("not a record of corrections (shapes)")
+    height, width = result.shape[:2]
+    for y0, y1, x0, x1 in (sharp, window):
+        if not (0 <= y0 <= y1 <= height and 0 <= x0 <= x1 <= width):
+            raise ValueError("its windows lie outside this result")
+    if matrix is None:
+        return apply_corrections(result, None, lab, window) if lab is not None else result.copy()
+    image = warp(result, matrix, sharp)
+    if lab is not None:
+        apply_lab_transform(image, lab, window=window, out=image)
+    return image

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -146,6 +147,126 @@ def _usage(request: rules.ImageRequest, rule: pricing.TokenRule, shapes: list[tu
     }
 
 
+class Painting:
+    """The images of one answer, painted one at a time, with what the events and the body need.
+
+    A plain answer paints them all at once (:func:`respond`). A streamed one paints them on a thread of its
+    own (:meth:`start`), started as soon as the request is validated, while the latency clock runs from the
+    request's arrival as a real model's does: the events wait for their second and for their image
+    (:meth:`get`), so painting costs the stream nothing unless it takes longer than the slice of the latency
+    before the image's first preview. The body's fields (size, quality, usage) are known before any image is
+    painted: every image of a request has the size asked for (or the ``wrong_size`` fault's)."""
+
+    def __init__(self, request: rules.ImageRequest, *, spec: render.RenderSpec | None,
+                 store_file: Callable[[bytes, str], str], wrong_size: tuple[int, int] | None = None,
+                 finish: Callable[[int, dict], None] | None = None) -> None:
+        self.request, self.spec, self.store_file, self.wrong_size = request, spec, store_file, wrong_size
+        self.finish = finish  # (index, item) -> None: the ``after`` faults that change an item's data
+        self.size = rules.output_size(request)
+        self.seed = offline.seed_of(_fingerprint(request))
+        self.notes: dict = {"size": list(self.size)}
+        if wrong_size is not None:
+            self.notes["wrong_size"] = list(wrong_size)
+        self.renders: list[dict] = []
+        gpt = request.family.gpt_params
+        self.output_format = str(request.get("output_format", "png")) if gpt else "png"
+        compression = request.get("output_compression")
+        self.level = compression if isinstance(compression, int) else None
+        self.painted: list[tuple[dict, list[np.ndarray]]] = []
+        self.error: BaseException | None = None
+        self._ready = threading.Condition()
+        self._record: dict | None = None  # the request's /_stats record, kept up to date (report_to)
+
+    def report_to(self, record: dict) -> None:
+        """Keep ``record`` (the request's /_stats entry) up to date with the notes while the images are painted."""
+        with self._ready:
+            self._record = record
+            record.update(self.notes)
+
+    @property
+    def count(self) -> int:
+        return int(self.request.n)
+
+    def paint_one(self, index: int) -> tuple[dict, list[np.ndarray], tuple[int, int]]:
+        """Image ``index``: its ``data`` item, its previews (small, for a stream) and its (height, width)."""
+        request = self.request
+        pixels, record = paint(request, self.spec, self.size, self.seed, index)
+        if record is not None:
+            with self._ready:
+                self.renders.append(record)
+                self.notes["render"] = self.renders
+                if self._record is not None:
+                    self._record.update(self.notes)
+        if self.wrong_size is not None:
+            pixels = images.resize(pixels, self.wrong_size)
+        shape = (int(pixels.shape[0]), int(pixels.shape[1]))
+        encoded = images.encode(pixels, self.output_format, self.level)
+        previews = [preview_small(pixels, k, request.partial_images) for k in range(request.partial_images)] \
+            if request.stream else []
+        del pixels
+        item: dict[str, object]
+        if not request.family.gpt_params and request.get("response_format", "url") == "url":
+            item = {"url": self.store_file(encoded, self.output_format)}
+        else:
+            item = {"b64_json": base64.b64encode(encoded).decode("ascii")}
+        if request.family.name == caps.DALL_E_3:
+            item["revised_prompt"] = f"{request.prompt.strip()}, rendered in a clear, detailed style."
+        if self.finish is not None:
+            self.finish(index, item)
+        return item, previews, shape
+
+    def body(self, data: list, shapes: list[tuple[int, int]]) -> dict:
+        """The answer's body around ``data``; ``shapes``: each image's (height, width)."""
+        request, family = self.request, self.request.family
+        body: dict[str, object] = {"created": int(time.time()), "data": data}
+        if family.gpt_params:
+            height, width = shapes[-1] if shapes else (0, 0)
+            rule = pricing.token_rule(family) or pricing.TOKEN_RULES[caps.GPT_IMAGE_2]
+            quality = str(request.get("quality", "auto"))
+            quality = rule.auto_quality if quality not in dict(rule.output_1024) else quality
+            body.update(
+                background="transparent" if request.get("background") == "transparent" else "opaque",
+                output_format=self.output_format,
+                size=f"{width}x{height}",
+                quality=quality,
+                usage=_usage(request, rule, shapes, quality, self.seed),
+            )
+        return body
+
+    def expected_shapes(self) -> list[tuple[int, int]]:
+        width, height = self.wrong_size or self.size
+        return [(int(height), int(width))] * self.count
+
+    # --- a streamed answer: painted on a thread while the events wait for their second -----------------------
+
+    def start(self, done: Callable[[], None] = lambda: None) -> None:
+        """Paint every image on a daemon thread, in order; ``done()`` when it ends (the work gate's release)."""
+        threading.Thread(target=self._run, args=(done,), name="paint", daemon=True).start()
+
+    def _run(self, done: Callable[[], None]) -> None:
+        try:
+            for index in range(self.count):
+                item, previews, _shape = self.paint_one(index)
+                with self._ready:
+                    self.painted.append((item, previews))
+                    self._ready.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - the stream ends cut short; the handler reports it
+            with self._ready:
+                self.error = exc
+                self._ready.notify_all()
+        finally:
+            done()
+
+    def get(self, index: int) -> tuple[dict, list[np.ndarray]]:
+        """Image ``index`` once it is painted; re-raises what stopped the painting."""
+        with self._ready:
+            while len(self.painted) <= index and self.error is None:
+                self._ready.wait()
+            if len(self.painted) > index:
+                return self.painted[index]
+            raise self.error  # type: ignore[misc]
+
+
 def respond(
     request: rules.ImageRequest,
     *,
@@ -157,83 +278,52 @@ def respond(
 
     One image at a time is painted, encoded and dropped, so memory grows with the encoded files, not with
     n decoded results (n=10 at 3840x2160 would otherwise hold 330 MB of pixels at once)."""
-    size = rules.output_size(request)
-    seed = offline.seed_of(_fingerprint(request))
-    notes: dict = {"size": list(size)}
-    renders = []
-    family = request.family
-    gpt = family.gpt_params
-    output_format = str(request.get("output_format", "png")) if gpt else "png"
-    compression = request.get("output_compression")
-    data = []
-    partials: list[list[np.ndarray]] = []
-    shape = (0, 0)
-    shapes: list[tuple[int, int]] = []
+    return respond_with(Painting(request, spec=spec, store_file=store_file, wrong_size=wrong_size))
+
+
+def respond_with(painting: Painting) -> Outcome:
+    """Every image of ``painting`` painted here, one after another, and the plain answer's body."""
+    request = painting.request
+    data, partials, shapes = [], [], []
     for index in range(request.n):
-        pixels, record = paint(request, spec, size, seed, index)
-        if record is not None:
-            renders.append(record)
-        if wrong_size is not None:
-            pixels = images.resize(pixels, wrong_size)
-            notes["wrong_size"] = list(wrong_size)
-        shape = pixels.shape[:2]
-        shapes.append((int(shape[0]), int(shape[1])))
-        level = compression if isinstance(compression, int) else None
-        encoded = images.encode(pixels, output_format, level)
-        if request.stream:
-            partials.append([preview_small(pixels, k, request.partial_images) for k in range(request.partial_images)])
-        del pixels
-        item: dict[str, object]
-        if not gpt and request.get("response_format", "url") == "url":
-            item = {"url": store_file(encoded, output_format)}
-        else:
-            item = {"b64_json": base64.b64encode(encoded).decode("ascii")}
-        if family.name == caps.DALL_E_3:
-            item["revised_prompt"] = f"{request.prompt.strip()}, rendered in a clear, detailed style."
+        item, previews, shape = painting.paint_one(index)
         data.append(item)
-    if renders:
-        notes["render"] = renders
-    body: dict[str, object] = {"created": int(time.time()), "data": data}
-    if gpt:
-        height, width = shape
-        rule = pricing.token_rule(family) or pricing.TOKEN_RULES[caps.GPT_IMAGE_2]
-        quality = str(request.get("quality", "auto"))
-        quality = rule.auto_quality if quality not in dict(rule.output_1024) else quality
-        body.update(
-            background="transparent" if request.get("background") == "transparent" else "opaque",
-            output_format=output_format,
-            size=f"{width}x{height}",
-            quality=quality,
-            usage=_usage(request, rule, shapes, quality, seed),
-        )
-    return Outcome(body=body, notes=notes, partials=partials, output_format=output_format,
-                   compression=level if request.stream else None)
+        partials.append(previews)
+        shapes.append(shape)
+    return Outcome(body=painting.body(data, shapes), notes=painting.notes, partials=partials if request.stream else [],
+                   output_format=painting.output_format, compression=painting.level if request.stream else None)
 
 
-def stream_events(outcome: Outcome, endpoint: str, latency: float) -> Iterator[tuple[float, dict]]:
-    """The server-sent events of a streamed answer, each with the second (from the start of the answer) it is
-    due, made one at a time: image i of n owns the slice [i/n, (i+1)/n] of ``latency``; its previews are spread
-    evenly inside it (3 previews of one image: at 25, 50 and 75 %) and its completed event ends it, so the result
-    arrives when a plain answer of the same latency would. Shapes: the contract's
-    Image{Edit,Gen}{PartialImage,Completed}Event; ``usage`` (the request's) on each completed event."""
+def stream_events(painting: Painting, endpoint: str, latency: float,
+                  elapsed: Callable[[], float] | None = None) -> Iterator[tuple[float, dict]]:
+    """The server-sent events of a streamed answer, each with the second (from the request's arrival) it is
+    due, made one at a time as their image is painted (:meth:`Painting.get`): image i of n owns the slice
+    [i/n, (i+1)/n] of ``latency``; its previews are spread evenly inside it (3 previews of one image: at 25, 50
+    and 75 %) and its completed event ends it, so the result arrives when a plain answer of the same latency
+    would. ``elapsed()``: seconds since the arrival; with a latency, a preview whose image's completed event is
+    already due is left out (painting fell behind the clock: a late preview would only delay the result).
+    Shapes: the contract's Image{Edit,Gen}{PartialImage,Completed}Event; ``usage`` (the request's) on each
+    completed event."""
     prefix = "image_edit" if endpoint == caps.ENDPOINT_EDITS else "image_generation"
-    body = outcome.body
+    body = painting.body([], painting.expected_shapes())
     common = {key: body[key] for key in ("size", "quality", "background", "output_format") if key in body}
-    items = body.get("data") or []
-    n = max(1, len(items))
-    for i, item in enumerate(items):
-        previews = outcome.partials[i] if i < len(outcome.partials) else []
+    n = max(1, painting.count)
+    for i in range(painting.count):
+        item, previews = painting.get(i)
         size = caps.parse_size(str(body.get("size", ""))) or rules_size(previews)
+        completed_due = latency * (i + 1) / n
         for k, small in enumerate(previews):
+            if latency > 0 and elapsed is not None and elapsed() >= completed_due:
+                break
             due = latency * (i + (k + 1) / (len(previews) + 1)) / n
             yield due, {"type": f"{prefix}.partial_image",
-                        "b64_json": preview_b64(small, size, outcome.output_format, outcome.compression),
+                        "b64_json": preview_b64(small, size, painting.output_format, painting.level),
                         "created_at": int(time.time()), **common, "partial_image_index": k}
         completed: dict[str, object] = {"type": f"{prefix}.completed", "b64_json": item.get("b64_json", ""),
                                         "created_at": int(time.time()), **common}
         if "usage" in body:
             completed["usage"] = body["usage"]
-        yield latency * (i + 1) / n, completed
+        yield completed_due, completed
 
 
 def rules_size(previews: list[np.ndarray]) -> tuple[int, int]:

@@ -24,11 +24,12 @@ import re
 import socket
 import struct
 import sys
+import threading
 import time
 import traceback
 import uuid
 from base64 import b64decode
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -67,10 +68,11 @@ HEADER_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.Fi
 
 
 class StreamAnswer:
-    """A validated, painted streamed answer: its events are timed and written by :meth:`Handler._send_stream`."""
+    """A validated streamed answer whose images are being painted (``painting``, on its own thread): its events
+    are timed from the request's arrival and written by :meth:`Handler._send_stream` as their images are ready."""
 
-    def __init__(self, outcome: engine.Outcome, endpoint: str) -> None:
-        self.outcome = outcome
+    def __init__(self, painting: engine.Painting, endpoint: str) -> None:
+        self.painting = painting
         self.endpoint = endpoint
 
 
@@ -403,29 +405,37 @@ class Handler(BaseHTTPRequestHandler):
         limits = entry.pop("_ratelimit", None) or {}
         headers.update(limits)
         fresh = status == 200 and bool(limits)  # admitted under the limits
+        arrived = entry.pop("_arrived", started)
         entry["status"] = status
         entry["seconds"] = round(time.monotonic() - started, 4)
-        self.server.stats.record({k: v for k, v in entry.items() if not k.startswith("_")})
-        delay = self._latency(delivery)
+        record = {k: v for k, v in entry.items() if not k.startswith("_")}
+        self.server.stats.record(record)
+        # A model's time: only the images routes have one (listing models or a batch's files answers at once),
+        # counted from the request's arrival, so what this server spends painting is inside it as a model's is.
+        delay = self._latency(delivery) if route == self._images else 0.0
         headers["openai-version"] = "2020-10-01"
         if isinstance(body, StreamAnswer):  # the latency is spread over the events, not waited up front
             if fresh:
                 headers.update(self.server.limiter.current())
+            body.painting.report_to(record)  # what the painting learns (render records) still reaches /_stats
             headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
-            self._send_stream(body, delay, headers, delivery)
+            self._send_stream(body, arrived, delay, headers, delivery)
             return
-        if delay > 0:
-            self.server.stopping.wait(delay)
+        wait = arrived + delay - time.monotonic()
+        if wait > 0:
+            self.server.stopping.wait(wait)
         if fresh:  # the budgets as they are when the answer goes, not as they were when the request came
             headers.update(self.server.limiter.current())
         headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
         self._send(status, body, content_type, headers, delivery)
 
-    def _send_stream(self, answer: StreamAnswer, latency: float, headers: dict[str, str],
+    def _send_stream(self, answer: StreamAnswer, arrived: float, latency: float, headers: dict[str, str],
                      delivery: list[faults.FaultSpec]) -> None:
-        """Server-sent events in chunked framing, each event at its due second (engine.stream_events); the
-        delivery faults cut the stream after ``events`` whole events: ``reset`` (RST), ``stall`` (silence, then
-        close), ``malformed_event`` (an event that is not JSON, then the end of the stream)."""
+        """Server-sent events in chunked framing, each at its due second from the request's arrival
+        (``arrived``, monotonic; engine.stream_events) and once its image is painted; the delivery faults cut
+        the stream after ``events`` whole events: ``reset`` (RST), ``stall`` (silence, then close),
+        ``malformed_event`` (an event that is not JSON, then the end of the stream). Painting that fails (a bug)
+        ends the stream cut short, as a dropped connection would."""
         self._responding = True
         self.connection.settimeout(self.server.config.body_timeout)
         if self._unread_body:
@@ -442,15 +452,26 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         cut = next((spec for spec in delivery if spec.kind in ("reset", "stall", "malformed_event")), None)
         cut_after = int(float(cut.params.get("events", "1"))) if cut is not None else -1
-        start = time.monotonic()
-        for number, (due, event) in enumerate(engine.stream_events(answer.outcome, answer.endpoint, latency)):
-            wait = start + due - time.monotonic()
+        events = engine.stream_events(answer.painting, answer.endpoint, latency,
+                                      lambda: time.monotonic() - arrived)
+        number = 0
+        while True:
+            try:
+                due, event = next(events)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - a painting bug: the stream ends short, the bug is reported
+                _report_bug(exc)
+                self.close_connection = True
+                return
+            wait = arrived + due - time.monotonic()
             if wait > 0 and self.server.stopping.wait(wait):
                 return
             if cut is not None and number == cut_after:
                 self._cut_stream(cut, str(event["type"]))
                 return
             self._chunk(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+            number += 1
         self._chunk(b"")
 
     def _cut_stream(self, cut: faults.FaultSpec, kind: str) -> None:
@@ -504,6 +525,7 @@ class Handler(BaseHTTPRequestHandler):
         entry["body_bytes"] = 0
         self._auth()  # before the body: without the key, nobody makes this server buffer 50 MB
         raw = self._read_body()
+        entry["_arrived"] = time.monotonic()  # the whole request is here: the model's clock starts
         entry["body_bytes"] = len(raw)
         try:
             specs = self.server.config.faults + faults.parse_faults(self.headers.get("X-Fault", ""))
@@ -527,22 +549,26 @@ class Handler(BaseHTTPRequestHandler):
         if self.server.limiter.counts_tokens:
             entry["rate_tokens"] = tokens  # what the request took from the budget (tests hold pacing to it)
         entry["_ratelimit"] = self.server.limiter.admit(model, _requested_n(fields), tokens)
-        with self._heavy_work():
+        with self._heavy_work() as work:
             encoded = self._produce(endpoint, model, family, fields, files, is_multipart, firing, spec, entry)
+            if isinstance(encoded, StreamAnswer):  # the painting thread holds the work gate until it is done
+                encoded.painting.start(done=work.hand_over())
         entry.pop("_delivery", None)
         return 200, encoded, delivery
 
     @contextlib.contextmanager
-    def _heavy_work(self) -> Iterator[None]:
+    def _heavy_work(self) -> Iterator[_Gate]:
         """At most ``--max-work`` requests decode and paint at once (each can take hundreds of MB); the others
-        wait up to ``--work-wait`` seconds, then get 429 with retry-after instead of exhausting memory."""
+        wait up to ``--work-wait`` seconds, then get 429 with retry-after instead of exhausting memory. A
+        streamed answer's painting thread takes the gate over (``hand_over``) and releases it when it ends."""
         gate, config = self.server.work_gate, self.server.config
         if not gate.acquire(timeout=config.work_wait):
             raise apierror.server_busy("all image workers are in use", retry_after=max(1, round(config.work_wait)))
+        held = _Gate(gate)
         try:
-            yield
+            yield held
         finally:
-            gate.release()
+            held.release_here()
 
     def _produce(self, endpoint: str, model: str, family: caps.Family, fields: dict[str, Any], files: list,
                  is_multipart: bool, firing: list[faults.FaultSpec], spec: render.RenderSpec | None,
@@ -559,19 +585,22 @@ class Handler(BaseHTTPRequestHandler):
         if "wrong_size" in kinds:
             size = rules.output_size(request)
             wrong = caps.parse_size(kinds["wrong_size"].params.get("size", "")) or (size[0] // 2, size[1] // 2)
-        outcome = engine.respond(request, spec=spec if endpoint == caps.ENDPOINT_EDITS else None,
-                                 store_file=self._file_url, wrong_size=wrong)
+        truncate = int(kinds["truncated_b64"].params.get("index", "0")) if "truncated_b64" in kinds else None
+
+        def finish(index: int, item: dict) -> None:
+            if index == truncate and "b64_json" in item:
+                text = item["b64_json"]
+                item["b64_json"] = text[: (len(text) // 2) // 4 * 4]
+
+        painting = engine.Painting(request, spec=spec if endpoint == caps.ENDPOINT_EDITS else None,
+                                   store_file=self._file_url, wrong_size=wrong, finish=finish)
+        if request.stream:  # painted on its own thread while the latency runs (StreamAnswer)
+            entry.update(painting.notes)
+            entry["stream"] = {"partial_images": request.partial_images}
+            return StreamAnswer(painting, endpoint)
+        outcome = engine.respond_with(painting)
         entry.update(outcome.notes)
         body = outcome.body
-        if "truncated_b64" in kinds:
-            index = int(kinds["truncated_b64"].params.get("index", "0"))
-            items = body.get("data") or []
-            if 0 <= index < len(items) and "b64_json" in items[index]:
-                text = items[index]["b64_json"]
-                items[index]["b64_json"] = text[: (len(text) // 2) // 4 * 4]
-        if request.stream:
-            entry["stream"] = {"partial_images": request.partial_images}
-            return StreamAnswer(outcome, endpoint)
         encoded = json.dumps(body).encode()
         if "malformed_json" in kinds:
             encoded = encoded[: max(1, len(encoded) // 2)]
@@ -738,6 +767,21 @@ def _malformed_headers(headers: Any) -> bool:
 
 def _bad_chunked(detail: str) -> ApiError:
     return ApiError(400, f"Malformed chunked body: {detail}.", code="invalid_request")
+
+
+class _Gate:
+    """The work gate as one request holds it: released where it was taken, unless handed over to a thread."""
+
+    def __init__(self, gate: threading.Semaphore | threading.BoundedSemaphore) -> None:
+        self.gate, self.handed = gate, False
+
+    def hand_over(self) -> Callable[[], None]:
+        self.handed = True
+        return self.gate.release
+
+    def release_here(self) -> None:
+        if not self.handed:
+            self.gate.release()
 
 
 def _report_bug(exc: BaseException) -> None:
