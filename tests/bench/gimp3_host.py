@@ -57,13 +57,16 @@ for size in SIZES:
 '''
 
 
-def measure(version: str = "3.0", server_url: str | None = None, sizes=(1024, 4096, 8000),
-            latency: float = 1.0, warm_seconds: float = 60.0) -> dict | str:
-    """{"version", "rows": [{size, export_s, insert_s, procedure_s, server_s, overhead_s}]} or the reason it could
-    not run. ``overhead_s``: the whole procedure less the server's time (its own handling plus ``latency``)."""
+def _run_in_gimp(version: str, script: str, latency: float, env: dict, timeout: float,
+                 server_url: str | None = None) -> tuple[list[dict], list[dict], list[dict]] | str:
+    """Install the plug-in into a fresh work folder of the GIMP ``version`` chroot and run ``script`` (GIMP
+    batch Python) against the local server (``--latency``) or ``server_url``: (the script's "RES " lines, the
+    host's timings file, the server's image requests), or why it could not run."""
     problem = G.chroot_problem(version)
     if problem:
         return problem
+    import os
+
     from tests.conftest import FAKE_KEY
     from tests.reliability.harness import image_requests
     from tests.support.local_server import LocalServerHandle
@@ -72,8 +75,6 @@ def measure(version: str = "3.0", server_url: str | None = None, sizes=(1024, 40
             LocalServerHandle(("--latency", str(latency))) as srv:
         work = Path(tmp) / "work"
         work.mkdir()
-        import os
-
         os.chmod(tmp, 0o755)
         chroot = G.GimpChroot(version=version, root=G.CHROOT_ROOT / G.SUITES[version], work=work)
         install = chroot.run(["python3", f"{G.REPO_INSIDE}/scripts/install.py", "--venv", "/gimp-openai-work/venv",
@@ -81,30 +82,42 @@ def measure(version: str = "3.0", server_url: str | None = None, sizes=(1024, 40
         if install.returncode != 0:
             return f"installer failed in the chroot: {install.stderr[-500:]}"
         timings = work / "timings.jsonl"
-        # the first run starts the engine; later ones find it kept warm (as in GIMP, until warm_seconds pass)
         env = {"OPENAI_BASE_URL": server_url or srv.url, "OPENAI_API_KEY": FAKE_KEY,
-               "GIMP_OPENAI_HOST_TIMINGS": "/gimp-openai-work/timings.jsonl",
-               "GIMP_OPENAI_WARM_SECONDS": str(int(warm_seconds))}
-        run = chroot.python(SCRIPT.replace("SIZES", repr(tuple(sizes))), env=env, timeout=900)
-        results = [json.loads(line[4:]) for line in run.stdout.splitlines() if line.startswith("RES ")]
-        if len(results) != len(sizes):
-            return f"GIMP run incomplete: {run.stdout[-800:]} {run.stderr[-800:]}"
+               "GIMP_OPENAI_HOST_TIMINGS": "/gimp-openai-work/timings.jsonl", **env}
+        run = chroot.python(script, env=env, timeout=timeout)
+        lines = [json.loads(line[4:]) for line in run.stdout.splitlines() if line.startswith("RES ")]
+        if not lines:
+            return f"GIMP run failed: {run.stdout[-800:]} {run.stderr[-800:]}"
         entries = [json.loads(x) for x in timings.read_text().splitlines()] if timings.exists() else []
-        exports = [e["seconds"] for e in entries if e["what"] == "export"]
-        inserts = [e["seconds"] for e in entries if e["what"] == "insert"]
-        served = image_requests(srv) if server_url is None else []
-        traces = [e for e in entries if e["what"] == "trace"]
-        rows = []
-        for k, res in enumerate(results):
-            t0, t1 = res["t0"], res["t0"] + res["seconds"]
-            timeline = [(e["event"], round(e["t"] - t0, 3)) for e in traces if t0 <= e["t"] <= t1]
-            server_s = float(served[k].get("seconds") or 0) + latency if k < len(served) else None
-            rows.append({"size": res["size"], "status": res["status"], "error": res["error"],
-                         "procedure_s": res["seconds"], "export_s": exports[k] if k < len(exports) else None,
-                         "insert_s": inserts[k] if k < len(inserts) else None, "server_s": server_s,
-                         "overhead_s": res["seconds"] - server_s if server_s is not None else None,
-                         "timeline": timeline})
-        return {"version": version, "rows": rows}
+        return lines, entries, image_requests(srv) if server_url is None else []
+
+
+def measure(version: str = "3.0", server_url: str | None = None, sizes=(1024, 4096, 8000),
+            latency: float = 1.0, warm_seconds: float = 60.0) -> dict | str:
+    """{"version", "rows": [{size, export_s, insert_s, procedure_s, server_s, overhead_s}]} or the reason it could
+    not run. ``overhead_s``: the whole procedure less the server's time (its own handling plus ``latency``)."""
+    # the first run starts the engine; later ones find it kept warm (as in GIMP, until warm_seconds pass)
+    ran = _run_in_gimp(version, SCRIPT.replace("SIZES", repr(tuple(sizes))), latency,
+                       {"GIMP_OPENAI_WARM_SECONDS": str(int(warm_seconds))}, 900, server_url)
+    if isinstance(ran, str):
+        return ran
+    results, entries, served = ran
+    if len(results) != len(sizes):
+        return f"GIMP run incomplete: {results}"
+    exports = [e["seconds"] for e in entries if e["what"] == "export"]
+    inserts = [e["seconds"] for e in entries if e["what"] == "insert"]
+    traces = [e for e in entries if e["what"] == "trace"]
+    rows = []
+    for k, res in enumerate(results):
+        t0, t1 = res["t0"], res["t0"] + res["seconds"]
+        timeline = [(e["event"], round(e["t"] - t0, 3)) for e in traces if t0 <= e["t"] <= t1]
+        server_s = float(served[k].get("seconds") or 0) + latency if k < len(served) else None
+        rows.append({"size": res["size"], "status": res["status"], "error": res["error"],
+                     "procedure_s": res["seconds"], "export_s": exports[k] if k < len(exports) else None,
+                     "insert_s": inserts[k] if k < len(inserts) else None, "server_s": server_s,
+                     "overhead_s": res["seconds"] - server_s if server_s is not None else None,
+                     "timeline": timeline})
+    return {"version": version, "rows": rows}
 
 
 def overhead(version: str = "3.0", repeats: int = 3) -> dict | str:
@@ -208,45 +221,25 @@ def measure_preview(version: str = "3.0", latency: float = 20.0, layer: int = 20
     after the layer's update and the displays' flush), and the procedure's end (the result inserted); the host's
     cost of each preview (reading the engine's PNG, the layer's buffer, the update, the flush) and of making the
     preview layer and its mask ahead, while the model works (``ready_ms``, when it was made: ``ready_at_s``)."""
-    problem = G.chroot_problem(version)
-    if problem:
-        return problem
-    import os
-
-    from tests.conftest import FAKE_KEY
-    from tests.support.local_server import LocalServerHandle
-
-    with tempfile.TemporaryDirectory(prefix="bench-preview-") as tmp, \
-            LocalServerHandle(("--latency", str(latency))) as srv:
-        work = Path(tmp) / "work"
-        work.mkdir()
-        os.chmod(tmp, 0o755)
-        chroot = G.GimpChroot(version=version, root=G.CHROOT_ROOT / G.SUITES[version], work=work)
-        install = chroot.run(["python3", f"{G.REPO_INSIDE}/scripts/install.py", "--venv", "/gimp-openai-work/venv",
-                              "--system-site-packages", "--no-deps"], timeout=300)
-        if install.returncode != 0:
-            return f"installer failed in the chroot: {install.stderr[-500:]}"
-        timings = work / "timings.jsonl"
-        env = {"OPENAI_BASE_URL": srv.url, "OPENAI_API_KEY": FAKE_KEY,
-               "GIMP_OPENAI_HOST_TIMINGS": "/gimp-openai-work/timings.jsonl"}
-        run = chroot.python(PREVIEW_SCRIPT.replace("LAYER", str(layer)), env=env, timeout=300 + 3 * latency)
-        lines = [json.loads(line[4:]) for line in run.stdout.splitlines() if line.startswith("RES ")]
-        if not lines or lines[0]["status"] != "success":
-            return f"GIMP run failed: {lines} {run.stdout[-800:]} {run.stderr[-800:]}"
-        res = lines[0]
-        entries = [json.loads(x) for x in timings.read_text().splitlines()] if timings.exists() else []
-        previews = [e for e in entries if e["what"] == "preview"]
-        if not previews:
-            return "no preview was shown"
-        first = previews[0]["at"] - res["t0"]
-        final = res["t1"] - res["t0"]
-        return {"version": version, "latency_s": latency, "layer": layer, "first_preview_s": first, "final_s": final,
-                "first_share": first / final, "previews": len(previews),
-                "update_ms": [round(e["seconds"] * 1000, 1) for e in previews],
-                "ready_ms": [round(e["seconds"] * 1000, 1) for e in entries if e["what"] == "preview-ready"],
-                "ready_at_s": [round(e["at"] - res["t0"], 2) for e in entries if e["what"] == "preview-ready"],
-                "remove_ms": [round(e["seconds"] * 1000, 1) for e in entries if e["what"] == "end-preview"],
-                "insert_ms": [round(e["seconds"] * 1000, 1) for e in entries if e["what"] == "insert"]}
+    ran = _run_in_gimp(version, PREVIEW_SCRIPT.replace("LAYER", str(layer)), latency, {}, 300 + 3 * latency)
+    if isinstance(ran, str):
+        return ran
+    lines, entries, _served = ran
+    if lines[0]["status"] != "success":
+        return f"GIMP run failed: {lines}"
+    res = lines[0]
+    previews = [e for e in entries if e["what"] == "preview"]
+    if not previews:
+        return "no preview was shown"
+    first = previews[0]["at"] - res["t0"]
+    final = res["t1"] - res["t0"]
+    return {"version": version, "latency_s": latency, "layer": layer, "first_preview_s": first, "final_s": final,
+            "first_share": first / final, "previews": len(previews),
+            "update_ms": [round(e["seconds"] * 1000, 1) for e in previews],
+            "ready_ms": [round(e["seconds"] * 1000, 1) for e in entries if e["what"] == "preview-ready"],
+            "ready_at_s": [round(e["at"] - res["t0"], 2) for e in entries if e["what"] == "preview-ready"],
+            "remove_ms": [round(e["seconds"] * 1000, 1) for e in entries if e["what"] == "end-preview"],
+            "insert_ms": [round(e["seconds"] * 1000, 1) for e in entries if e["what"] == "insert"]}
 
 
 def preview_line(r: dict | str) -> str:
