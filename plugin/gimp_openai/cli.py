@@ -473,7 +473,8 @@ def write_results(out: Path, stem: str, original: np.ndarray | None, outcome: op
     from gimp_openai.imaging import encode_png
 
     patches = []
-    original_opaque = original is not None and opaque(original)
+    # the bands made ahead were made as RGB exactly when the original is opaque (no second pass over its alpha)
+    original_opaque = original is not None and (ahead.channels == 3 if ahead is not None else opaque(original))
     for output in outcome.outputs:
         if original is None:  # generate: --name (or "generated") and the number
             name = f"{stem}-{output.index}"
@@ -600,13 +601,13 @@ def run_one(
     else:
         ahead = BandsAhead(width, height, 4, lambda row0, row1: pixels[row0:row1])
 
-    last_rows: list[tuple[int, int]] = []  # the rows the result replaces: their bands are deflated last
+    replaced: list[tuple[int, int]] = []  # the rows the result replaces: their bands are not made ahead
 
     def progress_and_ahead(event: Progress) -> None:
         if "place_rows" in event.extra:
-            last_rows[:] = [tuple(event.extra["place_rows"])]
+            replaced[:] = [tuple(event.extra["place_rows"])]
         if event.phase == "waiting" and not ahead.started:
-            ahead.start(last=last_rows)
+            ahead.start(skip=replaced)
         progress(event)
     try:
         outcome = _operate(args, engine, model, pixels, image_path, mask_path, progress_and_ahead, item, previews)

@@ -138,7 +138,7 @@ class BandsAhead:
 
     ``start()`` works on every core until done or ``stop()``; :func:`write_png` takes the parts that were made.
     On a 2-core machine, 8000² RGBA at the bench's 1 s latency: 36 of 62 bands made ahead on one thread, of them
-    21 usable (the others were where the result went); on two threads, with those bands last, see
+    21 usable (the others were where the result went); on two threads, without those bands, see
     docs/performance.md."""
 
     def __init__(self, width: int, height: int, channels: int, rows: RowSource) -> None:
@@ -158,11 +158,11 @@ class BandsAhead:
     def started(self) -> bool:
         return bool(self._threads)
 
-    def start(self, last: Sequence[tuple[int, int]] = ()) -> BandsAhead:
-        """Deflate the bands on every core, those touching the row ranges ``last`` (what the server's answer
-        will change, so their parts are likely wasted) after all others."""
-        order = sorted(range(len(self.spans)), key=lambda i: any(
-            r0 < self.spans[i][1] and self.spans[i][0] < r1 for r0, r1 in last))
+    def start(self, skip: Sequence[tuple[int, int]] = ()) -> BandsAhead:
+        """Deflate the bands on every core, except those touching the row ranges ``skip``: the rows the answer
+        will replace, whose parts could never be used."""
+        order = [i for i in range(len(self.spans))
+                 if not any(r0 < self.spans[i][1] and self.spans[i][0] < r1 for r0, r1 in skip)]
         self._queue = iter(order)
         self._threads = [threading.Thread(target=self._run, name=f"png-ahead-{k}", daemon=True)
                          for k in range(min(workers(), len(order)))]

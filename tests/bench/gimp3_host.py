@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.bench.run import served_seconds
 from tests.support import gimp3 as G
 
 SCRIPT = r'''
@@ -95,7 +96,7 @@ def _run_in_gimp(version: str, script: str, latency: float, env: dict, timeout: 
 def measure(version: str = "3.0", server_url: str | None = None, sizes=(1024, 4096, 8000),
             latency: float = 1.0, warm_seconds: float = 60.0) -> dict | str:
     """{"version", "rows": [{size, export_s, insert_s, procedure_s, server_s, overhead_s}]} or the reason it could
-    not run. ``overhead_s``: the whole procedure less the server's time (its own handling plus ``latency``)."""
+    not run. ``overhead_s``: the whole procedure less the server's time (``run.served_seconds``)."""
     # the first run starts the engine; later ones find it kept warm (as in GIMP, until warm_seconds pass)
     ran = _run_in_gimp(version, SCRIPT.replace("SIZES", repr(tuple(sizes))), latency,
                        {"GIMP_OPENAI_WARM_SECONDS": str(int(warm_seconds))}, 900, server_url)
@@ -111,7 +112,7 @@ def measure(version: str = "3.0", server_url: str | None = None, sizes=(1024, 40
     for k, res in enumerate(results):
         t0, t1 = res["t0"], res["t0"] + res["seconds"]
         timeline = [(e["event"], round(e["t"] - t0, 3)) for e in traces if t0 <= e["t"] <= t1]
-        server_s = float(served[k].get("seconds") or 0) + latency if k < len(served) else None
+        server_s = served_seconds(served[k], latency) if k < len(served) else None
         rows.append({"size": res["size"], "status": res["status"], "error": res["error"],
                      "procedure_s": res["seconds"], "export_s": exports[k] if k < len(exports) else None,
                      "insert_s": inserts[k] if k < len(inserts) else None, "server_s": server_s,
