@@ -4,8 +4,9 @@ Everything is measured in one run, against the REAL local server (a subprocess) 
 latency, through the REAL engine subprocess, exactly as a host drives it:
 
 * host-path overhead per edit (job wall time minus the server's time: the latency, or its handling where that
-  took longer) for a 1024² selection in 1024², 4096² and 8000² layers; the host exports only the planned ``place`` region, so only
-  that crop is generated; ratio 8000²/1024² (target <= 1.5). The CLI path (decodes the whole file) apart.
+  took longer) for a 1024² selection in 1024², 4096² and 8000² layers; the host exports only the planned
+  ``place`` region, so only that crop is generated; ratio 8000²/1024² (target <= 1.5). The CLI path (decodes
+  the whole file) apart.
 * upload bytes per edit (the server's ``/_stats`` body_bytes) / PNG size of the crop at the target size
   (target <= 1.05), and the whole layer's PNG / the upload;
 * batch of 8 with 2 s latency: wall / ideal ceil(8/c) x 2 s (target <= 1.2), speed-up over sequential
