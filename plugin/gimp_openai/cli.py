@@ -586,7 +586,7 @@ def run_one(
 ) -> Written:
     """One input image through the chosen operation; shared by edit, variation and batch."""
     from gimp_openai import imaging
-    from gimp_openai.pngstrips import BandsAhead
+    from gimp_openai.pngstrips import BandsAhead, workers
 
     written = Written(source=image_path)
     pixels, written.notes = load_image(image_path)
@@ -606,8 +606,8 @@ def run_one(
     def progress_and_ahead(event: Progress) -> None:
         if "place_rows" in event.extra:
             replaced[:] = [tuple(event.extra["place_rows"])]
-        if event.phase == "waiting" and not ahead.started:
-            ahead.start(skip=replaced)
+        if event.phase == "waiting" and not ahead.started:  # a batch's items share the cores
+            ahead.start(skip=replaced, threads=max(1, workers() // max(1, getattr(args, "concurrency", 1) or 1)))
         progress(event)
     try:
         outcome = _operate(args, engine, model, pixels, image_path, mask_path, progress_and_ahead, item, previews)

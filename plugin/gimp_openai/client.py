@@ -1484,7 +1484,7 @@ def _request_tokens(family: caps.Family, multipart: list[tuple[str, Any]] | None
     uploads: list[bytes] = []
     for name, value in multipart or []:
         if isinstance(value, tuple):
-            if name in ("image", "image[]", "markup"):
+            if name in pricing.IMAGE_FIELDS:
                 uploads.append(value[1])
         else:
             fields.setdefault(name, value)

@@ -305,15 +305,21 @@ class ExpandEstimate:
                 "requests": [e.to_dict() for e in self.estimates]}
 
 
+def _strips(family: Family, canvas: Rect, old: Rect, band: int, limit: int | None) -> tuple[list[Tile], int, int]:
+    """The strips' tiles around ``old`` in ``canvas``, with the side limit and the overlap every later tile
+    (those for transparent pixels) uses too: one rule for the run and its estimate."""
+    side_limit = limit or tile_limit(family)
+    overlap = max(band, 16)
+    return plan_tiles(canvas, old, side_limit, overlap=overlap), side_limit, overlap
+
+
 def planned_tiles(family: Family, width: int, height: int, margins: Margins, *, band: int = 16,
                   limit: int | None = None, shown: np.ndarray | None = None) -> list[Tile]:
     """Every tile :func:`expand` will send for a ``width`` x ``height`` picture, in order, without sending:
     the strips, then (when ``shown``, the picture's alpha > 0, is known) the tiles for the transparent pixels
     the strips do not reach. Without ``shown`` the picture counts as opaque (a dialog has not read its pixels)."""
     canvas, old = expanded(width, height, margins)
-    side_limit = limit or tile_limit(family)
-    overlap = max(band, 16)
-    tiles = plan_tiles(canvas, old, side_limit, overlap=overlap)
+    tiles, side_limit, overlap = _strips(family, canvas, old, band, limit)
     if shown is not None and not shown.all():
         filled = np.zeros((canvas.height, canvas.width), bool)
         filled[old.y : old.bottom, old.x : old.right] = shown
@@ -415,9 +421,7 @@ def expand(
     canvas, old = expanded(width, height, margins)
     model = options.model
     family = engine.family(model)
-    side_limit = limit or tile_limit(family)
-    overlap = max(band, 16)
-    tiles = plan_tiles(canvas, old, side_limit, overlap=overlap)
+    tiles, side_limit, overlap = _strips(family, canvas, old, band, limit)
     options = replace(options, n=1, prompt=(options.prompt or "").strip() or DEFAULT_PROMPT, padding=0.0)
 
     work = np.zeros((canvas.height, canvas.width, 4), np.uint8)  # the context every next tile sees

@@ -445,8 +445,8 @@ def placed_layer(entry: Entry) -> Placed:
 
         try:
             layer = replay(layer, entry.replay)
-        except ValueError as exc:
-            notes.append(f"its alignment and tone match could not be put back ({exc})")
+        except Exception:  # noqa: BLE001 - a damaged record costs the corrections, never the result
+            notes.append("its alignment and tone match could not be put back (their record in history is damaged)")
         else:
             if entry.replay.get("poisson"):
                 notes.append("aligned and tone-matched as the run did, but not Poisson-blended (that needs the "
@@ -455,8 +455,9 @@ def placed_layer(entry: Entry) -> Placed:
     if entry.mask is not None:
         try:
             mask = imaging.read_selection(entry.mask)
-        except Exception as exc:  # noqa: BLE001 - a damaged mask costs the mask, never the result
-            notes.append(f"its mask {entry.mask.name} could not be read ({getattr(exc, 'message', None) or exc})")
+        except Exception:  # noqa: BLE001 - a damaged mask costs the mask, never the result
+            notes.append(f"its mask {entry.mask.name} could not be read (the file is damaged or missing): "
+                         "it comes back without the mask")
         else:
             if mask.shape != layer.shape[:2]:
                 notes.append(f"its mask {entry.mask.name} is {mask.shape[1]}x{mask.shape[0]}, not the layer's "

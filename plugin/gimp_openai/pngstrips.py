@@ -153,19 +153,20 @@ class BandsAhead:
         self._threads: list[threading.Thread] = []
         self._queue: Iterator[int] = iter(())
         self._end = 0  # where the next part goes in the file
+        self._started = False
 
     @property
     def started(self) -> bool:
-        return bool(self._threads)
+        return self._started
 
-    def start(self, skip: Sequence[tuple[int, int]] = ()) -> BandsAhead:
-        """Deflate the bands on every core, except those touching the row ranges ``skip``: the rows the answer
-        will replace, whose parts could never be used."""
-        order = [i for i in range(len(self.spans))
-                 if not any(r0 < self.spans[i][1] and self.spans[i][0] < r1 for r0, r1 in skip)]
+    def start(self, skip: Sequence[tuple[int, int]] = (), threads: int = 0) -> BandsAhead:
+        """Deflate the bands on ``threads`` threads (0: one per core), except those touching the row ranges
+        ``skip``: the rows the answer will replace, whose parts could never be used."""
+        order = [i for i in range(len(self.spans)) if not self._touched(i, skip)]
+        self._started = True
         self._queue = iter(order)
         self._threads = [threading.Thread(target=self._run, name=f"png-ahead-{k}", daemon=True)
-                         for k in range(min(workers(), len(order)))]
+                         for k in range(min(threads or workers(), len(order)))]
         for thread in self._threads:
             thread.start()
         return self
@@ -207,13 +208,16 @@ class BandsAhead:
                 self.parts[index] = (self._end, len(part), zlib.adler32(filtered), len(filtered))
                 self._end += len(part)
 
+    def _touched(self, index: int, changed: Sequence[tuple[int, int]]) -> bool:
+        """Whether rows ``changed`` touch what band ``index``'s part depends on (its rows, its primer's, the row
+        above): then a part made before the change is not that band's part after it."""
+        first, last = _depends_on(self.spans, index, self.width, self.channels)
+        return any(c0 < last and first < c1 for c0, c1 in changed)
+
     def reusable(self, index: int, changed: Sequence[tuple[int, int]]) -> tuple[bytes, int, int] | None:
         """The part made ahead for band ``index`` when no changed rows touch what it depends on."""
         entry = self.parts.get(index)
-        if entry is None:
-            return None
-        first, last = _depends_on(self.spans, index, self.width, self.channels)
-        if any(c0 < last and first < c1 for c0, c1 in changed):
+        if entry is None or self._touched(index, changed):
             return None
         offset, size, adler, length = entry
         with self._lock:

@@ -381,6 +381,10 @@ class Estimate:
         return text
 
 
+#: The multipart fields whose files are input images for request_tokens (the client and the local server alike).
+IMAGE_FIELDS = ("image", "image[]", "markup")
+
+
 def request_tokens(family: caps.Family, fields: Mapping[str, Any], uploads: Iterable[bytes] = ()) -> int:
     """The tokens one request takes from a tokens-per-minute budget, read off what it carries: the prompt, the
     uploaded images and markup (``uploads``, their headers only), and ``n`` images at the size and quality asked

@@ -626,8 +626,11 @@ def trace(event):
     install): where a run's time goes, phase by phase, in the process that runs it."""
     path = os.environ.get("GIMP_OPENAI_HOST_TIMINGS")
     if path:
-        with open(path, "a") as handle:
-            handle.write(json.dumps({"what": "trace", "event": event, "t": time.time()}) + "\n")
+        try:
+            with open(path, "a") as handle:
+                handle.write(json.dumps({"what": "trace", "event": event, "t": time.time()}) + "\n")
+        except (IOError, OSError):  # a measurement never stops a run
+            pass
 
 
 def prestart_engine(python_dirs=None):

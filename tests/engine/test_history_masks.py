@@ -158,3 +158,26 @@ def test_cli_history_layer_gives_the_jobs_own_layer_and_mask_bytes(gpt_like_serv
     assert np.array_equal(out[y:y + h, x:x + w][hidden], canvas[y:y + h, x:x + w][hidden])  # the mask hides these
     shown = mask == 255
     assert np.array_equal(out[y:y + h, x:x + w][shown][:, :3], layer[shown][:, :3])  # and shows these whole
+
+
+@pytest.mark.parametrize("damage", [
+    {"lab": [[1, 2], [3, 4]]},                       # a Lab map of the wrong shape (OpenCV would assert)
+    {"lab": [["x"] * 4] * 3},                        # not numbers
+    {"lab_dtype": "foo"},                            # not a dtype
+    {"matrix": [[1, 0, float("nan")], [0, 1, 0]]},   # not finite
+    {"sharp": [0, 1]},                               # a window of two numbers
+    {"window": "everything"},
+])
+def test_a_damaged_record_of_corrections_costs_the_corrections_in_plain_words(gpt_like_server, tmp_path, damage):
+    """The raw answer still comes back at its place, with its mask; the note says what was lost, never a
+    library's text."""
+    (output,) = edit(gpt_like_server, tmp_path).outputs
+    stem = output.history_png.stem
+    sidecar_path = output.history_png.with_suffix(".json")
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar["seamless"]["replay"] = {**sidecar["seamless"]["replay"], "lab": [[1.0] * 4] * 3, **damage}
+    sidecar_path.write_text(json.dumps(sidecar))
+    placed = hx.placed_layer(hx.get_entry(stem, tmp_path))
+    assert placed.placed and (placed.x, placed.y) == (output.x, output.y) and placed.mask is not None
+    assert placed.notes == ["its alignment and tone match could not be put back (their record in history is "
+                            "damaged)"]

@@ -93,7 +93,8 @@ def test_bands_ahead_leave_out_the_rows_the_answer_replaces(monkeypatch):
     ahead = pngstrips.BandsAhead(40, 200, 4, lambda a, b: picture[a:b]).start(skip=[(95, 125)])
     ahead.wait()
     by_offset = sorted(ahead.parts, key=lambda band: ahead.parts[band][0])
-    assert by_offset == [0, 1, 2, 3, 4, 5, 6, 7, 8, 13, 14, 15, 16, 17, 18, 19]
+    # band 13 (rows 130-140) is deflated primed with band 12's rows, which the answer replaces: left out too
+    assert by_offset == [0, 1, 2, 3, 4, 5, 6, 7, 8, 14, 15, 16, 17, 18, 19]
     changed = picture.copy()
     changed[95:125] ^= 0x5A
     with_ahead, plain = io.BytesIO(), io.BytesIO()

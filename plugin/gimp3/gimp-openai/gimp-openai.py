@@ -58,8 +58,11 @@ def _record_timing(what, seconds, extra=None):
         return
     entry = {"what": what, "seconds": round(seconds, 4)}
     entry.update(extra or {})
-    with open(path, "a") as handle:
-        handle.write(json.dumps(entry) + "\n")
+    try:
+        with open(path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+    except OSError:  # a measurement never stops a run
+        pass
 
 
 # ----------------------------------------------------------------------------------------------- registration

@@ -203,17 +203,21 @@ def replay(result: np.ndarray, record: dict) -> np.ndarray:
     sharp window), then the Lab map in the toned window. Byte-identical to the run's layer except after a Poisson
     blend, which needs the original (``record["poisson"]``: the caller says so). ValueError for a record that
     does not fit this result."""
+    damaged = ValueError("not a record of corrections")
     try:
+        if record.get("lab_dtype", "float64") not in ("float32", "float64"):
+            raise damaged
         matrix = None if record.get("matrix") is None else np.array(record["matrix"], np.float64)
         lab = None if record.get("lab") is None else np.array(record["lab"], np.dtype(record.get("lab_dtype") or
                                                                                        "float64"))
         sharp = tuple(int(v) for v in record["sharp"])
         window = tuple(int(v) for v in record["window"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"not a record of corrections ({exc})") from None
-    if matrix is not None and matrix.shape != (2, 3) or lab is not None and lab.ndim != 2 or \
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise damaged from None
+    if matrix is not None and (matrix.shape != (2, 3) or not np.isfinite(matrix).all()) or \
+            lab is not None and (lab.shape not in ((3, 3), (3, 4)) or not np.isfinite(lab).all()) or \
             len(sharp) != 4 or len(window) != 4:
-        raise ValueError("not a record of corrections (shapes)")
+        raise damaged
     height, width = result.shape[:2]
     for y0, y1, x0, x1 in (sharp, window):
         if not (0 <= y0 <= y1 <= height and 0 <= x0 <= x1 <= width):

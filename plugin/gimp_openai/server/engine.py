@@ -176,12 +176,14 @@ class Painting:
         self.error: BaseException | None = None
         self._ready = threading.Condition()
         self._record: dict | None = None  # the request's /_stats record, kept up to date (report_to)
+        self._update: Callable[[dict, dict], None] = lambda record, notes: None
 
-    def report_to(self, record: dict) -> None:
-        """Keep ``record`` (the request's /_stats entry) up to date with the notes while the images are painted."""
+    def report_to(self, record: dict, update: Callable[[dict, dict], None]) -> None:
+        """Keep ``record`` (the request's /_stats entry) up to date with the notes while the images are painted,
+        through ``update(record, notes)`` (Stats.update: under the lock /_stats reads it with)."""
         with self._ready:
-            self._record = record
-            record.update(self.notes)
+            self._record, self._update = record, update
+            update(record, dict(self.notes))
 
     @property
     def count(self) -> int:
@@ -196,7 +198,7 @@ class Painting:
                 self.renders.append(record)
                 self.notes["render"] = self.renders
                 if self._record is not None:
-                    self._record.update(self.notes)
+                    self._update(self._record, dict(self.notes))
         if self.wrong_size is not None:
             pixels = images.resize(pixels, self.wrong_size)
         shape = (int(pixels.shape[0]), int(pixels.shape[1]))
@@ -240,8 +242,13 @@ class Painting:
     # --- a streamed answer: painted on a thread while the events wait for their second -----------------------
 
     def start(self, done: Callable[[], None] = lambda: None) -> None:
-        """Paint every image on a daemon thread, in order; ``done()`` when it ends (the work gate's release)."""
-        threading.Thread(target=self._run, args=(done,), name="paint", daemon=True).start()
+        """Paint every image on a daemon thread, in order; ``done()`` when it ends (the work gate's release), or
+        at once when no thread can be started."""
+        try:
+            threading.Thread(target=self._run, args=(done,), name="paint", daemon=True).start()
+        except BaseException:
+            done()
+            raise
 
     def _run(self, done: Callable[[], None]) -> None:
         try:

@@ -417,7 +417,8 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(body, StreamAnswer):  # the latency is spread over the events, not waited up front
             if fresh:
                 headers.update(self.server.limiter.current())
-            body.painting.report_to(record)  # what the painting learns (render records) still reaches /_stats
+            # what the painting learns (render records) still reaches /_stats
+            body.painting.report_to(record, self.server.stats.update)
             headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
             self._send_stream(body, arrived, delay, headers, delivery)
             return
@@ -710,7 +711,7 @@ def _request_tokens(family: caps.Family, fields: dict[str, Any], files: list) ->
     the fields and the image and markup uploads as received (their headers only; nothing is decoded yet)."""
     from gimp_openai import pricing
 
-    uploads = [part.data for part in files if part.field in ("image", "image[]", "markup")]
+    uploads = [part.data for part in files if part.field in pricing.IMAGE_FIELDS]
     return pricing.request_tokens(family, fields, uploads)
 
 

@@ -85,14 +85,20 @@ class Stats:
             self._endpoints[entry.get("endpoint") or entry.get("path", "?")] += 1
             self._statuses[str(entry.get("status"))] += 1
 
+    def update(self, entry: dict, changes: dict) -> None:
+        """Add to a recorded entry (a stream's painting thread, while the events go out)."""
+        with self._lock:
+            entry.update(changes)
+
     def snapshot(self, faults: dict[str, dict[str, int]]) -> dict[str, object]:
+        """Copies: the answer is serialised after the lock is let go, while entries may still change."""
         with self._lock:
             return {
                 "total": sum(self._endpoints.values()),
                 "endpoints": dict(self._endpoints),
                 "statuses": dict(self._statuses),
                 "faults": faults,
-                "requests": list(self._recent),
+                "requests": [dict(entry) for entry in self._recent],
             }
 
     def reset(self) -> None:
