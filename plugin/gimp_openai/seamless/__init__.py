@@ -205,7 +205,7 @@ def replay(result: np.ndarray, record: dict) -> np.ndarray:
     does not fit this result."""
     damaged = ValueError("not a record of corrections")
     try:
-        if record.get("lab_dtype", "float64") not in ("float32", "float64"):
+        if (record.get("lab_dtype") or "float64") not in ("float32", "float64"):
             raise damaged
         matrix = None if record.get("matrix") is None else np.array(record["matrix"], np.float64)
         lab = None if record.get("lab") is None else np.array(record["lab"], np.dtype(record.get("lab_dtype") or
