@@ -298,7 +298,11 @@ def run_host_case(case: Case, server) -> Row:
         except RuntimeError as exc:  # non-interactive runs get the failure, as GIMP's PDB gives it
             failure = str(exc)
         seconds = time.monotonic() - started
-        reqs, waits = check_reaction(case, server)
+        try:
+            reqs, waits = check_reaction(case, server)
+        except AssertionError as exc:  # what the run said is what explains an unexpected count
+            raise AssertionError(f"{exc}; the run's failure: {failure!r}; messages: {g2.gimp.state.messages}; "
+                                 f"{seconds:.1f} s") from None
         np.testing.assert_array_equal(layer.pixels, before_layer)  # the original layer, byte-identical
         assert image.undo_depth == 0 and g2.gimp.state.context_depth == 0  # undo groups and contexts balance
         steps = [s for s in image.undo_steps if s != ["selection"]]
