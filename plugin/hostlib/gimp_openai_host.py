@@ -621,16 +621,25 @@ class EngineSession(object):
 _PRESTARTED = []
 
 
-def trace(event):
-    """A timestamped line in the file ``GIMP_OPENAI_HOST_TIMINGS`` names (set by the benchmarks, never by an
-    install): where a run's time goes, phase by phase, in the process that runs it."""
-    path = os.environ.get("GIMP_OPENAI_HOST_TIMINGS")
+def timings_file():
+    """The file ``GIMP_OPENAI_HOST_TIMINGS`` names (set by the benchmarks and GUI tests, never by an install)."""
+    return os.environ.get("GIMP_OPENAI_HOST_TIMINGS")
+
+
+def record_timing(entry):
+    """One JSON line in the timings file, when there is one; a measurement never stops a run."""
+    path = timings_file()
     if path:
         try:
             with open(path, "a") as handle:
-                handle.write(json.dumps({"what": "trace", "event": event, "t": time.time()}) + "\n")
-        except (IOError, OSError):  # a measurement never stops a run
+                handle.write(json.dumps(entry) + "\n")
+        except (IOError, OSError):
             pass
+
+
+def trace(event):
+    """Where a run's time goes, phase by phase, in the process that runs it: a timestamped timings line."""
+    record_timing({"what": "trace", "event": event, "t": time.time()})
 
 
 def prestart_engine(python_dirs=None):

@@ -48,21 +48,13 @@ def pdb_name(param_name):
     return param_name.replace("_", "-")
 
 
-def _timings_file():
-    return os.environ.get("GIMP_OPENAI_HOST_TIMINGS")
+_timings_file = hl.timings_file
 
 
 def _record_timing(what, seconds, extra=None):
-    path = _timings_file()
-    if not path:
-        return
     entry = {"what": what, "seconds": round(seconds, 4)}
     entry.update(extra or {})
-    try:
-        with open(path, "a") as handle:
-            handle.write(json.dumps(entry) + "\n")
-    except OSError:  # a measurement never stops a run
-        pass
+    hl.record_timing(entry)
 
 
 # ----------------------------------------------------------------------------------------------- registration
