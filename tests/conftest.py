@@ -24,3 +24,23 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     yield
     assert os.environ.get("GIMP_OPENAI_CONFIG_DIR")
+    _end_prestarted_engines()
+
+
+def _end_prestarted_engines() -> None:
+    """An engine a test's dialog estimate or prestart left waiting ends with the test (as it ends with the
+    plug-in's process in GIMP), so no test's engine outlives it."""
+    import sys
+
+    host = sys.modules.get("gimp_openai_host")
+    if host is None:
+        return
+    with host._PRESTARTED_LOCK:
+        while host._PRESTARTED:
+            _identity, proc, errfile = host._PRESTARTED.pop()
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            if errfile is not None:
+                errfile.close()

@@ -617,7 +617,7 @@ class EngineSession(object):
             self.errfile = None
 
 
-#: (python, process, stderr file) of the engine session started with the plug-in (prestart_engine)
+#: (engine_identity, process, stderr file) of the engine session started with the plug-in (prestart_engine)
 _PRESTARTED = []
 
 
@@ -653,7 +653,7 @@ def prestart_engine(python_dirs=None):
         proc, errfile = _open_engine(python, None)
     except Exception:  # noqa: BLE001 - said later, by the run that needs the engine
         return
-    _PRESTARTED.append((python, proc, errfile))
+    _PRESTARTED.append((engine_identity(python), proc, errfile))
 
 
 #: Held while a dialog's estimate talks to the prestarted session, and by the run that takes it over: the two
@@ -664,9 +664,13 @@ _PRESTARTED_LOCK = threading.Lock()
 def _take_prestarted(python):
     with _PRESTARTED_LOCK:  # an estimate in flight is answered first (its answer is not the run's)
         while _PRESTARTED:
-            started_python, proc, errfile = _PRESTARTED.pop()
-            if started_python == python and proc.poll() is None:
+            identity, proc, errfile = _PRESTARTED.pop()
+            if identity == engine_identity(python) and proc.poll() is None:
                 return proc, errfile
+            try:
+                proc.stdin.close()  # end of input: an engine started for another environment ends
+            except (IOError, OSError):
+                pass
             if errfile is not None:
                 errfile.close()
     return None
@@ -684,12 +688,12 @@ def estimate(plan_dict, python=None):
         return None
     with _PRESTARTED_LOCK:
         started = _PRESTARTED[-1] if _PRESTARTED else None
-        if started is None or started[0] != python or started[1].poll() is not None:
+        if started is None or started[0] != engine_identity(python) or started[1].poll() is not None:
             try:
                 proc, errfile = _open_engine(python, None)
             except (HostError, IOError, OSError):
                 return None
-            started = (python, proc, errfile)
+            started = (engine_identity(python), proc, errfile)
             _PRESTARTED.append(started)
         proc = started[1]
         line = json.dumps({"cmd": "estimate", "plan": dict(plan_dict, version=PROTOCOL_VERSION)}) + "\n"
@@ -731,6 +735,20 @@ _WARM_ENV_NAMES = ("HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME",
                    "https_proxy", "no_proxy", "PYTHON_KEYRING_BACKEND", "LANG", "LC_ALL")
 
 
+def engine_identity(python):
+    """What an engine process's answers depend on besides the request: the Python, the installation and the
+    environment it was started with. A started engine (warm or prestarted) serves only a run that agrees; one
+    started for another server, key or settings folder would answer for them."""
+    facts = [to_text(python)]
+    record = os.path.join(_HERE, ENGINE_RECORD)  # rewritten by every installation
+    if os.path.isfile(record):
+        facts.append(u"%r" % os.stat(record).st_mtime)
+    for name in sorted(os.environ):
+        if name.startswith(_WARM_ENV_PREFIXES) or name in _WARM_ENV_NAMES:
+            facts.append(u"%s=%s" % (to_text(name), to_text(os.environ[name])))
+    return u"\n".join(facts)
+
+
 def warm_seconds():
     try:
         return max(0, int(float(os.environ.get(WARM_SECONDS_ENV, DEFAULT_WARM_SECONDS))))
@@ -747,14 +765,7 @@ def warm_socket(python):
 
     if not hasattr(socket, "AF_UNIX") or not hasattr(os, "getuid") or warm_seconds() <= 0:
         return None
-    facts = [to_text(python)]
-    record = os.path.join(_HERE, ENGINE_RECORD)  # rewritten by every installation
-    if os.path.isfile(record):
-        facts.append(u"%r" % os.stat(record).st_mtime)
-    for name in sorted(os.environ):
-        if name.startswith(_WARM_ENV_PREFIXES) or name in _WARM_ENV_NAMES:
-            facts.append(u"%s=%s" % (to_text(name), to_text(os.environ[name])))
-    digest = hashlib.sha256(u"\n".join(facts).encode("utf-8")).hexdigest()[:20]
+    digest = hashlib.sha256(engine_identity(python).encode("utf-8")).hexdigest()[:20]
     folder = os.path.join(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir(), "gimp-openai-%d" % os.getuid())
     try:
         if not os.path.isdir(folder):

@@ -250,7 +250,7 @@ def test_the_engine_started_with_the_plug_in_serves_the_run(fake_engine, tmp_pat
     """prestart_engine starts the session while GIMP loads; the run's first session takes that process."""
     monkeypatch.setattr(host, "_PRESTARTED", [])
     host.prestart_engine()
-    ((python, started, _errfile),) = host._PRESTARTED
+    ((_identity, started, _errfile),) = host._PRESTARTED
     with host.EngineSession() as session:
         answer = host.plan({"operation": "edit", "model": "gpt-image-2", "items": [
             {"id": "a", "layer": {"x": 0, "y": 0, "width": 10, "height": 10},
@@ -260,6 +260,20 @@ def test_the_engine_started_with_the_plug_in_serves_the_run(fake_engine, tmp_pat
     with host.EngineSession() as session:  # later sessions start their own
         host.plan({"operation": "edit", "model": "gpt-image-2", "items": []}, str(tmp_path), session=session)
         assert session.proc is not started
+
+
+def test_an_engine_started_for_another_server_does_not_serve_the_run(fake_engine, tmp_path, monkeypatch):
+    """A session prestarted (or opened by a dialog's estimate) under one OPENAI_BASE_URL answers for that server:
+    a run under another one starts its own engine, and the stale one ends."""
+    monkeypatch.setattr(host, "_PRESTARTED", [])
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    host.prestart_engine()
+    ((_identity, stale, _errfile),) = host._PRESTARTED
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:10/v1")
+    with host.EngineSession() as session:
+        host.plan({"operation": "edit", "model": "gpt-image-2", "items": []}, str(tmp_path), session=session)
+        assert session.proc is not stale and host._PRESTARTED == []
+    assert stale.wait(timeout=10) is not None  # its input ended: it does not linger
 
 
 def test_a_prestart_that_cannot_find_the_engine_says_nothing(monkeypatch, tmp_path):
