@@ -351,13 +351,10 @@ def png_file(width: int, height: int, channels: int, stream: bytes) -> bytes:
     """An 8-bit PNG around a finished zlib ``stream`` of filtered rows: signature, IHDR, one IDAT, IEND."""
     color_type = {1: 0, 3: 2, 4: 6}[channels]
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return b"".join([_PNG_SIGNATURE, *_png_chunk(b"IHDR", header), *_png_chunk(b"IDAT", stream),
-                     *_png_chunk(b"IEND", b"")])
+    from .pngstrips import png_chunk
 
-
-def _png_chunk(kind: bytes, payload: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    crc = zlib.crc32(payload, zlib.crc32(kind)) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)), kind, payload, struct.pack(">I", crc)
+    return b"".join([_PNG_SIGNATURE, *png_chunk(b"IHDR", header), *png_chunk(b"IDAT", stream),
+                     *png_chunk(b"IEND", b"")])
 
 
 def _interpolation(src: int, dst: int) -> int:

@@ -33,6 +33,21 @@ WINDOW = 32 * 1024
 LEVEL = 1
 STRATEGY = zlib.Z_RLE
 
+
+def _deflate_library() -> Any:
+    """zlib-ng where its wheel is installed, else the standard library's zlib: the same deflate format and, with
+    ``Z_RLE``, the same bytes' worth of compression at twice the speed (a 4 MB band of an 8000² photo: 28 instead
+    of 58 ms). An 8000² result is 62 such bands; at a server's few seconds they decide whether the original's
+    bands are all made ahead. zlib-ng is an optional dependency (not every platform has a wheel)."""
+    try:
+        from zlib_ng import zlib_ng
+    except ImportError:
+        return zlib
+    return zlib_ng
+
+
+DEFLATE = _deflate_library()
+
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -55,7 +70,7 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def _deflate(rows: bytes | memoryview, primer: bytes, last: bool) -> bytes:
-    compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -15, 8, STRATEGY, *([primer] if primer else []))
+    compressor = DEFLATE.compressobj(LEVEL, zlib.DEFLATED, -15, 8, STRATEGY, *([primer] if primer else []))
     return bytes(compressor.compress(rows) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
 
 
@@ -271,7 +286,7 @@ def write_png(out: Any, width: int, height: int, channels: int, rows: RowSource,
         return fresh(index, buffer)
 
     color_type = {1: 0, 3: 2, 4: 6}[channels]
-    put(b"\x89PNG\r\n\x1a\n", *_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)))
+    put(b"\x89PNG\r\n\x1a\n", *png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)))
     adler, head = 1, _zlib_header()
     band_rows = spans[0][1] - spans[0][0]
     buffers = [np.empty((band_rows, width * channels + 1), np.uint8) for _ in range(min(group, len(spans)))]
@@ -281,10 +296,10 @@ def write_png(out: Any, width: int, height: int, channels: int, rows: RowSource,
         results = (list(pool.map(lambda job: band(*job), jobs)) if pool else [band(*job) for job in jobs])
         for _part, band_adler, length in results:
             adler = adler32_combine(adler, band_adler, length)
-        put(*_chunk(b"IDAT", head + b"".join(part for part, _a, _n in results)))
+        put(*png_chunk(b"IDAT", head + b"".join(part for part, _a, _n in results)))
         head = b""
         del results
-    put(*_chunk(b"IDAT", struct.pack(">I", adler & 0xFFFFFFFF)), *_chunk(b"IEND", b""))
+    put(*png_chunk(b"IDAT", struct.pack(">I", adler & 0xFFFFFFFF)), *png_chunk(b"IEND", b""))
     return written
 
 
@@ -301,6 +316,7 @@ def encode(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def _chunk(kind: bytes, payload: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+def png_chunk(kind: bytes, payload: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """A PNG chunk's parts: length, type, payload, CRC of type and payload."""
     crc = zlib.crc32(payload, zlib.crc32(kind)) & 0xFFFFFFFF
     return struct.pack(">I", len(payload)), kind, payload, struct.pack(">I", crc)

@@ -26,8 +26,31 @@ def _chunks(png: bytes, kind: bytes) -> list[bytes]:
     return found
 
 
+#: the deflate libraries a PNG may be written with: the standard library's always, zlib-ng where installed
+DEFLATES = [zlib] + ([pngstrips.DEFLATE] if pngstrips.DEFLATE is not zlib else [])
+
+
+@pytest.fixture(params=DEFLATES, ids=lambda module: module.__name__)
+def deflate(request, monkeypatch):
+    monkeypatch.setattr(pngstrips, "DEFLATE", request.param)
+    return request.param
+
+
+def test_zlib_ng_is_used_where_installed_and_zlib_elsewhere(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "zlib_ng", None)  # as on a platform without its wheel
+    assert pngstrips._deflate_library() is zlib
+    monkeypatch.delitem(sys.modules, "zlib_ng")
+    try:
+        from zlib_ng import zlib_ng
+    except ImportError:
+        pytest.skip("zlib-ng is not installed here")
+    assert pngstrips._deflate_library() is zlib_ng
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 4), (3, 5, 4), (301, 257, 4), (700, 300, 3), (90, 61)])
-def test_a_streamed_png_decodes_to_the_exact_pixels(monkeypatch, shape):
+def test_a_streamed_png_decodes_to_the_exact_pixels(monkeypatch, shape, deflate):
     """write_png: bands (here tiny, so there are many and several groups), Up-filtered against the row above
     the band, deflate parts joined into one zlib stream: every decoder sees the source's pixels."""
     monkeypatch.setattr(pngstrips, "STREAM_BAND_BYTES", 4096)
@@ -61,7 +84,7 @@ def test_adler32_combine_equals_the_adler_of_the_concatenation():
 
 
 @pytest.mark.parametrize("stop_early", [False, True])
-def test_bands_made_ahead_give_the_same_png_as_writing_it_all_now(tmp_path, monkeypatch, stop_early):
+def test_bands_made_ahead_give_the_same_png_as_writing_it_all_now(tmp_path, monkeypatch, stop_early, deflate):
     """The original's bands deflated before a crop was pasted in: the PNG is byte for byte the one written
     without them, decodes to the changed picture, and bands near the change are made again."""
     monkeypatch.setattr(pngstrips, "STREAM_BAND_BYTES", 40 * 4 * 7)  # many small bands
