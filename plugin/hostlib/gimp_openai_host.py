@@ -738,7 +738,10 @@ _WARM_ENV_NAMES = ("HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME",
 def engine_identity(python):
     """What an engine process's answers depend on besides the request: the Python, the installation and the
     environment it was started with. A started engine (warm or prestarted) serves only a run that agrees; one
-    started for another server, key or settings folder would answer for them."""
+    started for another server, key or settings folder would answer for them. A digest: the facts include the
+    key when the environment has one."""
+    import hashlib
+
     facts = [to_text(python)]
     record = os.path.join(_HERE, ENGINE_RECORD)  # rewritten by every installation
     if os.path.isfile(record):
@@ -746,7 +749,7 @@ def engine_identity(python):
     for name in sorted(os.environ):
         if name.startswith(_WARM_ENV_PREFIXES) or name in _WARM_ENV_NAMES:
             facts.append(u"%s=%s" % (to_text(name), to_text(os.environ[name])))
-    return u"\n".join(facts)
+    return hashlib.sha256(u"\n".join(facts).encode("utf-8")).hexdigest()
 
 
 def warm_seconds():
@@ -760,12 +763,11 @@ def warm_socket(python):
     """The socket of the warm engine for this Python, installation and environment, in a folder only this
     user can open; None where there are no Unix sockets or no such folder can be had (then every run starts
     its own engine, as before)."""
-    import hashlib
     import socket
 
     if not hasattr(socket, "AF_UNIX") or not hasattr(os, "getuid") or warm_seconds() <= 0:
         return None
-    digest = hashlib.sha256(engine_identity(python).encode("utf-8")).hexdigest()[:20]
+    digest = engine_identity(python)[:20]
     folder = os.path.join(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir(), "gimp-openai-%d" % os.getuid())
     try:
         if not os.path.isdir(folder):
