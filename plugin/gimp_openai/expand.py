@@ -283,7 +283,7 @@ class ExpandEstimate:
 
     def text(self) -> str:
         """``2 requests (tiles of 1024x1024, 1024x640), gpt-image-2, quality low: about $0.0110``."""
-        from gimp_openai.pricing import dollars
+        from gimp_openai.pricing import about
 
         if not self.estimates:
             return "nothing to paint: the canvas would not grow"
@@ -293,12 +293,7 @@ class ExpandEstimate:
         what = (f"{count} request{'s' if count != 1 else ''} ({'tile' if count == 1 else 'tiles'} of "
                 f"{', '.join(sizes)}), {first.model}, quality {first.quality}")
         total = self.total
-        if total["usd"] is None:
-            return f"{what}: about {total['input_tokens'] + total['output_tokens']:,} tokens (no price known)"
-        text = f"{what}: about {dollars(total['usd'])}"
-        if total["usd_upper"] > total["usd"] * 1.001:
-            text += f" (up to {dollars(total['usd_upper'])} if the model picks high)"
-        return text
+        return f"{what}: {about(total['usd'], total['usd_upper'], total['input_tokens'] + total['output_tokens'])}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.total, "tiles": len(self.tiles), "text": self.text(),

@@ -373,12 +373,18 @@ class Estimate:
     def text(self) -> str:
         what = (f"{self.n} image{'s' if self.n != 1 else ''} of {self.size[0]}x{self.size[1]}, {self.model}, "
                 f"quality {self.quality}")
-        if self.usd is None or self.usd_upper is None:
-            return f"{what}: about {self.input_tokens + self.output_tokens:,} tokens (no price known)"
-        text = f"{what}: about {dollars(self.usd)}"
-        if self.usd_upper > self.usd * 1.001:
-            text += f" (up to {dollars(self.usd_upper)} if the model picks high)"
-        return text
+        return f"{what}: {about(self.usd, self.usd_upper, self.input_tokens + self.output_tokens)}"
+
+
+def about(usd: float | None, usd_upper: float | None, tokens: int) -> str:
+    """An estimate's figure in words: ``about $0.0110``, with ``(up to $0.0420 if the model picks high)`` when
+    ``auto`` quality leaves room, or ``about 1,234 tokens (no price known)``."""
+    if usd is None or usd_upper is None:
+        return f"about {tokens:,} tokens (no price known)"
+    text = f"about {dollars(usd)}"
+    if usd_upper > usd * 1.001:
+        text += f" (up to {dollars(usd_upper)} if the model picks high)"
+    return text
 
 
 #: The multipart fields whose files are input images for request_tokens (the client and the local server alike).
@@ -411,8 +417,9 @@ def request_tokens(family: caps.Family, fields: Mapping[str, Any], uploads: Iter
         n = 1
     quality = str(fields.get("quality") or "auto")
     quality = quality if quality in dict(rule.output_1024) else rule.auto_quality
-    return (rule.text_tokens(str(fields.get("prompt") or "")) + sum(rule.image_tokens(w, h) for w, h in sizes)
-            + n * rule.output_tokens(quality, *size))
+    counted = estimate("", family, n=n, size=size, quality=quality, prompt=str(fields.get("prompt") or ""),
+                       input_images=sizes)  # the estimate's own arithmetic: a request and its estimate agree
+    return counted.input_tokens + counted.output_tokens
 
 
 def add_estimates(estimates: Sequence[Estimate]) -> dict[str, Any]:
