@@ -1075,19 +1075,29 @@ def estimate_words(estimate):
     return text
 
 
+def estimate_subject(estimate):
+    """What an estimate is for, in words: ``3 images``, or for Expand Canvas (one request per tile of the new
+    area) ``2 requests``."""
+    tiles = int(_number(estimate.get("tiles")) or 0)
+    if tiles:
+        return u"%d request%s" % (tiles, u"" if tiles == 1 else u"s")
+    images = int(_number(estimate.get("images")) or 0)
+    return u"%d image%s" % (images, u"" if images == 1 else u"s")
+
+
 def estimate_label(answer):
     """What a dialog shows before sending, in short lines (a dialog is narrow, and a line broken inside a model
     id reads badly): about what it costs for how many images of which size; the model and quality; what
     ``auto`` quality may cost at most; a warning when that is above the artist's limit. ``answer``: the
     engine's plan (or estimate) answer."""
     estimate = (answer or {}).get("estimate") or {}
-    images = int(_number(estimate.get("images")) or 0)
-    what = u"%d image%s" % (images, u"" if images == 1 else u"s")
-    if estimate.get("tiles") is not None:  # Expand Canvas: one request per tile of the new area
+    what = estimate_subject(estimate)
+    if estimate.get("tiles") is not None:
         tiles = int(_number(estimate.get("tiles")) or 0)
         if not tiles:
             return u"Estimated cost: nothing to send (the canvas would not grow)"
-        what = u"%d request%s" % (tiles, u"" if tiles == 1 else u"s (tiles of the new area)")
+        if tiles > 1:
+            what += u" (tiles of the new area)"
     if estimate.get("size"):
         what += u" of %s" % clean_line(estimate["size"])
     quality = clean_line(estimate.get("quality") or u"")

@@ -565,10 +565,7 @@ class Workflow(object):
         upper = estimate.get("usd_upper")
         if getattr(self, "agreed", None) is not None and upper is not None and upper <= self.agreed * 1.001:
             return words  # the same run again (its model was replaced), at no more than the artist agreed to
-        images = int(estimate.get("images") or 0)
-        what = u"%d image%s" % (images, u"" if images == 1 else u"s")
-        if estimate.get("tiles"):  # Expand Canvas: one request per tile
-            what = u"%d request%s" % (int(estimate["tiles"]), u"" if int(estimate["tiles"]) == 1 else u"s")
+        what = hl.estimate_subject(estimate)
         limit = hl.dollars(estimate.get("max_cost") or 0.0)
         if not self.adapter.interactive:
             raise Refusal(u"Not sent: this run (%s) is estimated at %s, above your cost limit of %s." %
