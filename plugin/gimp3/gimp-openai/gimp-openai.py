@@ -48,9 +48,6 @@ def pdb_name(param_name):
     return param_name.replace("_", "-")
 
 
-_timings_file = hl.timings_file
-
-
 def _record_timing(what, seconds, extra=None):
     entry = {"what": what, "seconds": round(seconds, 4)}
     entry.update(extra or {})
@@ -365,7 +362,7 @@ def show_dialog(procedure, config, proc, estimate=None):
     first = next((texts[p["name"]] for p in shown if p["name"] in texts and not p.get("advanced")), None)
     if first is not None:
         first.grab_focus()
-    if _timings_file():
+    if hl.timings_file():
         dialog.connect("map-event", lambda d, _e: GLib.idle_add(_record_layout, d, Gtk) and False)
     ok = dialog.run()
     dialog.destroy()
@@ -1076,7 +1073,7 @@ class Gimp3:
         t0 = time.time()
         self.previews[image.get_id()] = made = prepare_preview(image, spec, self.previews.get(image.get_id()))
         seconds = time.time() - t0
-        if not _timings_file():
+        if not hl.timings_file():
             return
         entry = {"at": t0 + seconds, "image": image.get_id()}
         if os.environ.get("GIMP_OPENAI_HOST_KEEP_WORKDIR") == "1":  # tests: what GIMP holds now, read back
@@ -1096,7 +1093,7 @@ class Gimp3:
         self.previews[image.get_id()] = shown = show_preview(image, target.layer, spec, layer)
         self.flush()
         seconds = time.time() - t0
-        if not _timings_file():
+        if not hl.timings_file():
             return
         entry = {"at": t0 + seconds, "image": image.get_id(), "fresh": made}
         if os.environ.get("GIMP_OPENAI_HOST_KEEP_WORKDIR") == "1":  # tests: what GIMP holds now, read back
@@ -1293,7 +1290,7 @@ def choose_result(group, layers, current):
     box.pack_start(flow_box, True, True, 0)
     dialog.show_all()
     buttons[current].grab_focus()
-    if _timings_file():
+    if hl.timings_file():
         dialog.connect("map-event", lambda d, _e: GLib.idle_add(_record_layout, d, Gtk) and False)
     answer = dialog.run()
     chosen = next((k for k, b in enumerate(buttons) if b.get_active()), current)
@@ -1454,7 +1451,7 @@ def choose_history(listing, image):
         view.get_selection().select_path(Gtk.TreePath.new_first())
     dialog.show_all()
     view.grab_focus()
-    if _timings_file():
+    if hl.timings_file():
         dialog.connect("map-event", lambda d, _e: GLib.idle_add(_record_layout, d, Gtk) and False)
     answer = dialog.run()
     model, it = view.get_selection().get_selected()
