@@ -163,19 +163,23 @@ def test_a_changed_source_is_not_composited_but_can_be_collected_later(start_loc
     assert len(second["results"]) == 1 and len(second["already_collected"]) == 1
 
 
+def batch_all_done(sources: list[str], out: Path, server) -> float:
+    """``batch`` of ``sources`` at concurrency 4 (synchronous edits): every item done, none failed; its wall time."""
+    started = time.monotonic()
+    proc = cli("--json", "batch", *sources, *EDIT, "--concurrency", "4", "--out", str(out), server=server)
+    wall = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert len(answer["results"]) == len(sources) and answer["failed"] == []
+    return wall
+
+
 @pytest.mark.slow
 def test_batch_paces_to_the_servers_rate_limit_without_429s(start_local_server, tmp_path):
     """12 edits at concurrency 4 against 4 images per 2 s (120 a minute, a bucket of 4): the first 4 go at
     once, then 2 a second; no item fails and at most 2 requests are answered 429."""
     server = start_local_server("--rate-limit", "4", "--rate-window", "2", "--latency", "0.2")
-    sources = images(tmp_path / "in", 12, size=128)
-    started = time.monotonic()
-    proc = cli("--json", "batch", *sources, *EDIT, "--concurrency", "4", "--out", str(tmp_path / "out"),
-               server=server)
-    wall = time.monotonic() - started
-    assert proc.returncode == 0, proc.stderr
-    answer = json.loads(proc.stdout)
-    assert len(answer["results"]) == 12 and answer["failed"] == []
+    wall = batch_all_done(images(tmp_path / "in", 12, size=128), tmp_path / "out", server)
     statuses = server.stats()["statuses"]
     assert statuses.get("429", 0) <= 2, statuses
     assert statuses.get("200") == 12
@@ -202,13 +206,7 @@ def test_batch_paces_to_the_token_budget_before_it_is_spent(start_local_server, 
     window = 3.0
     budget = 4 * per_request  # the first 4 fit at once, then one every per_request / rate seconds
     server = start_local_server("--rate-limit-tokens", str(budget), "--rate-window", str(window), "--latency", "0.2")
-    started = time.monotonic()
-    proc = cli("--json", "batch", *sources, *EDIT, "--concurrency", "4", "--out", str(tmp_path / "out"),
-               server=server)
-    wall = time.monotonic() - started
-    assert proc.returncode == 0, proc.stderr
-    answer = json.loads(proc.stdout)
-    assert len(answer["results"]) == 16 and answer["failed"] == []
+    wall = batch_all_done(sources, tmp_path / "out", server)
     stats = server.stats()
     assert stats["statuses"].get("429", 0) == 0, stats["statuses"]
     edits = sorted((r for r in stats["requests"] if r.get("endpoint") == "edits"), key=lambda r: r["time"])
